@@ -1,0 +1,209 @@
+//! Shared, mutable state of the simulator and the types tests use to steer it.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde_json::{Value, json};
+
+/// Session state of the simulated CPGW, as the real gateway reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthState {
+    /// Logged in with an open brokerage session: everything works.
+    LoggedIn,
+    /// Logged in through the browser, but the brokerage session is closed;
+    /// `ssodh/init` reopens it.
+    ConnectedOnly,
+    /// No session at all: only a manual browser login on the laptop helps.
+    LoggedOut,
+}
+
+impl AuthState {
+    /// `(authenticated, connected)` as CPGW reports them for this state.
+    pub(crate) fn flags(self) -> (bool, bool) {
+        match self {
+            AuthState::LoggedIn => (true, true),
+            AuthState::ConnectedOnly => (false, true),
+            AuthState::LoggedOut => (false, false),
+        }
+    }
+}
+
+/// How `/iserver/accounts` renders `isPaper`: the real gateway has been seen
+/// sending a bool, a string, or nothing, and the product must cope with each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IsPaperShape {
+    /// `"isPaper": true|false`
+    Bool(bool),
+    /// `"isPaper": "<string>"`, verbatim.
+    Str(String),
+    /// The key is absent.
+    Missing,
+}
+
+impl IsPaperShape {
+    fn to_json(&self) -> Option<Value> {
+        match self {
+            IsPaperShape::Bool(value) => Some(Value::Bool(*value)),
+            IsPaperShape::Str(value) => Some(Value::String(value.clone())),
+            IsPaperShape::Missing => None,
+        }
+    }
+}
+
+/// The single brokerage account the simulated session can see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimAccount {
+    /// IBKR account id; `DU...` ids are paper accounts.
+    pub account_id: String,
+    /// Shape of the `isPaper` field in `/iserver/accounts`.
+    pub is_paper: IsPaperShape,
+    /// `acctProps.<id>.supportsCashQty`.
+    pub supports_cash_qty: bool,
+    /// `acctProps.<id>.supportsFractions`.
+    pub supports_fractions: bool,
+}
+
+impl SimAccount {
+    /// A paper account, `DU1234567`, that allows cash quantities and fractions.
+    pub fn paper() -> Self {
+        SimAccount {
+            account_id: "DU1234567".to_owned(),
+            is_paper: IsPaperShape::Bool(true),
+            supports_cash_qty: true,
+            supports_fractions: true,
+        }
+    }
+}
+
+impl Default for SimAccount {
+    fn default() -> Self {
+        SimAccount::paper()
+    }
+}
+
+/// One request as the simulator received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Full path including the `/v1/api` prefix.
+    pub path: String,
+    /// Raw query string without the `?`, if any.
+    pub query: Option<String>,
+    /// Request body as UTF-8 (lossy), if it was not empty.
+    pub body: Option<String>,
+}
+
+/// Call counters for the session endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    /// `POST /tickle` calls, whatever the answer.
+    pub tickles: u64,
+    /// `POST /iserver/auth/ssodh/init` calls, whatever the answer.
+    pub ssodh_inits: u64,
+    /// `/iserver/auth/status` calls.
+    pub auth_status: u64,
+    /// `GET /iserver/accounts` calls.
+    pub accounts: u64,
+}
+
+/// Everything the handlers read and mutate. Kept behind one mutex so a
+/// scenario switch is atomic with respect to the requests around it.
+#[derive(Debug)]
+pub(crate) struct SimState {
+    pub(crate) auth_state: AuthState,
+    pub(crate) ssodh_init_fails: bool,
+    pub(crate) account: SimAccount,
+    pub(crate) request_log: Vec<LoggedRequest>,
+    pub(crate) counters: SimCounters,
+    /// Session-ish identifiers the real gateway leaks into its answers; the
+    /// product must strip them, so they are random to make leaks detectable.
+    pub(crate) session_id: String,
+    pub(crate) cookie_value: String,
+}
+
+impl SimState {
+    pub(crate) fn new(auth_state: AuthState, account: SimAccount) -> Self {
+        SimState {
+            auth_state,
+            ssodh_init_fails: false,
+            account,
+            request_log: Vec::new(),
+            counters: SimCounters::default(),
+            session_id: random_hex(16),
+            cookie_value: random_uuid_like(),
+        }
+    }
+
+    pub(crate) fn accounts_json(&self) -> Value {
+        let id = self.account.account_id.as_str();
+        let mut body = json!({
+            "accounts": [id],
+            "selectedAccount": id,
+            "acctProps": {
+                id: {
+                    "supportsCashQty": self.account.supports_cash_qty,
+                    "supportsFractions": self.account.supports_fractions,
+                }
+            },
+            "aliases": { id: id },
+            "allowFeatures": {},
+            "chartPeriods": {},
+            "groups": [],
+            "profiles": [],
+            "sessionId": self.session_id,
+            "serverInfo": server_info(),
+        });
+        if let (Some(is_paper), Some(object)) =
+            (self.account.is_paper.to_json(), body.as_object_mut())
+        {
+            object.insert("isPaper".to_owned(), is_paper);
+        }
+        body
+    }
+}
+
+/// Cloneable handle to the one shared state.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedState(Arc<Mutex<SimState>>);
+
+impl SharedState {
+    pub(crate) fn new(state: SimState) -> Self {
+        SharedState(Arc::new(Mutex::new(state)))
+    }
+
+    /// Locks the state. A handler that panicked while holding the lock left
+    /// the state consistent (every mutation is a single assignment or push),
+    /// so a poisoned lock is safe to keep using.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The `serverInfo` object CPGW attaches to session answers.
+pub(crate) fn server_info() -> Value {
+    json!({
+        "serverName": "JifN19053",
+        "serverVersion": "Build 10.25.0p, Dec 5, 2023",
+    })
+}
+
+/// The MAC address CPGW reports; fixed, as in a real installation.
+pub(crate) const SERVER_MAC: &str = "98:F2:B3:23:BF:A0";
+
+/// Lower-case hex of `bytes` random bytes from the system RNG.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    // The system RNG only fails if the OS has no entropy source at all; a
+    // zero-filled id is still unique enough for a simulator in that case.
+    let _ = aws_lc_rs::rand::fill(&mut buffer);
+    buffer.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn random_uuid_like() -> String {
+    let hex = random_hex(16);
+    let (a, rest) = hex.split_at(8);
+    let (b, rest) = rest.split_at(4);
+    let (c, rest) = rest.split_at(4);
+    let (d, e) = rest.split_at(4);
+    format!("{a}-{b}-{c}-{d}-{e}")
+}

@@ -1,0 +1,219 @@
+//! Request and response envelopes carried inside encrypted frames.
+//!
+//! The envelope carries what the seed contract names (tool name, required scope, request id,
+//! payload hash) plus the canonical payload itself, a relative deadline and an optional
+//! idempotency key. It never carries the agent's bearer token, cookies or any other
+//! credential: the gateway has sanitized the payload before it builds one.
+
+use crate::canonical;
+use crate::limits::{MAX_FRAME_PLAINTEXT, MAX_SHORT_STRING};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// 128-bit request identifier chosen by the gateway; unique per relay session.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub [u8; 16]);
+
+impl RequestId {
+    pub fn from_rng(rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        RequestId(bytes)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text).ok()?;
+        Some(RequestId(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A sanitized tool call forwarded by the gateway to the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRequest {
+    pub request_id: RequestId,
+    pub tool_name: String,
+    /// The scope the catalog requires for `tool_name`; the sidecar checks it against both the
+    /// catalog and the scopes its local pairing record grants.
+    pub scope: String,
+    /// RFC 8785 canonical JSON of the sanitized arguments.
+    pub payload: Vec<u8>,
+    /// [`canonical::payload_hash`] of `tool_name` and `payload`.
+    pub payload_hash: [u8; 32],
+    /// Milliseconds the gateway will wait for the answer, counted from when the sidecar reads
+    /// the frame (relative, so the two clocks never need to agree).
+    pub deadline_ms: u64,
+    pub idempotency_key: Option<String>,
+}
+
+impl RelayRequest {
+    /// Builds a request, computing the payload hash over the canonical form of `arguments`.
+    pub fn new(
+        request_id: RequestId,
+        tool_name: &str,
+        scope: &str,
+        arguments: &serde_json::Value,
+        deadline_ms: u64,
+        idempotency_key: Option<String>,
+    ) -> Result<Self, EnvelopeError> {
+        let payload = canonical::canonicalize(arguments).map_err(|_| EnvelopeError::BadPayload)?;
+        let request = RelayRequest {
+            request_id,
+            tool_name: tool_name.to_string(),
+            scope: scope.to_string(),
+            payload_hash: canonical::payload_hash(tool_name, &payload),
+            payload,
+            deadline_ms,
+            idempotency_key,
+        };
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Structural checks the receiver runs before anything else: bounded strings, a payload
+    /// that is canonical JSON, and a hash that matches it.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        for field in [&self.tool_name, &self.scope] {
+            if field.is_empty() || field.len() > MAX_SHORT_STRING {
+                return Err(EnvelopeError::BadField);
+            }
+        }
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > MAX_SHORT_STRING {
+                return Err(EnvelopeError::BadField);
+            }
+        }
+        if self.payload.len() > MAX_FRAME_PLAINTEXT {
+            return Err(EnvelopeError::BadPayload);
+        }
+        if canonical::payload_hash(&self.tool_name, &self.payload) != self.payload_hash {
+            return Err(EnvelopeError::PayloadHashMismatch);
+        }
+        let text = std::str::from_utf8(&self.payload).map_err(|_| EnvelopeError::BadPayload)?;
+        let recanonical =
+            canonical::canonicalize_str(text).map_err(|_| EnvelopeError::BadPayload)?;
+        if recanonical != self.payload {
+            return Err(EnvelopeError::BadPayload);
+        }
+        Ok(())
+    }
+
+    /// The payload parsed back into JSON.
+    pub fn arguments(&self) -> Result<serde_json::Value, EnvelopeError> {
+        serde_json::from_slice(&self.payload).map_err(|_| EnvelopeError::BadPayload)
+    }
+}
+
+/// A refusal or failure as it travels: a stable code from the shared error catalog and the
+/// human-facing fields. The sidecar fills them from the catalog; the gateway renders them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// SCREAMING_SNAKE code, e.g. `BROKER_SESSION_REQUIRED`.
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    pub user_action: String,
+}
+
+/// What the laptop must do by hand before the call can succeed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualAction {
+    pub code: String,
+    pub message: String,
+    /// What the person has to do, e.g. "Log in to the IBKR Client Portal Gateway".
+    pub action: String,
+    /// Where, e.g. "https://localhost:5000 in a browser on the laptop running the sidecar".
+    pub location: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The tool's structured result, as JSON text (already sanitized by the sidecar).
+    Result { json: String },
+    /// The call needs a person at the laptop (e.g. a CPGW browser login).
+    ManualActionRequired(ManualAction),
+    /// A gate or guard refused the call; nothing was sent to the broker.
+    Refused(ErrorBody),
+    /// The call was attempted and failed.
+    Failed(ErrorBody),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayResponse {
+    pub request_id: RequestId,
+    pub outcome: Outcome,
+}
+
+/// Progress of a long-running call (e.g. waiting for a fill), relayed to the MCP client as a
+/// progress notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RelayProgress {
+    pub request_id: RequestId,
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope field empty or too long")]
+    BadField,
+    #[error("payload is not canonical JSON")]
+    BadPayload,
+    #[error("payload hash does not match the payload")]
+    PayloadHashMismatch,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RelayRequest {
+        RelayRequest::new(
+            RequestId([9; 16]),
+            "ibkr_accounts_list",
+            "ibkr:accounts:read",
+            &serde_json::json!({}),
+            30_000,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tampered_payload_is_detected() {
+        let mut tampered = request();
+        tampered.payload = br#"{"x":1}"#.to_vec();
+        assert_eq!(tampered.validate(), Err(EnvelopeError::PayloadHashMismatch));
+    }
+
+    #[test]
+    fn non_canonical_payload_is_refused_even_with_matching_hash() {
+        let mut sneaky = request();
+        sneaky.payload = b"{ }".to_vec();
+        sneaky.payload_hash = canonical::payload_hash(&sneaky.tool_name, &sneaky.payload);
+        assert_eq!(sneaky.validate(), Err(EnvelopeError::BadPayload));
+    }
+
+    #[test]
+    fn request_id_hex_round_trip() {
+        let id = RequestId([0xab; 16]);
+        assert_eq!(RequestId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(RequestId::from_hex("zz"), None);
+    }
+}

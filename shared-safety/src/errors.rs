@@ -1,0 +1,211 @@
+//! The error catalog: one enum of stable SCREAMING_SNAKE codes shared by both halves.
+//!
+//! A code never changes meaning once published. Messages say what happened in words a person
+//! understands and never echo secrets or act as an oracle (a bad token is "invalid", not
+//! "signature valid but expired for issuer X").
+
+use protocol::envelope::ErrorBody;
+
+macro_rules! error_catalog {
+    ($( $variant:ident => ($code:literal, $retryable:literal, $message:literal, $action:literal), )*) => {
+        /// Every refusal and failure the product can report.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $variant, )*
+        }
+
+        impl ErrorCode {
+            /// All codes, in catalog order.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant, )* ];
+
+            /// The stable SCREAMING_SNAKE code.
+            pub const fn code(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )* }
+            }
+
+            /// Whether the same call can succeed later without anybody changing anything.
+            pub const fn retryable(self) -> bool {
+                match self { $( ErrorCode::$variant => $retryable, )* }
+            }
+
+            /// What happened, for a person.
+            pub const fn message(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $message, )* }
+            }
+
+            /// What the user should do about it.
+            pub const fn user_action(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $action, )* }
+            }
+        }
+    };
+}
+
+error_catalog! {
+    // Configuration (process refuses to start).
+    ConfigInvalid => ("CONFIG_INVALID", false,
+        "The configuration is missing a required value or has a bad one.",
+        "Fix the named key in the configuration file and start again."),
+    ConfigSidecarForbidden => ("CONFIG_SIDECAR_FORBIDDEN", false,
+        "Relaying to a sidecar is not allowed by this configuration.",
+        "Set both sidecar.enabled and safety.sidecar_enabled to true and enable remote MCP OAuth, or turn the relay off."),
+
+    // Gate 1: remote MCP OAuth.
+    AuthRequired => ("AUTH_REQUIRED", false,
+        "This endpoint needs an OAuth bearer token.",
+        "Sign in through your MCP client so it sends an Authorization: Bearer token."),
+    AuthInvalidToken => ("AUTH_INVALID_TOKEN", false,
+        "The access token was not accepted.",
+        "Get a new access token from the authorization server and retry."),
+    AuthInsufficientScope => ("AUTH_INSUFFICIENT_SCOPE", false,
+        "The access token does not grant the scope this tool needs.",
+        "Ask the authorization server for a token with the scope named in the error."),
+    AuthRateLimited => ("AUTH_RATE_LIMITED", true,
+        "Too many requests.",
+        "Wait for the time given in Retry-After and try again."),
+
+    // Gate 2: pairing.
+    SidecarPairingRequired => ("SIDECAR_PAIRING_REQUIRED", false,
+        "No active pairing exists between this gateway and a sidecar for your account (none was made, or it was revoked or has expired).",
+        "Ask the gateway operator for a pairing code and run `ibkr-agent sidecar pair` on your laptop."),
+    PairingCodeInvalid => ("PAIRING_CODE_INVALID", false,
+        "The pairing code was not accepted.",
+        "Check the code and try again, or ask the operator for a new one."),
+    PairingCodeExpired => ("PAIRING_CODE_EXPIRED", false,
+        "The pairing code has expired.",
+        "Ask the gateway operator for a new pairing code."),
+    PairingCodeUsed => ("PAIRING_CODE_USED", false,
+        "The pairing code has already been used.",
+        "Pairing codes work once. Ask the gateway operator for a new one."),
+    SidecarIdConflict => ("SIDECAR_ID_CONFLICT", false,
+        "Another sidecar with a different key is already paired under this sidecar id.",
+        "Pair with a different --sidecar-id, or revoke the old pairing on the gateway first."),
+    PairingAttemptsExceeded => ("PAIRING_ATTEMPTS_EXCEEDED", false,
+        "Too many attempts were made with this pairing code; it is now disabled.",
+        "Ask the gateway operator for a new pairing code."),
+
+    // Gate 3: session binding.
+    SidecarSessionInvalid => ("SIDECAR_SESSION_INVALID", false,
+        "The relay session is not bound to the sidecar paired for this account and gateway instance.",
+        "Restart `ibkr-agent sidecar run` on the paired laptop; if it persists, pair again."),
+    SidecarUnavailable => ("SIDECAR_UNAVAILABLE", true,
+        "Your laptop's sidecar is not connected to the gateway.",
+        "Start `ibkr-agent sidecar run` on the paired laptop and make sure it is online."),
+
+    // Gate 4: heartbeat and session expiry.
+    SidecarHeartbeatStale => ("SIDECAR_HEARTBEAT_STALE", true,
+        "The sidecar stopped answering heartbeats.",
+        "Check that the laptop is awake and online; the sidecar reconnects by itself."),
+    SidecarSessionExpired => ("SIDECAR_SESSION_EXPIRED", true,
+        "The relay session has expired.",
+        "Wait a moment: the sidecar reconnects and opens a new session by itself."),
+
+    // Gate 5: broker session (manual local action).
+    BrokerSessionRequired => ("BROKER_SESSION_REQUIRED", true,
+        "The IBKR Client Portal Gateway on the laptop needs a login before this call can run.",
+        "On the laptop running the sidecar, open https://localhost:5000 in a browser and log in (with 2FA). Nothing logs in for you."),
+    BrokerUnreachable => ("BROKER_UNREACHABLE", true,
+        "The sidecar cannot reach the IBKR Client Portal Gateway on the laptop.",
+        "Start the Client Portal Gateway on the laptop (bin/run.sh root/conf.yaml) and check sidecar.local_client_portal_base_url."),
+    BrokerError => ("BROKER_ERROR", true,
+        "The IBKR Client Portal Gateway answered with an error.",
+        "Try again shortly; if it persists, restart the Client Portal Gateway and log in again."),
+
+    // Relay request checks.
+    ToolUnknown => ("TOOL_UNKNOWN", false,
+        "No tool with this name exists.",
+        "Call tools/list to see the tools your token allows."),
+    ScopeNotGrantedLocally => ("SCOPE_NOT_GRANTED_LOCALLY", false,
+        "The sidecar's local pairing record does not grant the scope this tool needs.",
+        "On the laptop, grant the scope to this pairing (see `ibkr-agent sidecar pairing`)."),
+    ArgumentsInvalid => ("ARGUMENTS_INVALID", false,
+        "The tool arguments do not match the tool's input schema.",
+        "Fix the arguments: unknown fields are refused and required fields must be present."),
+    SensitiveMaterialRefused => ("SENSITIVE_MATERIAL_REFUSED", false,
+        "The request carries something that must never leave its owner: a cookie, an authorization header, a token, a credential, a secret or a local file path.",
+        "Remove it from the tool arguments; the sidecar holds its own session and never needs them."),
+    PayloadHashMismatch => ("PAYLOAD_HASH_MISMATCH", false,
+        "The forwarded request's payload does not match its hash.",
+        "This indicates a fault or tampering between the gateway and the sidecar; report it to the operator."),
+    RequestTimeout => ("REQUEST_TIMEOUT", true,
+        "The sidecar did not answer before the deadline.",
+        "Try again; for order tools check ibkr_trade_history first so you do not repeat an order."),
+    RelayOverloaded => ("RELAY_OVERLOADED", true,
+        "Too many calls are in flight to this sidecar.",
+        "Wait a moment and try again."),
+    RelayProtocolError => ("RELAY_PROTOCOL_ERROR", true,
+        "The encrypted relay channel failed and was closed.",
+        "Try again; the sidecar reconnects by itself."),
+    ResponseTooLarge => ("RESPONSE_TOO_LARGE", false,
+        "The answer is larger than the relay allows.",
+        "Ask for less data (fewer symbols, a shorter period)."),
+    Cancelled => ("CANCELLED", false,
+        "The call was cancelled by the client.",
+        "Nothing to do."),
+    InternalError => ("INTERNAL_ERROR", true,
+        "An unexpected internal error occurred.",
+        "Try again; if it persists, report it to the operator with the request id."),
+
+    // Local primitives.
+    IdentityMissing => ("IDENTITY_MISSING", false,
+        "This laptop has no sidecar identity yet.",
+        "Run `ibkr-agent sidecar identity create --display-name <name>`."),
+    IdentityExists => ("IDENTITY_EXISTS", false,
+        "A sidecar identity already exists in this state directory.",
+        "Keep using it, or choose another state directory with --state-dir."),
+    StateStoreError => ("STATE_STORE_ERROR", false,
+        "The local state store could not be read or written.",
+        "Check permissions and free space in the state directory."),
+}
+
+impl ErrorCode {
+    /// Looks a code up by its string form.
+    pub fn from_code(code: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|candidate| candidate.code() == code)
+    }
+
+    /// The wire form, with an optional detail appended to the catalog message. The detail must
+    /// not contain secrets: callers pass key names, tool names and the like, never values.
+    pub fn body(self, detail: Option<&str>) -> ErrorBody {
+        let message = match detail {
+            Some(detail) if !detail.is_empty() => format!("{} {}", self.message(), detail),
+            _ => self.message().to_string(),
+        };
+        ErrorBody {
+            code: self.code().to_string(),
+            message,
+            retryable: self.retryable(),
+            user_action: self.user_action().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_screaming_snake_and_documented() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let text = code.code();
+            assert!(seen.insert(text), "duplicate {text}");
+            assert!(
+                text.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+                "{text} is not SCREAMING_SNAKE"
+            );
+            assert!(!code.message().is_empty() && !code.user_action().is_empty());
+            assert_eq!(ErrorCode::from_code(text), Some(*code));
+        }
+    }
+}

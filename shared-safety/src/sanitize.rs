@@ -1,0 +1,421 @@
+//! Sensitive-material sanitizer.
+//!
+//! Requests: anything that looks like a cookie, an authorization header, a token, a credential,
+//! a secret or a local filesystem path is refused before forwarding, detected both by the key
+//! it sits under and by the shape of the value. Ordinary trading values (a symbol such as
+//! `PATH`, a page cursor, a decimal amount) pass.
+//!
+//! Responses: session material and local internals are removed before a result leaves the
+//! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
+
+use serde_json::{Map, Value};
+
+/// Why a request was refused. Carries the JSON path and the kind of material, never the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensitiveMaterial {
+    /// JSON pointer-like path to the offending key or value, e.g. `/headers/cookie`.
+    pub path: String,
+    pub kind: MaterialKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaterialKind {
+    Cookie,
+    Authorization,
+    Token,
+    Credential,
+    Secret,
+    LocalPath,
+}
+
+impl MaterialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaterialKind::Cookie => "cookie",
+            MaterialKind::Authorization => "authorization header",
+            MaterialKind::Token => "token",
+            MaterialKind::Credential => "credential",
+            MaterialKind::Secret => "secret",
+            MaterialKind::LocalPath => "local filesystem path",
+        }
+    }
+}
+
+impl std::fmt::Display for SensitiveMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.kind.as_str(), self.path)
+    }
+}
+
+/// Splits a key into lowercase words: `X-Sess-UUID` -> [x, sess, uuid], `accessToken` ->
+/// [access, token].
+fn key_words(key: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for ch in key.chars() {
+        if !ch.is_alphanumeric() {
+            if !current.is_empty() {
+                words.push(std::mem::take(&mut current));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if ch.is_uppercase() && previous_lower && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        previous_lower = ch.is_lowercase() || ch.is_ascii_digit();
+        current.extend(ch.to_lowercase());
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+/// Classifies a key name as sensitive.
+pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
+    let words = key_words(key);
+    let joined: String = words.concat();
+    let has = |candidates: &[&str]| words.iter().any(|w| candidates.contains(&w.as_str()));
+    if has(&["cookie", "cookies"]) || joined == "setcookie" || joined == "xsessuuid" {
+        return Some(MaterialKind::Cookie);
+    }
+    if has(&["authorization", "bearer"]) || joined == "proxyauthorization" {
+        return Some(MaterialKind::Authorization);
+    }
+    if has(&[
+        "token",
+        "tokens",
+        "jwt",
+        "jsessionid",
+        "sessionid",
+        "session",
+        "sso",
+        "ssoid",
+    ]) {
+        return Some(MaterialKind::Token);
+    }
+    if has(&[
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "credential",
+        "credentials",
+        "username",
+        "login",
+        "otp",
+        "totp",
+    ]) {
+        return Some(MaterialKind::Credential);
+    }
+    if has(&["secret", "secrets", "apikey", "privatekey", "signature"])
+        || joined.contains("apikey")
+        || joined.contains("privatekey")
+    {
+        return Some(MaterialKind::Secret);
+    }
+    if has(&[
+        "path",
+        "file",
+        "filename",
+        "filepath",
+        "dir",
+        "directory",
+        "home",
+    ]) && !has(&["cursor"])
+    {
+        return Some(MaterialKind::LocalPath);
+    }
+    None
+}
+
+fn looks_like_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 3 && parts.len() != 5 {
+        return false;
+    }
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    parts[0].starts_with("eyJ") && parts[..2].iter().all(|p| base64url(p)) && text.len() >= 24
+}
+
+/// Classifies a string value as sensitive, whatever key it sits under.
+pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
+    let trimmed = value.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("bearer ")
+        || lower.starts_with("basic ")
+        || lower.starts_with("authorization:")
+    {
+        return Some(MaterialKind::Authorization);
+    }
+    if lower.starts_with("cookie:") || lower.starts_with("set-cookie:") {
+        return Some(MaterialKind::Cookie);
+    }
+    for marker in [
+        "x-sess-uuid=",
+        "jsessionid=",
+        "sessionid=",
+        "ssoid=",
+        "api=",
+        "user_session=",
+    ] {
+        if lower.contains(marker) {
+            return Some(MaterialKind::Cookie);
+        }
+    }
+    if lower.contains("-----begin ")
+        || lower.starts_with("ssh-rsa ")
+        || lower.starts_with("ssh-ed25519 ")
+    {
+        return Some(MaterialKind::Secret);
+    }
+    if trimmed.split_whitespace().any(looks_like_jwt) {
+        return Some(MaterialKind::Token);
+    }
+    if looks_like_local_path(trimmed) {
+        return Some(MaterialKind::LocalPath);
+    }
+    None
+}
+
+fn looks_like_local_path(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("file://") {
+        return true;
+    }
+    for token in
+        text.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '=' || c == ',')
+    {
+        if token.starts_with("~/") || token.starts_with("~\\") || token == "~" {
+            return true;
+        }
+        if token.starts_with("\\\\") {
+            return true;
+        }
+        let bytes = token.as_bytes();
+        if bytes.len() >= 3
+            && bytes[0].is_ascii_alphabetic()
+            && bytes[1] == b':'
+            && (bytes[2] == b'\\' || bytes[2] == b'/')
+        {
+            return true;
+        }
+        if token.starts_with('/') {
+            let first = token[1..].split('/').next().unwrap_or("");
+            if token.len() > 1
+                && matches!(
+                    first,
+                    "home"
+                        | "Users"
+                        | "root"
+                        | "etc"
+                        | "var"
+                        | "tmp"
+                        | "opt"
+                        | "usr"
+                        | "private"
+                        | "Volumes"
+                        | "mnt"
+                        | "proc"
+                        | "dev"
+                        | "srv"
+                )
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Walks a request payload and refuses the first sensitive key or value found.
+pub fn check_request(value: &Value) -> Result<(), SensitiveMaterial> {
+    walk_request(value, &mut String::new())
+}
+
+fn walk_request(value: &Value, path: &mut String) -> Result<(), SensitiveMaterial> {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                let saved = path.len();
+                path.push('/');
+                path.push_str(&escape_pointer(key));
+                if let Some(kind) = sensitive_key(key) {
+                    return Err(SensitiveMaterial {
+                        path: path.clone(),
+                        kind,
+                    });
+                }
+                if let Some(kind) = sensitive_value(key) {
+                    return Err(SensitiveMaterial {
+                        path: path.clone(),
+                        kind,
+                    });
+                }
+                walk_request(item, path)?;
+                path.truncate(saved);
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let saved = path.len();
+                path.push('/');
+                path.push_str(&index.to_string());
+                walk_request(item, path)?;
+                path.truncate(saved);
+            }
+            Ok(())
+        }
+        Value::String(text) => match sensitive_value(text) {
+            Some(kind) => Err(SensitiveMaterial {
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.clone()
+                },
+                kind,
+            }),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn escape_pointer(key: &str) -> String {
+    let escaped = key.replace('~', "~0").replace('/', "~1");
+    // Keys are echoed in error messages: bound them and drop control characters.
+    escaped
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
+}
+
+/// Keys CPGW returns that are session material or local internals, removed from every result.
+fn response_key_removed(key: &str) -> bool {
+    let words = key_words(key);
+    let joined: String = words.concat();
+    matches!(
+        joined.as_str(),
+        "mac"
+            | "serverinfo"
+            | "servername"
+            | "serverversion"
+            | "headers"
+            | "header"
+            | "setcookie"
+            | "hmds"
+    ) || sensitive_key(key).is_some()
+}
+
+/// Returns a copy of a broker response with session material and local internals removed.
+/// String values that look sensitive are replaced with `"[redacted]"`.
+pub fn sanitize_response(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut clean = Map::new();
+            for (key, item) in map {
+                if response_key_removed(key) {
+                    continue;
+                }
+                clean.insert(key.clone(), sanitize_response(item));
+            }
+            Value::Object(clean)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sanitize_response).collect()),
+        Value::String(text) if sensitive_value(text).is_some() => {
+            Value::String("[redacted]".into())
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn refuses_by_key() {
+        for (payload, kind) in [
+            (json!({"cookie": "x"}), MaterialKind::Cookie),
+            (json!({"Authorization": "abc"}), MaterialKind::Authorization),
+            (json!({"access_token": "abc"}), MaterialKind::Token),
+            (
+                json!({"nested": {"password": "hunter2"}}),
+                MaterialKind::Credential,
+            ),
+            (json!({"client_secret": "abc"}), MaterialKind::Secret),
+            (json!({"x-sess-uuid": "abc"}), MaterialKind::Cookie),
+            (json!({"apiKey": "abc"}), MaterialKind::Secret),
+        ] {
+            assert_eq!(
+                check_request(&payload).map_err(|e| e.kind),
+                Err(kind),
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_by_value() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
+        for value in [
+            "Bearer abc.def",
+            jwt,
+            "-----BEGIN PRIVATE KEY-----\nMII",
+            "/home/u/.ssh/id_rsa",
+            "/Users/me/Library",
+            "C:\\Users\\me",
+            "~/secrets.txt",
+            "file:///etc/passwd",
+            "x-sess-uuid=0.1234",
+        ] {
+            assert!(
+                check_request(&json!({"symbol": value})).is_err(),
+                "{value} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_values_pass() {
+        for value in [
+            "PATH",
+            "AAPL",
+            "BRK B",
+            "12.50",
+            "cursor:eyJwYWdlIjoyfQ",
+            "2026-11-21",
+            "page-2",
+            "/",
+        ] {
+            assert!(
+                check_request(&json!({"symbol": value, "cursor": value})).is_ok(),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_lose_session_material() {
+        let raw = json!({
+            "accounts": ["DU1234567"],
+            "sessionId": "abc",
+            "serverInfo": {"serverName": "x"},
+            "MAC": "98:F2",
+            "nested": [{"Set-Cookie": "x=1", "note": "/home/u/file"}],
+        });
+        assert_eq!(
+            sanitize_response(&raw),
+            json!({"accounts": ["DU1234567"], "nested": [{"note": "[redacted]"}]})
+        );
+    }
+}
