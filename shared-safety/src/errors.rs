@@ -215,3 +215,39 @@ mod tests {
         }
     }
 }
+
+/// Renders the catalog as the Markdown table in `docs/errors.md`.
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "# Error codes\n\n\
+         Every refusal and failure carries one of these stable codes, a message for a person, whether\n\
+         retrying the same call can help, and what the user should do. Codes never change meaning.\n\
+         This file is generated from `shared-safety/src/errors.rs`; a test fails when they disagree\n\
+         (regenerate with `UPDATE_DOCS=1 cargo test -p shared-safety`).\n\n\
+         | code | retryable | message | what to do |\n|---|---|---|---|\n",
+    );
+    for code in ErrorCode::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            code.code(),
+            if code.retryable() { "yes" } else { "no" },
+            code.message().replace('|', "\\|"),
+            code.user_action().replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod docs_tests {
+    #[test]
+    fn docs_errors_md_matches_the_catalog() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md");
+        let rendered = super::render_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &rendered).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(on_disk, rendered, "docs/errors.md is out of date: run UPDATE_DOCS=1 cargo test -p shared-safety");
+    }
+}
