@@ -151,7 +151,7 @@ fn ecmascript_number(value: f64) -> String {
     } else if -6 < n && n <= 0 {
         format!("0.{}{digits}", "0".repeat((-n) as usize))
     } else {
-        let exponent_sign = if n - 1 >= 0 { "+" } else { "-" };
+        let exponent_sign = if n > 0 { "+" } else { "-" };
         let (first, rest) = digits.split_at(1);
         if rest.is_empty() {
             format!("{first}e{exponent_sign}{}", (n - 1).abs())
@@ -244,8 +244,8 @@ mod tests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            (-1_000_000i64..1_000_000).prop_map(|n| Value::from(n)),
-            (-1.0e6f64..1.0e6).prop_map(|f| Value::from(f)),
+            (-1_000_000i64..1_000_000).prop_map(Value::from),
+            (-1.0e6f64..1.0e6).prop_map(Value::from),
             ".{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 6, |inner| {

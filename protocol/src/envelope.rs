@@ -93,10 +93,10 @@ impl RelayRequest {
                 return Err(EnvelopeError::BadField);
             }
         }
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > MAX_SHORT_STRING {
-                return Err(EnvelopeError::BadField);
-            }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_SHORT_STRING)
+        {
+            return Err(EnvelopeError::BadField);
         }
         if self.payload.len() > MAX_FRAME_PLAINTEXT {
             return Err(EnvelopeError::BadPayload);

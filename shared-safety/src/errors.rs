@@ -248,6 +248,9 @@ mod docs_tests {
             std::fs::write(path, &rendered).unwrap();
         }
         let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert_eq!(on_disk, rendered, "docs/errors.md is out of date: run UPDATE_DOCS=1 cargo test -p shared-safety");
+        assert_eq!(
+            on_disk, rendered,
+            "docs/errors.md is out of date: run UPDATE_DOCS=1 cargo test -p shared-safety"
+        );
     }
 }

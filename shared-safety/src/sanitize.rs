@@ -206,9 +206,9 @@ fn looks_like_local_path(text: &str) -> bool {
         {
             return true;
         }
-        if token.starts_with('/') {
-            let first = token[1..].split('/').next().unwrap_or("");
-            if token.len() > 1
+        if let Some(rest) = token.strip_prefix('/') {
+            let first = rest.split('/').next().unwrap_or("");
+            if !rest.is_empty()
                 && matches!(
                     first,
                     "home"
