@@ -562,10 +562,10 @@ fn authenticate_client(
         (Some(credentials), None) | (None, Some(credentials)) => credentials,
         (None, None) => return Err(TokenError::invalid_client()),
     };
-    if let Some(posted_id) = params.get("client_id") {
-        if *posted_id != client_id {
-            return Err(TokenError::invalid_client());
-        }
+    if let Some(posted_id) = params.get("client_id")
+        && *posted_id != client_id
+    {
+        return Err(TokenError::invalid_client());
     }
     let id_ok = client_id == DEV_CLIENT_ID;
     let secret_ok = aws_lc_rs::constant_time::verify_slices_are_equal(
@@ -676,6 +676,14 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     const AUDIENCE: &str = "http://127.0.0.1:8080/mcp";
+
+    /// Form fields, Basic credentials, expected status and `error` code.
+    type TokenCase<'a> = (
+        &'a [(&'a str, &'a str)],
+        Option<(&'a str, &'a str)>,
+        StatusCode,
+        &'a str,
+    );
 
     async fn start() -> Result<DevIssuer, std::io::Error> {
         DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0))).await
@@ -1034,7 +1042,7 @@ mod tests {
     #[tokio::test]
     async fn token_endpoint_refuses_bad_requests() -> TestResult {
         let issuer = start().await?;
-        let cases: [(&[(&str, &str)], Option<(&str, &str)>, StatusCode, &str); 7] = [
+        let cases: [TokenCase<'_>; 7] = [
             (
                 &[
                     ("grant_type", "client_credentials"),

@@ -158,10 +158,10 @@ impl CpgwSimulator {
     /// timeout) and closes idle connections.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            if let Err(error) = server.await {
-                tracing::warn!(%error, "cpgw simulator task ended abnormally");
-            }
+        if let Some(server) = self.server.take()
+            && let Err(error) = server.await
+        {
+            tracing::warn!(%error, "cpgw simulator task ended abnormally");
         }
     }
 }
