@@ -1,0 +1,358 @@
+//! The `ibkr-gateway` command line.
+//!
+//! ```text
+//! ibkr-gateway serve --config gateway.yaml
+//! ibkr-gateway pairing code   --config gateway.yaml --user-id <oauth subject> [--ttl-seconds N] [--json]
+//! ibkr-gateway pairing list   --config gateway.yaml [--json]
+//! ibkr-gateway pairing revoke --config gateway.yaml --sidecar-id <id>
+//! ```
+//! Every command validates the whole configuration first; a bad one prints its code, key and
+//! message to stderr and exits 2 without binding or writing anything. The pairing commands
+//! write the same SQLite store a running server uses (WAL), so they work while it serves.
+
+use crate::config::{GatewayConfiguration, LogFormat};
+use crate::store::{PairingRecord, Store};
+use clap::{Parser, Subcommand};
+use shared_safety::ErrorCode;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ibkr-gateway",
+    version,
+    about = "Cloud gateway relaying MCP tool calls to paired IBKR sidecars"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage sidecar pairings.
+    Pairing {
+        #[command(subcommand)]
+        command: PairingCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairingCommand {
+    /// Issue a single-use pairing code for a user (OAuth subject).
+    Code {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        user_id: String,
+        /// Defaults to pairing.code_ttl_seconds.
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pairings (revoked ones included).
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pairing; the sidecar's session is refused from its next call on.
+    Revoke {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        sidecar_id: String,
+    },
+}
+
+/// Exit code for configuration errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn report_error(code: ErrorCode, key: Option<&str>, message: &str) {
+    match key {
+        Some(key) if !key.is_empty() => eprintln!("error: {code} at {key}: {message}"),
+        _ => eprintln!("error: {code}: {message}"),
+    }
+    eprintln!("what to do: {}", code.user_action());
+}
+
+fn load_config(path: &std::path::Path) -> Result<GatewayConfiguration, ExitCode> {
+    GatewayConfiguration::from_yaml_file(path).map_err(|error| {
+        report_error(error.code, Some(&error.key), &error.message);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve(&config).await,
+        Command::Pairing { command } => pairing(command).await,
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_logging(config.log_format, "info");
+    let handle = match crate::start(config).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            report_error(error.code(), error.key(), &error.message());
+            return match error {
+                crate::StartError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+struct Opened {
+    config: GatewayConfiguration,
+    store: Store,
+    instance_id: String,
+    public_key: protocol::identity::PublicKey,
+}
+
+async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
+    let config = load_config(path)?;
+    init_logging(config.log_format, "warn");
+    if let Err(error) = config.resolve() {
+        report_error(error.code, Some(&error.key), &error.message);
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let state_dir = config.state_dir.clone();
+    let configured = config.instance_id.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
+        let keypair = crate::keys::load_or_create_keypair(&state_dir).map_err(|e| e.to_string())?;
+        let instance_id =
+            crate::keys::load_or_create_instance_id(&state_dir, configured.as_deref())
+                .map_err(|e| e.to_string())?;
+        Ok::<_, String>((store, keypair.public(), instance_id))
+    })
+    .await;
+    match opened {
+        Ok(Ok((store, public_key, instance_id))) => Ok(Opened {
+            config,
+            store,
+            instance_id,
+            public_key,
+        }),
+        Ok(Err(message)) => {
+            report_error(ErrorCode::StateStoreError, Some("state_dir"), &message);
+            Err(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            report_error(ErrorCode::InternalError, None, "startup task failed");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn pairing_json(record: &PairingRecord) -> serde_json::Value {
+    serde_json::json!({
+        "sidecar_id": record.sidecar_id,
+        "user_id": record.user_id,
+        "display_name": record.display_name,
+        "sidecar_public_key": record.sidecar_public_key.to_hex(),
+        "fingerprint": record.sidecar_public_key.fingerprint(),
+        "created_at_ms": record.created_at_ms,
+        "revoked_at_ms": record.revoked_at_ms,
+        "active": record.is_active(),
+    })
+}
+
+async fn pairing(command: PairingCommand) -> ExitCode {
+    match command {
+        PairingCommand::Code {
+            config,
+            user_id,
+            ttl_seconds,
+            json,
+        } => {
+            let opened = match open_state(&config).await {
+                Ok(opened) => opened,
+                Err(code) => return code,
+            };
+            let resolved = match opened.config.resolve() {
+                Ok(resolved) => resolved,
+                Err(_) => return ExitCode::from(EXIT_CONFIG),
+            };
+            if !resolved.relay_enabled {
+                report_error(
+                    ErrorCode::ConfigSidecarForbidden,
+                    Some("sidecar.enabled"),
+                    "pairing needs the sidecar relay enabled",
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let ttl =
+                Duration::from_secs(ttl_seconds.unwrap_or(opened.config.pairing.code_ttl_seconds));
+            match crate::pairing::issue_code(
+                &opened.store,
+                &user_id,
+                ttl,
+                opened.config.pairing.max_attempts_per_code,
+            )
+            .await
+            {
+                Ok(issued) => {
+                    if json {
+                        let output = serde_json::json!({
+                            "code": issued.code.as_str(),
+                            "code_id": issued.code_id,
+                            "user_id": issued.user_id,
+                            "expires_at_ms": issued.expires_at_ms,
+                            "expires_in_seconds": ttl.as_secs(),
+                            "gateway_url": resolved.base_url,
+                            "relay_url": resolved.relay_url,
+                            "instance_id": opened.instance_id,
+                            "gateway_public_key": opened.public_key.to_hex(),
+                            "gateway_fingerprint": opened.public_key.fingerprint(),
+                        });
+                        println!("{output}");
+                    } else {
+                        println!("{}", issued.code.as_str());
+                        eprintln!(
+                            "Pairing code for user {} (single use, expires in {} s).\n\
+                             On the laptop run: ibkr-agent sidecar pair --gateway {} --code -   (then type the code)\n\
+                             Gateway fingerprint: {}",
+                            issued.user_id,
+                            ttl.as_secs(),
+                            resolved.base_url,
+                            opened.public_key.fingerprint()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    report_error(error.code, None, &error.message());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        PairingCommand::List { config, json } => {
+            let opened = match open_state(&config).await {
+                Ok(opened) => opened,
+                Err(code) => return code,
+            };
+            match opened.store.list_pairings().await {
+                Ok(records) => {
+                    if json {
+                        let list: Vec<_> = records.iter().map(pairing_json).collect();
+                        println!("{}", serde_json::Value::Array(list));
+                    } else if records.is_empty() {
+                        println!("no pairings");
+                    } else {
+                        for record in &records {
+                            println!(
+                                "{}\tuser={}\tname={}\tfingerprint={}\t{}",
+                                record.sidecar_id,
+                                record.user_id,
+                                record.display_name,
+                                record.sidecar_public_key.fingerprint(),
+                                if record.is_active() {
+                                    "active"
+                                } else {
+                                    "revoked"
+                                }
+                            );
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    report_error(ErrorCode::StateStoreError, None, &error.to_string());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        PairingCommand::Revoke { config, sidecar_id } => {
+            let opened = match open_state(&config).await {
+                Ok(opened) => opened,
+                Err(code) => return code,
+            };
+            match opened
+                .store
+                .revoke_pairing(sidecar_id.clone(), crate::clock::unix_ms())
+                .await
+            {
+                Ok(true) => {
+                    println!("revoked {sidecar_id}");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!("error: no active pairing has sidecar id {sidecar_id}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    report_error(ErrorCode::StateStoreError, None, &error.to_string());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

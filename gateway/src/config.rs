@@ -1,0 +1,998 @@
+//! `GatewayConfiguration`: the one configuration model for the YAML file and for programmatic
+//! use (tests, the demo). Both paths go through the same [`GatewayConfiguration::validate`],
+//! which runs before any port is bound or any file is written.
+//!
+//! Fail closed: unknown keys are refused, the relay runs only when `sidecar.enabled` and
+//! `safety.sidecar_enabled` agree *and* remote MCP OAuth is on (`remote_mcp.enabled` and
+//! `safety.remote_mcp_enabled`), and every refusal names the offending key.
+
+use protocol::catalog::scopes;
+use serde::{Deserialize, Serialize};
+use shared_safety::ErrorCode;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use url::Url;
+
+/// Largest accepted `remote_mcp.clock_skew_seconds`.
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
+
+/// A configuration refusal: a stable code, the key path (e.g. `sidecar.heartbeat_timeout_seconds`)
+/// and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {key}: {message}")]
+pub struct ConfigError {
+    pub code: ErrorCode,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            code: ErrorCode::ConfigInvalid,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            code: ErrorCode::ConfigSidecarForbidden,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Asymmetric JWS algorithms the gateway can verify. HMAC algorithms are deliberately absent:
+/// a resource server that verifies with a shared secret could also mint tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            JwtAlgorithm::RS256 => A::RS256,
+            JwtAlgorithm::RS384 => A::RS384,
+            JwtAlgorithm::RS512 => A::RS512,
+            JwtAlgorithm::PS256 => A::PS256,
+            JwtAlgorithm::PS384 => A::PS384,
+            JwtAlgorithm::PS512 => A::PS512,
+            JwtAlgorithm::ES256 => A::ES256,
+            JwtAlgorithm::ES384 => A::ES384,
+            JwtAlgorithm::EdDSA => A::EdDSA,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfiguration {
+    /// Socket address to bind, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// Public origin of this gateway; the canonical resource URI is this plus `/mcp`.
+    pub public_base_url: String,
+    /// Holds the SQLite store and the gateway's static key.
+    pub state_dir: PathBuf,
+    /// Optional; generated once and persisted in `state_dir` when absent.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub sidecar: SidecarSection,
+    #[serde(default)]
+    pub safety: SafetySection,
+    #[serde(default)]
+    pub remote_mcp: RemoteMcpSection,
+    #[serde(default)]
+    pub pairing: PairingSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarSection {
+    /// Absent means off: relaying must be asked for explicitly.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The URL sidecars dial (advertised to operators and in pairing output).
+    #[serde(default)]
+    pub remote_relay_url: Option<String>,
+    /// What paired sidecars are expected to use for the local Client Portal Gateway.
+    #[serde(default)]
+    pub local_client_portal_base_url: Option<String>,
+    #[serde(default = "SidecarSection::default_heartbeat_interval")]
+    pub heartbeat_interval_seconds: u64,
+    #[serde(default = "SidecarSection::default_heartbeat_timeout")]
+    pub heartbeat_timeout_seconds: u64,
+    #[serde(default = "SidecarSection::default_session_ttl")]
+    pub session_ttl_seconds: u64,
+    #[serde(default = "SidecarSection::default_request_timeout")]
+    pub request_timeout_seconds: u64,
+    #[serde(default = "SidecarSection::default_max_in_flight")]
+    pub max_in_flight_per_sidecar: usize,
+    #[serde(default = "SidecarSection::default_handshake_timeout")]
+    pub handshake_timeout_seconds: u64,
+}
+
+impl SidecarSection {
+    fn default_heartbeat_interval() -> u64 {
+        15
+    }
+    fn default_heartbeat_timeout() -> u64 {
+        45
+    }
+    fn default_session_ttl() -> u64 {
+        3600
+    }
+    fn default_request_timeout() -> u64 {
+        30
+    }
+    fn default_max_in_flight() -> usize {
+        32
+    }
+    fn default_handshake_timeout() -> u64 {
+        10
+    }
+}
+
+impl Default for SidecarSection {
+    fn default() -> Self {
+        SidecarSection {
+            enabled: false,
+            remote_relay_url: None,
+            local_client_portal_base_url: None,
+            heartbeat_interval_seconds: Self::default_heartbeat_interval(),
+            heartbeat_timeout_seconds: Self::default_heartbeat_timeout(),
+            session_ttl_seconds: Self::default_session_ttl(),
+            request_timeout_seconds: Self::default_request_timeout(),
+            max_in_flight_per_sidecar: Self::default_max_in_flight(),
+            handshake_timeout_seconds: Self::default_handshake_timeout(),
+        }
+    }
+}
+
+/// Independent safety switches: a relay needs both the feature flag and this flag.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetySection {
+    #[serde(default)]
+    pub sidecar_enabled: bool,
+    #[serde(default)]
+    pub remote_mcp_enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteMcpSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Defaults to `public_base_url + "/mcp"`; must equal it when set.
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// When absent, discovered from the issuer's RFC 8414 (then OIDC) metadata.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Defaults to `[resource]`; must contain the resource.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// Defaults to every catalog scope; token scopes outside this list are ignored.
+    #[serde(default)]
+    pub allowed_scopes: Option<Vec<String>>,
+    #[serde(default = "RemoteMcpSection::default_algorithms")]
+    pub allowed_algorithms: Vec<JwtAlgorithm>,
+    #[serde(default = "RemoteMcpSection::default_skew")]
+    pub clock_skew_seconds: u64,
+    #[serde(default)]
+    pub require_typ_at_jwt: bool,
+    #[serde(default = "RemoteMcpSection::default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "RemoteMcpSection::default_rate_subject")]
+    pub rate_limit_per_subject_per_minute: u32,
+    #[serde(default = "RemoteMcpSection::default_rate_peer")]
+    pub rate_limit_per_peer_per_minute: u32,
+    #[serde(default = "RemoteMcpSection::default_hmac_env")]
+    pub token_id_hmac_secret_env: String,
+}
+
+impl RemoteMcpSection {
+    fn default_algorithms() -> Vec<JwtAlgorithm> {
+        vec![
+            JwtAlgorithm::RS256,
+            JwtAlgorithm::ES256,
+            JwtAlgorithm::EdDSA,
+        ]
+    }
+    fn default_skew() -> u64 {
+        60
+    }
+    fn default_max_connections() -> usize {
+        1024
+    }
+    fn default_rate_subject() -> u32 {
+        600
+    }
+    fn default_rate_peer() -> u32 {
+        1200
+    }
+    fn default_hmac_env() -> String {
+        "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET".to_string()
+    }
+}
+
+impl Default for RemoteMcpSection {
+    fn default() -> Self {
+        RemoteMcpSection {
+            enabled: false,
+            resource: None,
+            issuer: None,
+            jwks_url: None,
+            audiences: None,
+            allowed_scopes: None,
+            allowed_algorithms: Self::default_algorithms(),
+            clock_skew_seconds: Self::default_skew(),
+            require_typ_at_jwt: false,
+            max_connections: Self::default_max_connections(),
+            rate_limit_per_subject_per_minute: Self::default_rate_subject(),
+            rate_limit_per_peer_per_minute: Self::default_rate_peer(),
+            token_id_hmac_secret_env: Self::default_hmac_env(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingSection {
+    #[serde(default = "PairingSection::default_ttl")]
+    pub code_ttl_seconds: u64,
+    #[serde(default = "PairingSection::default_attempts")]
+    pub max_attempts_per_code: u32,
+}
+
+impl PairingSection {
+    fn default_ttl() -> u64 {
+        600
+    }
+    fn default_attempts() -> u32 {
+        5
+    }
+}
+
+impl Default for PairingSection {
+    fn default() -> Self {
+        PairingSection {
+            code_ttl_seconds: Self::default_ttl(),
+            max_attempts_per_code: Self::default_attempts(),
+        }
+    }
+}
+
+/// True for `127.0.0.1`-style, `::1` and `localhost` hosts: the only hosts where plain http/ws
+/// is accepted (development issuer, tests, the demo).
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Parses an absolute URL whose scheme is `secure`, or `insecure` on a loopback host only.
+fn parse_url(key: &str, text: &str, secure: &str, insecure: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim())
+        .map_err(|_| ConfigError::invalid(key, format!("must be an absolute {secure}:// URL")))?;
+    if url.host().is_none() {
+        return Err(ConfigError::invalid(key, "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            "must not carry credentials in the URL",
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(ConfigError::invalid(key, "must not have a #fragment"));
+    }
+    let scheme = url.scheme();
+    if scheme == secure || (scheme == insecure && is_loopback_host(&url)) {
+        Ok(url)
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!(
+                "must use {secure}:// ({insecure}:// is accepted only on a loopback host such as 127.0.0.1)"
+            ),
+        ))
+    }
+}
+
+/// `Url` renders a bare origin with a trailing `/`; the canonical form here has none.
+fn origin_string(url: &Url) -> String {
+    url.as_str().trim_end_matches('/').to_string()
+}
+
+fn check_id(key: &str, text: &str) -> Result<(), ConfigError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The values derived from a validated configuration that the rest of the crate uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub listen: SocketAddr,
+    /// `public_base_url` without a trailing slash.
+    pub base_url: String,
+    /// Canonical resource URI (`base_url + "/mcp"`).
+    pub resource: String,
+    /// RFC 9728 path-inserted metadata URL for the resource.
+    pub resource_metadata_url: String,
+    pub relay_enabled: bool,
+    pub mcp_enabled: bool,
+    pub relay_url: Option<String>,
+    pub issuer: Option<String>,
+    pub jwks_url: Option<String>,
+    pub audiences: Vec<String>,
+    pub allowed_scopes: Vec<String>,
+    /// Hosts rmcp accepts in the `Host` header (the public host and loopback).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl GatewayConfiguration {
+    /// Parses YAML (unknown keys refused) and validates it.
+    pub fn from_yaml_str(text: &str) -> Result<GatewayConfiguration, ConfigError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: GatewayConfiguration =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let key = if path == "." { String::new() } else { path };
+                // The serde message names the field or type problem; it never holds a value
+                // beyond what the operator typed into their own file.
+                ConfigError::invalid(
+                    &key,
+                    format!("cannot read the configuration: {}", error.inner()),
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a YAML file.
+    pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<GatewayConfiguration, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::invalid(
+                "",
+                format!("cannot read configuration file {}: {error}", path.display()),
+            )
+        })?;
+        Self::from_yaml_str(&text)
+    }
+
+    /// A complete development configuration: relay and remote MCP on, plain http on loopback,
+    /// the given issuer. A `listen` port of 0 binds an ephemeral port; the URLs then carry
+    /// port 0 and [`crate::start`] substitutes the bound port.
+    pub fn for_dev(
+        listen: SocketAddr,
+        issuer_url: &str,
+        state_dir: impl Into<PathBuf>,
+    ) -> GatewayConfiguration {
+        let host = match listen.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        let origin = format!("{host}:{}", listen.port());
+        GatewayConfiguration {
+            listen: listen.to_string(),
+            public_base_url: format!("http://{origin}"),
+            state_dir: state_dir.into(),
+            instance_id: None,
+            log_format: LogFormat::Text,
+            sidecar: SidecarSection {
+                enabled: true,
+                remote_relay_url: Some(format!("ws://{origin}/relay")),
+                local_client_portal_base_url: Some("https://localhost:5000/v1/api".to_string()),
+                ..SidecarSection::default()
+            },
+            safety: SafetySection {
+                sidecar_enabled: true,
+                remote_mcp_enabled: true,
+            },
+            remote_mcp: RemoteMcpSection {
+                enabled: true,
+                issuer: Some(issuer_url.to_string()),
+                ..RemoteMcpSection::default()
+            },
+            pairing: PairingSection::default(),
+        }
+    }
+
+    /// Checks everything; returns the first problem found, with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolve().map(|_| ())
+    }
+
+    /// Validates and derives the values the gateway runs on.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let listen: SocketAddr = self.listen.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "listen",
+                "must be an address and port such as 127.0.0.1:8080",
+            )
+        })?;
+
+        let base = parse_url("public_base_url", &self.public_base_url, "https", "http")?;
+        if !(base.path().is_empty() || base.path() == "/") || base.query().is_some() {
+            return Err(ConfigError::invalid(
+                "public_base_url",
+                "must be an origin without a path or query, e.g. https://gateway.example.com",
+            ));
+        }
+        let base_port_zero = base.port() == Some(0);
+        if base_port_zero && listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "public_base_url",
+                "port 0 is only allowed when listen also uses port 0",
+            ));
+        }
+        let base_url = origin_string(&base);
+        let resource = format!("{base_url}/mcp");
+        let resource_metadata_url = format!("{base_url}/.well-known/oauth-protected-resource/mcp");
+
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "state_dir",
+                "must name a directory for the store and the gateway key",
+            ));
+        }
+        if let Some(id) = &self.instance_id {
+            check_id("instance_id", id)?;
+        }
+
+        // The fail-closed checklist of the seed, in its order.
+        if self.sidecar.enabled != self.safety.sidecar_enabled {
+            let key = if self.sidecar.enabled {
+                "safety.sidecar_enabled"
+            } else {
+                "sidecar.enabled"
+            };
+            return Err(ConfigError::forbidden(
+                key,
+                "sidecar.enabled and safety.sidecar_enabled must both be true to relay (or both false)",
+            ));
+        }
+        let relay_enabled = self.sidecar.enabled;
+        let mcp_flags_on = self.remote_mcp.enabled && self.safety.remote_mcp_enabled;
+        if relay_enabled && !mcp_flags_on {
+            let key = if !self.remote_mcp.enabled {
+                "remote_mcp.enabled"
+            } else {
+                "safety.remote_mcp_enabled"
+            };
+            return Err(ConfigError::forbidden(
+                key,
+                "relaying requires remote MCP OAuth: set remote_mcp.enabled and safety.remote_mcp_enabled to true",
+            ));
+        }
+        if self.remote_mcp.enabled != self.safety.remote_mcp_enabled {
+            let key = if self.remote_mcp.enabled {
+                "safety.remote_mcp_enabled"
+            } else {
+                "remote_mcp.enabled"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "remote_mcp.enabled and safety.remote_mcp_enabled must agree",
+            ));
+        }
+
+        let mut relay_url = None;
+        if relay_enabled {
+            let sidecar = &self.sidecar;
+            let text = sidecar.remote_relay_url.as_deref().ok_or_else(|| {
+                ConfigError::invalid(
+                    "sidecar.remote_relay_url",
+                    "must be set to the wss:// URL sidecars dial, e.g. wss://gateway.example.com/relay",
+                )
+            })?;
+            let url = parse_url("sidecar.remote_relay_url", text, "wss", "ws")?;
+            if url.port() == Some(0) && listen.port() != 0 {
+                return Err(ConfigError::invalid(
+                    "sidecar.remote_relay_url",
+                    "port 0 is only allowed when listen also uses port 0",
+                ));
+            }
+            relay_url = Some(url.as_str().to_string());
+            let text = sidecar.local_client_portal_base_url.as_deref().ok_or_else(|| {
+                ConfigError::invalid(
+                    "sidecar.local_client_portal_base_url",
+                    "must be set to the Client Portal Gateway URL on the laptop, e.g. https://localhost:5000/v1/api",
+                )
+            })?;
+            parse_url(
+                "sidecar.local_client_portal_base_url",
+                text,
+                "https",
+                "http",
+            )?;
+            check_range(
+                "sidecar.heartbeat_interval_seconds",
+                sidecar.heartbeat_interval_seconds,
+                1,
+                3600,
+            )?;
+            if sidecar.heartbeat_timeout_seconds <= sidecar.heartbeat_interval_seconds {
+                return Err(ConfigError::invalid(
+                    "sidecar.heartbeat_timeout_seconds",
+                    "must be greater than sidecar.heartbeat_interval_seconds",
+                ));
+            }
+            check_range(
+                "sidecar.heartbeat_timeout_seconds",
+                sidecar.heartbeat_timeout_seconds,
+                2,
+                7200,
+            )?;
+            if sidecar.session_ttl_seconds <= sidecar.heartbeat_timeout_seconds {
+                return Err(ConfigError::invalid(
+                    "sidecar.session_ttl_seconds",
+                    "must be greater than sidecar.heartbeat_timeout_seconds",
+                ));
+            }
+            check_range(
+                "sidecar.session_ttl_seconds",
+                sidecar.session_ttl_seconds,
+                1,
+                7 * 86400,
+            )?;
+            check_range(
+                "sidecar.request_timeout_seconds",
+                sidecar.request_timeout_seconds,
+                1,
+                900,
+            )?;
+            check_range(
+                "sidecar.max_in_flight_per_sidecar",
+                sidecar.max_in_flight_per_sidecar as u64,
+                1,
+                1024,
+            )?;
+            check_range(
+                "sidecar.handshake_timeout_seconds",
+                sidecar.handshake_timeout_seconds,
+                1,
+                120,
+            )?;
+        }
+
+        let mut issuer = None;
+        let mut jwks_url = None;
+        let mut audiences = vec![resource.clone()];
+        let mut allowed_scopes: Vec<String> = scopes::ALL.iter().map(|s| s.to_string()).collect();
+        if mcp_flags_on {
+            let mcp = &self.remote_mcp;
+            if let Some(configured) = &mcp.resource
+                && configured.trim().trim_end_matches('/') != resource
+            {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.resource",
+                    format!("must equal public_base_url + \"/mcp\" ({resource}) or be left out"),
+                ));
+            }
+            let text = mcp.issuer.as_deref().ok_or_else(|| {
+                ConfigError::invalid(
+                    "remote_mcp.issuer",
+                    "must be set to the authorization server's issuer URL",
+                )
+            })?;
+            let url = parse_url("remote_mcp.issuer", text, "https", "http")?;
+            if url.query().is_some() {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.issuer",
+                    "must not have a query string",
+                ));
+            }
+            // Issuer comparison is exact (RFC 8414 / RFC 9068): keep the text as written.
+            issuer = Some(text.trim().to_string());
+            if let Some(text) = &mcp.jwks_url {
+                parse_url("remote_mcp.jwks_url", text, "https", "http")?;
+                jwks_url = Some(text.trim().to_string());
+            }
+            if let Some(list) = &mcp.audiences {
+                let normalized: Vec<String> = list
+                    .iter()
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                if !normalized
+                    .iter()
+                    .any(|a| a.trim_end_matches('/') == resource)
+                {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.audiences",
+                        format!("must contain the canonical resource URI {resource}"),
+                    ));
+                }
+                audiences = normalized;
+            }
+            if let Some(list) = &mcp.allowed_scopes {
+                if list.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.allowed_scopes",
+                        "must list at least one scope, or be left out to allow every catalog scope",
+                    ));
+                }
+                if let Some(unknown) = list.iter().find(|s| !scopes::is_known(s)) {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.allowed_scopes",
+                        format!("unknown scope {unknown:?}; see the tool catalog for valid scopes"),
+                    ));
+                }
+                allowed_scopes = list.clone();
+            }
+            if mcp.allowed_algorithms.is_empty() {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.allowed_algorithms",
+                    "must list at least one algorithm such as RS256 or ES256",
+                ));
+            }
+            if mcp.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.clock_skew_seconds",
+                    format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
+                ));
+            }
+            check_range(
+                "remote_mcp.max_connections",
+                mcp.max_connections as u64,
+                1,
+                1_000_000,
+            )?;
+            check_range(
+                "remote_mcp.rate_limit_per_subject_per_minute",
+                u64::from(mcp.rate_limit_per_subject_per_minute),
+                1,
+                1_000_000,
+            )?;
+            check_range(
+                "remote_mcp.rate_limit_per_peer_per_minute",
+                u64::from(mcp.rate_limit_per_peer_per_minute),
+                1,
+                1_000_000,
+            )?;
+            let env = &mcp.token_id_hmac_secret_env;
+            if env.is_empty()
+                || !env
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.token_id_hmac_secret_env",
+                    "must be an environment variable name such as IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET",
+                ));
+            }
+        }
+
+        check_range(
+            "pairing.code_ttl_seconds",
+            self.pairing.code_ttl_seconds,
+            1,
+            86400,
+        )?;
+        check_range(
+            "pairing.max_attempts_per_code",
+            u64::from(self.pairing.max_attempts_per_code),
+            1,
+            20,
+        )?;
+
+        let mut allowed_hosts = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        if let Some(host) = base.host_str() {
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            if !allowed_hosts.contains(&host) {
+                allowed_hosts.push(host);
+            }
+        }
+
+        Ok(Resolved {
+            listen,
+            base_url,
+            resource,
+            resource_metadata_url,
+            relay_enabled,
+            mcp_enabled: mcp_flags_on,
+            relay_url,
+            issuer,
+            jwks_url,
+            audiences,
+            allowed_scopes,
+            allowed_hosts,
+        })
+    }
+
+    /// Replaces port 0 in the advertised loopback URLs with the port actually bound, so tests
+    /// and the demo can bind an ephemeral port and still get a correct canonical resource URI.
+    pub(crate) fn with_bound_port(&self, port: u16) -> GatewayConfiguration {
+        fn fix(text: &str, port: u16) -> String {
+            match Url::parse(text.trim()) {
+                Ok(mut url) if url.port() == Some(0) && is_loopback_host(&url) => {
+                    if url.set_port(Some(port)).is_ok() {
+                        let rendered = url.as_str().to_string();
+                        // Keep the caller's choice about a trailing slash on bare origins.
+                        if !text.trim().ends_with('/') && url.path() == "/" {
+                            return rendered.trim_end_matches('/').to_string();
+                        }
+                        return rendered;
+                    }
+                    text.to_string()
+                }
+                _ => text.to_string(),
+            }
+        }
+        let mut config = self.clone();
+        config.public_base_url = fix(&config.public_base_url, port);
+        config.sidecar.remote_relay_url = config
+            .sidecar
+            .remote_relay_url
+            .as_deref()
+            .map(|u| fix(u, port));
+        config.remote_mcp.resource = config.remote_mcp.resource.as_deref().map(|u| fix(u, port));
+        config.remote_mcp.audiences = config
+            .remote_mcp
+            .audiences
+            .as_ref()
+            .map(|list| list.iter().map(|u| fix(u, port)).collect());
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> GatewayConfiguration {
+        GatewayConfiguration::for_dev(
+            "127.0.0.1:8080".parse().unwrap(),
+            "http://127.0.0.1:9000",
+            "/tmp/gw",
+        )
+    }
+
+    const FULL_YAML: &str = r#"
+listen: "127.0.0.1:8080"
+public_base_url: "http://127.0.0.1:8080"
+state_dir: "/var/lib/ibkr-gateway"
+instance_id: "remote-1"
+log_format: json
+sidecar:
+  enabled: true
+  remote_relay_url: "ws://127.0.0.1:8080/relay"
+  local_client_portal_base_url: "https://localhost:5000/v1/api"
+  heartbeat_interval_seconds: 15
+  heartbeat_timeout_seconds: 45
+  session_ttl_seconds: 3600
+  request_timeout_seconds: 30
+  max_in_flight_per_sidecar: 32
+  handshake_timeout_seconds: 10
+safety:
+  sidecar_enabled: true
+  remote_mcp_enabled: true
+remote_mcp:
+  enabled: true
+  resource: "http://127.0.0.1:8080/mcp"
+  issuer: "https://issuer.example"
+  jwks_url: "https://issuer.example/jwks.json"
+  audiences: ["http://127.0.0.1:8080/mcp"]
+  allowed_scopes: ["ibkr:health:read", "ibkr:accounts:read"]
+  allowed_algorithms: [RS256, ES256, EdDSA]
+  clock_skew_seconds: 60
+  require_typ_at_jwt: false
+  max_connections: 1024
+  rate_limit_per_subject_per_minute: 600
+  rate_limit_per_peer_per_minute: 1200
+  token_id_hmac_secret_env: "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET"
+pairing:
+  code_ttl_seconds: 600
+  max_attempts_per_code: 5
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
+        let resolved = config.resolve().unwrap();
+        assert_eq!(resolved.resource, "http://127.0.0.1:8080/mcp");
+        assert_eq!(
+            resolved.resource_metadata_url,
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(resolved.allowed_scopes.len(), 2);
+        assert!(dev().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let yaml = FULL_YAML.replace("  session_ttl_seconds: 3600", "  session_tll_seconds: 3600");
+        let error = GatewayConfiguration::from_yaml_str(&yaml).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigInvalid);
+        assert!(error.key.starts_with("sidecar"), "{error}");
+        let yaml = FULL_YAML.replace(
+            "allowed_algorithms: [RS256, ES256, EdDSA]",
+            "allowed_algorithms: [HS256]",
+        );
+        let error = GatewayConfiguration::from_yaml_str(&yaml).unwrap_err();
+        assert!(
+            error.key.starts_with("remote_mcp.allowed_algorithms"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_timeout_must_exceed_interval() {
+        let mut config = dev();
+        config.sidecar.heartbeat_timeout_seconds = config.sidecar.heartbeat_interval_seconds;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigInvalid);
+        assert_eq!(error.key, "sidecar.heartbeat_timeout_seconds");
+        assert!(error.message.contains("greater than"));
+    }
+
+    #[test]
+    fn disagreeing_sidecar_flags_are_forbidden() {
+        let mut config = dev();
+        config.safety.sidecar_enabled = false;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigSidecarForbidden);
+        assert_eq!(error.key, "safety.sidecar_enabled");
+
+        let mut config = dev();
+        config.sidecar.enabled = false;
+        assert_eq!(config.validate().unwrap_err().key, "sidecar.enabled");
+    }
+
+    #[test]
+    fn relaying_without_remote_oauth_is_forbidden() {
+        let mut config = dev();
+        config.remote_mcp.enabled = false;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigSidecarForbidden);
+        assert_eq!(error.key, "remote_mcp.enabled");
+
+        let mut config = dev();
+        config.safety.remote_mcp_enabled = false;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigSidecarForbidden);
+        assert_eq!(error.key, "safety.remote_mcp_enabled");
+    }
+
+    #[test]
+    fn missing_urls_and_bad_values_are_invalid() {
+        let mut config = dev();
+        config.sidecar.remote_relay_url = None;
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "sidecar.remote_relay_url"
+        );
+
+        let mut config = dev();
+        config.sidecar.local_client_portal_base_url = None;
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "sidecar.local_client_portal_base_url"
+        );
+
+        let mut config = dev();
+        config.remote_mcp.issuer = Some("http://issuer.example".into());
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, "remote_mcp.issuer");
+        assert!(error.message.contains("https"));
+
+        let mut config = dev();
+        config.remote_mcp.issuer = Some("not a url".into());
+        assert_eq!(config.validate().unwrap_err().key, "remote_mcp.issuer");
+
+        let mut config = dev();
+        config.remote_mcp.clock_skew_seconds = 301;
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "remote_mcp.clock_skew_seconds"
+        );
+
+        let mut config = dev();
+        config.remote_mcp.audiences = Some(vec!["https://other.example/mcp".into()]);
+        assert_eq!(config.validate().unwrap_err().key, "remote_mcp.audiences");
+
+        let mut config = dev();
+        config.remote_mcp.resource = Some("http://127.0.0.1:8080/other".into());
+        assert_eq!(config.validate().unwrap_err().key, "remote_mcp.resource");
+
+        let mut config = dev();
+        config.listen = "nowhere".into();
+        assert_eq!(config.validate().unwrap_err().key, "listen");
+    }
+
+    #[test]
+    fn https_is_required_off_loopback_and_http_is_fine_on_it() {
+        let mut config = dev();
+        config.remote_mcp.jwks_url = Some("http://localhost:9000/jwks.json".into());
+        assert!(config.validate().is_ok());
+        config.remote_mcp.jwks_url = Some("http://[::1]:9000/jwks.json".into());
+        assert!(config.validate().is_ok());
+        config.remote_mcp.jwks_url = Some("http://10.0.0.1/jwks.json".into());
+        assert_eq!(config.validate().unwrap_err().key, "remote_mcp.jwks_url");
+    }
+
+    #[test]
+    fn port_zero_is_substituted_after_binding() {
+        let config = GatewayConfiguration::for_dev(
+            "127.0.0.1:0".parse().unwrap(),
+            "http://127.0.0.1:9000",
+            "/tmp/gw",
+        );
+        assert!(config.validate().is_ok());
+        let bound = config.with_bound_port(4567);
+        let resolved = bound.resolve().unwrap();
+        assert_eq!(resolved.resource, "http://127.0.0.1:4567/mcp");
+        assert_eq!(
+            resolved.relay_url.as_deref(),
+            Some("ws://127.0.0.1:4567/relay")
+        );
+    }
+}

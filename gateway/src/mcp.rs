@@ -1,0 +1,411 @@
+//! The MCP server (rmcp `ServerHandler`), written by hand because the tools are data: the
+//! catalog in `protocol::catalog`.
+//!
+//! - `tools/list` shows only the tools the token's scopes allow, marked private for caching
+//!   (the list differs per token).
+//! - `tools/call` re-checks the scope (the middleware already answered 403 for known tools;
+//!   this is defence in depth), relays the call, maps the sidecar's outcome to a tool result
+//!   (structured content plus the same JSON as text), forwards progress notifications, and
+//!   sends `Cancel` to the sidecar when the client cancels.
+//! - `ibkr_health` never fails for a missing sidecar: it reports the gateway and the relay
+//!   itself and merges in the sidecar's own answer when one is connected.
+
+use crate::audit::CallRecord;
+use crate::error::GatewayError;
+use crate::oauth::AuthContext;
+use crate::relay::CallOutcome;
+use crate::state::AppState;
+use protocol::catalog::{self, Route, ToolSpec};
+use protocol::envelope::{ErrorBody, ManualAction, Outcome, RelayProgress};
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use shared_safety::ErrorCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One per MCP session (rmcp's factory makes them); all state is shared.
+#[derive(Clone)]
+pub(crate) struct GatewayMcp {
+    state: Arc<AppState>,
+}
+
+impl GatewayMcp {
+    pub fn new(state: Arc<AppState>) -> GatewayMcp {
+        GatewayMcp { state }
+    }
+}
+
+/// The catalog entry as an MCP tool.
+pub fn tool_definition(spec: &ToolSpec) -> Tool {
+    let mut tool = Tool::new(spec.name, spec.description, spec.input_schema_json());
+    tool.title = Some(spec.title.to_string());
+    let mut annotations = ToolAnnotations::with_title(spec.title).read_only(spec.read_only);
+    if !spec.read_only {
+        annotations = annotations.destructive(true).idempotent(false);
+    }
+    tool.annotations = Some(annotations.open_world(true));
+    tool
+}
+
+/// The caller's identity, put there by the bearer middleware. Absent means the request did
+/// not pass through it, which must never be served.
+fn auth_context(context: &RequestContext<RoleServer>) -> Option<AuthContext> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<AuthContext>())
+        .cloned()
+}
+
+fn error_result(body: &ErrorBody) -> CallToolResult {
+    let structured = crate::error::error_body_json(body);
+    let text = format!("{}: {} {}", body.code, body.message, body.user_action);
+    let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
+fn success_result(value: Value) -> CallToolResult {
+    // structuredContent must be an object; a bare value is wrapped.
+    let value = match value {
+        Value::Object(_) => value,
+        other => json!({ "result": other }),
+    };
+    let text = value.to_string();
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(value);
+    result
+}
+
+fn manual_action_result(action: &ManualAction) -> CallToolResult {
+    let structured = json!({
+        "status": "manual_action_required",
+        "code": action.code,
+        "message": action.message,
+        "action": action.action,
+        "where": action.location,
+    });
+    let text = format!(
+        "Manual action required ({}): {} What to do: {} Where: {}",
+        action.code, action.message, action.action, action.location
+    );
+    let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
+/// Maps the sidecar's outcome to a tool result, and names it for the audit log.
+fn outcome_result(outcome: &Outcome) -> (CallToolResult, String) {
+    match outcome {
+        Outcome::Result { json } => match serde_json::from_str::<Value>(json) {
+            // The sidecar sanitized already; sanitizing again costs little and means a
+            // sidecar bug cannot leak session material to the agent.
+            Ok(value) => (
+                success_result(shared_safety::sanitize::sanitize_response(&value)),
+                "ok".to_string(),
+            ),
+            Err(_) => {
+                let error = GatewayError::with_detail(
+                    ErrorCode::RelayProtocolError,
+                    "The sidecar's answer was not valid JSON.",
+                );
+                (error_result(&error.body()), error.code.code().to_string())
+            }
+        },
+        Outcome::ManualActionRequired(action) => (
+            manual_action_result(action),
+            "manual_action_required".to_string(),
+        ),
+        Outcome::Refused(body) | Outcome::Failed(body) => (error_result(body), body.code.clone()),
+    }
+}
+
+/// Forwards relay progress to the MCP client as `notifications/progress`.
+fn spawn_progress_forwarder(
+    context: &RequestContext<RoleServer>,
+) -> Option<mpsc::Sender<RelayProgress>> {
+    let token = context.meta.get_progress_token()?;
+    let peer = context.peer.clone();
+    let (sender, mut receiver) = mpsc::channel::<RelayProgress>(16);
+    tokio::spawn(async move {
+        while let Some(progress) = receiver.recv().await {
+            let mut notification = ProgressNotificationParam::new(token.clone(), progress.progress);
+            if let Some(total) = progress.total {
+                notification = notification.with_total(total);
+            }
+            if let Some(message) = progress.message {
+                let message: String = message.chars().take(256).collect();
+                notification = notification.with_message(message);
+            }
+            if peer.notify_progress(notification).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(sender)
+}
+
+impl GatewayMcp {
+    async fn health(
+        &self,
+        auth: &AuthContext,
+        tool: &'static ToolSpec,
+        arguments: &Value,
+        context: &RequestContext<RoleServer>,
+    ) -> (CallToolResult, String, Option<CallOutcome>) {
+        let state = &self.state;
+        let relay = &state.relay;
+        let mut answer = serde_json::Map::new();
+        answer.insert(
+            "gateway".into(),
+            json!({"status": "ok", "version": VERSION, "instance_id": state.instance_id}),
+        );
+        let mut called = None;
+        match relay.session_for_user(&auth.subject).await {
+            Ok(session) => {
+                let now = Instant::now();
+                answer.insert(
+                    "relay".into(),
+                    json!({
+                        "connected": true,
+                        "sidecar_id": session.sidecar_id,
+                        "session_expires_in_seconds": session.expires_at().saturating_duration_since(now).as_secs(),
+                        "last_heartbeat_seconds_ago": session.silence(now).as_secs(),
+                        "broker_session": session.status().map(|status| status.broker_session),
+                    }),
+                );
+                let progress = spawn_progress_forwarder(context);
+                match relay
+                    .call_on(&session, tool, arguments, progress, &context.ct)
+                    .await
+                {
+                    Ok(outcome) => {
+                        match &outcome.outcome {
+                            Outcome::Result { json } => match serde_json::from_str::<Value>(json) {
+                                Ok(value) => {
+                                    match shared_safety::sanitize::sanitize_response(&value) {
+                                        Value::Object(map) => {
+                                            // Our own keys win: the sidecar reports on itself.
+                                            for (key, value) in map {
+                                                answer.entry(key).or_insert(value);
+                                            }
+                                        }
+                                        other => {
+                                            answer.insert("sidecar".into(), other);
+                                        }
+                                    }
+                                }
+                                Err(_) => {
+                                    answer.insert("sidecar".into(), Value::Null);
+                                    answer.insert(
+                                        "next_step".into(),
+                                        ErrorCode::RelayProtocolError.user_action().into(),
+                                    );
+                                }
+                            },
+                            Outcome::ManualActionRequired(action) => {
+                                answer.insert(
+                                    "manual_action_required".into(),
+                                    json!({"code": action.code, "message": action.message, "action": action.action, "where": action.location}),
+                                );
+                                answer.insert("next_step".into(), action.action.clone().into());
+                            }
+                            Outcome::Refused(body) | Outcome::Failed(body) => {
+                                answer.insert("sidecar".into(), Value::Null);
+                                answer.insert(
+                                    "sidecar_error".into(),
+                                    crate::error::error_body_json(body)["error"].clone(),
+                                );
+                                answer.insert("next_step".into(), body.user_action.clone().into());
+                            }
+                        }
+                        called = Some(outcome);
+                    }
+                    Err(error) => {
+                        answer.insert("sidecar".into(), Value::Null);
+                        answer.insert("sidecar_error".into(), error.to_json()["error"].clone());
+                        answer.insert("next_step".into(), error.code.user_action().into());
+                    }
+                }
+            }
+            Err(error) => {
+                answer.insert(
+                    "relay".into(),
+                    json!({
+                        "connected": false,
+                        "status": error.code.code(),
+                        "sidecar_id": null,
+                        "session_expires_in_seconds": null,
+                        "last_heartbeat_seconds_ago": null,
+                    }),
+                );
+                answer.insert("sidecar".into(), Value::Null);
+                answer.insert("next_step".into(), error.code.user_action().into());
+            }
+        }
+        (success_result(Value::Object(answer)), "ok".into(), called)
+    }
+}
+
+impl ServerHandler for GatewayMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("ibkr-gateway", VERSION))
+            .with_instructions(
+                "Interactive Brokers tools relayed to the user's own laptop. Call ibkr_health \
+                 first when something fails. Results that need a person at the laptop (such as \
+                 an IBKR login) say so; nothing logs in for you.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let Some(auth) = auth_context(&context) else {
+            return Err(McpError::invalid_request(
+                ErrorCode::AuthRequired.message(),
+                None,
+            ));
+        };
+        let tools: Vec<Tool> = auth.scopes.allowed_tools().map(tool_definition).collect();
+        // The list depends on the token: never publicly cacheable.
+        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        catalog::find(name).map(tool_definition)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let started = Instant::now();
+        let Some(auth) = auth_context(&context) else {
+            let error = GatewayError::new(ErrorCode::AuthRequired);
+            return Ok(error_result(&error.body()).into());
+        };
+        let Some(tool) = catalog::find(&request.name) else {
+            let error = GatewayError::new(ErrorCode::ToolUnknown);
+            self.audit(&auth, "-", None, error.code.code(), started);
+            return Ok(error_result(&error.body()).into());
+        };
+        if !auth.scopes.allows(tool) {
+            let error = GatewayError::with_detail(
+                ErrorCode::AuthInsufficientScope,
+                format!("Tool {} needs scope {}.", tool.name, tool.scope),
+            );
+            self.audit(&auth, tool.name, None, error.code.code(), started);
+            return Ok(error_result(&error.body()).into());
+        }
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+
+        let (result, outcome_name, called) = match tool.route {
+            Route::GatewayAndSidecar => self.health(&auth, tool, &arguments, &context).await,
+            Route::Sidecar => {
+                let progress = spawn_progress_forwarder(&context);
+                match self
+                    .state
+                    .relay
+                    .call(&auth.subject, tool, &arguments, progress, &context.ct)
+                    .await
+                {
+                    Ok(outcome) => {
+                        let (result, name) = outcome_result(&outcome.outcome);
+                        (result, name, Some(outcome))
+                    }
+                    Err(error) => (
+                        error_result(&error.body()),
+                        error.code.code().to_string(),
+                        None,
+                    ),
+                }
+            }
+        };
+        self.audit(&auth, tool.name, called.as_ref(), &outcome_name, started);
+        Ok(result.into())
+    }
+}
+
+impl GatewayMcp {
+    fn audit(
+        &self,
+        auth: &AuthContext,
+        tool: &str,
+        called: Option<&CallOutcome>,
+        outcome: &str,
+        started: Instant,
+    ) {
+        let request_id = called.map(|c| c.request_id.to_hex());
+        self.state.audit.record_call(&CallRecord {
+            subject: &auth.subject,
+            token_id: auth.token_id.as_deref(),
+            client_id: auth.client_id.as_deref(),
+            tool,
+            request_id: request_id.as_deref(),
+            sidecar_id: called.map(|c| c.sidecar_id.as_str()),
+            outcome,
+            elapsed: started.elapsed(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_definitions_carry_schema_and_read_only_hint() {
+        let spec = catalog::find("ibkr_accounts_list").unwrap();
+        let tool = tool_definition(spec);
+        assert_eq!(tool.name, "ibkr_accounts_list");
+        assert_eq!(
+            tool.input_schema.get("additionalProperties"),
+            Some(&json!(false))
+        );
+        assert_eq!(tool.annotations.unwrap().read_only_hint, Some(true));
+    }
+
+    #[test]
+    fn outcomes_map_to_structured_results() {
+        let (ok, name) = outcome_result(&Outcome::Result {
+            json: r#"{"accounts":["DU1"]}"#.into(),
+        });
+        assert_eq!(name, "ok");
+        assert_eq!(ok.is_error, Some(false));
+        assert_eq!(ok.structured_content, Some(json!({"accounts":["DU1"]})));
+
+        let (manual, name) = outcome_result(&Outcome::ManualActionRequired(ManualAction {
+            code: "BROKER_SESSION_REQUIRED".into(),
+            message: "Log in".into(),
+            action: "Open the CPGW".into(),
+            location: "https://localhost:5000".into(),
+        }));
+        assert_eq!(name, "manual_action_required");
+        assert_eq!(manual.is_error, Some(true));
+        let structured = manual.structured_content.unwrap();
+        assert_eq!(structured["status"], "manual_action_required");
+        assert_eq!(structured["where"], "https://localhost:5000");
+
+        let body = ErrorCode::BrokerError.body(None);
+        let (refused, name) = outcome_result(&Outcome::Refused(body));
+        assert_eq!(name, "BROKER_ERROR");
+        assert_eq!(refused.is_error, Some(true));
+        assert_eq!(
+            refused.structured_content.unwrap()["error"]["code"],
+            "BROKER_ERROR"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The bearer-token layer in front of `/mcp`.
+//!
+//! Order of checks, cheapest first:
+//! 1. a query-string `access_token` is refused outright (and never read): tokens in URLs end
+//!    up in logs and referrers;
+//! 2. exactly one `Authorization: Bearer` header, else 401 with the RFC 9728
+//!    `resource_metadata` pointer so the client can discover the authorization server;
+//! 3. the JWT is validated (401 `invalid_token` otherwise);
+//! 4. the per-subject rate limit (429 with `Retry-After`);
+//! 5. for `POST`, the body (bounded) is peeked: a `tools/call` for a tool whose scope the
+//!    token lacks gets 403 `insufficient_scope` naming the scope (step-up), before rmcp
+//!    ever sees it. The buffered body is then handed on unchanged.
+//!
+//! 6. an `Mcp-Session-Id` must belong to the same subject (see
+//!    [`crate::oauth::session_binding`]).
+//!
+//! The validated identity travels to the MCP handler as an [`AuthContext`] request extension;
+//! the token itself goes no further than this function.
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shared_safety::ErrorCode;
+use shared_safety::scope::ScopeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MCP_SESSION_ID: &str = "mcp-session-id";
+
+/// Largest `/mcp` request body accepted (also rmcp's limit).
+pub const MAX_MCP_BODY_BYTES: usize = 256 * 1024;
+
+/// Who is calling, as established by a valid token.
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    pub subject: String,
+    pub scopes: ScopeSet,
+    /// HMAC of the token's `jti` (see [`crate::audit`]); never the token.
+    pub token_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
+fn json_error(status: StatusCode, error: &GatewayError) -> Response {
+    let mut response = (status, Json(error.to_json())).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 401 with the challenge. `error` is the RFC 6750 error code when a token was presented.
+pub(crate) fn unauthorized(state: &AppState, code: ErrorCode, error: Option<&str>) -> Response {
+    let mut challenge = format!(
+        "Bearer resource_metadata=\"{}\"",
+        state.resolved.resource_metadata_url
+    );
+    if let Some(error) = error {
+        challenge.push_str(&format!(", error=\"{error}\""));
+    }
+    let mut response = json_error(StatusCode::UNAUTHORIZED, &GatewayError::new(code));
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn insufficient_scope(state: &AppState, scope: &str, tool: &str) -> Response {
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{}\"",
+        state.resolved.resource_metadata_url
+    );
+    let error = GatewayError::with_detail(
+        ErrorCode::AuthInsufficientScope,
+        format!("Tool {tool} needs scope {scope}."),
+    );
+    let mut response = json_error(StatusCode::FORBIDDEN, &error);
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+pub(crate) fn too_many_requests(retry_after: Duration) -> Response {
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &GatewayError::new(ErrorCode::AuthRateLimited),
+    );
+    let seconds = retry_after.as_secs().max(1);
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn query_has_access_token(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            name.eq_ignore_ascii_case("access_token")
+        })
+    })
+}
+
+/// RFC 6750 b64token characters.
+fn is_token68(token: &str) -> bool {
+    !token.is_empty()
+        && token.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric()
+                || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+        })
+}
+
+enum BearerHeader<'a> {
+    Missing,
+    Malformed,
+    Token(&'a str),
+}
+
+fn bearer_token(headers: &axum::http::HeaderMap) -> BearerHeader<'_> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return BearerHeader::Missing;
+    };
+    if values.next().is_some() {
+        return BearerHeader::Malformed;
+    }
+    let Ok(text) = value.to_str() else {
+        return BearerHeader::Malformed;
+    };
+    let Some((scheme, token)) = text.trim().split_once(' ') else {
+        return BearerHeader::Malformed;
+    };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || !is_token68(token) {
+        return BearerHeader::Malformed;
+    }
+    BearerHeader::Token(token)
+}
+
+/// The scope a JSON-RPC message needs beyond what `scopes` grants, if any: only `tools/call`
+/// of a known catalog tool is checked here (unknown tools get `TOOL_UNKNOWN` from the handler).
+fn missing_tool_scope(message: &serde_json::Value, scopes: &ScopeSet) -> Option<(String, String)> {
+    let check_one = |item: &serde_json::Value| -> Option<(String, String)> {
+        if item.get("method").and_then(serde_json::Value::as_str) != Some("tools/call") {
+            return None;
+        }
+        let name = item
+            .get("params")
+            .and_then(|params| params.get("name"))
+            .and_then(serde_json::Value::as_str)?;
+        let tool = protocol::catalog::find(name)?;
+        if scopes.contains(tool.scope) {
+            None
+        } else {
+            Some((tool.scope.to_string(), tool.name.to_string()))
+        }
+    };
+    match message {
+        serde_json::Value::Array(items) => items.iter().find_map(check_one),
+        other => check_one(other),
+    }
+}
+
+pub(crate) async fn require_bearer(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if query_has_access_token(request.uri().query()) {
+        return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_request"));
+    }
+    let Some(validator) = state.validator.as_ref() else {
+        // /mcp is only mounted with remote MCP on; this is a fail-closed backstop.
+        return unauthorized(&state, ErrorCode::AuthRequired, None);
+    };
+    let validated = match bearer_token(request.headers()) {
+        BearerHeader::Missing => return unauthorized(&state, ErrorCode::AuthRequired, None),
+        BearerHeader::Malformed => {
+            return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_request"));
+        }
+        BearerHeader::Token(token) => match validator.validate(token).await {
+            Ok(validated) => validated,
+            Err(reason) => {
+                tracing::debug!(%reason, "bearer token refused");
+                return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_token"));
+            }
+        },
+    };
+    if let Err(retry_after) = state.subject_limiter.check(&validated.subject) {
+        return too_many_requests(retry_after);
+    }
+    let context = AuthContext {
+        token_id: validated
+            .jti
+            .as_deref()
+            .and_then(|jti| state.audit.token_id(jti)),
+        subject: validated.subject,
+        scopes: validated.scopes,
+        client_id: validated.client_id,
+    };
+
+    let (mut parts, body) = request.into_parts();
+    let session_id = parts
+        .headers
+        .get(MCP_SESSION_ID)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    if let Some(session_id) = &session_id
+        && !state.session_owners.permit(session_id, &context.subject)
+    {
+        tracing::warn!(subject = %context.subject, "MCP session used under another subject");
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &GatewayError::with_detail(
+                ErrorCode::AuthInvalidToken,
+                "This MCP session does not exist for this token; initialize a new one.",
+            ),
+        );
+    }
+    let subject = context.subject.clone();
+    let method = parts.method.clone();
+    let body = if parts.method == Method::POST {
+        let bytes = match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &GatewayError::with_detail(
+                        ErrorCode::ArgumentsInvalid,
+                        format!("The request body exceeds {MAX_MCP_BODY_BYTES} bytes."),
+                    ),
+                );
+            }
+        };
+        // Malformed JSON is left for rmcp to answer with a JSON-RPC parse error.
+        if let Ok(message) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Some((scope, tool)) = missing_tool_scope(&message, &context.scopes)
+        {
+            tracing::info!(subject = %context.subject, %tool, %scope, "tool call refused: insufficient scope");
+            return insufficient_scope(&state, &scope, &tool);
+        }
+        Body::from(bytes)
+    } else {
+        body
+    };
+    parts.extensions.insert(context);
+    let response = next.run(Request::from_parts(parts, body)).await;
+    match &session_id {
+        // A new session was created for this subject.
+        None => {
+            if let Some(created) = response
+                .headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|value| value.to_str().ok())
+            {
+                state.session_owners.bind(created, &subject);
+            }
+        }
+        Some(session_id) if method == Method::DELETE && response.status().is_success() => {
+            state.session_owners.forget(session_id);
+        }
+        Some(_) => {}
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens_are_detected_without_reading_them() {
+        assert!(query_has_access_token(Some("access_token=abc")));
+        assert!(query_has_access_token(Some("x=1&ACCESS_TOKEN=abc")));
+        assert!(!query_has_access_token(Some("token=abc")));
+        assert!(!query_has_access_token(None));
+    }
+
+    #[test]
+    fn bearer_header_parsing_is_strict() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(matches!(bearer_token(&headers), BearerHeader::Missing));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(matches!(bearer_token(&headers), BearerHeader::Malformed));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer a.b.c"),
+        );
+        assert!(matches!(
+            bearer_token(&headers),
+            BearerHeader::Token("a.b.c")
+        ));
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer d.e.f"),
+        );
+        assert!(matches!(bearer_token(&headers), BearerHeader::Malformed));
+    }
+
+    #[test]
+    fn tools_call_scope_is_peeked() {
+        let scopes = ScopeSet::from_oauth("ibkr:health:read");
+        let call = |name: &str| serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":name}});
+        assert_eq!(missing_tool_scope(&call("ibkr_health"), &scopes), None);
+        assert_eq!(
+            missing_tool_scope(&call("ibkr_accounts_list"), &scopes),
+            Some(("ibkr:accounts:read".into(), "ibkr_accounts_list".into()))
+        );
+        assert_eq!(missing_tool_scope(&call("no_such_tool"), &scopes), None);
+        let list = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
+        assert_eq!(missing_tool_scope(&list, &scopes), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! The state every handler shares, built once by [`crate::start`].
+
+use crate::audit::Audit;
+use crate::config::{GatewayConfiguration, Resolved};
+use crate::oauth::session_binding::SessionOwners;
+use crate::oauth::token::TokenValidator;
+use crate::pairing::PairingService;
+use crate::rate_limit::RateLimiter;
+use crate::relay::Relay;
+use crate::store::Store;
+use std::sync::Arc;
+
+pub(crate) struct AppState {
+    /// The configuration with any port 0 replaced by the bound port.
+    pub config: GatewayConfiguration,
+    pub resolved: Resolved,
+    pub store: Store,
+    pub instance_id: String,
+    /// Present when remote MCP is enabled.
+    pub validator: Option<TokenValidator>,
+    pub audit: Audit,
+    pub subject_limiter: RateLimiter,
+    pub peer_limiter: RateLimiter,
+    pub session_owners: SessionOwners,
+    pub relay: Arc<Relay>,
+    pub pairing: PairingService,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("instance_id", &self.instance_id)
+            .field("resolved", &self.resolved)
+            .finish_non_exhaustive()
+    }
+}

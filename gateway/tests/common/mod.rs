@@ -1,0 +1,516 @@
+//! Test fixtures: a loopback OAuth issuer with keys generated at test time, a gateway on an
+//! ephemeral port, a raw MCP client over reqwest, pairing and a hand-written sidecar.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use axum::Json;
+use axum::extract::State;
+use axum::routing::get;
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use ibkr_gateway::{GatewayConfiguration, GatewayHandle};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use protocol::PROTOCOL_VERSION;
+use protocol::frame::Frame;
+use protocol::handshake::{ClientHello, InitiatorHandshake, ServerHello};
+use protocol::identity::StaticKeypair;
+use protocol::pairing::{
+    GatewayInfo, PairFinishReply, PairStartReply, PairingCode, SidecarInfo, SidecarPairing,
+};
+use protocol::transport::Transport;
+use protocol::wire::WireMessage;
+use rand_core::OsRng;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A signing key generated for this test run.
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+}
+
+impl SigningKey {
+    pub fn es256(kid: &str) -> SigningKey {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let pkcs8 = pair.to_pkcs8v1().unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        assert_eq!(public.len(), 65);
+        SigningKey {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk: json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+                "x": b64(&public[1..33]), "y": b64(&public[33..65]),
+            }),
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> SigningKey {
+        let pair = Ed25519KeyPair::generate().unwrap();
+        let pkcs8 = pair.to_pkcs8().unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        SigningKey {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&public)}),
+        }
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+
+    pub fn sign_with_header(&self, header: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+struct IssuerState {
+    url: String,
+    jwks: RwLock<Value>,
+    fetches: AtomicU64,
+}
+
+/// A loopback authorization server: RFC 8414 metadata and a JWKS.
+pub struct TestIssuer {
+    state: Arc<IssuerState>,
+    pub key: SigningKey,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestIssuer {
+    pub async fn start() -> TestIssuer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let key = SigningKey::es256("key-1");
+        let state = Arc::new(IssuerState {
+            url: url.clone(),
+            jwks: RwLock::new(json!({"keys": [key.jwk.clone()]})),
+            fetches: AtomicU64::new(0),
+        });
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(|State(state): State<Arc<IssuerState>>| async move {
+                    Json(json!({
+                        "issuer": state.url,
+                        "jwks_uri": format!("{}/jwks.json", state.url),
+                        "token_endpoint": format!("{}/token", state.url),
+                    }))
+                }),
+            )
+            .route(
+                "/jwks.json",
+                get(|State(state): State<Arc<IssuerState>>| async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    Json(state.jwks.read().unwrap().clone())
+                }),
+            )
+            .with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestIssuer { state, key, task }
+    }
+
+    pub fn url(&self) -> String {
+        self.state.url.clone()
+    }
+
+    pub fn jwks_fetches(&self) -> u64 {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn publish(&self, keys: Vec<Value>) {
+        *self.state.jwks.write().unwrap() = json!({ "keys": keys });
+    }
+
+    /// A valid token for `subject` with `scopes`, audience `audience`.
+    pub fn token(&self, subject: &str, audience: &str, scopes: &[&str]) -> String {
+        self.key.sign(&self.claims(subject, audience, scopes))
+    }
+
+    pub fn claims(&self, subject: &str, audience: &str, scopes: &[&str]) -> Value {
+        let now = now_secs();
+        json!({
+            "iss": self.url(),
+            "sub": subject,
+            "aud": [audience],
+            "exp": now + 600,
+            "iat": now,
+            "nbf": now,
+            "jti": format!("jti-{subject}-{now}"),
+            "scope": scopes.join(" "),
+            "client_id": "test-client",
+        })
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn dev_config(issuer: &str, state_dir: &std::path::Path) -> GatewayConfiguration {
+    let mut config =
+        GatewayConfiguration::for_dev("127.0.0.1:0".parse().unwrap(), issuer, state_dir);
+    config.instance_id = Some("remote-1".into());
+    config
+}
+
+pub async fn start_gateway(issuer: &TestIssuer, state_dir: &std::path::Path) -> GatewayHandle {
+    ibkr_gateway::start(dev_config(&issuer.url(), state_dir))
+        .await
+        .unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// A minimal MCP client over Streamable HTTP (session mode), enough to test the wire.
+#[derive(Clone)]
+pub struct McpClient {
+    pub url: String,
+    pub token: String,
+    pub session: Option<String>,
+    next_id: u64,
+    http: reqwest::Client,
+}
+
+impl McpClient {
+    pub fn new(url: &str, token: &str) -> McpClient {
+        McpClient {
+            url: url.into(),
+            token: token.into(),
+            session: None,
+            next_id: 1,
+            http: http(),
+        }
+    }
+
+    pub fn post(&self, body: &Value) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(session) = &self.session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request
+    }
+
+    /// Sends a request and returns the JSON-RPC response message.
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.request_with_id(id, method, params).await
+    }
+
+    /// Sends a request with a caller-chosen id (for concurrent calls and cancellation).
+    pub async fn request_with_id(&mut self, id: u64, method: &str, params: Value) -> Value {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let response = self.post(&body).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{method}: HTTP {}",
+            response.status()
+        );
+        if let Some(session) = response.headers().get("mcp-session-id") {
+            self.session = Some(session.to_str().unwrap().to_string());
+        }
+        read_jsonrpc_response(response, id).await
+    }
+
+    pub async fn initialize(&mut self) -> Value {
+        let result = self
+            .request(
+                "initialize",
+                json!({
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "gateway-test", "version": "0"}
+                }),
+            )
+            .await;
+        let notification = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let response = self.post(&notification).send().await.unwrap();
+        assert!(response.status().is_success());
+        result
+    }
+}
+
+/// Reads an SSE (or JSON) response until the JSON-RPC message with `id` arrives.
+pub async fn read_jsonrpc_response(mut response: reqwest::Response, id: u64) -> Value {
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response.json().await.unwrap();
+    }
+    let mut buffer = String::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            for line in buffer.lines() {
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(message) = serde_json::from_str::<Value>(data.trim())
+                    && message.get("id") == Some(&json!(id))
+                {
+                    return Some(message);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .expect("timed out waiting for the JSON-RPC response");
+    found.expect("stream ended without the response")
+}
+
+/// Pairs a new sidecar key through `/pair/start` and `/pair/finish`.
+pub async fn pair(
+    handle: &GatewayHandle,
+    user_id: &str,
+    sidecar_id: &str,
+) -> (StaticKeypair, GatewayInfo) {
+    let code = handle
+        .issue_pairing_code(user_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let key = StaticKeypair::generate(&mut OsRng);
+    let info = pair_with_code(handle, &code, &key, sidecar_id)
+        .await
+        .unwrap();
+    (key, info)
+}
+
+/// Runs the pairing exchange; on an HTTP error returns (status, error code).
+pub async fn pair_with_code(
+    handle: &GatewayHandle,
+    code: &str,
+    key: &StaticKeypair,
+    sidecar_id: &str,
+) -> Result<GatewayInfo, (u16, String)> {
+    let client = http();
+    let code = PairingCode::parse(code).unwrap();
+    let (pairing, start) = SidecarPairing::start(&code, &mut OsRng);
+    let response = client
+        .post(format!("{}/pair/start", handle.base_url()))
+        .header("content-type", "application/octet-stream")
+        .body(protocol::pairing::encode(&start).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let reply: PairStartReply = decode_or_error(response).await?;
+    let (awaiting, finish) = pairing
+        .finish(
+            &reply,
+            &SidecarInfo {
+                static_public: key.public(),
+                sidecar_id: sidecar_id.into(),
+                display_name: "test laptop".into(),
+            },
+        )
+        .unwrap();
+    let response = client
+        .post(format!("{}/pair/finish", handle.base_url()))
+        .header("content-type", "application/octet-stream")
+        .body(protocol::pairing::encode(&finish).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let reply: PairFinishReply = decode_or_error(response).await?;
+    Ok(awaiting.complete(&reply).unwrap())
+}
+
+async fn decode_or_error<T: for<'de> serde::Deserialize<'de>>(
+    response: reqwest::Response,
+) -> Result<T, (u16, String)> {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    if status == 200 {
+        Ok(protocol::pairing::decode(&bytes).unwrap())
+    } else {
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        Err((status, body["error"]["code"].as_str().unwrap().to_string()))
+    }
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn connect(handle: &GatewayHandle) -> Socket {
+    let (socket, _) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(handle.relay_url()))
+            .await
+            .unwrap()
+            .unwrap();
+    socket
+}
+
+pub async fn send_wire(socket: &mut Socket, message: &WireMessage) {
+    socket
+        .send(Message::binary(message.encode()))
+        .await
+        .unwrap();
+}
+
+/// The next relay message; `None` when the socket closed.
+pub async fn recv_wire(socket: &mut Socket) -> Option<WireMessage> {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("timed out waiting for a relay message");
+        match message {
+            Some(Ok(Message::Binary(bytes))) => return Some(WireMessage::decode(&bytes).unwrap()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected websocket message {other:?}"),
+        }
+    }
+}
+
+pub fn hello(sidecar_id: &str, instance_id: &str, timestamp_ms: u64) -> ClientHello {
+    ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        sidecar_id: sidecar_id.into(),
+        remote_instance_id: instance_id.into(),
+        timestamp_ms,
+        sidecar_version: "test".into(),
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Result of sending message 1.
+pub enum Handshake {
+    Accepted(Box<InitiatorHandshake>, Vec<u8>),
+    Rejected(String),
+    Closed,
+}
+
+pub async fn send_init(
+    socket: &mut Socket,
+    msg1: Vec<u8>,
+    initiator: InitiatorHandshake,
+) -> Handshake {
+    send_wire(socket, &WireMessage::HandshakeInit(msg1)).await;
+    match recv_wire(socket).await {
+        Some(WireMessage::HandshakeResponse(msg2)) => {
+            Handshake::Accepted(Box::new(initiator), msg2)
+        }
+        Some(WireMessage::HandshakeRejected { code }) => Handshake::Rejected(code),
+        None => Handshake::Closed,
+        Some(other) => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A connected, key-confirmed fake sidecar.
+pub struct FakeSidecar {
+    pub socket: Socket,
+    pub transport: Transport,
+    pub server_hello: ServerHello,
+}
+
+impl FakeSidecar {
+    /// Handshakes and sends the key-confirmation record (a ping).
+    pub async fn connect(
+        handle: &GatewayHandle,
+        key: &StaticKeypair,
+        sidecar_id: &str,
+    ) -> FakeSidecar {
+        let mut socket = connect(handle).await;
+        let (initiator, msg1) = InitiatorHandshake::start(
+            key,
+            &handle.public_key(),
+            &hello(sidecar_id, &handle.instance_id(), unix_ms()),
+            &mut OsRng,
+        )
+        .unwrap();
+        let Handshake::Accepted(initiator, msg2) = send_init(&mut socket, msg1, initiator).await
+        else {
+            panic!("handshake refused");
+        };
+        let (mut transport, server_hello) = initiator.finish(&msg2).unwrap();
+        let record = transport.seal(&Frame::Ping { seq: 0 }).unwrap();
+        send_wire(&mut socket, &WireMessage::Record(record)).await;
+        FakeSidecar {
+            socket,
+            transport,
+            server_hello,
+        }
+    }
+
+    pub async fn send(&mut self, frame: &Frame) {
+        let record = self.transport.seal(frame).unwrap();
+        send_wire(&mut self.socket, &WireMessage::Record(record)).await;
+    }
+
+    /// The next frame from the gateway; `None` when the socket closed.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        match recv_wire(&mut self.socket).await? {
+            WireMessage::Record(record) => Some(self.transport.open(&record).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Waits for a session event matching `predicate`.
+pub async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<ibkr_gateway::SessionEvent>,
+    predicate: impl Fn(&ibkr_gateway::SessionEvent) -> bool,
+) -> ibkr_gateway::SessionEvent {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if predicate(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a session event")
+}

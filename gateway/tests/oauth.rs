@@ -1,0 +1,364 @@
+//! Token validation and the HTTP face of the resource server, over real loopback sockets
+//! with keys generated at test time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use ibkr_gateway::oauth::jwks::JwksCache;
+use ibkr_gateway::oauth::token::{TokenError, TokenValidator, ValidatorSettings};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::json;
+use std::sync::Arc;
+
+const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+fn validator(issuer: &TestIssuer) -> TokenValidator {
+    let jwks = Arc::new(JwksCache::new(&issuer.url(), None).unwrap());
+    TokenValidator::new(
+        ValidatorSettings {
+            issuer: issuer.url(),
+            audiences: vec![RESOURCE.into()],
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            clock_skew_seconds: 60,
+            require_typ_at_jwt: false,
+            allowed_scopes: protocol::catalog::scopes::ALL
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        },
+        jwks,
+    )
+}
+
+#[tokio::test]
+async fn a_valid_token_yields_subject_and_scopes() {
+    let issuer = TestIssuer::start().await;
+    let validator = validator(&issuer);
+    let token = issuer.token("alice", RESOURCE, &["ibkr:health:read", "openid"]);
+    let validated = validator.validate(&token).await.unwrap();
+    assert_eq!(validated.subject, "alice");
+    assert!(validated.scopes.contains("ibkr:health:read"));
+    // Scopes outside the allowed list are dropped.
+    assert!(!validated.scopes.contains("openid"));
+    assert_eq!(validated.client_id.as_deref(), Some("test-client"));
+
+    // `scp` as an array works too.
+    let mut claims = issuer.claims("bob", RESOURCE, &[]);
+    claims.as_object_mut().unwrap().remove("scope");
+    claims["scp"] = json!(["ibkr:accounts:read"]);
+    let validated = validator.validate(&issuer.key.sign(&claims)).await.unwrap();
+    assert!(validated.scopes.contains("ibkr:accounts:read"));
+}
+
+#[tokio::test]
+async fn invalid_tokens_are_refused() {
+    let issuer = TestIssuer::start().await;
+    let validator = validator(&issuer);
+    let now = now_secs();
+
+    let mut expired = issuer.claims("alice", RESOURCE, &[]);
+    expired["exp"] = json!(now - 3600);
+    assert_eq!(
+        validator.validate(&issuer.key.sign(&expired)).await,
+        Err(TokenError::Expired)
+    );
+
+    let mut early = issuer.claims("alice", RESOURCE, &[]);
+    early["nbf"] = json!(now + 3600);
+    assert_eq!(
+        validator.validate(&issuer.key.sign(&early)).await,
+        Err(TokenError::NotYetValid)
+    );
+
+    let mut wrong_issuer = issuer.claims("alice", RESOURCE, &[]);
+    wrong_issuer["iss"] = json!("http://127.0.0.1:1");
+    assert_eq!(
+        validator.validate(&issuer.key.sign(&wrong_issuer)).await,
+        Err(TokenError::WrongIssuer)
+    );
+
+    let wrong_audience = issuer.claims("alice", "http://127.0.0.1:8080/other", &[]);
+    assert_eq!(
+        validator.validate(&issuer.key.sign(&wrong_audience)).await,
+        Err(TokenError::WrongAudience)
+    );
+
+    let mut no_subject = issuer.claims("alice", RESOURCE, &[]);
+    no_subject.as_object_mut().unwrap().remove("sub");
+    assert_eq!(
+        validator.validate(&issuer.key.sign(&no_subject)).await,
+        Err(TokenError::MissingClaim)
+    );
+
+    let mut no_exp = issuer.claims("alice", RESOURCE, &[]);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert!(validator.validate(&issuer.key.sign(&no_exp)).await.is_err());
+
+    // alg none: an unsigned token.
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&issuer.claims("alice", RESOURCE, &[]))
+    );
+    assert_eq!(
+        validator.validate(&unsigned).await,
+        Err(TokenError::Malformed)
+    );
+
+    // HS256 with a guessed secret: the algorithm is not on the list.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("key-1".into());
+    let hmac = jsonwebtoken::encode(
+        &header,
+        &issuer.claims("alice", RESOURCE, &[]),
+        &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
+    assert_eq!(
+        validator.validate(&hmac).await,
+        Err(TokenError::AlgorithmNotAllowed)
+    );
+
+    // Signed by another key under the published kid.
+    let impostor = SigningKey::es256("key-1");
+    assert_eq!(
+        validator
+            .validate(&impostor.sign(&issuer.claims("alice", RESOURCE, &[])))
+            .await,
+        Err(TokenError::BadSignature)
+    );
+
+    // A header alg that does not match the key family (EdDSA header, EC key id).
+    let ed = SigningKey::ed25519("key-1");
+    assert!(
+        validator
+            .validate(&ed.sign(&issuer.claims("alice", RESOURCE, &[])))
+            .await
+            .is_err()
+    );
+
+    // `crit` headers are not understood, so refused.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("key-1".into());
+    let token = issuer
+        .key
+        .sign_with_header(header, &issuer.claims("alice", RESOURCE, &[]));
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    parts[0] = b64(&json!({"alg": "ES256", "kid": "key-1", "crit": ["exp"]}));
+    assert_eq!(
+        validator.validate(&parts.join(".")).await,
+        Err(TokenError::Malformed)
+    );
+    assert_eq!(
+        validator.validate("not-a-jwt").await,
+        Err(TokenError::Malformed)
+    );
+}
+
+#[tokio::test]
+async fn unknown_kid_triggers_one_refresh_and_rotation_is_picked_up() {
+    let issuer = TestIssuer::start().await;
+    let validator = validator(&issuer);
+    let token = issuer.token("alice", RESOURCE, &[]);
+    validator.validate(&token).await.unwrap();
+    let after_first = issuer.jwks_fetches();
+    assert_eq!(after_first, 1);
+
+    // Rotate: a new key under a new kid.
+    let rotated = SigningKey::ed25519("key-2");
+    issuer.publish(vec![issuer.key.jwk.clone(), rotated.jwk.clone()]);
+    let validated = validator
+        .validate(&rotated.sign(&issuer.claims("carol", RESOURCE, &[])))
+        .await
+        .unwrap();
+    assert_eq!(validated.subject, "carol");
+    assert_eq!(issuer.jwks_fetches(), after_first + 1);
+
+    // Random kids within the cooldown cause no further fetches.
+    for n in 0..5 {
+        let stranger = SigningKey::es256(&format!("random-{n}"));
+        assert_eq!(
+            validator
+                .validate(&stranger.sign(&issuer.claims("eve", RESOURCE, &[])))
+                .await,
+            Err(TokenError::NoMatchingKey)
+        );
+    }
+    assert_eq!(issuer.jwks_fetches(), after_first + 1);
+}
+
+#[tokio::test]
+async fn protected_resource_metadata_and_challenges() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = start_gateway(&issuer, dir.path()).await;
+    let client = http();
+    let metadata_url = format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        handle.base_url()
+    );
+
+    for url in [
+        metadata_url.clone(),
+        format!("{}/.well-known/oauth-protected-resource", handle.base_url()),
+    ] {
+        let body: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["resource"], json!(handle.mcp_url()));
+        assert_eq!(body["authorization_servers"], json!([issuer.url()]));
+        assert_eq!(body["bearer_methods_supported"], json!(["header"]));
+        assert!(
+            body["scopes_supported"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ibkr:orders:write"))
+        );
+    }
+
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+
+    // No token: 401 with the metadata pointer and no error code.
+    let response = client
+        .post(handle.mcp_url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{metadata_url}\"")
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "AUTH_REQUIRED");
+
+    // A bad token: 401 invalid_token.
+    let response = client
+        .post(handle.mcp_url())
+        .bearer_auth("a.b.c")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(challenge.contains(&metadata_url));
+
+    // A token for another audience (e.g. the issuer's other resource) is refused.
+    let foreign = issuer.token("alice", "http://127.0.0.1:1/mcp", &["ibkr:health:read"]);
+    let response = client
+        .post(handle.mcp_url())
+        .bearer_auth(&foreign)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // A token in the query string is refused and never read, even a valid one.
+    let good = issuer.token("alice", &handle.mcp_url(), &["ibkr:health:read"]);
+    let response = client
+        .post(format!("{}?access_token={good}", handle.mcp_url()))
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn tools_are_filtered_by_scope_and_missing_scope_steps_up() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = start_gateway(&issuer, dir.path()).await;
+
+    let token = issuer.token("alice", &handle.mcp_url(), &["ibkr:health:read"]);
+    let mut client = McpClient::new(&handle.mcp_url(), &token);
+    let init = client.initialize().await;
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    let tools = client.request("tools/list", json!({})).await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["ibkr_health", "ibkr_session_status"]);
+    assert_eq!(
+        tools["result"]["tools"][0]["annotations"]["readOnlyHint"],
+        json!(true)
+    );
+
+    // A tool whose scope the token lacks: 403 insufficient_scope before rmcp sees it.
+    let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
+        "params":{"name":"ibkr_accounts_list","arguments":{}}});
+    let response = client.post(&call).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"ibkr:accounts:read\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+
+    // Unknown tools are a tool error, not a protocol error.
+    let unknown = client
+        .request(
+            "tools/call",
+            json!({"name": "ibkr_launch_rockets", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(unknown["result"]["isError"], json!(true));
+    assert_eq!(
+        unknown["result"]["structuredContent"]["error"]["code"],
+        "TOOL_UNKNOWN"
+    );
+
+    // Another subject cannot ride on this session.
+    let mut intruder = client.clone();
+    intruder.token = issuer.token("mallory", &handle.mcp_url(), &["ibkr:health:read"]);
+    let response = intruder
+        .post(&json!({"jsonrpc":"2.0","id":10,"method":"tools/list","params":{}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    // Health never fails for a missing sidecar.
+    let health = client
+        .request(
+            "tools/call",
+            json!({"name": "ibkr_health", "arguments": {}}),
+        )
+        .await;
+    let structured = &health["result"]["structuredContent"];
+    assert_eq!(health["result"]["isError"], json!(false), "{health}");
+    assert_eq!(structured["gateway"]["status"], "ok");
+    assert_eq!(structured["gateway"]["instance_id"], "remote-1");
+    assert_eq!(structured["relay"]["connected"], json!(false));
+    assert_eq!(structured["relay"]["status"], "SIDECAR_PAIRING_REQUIRED");
+    assert_eq!(structured["sidecar"], serde_json::Value::Null);
+    assert!(structured["next_step"].as_str().unwrap().contains("pair"));
+
+    handle.shutdown().await;
+}
