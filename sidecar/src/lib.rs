@@ -1,1 +1,43 @@
+//! The laptop half of the IBKR agent gateway: the `ibkr-agent` CLI and the sidecar daemon.
+//!
+//! The sidecar dials out to a paired cloud gateway over an end-to-end encrypted websocket,
+//! enforces its own gates on every relayed tool call, calls the local IBKR Client Portal
+//! Gateway (CPGW), and answers with sanitized results. It never automates the IBKR login.
+//!
+//! Map of the crate:
+//! - [`cli`]: the `ibkr-agent sidecar ...` commands; [`daemon`]: [`run_daemon`].
+//! - [`config`]: the YAML configuration and its fail-closed validation.
+//! - [`paths`], [`state`]: the state directory and the SQLite state store (identity metadata,
+//!   pairing records, relay sessions, the handshake anti-replay clock).
+//! - [`identity`]: the key file and identity creation; [`pairing_client`]: the pairing exchange.
+//! - [`relay`]: dial, handshake, connection driver, backoff, reconnect loop.
+//! - [`gates`]: the per-request checks; [`requests`]: one call from envelope to outcome.
+//! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
+//! - [`net`]: the URL policy (plain text only to loopback); [`error`]: [`SidecarError`];
+//!   [`clock`]: wall-clock helpers for the store.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod cpgw;
+pub mod daemon;
+pub mod error;
+pub mod gates;
+pub mod identity;
+pub mod net;
+pub mod pairing_client;
+pub mod paths;
+pub mod relay;
+pub mod requests;
+pub mod state;
+pub mod tools;
+
+pub use config::SidecarConfig;
+pub use daemon::{DaemonError, DaemonOptions, run_daemon};
+pub use error::SidecarError;
+pub use identity::create_identity;
+pub use pairing_client::pair;
+pub use relay::relay_websocket_config;
+pub use state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore};

@@ -1,0 +1,116 @@
+//! `ibkr-agent sidecar run`: the long-running daemon, also callable in-process (e2e tests, the
+//! demo) through [`run_daemon`].
+//!
+//! Everything that can be checked locally is checked before the first dial: the configuration,
+//! the identity and its secret key, an active pairing with a pinned gateway key, the relay URL
+//! and the CPGW URL. Then the keep-alive task and the reconnect loop run until `shutdown`.
+
+use crate::clock::now_unix_seconds;
+use crate::config::SidecarConfig;
+use crate::context::{DaemonContext, FrameObserver};
+use crate::cpgw::keepalive::run_keepalive;
+use crate::cpgw::{BrokerState, CpgwClient};
+use crate::error::SidecarError;
+use crate::identity::load_keypair;
+use crate::net::{self, UrlKind};
+use crate::relay::{dial, supervisor};
+use crate::state::StateStore;
+use shared_safety::ErrorCode;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Errors that stop the daemon (all before the first dial; afterwards it keeps retrying).
+pub type DaemonError = SidecarError;
+
+/// How to run the daemon.
+#[derive(Clone)]
+pub struct DaemonOptions {
+    pub state_dir: PathBuf,
+    pub config: SidecarConfig,
+    /// Test/diagnostic hook: called with every frame received from the gateway after decryption
+    /// (i.e. exactly what the gateway sent before encryption).
+    pub frame_observer: Option<FrameObserver>,
+}
+
+impl DaemonOptions {
+    pub fn new(state_dir: PathBuf, config: SidecarConfig) -> Self {
+        DaemonOptions {
+            state_dir,
+            config,
+            frame_observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for DaemonOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonOptions")
+            .field("config", &self.config)
+            .field("frame_observer", &self.frame_observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the sidecar until `shutdown` is cancelled (then sends `Close { Shutdown }` and closes
+/// the websocket). Returns an error only for problems found before dialing.
+pub async fn run_daemon(
+    options: DaemonOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let context = Arc::new(prepare(options)?);
+    dial::ensure_crypto_provider();
+    tracing::info!(
+        sidecar_id = %context.identity.sidecar_id,
+        fingerprint = %context.identity.fingerprint(),
+        "sidecar starting"
+    );
+
+    let keepalive_stop = shutdown.child_token();
+    let keepalive = tokio::spawn(run_keepalive(
+        context.cpgw.clone(),
+        context.config.tickle_interval(),
+        context.broker.clone(),
+        keepalive_stop.clone(),
+    ));
+    supervisor::run(context.clone(), shutdown.clone()).await;
+    keepalive_stop.cancel();
+    let _ = keepalive.await;
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
+
+/// All local checks, in the order a person would fix them.
+fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
+    options.config.validate()?;
+    let store = StateStore::open(&options.state_dir)?;
+    let (identity, keypair) = load_keypair(&options.state_dir, &store)?;
+    let pairing = store
+        .dialable_pairing(&identity.sidecar_id, now_unix_seconds())?
+        .ok_or_else(|| SidecarError::bare(ErrorCode::SidecarPairingRequired))?;
+    let relay_url = options
+        .config
+        .sidecar
+        .remote_relay_url
+        .clone()
+        .or_else(|| pairing.relay_url.clone())
+        .ok_or_else(|| {
+            SidecarError::config(
+                "(sidecar.remote_relay_url is not set and the pairing has no relay URL)",
+            )
+        })?;
+    net::checked_url(&relay_url, UrlKind::WebSocket)
+        .map_err(|why| SidecarError::config(format!("(relay URL {why})")))?;
+    let cpgw = CpgwClient::new(&options.config.sidecar.local_client_portal_base_url)?;
+    let (broker, _) = watch::channel(BrokerState::Unknown);
+    Ok(DaemonContext {
+        store,
+        identity,
+        keypair,
+        config: options.config,
+        cpgw,
+        broker,
+        frame_observer: options.frame_observer,
+    })
+}

@@ -1,0 +1,317 @@
+//! The sidecar's long-term identity: an x25519 key pair whose secret half lives in
+//! `identity.key` (32 raw bytes, mode 0600) and whose public half is recorded in the store.
+//!
+//! The key file is written to a 0600 temp file in the same directory, synced, then linked into
+//! place without ever replacing an existing key (losing the key would silently unpair the
+//! laptop). The secret is zeroized in memory and never printed or logged.
+
+use crate::clock::now_unix_seconds;
+use crate::error::SidecarError;
+use crate::paths::{IDENTITY_KEY_FILE, ensure_state_dir};
+use crate::state::{IdentityRecord, StateStore};
+use protocol::identity::{PublicKey, StaticKeypair};
+use protocol::limits::MAX_SHORT_STRING;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use shared_safety::ErrorCode;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// Default sidecar id: `sidecar-` + the first 8 hex characters of SHA-256 of the public key.
+pub fn default_sidecar_id(public_key: &PublicKey) -> String {
+    let digest = Sha256::digest(public_key.0);
+    format!("sidecar-{}", &hex::encode(digest)[..8])
+}
+
+/// Sidecar ids travel in handshakes and show up in gateway logs: keep them short and plain.
+pub fn validate_sidecar_id(id: &str) -> Result<(), SidecarError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SidecarError::config(
+            "(--sidecar-id must be 1-64 characters of letters, digits, '-', '_' or '.')",
+        ))
+    }
+}
+
+fn validate_display_name(name: &str) -> Result<(), SidecarError> {
+    let ok = !name.trim().is_empty()
+        && name.len() <= MAX_SHORT_STRING
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(SidecarError::config(format!(
+            "(--display-name must be 1-{MAX_SHORT_STRING} printable characters)"
+        )))
+    }
+}
+
+/// Creates the sidecar identity in `state_dir`.
+///
+/// Without `public_key`, generates a key pair and writes `identity.key` (0600). With
+/// `public_key` (64 hex characters), records an externally held public key and writes no key
+/// file: that serves operator workflows (pairing records, relay primitives), but the daemon
+/// cannot run without the secret. IDENTITY_EXISTS if an identity or a key file already exists.
+pub fn create_identity(
+    state_dir: &Path,
+    display_name: &str,
+    sidecar_id: Option<&str>,
+    public_key: Option<&str>,
+) -> Result<IdentityRecord, SidecarError> {
+    validate_display_name(display_name)?;
+    if let Some(id) = sidecar_id {
+        validate_sidecar_id(id)?;
+    }
+    let external = public_key
+        .map(|hex| {
+            PublicKey::from_hex(hex).map_err(|_| {
+                SidecarError::config("(--public-key must be 64 hex characters of an x25519 key)")
+            })
+        })
+        .transpose()?;
+
+    let store = StateStore::open(state_dir)?;
+    let key_path = state_dir.join(IDENTITY_KEY_FILE);
+    if store.identity()?.is_some() || key_path.exists() {
+        return Err(SidecarError::bare(ErrorCode::IdentityExists));
+    }
+
+    let (public, keypair) = match external {
+        Some(key) => (key, None),
+        None => {
+            let keypair = StaticKeypair::generate(&mut OsRng);
+            (keypair.public(), Some(keypair))
+        }
+    };
+    let record = IdentityRecord {
+        sidecar_id: sidecar_id
+            .map(str::to_string)
+            .unwrap_or_else(|| default_sidecar_id(&public)),
+        display_name: display_name.trim().to_string(),
+        public_key: public,
+        has_secret: keypair.is_some(),
+        created_at: now_unix_seconds(),
+    };
+
+    if let Some(keypair) = &keypair {
+        write_new_secret_file(state_dir, IDENTITY_KEY_FILE, keypair.secret_bytes())?;
+    }
+    if let Err(error) = store.insert_identity(&record) {
+        // Another process recorded an identity between our check and our insert. The key file
+        // we linked is ours (linking never replaces), so removing it loses nothing.
+        if keypair.is_some() {
+            let _ = std::fs::remove_file(&key_path);
+        }
+        return Err(error);
+    }
+    Ok(record)
+}
+
+/// Writes `bytes` to `dir/name`, mode 0600, atomically and without replacing an existing file.
+fn write_new_secret_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SidecarError> {
+    ensure_state_dir(dir)?;
+    let final_path = dir.join(name);
+    let temp_path = dir.join(format!(".{name}.tmp-{:016x}", OsRng.next_u64()));
+    let io_error = |what: &str, error: std::io::Error| {
+        SidecarError::state(format!("(cannot {what} {name}: {})", error.kind()))
+    };
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(|e| io_error("create", e))?;
+        file.write_all(bytes).map_err(|e| io_error("write", e))?;
+        file.sync_all().map_err(|e| io_error("sync", e))?;
+        drop(file);
+        // link(2) fails if the target exists, unlike rename(2): two concurrent `identity
+        // create` runs can never overwrite each other's key.
+        match std::fs::hard_link(&temp_path, &final_path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(SidecarError::bare(ErrorCode::IdentityExists))
+            }
+            Err(_) => {
+                // File systems without hard links: fall back to a checked rename.
+                if final_path.exists() {
+                    return Err(SidecarError::bare(ErrorCode::IdentityExists));
+                }
+                std::fs::rename(&temp_path, &final_path).map_err(|e| io_error("place", e))
+            }
+        }
+    })();
+    let _ = std::fs::remove_file(&temp_path);
+    result?;
+    if let Ok(directory) = std::fs::File::open(dir) {
+        // Make the new directory entry durable too.
+        let _ = directory.sync_all();
+    }
+    Ok(())
+}
+
+/// Loads the identity and its secret key for the daemon.
+///
+/// IDENTITY_MISSING without an identity or when it was created with `--public-key`; the key
+/// file must be a regular file readable by its owner only and must match the recorded key.
+pub fn load_keypair(
+    state_dir: &Path,
+    store: &StateStore,
+) -> Result<(IdentityRecord, StaticKeypair), SidecarError> {
+    let identity = store
+        .identity()?
+        .ok_or_else(|| SidecarError::bare(ErrorCode::IdentityMissing))?;
+    if !identity.has_secret {
+        return Err(SidecarError::new(
+            ErrorCode::IdentityMissing,
+            "(this identity was created with --public-key and has no local secret key, so the \
+             daemon cannot run; create an identity without --public-key in another state \
+             directory)",
+        ));
+    }
+    let path = state_dir.join(IDENTITY_KEY_FILE);
+    let mut file = std::fs::File::open(&path).map_err(|error| {
+        SidecarError::new(
+            ErrorCode::IdentityMissing,
+            format!("(cannot open identity.key: {})", error.kind()),
+        )
+    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| SidecarError::state(format!("(identity.key: {})", error.kind())))?;
+    if !metadata.is_file() {
+        return Err(SidecarError::state("(identity.key is not a regular file)"));
+    }
+    if metadata.mode() & 0o077 != 0 {
+        // Like ssh: a key others can read may already be compromised; refuse to use it.
+        return Err(SidecarError::state(
+            "(identity.key is accessible by other users; run chmod 600 on it)",
+        ));
+    }
+    if metadata.len() != 32 {
+        return Err(SidecarError::state(
+            "(identity.key must hold exactly 32 bytes)",
+        ));
+    }
+    let mut secret = Zeroizing::new([0u8; 32]);
+    file.read_exact(&mut secret[..])
+        .map_err(|error| SidecarError::state(format!("(identity.key: {})", error.kind())))?;
+    let keypair = StaticKeypair::from_secret_bytes(*secret);
+    if keypair.public() != identity.public_key {
+        return Err(SidecarError::state(
+            "(identity.key does not match the identity recorded in state.db)",
+        ));
+    }
+    Ok((identity, keypair))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn create_writes_an_owner_only_key_and_refuses_a_second_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = create_identity(dir.path(), "laptop", None, None).unwrap();
+        assert!(record.has_secret);
+        assert_eq!(record.sidecar_id, default_sidecar_id(&record.public_key));
+        assert!(record.sidecar_id.starts_with("sidecar-") && record.sidecar_id.len() == 16);
+        let key_path = dir.path().join(IDENTITY_KEY_FILE);
+        let metadata = std::fs::metadata(&key_path).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+        assert_eq!(metadata.len(), 32);
+        // No temp files left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+
+        let again = create_identity(dir.path(), "laptop", None, None).unwrap_err();
+        assert_eq!(again.code(), ErrorCode::IdentityExists);
+
+        let store = StateStore::open(dir.path()).unwrap();
+        let (loaded, keypair) = load_keypair(dir.path(), &store).unwrap();
+        assert_eq!(loaded, record);
+        assert_eq!(keypair.public(), record.public_key);
+    }
+
+    #[test]
+    fn external_public_key_records_no_secret_and_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = StaticKeypair::from_secret_bytes([9; 32]).public();
+        let record = create_identity(
+            dir.path(),
+            "laptop",
+            Some("sidecar-example"),
+            Some(&public.to_hex()),
+        )
+        .unwrap();
+        assert!(!record.has_secret);
+        assert_eq!(record.sidecar_id, "sidecar-example");
+        assert!(!dir.path().join(IDENTITY_KEY_FILE).exists());
+        let store = StateStore::open(dir.path()).unwrap();
+        let error = load_keypair(dir.path(), &store).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::IdentityMissing);
+        // Still exactly one identity per state directory.
+        assert_eq!(
+            create_identity(dir.path(), "x", None, None)
+                .unwrap_err()
+                .code(),
+            ErrorCode::IdentityExists
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, id, key) in [
+            ("", None, None),
+            ("laptop", Some("bad id!"), None),
+            ("laptop", None, Some("abcd")),
+            ("laptop", None, Some(&*"00".repeat(32))),
+        ] {
+            assert_eq!(
+                create_identity(dir.path(), name, id, key)
+                    .unwrap_err()
+                    .code(),
+                ErrorCode::ConfigInvalid
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        create_identity(dir.path(), "laptop", None, None).unwrap();
+        let key_path = dir.path().join(IDENTITY_KEY_FILE);
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            load_keypair(dir.path(), &store).unwrap_err().code(),
+            ErrorCode::StateStoreError
+        );
+    }
+
+    #[test]
+    fn a_stray_key_file_blocks_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(IDENTITY_KEY_FILE), [0u8; 32]).unwrap();
+        assert_eq!(
+            create_identity(dir.path(), "laptop", None, None)
+                .unwrap_err()
+                .code(),
+            ErrorCode::IdentityExists
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The reconnect loop: pick the pairing, dial, handshake, drive, and come back with backoff.
+//!
+//! - Transient failures back off with full jitter; a session that stayed healthy for at least
+//!   one heartbeat interval resets the backoff.
+//! - `GoAway` waits the gateway's delay (plus a little jitter).
+//! - A refusal that only a person can fix (no pairing, session not bound to this sidecar, the
+//!   gateway proving another instance) keeps retrying at the maximum delay, logged as an error
+//!   with what to do, so re-pairing or a gateway fix is picked up without a restart.
+//! - Every wait is interrupted by shutdown.
+
+use super::backoff::{Backoff, delay_with_spread};
+use super::connection::{self, ConnectionEnd, Established};
+use super::dial::{self, DialError};
+use super::handshake::{self, HandshakeFailure};
+use crate::clock::{now_unix_millis, now_unix_seconds};
+use crate::context::{DaemonContext, SIDECAR_VERSION};
+use crate::gates::Binding;
+use crate::state::PairingRecord;
+use protocol::PROTOCOL_VERSION;
+use protocol::handshake::ClientHello;
+use rand_core::{OsRng, RngCore};
+use shared_safety::ErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What one connection attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Shutdown,
+    /// A session ran; `healthy` if it lasted at least one heartbeat interval.
+    Ended {
+        end: ConnectionEnd,
+        healthy: bool,
+    },
+    /// Needs a person: retry slowly.
+    NeedsAttention(String),
+    /// Transient: retry with backoff.
+    Failed(String),
+}
+
+/// The relay URL for a pairing: the configuration's override, else the one recorded at pairing.
+pub(crate) fn relay_url_for(context: &DaemonContext, pairing: &PairingRecord) -> Option<String> {
+    context
+        .config
+        .sidecar
+        .remote_relay_url
+        .clone()
+        .or_else(|| pairing.relay_url.clone())
+}
+
+/// Runs until `shutdown`.
+pub(crate) async fn run(context: Arc<DaemonContext>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(
+        context.config.reconnect_initial_delay(),
+        context.config.reconnect_max_delay(),
+    );
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let attempt = connect_once(&context, &shutdown).await;
+        let delay = match attempt {
+            Attempt::Shutdown => return,
+            Attempt::Ended { end, healthy } => {
+                if healthy {
+                    backoff.reset();
+                }
+                match end {
+                    ConnectionEnd::Shutdown => return,
+                    ConnectionEnd::GoAway { retry_after } => {
+                        backoff.reset();
+                        delay_with_spread(retry_after, OsRng.next_u64())
+                    }
+                    ConnectionEnd::PairingGone => {
+                        tracing::error!(
+                            code = ErrorCode::SidecarPairingRequired.code(),
+                            "the pairing this session used is no longer active; {}",
+                            ErrorCode::SidecarPairingRequired.user_action()
+                        );
+                        backoff.max()
+                    }
+                    ConnectionEnd::Woke => {
+                        backoff.reset();
+                        Duration::ZERO
+                    }
+                    ConnectionEnd::Closed { reason } => {
+                        tracing::info!(%reason, "relay connection ended; reconnecting");
+                        backoff.next_delay(&mut OsRng)
+                    }
+                }
+            }
+            Attempt::NeedsAttention(message) => {
+                tracing::error!("{message}");
+                backoff.max()
+            }
+            Attempt::Failed(reason) => {
+                let delay = backoff.next_delay(&mut OsRng);
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "relay connection attempt failed");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken) -> Attempt {
+    let sidecar_id = context.identity.sidecar_id.clone();
+    // Re-read each time: a new pairing (or a revocation) applies on the next attempt.
+    let pairing = match context
+        .store
+        .dialable_pairing(&sidecar_id, now_unix_seconds())
+    {
+        Ok(Some(pairing)) => pairing,
+        Ok(None) => {
+            return Attempt::NeedsAttention(format!(
+                "{}: {} {}",
+                ErrorCode::SidecarPairingRequired,
+                ErrorCode::SidecarPairingRequired.message(),
+                ErrorCode::SidecarPairingRequired.user_action()
+            ));
+        }
+        Err(error) => return Attempt::Failed(error.to_string()),
+    };
+    let Some(gateway_key) = pairing.gateway_public_key else {
+        return Attempt::NeedsAttention("the pairing has no pinned gateway key; pair again".into());
+    };
+    let Some(url) = relay_url_for(context, &pairing) else {
+        return Attempt::NeedsAttention(
+            "no relay URL: set sidecar.remote_relay_url or pair again with --gateway".into(),
+        );
+    };
+
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return Attempt::Shutdown,
+        result = dial::dial(&url) => result,
+    };
+    let mut stream = match stream {
+        Ok(stream) => stream,
+        Err(DialError::Policy(why)) => {
+            return Attempt::NeedsAttention(format!(
+                "{}: relay URL {why}",
+                ErrorCode::ConfigInvalid
+            ));
+        }
+        Err(error) => return Attempt::Failed(error.to_string()),
+    };
+
+    let timestamp_ms = match context
+        .store
+        .next_handshake_timestamp(&sidecar_id, now_unix_millis())
+    {
+        Ok(timestamp) => timestamp,
+        Err(error) => return Attempt::Failed(error.to_string()),
+    };
+    let hello = ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        sidecar_id: sidecar_id.clone(),
+        remote_instance_id: pairing.remote_instance_id.clone(),
+        timestamp_ms,
+        sidecar_version: SIDECAR_VERSION.to_string(),
+    };
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => return Attempt::Shutdown,
+        result = handshake::perform(
+            &mut stream,
+            &context.keypair,
+            &gateway_key,
+            &hello,
+            &pairing.remote_instance_id,
+        ) => result,
+    };
+    let (transport, server_hello) = match result {
+        Ok(done) => done,
+        Err(failure) => return classify_handshake_failure(failure),
+    };
+
+    let established = Established {
+        transport,
+        hello: server_hello,
+        binding: Binding {
+            sidecar_id,
+            remote_instance_id: pairing.remote_instance_id,
+            gateway_public_key: gateway_key,
+        },
+    };
+    let started = Instant::now();
+    let end = connection::drive(context.clone(), stream, established, shutdown.clone()).await;
+    let healthy = started.elapsed() >= context.config.heartbeat_interval();
+    Attempt::Ended { end, healthy }
+}
+
+fn classify_handshake_failure(failure: HandshakeFailure) -> Attempt {
+    match failure {
+        HandshakeFailure::Rejected(code)
+            if code == ErrorCode::SidecarPairingRequired.code()
+                || code == ErrorCode::SidecarSessionInvalid.code() =>
+        {
+            let action = ErrorCode::from_code(&code)
+                .map(|c| c.user_action())
+                .unwrap_or("");
+            Attempt::NeedsAttention(format!(
+                "the gateway refused this sidecar with {code}; {action} Retrying slowly."
+            ))
+        }
+        HandshakeFailure::WrongInstance => Attempt::NeedsAttention(format!(
+            "{}: the gateway answered as a different instance than the one paired; pair again",
+            ErrorCode::SidecarSessionInvalid
+        )),
+        other => Attempt::Failed(other.to_string()),
+    }
+}

@@ -1,0 +1,105 @@
+//! One relayed call, from envelope to sanitized outcome: gates a-e, gate f for broker tools,
+//! the tool itself, then the response sanitizer and the size bound.
+
+use crate::clock::now_unix_seconds;
+use crate::context::DaemonContext;
+use crate::gates::{self, Binding};
+use crate::relay::session::SharedSession;
+use crate::tools::{self, ToolContext};
+use protocol::envelope::{Outcome, RelayRequest};
+use protocol::limits::MAX_FRAME_PLAINTEXT;
+use serde_json::Value;
+use shared_safety::ErrorCode;
+use shared_safety::sanitize::sanitize_response;
+use tokio::time::Instant;
+
+/// Room left in a frame for the envelope around a result.
+const MAX_RESULT_JSON: usize = MAX_FRAME_PLAINTEXT - 4096;
+
+/// What a request task knows about the connection it arrived on.
+pub(crate) struct ConnectionInfo {
+    pub binding: Binding,
+    pub session: SharedSession,
+}
+
+pub(crate) async fn handle(
+    context: &DaemonContext,
+    connection: &ConnectionInfo,
+    request: &RelayRequest,
+) -> Outcome {
+    // Re-read per request: a revoke or scope change from the CLI applies to the next call.
+    let pairing = match context.store.pairing(
+        &connection.binding.remote_instance_id,
+        &connection.binding.sidecar_id,
+    ) {
+        Ok(pairing) => pairing,
+        Err(error) => {
+            tracing::error!(code = %error.code(), "state store unreadable; refusing the call");
+            return Outcome::Refused(ErrorCode::StateStoreError.body(None));
+        }
+    };
+    let snapshot = connection.session.snapshot();
+    let checked = match gates::check_request(
+        request,
+        pairing.as_ref(),
+        &connection.binding,
+        &snapshot,
+        Instant::now(),
+        now_unix_seconds(),
+    ) {
+        Ok(checked) => checked,
+        Err(outcome) => return outcome,
+    };
+    let auth = if tools::needs_broker_session(checked.tool) {
+        match gates::check_broker_session(&context.cpgw, &context.broker).await {
+            Ok(status) => Some(status),
+            Err(outcome) => return outcome,
+        }
+    } else {
+        None
+    };
+    let tool_context = ToolContext {
+        cpgw: &context.cpgw,
+        broker: &context.broker,
+        sidecar_id: &context.identity.sidecar_id,
+        connected_for: Instant::now().saturating_duration_since(snapshot.established_at),
+        auth,
+    };
+    match tools::run(&checked, &tool_context).await {
+        Ok(value) => finalize(&value),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Sanitizes a tool's result (no cookies, session ids, raw headers or local paths leave the
+/// laptop) and bounds its size.
+pub fn finalize(value: &Value) -> Outcome {
+    let clean = sanitize_response(value);
+    match serde_json::to_string(&clean) {
+        Ok(json) if json.len() <= MAX_RESULT_JSON => Outcome::Result { json },
+        Ok(_) => Outcome::Failed(ErrorCode::ResponseTooLarge.body(None)),
+        Err(_) => Outcome::Failed(ErrorCode::InternalError.body(None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_are_sanitized_and_bounded() {
+        let outcome = finalize(&json!({"accounts": ["DU1"], "sessionId": "abc", "cookie": "x=1"}));
+        assert_eq!(
+            outcome,
+            Outcome::Result {
+                json: r#"{"accounts":["DU1"]}"#.into()
+            }
+        );
+        let huge = json!({"data": "x".repeat(MAX_FRAME_PLAINTEXT)});
+        match finalize(&huge) {
+            Outcome::Failed(body) => assert_eq!(body.code, "RESPONSE_TOO_LARGE"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

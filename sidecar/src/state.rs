@@ -1,0 +1,659 @@
+//! The one local state store: SQLite (WAL) in the state directory, shared by the CLI
+//! primitives and the daemon.
+//!
+//! The daemon re-reads the pairing record for every relayed request, so a `revoke` or a scope
+//! change made from the CLI in another process takes effect on the next call. Secrets are never
+//! stored here (the identity secret lives in `identity.key`); the store holds public keys,
+//! identifiers, scopes and times.
+//!
+//! Times: `*_at` columns are unix seconds (wall clock). The anti-replay handshake timestamp is
+//! unix milliseconds, as the protocol defines it.
+
+use crate::error::SidecarError;
+use crate::paths::{self, STATE_DB_FILE};
+use protocol::identity::PublicKey;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use shared_safety::ErrorCode;
+use shared_safety::scope::ScopeSet;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE identity (
+    sidecar_id      TEXT PRIMARY KEY NOT NULL,
+    display_name    TEXT NOT NULL,
+    public_key_hex  TEXT NOT NULL,
+    has_secret      INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+CREATE TABLE pairings (
+    remote_instance_id      TEXT NOT NULL,
+    sidecar_id              TEXT NOT NULL,
+    user_id                 TEXT NOT NULL,
+    gateway_url             TEXT NULL,
+    relay_url               TEXT NULL,
+    gateway_public_key_hex  TEXT NULL,
+    local_scopes            TEXT NOT NULL,
+    created_at              INTEGER NOT NULL,
+    expires_at              INTEGER NULL,
+    revoked_at              INTEGER NULL,
+    PRIMARY KEY (remote_instance_id, sidecar_id)
+);
+CREATE TABLE relay_sessions (
+    session_id          TEXT PRIMARY KEY NOT NULL,
+    remote_instance_id  TEXT NOT NULL,
+    sidecar_id          TEXT NOT NULL,
+    created_at          INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    last_heartbeat_at   INTEGER NOT NULL,
+    closed_at           INTEGER NULL
+);
+CREATE TABLE handshake_clock (
+    sidecar_id          TEXT PRIMARY KEY NOT NULL,
+    last_timestamp_ms   INTEGER NOT NULL
+);
+";
+
+/// The sidecar's identity as recorded (the secret, if any, is in `identity.key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub sidecar_id: String,
+    pub display_name: String,
+    pub public_key: PublicKey,
+    /// False when created with `--public-key` (an externally held key): the daemon cannot run.
+    pub has_secret: bool,
+    pub created_at: i64,
+}
+
+impl IdentityRecord {
+    pub fn fingerprint(&self) -> String {
+        self.public_key.fingerprint()
+    }
+}
+
+/// A local pairing record: which remote gateway instance this sidecar trusts, for which user,
+/// and which scopes the laptop grants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairingRecord {
+    pub remote_instance_id: String,
+    pub sidecar_id: String,
+    pub user_id: String,
+    pub gateway_url: Option<String>,
+    pub relay_url: Option<String>,
+    /// The gateway key pinned at pairing; the handshake authenticates against it.
+    pub gateway_public_key: Option<PublicKey>,
+    /// Scopes granted locally (read-only by default).
+    pub local_scopes: ScopeSet,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl PairingRecord {
+    /// Active: not revoked and not expired at `now` (unix seconds).
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires| expires > now)
+    }
+
+    /// `active`, `revoked` or `expired`.
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.is_active(now) {
+            "active"
+        } else {
+            "expired"
+        }
+    }
+
+    pub fn gateway_fingerprint(&self) -> Option<String> {
+        self.gateway_public_key.map(|key| key.fingerprint())
+    }
+
+    /// Local scopes as a sorted list (for JSON output).
+    pub fn local_scope_list(&self) -> Vec<String> {
+        self.local_scopes.iter().map(str::to_string).collect()
+    }
+}
+
+/// A relay session as the sidecar saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySessionRecord {
+    /// 32 hex characters (the 16-byte id from the handshake).
+    pub session_id: String,
+    pub remote_instance_id: String,
+    pub sidecar_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_heartbeat_at: i64,
+    pub closed_at: Option<i64>,
+}
+
+impl RelaySessionRecord {
+    pub fn is_open(&self, now: i64) -> bool {
+        self.closed_at.is_none() && self.expires_at > now
+    }
+}
+
+/// The SQLite store. One connection behind a mutex: every operation is a short local query.
+pub struct StateStore {
+    connection: Mutex<Connection>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").finish_non_exhaustive()
+    }
+}
+
+fn public_key_column(text: Option<String>, column: &str) -> rusqlite::Result<Option<PublicKey>> {
+    match text {
+        None => Ok(None),
+        Some(text) => PublicKey::from_hex(&text).map(Some).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(0, column.to_string(), rusqlite::types::Type::Text)
+        }),
+    }
+}
+
+fn identity_from_row(row: &Row<'_>) -> rusqlite::Result<IdentityRecord> {
+    let key: String = row.get("public_key_hex")?;
+    let public_key = public_key_column(Some(key), "public_key_hex")?.ok_or(
+        rusqlite::Error::InvalidColumnType(0, "public_key_hex".into(), rusqlite::types::Type::Null),
+    )?;
+    Ok(IdentityRecord {
+        sidecar_id: row.get("sidecar_id")?,
+        display_name: row.get("display_name")?,
+        public_key,
+        has_secret: row.get::<_, i64>("has_secret")? != 0,
+        created_at: row.get("created_at")?,
+    })
+}
+
+fn pairing_from_row(row: &Row<'_>) -> rusqlite::Result<PairingRecord> {
+    let scopes: String = row.get("local_scopes")?;
+    Ok(PairingRecord {
+        remote_instance_id: row.get("remote_instance_id")?,
+        sidecar_id: row.get("sidecar_id")?,
+        user_id: row.get("user_id")?,
+        gateway_url: row.get("gateway_url")?,
+        relay_url: row.get("relay_url")?,
+        gateway_public_key: public_key_column(
+            row.get("gateway_public_key_hex")?,
+            "gateway_public_key_hex",
+        )?,
+        local_scopes: ScopeSet::from_oauth(&scopes),
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        revoked_at: row.get("revoked_at")?,
+    })
+}
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<RelaySessionRecord> {
+    Ok(RelaySessionRecord {
+        session_id: row.get("session_id")?,
+        remote_instance_id: row.get("remote_instance_id")?,
+        sidecar_id: row.get("sidecar_id")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        last_heartbeat_at: row.get("last_heartbeat_at")?,
+        closed_at: row.get("closed_at")?,
+    })
+}
+
+const PAIRING_COLUMNS: &str = "remote_instance_id, sidecar_id, user_id, gateway_url, relay_url, \
+    gateway_public_key_hex, local_scopes, created_at, expires_at, revoked_at";
+
+const SESSION_COLUMNS: &str = "session_id, remote_instance_id, sidecar_id, created_at, expires_at, last_heartbeat_at, closed_at";
+
+impl StateStore {
+    /// Opens (creating if needed) the store in `state_dir`, which is created 0700.
+    pub fn open(state_dir: &Path) -> Result<Self, SidecarError> {
+        paths::ensure_state_dir(state_dir)?;
+        let path = state_dir.join(STATE_DB_FILE);
+        // Create the database file 0600 ourselves: SQLite would use the umask, and it gives
+        // its -wal and -shm files the database file's permissions.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|error| {
+                SidecarError::state(format!("(cannot create state.db: {})", error.kind()))
+            })?;
+        let connection = Connection::open(&path)?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        let store = StateStore {
+            connection: Mutex::new(connection),
+            dir: state_dir.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, SidecarError> {
+        self.connection
+            .lock()
+            .map_err(|_| SidecarError::state("(state store lock poisoned)"))
+    }
+
+    fn migrate(&self) -> Result<(), SidecarError> {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        match version {
+            0 => {
+                transaction.execute_batch(SCHEMA_V1)?;
+                transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            SCHEMA_VERSION => {}
+            newer => {
+                return Err(SidecarError::state(format!(
+                    "(state.db has schema version {newer}, newer than this build understands)"
+                )));
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    // ---- identity -------------------------------------------------------------------------
+
+    pub fn identity(&self) -> Result<Option<IdentityRecord>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                "SELECT sidecar_id, display_name, public_key_hex, has_secret, created_at \
+                 FROM identity ORDER BY created_at LIMIT 1",
+                [],
+                identity_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Records the identity; IDENTITY_EXISTS if one is already recorded (one per state dir).
+    pub fn insert_identity(&self, record: &IdentityRecord) -> Result<(), SidecarError> {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: i64 =
+            transaction.query_row("SELECT COUNT(*) FROM identity", [], |row| row.get(0))?;
+        if existing > 0 {
+            return Err(SidecarError::bare(ErrorCode::IdentityExists));
+        }
+        transaction.execute(
+            "INSERT INTO identity (sidecar_id, display_name, public_key_hex, has_secret, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                record.sidecar_id,
+                record.display_name,
+                record.public_key.to_hex(),
+                i64::from(record.has_secret),
+                record.created_at
+            ],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    // ---- pairings -------------------------------------------------------------------------
+
+    /// Inserts or replaces the pairing for `(remote_instance_id, sidecar_id)`. Re-pairing is a
+    /// fresh trust decision, so the replaced record's scopes and revocation do not carry over.
+    pub fn upsert_pairing(&self, record: &PairingRecord) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            &format!(
+                "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                record.remote_instance_id,
+                record.sidecar_id,
+                record.user_id,
+                record.gateway_url,
+                record.relay_url,
+                record.gateway_public_key.map(|key| key.to_hex()),
+                record.local_scopes.to_oauth(),
+                record.created_at,
+                record.expires_at,
+                record.revoked_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn pairing(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+    ) -> Result<Option<PairingRecord>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                &format!(
+                    "SELECT {PAIRING_COLUMNS} FROM pairings \
+                     WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
+                ),
+                params![remote_instance_id, sidecar_id],
+                pairing_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every pairing record, newest first.
+    pub fn pairings(&self) -> Result<Vec<PairingRecord>, SidecarError> {
+        let connection = self.lock()?;
+        let mut statement = connection.prepare(&format!(
+            "SELECT {PAIRING_COLUMNS} FROM pairings ORDER BY created_at DESC, rowid DESC"
+        ))?;
+        let rows = statement.query_map([], pairing_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The pairing the daemon dials: active, with a pinned gateway key and a relay URL source
+    /// (the newest if several). `None` means SIDECAR_PAIRING_REQUIRED.
+    pub fn dialable_pairing(
+        &self,
+        sidecar_id: &str,
+        now: i64,
+    ) -> Result<Option<PairingRecord>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                &format!(
+                    "SELECT {PAIRING_COLUMNS} FROM pairings \
+                     WHERE sidecar_id = ?1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > ?2) \
+                       AND gateway_public_key_hex IS NOT NULL \
+                     ORDER BY created_at DESC, rowid DESC LIMIT 1"
+                ),
+                params![sidecar_id, now],
+                pairing_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Marks a pairing revoked; false if there was no such unrevoked pairing.
+    pub fn revoke_pairing(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+        now: i64,
+    ) -> Result<bool, SidecarError> {
+        let connection = self.lock()?;
+        let changed = connection.execute(
+            "UPDATE pairings SET revoked_at = ?3 \
+             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND revoked_at IS NULL",
+            params![remote_instance_id, sidecar_id, now],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Replaces the scopes granted locally to a pairing; false if there is no such pairing.
+    pub fn set_local_scopes(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+        scopes: &ScopeSet,
+    ) -> Result<bool, SidecarError> {
+        let connection = self.lock()?;
+        let changed = connection.execute(
+            "UPDATE pairings SET local_scopes = ?3 WHERE remote_instance_id = ?1 AND sidecar_id = ?2",
+            params![remote_instance_id, sidecar_id, scopes.to_oauth()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    // ---- handshake anti-replay clock ------------------------------------------------------
+
+    /// The timestamp for the next `ClientHello`: `now_ms`, or one more than the last one used
+    /// if the clock has not moved past it (the gateway refuses a timestamp that does not
+    /// increase). Persisted before it is used, so a restart never reuses one.
+    pub fn next_handshake_timestamp(
+        &self,
+        sidecar_id: &str,
+        now_ms: u64,
+    ) -> Result<u64, SidecarError> {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<i64> = transaction
+            .query_row(
+                "SELECT last_timestamp_ms FROM handshake_clock WHERE sidecar_id = ?1",
+                params![sidecar_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let next = match last {
+            Some(last) if last >= now => last
+                .checked_add(1)
+                .ok_or_else(|| SidecarError::state("(handshake clock exhausted)"))?,
+            _ => now,
+        };
+        transaction.execute(
+            "INSERT INTO handshake_clock (sidecar_id, last_timestamp_ms) VALUES (?1, ?2) \
+             ON CONFLICT(sidecar_id) DO UPDATE SET last_timestamp_ms = excluded.last_timestamp_ms",
+            params![sidecar_id, next],
+        )?;
+        transaction.commit()?;
+        u64::try_from(next).map_err(|_| SidecarError::state("(handshake clock negative)"))
+    }
+
+    // ---- relay sessions -------------------------------------------------------------------
+
+    pub fn insert_relay_session(&self, record: &RelaySessionRecord) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            &format!(
+                "INSERT OR REPLACE INTO relay_sessions ({SESSION_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                record.session_id,
+                record.remote_instance_id,
+                record.sidecar_id,
+                record.created_at,
+                record.expires_at,
+                record.last_heartbeat_at,
+                record.closed_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn relay_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<RelaySessionRecord>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM relay_sessions WHERE session_id = ?1"),
+                params![session_id],
+                session_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every relay session, newest first.
+    pub fn relay_sessions(&self) -> Result<Vec<RelaySessionRecord>, SidecarError> {
+        let connection = self.lock()?;
+        let mut statement = connection.prepare(&format!(
+            "SELECT {SESSION_COLUMNS} FROM relay_sessions ORDER BY created_at DESC, rowid DESC"
+        ))?;
+        let rows = statement.query_map([], session_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn touch_relay_session(&self, session_id: &str, now: i64) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            "UPDATE relay_sessions SET last_heartbeat_at = ?2 WHERE session_id = ?1",
+            params![session_id, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn renew_relay_session(
+        &self,
+        session_id: &str,
+        expires_at: i64,
+    ) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            "UPDATE relay_sessions SET expires_at = ?2 WHERE session_id = ?1",
+            params![session_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn close_relay_session(&self, session_id: &str, now: i64) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            "UPDATE relay_sessions SET closed_at = ?2 WHERE session_id = ?1 AND closed_at IS NULL",
+            params![session_id, now],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::identity::StaticKeypair;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn pairing(remote: &str, created_at: i64) -> PairingRecord {
+        PairingRecord {
+            remote_instance_id: remote.into(),
+            sidecar_id: "sidecar-1".into(),
+            user_id: "user-1".into(),
+            gateway_url: Some("http://127.0.0.1:8080".into()),
+            relay_url: Some("ws://127.0.0.1:8080/relay".into()),
+            gateway_public_key: Some(StaticKeypair::from_secret_bytes([3; 32]).public()),
+            local_scopes: ScopeSet::read_only_default(),
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn database_file_is_owner_only_and_schema_is_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = StateStore::open(&state).unwrap();
+        drop(store);
+        let mode = std::fs::metadata(state.join(STATE_DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Reopening an existing store works (migration is idempotent).
+        StateStore::open(&state).unwrap();
+    }
+
+    #[test]
+    fn pairing_records_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.upsert_pairing(&pairing("remote-1", 100)).unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let record = store.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert_eq!(record, pairing("remote-1", 100));
+        assert!(record.local_scopes.contains("ibkr:accounts:read"));
+        assert!(!record.local_scopes.contains("ibkr:orders:write"));
+        assert_eq!(store.pairings().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dialable_pairing_is_the_newest_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.dialable_pairing("sidecar-1", 1000).unwrap().is_none());
+        store.upsert_pairing(&pairing("old", 100)).unwrap();
+        store.upsert_pairing(&pairing("new", 200)).unwrap();
+        let mut expired = pairing("expired", 300);
+        expired.expires_at = Some(500);
+        store.upsert_pairing(&expired).unwrap();
+        let mut keyless = pairing("keyless", 400);
+        keyless.gateway_public_key = None;
+        store.upsert_pairing(&keyless).unwrap();
+
+        let chosen = store.dialable_pairing("sidecar-1", 1000).unwrap().unwrap();
+        assert_eq!(chosen.remote_instance_id, "new");
+        assert!(store.revoke_pairing("new", "sidecar-1", 1001).unwrap());
+        assert!(!store.revoke_pairing("new", "sidecar-1", 1002).unwrap());
+        let chosen = store.dialable_pairing("sidecar-1", 1003).unwrap().unwrap();
+        assert_eq!(chosen.remote_instance_id, "old");
+        let revoked = store.pairing("new", "sidecar-1").unwrap().unwrap();
+        assert!(!revoked.is_active(1003));
+        assert_eq!(revoked.status(1003), "revoked");
+        assert_eq!(
+            store
+                .pairing("expired", "sidecar-1")
+                .unwrap()
+                .unwrap()
+                .status(1000),
+            "expired"
+        );
+    }
+
+    #[test]
+    fn handshake_timestamps_strictly_increase_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.next_handshake_timestamp("s", 1000).unwrap(), 1000);
+        // Same clock reading, and a clock that went backwards: still strictly increasing.
+        assert_eq!(store.next_handshake_timestamp("s", 1000).unwrap(), 1001);
+        assert_eq!(store.next_handshake_timestamp("s", 500).unwrap(), 1002);
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.next_handshake_timestamp("s", 900).unwrap(), 1003);
+        assert_eq!(store.next_handshake_timestamp("s", 5000).unwrap(), 5000);
+        // Per sidecar id.
+        assert_eq!(store.next_handshake_timestamp("other", 10).unwrap(), 10);
+    }
+
+    #[test]
+    fn relay_sessions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let record = RelaySessionRecord {
+            session_id: "ab".repeat(16),
+            remote_instance_id: "remote-1".into(),
+            sidecar_id: "sidecar-1".into(),
+            created_at: 10,
+            expires_at: 100,
+            last_heartbeat_at: 10,
+            closed_at: None,
+        };
+        store.insert_relay_session(&record).unwrap();
+        store.touch_relay_session(&record.session_id, 20).unwrap();
+        store.renew_relay_session(&record.session_id, 200).unwrap();
+        let read = store.relay_session(&record.session_id).unwrap().unwrap();
+        assert_eq!((read.last_heartbeat_at, read.expires_at), (20, 200));
+        assert!(read.is_open(150));
+        store.close_relay_session(&record.session_id, 30).unwrap();
+        let read = store.relay_session(&record.session_id).unwrap().unwrap();
+        assert_eq!(read.closed_at, Some(30));
+        assert!(!read.is_open(31));
+        assert_eq!(store.relay_sessions().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,41 @@
+//! `ibkr_session_status`: the CPGW session, the account it serves, paper or live, and the
+//! sidecar's trading posture. Runs only with an authenticated session (gate f).
+//!
+//! Posture is fixed for now: dry-run on, live trading not allowed. `safe_to_trade` is true only
+//! for an authenticated paper account; an unknown account type is never safe.
+
+use super::{ToolContext, ToolResult, cpgw_failure};
+use crate::cpgw::types::{TradingMode, trading_mode};
+use serde_json::json;
+
+pub(super) async fn run(context: &ToolContext<'_>) -> ToolResult {
+    let auth = match context.auth {
+        Some(status) => status,
+        None => context
+            .cpgw
+            .auth_status()
+            .await
+            .map_err(|error| cpgw_failure(error, context.cpgw))?,
+    };
+    let accounts = context
+        .cpgw
+        .accounts()
+        .await
+        .map_err(|error| cpgw_failure(error, context.cpgw))?;
+    let account = accounts.active_account();
+    let mode = account
+        .map(|id| trading_mode(accounts.is_paper, id))
+        .unwrap_or(TradingMode::Unknown);
+    Ok(json!({
+        "authenticated": auth.authenticated,
+        "connected": auth.connected,
+        "competing": auth.competing,
+        "account_id": account,
+        "trading_mode": mode.as_str(),
+        "posture": {
+            "dry_run": true,
+            "live_trading_allowed": false,
+            "safe_to_trade": auth.authenticated && mode == TradingMode::Paper,
+        },
+    }))
+}

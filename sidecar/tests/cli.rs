@@ -1,0 +1,175 @@
+//! The `ibkr-agent` binary: JSON output, exit codes, file modes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn ibkr_agent(state_dir: &std::path::Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .env_remove("IBKR_AGENT_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one JSON object on stdout: {stdout}"
+    );
+    (
+        output.status.code().unwrap(),
+        serde_json::from_str(lines[0]).unwrap(),
+    )
+}
+
+#[test]
+fn identity_create_json_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "identity",
+            "create",
+            "--display-name",
+            "laptop",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0);
+    let object = json.as_object().unwrap();
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "created_at",
+            "display_name",
+            "fingerprint",
+            "key_file_created",
+            "public_key",
+            "sidecar_id"
+        ]
+    );
+    assert_eq!(json["key_file_created"], true);
+    assert_eq!(json["public_key"].as_str().unwrap().len(), 64);
+    assert!(json["sidecar_id"].as_str().unwrap().starts_with("sidecar-"));
+    let key_mode = std::fs::metadata(state.join("identity.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "identity",
+            "create",
+            "--display-name",
+            "laptop",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 3);
+    assert_eq!(json["error"]["code"], "IDENTITY_EXISTS");
+    assert!(json["error"]["user_action"].as_str().is_some());
+}
+
+#[test]
+fn external_public_key_and_run_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    let (status, json) = ibkr_agent(
+        dir.path(),
+        &[
+            "sidecar",
+            "identity",
+            "create",
+            "--display-name",
+            "ops",
+            "--sidecar-id",
+            "sidecar-example",
+            "--public-key",
+            key,
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["sidecar_id"], "sidecar-example");
+    assert_eq!(json["key_file_created"], false);
+    assert!(!dir.path().join("identity.key").exists());
+
+    // A configuration that switches the relay off is a configuration error (exit 2).
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, "sidecar:\n  enabled: false\n").unwrap();
+    let (status, json) = ibkr_agent(
+        dir.path(),
+        &[
+            "sidecar",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(status, 2);
+    assert_eq!(json["error"]["code"], "CONFIG_SIDECAR_FORBIDDEN");
+
+    // Unknown keys too.
+    std::fs::write(&config, "sidecar:\n  enabled: true\n  surprise: 1\n").unwrap();
+    let (status, json) = ibkr_agent(
+        dir.path(),
+        &[
+            "sidecar",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(status, 2);
+    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+
+    // A valid configuration, but this identity has no secret key: a refusal (exit 3).
+    let (status, json) = ibkr_agent(dir.path(), &["sidecar", "run", "--json"]);
+    assert_eq!(status, 3);
+    assert_eq!(json["error"]["code"], "IDENTITY_MISSING");
+}
+
+#[test]
+fn pair_refuses_plain_http_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _) = ibkr_agent(
+        dir.path(),
+        &[
+            "sidecar",
+            "identity",
+            "create",
+            "--display-name",
+            "laptop",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0);
+    let (status, json) = ibkr_agent(
+        dir.path(),
+        &[
+            "sidecar",
+            "pair",
+            "--gateway",
+            "http://gateway.example.com",
+            "--code",
+            "K7QM-3XW9-PT4R",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 2);
+    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+}
