@@ -4,3 +4,4 @@
 
 pub mod cpgw_sim;
 pub mod dev_issuer;
+pub mod system;

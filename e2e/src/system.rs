@@ -1,0 +1,297 @@
+//! The whole product on one machine, in one process, over real loopback sockets: the CPGW
+//! simulator (HTTPS), the dev OAuth issuer, the gateway, and a sidecar paired through the real
+//! pairing flow. The end-to-end tests and the demo both drive it with a real MCP client.
+
+use crate::cpgw_sim::{AuthState, CpgwSimulator, SimConfig};
+use crate::dev_issuer::{DevIssuer, TokenRequest};
+use ibkr_agent::{DaemonOptions, SidecarConfig};
+use ibkr_gateway::{GatewayConfiguration, GatewayHandle, SessionEvent};
+use protocol::frame::Frame;
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{RoleClient, ServiceExt};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The OAuth subject the system's sidecar is paired for.
+pub const DEFAULT_USER: &str = "dev-user";
+
+/// How long any single wait of the harness may take before it reports a failure.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+pub type FrameObserver = Arc<dyn Fn(&Frame) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("gateway: {0}")]
+    Gateway(String),
+    #[error("sidecar: {0}")]
+    Sidecar(String),
+    #[error("issuer: {0}")]
+    Issuer(String),
+    #[error("mcp client: {0}")]
+    Mcp(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+/// Knobs for one system.
+#[derive(Clone)]
+pub struct SystemOptions {
+    pub user_id: String,
+    pub auth_state: AuthState,
+    /// Heartbeat of both halves (seconds). Short values make dead-peer tests fast.
+    pub heartbeat_interval_seconds: u64,
+    pub heartbeat_timeout_seconds: u64,
+    /// Start and pair a sidecar (false: the gateway has no sidecar at all).
+    pub with_sidecar: bool,
+    pub frame_observer: Option<FrameObserver>,
+}
+
+impl Default for SystemOptions {
+    fn default() -> Self {
+        SystemOptions {
+            user_id: DEFAULT_USER.to_string(),
+            auth_state: AuthState::LoggedIn,
+            heartbeat_interval_seconds: 1,
+            heartbeat_timeout_seconds: 3,
+            with_sidecar: true,
+            frame_observer: None,
+        }
+    }
+}
+
+/// A sidecar daemon running as a task of this process.
+pub struct RunningSidecar {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ibkr_agent::DaemonError>>,
+}
+
+impl RunningSidecar {
+    /// Graceful stop (the daemon says goodbye to the gateway).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT_LIMIT, self.task).await;
+    }
+
+    /// Abrupt stop, as if the process were killed: the task is dropped mid-flight.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+pub struct System {
+    pub options: SystemOptions,
+    pub sim: CpgwSimulator,
+    pub issuer: DevIssuer,
+    gateway: Option<GatewayHandle>,
+    gateway_config: GatewayConfiguration,
+    pub sidecar_state_dir: PathBuf,
+    sidecar: Option<RunningSidecar>,
+    _root: tempfile::TempDir,
+}
+
+async fn within<T>(
+    what: &'static str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, SystemError> {
+    tokio::time::timeout(WAIT_LIMIT, future)
+        .await
+        .map_err(|_| SystemError::Timeout(what))
+}
+
+impl System {
+    /// Starts everything and, unless told otherwise, pairs and connects a sidecar.
+    pub async fn start(options: SystemOptions) -> Result<System, SystemError> {
+        let root = tempfile::tempdir()?;
+        let sim = CpgwSimulator::start(SimConfig {
+            auth_state: options.auth_state,
+            ..SimConfig::default()
+        })
+        .await?;
+        let issuer = DevIssuer::start(loopback(0)).await?;
+
+        let mut gateway_config = GatewayConfiguration::for_dev(
+            loopback(0),
+            &issuer.issuer_url(),
+            root.path().join("gateway"),
+        );
+        gateway_config.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
+        gateway_config.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
+        let gateway = ibkr_gateway::start(gateway_config.clone())
+            .await
+            .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        // Pin the bound port so a restarted gateway comes back at the same address.
+        let bound = gateway.local_addr();
+        let mut pinned =
+            GatewayConfiguration::for_dev(bound, &issuer.issuer_url(), root.path().join("gateway"));
+        pinned.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
+        pinned.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
+        gateway_config = pinned;
+
+        let sidecar_state_dir = root.path().join("sidecar");
+        let mut system = System {
+            options,
+            sim,
+            issuer,
+            gateway: Some(gateway),
+            gateway_config,
+            sidecar_state_dir,
+            sidecar: None,
+            _root: root,
+        };
+        if system.options.with_sidecar {
+            system.pair_sidecar().await?;
+            system.start_sidecar().await?;
+        }
+        Ok(system)
+    }
+
+    pub fn gateway(&self) -> Result<&GatewayHandle, SystemError> {
+        self.gateway
+            .as_ref()
+            .ok_or_else(|| SystemError::Gateway("gateway is stopped".into()))
+    }
+
+    pub fn mcp_url(&self) -> Result<String, SystemError> {
+        Ok(self.gateway()?.mcp_url())
+    }
+
+    /// Issues a code for the system's user and pairs the sidecar with it.
+    pub async fn pair_sidecar(&mut self) -> Result<ibkr_agent::PairingRecord, SystemError> {
+        let code = self
+            .gateway()?
+            .issue_pairing_code(&self.options.user_id, Duration::from_secs(600))
+            .await
+            .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        self.pair_sidecar_with_code(&code).await
+    }
+
+    /// Creates the sidecar identity if needed and runs the real pairing exchange (the same code
+    /// path as `ibkr-agent sidecar pair`) against the gateway.
+    pub async fn pair_sidecar_with_code(
+        &mut self,
+        code: &str,
+    ) -> Result<ibkr_agent::PairingRecord, SystemError> {
+        let base_url = self.gateway()?.base_url();
+        if !self.sidecar_state_dir.join("identity.key").exists() {
+            ibkr_agent::create_identity(&self.sidecar_state_dir, "e2e-laptop", None, None)
+                .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        }
+        ibkr_agent::pair(&self.sidecar_state_dir, &base_url, code, None)
+            .await
+            .map_err(|e| SystemError::Sidecar(e.to_string()))
+    }
+
+    pub fn sidecar_config(&self) -> SidecarConfig {
+        let mut config = SidecarConfig::default();
+        config.sidecar.local_client_portal_base_url = self.sim.base_url();
+        config.sidecar.heartbeat_interval_seconds = self.options.heartbeat_interval_seconds;
+        config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;
+        config.sidecar.reconnect_initial_delay_ms = 50;
+        config.sidecar.reconnect_max_delay_ms = 500;
+        config
+    }
+
+    /// Starts the sidecar daemon and waits until the gateway has registered its session.
+    pub async fn start_sidecar(&mut self) -> Result<(), SystemError> {
+        let mut events = self.gateway()?.subscribe_sessions();
+        let shutdown = CancellationToken::new();
+        let options = DaemonOptions {
+            state_dir: self.sidecar_state_dir.clone(),
+            config: self.sidecar_config(),
+            frame_observer: self.options.frame_observer.clone(),
+        };
+        let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
+        self.sidecar = Some(RunningSidecar { shutdown, task });
+        wait_registered(&mut events).await
+    }
+
+    pub fn take_sidecar(&mut self) -> Option<RunningSidecar> {
+        self.sidecar.take()
+    }
+
+    /// Stops the gateway (graceful) and starts a new one on the same address and state.
+    pub async fn restart_gateway(&mut self) -> Result<(), SystemError> {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        let gateway = ibkr_gateway::start(self.gateway_config.clone())
+            .await
+            .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        self.gateway = Some(gateway);
+        Ok(())
+    }
+
+    /// A token for the system's user with the given scopes, audience = the canonical resource.
+    pub fn token(&self, scopes: &[&str]) -> Result<String, SystemError> {
+        self.token_for(&self.options.user_id, scopes)
+    }
+
+    pub fn token_for(&self, subject: &str, scopes: &[&str]) -> Result<String, SystemError> {
+        let request = TokenRequest::new(subject, &self.mcp_url()?, scopes);
+        self.issuer
+            .mint(&request)
+            .map_err(|e| SystemError::Issuer(e.to_string()))
+    }
+
+    /// A real MCP client (rmcp, Streamable HTTP, 2025-11-25 lifecycle) with a bearer token.
+    pub async fn mcp_client(
+        &self,
+        token: &str,
+    ) -> Result<RunningService<RoleClient, ()>, SystemError> {
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(self.mcp_url()?).auth_header(token);
+        let transport = StreamableHttpClientTransport::from_config(config);
+        ().serve(transport)
+            .await
+            .map_err(|e| SystemError::Mcp(e.to_string()))
+    }
+
+    pub fn sidecar_state_dir(&self) -> &Path {
+        &self.sidecar_state_dir
+    }
+
+    /// Stops everything gracefully.
+    pub async fn shutdown(mut self) {
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.stop().await;
+        }
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        self.issuer.shutdown().await;
+        self.sim.shutdown().await;
+    }
+}
+
+/// Waits for the next `Registered` session event.
+pub async fn wait_registered(
+    events: &mut broadcast::Receiver<SessionEvent>,
+) -> Result<(), SystemError> {
+    within("the sidecar session to register", async {
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Registered { .. }) => return Ok(()),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(SystemError::Gateway("session events closed".into()));
+                }
+            }
+        }
+    })
+    .await?
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
