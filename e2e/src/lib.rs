@@ -4,4 +4,5 @@
 
 pub mod cpgw_sim;
 pub mod dev_issuer;
+pub mod raw_sidecar;
 pub mod system;

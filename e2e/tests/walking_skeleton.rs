@@ -3,18 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::cpgw_sim::AuthState;
+use e2e::raw_sidecar::{Claims, Handshake, RawSidecar};
 use e2e::system::{System, SystemOptions, WAIT_LIMIT, wait_registered};
-use futures_util::{SinkExt, StreamExt};
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
 use protocol::frame::Frame;
-use protocol::handshake::{ClientHello, InitiatorHandshake};
-use protocol::wire::WireMessage;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 const READ_SCOPES: &[&str] = &[scopes::HEALTH_READ, scopes::ACCOUNTS_READ];
 
@@ -307,63 +304,25 @@ async fn frozen_sidecar_is_dropped_within_the_heartbeat_timeout() {
     })
     .await
     .unwrap();
-    // Replace the real daemon with a frozen impostor holding the same (paired) key.
+    // Replace the real daemon with a hand-driven one holding the same (paired) key.
     system.take_sidecar().unwrap().stop().await;
-    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
-    let (identity, keypair) =
-        ibkr_agent::identity::load_keypair(system.sidecar_state_dir(), &store).unwrap();
-    let pairing = store.pairings().unwrap().into_iter().next().unwrap();
     let gateway = system.gateway().unwrap();
     let mut events = gateway.subscribe_sessions();
-
-    let (mut socket, _) = tokio_tungstenite::connect_async(gateway.relay_url())
-        .await
-        .unwrap();
-    let hello = ClientHello {
-        protocol_version: protocol::PROTOCOL_VERSION,
-        sidecar_id: identity.sidecar_id.clone(),
-        remote_instance_id: pairing.remote_instance_id.clone(),
-        timestamp_ms: store
-            .next_handshake_timestamp(&identity.sidecar_id, ibkr_agent::clock::now_unix_millis())
-            .unwrap(),
-        sidecar_version: "frozen".into(),
-    };
-    let (initiator, msg1) = InitiatorHandshake::start(
-        &keypair,
-        &pairing.gateway_public_key.unwrap(),
-        &hello,
-        &mut rand_core::OsRng,
+    let Handshake::Accepted(mut raw) = RawSidecar::connect(
+        system.sidecar_state_dir(),
+        &gateway.relay_url(),
+        Claims::default(),
     )
-    .unwrap();
-    socket
-        .send(Message::Binary(
-            WireMessage::HandshakeInit(msg1).encode().into(),
-        ))
-        .await
-        .unwrap();
-    let Some(Ok(Message::Binary(reply))) = socket.next().await else {
-        panic!("no handshake reply")
-    };
-    let WireMessage::HandshakeResponse(msg2) = WireMessage::decode(&reply).unwrap() else {
+    .await
+    .unwrap() else {
         panic!("handshake refused")
     };
-    let (mut transport, _) = initiator.finish(&msg2).unwrap();
-    let confirmation = transport
-        .seal(&Frame::SidecarStatus(protocol::frame::SidecarStatus {
-            broker_session: "ready".into(),
-            sidecar_version: "frozen".into(),
-        }))
-        .unwrap();
-    socket
-        .send(Message::Binary(
-            WireMessage::Record(confirmation).encode().into(),
-        ))
-        .await
-        .unwrap();
+    raw.confirm().await.unwrap();
     wait_registered(&mut events).await.unwrap();
     let registered_at = Instant::now();
 
     // Freeze: keep the socket open, read nothing, answer nothing.
+    let frozen = raw.freeze();
     let reason = tokio::time::timeout(WAIT_LIMIT, async {
         loop {
             if let Ok(SessionEvent::Dropped { reason, .. }) = events.recv().await {
@@ -383,7 +342,7 @@ async fn frozen_sidecar_is_dropped_within_the_heartbeat_timeout() {
         silence < Duration::from_secs(4),
         "dropped too late: {silence:?}"
     );
-    drop(socket);
+    drop(frozen);
     system.shutdown().await;
 }
 
