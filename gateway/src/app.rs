@@ -194,6 +194,15 @@ impl GatewayHandle {
         self.state.relay.live_sidecars()
     }
 
+    /// Why the last relay session of `sidecar_id` ended (heartbeat timeout, expiry, ...), as
+    /// remembered for the gate-4 codes: `Some` until the sidecar registers again or
+    /// [`crate::relay::SESSION_END_MEMORY`] passes. Lets tests and operators see what the next
+    /// tool call will answer (`DropReason::HeartbeatTimeout` -> `SIDECAR_HEARTBEAT_STALE`,
+    /// `DropReason::SessionExpired` -> `SIDECAR_SESSION_EXPIRED`).
+    pub fn last_session_end(&self, sidecar_id: &str) -> Option<crate::relay::DropReason> {
+        self.state.relay.last_session_end(sidecar_id)
+    }
+
     /// Revokes a pairing; its live session is closed on its next use or renewal.
     pub async fn revoke_pairing(&self, sidecar_id: &str) -> Result<bool, GatewayError> {
         let revoked = self

@@ -28,8 +28,14 @@ pub struct CallRecord<'a> {
     pub subject: &'a str,
     pub token_id: Option<&'a str>,
     pub client_id: Option<&'a str>,
+    /// The catalog tool name (`-` for an unknown tool).
     pub tool: &'a str,
+    /// The scope the tool requires.
+    pub scope: Option<&'a str>,
+    /// The relay request id (hex), once the request was built.
     pub request_id: Option<&'a str>,
+    /// The canonical payload hash of the forwarded request (hex).
+    pub payload_hash: Option<&'a str>,
     pub sidecar_id: Option<&'a str>,
     /// `ok`, `manual_action_required`, or the error code.
     pub outcome: &'a str,
@@ -82,10 +88,12 @@ impl Audit {
             token_id = record.token_id.unwrap_or("-"),
             client_id = record.client_id.unwrap_or("-"),
             tool = record.tool,
+            scope = record.scope.unwrap_or("-"),
             request_id = record.request_id.unwrap_or("-"),
+            payload_hash = record.payload_hash.unwrap_or("-"),
             sidecar_id = record.sidecar_id.unwrap_or("-"),
             outcome = record.outcome,
-            elapsed_ms = u64::try_from(record.elapsed.as_millis()).unwrap_or(u64::MAX),
+            latency_ms = u64::try_from(record.elapsed.as_millis()).unwrap_or(u64::MAX),
             "tool call"
         );
     }

@@ -2,9 +2,13 @@
 //! use (tests, the demo). Both paths go through the same [`GatewayConfiguration::validate`],
 //! which runs before any port is bound or any file is written.
 //!
-//! Fail closed: unknown keys are refused, the relay runs only when `sidecar.enabled` and
-//! `safety.sidecar_enabled` agree *and* remote MCP OAuth is on (`remote_mcp.enabled` and
-//! `safety.remote_mcp_enabled`), and every refusal names the offending key.
+//! Fail closed: unknown keys are refused; this gateway only relays, so a configuration is
+//! accepted only with `sidecar.enabled` and `safety.sidecar_enabled` both true *and* remote
+//! MCP OAuth on (`remote_mcp.enabled` and `safety.remote_mcp_enabled`) and valid; anything
+//! else is `CONFIG_SIDECAR_FORBIDDEN` (the flags) or `CONFIG_INVALID` (a missing or bad value),
+//! and every refusal names the offending key. The reference is
+//! `docs/configuration-gateway.md`; the checklist is tested row by row in
+//! `tests/config_table.rs`.
 
 use protocol::catalog::scopes;
 use serde::{Deserialize, Serialize};
@@ -367,6 +371,21 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// The key a YAML reading error is about: the path serde reached, plus the field name for a
+/// missing field (serde reports those at the enclosing section).
+fn serde_error_key(path: &str, message: &str) -> String {
+    let base = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+        .filter(|field| !field.is_empty());
+    match missing {
+        Some(field) if base.is_empty() => field.to_string(),
+        Some(field) => format!("{base}.{field}"),
+        None => base.to_string(),
+    }
+}
+
 /// The values derived from a validated configuration that the rest of the crate uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -377,6 +396,8 @@ pub struct Resolved {
     pub resource: String,
     /// RFC 9728 path-inserted metadata URL for the resource.
     pub resource_metadata_url: String,
+    /// Always true once validated (the relay and remote MCP OAuth are required); kept so the
+    /// router and the endpoints can refuse on their own as a fail-closed backstop.
     pub relay_enabled: bool,
     pub mcp_enabled: bool,
     pub relay_url: Option<String>,
@@ -394,8 +415,7 @@ impl GatewayConfiguration {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: GatewayConfiguration =
             serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let path = error.path().to_string();
-                let key = if path == "." { String::new() } else { path };
+                let key = serde_error_key(&error.path().to_string(), &error.inner().to_string());
                 // The serde message names the field or type problem; it never holds a value
                 // beyond what the operator typed into their own file.
                 ConfigError::invalid(
@@ -499,21 +519,30 @@ impl GatewayConfiguration {
             check_id("instance_id", id)?;
         }
 
-        // The fail-closed checklist of the seed, in its order.
-        if self.sidecar.enabled != self.safety.sidecar_enabled {
-            let key = if self.sidecar.enabled {
-                "safety.sidecar_enabled"
-            } else {
+        // The fail-closed checklist of the seed, in its order. This gateway exists only to
+        // relay, so a deployment is always a relaying one: both sidecar flags must be on, and
+        // relaying is refused without remote MCP OAuth (both of its flags on, then validated
+        // below).
+        if !self.sidecar.enabled || !self.safety.sidecar_enabled {
+            let key = if !self.sidecar.enabled {
                 "sidecar.enabled"
+            } else {
+                "safety.sidecar_enabled"
+            };
+            let state = if self.sidecar.enabled == self.safety.sidecar_enabled {
+                "both are off"
+            } else {
+                "they disagree"
             };
             return Err(ConfigError::forbidden(
                 key,
-                "sidecar.enabled and safety.sidecar_enabled must both be true to relay (or both false)",
+                format!(
+                    "{key} is not true ({state}); this gateway only serves by relaying to paired sidecars, \
+                     so set both sidecar.enabled and safety.sidecar_enabled to true"
+                ),
             ));
         }
-        let relay_enabled = self.sidecar.enabled;
-        let mcp_flags_on = self.remote_mcp.enabled && self.safety.remote_mcp_enabled;
-        if relay_enabled && !mcp_flags_on {
+        if !self.remote_mcp.enabled || !self.safety.remote_mcp_enabled {
             let key = if !self.remote_mcp.enabled {
                 "remote_mcp.enabled"
             } else {
@@ -521,206 +550,192 @@ impl GatewayConfiguration {
             };
             return Err(ConfigError::forbidden(
                 key,
-                "relaying requires remote MCP OAuth: set remote_mcp.enabled and safety.remote_mcp_enabled to true",
+                format!(
+                    "{key} is not true; relaying requires remote MCP OAuth: set remote_mcp.enabled \
+                     and safety.remote_mcp_enabled to true and configure remote_mcp.issuer"
+                ),
             ));
         }
-        if self.remote_mcp.enabled != self.safety.remote_mcp_enabled {
-            let key = if self.remote_mcp.enabled {
-                "safety.remote_mcp_enabled"
-            } else {
-                "remote_mcp.enabled"
-            };
+
+        let sidecar = &self.sidecar;
+        let text = sidecar.remote_relay_url.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
+                "sidecar.remote_relay_url",
+                "must be set to the wss:// URL sidecars dial, e.g. wss://gateway.example.com/relay",
+            )
+        })?;
+        let url = parse_url("sidecar.remote_relay_url", text, "wss", "ws")?;
+        if url.port() == Some(0) && listen.port() != 0 {
             return Err(ConfigError::invalid(
-                key,
-                "remote_mcp.enabled and safety.remote_mcp_enabled must agree",
+                "sidecar.remote_relay_url",
+                "port 0 is only allowed when listen also uses port 0",
             ));
         }
-
-        let mut relay_url = None;
-        if relay_enabled {
-            let sidecar = &self.sidecar;
-            let text = sidecar.remote_relay_url.as_deref().ok_or_else(|| {
-                ConfigError::invalid(
-                    "sidecar.remote_relay_url",
-                    "must be set to the wss:// URL sidecars dial, e.g. wss://gateway.example.com/relay",
-                )
-            })?;
-            let url = parse_url("sidecar.remote_relay_url", text, "wss", "ws")?;
-            if url.port() == Some(0) && listen.port() != 0 {
-                return Err(ConfigError::invalid(
-                    "sidecar.remote_relay_url",
-                    "port 0 is only allowed when listen also uses port 0",
-                ));
-            }
-            relay_url = Some(url.as_str().to_string());
-            let text = sidecar.local_client_portal_base_url.as_deref().ok_or_else(|| {
-                ConfigError::invalid(
-                    "sidecar.local_client_portal_base_url",
-                    "must be set to the Client Portal Gateway URL on the laptop, e.g. https://localhost:5000/v1/api",
-                )
-            })?;
-            parse_url(
+        let relay_url = Some(url.as_str().to_string());
+        let text = sidecar.local_client_portal_base_url.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
                 "sidecar.local_client_portal_base_url",
-                text,
-                "https",
-                "http",
-            )?;
-            check_range(
-                "sidecar.heartbeat_interval_seconds",
-                sidecar.heartbeat_interval_seconds,
-                1,
-                3600,
-            )?;
-            if sidecar.heartbeat_timeout_seconds <= sidecar.heartbeat_interval_seconds {
-                return Err(ConfigError::invalid(
-                    "sidecar.heartbeat_timeout_seconds",
-                    "must be greater than sidecar.heartbeat_interval_seconds",
-                ));
-            }
-            check_range(
+                "must be set to the Client Portal Gateway URL on the laptop, e.g. https://localhost:5000/v1/api",
+            )
+        })?;
+        parse_url(
+            "sidecar.local_client_portal_base_url",
+            text,
+            "https",
+            "http",
+        )?;
+        check_range(
+            "sidecar.heartbeat_interval_seconds",
+            sidecar.heartbeat_interval_seconds,
+            1,
+            3600,
+        )?;
+        if sidecar.heartbeat_timeout_seconds <= sidecar.heartbeat_interval_seconds {
+            return Err(ConfigError::invalid(
                 "sidecar.heartbeat_timeout_seconds",
-                sidecar.heartbeat_timeout_seconds,
-                2,
-                7200,
-            )?;
-            if sidecar.session_ttl_seconds <= sidecar.heartbeat_timeout_seconds {
-                return Err(ConfigError::invalid(
-                    "sidecar.session_ttl_seconds",
-                    "must be greater than sidecar.heartbeat_timeout_seconds",
-                ));
-            }
-            check_range(
-                "sidecar.session_ttl_seconds",
-                sidecar.session_ttl_seconds,
-                1,
-                7 * 86400,
-            )?;
-            check_range(
-                "sidecar.request_timeout_seconds",
-                sidecar.request_timeout_seconds,
-                1,
-                900,
-            )?;
-            check_range(
-                "sidecar.max_in_flight_per_sidecar",
-                sidecar.max_in_flight_per_sidecar as u64,
-                1,
-                1024,
-            )?;
-            check_range(
-                "sidecar.handshake_timeout_seconds",
-                sidecar.handshake_timeout_seconds,
-                1,
-                120,
-            )?;
+                "must be greater than sidecar.heartbeat_interval_seconds",
+            ));
         }
+        check_range(
+            "sidecar.heartbeat_timeout_seconds",
+            sidecar.heartbeat_timeout_seconds,
+            2,
+            7200,
+        )?;
+        if sidecar.session_ttl_seconds <= sidecar.heartbeat_timeout_seconds {
+            return Err(ConfigError::invalid(
+                "sidecar.session_ttl_seconds",
+                "must be greater than sidecar.heartbeat_timeout_seconds",
+            ));
+        }
+        check_range(
+            "sidecar.session_ttl_seconds",
+            sidecar.session_ttl_seconds,
+            1,
+            7 * 86400,
+        )?;
+        check_range(
+            "sidecar.request_timeout_seconds",
+            sidecar.request_timeout_seconds,
+            1,
+            900,
+        )?;
+        check_range(
+            "sidecar.max_in_flight_per_sidecar",
+            sidecar.max_in_flight_per_sidecar as u64,
+            1,
+            1024,
+        )?;
+        check_range(
+            "sidecar.handshake_timeout_seconds",
+            sidecar.handshake_timeout_seconds,
+            1,
+            120,
+        )?;
 
-        let mut issuer = None;
         let mut jwks_url = None;
         let mut audiences = vec![resource.clone()];
         let mut allowed_scopes: Vec<String> = scopes::ALL.iter().map(|s| s.to_string()).collect();
-        if mcp_flags_on {
-            let mcp = &self.remote_mcp;
-            if let Some(configured) = &mcp.resource
-                && configured.trim().trim_end_matches('/') != resource
+        let mcp = &self.remote_mcp;
+        if let Some(configured) = &mcp.resource
+            && configured.trim().trim_end_matches('/') != resource
+        {
+            return Err(ConfigError::invalid(
+                "remote_mcp.resource",
+                format!("must equal public_base_url + \"/mcp\" ({resource}) or be left out"),
+            ));
+        }
+        let text = mcp.issuer.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
+                "remote_mcp.issuer",
+                "must be set to the authorization server's issuer URL",
+            )
+        })?;
+        let url = parse_url("remote_mcp.issuer", text, "https", "http")?;
+        if url.query().is_some() {
+            return Err(ConfigError::invalid(
+                "remote_mcp.issuer",
+                "must not have a query string",
+            ));
+        }
+        // Issuer comparison is exact (RFC 8414 / RFC 9068): keep the text as written.
+        let issuer = Some(text.trim().to_string());
+        if let Some(text) = &mcp.jwks_url {
+            parse_url("remote_mcp.jwks_url", text, "https", "http")?;
+            jwks_url = Some(text.trim().to_string());
+        }
+        if let Some(list) = &mcp.audiences {
+            let normalized: Vec<String> = list
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if !normalized
+                .iter()
+                .any(|a| a.trim_end_matches('/') == resource)
             {
                 return Err(ConfigError::invalid(
-                    "remote_mcp.resource",
-                    format!("must equal public_base_url + \"/mcp\" ({resource}) or be left out"),
+                    "remote_mcp.audiences",
+                    format!("must contain the canonical resource URI {resource}"),
                 ));
             }
-            let text = mcp.issuer.as_deref().ok_or_else(|| {
-                ConfigError::invalid(
-                    "remote_mcp.issuer",
-                    "must be set to the authorization server's issuer URL",
-                )
-            })?;
-            let url = parse_url("remote_mcp.issuer", text, "https", "http")?;
-            if url.query().is_some() {
+            audiences = normalized;
+        }
+        if let Some(list) = &mcp.allowed_scopes {
+            if list.is_empty() {
                 return Err(ConfigError::invalid(
-                    "remote_mcp.issuer",
-                    "must not have a query string",
+                    "remote_mcp.allowed_scopes",
+                    "must list at least one scope, or be left out to allow every catalog scope",
                 ));
             }
-            // Issuer comparison is exact (RFC 8414 / RFC 9068): keep the text as written.
-            issuer = Some(text.trim().to_string());
-            if let Some(text) = &mcp.jwks_url {
-                parse_url("remote_mcp.jwks_url", text, "https", "http")?;
-                jwks_url = Some(text.trim().to_string());
-            }
-            if let Some(list) = &mcp.audiences {
-                let normalized: Vec<String> = list
-                    .iter()
-                    .map(|a| a.trim().to_string())
-                    .filter(|a| !a.is_empty())
-                    .collect();
-                if !normalized
-                    .iter()
-                    .any(|a| a.trim_end_matches('/') == resource)
-                {
-                    return Err(ConfigError::invalid(
-                        "remote_mcp.audiences",
-                        format!("must contain the canonical resource URI {resource}"),
-                    ));
-                }
-                audiences = normalized;
-            }
-            if let Some(list) = &mcp.allowed_scopes {
-                if list.is_empty() {
-                    return Err(ConfigError::invalid(
-                        "remote_mcp.allowed_scopes",
-                        "must list at least one scope, or be left out to allow every catalog scope",
-                    ));
-                }
-                if let Some(unknown) = list.iter().find(|s| !scopes::is_known(s)) {
-                    return Err(ConfigError::invalid(
-                        "remote_mcp.allowed_scopes",
-                        format!("unknown scope {unknown:?}; see the tool catalog for valid scopes"),
-                    ));
-                }
-                allowed_scopes = list.clone();
-            }
-            if mcp.allowed_algorithms.is_empty() {
+            if let Some(unknown) = list.iter().find(|s| !scopes::is_known(s)) {
                 return Err(ConfigError::invalid(
-                    "remote_mcp.allowed_algorithms",
-                    "must list at least one algorithm such as RS256 or ES256",
+                    "remote_mcp.allowed_scopes",
+                    format!("unknown scope {unknown:?}; see the tool catalog for valid scopes"),
                 ));
             }
-            if mcp.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
-                return Err(ConfigError::invalid(
-                    "remote_mcp.clock_skew_seconds",
-                    format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
-                ));
-            }
-            check_range(
-                "remote_mcp.max_connections",
-                mcp.max_connections as u64,
-                1,
-                1_000_000,
-            )?;
-            check_range(
-                "remote_mcp.rate_limit_per_subject_per_minute",
-                u64::from(mcp.rate_limit_per_subject_per_minute),
-                1,
-                1_000_000,
-            )?;
-            check_range(
-                "remote_mcp.rate_limit_per_peer_per_minute",
-                u64::from(mcp.rate_limit_per_peer_per_minute),
-                1,
-                1_000_000,
-            )?;
-            let env = &mcp.token_id_hmac_secret_env;
-            if env.is_empty()
-                || !env
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-            {
-                return Err(ConfigError::invalid(
-                    "remote_mcp.token_id_hmac_secret_env",
-                    "must be an environment variable name such as IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET",
-                ));
-            }
+            allowed_scopes = list.clone();
+        }
+        if mcp.allowed_algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "remote_mcp.allowed_algorithms",
+                "must list at least one algorithm such as RS256 or ES256",
+            ));
+        }
+        if mcp.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+            return Err(ConfigError::invalid(
+                "remote_mcp.clock_skew_seconds",
+                format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
+            ));
+        }
+        check_range(
+            "remote_mcp.max_connections",
+            mcp.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "remote_mcp.rate_limit_per_subject_per_minute",
+            u64::from(mcp.rate_limit_per_subject_per_minute),
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "remote_mcp.rate_limit_per_peer_per_minute",
+            u64::from(mcp.rate_limit_per_peer_per_minute),
+            1,
+            1_000_000,
+        )?;
+        let env = &mcp.token_id_hmac_secret_env;
+        if env.is_empty()
+            || !env
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                "remote_mcp.token_id_hmac_secret_env",
+                "must be an environment variable name such as IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET",
+            ));
         }
 
         check_range(
@@ -756,8 +771,8 @@ impl GatewayConfiguration {
             base_url,
             resource,
             resource_metadata_url,
-            relay_enabled,
-            mcp_enabled: mcp_flags_on,
+            relay_enabled: true,
+            mcp_enabled: true,
             relay_url,
             issuer,
             jwks_url,
@@ -815,6 +830,8 @@ mod tests {
         )
     }
 
+    /// Every key set, on loopback (the deployment example is docs/examples/gateway.yaml,
+    /// tested in tests/config_table.rs).
     const FULL_YAML: &str = r#"
 listen: "127.0.0.1:8080"
 public_base_url: "http://127.0.0.1:8080"
@@ -854,7 +871,7 @@ pairing:
 "#;
 
     #[test]
-    fn the_documented_example_loads() {
+    fn a_complete_loopback_file_loads() {
         let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
         let resolved = config.resolve().unwrap();
         assert_eq!(resolved.resource, "http://127.0.0.1:8080/mcp");
@@ -905,6 +922,36 @@ pairing:
         let mut config = dev();
         config.sidecar.enabled = false;
         assert_eq!(config.validate().unwrap_err().key, "sidecar.enabled");
+
+        // Both off is no deployment of this gateway either: it only relays.
+        let mut config = dev();
+        config.sidecar.enabled = false;
+        config.safety.sidecar_enabled = false;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConfigSidecarForbidden);
+        assert_eq!(error.key, "sidecar.enabled");
+        assert!(error.message.contains("both are off"), "{error}");
+    }
+
+    #[test]
+    fn missing_yaml_fields_are_named_with_their_section() {
+        assert_eq!(serde_error_key(".", "missing field `listen`"), "listen");
+        assert_eq!(
+            serde_error_key("sidecar", "missing field `enabled` at line 3"),
+            "sidecar.enabled"
+        );
+        assert_eq!(
+            serde_error_key(
+                "remote_mcp.allowed_algorithms[0]",
+                "unknown variant `HS256`"
+            ),
+            "remote_mcp.allowed_algorithms[0]"
+        );
+        let error = GatewayConfiguration::from_yaml_str(
+            &FULL_YAML.replace("listen: \"127.0.0.1:8080\"\n", ""),
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "listen");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use crate::audit::CallRecord;
 use crate::error::GatewayError;
 use crate::oauth::AuthContext;
-use crate::relay::CallOutcome;
+use crate::relay::CallTrace;
 use crate::state::AppState;
 use protocol::catalog::{self, Route, ToolSpec};
 use protocol::envelope::{ErrorBody, ManualAction, Outcome, RelayProgress};
@@ -161,7 +161,8 @@ impl GatewayMcp {
         tool: &'static ToolSpec,
         arguments: &Value,
         context: &RequestContext<RoleServer>,
-    ) -> (CallToolResult, String, Option<CallOutcome>) {
+        trace: &mut CallTrace,
+    ) -> (CallToolResult, String) {
         let state = &self.state;
         let relay = &state.relay;
         let mut answer = serde_json::Map::new();
@@ -169,7 +170,6 @@ impl GatewayMcp {
             "gateway".into(),
             json!({"status": "ok", "version": VERSION, "instance_id": state.instance_id}),
         );
-        let mut called = None;
         match relay.session_for_user(&auth.subject).await {
             Ok(session) => {
                 let now = Instant::now();
@@ -185,7 +185,7 @@ impl GatewayMcp {
                 );
                 let progress = spawn_progress_forwarder(context);
                 match relay
-                    .call_on(&session, tool, arguments, progress, &context.ct)
+                    .call_on(&session, tool, arguments, progress, &context.ct, trace)
                     .await
                 {
                     Ok(outcome) => {
@@ -228,7 +228,6 @@ impl GatewayMcp {
                                 answer.insert("next_step".into(), body.user_action.clone().into());
                             }
                         }
-                        called = Some(outcome);
                     }
                     Err(error) => {
                         answer.insert("sidecar".into(), Value::Null);
@@ -252,7 +251,7 @@ impl GatewayMcp {
                 answer.insert("next_step".into(), error.code.user_action().into());
             }
         }
-        (success_result(Value::Object(answer)), "ok".into(), called)
+        (success_result(Value::Object(answer)), "ok".into())
     }
 }
 
@@ -297,9 +296,10 @@ impl ServerHandler for GatewayMcp {
             let error = GatewayError::new(ErrorCode::AuthRequired);
             return Ok(error_result(&error.body()).into());
         };
+        let mut trace = CallTrace::default();
         let Some(tool) = catalog::find(&request.name) else {
             let error = GatewayError::new(ErrorCode::ToolUnknown);
-            self.audit(&auth, "-", None, error.code.code(), started);
+            self.audit(&auth, None, &trace, error.code.code(), started);
             return Ok(error_result(&error.body()).into());
         };
         if !auth.scopes.allows(tool) {
@@ -307,34 +307,43 @@ impl ServerHandler for GatewayMcp {
                 ErrorCode::AuthInsufficientScope,
                 format!("Tool {} needs scope {}.", tool.name, tool.scope),
             );
-            self.audit(&auth, tool.name, None, error.code.code(), started);
+            self.audit(&auth, Some(tool), &trace, error.code.code(), started);
             return Ok(error_result(&error.body()).into());
         }
         let arguments = Value::Object(request.arguments.unwrap_or_default());
+        // Sanitizer, then the closed schema, for every tool (health included), before any
+        // gate: refused arguments never reach a sidecar.
+        if let Err(error) = crate::relay::router::check_arguments(tool, &arguments) {
+            self.audit(&auth, Some(tool), &trace, error.code.code(), started);
+            return Ok(error_result(&error.body()).into());
+        }
 
-        let (result, outcome_name, called) = match tool.route {
-            Route::GatewayAndSidecar => self.health(&auth, tool, &arguments, &context).await,
+        let (result, outcome_name) = match tool.route {
+            Route::GatewayAndSidecar => {
+                self.health(&auth, tool, &arguments, &context, &mut trace)
+                    .await
+            }
             Route::Sidecar => {
                 let progress = spawn_progress_forwarder(&context);
                 match self
                     .state
                     .relay
-                    .call(&auth.subject, tool, &arguments, progress, &context.ct)
+                    .call(
+                        &auth.subject,
+                        tool,
+                        &arguments,
+                        progress,
+                        &context.ct,
+                        &mut trace,
+                    )
                     .await
                 {
-                    Ok(outcome) => {
-                        let (result, name) = outcome_result(&outcome.outcome);
-                        (result, name, Some(outcome))
-                    }
-                    Err(error) => (
-                        error_result(&error.body()),
-                        error.code.code().to_string(),
-                        None,
-                    ),
+                    Ok(outcome) => outcome_result(&outcome.outcome),
+                    Err(error) => (error_result(&error.body()), error.code.code().to_string()),
                 }
             }
         };
-        self.audit(&auth, tool.name, called.as_ref(), &outcome_name, started);
+        self.audit(&auth, Some(tool), &trace, &outcome_name, started);
         Ok(result.into())
     }
 }
@@ -343,19 +352,23 @@ impl GatewayMcp {
     fn audit(
         &self,
         auth: &AuthContext,
-        tool: &str,
-        called: Option<&CallOutcome>,
+        tool: Option<&ToolSpec>,
+        trace: &CallTrace,
         outcome: &str,
         started: Instant,
     ) {
-        let request_id = called.map(|c| c.request_id.to_hex());
+        let request_id = trace.request_id.map(|id| id.to_hex());
+        let payload_hash = trace.payload_hash.map(hex::encode);
         self.state.audit.record_call(&CallRecord {
             subject: &auth.subject,
             token_id: auth.token_id.as_deref(),
             client_id: auth.client_id.as_deref(),
-            tool,
+            // Unknown names are not echoed into the log: they are agent input.
+            tool: tool.map_or("-", |tool| tool.name),
+            scope: tool.map(|tool| tool.scope),
             request_id: request_id.as_deref(),
-            sidecar_id: called.map(|c| c.sidecar_id.as_str()),
+            payload_hash: payload_hash.as_deref(),
+            sidecar_id: trace.sidecar_id.as_deref(),
             outcome,
             elapsed: started.elapsed(),
         });

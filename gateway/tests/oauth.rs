@@ -362,3 +362,123 @@ async fn tools_are_filtered_by_scope_and_missing_scope_steps_up() {
 
     handle.shutdown().await;
 }
+
+/// Asserts the JSON body of a gate-1 refusal and returns it.
+async fn refusal_body(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(error["retryable"].is_boolean());
+    assert!(error["user_action"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn gate_one_refusals_carry_json_bodies_without_an_oracle() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = dev_config(&issuer.url(), dir.path());
+    config.remote_mcp.rate_limit_per_subject_per_minute = 2;
+    let handle = ibkr_gateway::start(config).await.unwrap();
+    let client = http();
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let post = |token: Option<&str>| {
+        let mut request = client
+            .post(handle.mcp_url())
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // AUTH_REQUIRED: no token.
+    let response = post(None).await.unwrap();
+    assert!(response.headers().contains_key("www-authenticate"));
+    let body = refusal_body(response, 401, "AUTH_REQUIRED").await;
+    assert_eq!(body["error"]["retryable"], json!(false));
+
+    // AUTH_INVALID_TOKEN: every way a token can be wrong gets the same answer, byte for byte.
+    let now = now_secs();
+    let mut expired = issuer.claims("alice", &handle.mcp_url(), &["ibkr:health:read"]);
+    expired["exp"] = json!(now - 3600);
+    expired["iat"] = json!(now - 7200);
+    expired["nbf"] = json!(now - 7200);
+    let mut foreign_issuer = issuer.claims("alice", &handle.mcp_url(), &["ibkr:health:read"]);
+    foreign_issuer["iss"] = json!("https://evil.example");
+    let stranger = SigningKey::es256("key-1");
+    let bad_tokens = [
+        "a.b.c".to_string(),
+        issuer.key.sign(&expired),
+        issuer.key.sign(&foreign_issuer),
+        issuer.token("alice", "http://127.0.0.1:1/mcp", &["ibkr:health:read"]),
+        stranger.sign(&issuer.claims("alice", &handle.mcp_url(), &["ibkr:health:read"])),
+    ];
+    let mut bodies = Vec::new();
+    for token in &bad_tokens {
+        let response = post(Some(token)).await.unwrap();
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        let body = refusal_body(response, 401, "AUTH_INVALID_TOKEN").await;
+        bodies.push((challenge, body));
+    }
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "refusals differ by reason: {bodies:?}"
+    );
+
+    // AUTH_INSUFFICIENT_SCOPE: a known tool outside the token's scopes.
+    let token = issuer.token("bob", &handle.mcp_url(), &["ibkr:health:read"]);
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"ibkr_accounts_list","arguments":{}}});
+    let response = client
+        .post(handle.mcp_url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.contains("error=\"insufficient_scope\""));
+    let body = refusal_body(response, 403, "AUTH_INSUFFICIENT_SCOPE").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ibkr:accounts:read")
+    );
+
+    // AUTH_RATE_LIMITED: the subject's third request in a minute (limit 2), with Retry-After.
+    let token = issuer.token("carol", &handle.mcp_url(), &["ibkr:health:read"]);
+    for _ in 0..2 {
+        assert!(post(Some(&token)).await.unwrap().status().is_success());
+    }
+    let response = post(Some(&token)).await.unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body = refusal_body(response, 429, "AUTH_RATE_LIMITED").await;
+    assert_eq!(body["error"]["retryable"], json!(true));
+
+    handle.shutdown().await;
+}

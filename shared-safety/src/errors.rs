@@ -48,7 +48,7 @@ error_catalog! {
         "Fix the named key in the configuration file and start again."),
     ConfigSidecarForbidden => ("CONFIG_SIDECAR_FORBIDDEN", false,
         "Relaying to a sidecar is not allowed by this configuration.",
-        "Set both sidecar.enabled and safety.sidecar_enabled to true and enable remote MCP OAuth, or turn the relay off."),
+        "Set both sidecar.enabled and safety.sidecar_enabled to true, and enable remote MCP OAuth (remote_mcp.enabled and safety.remote_mcp_enabled) with a valid issuer."),
 
     // Gate 1: remote MCP OAuth.
     AuthRequired => ("AUTH_REQUIRED", false,

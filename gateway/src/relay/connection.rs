@@ -448,8 +448,10 @@ async fn steady(relay: Arc<Relay>, mut socket: WebSocket, established: Establish
         Exit::PeerClosed | Exit::WriteFailed => (DropReason::PeerClosed, None),
     };
 
+    // Leave the registry (remembering why) before failing the pending calls, so a call that
+    // arrives in between sees the reason rather than a closed session.
+    relay.registry.end(&session, reason);
     session.close_and_fail_all(reason.error_code());
-    relay.registry.remove(&session);
     if let Some(close_reason) = farewell {
         if close_reason == CloseReason::Shutdown {
             let go_away = Frame::GoAway {

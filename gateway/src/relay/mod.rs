@@ -13,8 +13,8 @@ pub mod registry;
 pub mod router;
 
 pub use endpoint::{RelayWebsocketLimits, relay_websocket_limits};
-pub use registry::{DropReason, LiveSidecar, SessionEvent};
-pub use router::CallOutcome;
+pub use registry::{DropReason, LiveSidecar, SESSION_END_MEMORY, SessionEvent};
+pub use router::{CallOutcome, CallTrace};
 
 use crate::config::GatewayConfiguration;
 use crate::store::Store;
@@ -111,6 +111,12 @@ impl Relay {
 
     pub fn live_sidecars(&self) -> Vec<LiveSidecar> {
         self.registry.live_sidecars()
+    }
+
+    /// Why the last relay session of `sidecar_id` ended, if it ended within
+    /// [`registry::SESSION_END_MEMORY`] and the sidecar has not registered since.
+    pub fn last_session_end(&self, sidecar_id: &str) -> Option<DropReason> {
+        self.registry.last_end_reason(sidecar_id)
     }
 
     /// Tells every session to go away and waits (bounded) for the drivers to finish.

@@ -4,6 +4,11 @@
 //! older session of the same sidecar id, which is told to close (`Close{Replaced}`). Each
 //! session carries its pending calls, so the connection driver can complete them and the
 //! router can add to them under one lock (which is what bounds the calls in flight).
+//!
+//! When a registered session ends, the registry remembers why, per sidecar id (bounded, for
+//! [`SESSION_END_MEMORY`], forgotten when that sidecar registers again), so the next call
+//! says `SIDECAR_HEARTBEAT_STALE` or `SIDECAR_SESSION_EXPIRED` rather than a bare
+//! `SIDECAR_UNAVAILABLE`.
 
 use crate::error::GatewayError;
 use protocol::envelope::{Outcome, RelayProgress, RequestId};
@@ -88,7 +93,8 @@ struct SessionState {
     pending: HashMap<RequestId, PendingCall>,
     /// The sidecar sent GoAway: no new calls, in-flight ones finish.
     draining: bool,
-    closed: bool,
+    /// Set when the session ended: the code late callers get.
+    closed: Option<ErrorCode>,
 }
 
 /// One registered relay session. The connection driver owns the socket and the transport;
@@ -140,7 +146,7 @@ impl Session {
                     status: None,
                     pending: HashMap::new(),
                     draining: false,
-                    closed: false,
+                    closed: None,
                 }),
             },
             close_rx,
@@ -201,7 +207,7 @@ impl Session {
     /// Whether new calls may be routed here.
     pub fn accepts_calls(&self) -> bool {
         let state = self.state();
-        !state.closed && !state.draining
+        state.closed.is_none() && !state.draining
     }
 
     /// Registers a call; refuses when the session is closed or `max_in_flight` are pending.
@@ -212,7 +218,10 @@ impl Session {
         max_in_flight: usize,
     ) -> Result<oneshot::Receiver<Result<Outcome, GatewayError>>, GatewayError> {
         let mut state = self.state();
-        if state.closed || state.draining {
+        if let Some(code) = state.closed {
+            return Err(GatewayError::new(code));
+        }
+        if state.draining {
             return Err(GatewayError::new(ErrorCode::SidecarUnavailable));
         }
         if state.pending.len() >= max_in_flight {
@@ -268,7 +277,7 @@ impl Session {
     pub fn close_and_fail_all(&self, code: ErrorCode) {
         let pending: Vec<PendingCall> = {
             let mut state = self.state();
-            state.closed = true;
+            state.closed = Some(code);
             state.pending.drain().map(|(_, call)| call).collect()
         };
         for call in pending {
@@ -289,8 +298,50 @@ impl Session {
     }
 }
 
+/// How long the registry remembers why a sidecar's last session ended.
+pub const SESSION_END_MEMORY: Duration = Duration::from_secs(600);
+/// Bound on remembered session ends; the oldest is forgotten first.
+pub(crate) const MAX_REMEMBERED_ENDS: usize = 4096;
+
+/// Why a sidecar's last session ended, and when (see [`Registry::last_end`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SessionEnd {
+    pub reason: DropReason,
+    pub at: Instant,
+    /// The key of the ended session: a remembered end only speaks for the same pairing.
+    pub public_key: PublicKey,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, Arc<Session>>,
+    /// Per sidecar id, why its last registered session ended. Cleared when that sidecar
+    /// registers again; entries older than [`SESSION_END_MEMORY`] are ignored and pruned.
+    ended: HashMap<String, SessionEnd>,
+}
+
+impl Inner {
+    fn remember(&mut self, sidecar_id: &str, end: SessionEnd) {
+        if !self.ended.contains_key(sidecar_id) && self.ended.len() >= MAX_REMEMBERED_ENDS {
+            self.ended
+                .retain(|_, old| end.at.saturating_duration_since(old.at) < SESSION_END_MEMORY);
+            if self.ended.len() >= MAX_REMEMBERED_ENDS {
+                let oldest = self
+                    .ended
+                    .iter()
+                    .min_by_key(|(_, old)| old.at)
+                    .map(|(id, _)| id.clone());
+                if let Some(oldest) = oldest {
+                    self.ended.remove(&oldest);
+                }
+            }
+        }
+        self.ended.insert(sidecar_id.to_string(), end);
+    }
+}
+
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    inner: Mutex<Inner>,
     events: broadcast::Sender<SessionEvent>,
 }
 
@@ -304,13 +355,14 @@ impl Registry {
     pub fn new() -> Registry {
         let (events, _) = broadcast::channel(256);
         Registry {
-            sessions: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
             events,
         }
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
-        self.sessions
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Plain maps updated in single statements: still consistent after a panic elsewhere.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -327,9 +379,13 @@ impl Registry {
     /// Registers a confirmed session, replacing (and closing) an older one of the same
     /// sidecar id.
     pub fn register(&self, session: Arc<Session>) {
-        let replaced = self
-            .sessions()
-            .insert(session.sidecar_id.clone(), Arc::clone(&session));
+        let replaced = {
+            let mut inner = self.inner();
+            inner.ended.remove(&session.sidecar_id);
+            inner
+                .sessions
+                .insert(session.sidecar_id.clone(), Arc::clone(&session))
+        };
         if let Some(old) = replaced {
             old.request_close(CloseReason::Replaced);
         }
@@ -339,22 +395,65 @@ impl Registry {
         });
     }
 
-    /// Removes the session if it is still the registered one for its sidecar id.
-    pub fn remove(&self, session: &Session) -> bool {
-        let mut sessions = self.sessions();
-        let current = sessions
+    /// Removes the session if it is still the registered one for its sidecar id, and then
+    /// remembers why it ended (a replaced session is no longer the registered one, so its
+    /// end is not remembered over its successor).
+    pub fn end(&self, session: &Session, reason: DropReason) -> bool {
+        let mut inner = self.inner();
+        let current = inner
+            .sessions
             .get(&session.sidecar_id)
             .is_some_and(|registered| registered.session_id == session.session_id);
         if current {
-            sessions.remove(&session.sidecar_id);
+            inner.sessions.remove(&session.sidecar_id);
+            inner.remember(
+                &session.sidecar_id,
+                SessionEnd {
+                    reason,
+                    at: Instant::now(),
+                    public_key: session.public_key,
+                },
+            );
         }
         current
+    }
+
+    /// Why the last session of `sidecar_id` under `public_key` ended, if it ended less than
+    /// [`SESSION_END_MEMORY`] ago and the sidecar has not registered since.
+    pub fn last_end(&self, sidecar_id: &str, public_key: &PublicKey) -> Option<SessionEnd> {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        let end = *inner.ended.get(sidecar_id)?;
+        if now.saturating_duration_since(end.at) >= SESSION_END_MEMORY {
+            inner.ended.remove(sidecar_id);
+            return None;
+        }
+        (end.public_key == *public_key).then_some(end)
+    }
+
+    /// Why the last session of `sidecar_id` ended, whatever its key, within the memory
+    /// window (for operators and tests; routing uses [`Registry::last_end`]).
+    pub fn last_end_reason(&self, sidecar_id: &str) -> Option<DropReason> {
+        let now = Instant::now();
+        let inner = self.inner();
+        inner
+            .ended
+            .get(sidecar_id)
+            .filter(|end| now.saturating_duration_since(end.at) < SESSION_END_MEMORY)
+            .map(|end| end.reason)
+    }
+
+    /// How many session ends are remembered (bounded by an internal cap).
+    #[cfg(test)]
+    pub(crate) fn remembered_ends(&self) -> usize {
+        self.inner().ended.len()
     }
 
     /// The user's sessions, most recently registered first.
     pub fn sessions_for_user(&self, user_id: &str) -> Vec<Arc<Session>> {
         let mut found: Vec<Arc<Session>> = self
-            .sessions()
+            .inner()
+            .sessions
             .values()
             .filter(|session| session.user_id == user_id)
             .cloned()
@@ -364,13 +463,14 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions().values().cloned().collect()
+        self.inner().sessions.values().cloned().collect()
     }
 
     pub fn live_sidecars(&self) -> Vec<LiveSidecar> {
         let now = Instant::now();
         let mut list: Vec<LiveSidecar> = self
-            .sessions()
+            .inner()
+            .sessions
             .values()
             .map(|session| session.snapshot(now))
             .collect();

@@ -1,17 +1,20 @@
 //! Routing a tool call to the caller's sidecar.
 //!
-//! Gates, in order, each with its own code: relay enabled (`CONFIG_SIDECAR_FORBIDDEN`), an
-//! active pairing for the user (`SIDECAR_PAIRING_REQUIRED`), a live session bound to one of
-//! those pairings (`SIDECAR_UNAVAILABLE`), heartbeat fresh (`SIDECAR_HEARTBEAT_STALE`), session
-//! unexpired (`SIDECAR_SESSION_EXPIRED`), room in flight (`RELAY_OVERLOADED`). The arguments
-//! are sanitized before any of that: sensitive material is refused whatever the relay state.
+//! The arguments are checked before anything else, whatever the relay state: the sanitizer
+//! (`SENSITIVE_MATERIAL_REFUSED`), then the tool's closed schema (`ARGUMENTS_INVALID`).
+//! Then the gates, in order, each with its own code: relay enabled
+//! (`CONFIG_SIDECAR_FORBIDDEN`), an active pairing for the user (`SIDECAR_PAIRING_REQUIRED`),
+//! a live session bound to one of those pairings (or, when there is none, why the last one
+//! ended: `SIDECAR_HEARTBEAT_STALE`, `SIDECAR_SESSION_EXPIRED`, else `SIDECAR_UNAVAILABLE`),
+//! heartbeat fresh (`SIDECAR_HEARTBEAT_STALE`), session unexpired (`SIDECAR_SESSION_EXPIRED`),
+//! room in flight (`RELAY_OVERLOADED`).
 //!
 //! A call that times out, or that the MCP client cancels, sends `Cancel` to the sidecar; so
 //! does a call whose future is dropped (the pending guard).
 
 use crate::error::GatewayError;
 use crate::relay::Relay;
-use crate::relay::registry::Session;
+use crate::relay::registry::{DropReason, Session};
 use protocol::catalog::ToolSpec;
 use protocol::envelope::{Outcome, RelayProgress, RelayRequest, RequestId};
 use protocol::frame::{CloseReason, Frame};
@@ -30,6 +33,17 @@ pub struct CallOutcome {
     pub outcome: Outcome,
     pub sidecar_id: String,
     pub request_id: RequestId,
+}
+
+/// How far a call got, for the audit line: filled in as the call proceeds, so a call that
+/// fails after it was forwarded is still tied to its request id and payload hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallTrace {
+    /// The sidecar the call was routed to.
+    pub sidecar_id: Option<String>,
+    pub request_id: Option<RequestId>,
+    /// The canonical payload hash carried by the forwarded request.
+    pub payload_hash: Option<[u8; 32]>,
 }
 
 /// Removes the pending entry when the call ends in any way other than an answer, and tells
@@ -53,8 +67,19 @@ impl Drop for PendingGuard {
 }
 
 impl Relay {
-    /// Picks the user's session, applying the gates. Sessions whose pairing has been revoked
-    /// are closed on the way.
+    /// Picks the user's session, applying the gates in order:
+    /// 1. an active pairing for the user, read from the store on every call (so a
+    ///    `pairing revoke` run by the CLI in another process counts from the next call);
+    ///    a revoked pairing counts as none and its sessions are closed on the way
+    ///    (`SIDECAR_PAIRING_REQUIRED`);
+    /// 2. a live session bound to one of those pairings (same sidecar id and key); without
+    ///    one, the remembered reason the last one ended: heartbeat timeout
+    ///    (`SIDECAR_HEARTBEAT_STALE`), expiry (`SIDECAR_SESSION_EXPIRED`), anything else
+    ///    (`SIDECAR_UNAVAILABLE`);
+    /// 3. heartbeat fresh (`SIDECAR_HEARTBEAT_STALE`);
+    /// 4. session unexpired (`SIDECAR_SESSION_EXPIRED`).
+    ///
+    /// The in-flight bound (`RELAY_OVERLOADED`) is applied when the call is registered.
     pub(crate) async fn session_for_user(
         &self,
         user_id: &str,
@@ -70,9 +95,6 @@ impl Relay {
                 tracing::error!(%error, "pairing lookup failed");
                 GatewayError::new(ErrorCode::InternalError)
             })?;
-        if pairings.is_empty() {
-            return Err(GatewayError::new(ErrorCode::SidecarPairingRequired));
-        }
         let mut candidates = Vec::new();
         for session in self.registry.sessions_for_user(user_id) {
             let paired = pairings.iter().any(|pairing| {
@@ -87,8 +109,23 @@ impl Relay {
                 candidates.push(session);
             }
         }
+        if pairings.is_empty() {
+            return Err(GatewayError::new(ErrorCode::SidecarPairingRequired));
+        }
         if candidates.is_empty() {
-            return Err(GatewayError::new(ErrorCode::SidecarUnavailable));
+            let remembered = pairings
+                .iter()
+                .filter_map(|pairing| {
+                    self.registry
+                        .last_end(&pairing.sidecar_id, &pairing.sidecar_public_key)
+                })
+                .max_by_key(|end| end.at);
+            let code = match remembered.map(|end| end.reason) {
+                Some(DropReason::HeartbeatTimeout) => ErrorCode::SidecarHeartbeatStale,
+                Some(DropReason::SessionExpired) => ErrorCode::SidecarSessionExpired,
+                _ => ErrorCode::SidecarUnavailable,
+            };
+            return Err(GatewayError::new(code));
         }
         let now = Instant::now();
         let timeout = self.settings.heartbeat.timeout();
@@ -98,7 +135,7 @@ impl Relay {
         if let Some(session) = healthy {
             return Ok(Arc::clone(session));
         }
-        // None is healthy: report the most recent session's problem.
+        // None is healthy: report the most recent session's problem, heartbeat first.
         let newest = &candidates[0];
         if newest.silence(now) >= timeout {
             Err(GatewayError::new(ErrorCode::SidecarHeartbeatStale))
@@ -108,6 +145,8 @@ impl Relay {
     }
 
     /// Relays one tool call for `user_id` and waits for the answer.
+    /// The arguments are checked first (sanitizer, then the tool's closed schema), then the
+    /// gates; `trace` records how far the call got, for the audit line.
     pub async fn call(
         &self,
         user_id: &str,
@@ -115,10 +154,11 @@ impl Relay {
         arguments: &serde_json::Value,
         progress: Option<mpsc::Sender<RelayProgress>>,
         cancel: &CancellationToken,
+        trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
-        check_arguments(arguments)?;
+        check_arguments(tool, arguments)?;
         let session = self.session_for_user(user_id).await?;
-        self.call_on(&session, tool, arguments, progress, cancel)
+        self.call_on(&session, tool, arguments, progress, cancel, trace)
             .await
     }
 
@@ -130,8 +170,10 @@ impl Relay {
         arguments: &serde_json::Value,
         progress: Option<mpsc::Sender<RelayProgress>>,
         cancel: &CancellationToken,
+        trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
-        check_arguments(arguments)?;
+        trace.sidecar_id = Some(session.sidecar_id.clone());
+        check_arguments(tool, arguments)?;
         let deadline = self.settings.request_timeout;
         let idempotency_key = match arguments.get("idempotency_key") {
             None | Some(serde_json::Value::Null) => None,
@@ -162,6 +204,8 @@ impl Relay {
                 "The arguments cannot be canonicalized.",
             )
         })?;
+        trace.request_id = Some(request_id);
+        trace.payload_hash = Some(request.payload_hash);
 
         let reply = session.begin_call(request_id, progress, self.settings.max_in_flight)?;
         let guard = PendingGuard {
@@ -209,8 +253,14 @@ impl Relay {
     }
 }
 
-/// Refuses sensitive material (by path and kind, never by value).
-fn check_arguments(arguments: &serde_json::Value) -> Result<(), GatewayError> {
+/// Checks a call's arguments before anything is forwarded: sensitive material first
+/// (`SENSITIVE_MATERIAL_REFUSED`, so a `cookie` field is named as what it is), then the
+/// tool's closed schema (`ARGUMENTS_INVALID`). Refusals name the path and the rule or the
+/// kind of material, never the value.
+pub(crate) fn check_arguments(
+    tool: &ToolSpec,
+    arguments: &serde_json::Value,
+) -> Result<(), GatewayError> {
     if !arguments.is_object() {
         return Err(GatewayError::with_detail(
             ErrorCode::ArgumentsInvalid,
@@ -222,5 +272,295 @@ fn check_arguments(arguments: &serde_json::Value) -> Result<(), GatewayError> {
             ErrorCode::SensitiveMaterialRefused,
             format!("Found: {found}."),
         )
+    })?;
+    shared_safety::schema::validate_arguments(tool, arguments).map_err(|violation| {
+        GatewayError::with_detail(
+            ErrorCode::ArgumentsInvalid,
+            format!("Refused: {violation}."),
+        )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfiguration;
+    use crate::relay::registry::MAX_REMEMBERED_ENDS;
+    use crate::relay::{RelaySettings, SESSION_END_MEMORY};
+    use crate::store::{CompleteOutcome, Store};
+    use protocol::identity::{PublicKey, StaticKeypair};
+    use tokio::sync::watch;
+
+    struct Fixture {
+        relay: Relay,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A relay over a real store, heartbeat 15 s / 45 s, TTL 3600 s, one call in flight.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = GatewayConfiguration::for_dev(
+            "127.0.0.1:0".parse().unwrap(),
+            "http://127.0.0.1:9",
+            dir.path(),
+        );
+        config.sidecar.max_in_flight_per_sidecar = 1;
+        let settings = RelaySettings::from_config(&config, true);
+        let store = Store::open(dir.path()).unwrap();
+        let keypair = Arc::new(StaticKeypair::generate(&mut OsRng));
+        Fixture {
+            relay: Relay::new(settings, store, keypair, "remote-1".into()),
+            _dir: dir,
+        }
+    }
+
+    async fn pair(relay: &Relay, user: &str, sidecar_id: &str) -> PublicKey {
+        let issued = crate::pairing::issue_code(&relay.store, user, Duration::from_secs(60), 5)
+            .await
+            .unwrap();
+        let key = StaticKeypair::generate(&mut OsRng).public();
+        let outcome = relay
+            .store
+            .complete_pairing(
+                issued.code_id,
+                sidecar_id.into(),
+                key,
+                "laptop".into(),
+                crate::clock::unix_ms(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CompleteOutcome::Paired(_)));
+        key
+    }
+
+    fn register(
+        relay: &Relay,
+        user: &str,
+        sidecar_id: &str,
+        key: PublicKey,
+        id: u8,
+    ) -> (
+        Arc<Session>,
+        watch::Receiver<Option<CloseReason>>,
+        mpsc::Receiver<Frame>,
+    ) {
+        let now = Instant::now();
+        let (outbound, outbound_rx) = mpsc::channel(4);
+        let (session, close) = Session::new(
+            [id; 16],
+            sidecar_id.into(),
+            user.into(),
+            key,
+            now,
+            now + relay.settings.session_ttl,
+            outbound,
+        );
+        let session = Arc::new(session);
+        relay.registry.register(Arc::clone(&session));
+        (session, close, outbound_rx)
+    }
+
+    async fn gate(relay: &Relay, user: &str) -> Result<String, ErrorCode> {
+        relay
+            .session_for_user(user)
+            .await
+            .map(|session| session.sidecar_id.clone())
+            .map_err(|error| error.code)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gates_apply_in_order_each_with_its_own_code() {
+        let Fixture { relay, _dir } = fixture();
+        let timeout = relay.settings.heartbeat.timeout();
+
+        // 1. No pairing at all.
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarPairingRequired)
+        );
+        let key = pair(&relay, "alice", "laptop-1").await;
+
+        // 2. Paired, never connected, nothing remembered.
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarUnavailable)
+        );
+
+        // A live, fresh, unexpired session passes.
+        let (session, _close, _out) = register(&relay, "alice", "laptop-1", key, 1);
+        assert_eq!(gate(&relay, "alice").await, Ok("laptop-1".into()));
+
+        // 3. Heartbeat stale (silence reaches the timeout).
+        tokio::time::advance(timeout).await;
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarHeartbeatStale)
+        );
+        session.touch(Instant::now());
+        assert_eq!(gate(&relay, "alice").await, Ok("laptop-1".into()));
+
+        // 4. Session expired while heartbeats are fresh.
+        session.set_expires_at(Instant::now() + Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        session.touch(Instant::now());
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarSessionExpired)
+        );
+
+        // Stale and expired at once: the heartbeat gate comes first.
+        tokio::time::advance(timeout).await;
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarHeartbeatStale)
+        );
+
+        // 5. In-flight bound, applied when the call is registered.
+        session.touch(Instant::now());
+        session.set_expires_at(Instant::now() + Duration::from_secs(60));
+        let first = session.begin_call(RequestId::from_rng(&mut OsRng), None, 1);
+        assert!(first.is_ok());
+        let second = session.begin_call(RequestId::from_rng(&mut OsRng), None, 1);
+        assert_eq!(second.unwrap_err().code, ErrorCode::RelayOverloaded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_session_leaves_its_reason_behind() {
+        let Fixture { relay, _dir } = fixture();
+        let key = pair(&relay, "alice", "laptop-1").await;
+
+        for (reason, expected) in [
+            (
+                DropReason::HeartbeatTimeout,
+                ErrorCode::SidecarHeartbeatStale,
+            ),
+            (DropReason::SessionExpired, ErrorCode::SidecarSessionExpired),
+            (DropReason::PeerClosed, ErrorCode::SidecarUnavailable),
+            (DropReason::ProtocolError, ErrorCode::SidecarUnavailable),
+            (DropReason::Shutdown, ErrorCode::SidecarUnavailable),
+        ] {
+            let (session, _close, _out) = register(&relay, "alice", "laptop-1", key, 1);
+            assert_eq!(gate(&relay, "alice").await, Ok("laptop-1".into()));
+            assert!(relay.registry.end(&session, reason));
+            assert_eq!(gate(&relay, "alice").await, Err(expected), "{reason:?}");
+            assert_eq!(relay.registry.last_end_reason("laptop-1"), Some(reason));
+        }
+
+        // Registering again clears the memory.
+        let (session, _close, _out) = register(&relay, "alice", "laptop-1", key, 2);
+        assert_eq!(relay.registry.last_end_reason("laptop-1"), None);
+        assert!(relay.registry.end(&session, DropReason::HeartbeatTimeout));
+
+        // ... and so does time.
+        tokio::time::advance(SESSION_END_MEMORY - Duration::from_secs(1)).await;
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarHeartbeatStale)
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarUnavailable)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_session_does_not_overwrite_its_successor() {
+        let Fixture { relay, _dir } = fixture();
+        let key = pair(&relay, "alice", "laptop-1").await;
+        let (old, mut old_close, _out1) = register(&relay, "alice", "laptop-1", key, 1);
+        let (_new, _close, _out2) = register(&relay, "alice", "laptop-1", key, 2);
+        assert_eq!(*old_close.borrow_and_update(), Some(CloseReason::Replaced));
+        // The old driver ends its session: not the registered one, nothing remembered.
+        assert!(!relay.registry.end(&old, DropReason::Replaced));
+        assert_eq!(relay.registry.last_end_reason("laptop-1"), None);
+        assert_eq!(gate(&relay, "alice").await, Ok("laptop-1".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_pairing_counts_as_none_and_closes_its_session() {
+        let Fixture { relay, _dir } = fixture();
+        let key = pair(&relay, "alice", "laptop-1").await;
+        let (_session, mut close, _out) = register(&relay, "alice", "laptop-1", key, 1);
+        assert_eq!(gate(&relay, "alice").await, Ok("laptop-1".into()));
+
+        // Revoked through the store, as the CLI in another process does.
+        assert!(
+            relay
+                .store
+                .revoke_pairing("laptop-1".into(), crate::clock::unix_ms())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarPairingRequired)
+        );
+        assert_eq!(
+            *close.borrow_and_update(),
+            Some(CloseReason::PairingRevoked)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_end_speaks_only_for_its_own_key() {
+        let Fixture { relay, _dir } = fixture();
+        let old_key = pair(&relay, "alice", "laptop-1").await;
+        let (session, _close, _out) = register(&relay, "alice", "laptop-1", old_key, 1);
+        assert!(relay.registry.end(&session, DropReason::HeartbeatTimeout));
+        // Revoked and paired again with a new key under the same sidecar id.
+        relay
+            .store
+            .revoke_pairing("laptop-1".into(), crate::clock::unix_ms())
+            .await
+            .unwrap();
+        let _new_key = pair(&relay, "alice", "laptop-1").await;
+        assert_eq!(
+            gate(&relay, "alice").await,
+            Err(ErrorCode::SidecarUnavailable)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remembered_ends_are_bounded() {
+        let Fixture { relay, _dir } = fixture();
+        let key = StaticKeypair::generate(&mut OsRng).public();
+        for index in 0..(MAX_REMEMBERED_ENDS + 10) {
+            let (session, _close, _out) =
+                register(&relay, "alice", &format!("sidecar-{index}"), key, 1);
+            relay.registry.end(&session, DropReason::PeerClosed);
+        }
+        assert!(relay.registry.remembered_ends() <= MAX_REMEMBERED_ENDS);
+        // The newest is kept, the oldest went first.
+        let newest = format!("sidecar-{}", MAX_REMEMBERED_ENDS + 9);
+        assert_eq!(
+            relay.registry.last_end_reason(&newest),
+            Some(DropReason::PeerClosed)
+        );
+    }
+
+    #[test]
+    fn arguments_are_sanitized_first_then_checked_against_the_closed_schema() {
+        let accounts = protocol::catalog::find("ibkr_accounts_list").unwrap();
+        assert!(check_arguments(accounts, &serde_json::json!({})).is_ok());
+
+        // A cookie is named as what it is, although it is also an unknown field.
+        let error = check_arguments(accounts, &serde_json::json!({"cookie": "x=1"})).unwrap_err();
+        assert_eq!(error.code, ErrorCode::SensitiveMaterialRefused);
+
+        let error = check_arguments(
+            accounts,
+            &serde_json::json!({"colour": "very-secret-value"}),
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::ArgumentsInvalid);
+        let message = error.message();
+        assert!(message.contains("/colour"), "{message}");
+        assert!(message.contains("unknown field"), "{message}");
+        assert!(!message.contains("very-secret-value"), "{message}");
+
+        let error = check_arguments(accounts, &serde_json::json!([1, 2])).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ArgumentsInvalid);
+    }
 }
