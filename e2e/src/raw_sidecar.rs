@@ -36,7 +36,7 @@ pub struct Claims {
 
 /// How a handshake attempt ended.
 pub enum Handshake {
-    Accepted(RawSidecar),
+    Accepted(Box<RawSidecar>),
     Rejected { code: String },
 }
 
@@ -92,7 +92,7 @@ impl RawSidecar {
                 let (transport, _) = initiator
                     .finish(&msg2)
                     .map_err(|e| RawSidecarError::Protocol(e.to_string()))?;
-                Ok(Handshake::Accepted(RawSidecar { socket, transport }))
+                Ok(Handshake::Accepted(Box::new(RawSidecar { socket, transport })))
             }
             WireMessage::HandshakeRejected { code } => Ok(Handshake::Rejected { code }),
             other => Err(RawSidecarError::Protocol(format!("unexpected {other:?}"))),

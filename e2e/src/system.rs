@@ -51,6 +51,8 @@ pub struct SystemOptions {
     /// Heartbeat of both halves (seconds). Short values make dead-peer tests fast.
     pub heartbeat_interval_seconds: u64,
     pub heartbeat_timeout_seconds: u64,
+    /// Relay session lifetime on the gateway (must exceed the heartbeat timeout).
+    pub session_ttl_seconds: u64,
     /// Start and pair a sidecar (false: the gateway has no sidecar at all).
     pub with_sidecar: bool,
     pub frame_observer: Option<FrameObserver>,
@@ -63,6 +65,7 @@ impl Default for SystemOptions {
             auth_state: AuthState::LoggedIn,
             heartbeat_interval_seconds: 1,
             heartbeat_timeout_seconds: 3,
+            session_ttl_seconds: 3600,
             with_sidecar: true,
             frame_observer: None,
         }
@@ -120,23 +123,22 @@ impl System {
         .await?;
         let issuer = DevIssuer::start(loopback(0)).await?;
 
-        let mut gateway_config = GatewayConfiguration::for_dev(
-            loopback(0),
-            &issuer.issuer_url(),
-            root.path().join("gateway"),
-        );
-        gateway_config.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
-        gateway_config.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
-        let gateway = ibkr_gateway::start(gateway_config.clone())
+        let gateway_config_for = |listen: SocketAddr| {
+            let mut config = GatewayConfiguration::for_dev(
+                listen,
+                &issuer.issuer_url(),
+                root.path().join("gateway"),
+            );
+            config.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
+            config.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
+            config.sidecar.session_ttl_seconds = options.session_ttl_seconds;
+            config
+        };
+        let gateway = ibkr_gateway::start(gateway_config_for(loopback(0)))
             .await
             .map_err(|e| SystemError::Gateway(e.to_string()))?;
         // Pin the bound port so a restarted gateway comes back at the same address.
-        let bound = gateway.local_addr();
-        let mut pinned =
-            GatewayConfiguration::for_dev(bound, &issuer.issuer_url(), root.path().join("gateway"));
-        pinned.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
-        pinned.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
-        gateway_config = pinned;
+        let gateway_config = gateway_config_for(gateway.local_addr());
 
         let sidecar_state_dir = root.path().join("sidecar");
         let mut system = System {
@@ -192,14 +194,18 @@ impl System {
             .map_err(|e| SystemError::Sidecar(e.to_string()))
     }
 
-    pub fn sidecar_config(&self) -> SidecarConfig {
+    /// The sidecar configuration, every checklist item stated explicitly (as the YAML must).
+    pub fn sidecar_config(&self) -> Result<SidecarConfig, SystemError> {
         let mut config = SidecarConfig::default();
+        config.sidecar.enabled = true;
+        config.safety.sidecar_enabled = true;
+        config.sidecar.remote_relay_url = Some(self.gateway()?.relay_url());
         config.sidecar.local_client_portal_base_url = self.sim.base_url();
         config.sidecar.heartbeat_interval_seconds = self.options.heartbeat_interval_seconds;
         config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;
         config.sidecar.reconnect_initial_delay_ms = 50;
         config.sidecar.reconnect_max_delay_ms = 500;
-        config
+        Ok(config)
     }
 
     /// Starts the sidecar daemon and waits until the gateway has registered its session.
@@ -208,7 +214,7 @@ impl System {
         let shutdown = CancellationToken::new();
         let options = DaemonOptions {
             state_dir: self.sidecar_state_dir.clone(),
-            config: self.sidecar_config(),
+            config: self.sidecar_config()?,
             frame_observer: self.options.frame_observer.clone(),
         };
         let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));

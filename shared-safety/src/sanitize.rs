@@ -245,7 +245,12 @@ fn walk_request(value: &Value, path: &mut String) -> Result<(), SensitiveMateria
             for (key, item) in map {
                 let saved = path.len();
                 path.push('/');
-                path.push_str(&escape_pointer(key));
+                // Paths are echoed in refusals: a key that is itself a secret is not repeated.
+                if sensitive_value(key).is_some() {
+                    path.push_str("[redacted-key]");
+                } else {
+                    path.push_str(&escape_pointer(key));
+                }
                 if let Some(kind) = sensitive_key(key) {
                     return Err(SensitiveMaterial {
                         path: path.clone(),
@@ -383,6 +388,13 @@ mod tests {
                 "{value} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn a_key_that_is_itself_a_secret_is_not_echoed() {
+        let refusal = check_request(&json!({"Bearer abc.def.ghi": 1})).unwrap_err();
+        assert_eq!(refusal.path, "/[redacted-key]");
+        assert!(!refusal.to_string().contains("abc.def"));
     }
 
     #[test]

@@ -1,20 +1,32 @@
-//! The `ibkr-agent` command line.
+//! The `ibkr-agent` command line. Every command is documented in `docs/sidecar-cli.md`.
 //!
-//! `--json` prints exactly one JSON object on stdout (the result, or `{"error": {...}}`) with
-//! stable field names; without it the output is for people. Exit status: 0 success, 2 usage or
-//! configuration error, 3 refusal, 1 anything else. The JSON output never carries secrets; the
-//! state directory path appears only in the human output (it stays on the laptop either way,
-//! but scripts that forward JSON should not learn local paths).
+//! `--json` prints exactly one JSON object on stdout (the result, or `{"error": {...}}`;
+//! `relay accept` prints `{"forwarded": ..., ...}` either way) with stable field names; without
+//! it the output is for people. Errors are also described on stderr.
+//!
+//! Exit status: 0 success; 1 internal or other error (state store, I/O, network); 2 usage or
+//! configuration error (CONFIG_INVALID, CONFIG_SIDECAR_FORBIDDEN, bad flags); 3 refused (a gate
+//! said no, or the state does not allow the operation, e.g. IDENTITY_EXISTS). `relay accept`
+//! exits 3 for every gate it runs, the CPGW probe included.
+//!
+//! The JSON output never carries secrets and never a local path (scripts that forward JSON
+//! should not learn them); paths appear only in the human output.
 
-use crate::config::SidecarConfig;
+use crate::clock::now_unix_seconds;
+use crate::config::{self, CONFIG_FILE, DEFAULT_CLIENT_PORTAL_BASE_URL, SidecarConfig};
+use crate::cpgw::CpgwClient;
 use crate::daemon::{DaemonOptions, run_daemon};
 use crate::error::SidecarError;
+use crate::gates;
 use crate::identity::create_identity;
 use crate::pairing_client::pair;
 use crate::paths::{IDENTITY_KEY_FILE, resolve_state_dir};
-use crate::state::{IdentityRecord, PairingRecord};
+use crate::primitives::{self, AcceptRequest, Accepted, PairingCreate};
+use crate::state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore};
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
+use protocol::envelope::{ManualAction, Outcome, RequestId};
+use serde_json::{Value, json};
+use shared_safety::ErrorCode;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +40,7 @@ use zeroize::Zeroizing;
     about = "Laptop sidecar that lets AI agents use your local IBKR Client Portal Gateway through a paired cloud gateway"
 )]
 pub struct Cli {
-    /// State directory (identity key, state.db). Default: $IBKR_AGENT_HOME, else
+    /// State directory (identity key, state.db, sidecar.yaml). Default: $IBKR_AGENT_HOME, else
     /// $XDG_CONFIG_HOME/ibkr-agent, else ~/.config/ibkr-agent.
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -41,7 +53,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum TopCommand {
-    /// The laptop sidecar: identity, pairing and the relay daemon.
+    /// The laptop sidecar: identity, pairing, relay primitives and the relay daemon.
     Sidecar(SidecarArgs),
 }
 
@@ -55,6 +67,14 @@ pub struct SidecarArgs {
 pub enum SidecarCommand {
     /// Manage this laptop's sidecar identity.
     Identity(IdentityArgs),
+    /// Explicit local pairing records (create, list, revoke).
+    Pairing(PairingArgs),
+    /// Relay sessions in the local state store (create, list, heartbeat).
+    Session(SessionArgs),
+    /// Run the sidecar's gates on one request and print the envelope that passes them.
+    Relay(RelayArgs),
+    /// Identity, pairings, open sessions and whether a daemon configuration exists.
+    Status,
     /// Pair with a gateway using a one-time code from its operator.
     Pair(PairArgs),
     /// Run the sidecar daemon (dials the paired gateway, serves relayed tool calls).
@@ -89,6 +109,127 @@ pub struct IdentityCreateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PairingArgs {
+    #[command(subcommand)]
+    pub command: PairingCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairingCommand {
+    /// Write the explicit local pairing record for a remote gateway instance.
+    Create(PairingCreateArgs),
+    /// List every pairing record with its status (active, expired, revoked).
+    List,
+    /// Revoke a pairing (the daemon refuses its next call) and close its relay sessions.
+    Revoke(PairingIdsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PairingCreateArgs {
+    #[arg(long, value_name = "ID")]
+    pub remote_instance_id: String,
+    /// The sidecar id the record is bound to; the local identity takes this id if it has no
+    /// pairing yet, otherwise it must be the identity's id.
+    #[arg(long, value_name = "ID")]
+    pub sidecar_id: String,
+    #[arg(long, value_name = "ID")]
+    pub user_id: String,
+    /// The record is valid for this long (1 to 31536000).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl_seconds: u64,
+    /// Grant a scope on top of the read-only default (repeatable, or comma-separated).
+    #[arg(
+        long = "scope",
+        alias = "scopes",
+        value_name = "SCOPE",
+        value_delimiter = ','
+    )]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PairingIdsArgs {
+    #[arg(long, value_name = "ID")]
+    pub remote_instance_id: String,
+    #[arg(long, value_name = "ID")]
+    pub sidecar_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    #[command(subcommand)]
+    pub command: SessionCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Create a relay session bound to the paired sidecar id.
+    Create(SessionCreateArgs),
+    /// List every relay session with its status (open, expired, closed).
+    List,
+    /// Record a heartbeat on an open session (last_heartbeat_at = now).
+    Heartbeat(SessionHeartbeatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SessionCreateArgs {
+    #[arg(long, value_name = "ID")]
+    pub remote_instance_id: String,
+    #[arg(long, value_name = "ID")]
+    pub sidecar_id: String,
+    /// The session is valid for this long (1 to 604800).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionHeartbeatArgs {
+    #[arg(long, value_name = "ID")]
+    pub session_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    #[command(subcommand)]
+    pub command: RelayCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Run the gates on one request; print the forwarded envelope, or the refusal.
+    Accept(RelayAcceptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RelayAcceptArgs {
+    #[arg(long, value_name = "ID")]
+    pub remote_instance_id: String,
+    #[arg(long, value_name = "ID")]
+    pub sidecar_id: String,
+    #[arg(long, value_name = "TOOL")]
+    pub tool_name: String,
+    /// Must be the catalog's scope for the tool.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: String,
+    /// The tool arguments, a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub payload_json: String,
+    /// Use this session (must be bound to the two ids); default: the newest open one.
+    #[arg(long, value_name = "ID")]
+    pub session_id: Option<String>,
+    /// Request id, 32 hex characters (default: random).
+    #[arg(long, value_name = "HEX")]
+    pub request_id: Option<String>,
+    /// Also run the CPGW gate: ask the local Client Portal Gateway whether its session is usable.
+    #[arg(long)]
+    pub probe_broker: bool,
+    /// Sidecar configuration (heartbeat timeout, CPGW URL). Default: <state_dir>/sidecar.yaml if
+    /// it exists, else the defaults (45 s, https://localhost:5000/v1/api).
+    #[arg(long, value_name = "YAML")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct PairArgs {
     /// The gateway's base URL (https://..., or http:// to a loopback host).
     #[arg(long, value_name = "BASE_URL")]
@@ -104,9 +245,51 @@ pub struct PairArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Sidecar configuration (YAML). Without it, the defaults apply.
+    /// Sidecar configuration (YAML). Default: <state_dir>/sidecar.yaml, written by
+    /// `sidecar pair`; without either the daemon refuses to start.
     #[arg(long, value_name = "YAML")]
     pub config: Option<PathBuf>,
+}
+
+/// A failed command: the error, and how to report it.
+#[derive(Debug)]
+struct Failure {
+    error: SidecarError,
+    /// `relay accept`: `"forwarded": false` in the JSON, and exit 3 for every gate.
+    relay: bool,
+    /// Set when the CPGW gate asks for a person.
+    manual_action: Option<Box<ManualAction>>,
+}
+
+impl From<SidecarError> for Failure {
+    fn from(error: SidecarError) -> Self {
+        Failure {
+            error,
+            relay: false,
+            manual_action: None,
+        }
+    }
+}
+
+impl Failure {
+    fn relay(error: SidecarError) -> Self {
+        Failure {
+            error,
+            relay: true,
+            manual_action: None,
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        if !self.relay {
+            return self.error.exit_code();
+        }
+        match self.error.code() {
+            ErrorCode::ConfigInvalid | ErrorCode::ConfigSidecarForbidden => 2,
+            ErrorCode::StateStoreError | ErrorCode::InternalError => 1,
+            _ => 3,
+        }
+    }
 }
 
 /// Entry point used by `main`.
@@ -115,48 +298,79 @@ pub fn main() -> ExitCode {
     let json = cli.json;
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            report_error(&error, json);
-            ExitCode::from(error.exit_code())
+        Err(failure) => {
+            report_failure(&failure, json);
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-fn report_error(error: &SidecarError, json: bool) {
-    if json {
-        let body = error.body();
-        print_json(&json!({
-            "error": {
-                "code": body.code,
-                "message": body.message,
-                "retryable": body.retryable,
-                "user_action": body.user_action,
-            }
-        }));
-    }
-    eprintln!("error: {error}");
-    eprintln!("  what to do: {}", error.code().user_action());
+fn error_json(body: &protocol::envelope::ErrorBody) -> Value {
+    json!({
+        "code": body.code,
+        "message": body.message,
+        "retryable": body.retryable,
+        "user_action": body.user_action,
+    })
 }
 
-fn print_json(value: &serde_json::Value) {
+fn report_failure(failure: &Failure, json: bool) {
+    let error = &failure.error;
+    let mut body = error.body();
+    if let Some(action) = &failure.manual_action {
+        body.user_action = format!("{} ({})", action.action, action.location);
+    }
+    if json {
+        let mut out = json!({ "error": error_json(&body) });
+        if failure.relay {
+            out["forwarded"] = json!(false);
+        }
+        if let Some(action) = &failure.manual_action {
+            out["manual_action"] = json!({"action": action.action, "location": action.location});
+        }
+        print_json(&out);
+    } else if failure.relay {
+        println!("Not forwarded: {}", body.code);
+    }
+    eprintln!("error: {error}");
+    eprintln!("  what to do: {}", body.user_action);
+}
+
+fn print_json(value: &Value) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{value}");
 }
 
-fn dispatch(cli: Cli) -> Result<(), SidecarError> {
+fn dispatch(cli: Cli) -> Result<(), Failure> {
     let state_dir = resolve_state_dir(cli.state_dir.as_deref())?;
-    match cli.command {
-        TopCommand::Sidecar(sidecar) => match sidecar.command {
-            SidecarCommand::Identity(identity) => match identity.command {
-                IdentityCommand::Create(args) => identity_create(&state_dir, &args, cli.json),
-            },
-            SidecarCommand::Pair(args) => pair_command(&state_dir, &args, cli.json),
-            SidecarCommand::Run(args) => run_command(state_dir, &args),
+    let json = cli.json;
+    let TopCommand::Sidecar(sidecar) = cli.command;
+    match sidecar.command {
+        SidecarCommand::Identity(identity) => match identity.command {
+            IdentityCommand::Create(args) => Ok(identity_create(&state_dir, &args, json)?),
         },
+        SidecarCommand::Pairing(pairing) => match pairing.command {
+            PairingCommand::Create(args) => Ok(pairing_create(&state_dir, &args, json)?),
+            PairingCommand::List => Ok(pairing_list(&state_dir, json)?),
+            PairingCommand::Revoke(args) => Ok(pairing_revoke(&state_dir, &args, json)?),
+        },
+        SidecarCommand::Session(session) => match session.command {
+            SessionCommand::Create(args) => Ok(session_create(&state_dir, &args, json)?),
+            SessionCommand::List => Ok(session_list(&state_dir, json)?),
+            SessionCommand::Heartbeat(args) => Ok(session_heartbeat(&state_dir, &args, json)?),
+        },
+        SidecarCommand::Relay(relay) => match relay.command {
+            RelayCommand::Accept(args) => relay_accept(&state_dir, &args, json),
+        },
+        SidecarCommand::Status => Ok(status(&state_dir, json)?),
+        SidecarCommand::Pair(args) => Ok(pair_command(&state_dir, &args, json)?),
+        SidecarCommand::Run(args) => Ok(run_command(state_dir, &args)?),
     }
 }
 
-fn identity_json(record: &IdentityRecord) -> serde_json::Value {
+// ---- JSON shapes (documented in docs/sidecar-cli.md) ----------------------------------------
+
+fn identity_json(record: &IdentityRecord) -> Value {
     json!({
         "sidecar_id": record.sidecar_id,
         "display_name": record.display_name,
@@ -166,6 +380,101 @@ fn identity_json(record: &IdentityRecord) -> serde_json::Value {
         "key_file_created": record.has_secret,
     })
 }
+
+pub(crate) fn pairing_json(record: &PairingRecord, now: i64) -> Value {
+    json!({
+        "remote_instance_id": record.remote_instance_id,
+        "sidecar_id": record.sidecar_id,
+        "user_id": record.user_id,
+        "status": record.status(now),
+        "local_scopes": record.local_scope_list(),
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+        "gateway_fingerprint": record.gateway_fingerprint(),
+        "gateway_url": record.gateway_url,
+        "relay_url": record.relay_url,
+    })
+}
+
+fn session_json(record: &RelaySessionRecord, now: i64) -> Value {
+    json!({
+        "session_id": record.session_id,
+        "remote_instance_id": record.remote_instance_id,
+        "sidecar_id": record.sidecar_id,
+        "status": record.status(now),
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "last_heartbeat_at": record.last_heartbeat_at,
+        "closed_at": record.closed_at,
+    })
+}
+
+fn accepted_json(accepted: &Accepted) -> Value {
+    let request = &accepted.request;
+    json!({
+        "forwarded": true,
+        "request_id": request.request_id.to_hex(),
+        "tool_name": request.tool_name,
+        "scope": request.scope,
+        "payload_hash": hex::encode(request.payload_hash),
+        "canonical_payload": String::from_utf8_lossy(&request.payload),
+        "session_id": accepted.session.session_id,
+        "remote_instance_id": accepted.pairing.remote_instance_id,
+        "sidecar_id": accepted.pairing.sidecar_id,
+    })
+}
+
+/// `in 300 s`, `120 s ago`, for people.
+fn relative(at: i64, now: i64) -> String {
+    let delta = at.saturating_sub(now);
+    if delta > 0 {
+        format!("in {delta} s")
+    } else {
+        format!("{} s ago", delta.saturating_neg())
+    }
+}
+
+fn print_pairing_human(record: &PairingRecord, now: i64) {
+    println!(
+        "  {} / {}  user {}  [{}]",
+        record.remote_instance_id,
+        record.sidecar_id,
+        record.user_id,
+        record.status(now)
+    );
+    println!("    local scopes: {}", record.local_scope_list().join(" "));
+    match record.expires_at {
+        Some(at) => println!("    expires:      {} (unix {at})", relative(at, now)),
+        None => println!("    expires:      never"),
+    }
+    if let Some(at) = record.revoked_at {
+        println!("    revoked:      {} (unix {at})", relative(at, now));
+    }
+    match record.gateway_fingerprint() {
+        Some(fingerprint) => println!("    gateway key:  {fingerprint} (pinned by `sidecar pair`)"),
+        None => println!(
+            "    gateway key:  none (written by `pairing create`; the daemon cannot dial with it)"
+        ),
+    }
+}
+
+fn print_session_human(record: &RelaySessionRecord, now: i64) {
+    println!(
+        "  {}  {} / {}  [{}]",
+        record.session_id,
+        record.remote_instance_id,
+        record.sidecar_id,
+        record.status(now)
+    );
+    println!(
+        "    expires {} ; last heartbeat {}",
+        relative(record.expires_at, now),
+        relative(record.last_heartbeat_at, now)
+    );
+}
+
+// ---- identity -------------------------------------------------------------------------------
 
 fn identity_create(
     state_dir: &Path,
@@ -193,23 +502,346 @@ fn identity_create(
                 state_dir.join(IDENTITY_KEY_FILE).display()
             );
         } else {
-            println!("  secret key:  none (external public key; `sidecar run` cannot use it)");
+            println!(
+                "  secret key:  none (external public key: the relay primitives work, `sidecar run` cannot)"
+            );
         }
         println!("  state dir:   {}", state_dir.display());
     }
     Ok(())
 }
 
-pub(crate) fn pairing_json(record: &PairingRecord) -> serde_json::Value {
-    json!({
-        "remote_instance_id": record.remote_instance_id,
-        "sidecar_id": record.sidecar_id,
-        "user_id": record.user_id,
-        "gateway_fingerprint": record.gateway_fingerprint(),
-        "relay_url": record.relay_url,
-        "local_scopes": record.local_scope_list(),
-    })
+// ---- pairing records ------------------------------------------------------------------------
+
+fn pairing_create(
+    state_dir: &Path,
+    args: &PairingCreateArgs,
+    json: bool,
+) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let (record, write) = primitives::create_pairing(
+        &store,
+        &PairingCreate {
+            remote_instance_id: args.remote_instance_id.clone(),
+            sidecar_id: args.sidecar_id.clone(),
+            user_id: args.user_id.clone(),
+            ttl_seconds: args.ttl_seconds,
+            extra_scopes: args.scopes.clone(),
+        },
+        now,
+    )?;
+    if json {
+        let mut out = pairing_json(&record, now);
+        out["identity_rebound_from"] = json!(write.rebound_from);
+        out["replaced"] = json!(write.replaced);
+        print_json(&out);
+    } else {
+        println!(
+            "Created the local pairing record for remote instance {}",
+            record.remote_instance_id
+        );
+        print_pairing_human(&record, now);
+        if let Some(previous) = &write.rebound_from {
+            println!(
+                "  The identity's sidecar id changed from {previous} to {} (it had no pairing yet).",
+                record.sidecar_id
+            );
+        }
+        if write.replaced {
+            println!("  (replaced an earlier record for the same ids)");
+        }
+        println!(
+            "Next: ibkr-agent sidecar session create --remote-instance-id {} --sidecar-id {} --ttl-seconds 300",
+            record.remote_instance_id, record.sidecar_id
+        );
+    }
+    Ok(())
 }
+
+fn pairing_list(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let pairings = store.pairings()?;
+    if json {
+        let list: Vec<Value> = pairings.iter().map(|p| pairing_json(p, now)).collect();
+        print_json(&json!({ "pairings": list }));
+    } else if pairings.is_empty() {
+        println!("No pairing records.");
+    } else {
+        println!("Pairing records (newest first):");
+        for record in &pairings {
+            print_pairing_human(record, now);
+        }
+    }
+    Ok(())
+}
+
+fn pairing_revoke(state_dir: &Path, args: &PairingIdsArgs, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let (record, closed) =
+        primitives::revoke_pairing(&store, &args.remote_instance_id, &args.sidecar_id, now)?;
+    if json {
+        let mut out = pairing_json(&record, now);
+        out["sessions_closed"] = json!(closed);
+        print_json(&out);
+    } else {
+        println!(
+            "Revoked the pairing {} / {}; {closed} relay session(s) closed.",
+            record.remote_instance_id, record.sidecar_id
+        );
+        println!(
+            "  A running daemon refuses the next call on it and leaves at its next heartbeat."
+        );
+    }
+    Ok(())
+}
+
+// ---- sessions -------------------------------------------------------------------------------
+
+fn session_create(
+    state_dir: &Path,
+    args: &SessionCreateArgs,
+    json: bool,
+) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let record = primitives::create_session(
+        &store,
+        &args.remote_instance_id,
+        &args.sidecar_id,
+        args.ttl_seconds,
+        now,
+    )?;
+    if json {
+        print_json(&session_json(&record, now));
+    } else {
+        println!("Created relay session {}", record.session_id);
+        print_session_human(&record, now);
+    }
+    Ok(())
+}
+
+fn session_list(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let sessions = store.relay_sessions()?;
+    if json {
+        let list: Vec<Value> = sessions.iter().map(|s| session_json(s, now)).collect();
+        print_json(&json!({ "sessions": list }));
+    } else if sessions.is_empty() {
+        println!("No relay sessions.");
+    } else {
+        println!("Relay sessions (newest first):");
+        for record in &sessions {
+            print_session_human(record, now);
+        }
+    }
+    Ok(())
+}
+
+fn session_heartbeat(
+    state_dir: &Path,
+    args: &SessionHeartbeatArgs,
+    json: bool,
+) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let record = primitives::heartbeat_session(&store, &args.session_id, now)?;
+    if json {
+        print_json(&session_json(&record, now));
+    } else {
+        println!(
+            "Recorded a heartbeat on relay session {}",
+            record.session_id
+        );
+        print_session_human(&record, now);
+    }
+    Ok(())
+}
+
+// ---- relay accept ---------------------------------------------------------------------------
+
+/// `--config`, else `<state_dir>/sidecar.yaml` when it exists (the daemon's own), else none.
+fn optional_config(
+    explicit: Option<&Path>,
+    state_dir: &Path,
+) -> Result<Option<SidecarConfig>, SidecarError> {
+    if let Some(path) = explicit {
+        return SidecarConfig::load(path).map(Some);
+    }
+    let path = state_dir.join(CONFIG_FILE);
+    if path.exists() {
+        return SidecarConfig::load(&path).map(Some);
+    }
+    Ok(None)
+}
+
+fn relay_accept(state_dir: &Path, args: &RelayAcceptArgs, json: bool) -> Result<(), Failure> {
+    let config = optional_config(args.config.as_deref(), state_dir).map_err(Failure::relay)?;
+    let request_id = match &args.request_id {
+        Some(text) => Some(RequestId::from_hex(text.trim()).ok_or_else(|| {
+            Failure::relay(SidecarError::config(
+                "(--request-id must be 32 hex characters)",
+            ))
+        })?),
+        None => None,
+    };
+    let store = StateStore::open(state_dir).map_err(Failure::relay)?;
+    let request = AcceptRequest {
+        remote_instance_id: args.remote_instance_id.clone(),
+        sidecar_id: args.sidecar_id.clone(),
+        tool_name: args.tool_name.clone(),
+        scope: args.scope.clone(),
+        payload_json: args.payload_json.clone(),
+        session_id: args.session_id.clone(),
+        request_id,
+        heartbeat_timeout_seconds: config
+            .as_ref()
+            .map_or(primitives::DEFAULT_HEARTBEAT_TIMEOUT_SECONDS, |c| {
+                c.sidecar.heartbeat_timeout_seconds
+            }),
+    };
+    let accepted =
+        primitives::relay_accept(&store, &request, now_unix_seconds()).map_err(Failure::relay)?;
+    drop(store);
+    if args.probe_broker {
+        let base_url = config.as_ref().map_or(DEFAULT_CLIENT_PORTAL_BASE_URL, |c| {
+            c.sidecar.local_client_portal_base_url.as_str()
+        });
+        probe_broker(base_url)?;
+    }
+    if json {
+        print_json(&accepted_json(&accepted));
+    } else {
+        let request = &accepted.request;
+        println!(
+            "Forwarded request {} (printed only: relay accept sends nothing)",
+            request.request_id
+        );
+        println!("  tool:          {}", request.tool_name);
+        println!("  scope:         {}", request.scope);
+        println!("  payload hash:  {}", hex::encode(request.payload_hash));
+        println!(
+            "  payload:       {}",
+            String::from_utf8_lossy(&request.payload)
+        );
+        println!(
+            "  session:       {} ({} / {})",
+            accepted.session.session_id,
+            accepted.pairing.remote_instance_id,
+            accepted.pairing.sidecar_id
+        );
+    }
+    Ok(())
+}
+
+/// The CPGW gate, on request only: BROKER_SESSION_REQUIRED (a manual login, never automated)
+/// or BROKER_UNREACHABLE / BROKER_ERROR.
+fn probe_broker(base_url: &str) -> Result<(), Failure> {
+    let client = CpgwClient::new(base_url).map_err(Failure::relay)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| Failure::relay(SidecarError::internal("(cannot start the async runtime)")))?;
+    let result = runtime.block_on(client.auth_status());
+    match gates::broker_decision(&result, &client.portal_location()) {
+        Ok(()) => Ok(()),
+        Err(Outcome::ManualActionRequired(action)) => Err(Failure {
+            error: SidecarError::bare(ErrorCode::BrokerSessionRequired),
+            relay: true,
+            manual_action: Some(Box::new(action)),
+        }),
+        Err(Outcome::Refused(body) | Outcome::Failed(body)) => {
+            let code = ErrorCode::from_code(&body.code).unwrap_or(ErrorCode::BrokerError);
+            Err(Failure::relay(SidecarError::bare(code)))
+        }
+        Err(Outcome::Result { .. }) => {
+            Err(Failure::relay(SidecarError::bare(ErrorCode::InternalError)))
+        }
+    }
+}
+
+// ---- status ---------------------------------------------------------------------------------
+
+fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let identity = store.identity()?;
+    let pairings = store.pairings()?;
+    let open: Vec<RelaySessionRecord> = store
+        .relay_sessions()?
+        .into_iter()
+        .filter(|session| session.is_open(now))
+        .collect();
+    let config_path = state_dir.join(CONFIG_FILE);
+    let config_present = config_path.exists();
+    let config_check = config_present.then(|| SidecarConfig::load(&config_path));
+    if json {
+        let daemon_config = match &config_check {
+            None => json!({"present": false, "valid": Value::Null, "error": Value::Null}),
+            Some(Ok(_)) => json!({"present": true, "valid": true, "error": Value::Null}),
+            Some(Err(error)) => json!({
+                "present": true,
+                "valid": false,
+                "error": error_json(&error.body()),
+            }),
+        };
+        print_json(&json!({
+            "identity": identity.as_ref().map(identity_json),
+            "pairings": pairings.iter().map(|p| pairing_json(p, now)).collect::<Vec<_>>(),
+            "open_sessions": open.iter().map(|s| session_json(s, now)).collect::<Vec<_>>(),
+            "daemon_config": daemon_config,
+        }));
+        return Ok(());
+    }
+    println!("State directory: {}", state_dir.display());
+    match &identity {
+        Some(record) => {
+            println!(
+                "Identity: {} ({}), fingerprint {}",
+                record.sidecar_id,
+                record.display_name,
+                record.fingerprint()
+            );
+            if !record.has_secret {
+                println!("  external public key: no secret here, so `sidecar run` cannot use it");
+            }
+        }
+        None => println!("Identity: none (run `ibkr-agent sidecar identity create`)"),
+    }
+    if pairings.is_empty() {
+        println!("Pairings: none");
+    } else {
+        println!("Pairings:");
+        for record in &pairings {
+            print_pairing_human(record, now);
+        }
+    }
+    if open.is_empty() {
+        println!("Open relay sessions: none");
+    } else {
+        println!("Open relay sessions:");
+        for record in &open {
+            print_session_human(record, now);
+        }
+    }
+    match &config_check {
+        None => println!(
+            "Daemon configuration: none ({} is absent; `sidecar pair` writes it, or pass --config)",
+            config_path.display()
+        ),
+        Some(Ok(_)) => println!("Daemon configuration: {} (valid)", config_path.display()),
+        Some(Err(error)) => println!(
+            "Daemon configuration: {} (INVALID: {error})",
+            config_path.display()
+        ),
+    }
+    Ok(())
+}
+
+// ---- pair and run ---------------------------------------------------------------------------
 
 fn read_code(argument: &str) -> Result<Zeroizing<String>, SidecarError> {
     if argument != "-" {
@@ -235,8 +867,16 @@ fn pair_command(state_dir: &Path, args: &PairArgs, json: bool) -> Result<(), Sid
         &code,
         args.sidecar_id.as_deref(),
     ))?;
+    // The pairing is recorded; the configuration file is a convenience written once.
+    let config_written = match &record.relay_url {
+        Some(relay_url) => config::write_default_config_if_absent(state_dir, relay_url)?,
+        None => false,
+    };
+    let now = now_unix_seconds();
     if json {
-        print_json(&pairing_json(&record));
+        let mut out = pairing_json(&record, now);
+        out["config_file_written"] = json!(config_written);
+        print_json(&out);
     } else {
         println!(
             "Paired sidecar {} with gateway instance {} for user {}",
@@ -253,6 +893,18 @@ fn pair_command(state_dir: &Path, args: &PairArgs, json: bool) -> Result<(), Sid
             record.local_scope_list().join(" ")
         );
         println!("  state dir:           {}", state_dir.display());
+        let config_path = state_dir.join(CONFIG_FILE);
+        if config_written {
+            println!(
+                "  configuration:       wrote {} (0600; check local_client_portal_base_url)",
+                config_path.display()
+            );
+        } else {
+            println!(
+                "  configuration:       {} already exists and was left as it is",
+                config_path.display()
+            );
+        }
         println!("Next: ibkr-agent sidecar run");
     }
     Ok(())
@@ -268,13 +920,9 @@ fn init_tracing() {
 }
 
 fn run_command(state_dir: PathBuf, args: &RunArgs) -> Result<(), SidecarError> {
+    // Fail before starting anything: no runtime, no store, no socket for a bad configuration.
+    let config = SidecarConfig::load_for_state_dir(args.config.as_deref(), &state_dir)?;
     init_tracing();
-    let config = match &args.config {
-        Some(path) => SidecarConfig::load(path)?,
-        None => SidecarConfig::default(),
-    };
-    // Fail before starting anything.
-    config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -334,5 +982,59 @@ mod tests {
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.state_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn scopes_repeat_or_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "ibkr-agent",
+            "sidecar",
+            "pairing",
+            "create",
+            "--remote-instance-id",
+            "r",
+            "--sidecar-id",
+            "s",
+            "--user-id",
+            "u",
+            "--ttl-seconds",
+            "5",
+            "--scope",
+            "ibkr:orders:preview,ibkr:orders:write",
+            "--scope",
+            "ibkr:audit:read",
+        ])
+        .unwrap();
+        let TopCommand::Sidecar(SidecarArgs {
+            command:
+                SidecarCommand::Pairing(PairingArgs {
+                    command: PairingCommand::Create(args),
+                }),
+        }) = cli.command
+        else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(
+            args.scopes,
+            [
+                "ibkr:orders:preview",
+                "ibkr:orders:write",
+                "ibkr:audit:read"
+            ]
+        );
+    }
+
+    #[test]
+    fn relay_exit_codes() {
+        let exit = |code| Failure::relay(SidecarError::bare(code)).exit_code();
+        assert_eq!(exit(ErrorCode::SensitiveMaterialRefused), 3);
+        assert_eq!(exit(ErrorCode::BrokerUnreachable), 3);
+        assert_eq!(exit(ErrorCode::BrokerSessionRequired), 3);
+        assert_eq!(exit(ErrorCode::ConfigInvalid), 2);
+        assert_eq!(exit(ErrorCode::StateStoreError), 1);
+        assert_eq!(
+            Failure::from(SidecarError::bare(ErrorCode::BrokerUnreachable)).exit_code(),
+            1
+        );
     }
 }

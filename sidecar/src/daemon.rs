@@ -1,9 +1,11 @@
 //! `ibkr-agent sidecar run`: the long-running daemon, also callable in-process (e2e tests, the
 //! demo) through [`run_daemon`].
 //!
-//! Everything that can be checked locally is checked before the first dial: the configuration,
-//! the identity and its secret key, an active pairing with a pinned gateway key, the relay URL
-//! and the CPGW URL. Then the keep-alive task and the reconnect loop run until `shutdown`.
+//! Everything that can be checked locally is checked before the first dial: the configuration
+//! (first: an invalid one never even opens the state store), the identity and its secret key,
+//! an active pairing with a pinned gateway key, and the CPGW URL. The relay URL dialed is the
+//! configured `sidecar.remote_relay_url`; the pinned gateway key is what protects against a
+//! wrong one. Then the keep-alive task and the reconnect loop run until `shutdown`.
 
 use crate::clock::now_unix_seconds;
 use crate::config::SidecarConfig;
@@ -12,7 +14,6 @@ use crate::cpgw::keepalive::run_keepalive;
 use crate::cpgw::{BrokerState, CpgwClient};
 use crate::error::SidecarError;
 use crate::identity::load_keypair;
-use crate::net::{self, UrlKind};
 use crate::relay::{dial, supervisor};
 use crate::state::StateStore;
 use shared_safety::ErrorCode;
@@ -86,22 +87,24 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
     options.config.validate()?;
     let store = StateStore::open(&options.state_dir)?;
     let (identity, keypair) = load_keypair(&options.state_dir, &store)?;
-    let pairing = store
+    if store
         .dialable_pairing(&identity.sidecar_id, now_unix_seconds())?
-        .ok_or_else(|| SidecarError::bare(ErrorCode::SidecarPairingRequired))?;
-    let relay_url = options
-        .config
-        .sidecar
-        .remote_relay_url
-        .clone()
-        .or_else(|| pairing.relay_url.clone())
-        .ok_or_else(|| {
-            SidecarError::config(
-                "(sidecar.remote_relay_url is not set and the pairing has no relay URL)",
+        .is_none()
+    {
+        let keyless = store.pairings()?.iter().any(|record| {
+            record.sidecar_id == identity.sidecar_id && record.is_active(now_unix_seconds())
+        });
+        return Err(if keyless {
+            SidecarError::new(
+                ErrorCode::SidecarPairingRequired,
+                "(the active pairing records were written by `ibkr-agent sidecar pairing create` \
+                 and pin no gateway key, so there is nothing the daemon can authenticate; pair \
+                 with `ibkr-agent sidecar pair`)",
             )
-        })?;
-    net::checked_url(&relay_url, UrlKind::WebSocket)
-        .map_err(|why| SidecarError::config(format!("(relay URL {why})")))?;
+        } else {
+            SidecarError::bare(ErrorCode::SidecarPairingRequired)
+        });
+    }
     let cpgw = CpgwClient::new(&options.config.sidecar.local_client_portal_base_url)?;
     let (broker, _) = watch::channel(BrokerState::Unknown);
     Ok(DaemonContext {

@@ -11,16 +11,19 @@
 //! d. the tool exists, the envelope's scope is the catalog's, and the local pairing grants it
 //!    (TOOL_UNKNOWN / ARGUMENTS_INVALID / SCOPE_NOT_GRANTED_LOCALLY);
 //! e. the arguments carry no sensitive material and fit the tool's closed schema
-//!    (SENSITIVE_MATERIAL_REFUSED / ARGUMENTS_INVALID);
+//!    (SENSITIVE_MATERIAL_REFUSED / ARGUMENTS_INVALID, via `shared_safety::sanitize` and
+//!    `shared_safety::schema`);
 //! f. for broker tools, the CPGW session is usable (manual login action / BROKER_UNREACHABLE).
 //!
 //! a-e are pure ([`check_request`]); f needs CPGW ([`check_broker_session`]) but its decision
-//! is pure too ([`broker_decision`]).
+//! is pure too ([`broker_decision`]). [`pairing_gate`] and [`check_tool_call`] are the pieces
+//! `ibkr-agent sidecar relay accept` shares with the daemon, so both refuse the same requests.
 
 use crate::cpgw::broker_state::BrokerState;
 use crate::cpgw::client::{CpgwClient, CpgwError};
 use crate::cpgw::keepalive::publish;
 use crate::cpgw::types::AuthStatus;
+use crate::error::SidecarError;
 use crate::relay::session::SessionSnapshot;
 use crate::state::PairingRecord;
 use protocol::catalog::{self, ToolSpec};
@@ -28,7 +31,8 @@ use protocol::envelope::{EnvelopeError, ManualAction, Outcome, RelayRequest};
 use protocol::identity::PublicKey;
 use serde_json::{Map, Value};
 use shared_safety::ErrorCode;
-use shared_safety::sanitize;
+use shared_safety::scope::ScopeSet;
+use shared_safety::{sanitize, schema};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -83,15 +87,15 @@ pub fn check_request(
     }
 
     // b. Local pairing still active, for this instance, with the key we authenticated.
-    let pairing = match pairing {
-        Some(record)
-            if record.is_active(now_unix)
-                && record.sidecar_id == binding.sidecar_id
+    let pairing = match pairing_gate(pairing, now_unix) {
+        Ok(record)
+            if record.sidecar_id == binding.sidecar_id
                 && record.remote_instance_id == binding.remote_instance_id
                 && record.gateway_public_key == Some(binding.gateway_public_key) =>
         {
             record
         }
+        // Bare: the gateway learns that the pairing is gone, not why.
         _ => return Err(refused(ErrorCode::SidecarPairingRequired, None)),
     };
 
@@ -109,68 +113,128 @@ pub fn check_request(
         return Err(refused(ErrorCode::SidecarHeartbeatStale, None));
     }
 
-    // d. Tool, catalog scope, local grant.
-    let Some(tool) = catalog::find(&request.tool_name) else {
-        return Err(refused(ErrorCode::ToolUnknown, None));
-    };
-    if request.scope != tool.scope {
-        return Err(refused(
-            ErrorCode::ArgumentsInvalid,
-            Some("(the envelope's scope is not the one the catalog requires for this tool)"),
-        ));
-    }
-    if !pairing.local_scopes.contains(tool.scope) {
-        let detail = format!("(scope {} is not granted locally)", tool.scope);
-        return Err(refused(ErrorCode::ScopeNotGrantedLocally, Some(&detail)));
-    }
-
-    // e. Sensitive material, then the closed schema.
+    // d-e. Tool, catalog scope, local grant, sensitive material, closed schema.
     let arguments = request
         .arguments()
         .map_err(|_| refused(ErrorCode::ArgumentsInvalid, Some("(payload is not JSON)")))?;
-    if let Err(material) = sanitize::check_request(&arguments) {
-        // Path and kind only, never the value.
-        let detail = format!("({material})");
-        return Err(refused(ErrorCode::SensitiveMaterialRefused, Some(&detail)));
-    }
+    let tool = check_tool_call(
+        &request.tool_name,
+        &request.scope,
+        &pairing.local_scopes,
+        &arguments,
+    )
+    .map_err(|error| Outcome::Refused(error.body()))?;
     let Value::Object(arguments) = arguments else {
         return Err(refused(
             ErrorCode::ArgumentsInvalid,
             Some("(arguments must be a JSON object)"),
         ));
     };
-    check_schema_fields(tool, &arguments)?;
     Ok(CheckedRequest { tool, arguments })
 }
 
-/// No field outside the schema's `properties`, and every `required` field present.
-fn check_schema_fields(tool: &ToolSpec, arguments: &Map<String, Value>) -> Result<(), Outcome> {
-    let schema = tool.input_schema_json();
-    let empty = Map::new();
-    let properties = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    if let Some(unknown) = arguments.keys().find(|key| !properties.contains_key(*key)) {
-        // The key is echoed, bounded and stripped of control characters; it passed the
-        // sensitive-material check above.
-        let shown: String = unknown
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(64)
-            .collect();
-        let detail = format!("(unknown field '{shown}')");
-        return Err(refused(ErrorCode::ArgumentsInvalid, Some(&detail)));
+/// Gate b on its own: the pairing exists, is not revoked and has not expired at `now_unix`.
+/// The error says which (the CLI shows it; the daemon answers the gateway without it).
+pub fn pairing_gate(
+    pairing: Option<&PairingRecord>,
+    now_unix: i64,
+) -> Result<&PairingRecord, SidecarError> {
+    match pairing {
+        None => Err(SidecarError::new(
+            ErrorCode::SidecarPairingRequired,
+            "(there is no pairing record for this remote instance and sidecar id)",
+        )),
+        Some(record) if record.revoked_at.is_some() => Err(SidecarError::new(
+            ErrorCode::SidecarPairingRequired,
+            "(the pairing for this remote instance and sidecar id was revoked)",
+        )),
+        Some(record) if !record.is_active(now_unix) => Err(SidecarError::new(
+            ErrorCode::SidecarPairingRequired,
+            "(the pairing for this remote instance and sidecar id has expired)",
+        )),
+        Some(record) => Ok(record),
     }
-    if let Some(required) = schema.get("required").and_then(Value::as_array) {
-        for field in required.iter().filter_map(Value::as_str) {
-            if !arguments.contains_key(field) {
-                let detail = format!("(missing required field '{field}')");
-                return Err(refused(ErrorCode::ArgumentsInvalid, Some(&detail)));
+}
+
+/// Gates d and e on their own, shared by the daemon and `ibkr-agent sidecar relay accept`:
+///
+/// - the tool exists (TOOL_UNKNOWN);
+/// - `scope` is exactly the catalog's scope for it (ARGUMENTS_INVALID);
+/// - the local pairing grants that scope (SCOPE_NOT_GRANTED_LOCALLY);
+/// - the arguments carry no cookie, authorization, token, credential, secret or local path
+///   (SENSITIVE_MATERIAL_REFUSED; the detail is the kind and the path, never the value);
+/// - the arguments fit the tool's closed schema (ARGUMENTS_INVALID with the rule and path).
+pub fn check_tool_call(
+    tool_name: &str,
+    scope: &str,
+    local_scopes: &ScopeSet,
+    arguments: &Value,
+) -> Result<&'static ToolSpec, SidecarError> {
+    let Some(tool) = catalog::find(tool_name) else {
+        return Err(SidecarError::bare(ErrorCode::ToolUnknown));
+    };
+    if scope != tool.scope {
+        return Err(SidecarError::new(
+            ErrorCode::ArgumentsInvalid,
+            format!(
+                "(the scope does not match the tool: the catalog requires {} for {})",
+                tool.scope, tool.name
+            ),
+        ));
+    }
+    if !local_scopes.contains(tool.scope) {
+        return Err(SidecarError::new(
+            ErrorCode::ScopeNotGrantedLocally,
+            format!("(scope {} is not granted locally)", tool.scope),
+        ));
+    }
+    if let Err(material) = sanitize::check_request(arguments) {
+        return Err(SidecarError::new(
+            ErrorCode::SensitiveMaterialRefused,
+            format!(
+                "({} at {})",
+                material.kind.as_str(),
+                safe_path(&material.path)
+            ),
+        ));
+    }
+    if let Err(violation) = schema::validate_arguments(tool, arguments) {
+        return Err(SidecarError::new(
+            ErrorCode::ArgumentsInvalid,
+            format!("({} at {})", violation.rule, safe_path(&violation.path)),
+        ));
+    }
+    Ok(tool)
+}
+
+/// A JSON path fit for an error message: a segment is shown only when it is a short plain
+/// identifier that does not itself look sensitive; anything else (a key that is a bearer
+/// token, a path, free text) becomes `<redacted>`.
+pub fn safe_path(path: &str) -> String {
+    if path.is_empty() || path == "/" {
+        return "/".to_string();
+    }
+    let segments: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            let plain = !segment.is_empty()
+                && segment.len() <= 64
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if plain && sanitize::sensitive_value(segment).is_none() {
+                segment.to_string()
+            } else {
+                "<redacted>".to_string()
             }
-        }
+        })
+        .collect();
+    if segments.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", segments.join("/"))
     }
-    Ok(())
 }
 
 /// The manual action for a CPGW without an authenticated session. `location` is
@@ -219,7 +283,6 @@ mod tests {
     use protocol::envelope::RequestId;
     use protocol::identity::StaticKeypair;
     use serde_json::json;
-    use shared_safety::scope::ScopeSet;
     use std::time::Duration;
 
     const NOW_UNIX: i64 = 1_800_000_000;
@@ -480,5 +543,92 @@ mod tests {
             Err(Outcome::Failed(body)) => assert_eq!(body.code, "BROKER_UNREACHABLE"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn shared_checks_never_echo_a_sensitive_key_or_value() {
+        let scopes = ScopeSet::read_only_default();
+        for arguments in [
+            json!({"Bearer abc.def.ghi": 1}),
+            json!({"symbol": "Bearer abc.def"}),
+            json!({"nested": {"token=abc123secret": "x"}}),
+            json!({"symbol": "/home/u/.ssh/id_rsa"}),
+        ] {
+            let error = check_tool_call(
+                "ibkr_accounts_list",
+                "ibkr:accounts:read",
+                &scopes,
+                &arguments,
+            )
+            .unwrap_err();
+            assert_eq!(
+                error.code(),
+                ErrorCode::SensitiveMaterialRefused,
+                "{arguments}"
+            );
+            let detail = error.detail().unwrap_or_default();
+            assert!(detail.contains(" at /"), "{detail}");
+            for secret in ["abc", "id_rsa", ".ssh", "secret"] {
+                assert!(!detail.contains(secret), "{detail}");
+            }
+        }
+        let error = check_tool_call(
+            "ibkr_accounts_list",
+            "ibkr:accounts:read",
+            &scopes,
+            &json!({"extra": 1}),
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::ArgumentsInvalid);
+        assert!(error.body().message.contains("unknown field at /extra"));
+        let error = check_tool_call(
+            "ibkr_accounts_list",
+            "ibkr:health:read",
+            &scopes,
+            &json!({}),
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::ArgumentsInvalid);
+        assert!(error.body().message.contains("requires ibkr:accounts:read"));
+    }
+
+    #[test]
+    fn safe_paths() {
+        assert_eq!(safe_path(""), "/");
+        assert_eq!(safe_path("/"), "/");
+        assert_eq!(safe_path("/cookie"), "/cookie");
+        assert_eq!(safe_path("/orders/0/symbol"), "/orders/0/symbol");
+        assert_eq!(safe_path("/a b/x"), "/<redacted>/x");
+        assert_eq!(safe_path(&format!("/{}", "k".repeat(65))), "/<redacted>");
+    }
+
+    #[test]
+    fn the_pairing_gate_says_why() {
+        assert!(
+            pairing_gate(None, NOW_UNIX)
+                .unwrap_err()
+                .detail()
+                .unwrap()
+                .contains("no pairing")
+        );
+        let mut revoked = pairing();
+        revoked.revoked_at = Some(NOW_UNIX - 1);
+        assert!(
+            pairing_gate(Some(&revoked), NOW_UNIX)
+                .unwrap_err()
+                .detail()
+                .unwrap()
+                .contains("revoked")
+        );
+        let mut expired = pairing();
+        expired.expires_at = Some(NOW_UNIX);
+        assert!(
+            pairing_gate(Some(&expired), NOW_UNIX)
+                .unwrap_err()
+                .detail()
+                .unwrap()
+                .contains("expired")
+        );
+        assert!(pairing_gate(Some(&pairing()), NOW_UNIX).is_ok());
     }
 }

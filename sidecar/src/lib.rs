@@ -5,13 +5,18 @@
 //! Gateway (CPGW), and answers with sanitized results. It never automates the IBKR login.
 //!
 //! Map of the crate:
-//! - [`cli`]: the `ibkr-agent sidecar ...` commands; [`daemon`]: [`run_daemon`].
-//! - [`config`]: the YAML configuration and its fail-closed validation.
+//! - [`cli`]: the `ibkr-agent sidecar ...` commands (documented in `docs/sidecar-cli.md`);
+//!   [`daemon`]: [`run_daemon`].
+//! - [`primitives`]: the relay primitives behind `sidecar pairing|session|relay ...` (local
+//!   pairing records, relay sessions, the gates run on one request), on the daemon's store.
+//! - [`config`]: the YAML and programmatic configuration and its fail-closed validation
+//!   (`docs/configuration-sidecar.md`).
 //! - [`paths`], [`state`]: the state directory and the SQLite state store (identity metadata,
 //!   pairing records, relay sessions, the handshake anti-replay clock).
 //! - [`identity`]: the key file and identity creation; [`pairing_client`]: the pairing exchange.
 //! - [`relay`]: dial, handshake, connection driver, backoff, reconnect loop.
-//! - [`gates`]: the per-request checks; [`requests`]: one call from envelope to outcome.
+//! - [`gates`]: the per-request checks, shared by the daemon and `relay accept`;
+//!   [`requests`]: one call from envelope to outcome.
 //! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
 //! - [`net`]: the URL policy (plain text only to loopback); [`error`]: [`SidecarError`];
 //!   [`clock`]: wall-clock helpers for the store.
@@ -29,6 +34,7 @@ pub mod identity;
 pub mod net;
 pub mod pairing_client;
 pub mod paths;
+pub mod primitives;
 pub mod relay;
 pub mod requests;
 pub mod state;

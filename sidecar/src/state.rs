@@ -138,6 +138,27 @@ impl RelaySessionRecord {
     pub fn is_open(&self, now: i64) -> bool {
         self.closed_at.is_none() && self.expires_at > now
     }
+
+    /// `open`, `expired` or `closed`.
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.closed_at.is_some() {
+            "closed"
+        } else if self.expires_at > now {
+            "open"
+        } else {
+            "expired"
+        }
+    }
+}
+
+/// What [`StateStore::create_local_pairing`] did besides writing the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPairingWrite {
+    /// The identity's previous sidecar id when the identity was bound to the pairing's id
+    /// (only possible while the identity has no pairing record at all).
+    pub rebound_from: Option<String>,
+    /// An earlier record for the same (remote instance, sidecar id) was replaced.
+    pub replaced: bool,
 }
 
 /// The SQLite store. One connection behind a mutex: every operation is a short local query.
@@ -418,6 +439,99 @@ impl StateStore {
         Ok(changed > 0)
     }
 
+    /// Writes an explicit local pairing record (`ibkr-agent sidecar pairing create`) for the
+    /// local identity, in one transaction:
+    ///
+    /// - no identity: IDENTITY_MISSING;
+    /// - the record names another sidecar id than the identity's: if the identity has no
+    ///   pairing record yet (so no gateway knows it by its id), the identity is bound to the
+    ///   record's id; otherwise IDENTITY_MISSING naming the identity's id;
+    /// - an active record for the same (remote instance, sidecar id) that pins a gateway key
+    ///   (made by `sidecar pair`) is never silently replaced: CONFIG_INVALID, revoke it first.
+    ///   Revoked, expired or keyless records are replaced.
+    pub fn create_local_pairing(
+        &self,
+        record: &PairingRecord,
+        now: i64,
+    ) -> Result<LocalPairingWrite, SidecarError> {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let identity = transaction
+            .query_row(
+                "SELECT sidecar_id, display_name, public_key_hex, has_secret, created_at \
+                 FROM identity ORDER BY created_at LIMIT 1",
+                [],
+                identity_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| SidecarError::bare(ErrorCode::IdentityMissing))?;
+        let mut rebound_from = None;
+        if identity.sidecar_id != record.sidecar_id {
+            let pairings: i64 =
+                transaction.query_row("SELECT COUNT(*) FROM pairings", [], |row| row.get(0))?;
+            if pairings > 0 {
+                return Err(SidecarError::new(
+                    ErrorCode::IdentityMissing,
+                    format!(
+                        "(this state directory's identity is {}, and it already has pairing \
+                         records, so it cannot take the id {}; use --sidecar-id {})",
+                        identity.sidecar_id, record.sidecar_id, identity.sidecar_id
+                    ),
+                ));
+            }
+            transaction.execute(
+                "UPDATE identity SET sidecar_id = ?2 WHERE sidecar_id = ?1",
+                params![identity.sidecar_id, record.sidecar_id],
+            )?;
+            rebound_from = Some(identity.sidecar_id);
+        }
+        let existing = transaction
+            .query_row(
+                &format!(
+                    "SELECT {PAIRING_COLUMNS} FROM pairings \
+                     WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
+                ),
+                params![record.remote_instance_id, record.sidecar_id],
+                pairing_from_row,
+            )
+            .optional()?;
+        if let Some(existing) = &existing
+            && existing.is_active(now)
+            && existing.gateway_public_key.is_some()
+        {
+            return Err(SidecarError::config(format!(
+                "(remote instance {} already has an active pairing made with `ibkr-agent sidecar \
+                 pair` that pins the gateway's key; `pairing create` would drop that key. Revoke \
+                 it first with `ibkr-agent sidecar pairing revoke`, or use another \
+                 --remote-instance-id)",
+                record.remote_instance_id
+            )));
+        }
+        transaction.execute(
+            &format!(
+                "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                record.remote_instance_id,
+                record.sidecar_id,
+                record.user_id,
+                record.gateway_url,
+                record.relay_url,
+                record.gateway_public_key.map(|key| key.to_hex()),
+                record.local_scopes.to_oauth(),
+                record.created_at,
+                record.expires_at,
+                record.revoked_at
+            ],
+        )?;
+        transaction.commit()?;
+        Ok(LocalPairingWrite {
+            rebound_from,
+            replaced: existing.is_some(),
+        })
+    }
+
     // ---- handshake anti-replay clock ------------------------------------------------------
 
     /// The timestamp for the next `ClientHello`: `now_ms`, or one more than the last one used
@@ -497,6 +611,39 @@ impl StateStore {
         ))?;
         let rows = statement.query_map([], session_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Sessions bound to `(remote_instance_id, sidecar_id)` that were not closed, newest first.
+    pub fn bound_relay_sessions(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+    ) -> Result<Vec<RelaySessionRecord>, SidecarError> {
+        let connection = self.lock()?;
+        let mut statement = connection.prepare(&format!(
+            "SELECT {SESSION_COLUMNS} FROM relay_sessions \
+             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND closed_at IS NULL \
+             ORDER BY created_at DESC, rowid DESC"
+        ))?;
+        let rows =
+            statement.query_map(params![remote_instance_id, sidecar_id], session_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Closes every unclosed session bound to `(remote_instance_id, sidecar_id)`; returns how
+    /// many.
+    pub fn close_bound_relay_sessions(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+        now: i64,
+    ) -> Result<usize, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection.execute(
+            "UPDATE relay_sessions SET closed_at = ?3 \
+             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND closed_at IS NULL",
+            params![remote_instance_id, sidecar_id, now],
+        )?)
     }
 
     pub fn touch_relay_session(&self, session_id: &str, now: i64) -> Result<(), SidecarError> {
@@ -655,5 +802,152 @@ mod tests {
         assert_eq!(read.closed_at, Some(30));
         assert!(!read.is_open(31));
         assert_eq!(store.relay_sessions().unwrap().len(), 1);
+    }
+
+    fn identity(id: &str) -> IdentityRecord {
+        IdentityRecord {
+            sidecar_id: id.into(),
+            display_name: "laptop".into(),
+            public_key: StaticKeypair::from_secret_bytes([8; 32]).public(),
+            has_secret: false,
+            created_at: 1,
+        }
+    }
+
+    fn local(remote: &str, sidecar: &str) -> PairingRecord {
+        PairingRecord {
+            remote_instance_id: remote.into(),
+            sidecar_id: sidecar.into(),
+            user_id: "local-user".into(),
+            gateway_url: None,
+            relay_url: None,
+            gateway_public_key: None,
+            local_scopes: ScopeSet::read_only_default(),
+            created_at: 100,
+            expires_at: Some(400),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn local_pairing_binds_a_fresh_identity_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .create_local_pairing(&local("remote-1", "sidecar-example"), 100)
+                .unwrap_err()
+                .code(),
+            ErrorCode::IdentityMissing
+        );
+        store.insert_identity(&identity("sidecar-default")).unwrap();
+        let write = store
+            .create_local_pairing(&local("remote-1", "sidecar-example"), 100)
+            .unwrap();
+        assert_eq!(write.rebound_from.as_deref(), Some("sidecar-default"));
+        assert!(!write.replaced);
+        assert_eq!(
+            store.identity().unwrap().unwrap().sidecar_id,
+            "sidecar-example"
+        );
+        // Once paired, the identity keeps its id.
+        let error = store
+            .create_local_pairing(&local("remote-2", "sidecar-other"), 100)
+            .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::IdentityMissing);
+        assert!(error.detail().unwrap_or("").contains("sidecar-example"));
+        // The same pair again replaces the keyless record.
+        let write = store
+            .create_local_pairing(&local("remote-1", "sidecar-example"), 100)
+            .unwrap();
+        assert_eq!(
+            write,
+            LocalPairingWrite {
+                rebound_from: None,
+                replaced: true
+            }
+        );
+    }
+
+    #[test]
+    fn local_pairing_never_drops_a_pinned_key_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.insert_identity(&identity("sidecar-1")).unwrap();
+        store.upsert_pairing(&pairing("remote-1", 100)).unwrap();
+        let error = store
+            .create_local_pairing(&local("remote-1", "sidecar-1"), 200)
+            .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::ConfigInvalid);
+        assert!(
+            store
+                .pairing("remote-1", "sidecar-1")
+                .unwrap()
+                .unwrap()
+                .gateway_public_key
+                .is_some()
+        );
+        assert!(store.revoke_pairing("remote-1", "sidecar-1", 201).unwrap());
+        store
+            .create_local_pairing(&local("remote-1", "sidecar-1"), 202)
+            .unwrap();
+        let record = store.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert!(record.gateway_public_key.is_none() && record.revoked_at.is_none());
+    }
+
+    #[test]
+    fn bound_sessions_and_closing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        for (id, remote, created) in [
+            ("a", "remote-1", 10),
+            ("b", "remote-1", 20),
+            ("c", "remote-2", 30),
+        ] {
+            store
+                .insert_relay_session(&RelaySessionRecord {
+                    session_id: id.into(),
+                    remote_instance_id: remote.into(),
+                    sidecar_id: "sidecar-1".into(),
+                    created_at: created,
+                    expires_at: 100,
+                    last_heartbeat_at: created,
+                    closed_at: None,
+                })
+                .unwrap();
+        }
+        let bound = store.bound_relay_sessions("remote-1", "sidecar-1").unwrap();
+        assert_eq!(
+            bound
+                .iter()
+                .map(|s| s.session_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        assert_eq!(bound[0].status(50), "open");
+        assert_eq!(bound[0].status(100), "expired");
+        assert_eq!(
+            store
+                .close_bound_relay_sessions("remote-1", "sidecar-1", 60)
+                .unwrap(),
+            2
+        );
+        assert!(
+            store
+                .bound_relay_sessions("remote-1", "sidecar-1")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.relay_session("a").unwrap().unwrap().status(61),
+            "closed"
+        );
+        assert_eq!(
+            store
+                .bound_relay_sessions("remote-2", "sidecar-1")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

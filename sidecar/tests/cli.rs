@@ -106,8 +106,19 @@ fn external_public_key_and_run_refusals() {
     assert_eq!(json["key_file_created"], false);
     assert!(!dir.path().join("identity.key").exists());
 
+    // No --config and no <state_dir>/sidecar.yaml: a configuration error (exit 2) that says
+    // what to do.
+    let (status, json) = ibkr_agent(dir.path(), &["sidecar", "run", "--json"]);
+    assert_eq!(status, 2);
+    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--config") && message.contains("sidecar pair"),
+        "{message}"
+    );
+
     // A configuration that switches the relay off is a configuration error (exit 2).
-    let config = dir.path().join("sidecar.yaml");
+    let config = dir.path().join("run.yaml");
     std::fs::write(&config, "sidecar:\n  enabled: false\n").unwrap();
     let (status, json) = ibkr_agent(
         dir.path(),
@@ -122,24 +133,18 @@ fn external_public_key_and_run_refusals() {
     assert_eq!(status, 2);
     assert_eq!(json["error"]["code"], "CONFIG_SIDECAR_FORBIDDEN");
 
-    // Unknown keys too.
-    std::fs::write(&config, "sidecar:\n  enabled: true\n  surprise: 1\n").unwrap();
-    let (status, json) = ibkr_agent(
-        dir.path(),
-        &[
-            "sidecar",
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ],
-    );
-    assert_eq!(status, 2);
-    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
-
-    // A valid configuration, but this identity has no secret key: a refusal (exit 3).
+    // A valid configuration (in the state directory), but this identity has no secret key: a
+    // refusal (exit 3).
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        "sidecar:\n  enabled: true\n  remote_relay_url: ws://127.0.0.1:9/relay\n  \
+         local_client_portal_base_url: https://localhost:5000/v1/api\n  \
+         heartbeat_interval_seconds: 15\n  heartbeat_timeout_seconds: 45\n\
+         safety:\n  sidecar_enabled: true\n",
+    )
+    .unwrap();
     let (status, json) = ibkr_agent(dir.path(), &["sidecar", "run", "--json"]);
-    assert_eq!(status, 3);
+    assert_eq!(status, 3, "{json}");
     assert_eq!(json["error"]["code"], "IDENTITY_MISSING");
 }
 

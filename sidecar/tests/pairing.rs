@@ -188,3 +188,126 @@ async fn local_preconditions_are_checked_before_any_request() {
     .unwrap_err();
     assert_eq!(error.code(), ErrorCode::IdentityMissing);
 }
+
+/// `ibkr-agent --state-dir <dir> <args>` with `stdin` fed; exit status and the JSON object.
+async fn agent(dir: &std::path::Path, args: Vec<String>, stdin: &str) -> (i32, serde_json::Value) {
+    let dir = dir.to_path_buf();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(&args)
+            .env_remove("IBKR_AGENT_HOME")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+        (
+            output.status.code().unwrap(),
+            serde_json::from_str(stdout.trim()).unwrap(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_pair_command_writes_a_complete_configuration_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = ibkr_agent::create_identity(dir.path(), "laptop", None, None).unwrap();
+    let first = server();
+    let base = serve(first.clone()).await;
+    let args = |base: &str| -> Vec<String> {
+        [
+            "sidecar",
+            "pair",
+            "--gateway",
+            base,
+            "--code",
+            "-",
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+    };
+    // The code travels on stdin, never on the command line.
+    let (status, json) = agent(
+        dir.path(),
+        args(&base),
+        &format!("{}\n", *first.code.display()),
+    )
+    .await;
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["config_file_written"], true);
+    assert_eq!(json["status"], "active");
+    assert!(json["gateway_fingerprint"].is_string());
+    let relay_url = json["relay_url"].as_str().unwrap().to_string();
+
+    let path = dir.path().join("sidecar.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let config = ibkr_agent::SidecarConfig::load(&path).unwrap();
+    assert_eq!(config.relay_url(), Some(relay_url.as_str()));
+    assert_eq!(
+        config.sidecar.local_client_portal_base_url,
+        "https://localhost:5000/v1/api"
+    );
+    let written = std::fs::read_to_string(&path).unwrap();
+
+    // `pairing create` never silently drops the key `pair` pinned.
+    let create: Vec<String> = [
+        "sidecar",
+        "pairing",
+        "create",
+        "--remote-instance-id",
+        "remote-1",
+        "--sidecar-id",
+        &identity.sidecar_id,
+        "--user-id",
+        "u",
+        "--ttl-seconds",
+        "60",
+        "--json",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    let (status, json) = agent(dir.path(), create, "").await;
+    assert_eq!(status, 2, "{json}");
+    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pairing revoke")
+    );
+
+    // Pairing again leaves the file as it is.
+    let again = server();
+    let base = serve(again.clone()).await;
+    let (status, json) = agent(
+        dir.path(),
+        args(&base),
+        &format!("{}\n", *again.code.display()),
+    )
+    .await;
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["config_file_written"], false);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+}

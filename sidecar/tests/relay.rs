@@ -21,8 +21,12 @@ struct Running {
     observed: Arc<Mutex<Vec<Frame>>>,
 }
 
-fn config(cpgw_url: &str, max_concurrent: usize) -> SidecarConfig {
+/// A programmatic configuration: exactly what a caller must set, plus fast reconnects.
+fn config(gateway: &FakeGateway, cpgw_url: &str, max_concurrent: usize) -> SidecarConfig {
     let mut config = SidecarConfig::default();
+    config.sidecar.enabled = true;
+    config.safety.sidecar_enabled = true;
+    config.sidecar.remote_relay_url = Some(gateway.relay_url());
     config.sidecar.local_client_portal_base_url = cpgw_url.to_string();
     config.sidecar.max_concurrent_requests = max_concurrent;
     config.sidecar.reconnect_initial_delay_ms = 10;
@@ -88,7 +92,7 @@ async fn end_to_end_calls_over_the_relay() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::LoggedIn).await;
     let sidecar_id = provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
 
     let mut connection = gateway.accept().await;
     assert_eq!(connection.client_hello.sidecar_id, sidecar_id);
@@ -182,17 +186,30 @@ async fn end_to_end_calls_over_the_relay() {
             .any(|f| matches!(f, Frame::Request(r) if r.tool_name == "ibkr_health"))
     );
 
-    // A revoke from the CLI (another handle on the same store) applies to the next call.
-    let store = StateStore::open(dir.path()).unwrap();
-    assert!(
-        store
-            .revoke_pairing(
+    // `ibkr-agent sidecar pairing revoke` (another process on the same store) applies to the
+    // very next call.
+    let state_dir = dir.path().to_path_buf();
+    let revoked_id = sidecar_id.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["sidecar", "pairing", "revoke", "--json"])
+            .args([
+                "--remote-instance-id",
                 INSTANCE_ID,
-                &sidecar_id,
-                ibkr_agent::clock::now_unix_seconds()
-            )
+                "--sidecar-id",
+                &revoked_id,
+            ])
+            .output()
             .unwrap()
-    );
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let revoked: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(revoked["status"], "revoked");
+    let store = StateStore::open(dir.path()).unwrap();
     let after_revoke = connection
         .call(7, "ibkr_health", "ibkr:health:read", json!({}))
         .await;
@@ -215,7 +232,7 @@ async fn results_never_carry_session_material() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::LoggedIn).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
     let mut connection = gateway.accept().await;
     for (id, tool, scope) in [
         (1, "ibkr_health", "ibkr:health:read"),
@@ -246,7 +263,7 @@ async fn logged_out_broker_needs_a_person_and_unreachable_broker_fails() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::LoggedOut).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
     let mut connection = gateway.accept().await;
 
     let response = connection
@@ -284,7 +301,7 @@ async fn logged_out_broker_needs_a_person_and_unreachable_broker_fails() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = FakeGateway::start().await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&dead_cpgw_url(), 8));
+    let running = start(dir.path(), config(&gateway, &dead_cpgw_url(), 8));
     let mut connection = gateway.accept().await;
     let response = connection
         .call(1, "ibkr_session_status", "ibkr:health:read", json!({}))
@@ -308,7 +325,7 @@ async fn local_scopes_are_enforced() {
         &gateway,
         ScopeSet::from_list(&["ibkr:health:read"]),
     );
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
     let mut connection = gateway.accept().await;
     let response = connection
         .call(1, "ibkr_accounts_list", "ibkr:accounts:read", json!({}))
@@ -326,7 +343,7 @@ async fn overload_is_refused_at_once_and_cancel_frees_the_slot() {
     let mut cpgw = FakeCpgw::start(Login::LoggedIn).await;
     *cpgw.shared.block_accounts.lock().unwrap() = true;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 1));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 1));
     let mut connection = gateway.accept().await;
 
     // A occupies the only slot (its CPGW call is held).
@@ -366,7 +383,7 @@ async fn go_away_and_close_lead_to_a_fresh_handshake() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::LoggedIn).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
 
     let mut connection = gateway.accept().await;
     let first_timestamp = connection.client_hello.timestamp_ms;
@@ -407,7 +424,7 @@ async fn a_session_renewal_is_requested_before_expiry() {
     gateway.session_ttl_ms = 3_000;
     let cpgw = FakeCpgw::start(Login::LoggedIn).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
     let mut connection = gateway.accept().await;
     match connection.recv_significant().await {
         Some(Frame::RenewSession) => {}
@@ -431,11 +448,12 @@ async fn a_session_renewal_is_requested_before_expiry() {
 #[tokio::test]
 async fn startup_fails_closed_before_dialing() {
     let gateway = FakeGateway::start().await;
+    let valid = config(&gateway, "https://localhost:5000/v1/api", 8);
 
     // No identity.
     let dir = tempfile::tempdir().unwrap();
     let error = run_daemon(
-        DaemonOptions::new(dir.path().to_path_buf(), SidecarConfig::default()),
+        DaemonOptions::new(dir.path().to_path_buf(), valid.clone()),
         CancellationToken::new(),
     )
     .await
@@ -445,20 +463,67 @@ async fn startup_fails_closed_before_dialing() {
     // Identity but no pairing.
     ibkr_agent::create_identity(dir.path(), "laptop", None, None).unwrap();
     let error = run_daemon(
-        DaemonOptions::new(dir.path().to_path_buf(), SidecarConfig::default()),
+        DaemonOptions::new(dir.path().to_path_buf(), valid.clone()),
         CancellationToken::new(),
     )
     .await
     .unwrap_err();
     assert_eq!(error.code(), ErrorCode::SidecarPairingRequired);
 
+    // Only a `pairing create` record (no pinned gateway key): nothing to authenticate.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args([
+            "sidecar",
+            "pairing",
+            "create",
+            "--remote-instance-id",
+            "remote-1",
+        ])
+        .args([
+            "--user-id",
+            "local-user",
+            "--ttl-seconds",
+            "300",
+            "--sidecar-id",
+        ])
+        .arg(
+            StateStore::open(dir.path())
+                .unwrap()
+                .identity()
+                .unwrap()
+                .unwrap()
+                .sidecar_id,
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let error = run_daemon(
+        DaemonOptions::new(dir.path().to_path_buf(), valid.clone()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::SidecarPairingRequired);
+    assert!(error.detail().unwrap().contains("pairing create"));
+
     // Relay disabled by the safety switch.
     let dir = tempfile::tempdir().unwrap();
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let mut config = SidecarConfig::default();
-    config.safety.sidecar_enabled = false;
+    let mut disabled = valid.clone();
+    disabled.safety.sidecar_enabled = false;
     let error = run_daemon(
-        DaemonOptions::new(dir.path().to_path_buf(), config),
+        DaemonOptions::new(dir.path().to_path_buf(), disabled),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::ConfigSidecarForbidden);
+
+    // The default programmatic configuration is not a runnable one.
+    let error = run_daemon(
+        DaemonOptions::new(dir.path().to_path_buf(), SidecarConfig::default()),
         CancellationToken::new(),
     )
     .await
@@ -470,7 +535,7 @@ async fn startup_fails_closed_before_dialing() {
     let public = protocol::identity::StaticKeypair::from_secret_bytes([4; 32]).public();
     ibkr_agent::create_identity(dir.path(), "laptop", None, Some(&public.to_hex())).unwrap();
     let error = run_daemon(
-        DaemonOptions::new(dir.path().to_path_buf(), SidecarConfig::default()),
+        DaemonOptions::new(dir.path().to_path_buf(), valid),
         CancellationToken::new(),
     )
     .await
@@ -484,7 +549,7 @@ async fn keepalive_reopens_a_connected_session_without_logging_in() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::ConnectedOnly).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let running = start(dir.path(), config(&cpgw.base_url, 8));
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
     let mut connection = gateway.accept().await;
     // The keep-alive round runs at start: connected-but-not-authenticated gets one ssodh/init,
     // and the state change reaches the gateway as a SidecarStatus.
@@ -506,7 +571,7 @@ async fn a_silent_gateway_is_declared_dead_and_redialed() {
     let gateway = FakeGateway::start().await;
     let cpgw = FakeCpgw::start(Login::LoggedIn).await;
     provision(dir.path(), &gateway, ScopeSet::read_only_default());
-    let mut config = config(&cpgw.base_url, 8);
+    let mut config = config(&gateway, &cpgw.base_url, 8);
     config.sidecar.heartbeat_interval_seconds = 1;
     config.sidecar.heartbeat_timeout_seconds = 2;
     let running = start(dir.path(), config);
@@ -530,5 +595,50 @@ async fn a_silent_gateway_is_declared_dead_and_redialed() {
         .call(1, "ibkr_health", "ibkr:health:read", json!({}))
         .await;
     assert!(matches!(health.outcome, Outcome::Result { .. }));
+    running.stop(&mut connection).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_closed_and_recorded_as_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = FakeGateway::start().await;
+    // The gateway never answers the renewal, so the session lapses at its TTL.
+    gateway.session_ttl_ms = 1_500;
+    let cpgw = FakeCpgw::start(Login::LoggedIn).await;
+    provision(dir.path(), &gateway, ScopeSet::read_only_default());
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
+    let mut connection = gateway.accept().await;
+    let session_id = "5a".repeat(16);
+    loop {
+        match connection.recv_significant().await {
+            Some(Frame::RenewSession) => continue,
+            Some(Frame::Close { reason }) => {
+                assert_eq!(reason, CloseReason::SessionExpired);
+                break;
+            }
+            other => panic!("expected the session to expire, got {other:?}"),
+        }
+    }
+    // The daemon comes back with a fresh handshake (after recording the end of the old
+    // session); the lapsed session is closed in the store that `ibkr-agent sidecar session
+    // list` and `relay accept` read.
+    gateway
+        .session_byte
+        .store(0x6b, std::sync::atomic::Ordering::SeqCst);
+    gateway.session_ttl_ms = 3_600_000;
+    let mut connection = gateway.accept().await;
+    // The key confirmation: the new session is running (a stop before it would race the
+    // sidecar's side of the handshake).
+    assert!(matches!(
+        connection.recv().await,
+        Some(Frame::SidecarStatus(_))
+    ));
+    let store = StateStore::open(dir.path()).unwrap();
+    let lapsed = store
+        .relay_sessions()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.session_id == session_id && s.closed_at.is_some());
+    assert!(lapsed.is_some());
     running.stop(&mut connection).await;
 }

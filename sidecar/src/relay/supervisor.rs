@@ -15,7 +15,6 @@ use super::handshake::{self, HandshakeFailure};
 use crate::clock::{now_unix_millis, now_unix_seconds};
 use crate::context::{DaemonContext, SIDECAR_VERSION};
 use crate::gates::Binding;
-use crate::state::PairingRecord;
 use protocol::PROTOCOL_VERSION;
 use protocol::handshake::ClientHello;
 use rand_core::{OsRng, RngCore};
@@ -38,16 +37,6 @@ enum Attempt {
     NeedsAttention(String),
     /// Transient: retry with backoff.
     Failed(String),
-}
-
-/// The relay URL for a pairing: the configuration's override, else the one recorded at pairing.
-pub(crate) fn relay_url_for(context: &DaemonContext, pairing: &PairingRecord) -> Option<String> {
-    context
-        .config
-        .sidecar
-        .remote_relay_url
-        .clone()
-        .or_else(|| pairing.relay_url.clone())
 }
 
 /// Runs until `shutdown`.
@@ -129,10 +118,13 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
     let Some(gateway_key) = pairing.gateway_public_key else {
         return Attempt::NeedsAttention("the pairing has no pinned gateway key; pair again".into());
     };
-    let Some(url) = relay_url_for(context, &pairing) else {
-        return Attempt::NeedsAttention(
-            "no relay URL: set sidecar.remote_relay_url or pair again with --gateway".into(),
-        );
+    // The configured URL is what is dialed (validated at startup); the pinned key protects
+    // against a wrong one.
+    let Some(url) = context.config.relay_url().map(str::to_string) else {
+        return Attempt::NeedsAttention(format!(
+            "{}: sidecar.remote_relay_url is not set",
+            ErrorCode::ConfigInvalid
+        ));
     };
 
     let stream = tokio::select! {

@@ -45,6 +45,8 @@ pub struct FakeGateway {
     listener: TcpListener,
     pub key: StaticKeypair,
     pub session_ttl_ms: u64,
+    /// Every byte of the next session id (0x5a unless a test changes it).
+    pub session_byte: std::sync::atomic::AtomicU8,
 }
 
 pub struct GatewayConnection {
@@ -60,6 +62,7 @@ impl FakeGateway {
             listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             key: StaticKeypair::generate(&mut OsRng),
             session_ttl_ms: 3_600_000,
+            session_byte: std::sync::atomic::AtomicU8::new(0x5a),
         }
     }
 
@@ -87,7 +90,7 @@ impl FakeGateway {
         let (message2, transport) = pending
             .accept(&ServerHello {
                 protocol_version: PROTOCOL_VERSION,
-                session_id: [0x5a; 16],
+                session_id: [self.session_byte.load(std::sync::atomic::Ordering::SeqCst); 16],
                 instance_id: INSTANCE_ID.into(),
                 session_ttl_ms: self.session_ttl_ms,
                 heartbeat_interval_ms: 15_000,
