@@ -92,7 +92,10 @@ impl RawSidecar {
                 let (transport, _) = initiator
                     .finish(&msg2)
                     .map_err(|e| RawSidecarError::Protocol(e.to_string()))?;
-                Ok(Handshake::Accepted(Box::new(RawSidecar { socket, transport })))
+                Ok(Handshake::Accepted(Box::new(RawSidecar {
+                    socket,
+                    transport,
+                })))
             }
             WireMessage::HandshakeRejected { code } => Ok(Handshake::Rejected { code }),
             other => Err(RawSidecarError::Protocol(format!("unexpected {other:?}"))),
