@@ -89,6 +89,43 @@ impl ToolSpec {
 
 const NO_ARGUMENTS: &str = r#"{"type":"object","properties":{},"additionalProperties":false}"#;
 
+/// Schema fragments shared by several tools (JSON text, spliced into the schemas below).
+macro_rules! symbol {
+    () => {
+        r#""symbol":{"type":"string","minLength":1,"maxLength":12,"description":"Ticker symbol, e.g. AAPL. US listings are preferred; a foreign-only symbol is refused."}"#
+    };
+}
+macro_rules! decimal {
+    ($name:literal, $description:literal) => {
+        concat!(
+            r#"""#,
+            $name,
+            r#"":{"type":["string","number"],"maxLength":32,"description":""#,
+            $description,
+            r#" Decimal; send a string such as \"12.50\" to avoid float rounding."}"#
+        )
+    };
+}
+macro_rules! idempotency_key {
+    () => {
+        r#""idempotency_key":{"type":"string","minLength":1,"maxLength":64,"description":"Optional. Retrying with the same key never places a second order: the first outcome is returned."}"#
+    };
+}
+macro_rules! tif {
+    ($default:literal) => {
+        concat!(
+            r#""tif":{"type":"string","enum":["DAY","GTC"],"description":"Time in force (default "#,
+            $default,
+            r#")."}"#
+        )
+    };
+}
+macro_rules! order_id {
+    () => {
+        r#""order_id":{"type":"string","minLength":1,"maxLength":32,"description":"The broker order id returned when the order was placed."}"#
+    };
+}
+
 /// Every tool, in the order `tools/list` shows them.
 pub const CATALOG: &[ToolSpec] = &[
     ToolSpec {
@@ -107,8 +144,18 @@ pub const CATALOG: &[ToolSpec] = &[
         title: "Broker session status",
         description: "Whether the local IBKR Client Portal Gateway session is logged in, which \
             account it serves, whether that account is paper or live, and the sidecar's trading \
-            posture (dry-run, caps, safe_to_trade).",
+            posture (dry-run, caps, remaining daily budget, unresolved orders, safe_to_trade).",
         scope: scopes::HEALTH_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_market_status",
+        title: "Market status",
+        description: "Whether US regular trading hours are open now (NYSE calendar with \
+            holidays and half days), and the next open and close.",
+        scope: scopes::MARKETDATA_READ,
         input_schema: NO_ARGUMENTS,
         read_only: true,
         route: Route::Sidecar,
@@ -121,6 +168,323 @@ pub const CATALOG: &[ToolSpec] = &[
         scope: scopes::ACCOUNTS_READ,
         input_schema: NO_ARGUMENTS,
         read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_account_summary",
+        title: "Account summary",
+        description: "Available funds, net liquidation value, buying power and currency of the \
+            selected account. Amounts are decimal strings.",
+        scope: scopes::PORTFOLIO_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_positions_list",
+        title: "Positions",
+        description: "Open positions of the selected account with exact (fractional) quantities, \
+            average cost, market value and unrealized P&L as decimal strings. Positions can lag \
+            a fill by tens of seconds; use ibkr_order_status to confirm a fill.",
+        scope: scopes::POSITIONS_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_portfolio_snapshot",
+        title: "Portfolio snapshot",
+        description: "Account summary, open positions and total unrealized P&L in one call.",
+        scope: scopes::PORTFOLIO_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_contracts_search",
+        title: "Find contracts",
+        description: "Resolve a symbol to its contracts (conid, exchange, currency), US listing first.",
+        scope: scopes::MARKETDATA_READ,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#"},"required":["symbol"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_quote",
+        title: "Quote",
+        description: "Last, bid and ask for one symbol (decimal strings), with whether the last \
+            price is a previous close or the symbol is halted.",
+        scope: scopes::MARKETDATA_READ,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#"},"required":["symbol"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_quotes",
+        title: "Quotes for a watchlist",
+        description: "Last, bid and ask for up to 50 symbols in one snapshot call.",
+        scope: scopes::MARKETDATA_READ,
+        input_schema: r#"{"type":"object","properties":{"symbols":{"type":"array","minItems":1,"maxItems":50,"items":{"type":"string","minLength":1,"maxLength":12}}},"required":["symbols"],"additionalProperties":false}"#,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_historical_bars",
+        title: "Historical bars",
+        description: "OHLCV bars for a symbol over a period (decimal strings).",
+        scope: scopes::MARKETDATA_READ,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#","period":{"type":"string","enum":["1d","1w","1m","3m","6m","1y"],"description":"How far back (default 1m)."},"bar":{"type":"string","enum":["1min","5min","15min","1h","1d"],"description":"Bar size (default 1d)."}},"required":["symbol"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_order_preview",
+        title: "Preview an order",
+        description: "What-if for an order: commission, margin and equity change, warnings. \
+            Sends nothing to the market.",
+        scope: scopes::ORDERS_PREVIEW,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#","side":{"type":"string","enum":["BUY","SELL"]},"#,
+            decimal!("quantity", "Shares (fractional allowed)."),
+            ",",
+            decimal!("cash_amount", "Buy by amount in USD (market buys only)."),
+            ",",
+            decimal!("limit_price", "Limit price; omit for a market order."),
+            r#"},"required":["symbol","side"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_buy",
+        title: "Buy",
+        description: "Buy by cash_amount (USD, fractional shares, market order only) or by \
+            quantity (shares, fractional allowed); limit_price makes it a limit order (needs \
+            quantity). Runs every safety guard on the laptop; dry-run by default.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            ",",
+            decimal!("cash_amount", "Amount to spend in USD."),
+            ",",
+            decimal!("quantity", "Shares to buy."),
+            ",",
+            decimal!("limit_price", "Limit price."),
+            ",",
+            tif!("DAY"),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_sell",
+        title: "Sell",
+        description: "Sell a quantity of shares (fractional allowed; IBKR refuses selling by cash \
+            amount); limit_price makes it a limit order. Exits are never value-capped.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            ",",
+            decimal!("quantity", "Shares to sell."),
+            ",",
+            decimal!("limit_price", "Limit price."),
+            ",",
+            tif!("DAY"),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol","quantity"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_close_position",
+        title: "Close a position",
+        description: "Sell (or cover) exactly 100% of the position in a symbol, using the exact \
+            fractional quantity held.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_stop_order",
+        title: "Stop or stop-limit order",
+        description: "A STOP (market when stop_price trades) or, with limit_price, a STOP-LIMIT \
+            order. Protective orders default to GTC. The stop must be on the right side of the market.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#","side":{"type":"string","enum":["BUY","SELL"]},"#,
+            decimal!("quantity", "Shares."),
+            ",",
+            decimal!("stop_price", "Trigger price."),
+            ",",
+            decimal!("limit_price", "Limit price (makes it STOP-LIMIT)."),
+            ",",
+            tif!("GTC"),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol","side","quantity","stop_price"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_trailing_stop",
+        title: "Trailing stop",
+        description: "A trailing stop that follows the price by trail_amount (USD) or \
+            trail_percent. Defaults to GTC.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            r#","side":{"type":"string","enum":["BUY","SELL"]},"#,
+            decimal!("quantity", "Shares."),
+            ",",
+            decimal!("trail_amount", "Trail by this many USD."),
+            ",",
+            decimal!("trail_percent", "Trail by this percentage."),
+            ",",
+            tif!("GTC"),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol","side","quantity"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_bracket_order",
+        title: "Bracket order",
+        description: "An entry buy (market, or limit with entry_limit_price) with attached \
+            take-profit and stop-loss exits (one cancels the other). Exits default to GTC.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            symbol!(),
+            ",",
+            decimal!("quantity", "Shares to buy."),
+            ",",
+            decimal!(
+                "entry_limit_price",
+                "Limit price of the entry; omit for market."
+            ),
+            ",",
+            decimal!("take_profit", "Limit price of the take-profit exit."),
+            ",",
+            decimal!("stop_loss", "Stop price of the stop-loss exit."),
+            ",",
+            tif!("GTC"),
+            ",",
+            idempotency_key!(),
+            r#"},"required":["symbol","quantity","take_profit","stop_loss"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_order_cancel",
+        title: "Cancel an order",
+        description: "Cancel an open order by its order id.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            order_id!(),
+            r#"},"required":["order_id"],"additionalProperties":false}"#
+        ),
+        read_only: false,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_order_status",
+        title: "Order status",
+        description: "State, filled quantity and average price of an order.",
+        scope: scopes::ORDERS_READ,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            order_id!(),
+            r#"},"required":["order_id"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_wait_for_fill",
+        title: "Wait for a fill",
+        description: "Wait until an order is filled, cancelled or rejected, or the timeout \
+            passes, sending progress notifications as it fills.",
+        scope: scopes::ORDERS_READ,
+        input_schema: concat!(
+            r#"{"type":"object","properties":{"#,
+            order_id!(),
+            r#","timeout_seconds":{"type":"integer","minimum":1,"maximum":600,"description":"How long to wait (default 60)."}},"required":["order_id"],"additionalProperties":false}"#
+        ),
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_orders_list",
+        title: "Open orders",
+        description: "Open orders of the selected account.",
+        scope: scopes::ORDERS_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_executions_list",
+        title: "Recent executions",
+        description: "Executions (fills) of the last days.",
+        scope: scopes::ORDERS_READ,
+        input_schema: NO_ARGUMENTS,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_trade_history",
+        title: "Trade history",
+        description: "The sidecar's journal of order attempts: sent, dry-run, blocked (with the \
+            guard that blocked), pending and their outcomes. Answers 'what did my agent do?'.",
+        scope: scopes::AUDIT_READ,
+        input_schema: r#"{"type":"object","properties":{"limit":{"type":"integer","minimum":1,"maximum":500,"description":"Most recent entries to return (default 50)."}},"additionalProperties":false}"#,
+        read_only: true,
+        route: Route::Sidecar,
+    },
+    ToolSpec {
+        name: "ibkr_reconcile_pending",
+        title: "Reconcile pending orders",
+        description: "Resolve journaled orders whose outcome is unknown (a timeout or error after \
+            sending) against the broker's order list, so they stop blocking retries.",
+        scope: scopes::ORDERS_WRITE,
+        input_schema: NO_ARGUMENTS,
+        read_only: false,
         route: Route::Sidecar,
     },
 ];
