@@ -529,3 +529,108 @@ mod tests {
         assert!(find("ibkr_launch_rockets").is_none());
     }
 }
+
+/// Renders the catalog as `docs/tools.md`: every tool, its scope and its arguments.
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "# Tools\n\n\
+         The tool catalog is stable API: names and scopes never change meaning. Every tool returns\n\
+         structured content; money and quantities are decimal strings. A tool runs only when both\n\
+         the agent's OAuth token and the sidecar's local pairing record grant its scope; live\n\
+         trading also needs `ibkr:orders:live`. Input schemas are closed: unknown fields are refused.\n\
+         This file is generated from `protocol/src/catalog.rs`; a test fails when they disagree\n\
+         (regenerate with `UPDATE_DOCS=1 cargo test -p protocol`).\n\n\
+         | tool | scope | changes anything | does |\n|---|---|---|---|\n",
+    );
+    for tool in CATALOG {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            tool.name,
+            tool.scope,
+            if tool.read_only { "no" } else { "yes" },
+            tool.title
+        ));
+    }
+    for tool in CATALOG {
+        out.push_str(&format!(
+            "\n## `{}`\n\n{}\n\nScope: `{}`.\n\n",
+            tool.name,
+            tool.description
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            tool.scope
+        ));
+        let schema = tool.input_schema_json();
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(serde_json::Value::as_array)
+            .map(|items| items.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        match schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+        {
+            Some(properties) if !properties.is_empty() => {
+                out.push_str("| argument | type | required | notes |\n|---|---|---|---|\n");
+                for (name, property) in properties {
+                    let kind = match property.get("type") {
+                        Some(serde_json::Value::Array(kinds)) => kinds
+                            .iter()
+                            .filter_map(serde_json::Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" or "),
+                        Some(serde_json::Value::String(kind)) => kind.clone(),
+                        _ => String::new(),
+                    };
+                    let mut notes = property
+                        .get("description")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Some(options) =
+                        property.get("enum").and_then(serde_json::Value::as_array)
+                    {
+                        let options: Vec<String> = options
+                            .iter()
+                            .map(|o| format!("`{}`", o.as_str().unwrap_or_default()))
+                            .collect();
+                        notes = format!("{} One of {}.", notes, options.join(", "))
+                            .trim()
+                            .to_string();
+                    }
+                    out.push_str(&format!(
+                        "| `{}` | {} | {} | {} |\n",
+                        name,
+                        kind,
+                        if required.contains(&name.as_str()) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        notes.replace('|', "\\|")
+                    ));
+                }
+            }
+            _ => out.push_str("No arguments.\n"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod docs_tests {
+    #[test]
+    fn docs_tools_md_matches_the_catalog() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tools.md");
+        let rendered = super::render_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &rendered).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            on_disk, rendered,
+            "docs/tools.md is out of date: run UPDATE_DOCS=1 cargo test -p protocol"
+        );
+    }
+}
