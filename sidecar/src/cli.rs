@@ -55,6 +55,21 @@ pub struct Cli {
 pub enum TopCommand {
     /// The laptop sidecar: identity, pairing, relay primitives and the relay daemon.
     Sidecar(SidecarArgs),
+    /// The trade journal (`<state_dir>/journal.jsonl`).
+    Journal(JournalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    #[command(subcommand)]
+    pub command: JournalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Checks the journal's hash chain; exits non-zero when it is broken (tampering or
+    /// corruption). A torn last line (a crash while writing) is reported, not an error.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -344,7 +359,12 @@ fn print_json(value: &Value) {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     let state_dir = resolve_state_dir(cli.state_dir.as_deref())?;
     let json = cli.json;
-    let TopCommand::Sidecar(sidecar) = cli.command;
+    let sidecar = match cli.command {
+        TopCommand::Sidecar(sidecar) => sidecar,
+        TopCommand::Journal(JournalArgs {
+            command: JournalCommand::Verify,
+        }) => return Ok(journal_verify(&state_dir, json)?),
+    };
     match sidecar.command {
         SidecarCommand::Identity(identity) => match identity.command {
             IdentityCommand::Create(args) => Ok(identity_create(&state_dir, &args, json)?),
@@ -365,6 +385,46 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         SidecarCommand::Status => Ok(status(&state_dir, json)?),
         SidecarCommand::Pair(args) => Ok(pair_command(&state_dir, &args, json)?),
         SidecarCommand::Run(args) => Ok(run_command(state_dir, &args)?),
+    }
+}
+
+/// `ibkr-agent journal verify`.
+fn journal_verify(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    use crate::orders::journal::{JOURNAL_FILE, verify};
+    let path = state_dir.join(JOURNAL_FILE);
+    let report = verify(&path)
+        .map_err(|error| SidecarError::new(ErrorCode::JournalError, format!("({error})")))?;
+    if json {
+        print_json(&json!({
+            "ok": report.ok,
+            "entries": report.entries,
+            "broken_at_line": report.broken_at_line,
+            "problem": report.problem,
+            "torn_tail": report.torn_tail,
+            "last_hash": report.last_hash,
+        }));
+    } else if report.ok {
+        println!(
+            "Journal OK: {} entries, chain intact (last hash {}).",
+            report.entries, report.last_hash
+        );
+        if report.torn_tail {
+            println!(
+                "Warning: the last line is incomplete (a crash while writing); it is ignored."
+            );
+        }
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(SidecarError::new(
+            ErrorCode::JournalError,
+            format!(
+                "(chain broken at line {}: {})",
+                report.broken_at_line.unwrap_or(0),
+                report.problem.as_deref().unwrap_or("unknown problem")
+            ),
+        ))
     }
 }
 

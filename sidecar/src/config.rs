@@ -16,6 +16,7 @@
 //! The YAML path and the programmatic path end in the same [`SidecarConfig::validate`]; the
 //! CLI runs it before anything is dialed. See `docs/configuration-sidecar.md`.
 
+use crate::alerts::AlertsSection;
 use crate::error::SidecarError;
 use crate::net::{self, UrlKind};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,12 @@ const MAX_RECONNECT_DELAY_MS: u64 = 3_600_000;
 pub struct SidecarConfig {
     pub sidecar: SidecarSection,
     pub safety: SafetySection,
+    /// Optional session alerts (webhook); see [`crate::alerts`].
+    #[serde(default)]
+    pub alerts: Option<AlertsSection>,
+    /// Order guards and posture; see [`crate::orders::policy::TradingSection`].
+    #[serde(default)]
+    pub trading: crate::orders::policy::TradingSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +119,8 @@ impl Default for SidecarSection {
 struct FileConfig {
     sidecar: Option<FileSidecar>,
     safety: Option<FileSafety>,
+    alerts: Option<AlertsSection>,
+    trading: Option<crate::orders::policy::TradingSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +232,8 @@ impl FileConfig {
             safety: SafetySection {
                 sidecar_enabled: safety_enabled,
             },
+            alerts: self.alerts,
+            trading: self.trading.unwrap_or_default(),
         })
     }
 }
@@ -285,6 +296,10 @@ impl SidecarConfig {
     /// The one check both paths go through. Fails closed, naming the key.
     pub fn validate(&self) -> Result<(), SidecarError> {
         check_switches(self.sidecar.enabled, self.safety.sidecar_enabled)?;
+        if let Some(alerts) = &self.alerts {
+            alerts.validate()?;
+        }
+        self.trading.validate()?;
         let s = &self.sidecar;
         let relay = s
             .remote_relay_url

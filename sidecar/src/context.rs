@@ -1,8 +1,10 @@
 //! What the daemon's tasks share: the state store, the identity, the configuration, the CPGW
 //! client and the broker state channel.
 
+use crate::alerts::AlertSink;
 use crate::config::SidecarConfig;
-use crate::cpgw::{BrokerState, CpgwClient};
+use crate::cpgw::keepalive::SessionMonitor;
+use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
 use crate::state::{IdentityRecord, StateStore};
 use protocol::frame::Frame;
 use protocol::identity::StaticKeypair;
@@ -20,7 +22,17 @@ pub(crate) struct DaemonContext {
     pub config: SidecarConfig,
     pub cpgw: CpgwClient,
     pub broker: watch::Sender<BrokerState>,
+    /// Symbol -> US contract cache (market data and orders).
+    pub contracts: ConidCache,
+    /// The selected account, cached per broker session.
+    pub accounts: AccountCache,
+    /// The keep-alive's last `auth/status` (gate f uses it while fresh).
+    pub monitor: Arc<SessionMonitor>,
+    /// Session alerts (log + optional webhook).
+    pub alerts: Arc<AlertSink>,
     pub frame_observer: Option<FrameObserver>,
+    /// Order tools' journal and policy; `None` when the journal could not be opened.
+    pub orders: Option<crate::orders::OrdersRuntime>,
 }
 
 /// Sidecar build version as reported to the gateway (no paths, no account data).

@@ -7,11 +7,12 @@
 //! configured `sidecar.remote_relay_url`; the pinned gateway key is what protects against a
 //! wrong one. Then the keep-alive task and the reconnect loop run until `shutdown`.
 
+use crate::alerts::AlertSink;
 use crate::clock::now_unix_seconds;
 use crate::config::SidecarConfig;
 use crate::context::{DaemonContext, FrameObserver};
-use crate::cpgw::keepalive::run_keepalive;
-use crate::cpgw::{BrokerState, CpgwClient};
+use crate::cpgw::keepalive::{Keepalive, SessionMonitor, run_keepalive};
+use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
 use crate::error::SidecarError;
 use crate::identity::load_keypair;
 use crate::relay::{dial, supervisor};
@@ -70,9 +71,13 @@ pub async fn run_daemon(
 
     let keepalive_stop = shutdown.child_token();
     let keepalive = tokio::spawn(run_keepalive(
-        context.cpgw.clone(),
-        context.config.tickle_interval(),
-        context.broker.clone(),
+        Keepalive {
+            client: context.cpgw.clone(),
+            interval: context.config.tickle_interval(),
+            broker: context.broker.clone(),
+            monitor: context.monitor.clone(),
+            alerts: context.alerts.clone(),
+        },
         keepalive_stop.clone(),
     ));
     supervisor::run(context.clone(), shutdown.clone()).await;
@@ -107,13 +112,26 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
     }
     let cpgw = CpgwClient::new(&options.config.sidecar.local_client_portal_base_url)?;
     let (broker, _) = watch::channel(BrokerState::Unknown);
+    let alerts = AlertSink::new(&identity.display_name, options.config.alerts.as_ref())?;
+    let trading = options.config.trading.clone();
     Ok(DaemonContext {
         store,
+        contracts: ConidCache::new(cpgw.clone()),
+        accounts: AccountCache::new(broker.subscribe()),
+        monitor: Arc::new(SessionMonitor::new()),
+        alerts: Arc::new(alerts),
         identity,
         keypair,
         config: options.config,
         cpgw,
         broker,
         frame_observer: options.frame_observer,
+        orders: match crate::orders::OrdersRuntime::open(&options.state_dir, &trading) {
+            Ok(runtime) => Some(runtime),
+            Err(error) => {
+                tracing::error!(code = %error.code(), "trade journal unavailable; order tools refuse");
+                None
+            }
+        },
     })
 }

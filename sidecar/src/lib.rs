@@ -22,6 +22,7 @@
 //!   [`clock`]: wall-clock helpers for the store.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod gates;
 pub mod identity;
 pub mod net;
+pub mod orders;
 pub mod pairing_client;
 pub mod paths;
 pub mod primitives;

@@ -20,6 +20,39 @@ const MAX_RESULT_JSON: usize = MAX_FRAME_PLAINTEXT - 4096;
 pub(crate) struct ConnectionInfo {
     pub binding: Binding,
     pub session: SharedSession,
+    /// Where tools' progress frames go (the connection forwards them while the request is in
+    /// flight); `None` drops them.
+    pub progress: Option<ProgressSender>,
+}
+
+/// The connection's progress queue (bounded; a full queue drops a progress update rather than
+/// stalling the tool).
+pub(crate) type ProgressSender = tokio::sync::mpsc::Sender<protocol::envelope::RelayProgress>;
+
+/// Progress reporting for one request.
+pub struct ProgressSink {
+    request_id: protocol::envelope::RequestId,
+    send: std::sync::Arc<dyn Fn(protocol::envelope::RelayProgress) + Send + Sync>,
+}
+
+impl ProgressSink {
+    /// A sink calling `send` with each update (tests pass a closure that records them).
+    pub fn new(
+        request_id: protocol::envelope::RequestId,
+        send: std::sync::Arc<dyn Fn(protocol::envelope::RelayProgress) + Send + Sync>,
+    ) -> ProgressSink {
+        ProgressSink { request_id, send }
+    }
+
+    /// Reports `progress` of `total` with a short status message.
+    pub fn send(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        (self.send)(protocol::envelope::RelayProgress {
+            request_id: self.request_id,
+            progress,
+            total,
+            message,
+        });
+    }
 }
 
 pub(crate) async fn handle(
@@ -51,19 +84,49 @@ pub(crate) async fn handle(
         Err(outcome) => return outcome,
     };
     let auth = if tools::needs_broker_session(checked.tool) {
-        match gates::check_broker_session(&context.cpgw, &context.broker).await {
-            Ok(status) => Some(status),
-            Err(outcome) => return outcome,
+        // Gate f: the keep-alive's observation while it is younger than one tickle interval
+        // and says ready; otherwise one live `auth/status`.
+        let cached = context
+            .monitor
+            .fresh(context.config.tickle_interval())
+            .filter(|status| status.authenticated && !status.competing);
+        match cached {
+            Some(status) => Some(status),
+            None => match gates::check_broker_session(&context.cpgw, &context.broker).await {
+                Ok(status) => {
+                    context.monitor.record(&Ok(status));
+                    Some(status)
+                }
+                Err(outcome) => return outcome,
+            },
         }
     } else {
         None
     };
+    let progress = connection.progress.clone().map(|sender| {
+        ProgressSink::new(
+            request.request_id,
+            std::sync::Arc::new(move |update| {
+                let _ = sender.try_send(update);
+            }),
+        )
+    });
+    let live_scope_granted = pairing.as_ref().is_some_and(|record| {
+        record
+            .local_scopes
+            .contains(protocol::catalog::scopes::ORDERS_LIVE)
+    });
     let tool_context = ToolContext {
         cpgw: &context.cpgw,
         broker: &context.broker,
         sidecar_id: &context.identity.sidecar_id,
+        contracts: &context.contracts,
+        accounts: &context.accounts,
         connected_for: Instant::now().saturating_duration_since(snapshot.established_at),
         auth,
+        orders: context.orders.as_ref(),
+        live_scope_granted,
+        progress: progress.as_ref(),
     };
     match tools::run(&checked, &tool_context).await {
         Ok(value) => finalize(&value),

@@ -9,7 +9,10 @@
 //! - Every request has a 10 s timeout and a bounded body; CPGW bodies and error texts are
 //!   never copied into errors.
 
-use super::types::{AccountsReply, AuthStatus, TickleReply};
+use super::types::{
+    AccountsReply, AuthStatus, HistoryReply, PositionRow, SnapshotRow, StocksReply, SummaryReply,
+    TickleReply,
+};
 use crate::error::SidecarError;
 use crate::net::{self, UrlKind};
 use serde::de::DeserializeOwned;
@@ -20,7 +23,7 @@ use url::Url;
 /// Per-request timeout towards CPGW.
 pub const CPGW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest CPGW answer read (portfolio pages and history are far smaller).
-const MAX_CPGW_BODY: usize = 4 * 1024 * 1024;
+pub(super) const MAX_CPGW_BODY: usize = 4 * 1024 * 1024;
 
 /// Why a CPGW call failed. Carries no CPGW text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +54,7 @@ impl CpgwError {
 
 #[derive(Clone, Debug)]
 pub struct CpgwClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     base: Url,
 }
 
@@ -85,7 +88,7 @@ impl CpgwClient {
         net::origin_text(&self.base)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         net::join(&self.base, path)
     }
 
@@ -153,6 +156,108 @@ impl CpgwClient {
     pub async fn accounts(&self) -> Result<AccountsReply, CpgwError> {
         self.call(reqwest::Method::GET, "/iserver/accounts", None)
             .await
+    }
+
+    /// `GET /trsrv/stocks?symbols=..`.
+    pub async fn stocks(&self, symbols: &[&str]) -> Result<StocksReply, CpgwError> {
+        let list = encode(&symbols.join(","));
+        self.call(
+            reqwest::Method::GET,
+            &format!("/trsrv/stocks?symbols={list}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /iserver/marketdata/snapshot?conids=..&fields=31,84,86` (one call, no warm-up
+    /// retry; see [`super::marketdata::snapshot`]).
+    pub async fn snapshot(&self, conids: &[i64]) -> Result<Vec<SnapshotRow>, CpgwError> {
+        let list: Vec<String> = conids.iter().map(i64::to_string).collect();
+        self.call(
+            reqwest::Method::GET,
+            &format!(
+                "/iserver/marketdata/snapshot?conids={}&fields=31,84,86",
+                list.join(",")
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /iserver/marketdata/history?conid=..&period=..&bar=..`.
+    pub async fn history(
+        &self,
+        conid: i64,
+        period: &str,
+        bar: &str,
+    ) -> Result<HistoryReply, CpgwError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!(
+                "/iserver/marketdata/history?conid={conid}&period={}&bar={}",
+                encode(period),
+                encode(bar)
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /portfolio/{acct}/summary`.
+    pub async fn portfolio_summary(&self, account: &str) -> Result<SummaryReply, CpgwError> {
+        let account = path_segment(account)?;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/portfolio/{account}/summary"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /portfolio/{acct}/positions/{page}` (one page; `[]` ends the list).
+    pub async fn positions_page(
+        &self,
+        account: &str,
+        page: u32,
+    ) -> Result<Vec<PositionRow>, CpgwError> {
+        let account = path_segment(account)?;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/portfolio/{account}/positions/{page}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /portfolio/{acct}/positions/invalidate`: asks CPGW to refresh its position cache.
+    pub async fn invalidate_positions(&self, account: &str) -> Result<(), CpgwError> {
+        let account = path_segment(account)?;
+        let _: serde::de::IgnoredAny = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/portfolio/{account}/positions/invalidate"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Query-string encoding of one value.
+fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// An account id as a path segment: IBKR ids are ASCII letters and digits; anything else is
+/// refused rather than escaped.
+pub(super) fn path_segment(account: &str) -> Result<&str, CpgwError> {
+    if !account.is_empty()
+        && account.len() <= 32
+        && account.bytes().all(|byte| byte.is_ascii_alphanumeric())
+    {
+        Ok(account)
+    } else {
+        Err(CpgwError::Malformed)
     }
 }
 

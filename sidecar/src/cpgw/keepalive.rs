@@ -2,31 +2,94 @@
 //!
 //! Every `tickle_interval_seconds`: `POST /tickle` (CPGW drops an idle session after about six
 //! minutes), then `POST /iserver/auth/status`. When CPGW is connected but not authenticated it
-//! asks `ssodh/init` once per round to reopen the brokerage session. It never sends credentials
-//! and never opens a browser: if nobody is logged in, the state says `login_required` and a
-//! person has to act.
+//! asks `ssodh/init` at most once per round to reopen the brokerage session (an HTTP 500 is
+//! logged and the next round tries again). It never sends credentials and never opens a
+//! browser: if nobody is logged in, the state says `login_required` and a person has to act.
+//! With `competing: true` the state is `competing` and the sidecar does not fight for the
+//! session beyond that one attempt per round.
+//!
+//! Every state change is published on the broker watch channel (the relay connection pushes it
+//! to the gateway as `Frame::SidecarStatus`). The first round that finds the session gone
+//! raises one alert ([`AlertSink`]); nothing more until the session is back (logged once), so
+//! one outage gives one alert.
+//!
+//! Each round also records the `auth/status` it saw in the [`SessionMonitor`], which gate f
+//! uses instead of its own `auth/status` call while the observation is fresh.
 
 use super::broker_state::BrokerState;
-use super::client::CpgwClient;
+use super::client::{CpgwClient, CpgwError};
+use super::types::AuthStatus;
+use crate::alerts::AlertSink;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// One keep-alive round; returns the broker state it observed.
-pub async fn keepalive_round(client: &CpgwClient) -> BrokerState {
+/// The last `auth/status` the sidecar saw, and when.
+#[derive(Debug, Default)]
+pub struct SessionMonitor {
+    last: Mutex<Option<(Instant, AuthStatus)>>,
+}
+
+impl SessionMonitor {
+    pub fn new() -> SessionMonitor {
+        SessionMonitor::default()
+    }
+
+    /// Records an answer (errors forget the last one).
+    pub fn record(&self, result: &Result<AuthStatus, CpgwError>) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = result.as_ref().ok().map(|status| (Instant::now(), *status));
+        }
+    }
+
+    /// The last status if it is younger than `max_age`.
+    pub fn fresh(&self, max_age: Duration) -> Option<AuthStatus> {
+        let last = self.last.lock().ok()?;
+        let (at, status) = (*last)?;
+        (at.elapsed() < max_age).then_some(status)
+    }
+}
+
+/// What the keep-alive needs.
+#[derive(Clone)]
+pub struct Keepalive {
+    pub client: CpgwClient,
+    pub interval: Duration,
+    pub broker: watch::Sender<BrokerState>,
+    pub monitor: Arc<SessionMonitor>,
+    pub alerts: Arc<AlertSink>,
+}
+
+/// Outage bookkeeping across rounds.
+#[derive(Debug, Default)]
+pub struct OutageTracker {
+    /// An alert was raised for the current outage.
+    in_outage: bool,
+}
+
+/// One keep-alive round; returns the broker state it observed. `monitor` records the final
+/// `auth/status`.
+pub async fn keepalive_round(client: &CpgwClient, monitor: &SessionMonitor) -> BrokerState {
     // The tickle's own answer is not trusted for the state: auth/status is the reference.
     let _ = client.tickle().await;
-    let status = client.auth_status().await;
+    let mut status = client.auth_status().await;
     if let Ok(current) = &status
         && current.connected
         && !current.authenticated
     {
         // Reopening the brokerage session needs no credentials; a logged-out CPGW stays
-        // logged out.
-        let _ = client.ssodh_init().await;
-        let after = client.auth_status().await;
-        return BrokerState::from_auth(&after);
+        // logged out. One attempt per round, also when another session competes.
+        match client.ssodh_init().await {
+            Ok(_) => tracing::info!("asked CPGW to reopen the brokerage session (ssodh/init)"),
+            Err(error) => {
+                tracing::warn!(%error, "ssodh/init failed; trying again next round")
+            }
+        }
+        status = client.auth_status().await;
     }
+    monitor.record(&status);
     BrokerState::from_auth(&status)
 }
 
@@ -42,15 +105,58 @@ pub fn publish(sender: &watch::Sender<BrokerState>, state: BrokerState) -> bool 
     })
 }
 
+/// The alert text for a state that needs a person, or `None`. No account data.
+pub fn alert_text(state: BrokerState, label: &str, location: &str) -> Option<String> {
+    match state {
+        BrokerState::LoginRequired => Some(format!(
+            "IBKR session needs a manual login on {label}: open {location} in a browser on that \
+             laptop and log in."
+        )),
+        BrokerState::Competing => Some(format!(
+            "IBKR session on {label} is held by another login (TWS, mobile app or another \
+             Client Portal session): close it, or log in again at {location}."
+        )),
+        BrokerState::Unreachable => Some(format!(
+            "IBKR Client Portal Gateway on {label} does not answer at {location}: start it."
+        )),
+        BrokerState::Ready | BrokerState::Unknown => None,
+    }
+}
+
+impl OutageTracker {
+    /// Applies one observed state: alerts on the first non-ready state of an outage, logs the
+    /// recovery once.
+    pub async fn observe(&mut self, state: BrokerState, alerts: &AlertSink, location: &str) {
+        match state {
+            BrokerState::Ready => {
+                if self.in_outage {
+                    self.in_outage = false;
+                    tracing::info!("IBKR session is back; broker tools can run again");
+                }
+            }
+            BrokerState::Unknown => {}
+            other => {
+                if !self.in_outage {
+                    self.in_outage = true;
+                    if let Some(text) = alert_text(other, alerts.label(), location) {
+                        alerts.raise(&text).await;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn in_outage(&self) -> bool {
+        self.in_outage
+    }
+}
+
 /// Runs rounds every `interval` until `shutdown`, publishing the broker state.
-pub async fn run_keepalive(
-    client: CpgwClient,
-    interval: Duration,
-    sender: watch::Sender<BrokerState>,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
+pub async fn run_keepalive(keepalive: Keepalive, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(keepalive.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let location = keepalive.client.portal_location();
+    let mut outage = OutageTracker::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -58,13 +164,17 @@ pub async fn run_keepalive(
         }
         let state = tokio::select! {
             _ = shutdown.cancelled() => return,
-            state = keepalive_round(&client) => state,
+            state = keepalive_round(&keepalive.client, &keepalive.monitor) => state,
         };
-        if publish(&sender, state) {
+        if publish(&keepalive.broker, state) {
             tracing::info!(
                 broker_state = state.as_str(),
                 "local Client Portal Gateway state changed"
             );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = outage.observe(state, &keepalive.alerts, &location) => {}
         }
     }
 }

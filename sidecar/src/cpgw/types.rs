@@ -66,6 +66,120 @@ impl AccountsReply {
     }
 }
 
+/// A scalar CPGW value kept as its JSON text: numbers are never read through `f64`, strings
+/// are unquoted. `null` reads as `None` through `Option<JsonText>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonText(pub String);
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(deserializer)?;
+        let text = raw.get();
+        if text.starts_with('"') {
+            let unquoted: String = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+            Ok(JsonText(unquoted))
+        } else {
+            Ok(JsonText(text.to_string()))
+        }
+    }
+}
+
+impl JsonText {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `GET /trsrv/stocks?symbols=..`: symbol -> listings -> contracts.
+pub type StocksReply = BTreeMap<String, Vec<StockListing>>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct StockListing {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub contracts: Vec<StockContract>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct StockContract {
+    #[serde(default)]
+    pub conid: Option<JsonText>,
+    #[serde(default)]
+    pub exchange: Option<String>,
+    #[serde(default, rename = "isUS", deserialize_with = "lenient_bool_default")]
+    pub is_us: bool,
+}
+
+/// One row of `GET /iserver/marketdata/snapshot`: field id -> value text.
+pub type SnapshotRow = BTreeMap<String, JsonText>;
+
+/// `GET /iserver/marketdata/history`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct HistoryReply {
+    #[serde(default)]
+    pub data: Vec<HistoryBar>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct HistoryBar {
+    #[serde(default)]
+    pub o: Option<JsonText>,
+    #[serde(default)]
+    pub h: Option<JsonText>,
+    #[serde(default)]
+    pub l: Option<JsonText>,
+    #[serde(default)]
+    pub c: Option<JsonText>,
+    #[serde(default)]
+    pub v: Option<JsonText>,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub t: Option<JsonText>,
+}
+
+/// `GET /portfolio/{acct}/summary`: only the three amounts the tools report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct SummaryReply {
+    #[serde(default)]
+    pub availablefunds: Option<SummaryAmount>,
+    #[serde(default)]
+    pub netliquidation: Option<SummaryAmount>,
+    #[serde(default)]
+    pub buyingpower: Option<SummaryAmount>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct SummaryAmount {
+    #[serde(default)]
+    pub amount: Option<JsonText>,
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+/// One row of `GET /portfolio/{acct}/positions/{page}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct PositionRow {
+    #[serde(default)]
+    pub conid: Option<JsonText>,
+    #[serde(default, rename = "contractDesc")]
+    pub contract_desc: Option<String>,
+    #[serde(default)]
+    pub ticker: Option<String>,
+    #[serde(default)]
+    pub position: Option<JsonText>,
+    #[serde(default, rename = "avgCost")]
+    pub avg_cost: Option<JsonText>,
+    #[serde(default, rename = "mktPrice")]
+    pub mkt_price: Option<JsonText>,
+    #[serde(default, rename = "mktValue")]
+    pub mkt_value: Option<JsonText>,
+    #[serde(default, rename = "unrealizedPnl")]
+    pub unrealized_pnl: Option<JsonText>,
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
 /// Paper or live, as far as the sidecar can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TradingMode {
@@ -162,6 +276,23 @@ mod tests {
     fn auth_status_fails_closed_on_missing_flags() {
         let status: AuthStatus = serde_json::from_value(json!({"connected": true})).unwrap();
         assert!(!status.authenticated && status.connected && !status.competing);
+    }
+
+    #[test]
+    fn json_text_keeps_number_text() {
+        let row: PositionRow = serde_json::from_str(
+            r#"{"conid":265598,"position":0.12340000000000000001,"avgCost":"189.5","mktPrice":null}"#,
+        )
+        .unwrap();
+        assert_eq!(row.conid.unwrap().as_str(), "265598");
+        assert_eq!(row.position.unwrap().as_str(), "0.12340000000000000001");
+        assert_eq!(row.avg_cost.unwrap().as_str(), "189.5");
+        assert!(row.mkt_price.is_none());
+        let stocks: StocksReply = serde_json::from_str(
+            r#"{"AAPL":[{"name":"APPLE INC","contracts":[{"conid":265598,"exchange":"NASDAQ","isUS":true}]}]}"#,
+        )
+        .unwrap();
+        assert!(stocks["AAPL"][0].contracts[0].is_us);
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub(crate) async fn drive(
     let session_id_hex = hex::encode(established.hello.session_id);
     let max_requests = context.config.sidecar.max_concurrent_requests;
     let (responses_tx, mut responses_rx) = mpsc::channel(max_requests + 8);
+    let (progress_tx, mut progress_rx) = mpsc::channel(max_requests * 4 + 8);
     let mut driver = Driver {
         context: context.clone(),
         stream,
@@ -132,6 +133,7 @@ pub(crate) async fn drive(
         connection: Arc::new(ConnectionInfo {
             binding: established.binding,
             session,
+            progress: Some(progress_tx),
         }),
         start,
         liveness: Liveness::new(heartbeat, Duration::ZERO),
@@ -145,7 +147,9 @@ pub(crate) async fn drive(
     };
 
     let mut broker = context.broker.subscribe();
-    let end = driver.run(&mut broker, &mut responses_rx, &shutdown).await;
+    let end = driver
+        .run(&mut broker, &mut responses_rx, &mut progress_rx, &shutdown)
+        .await;
     driver.finish(&end).await;
     end
 }
@@ -155,6 +159,7 @@ impl Driver {
         &mut self,
         broker: &mut watch::Receiver<BrokerState>,
         responses: &mut mpsc::Receiver<RelayResponse>,
+        progress: &mut mpsc::Receiver<protocol::envelope::RelayProgress>,
         shutdown: &CancellationToken,
     ) -> ConnectionEnd {
         // The first record is the key confirmation the gateway waits for before it registers
@@ -186,6 +191,14 @@ impl Driver {
                 }
                 Some(response) = responses.recv() => {
                     if let Some(end) = self.on_response(response).await {
+                        return end;
+                    }
+                }
+                Some(update) = progress.recv() => {
+                    // Only for calls still in flight: the gateway drops others anyway.
+                    if self.inflight.contains_key(&update.request_id)
+                        && let Err(end) = self.send(&Frame::Progress(update)).await
+                    {
                         return end;
                     }
                 }

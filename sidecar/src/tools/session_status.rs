@@ -32,10 +32,11 @@ pub(super) async fn run(context: &ToolContext<'_>) -> ToolResult {
         "competing": auth.competing,
         "account_id": account,
         "trading_mode": mode.as_str(),
-        "posture": {
-            "dry_run": true,
-            "live_trading_allowed": false,
-            "safe_to_trade": auth.authenticated && mode == TradingMode::Paper,
-        },
+        "posture": crate::orders::posture(
+            context.orders,
+            auth.authenticated,
+            mode == TradingMode::Paper,
+            mode == TradingMode::Live,
+        ),
     }))
 }

@@ -1,0 +1,585 @@
+//! CPGW order endpoints.
+//!
+//! Order placement needs finer failure classes than [`CpgwError`]: what matters is whether
+//! the order *could have landed*. [`SendFailure::NotSent`] means certainly not (the connection
+//! was never made, or CPGW answered 4xx); [`SendFailure::Indeterminate`] means the request may
+//! have reached IBKR (timeout after connecting, 5xx, connection lost, unreadable answer).
+//! Read-only calls keep using [`CpgwError`].
+
+use super::client::{CpgwClient, CpgwError, MAX_CPGW_BODY, path_segment};
+use super::types::JsonText;
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Timeout for one order request (placement, reply, cancel).
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest broker text kept from a rejection (it is shown to the caller).
+const MAX_REASON_LEN: usize = 300;
+
+/// Why an order request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendFailure {
+    /// Certainly not placed: no connection was made, or CPGW refused the request.
+    NotSent { reason: String },
+    /// CPGW has no authenticated session (HTTP 401): nothing was placed.
+    NotAuthenticated,
+    /// CPGW or IBKR rejected the order (HTTP 4xx or an `error` answer): nothing was placed.
+    Rejected { reason: String },
+    /// The order may have been placed: timeout, 5xx, connection lost, unreadable answer.
+    Indeterminate { reason: String },
+}
+
+impl SendFailure {
+    /// True when the order certainly did not land.
+    pub fn definitely_not_placed(&self) -> bool {
+        !matches!(self, SendFailure::Indeterminate { .. })
+    }
+}
+
+/// One acknowledged order: `{order_id, order_status, local_order_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct OrderAck {
+    pub order_id: JsonText,
+    #[serde(default)]
+    pub order_status: Option<String>,
+    /// The cOID the order was sent with.
+    #[serde(default)]
+    pub local_order_id: Option<JsonText>,
+}
+
+/// What `POST /orders` or `POST /reply/{id}` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlaceReply {
+    /// The order (or bracket) was accepted.
+    Acks(Vec<OrderAck>),
+    /// A confirmation question.
+    Question {
+        id: String,
+        messages: Vec<String>,
+        message_ids: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct QuestionRow {
+    id: JsonText,
+    #[serde(default)]
+    message: Vec<String>,
+    #[serde(default, rename = "messageIds")]
+    message_ids: Vec<String>,
+}
+
+/// `GET /iserver/account/order/status/{id}` (the fields used).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct OrderStatusReply {
+    #[serde(default)]
+    pub order_id: Option<JsonText>,
+    #[serde(default)]
+    pub order_status: Option<String>,
+    #[serde(default)]
+    pub conid: Option<JsonText>,
+    #[serde(default)]
+    pub symbol: Option<String>,
+    #[serde(default)]
+    pub side: Option<String>,
+    #[serde(default)]
+    pub order_type: Option<String>,
+    #[serde(default)]
+    pub total_size: Option<JsonText>,
+    #[serde(default)]
+    pub cum_fill: Option<JsonText>,
+    #[serde(default)]
+    pub average_price: Option<JsonText>,
+    #[serde(default)]
+    pub limit_price: Option<JsonText>,
+    #[serde(default)]
+    pub stop_price: Option<JsonText>,
+    #[serde(default)]
+    pub tif: Option<String>,
+}
+
+/// `GET /iserver/account/orders`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct LiveOrdersReply {
+    #[serde(default)]
+    pub orders: Vec<LiveOrder>,
+    /// `true` once CPGW has the complete list (false or missing on a warm-up answer).
+    #[serde(default)]
+    pub snapshot: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct LiveOrder {
+    #[serde(default, rename = "orderId")]
+    pub order_id: Option<JsonText>,
+    #[serde(default)]
+    pub order_ref: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub conid: Option<JsonText>,
+    #[serde(default)]
+    pub ticker: Option<String>,
+    #[serde(default)]
+    pub side: Option<String>,
+    #[serde(default, rename = "orderType")]
+    pub order_type: Option<String>,
+    #[serde(default, rename = "totalSize")]
+    pub total_size: Option<JsonText>,
+    #[serde(default, rename = "filledQuantity")]
+    pub filled_quantity: Option<JsonText>,
+    #[serde(default, rename = "remainingQuantity")]
+    pub remaining_quantity: Option<JsonText>,
+    #[serde(default, rename = "avgPrice")]
+    pub avg_price: Option<JsonText>,
+    #[serde(default)]
+    pub price: Option<JsonText>,
+    #[serde(default, rename = "auxPrice")]
+    pub aux_price: Option<JsonText>,
+    #[serde(default, rename = "timeInForce")]
+    pub tif: Option<String>,
+}
+
+/// One row of `GET /iserver/account/trades`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct TradeRow {
+    #[serde(default)]
+    pub execution_id: Option<String>,
+    #[serde(default)]
+    pub order_id: Option<JsonText>,
+    #[serde(default)]
+    pub order_ref: Option<String>,
+    #[serde(default)]
+    pub symbol: Option<String>,
+    #[serde(default)]
+    pub conid: Option<JsonText>,
+    #[serde(default)]
+    pub side: Option<String>,
+    #[serde(default)]
+    pub size: Option<JsonText>,
+    #[serde(default)]
+    pub price: Option<JsonText>,
+    #[serde(default)]
+    pub commission: Option<JsonText>,
+    #[serde(default)]
+    pub trade_time: Option<String>,
+    #[serde(default)]
+    pub trade_time_r: Option<JsonText>,
+}
+
+/// What a cancel answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelReply {
+    /// `{"msg": ..., "order_id": ...}`: the request was accepted.
+    Accepted { message: Option<String> },
+    /// `{"error": ...}` or HTTP 4xx: refused (unknown order, already filled, ...).
+    Refused { reason: String },
+}
+
+/// What-if answer (amounts kept as CPGW text, parsed by the tool).
+pub type WhatIfReply = Value;
+
+fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON_LEN)
+        .collect();
+    if text.chars().count() > MAX_REASON_LEN {
+        out.push('…');
+    }
+    out
+}
+
+/// The `error` text of a CPGW error answer, if any.
+fn error_text(bytes: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let text = match &value {
+        Value::Object(map) => map.get("error").or_else(|| map.get("message")),
+        Value::Array(rows) => rows
+            .first()
+            .and_then(|row| row.get("error").or_else(|| row.get("message"))),
+        _ => None,
+    }?;
+    match text {
+        Value::String(text) => Some(bounded(text)),
+        Value::Array(items) => Some(bounded(
+            &items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        )),
+        _ => None,
+    }
+}
+
+/// Parses the answer of `POST /orders` or `POST /reply/{id}`.
+pub fn parse_place_reply(bytes: &[u8]) -> Result<PlaceReply, SendFailure> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| SendFailure::Indeterminate {
+        reason: "the broker's answer could not be read".into(),
+    })?;
+    let rows = match &value {
+        Value::Array(rows) => rows.clone(),
+        Value::Object(map) if map.contains_key("error") => {
+            return Err(SendFailure::Rejected {
+                reason: error_text(bytes).unwrap_or_default(),
+            });
+        }
+        Value::Object(_) => vec![value.clone()],
+        _ => Vec::new(),
+    };
+    let Some(first) = rows.first() else {
+        return Err(SendFailure::Indeterminate {
+            reason: "the broker answered with an empty list".into(),
+        });
+    };
+    if first.get("error").is_some() {
+        return Err(SendFailure::Rejected {
+            reason: error_text(bytes).unwrap_or_default(),
+        });
+    }
+    if first.get("order_id").is_some() {
+        let acks: Vec<OrderAck> =
+            serde_json::from_value(Value::Array(rows)).map_err(|_| SendFailure::Indeterminate {
+                reason: "the broker's acknowledgement could not be read".into(),
+            })?;
+        return Ok(PlaceReply::Acks(acks));
+    }
+    if first.get("id").is_some() {
+        let question: QuestionRow =
+            serde_json::from_value(first.clone()).map_err(|_| SendFailure::Indeterminate {
+                reason: "the broker's question could not be read".into(),
+            })?;
+        return Ok(PlaceReply::Question {
+            id: question.id.0,
+            messages: question.message.iter().map(|m| bounded(m)).collect(),
+            message_ids: question.message_ids,
+        });
+    }
+    Err(SendFailure::Indeterminate {
+        reason: "the broker's answer had an unexpected shape".into(),
+    })
+}
+
+/// A question or reply id as a path segment (IBKR uses UUID-like ids).
+fn reply_segment(id: &str) -> Result<&str, SendFailure> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
+        Ok(id)
+    } else {
+        Err(SendFailure::NotSent {
+            reason: "the broker's question id is not usable".into(),
+        })
+    }
+}
+
+/// An order id as a path segment: digits only.
+pub fn order_id_segment(id: &str) -> Option<&str> {
+    (!id.is_empty() && id.len() <= 32 && id.bytes().all(|byte| byte.is_ascii_digit())).then_some(id)
+}
+
+impl CpgwClient {
+    /// Sends one order-changing request with a raw JSON body. Returns the HTTP status and body
+    /// of a 2xx or 4xx answer; everything else is classified.
+    async fn order_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Vec<u8>), SendFailure> {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .timeout(ORDER_TIMEOUT);
+        request = match body {
+            Some(text) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(text),
+            None => request.body(Vec::new()),
+        };
+        let work = async {
+            let mut response = request.send().await.map_err(|error| {
+                if error.is_connect() {
+                    SendFailure::NotSent {
+                        reason: "the Client Portal Gateway is not reachable".into(),
+                    }
+                } else {
+                    SendFailure::Indeterminate {
+                        reason: if error.is_timeout() {
+                            "the Client Portal Gateway did not answer in time".into()
+                        } else {
+                            "the connection to the Client Portal Gateway was lost".into()
+                        },
+                    }
+                }
+            })?;
+            let status = response.status();
+            let mut bytes = Vec::new();
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if bytes.len() + chunk.len() > MAX_CPGW_BODY {
+                            break;
+                        }
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(_) if status.is_client_error() => break,
+                    Err(_) => {
+                        return Err(SendFailure::Indeterminate {
+                            reason: "the broker's answer was cut off".into(),
+                        });
+                    }
+                }
+            }
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(SendFailure::NotAuthenticated);
+            }
+            if status.is_client_error() {
+                return Err(SendFailure::Rejected {
+                    reason: error_text(&bytes)
+                        .unwrap_or_else(|| format!("HTTP {}", status.as_u16())),
+                });
+            }
+            if !status.is_success() {
+                return Err(SendFailure::Indeterminate {
+                    reason: format!(
+                        "the Client Portal Gateway answered HTTP {}",
+                        status.as_u16()
+                    ),
+                });
+            }
+            Ok((status.as_u16(), bytes))
+        };
+        tokio::time::timeout(ORDER_TIMEOUT + Duration::from_secs(1), work)
+            .await
+            .unwrap_or(Err(SendFailure::Indeterminate {
+                reason: "the Client Portal Gateway did not answer in time".into(),
+            }))
+    }
+
+    /// `POST /iserver/account/{acct}/orders` with `body` = `{"orders":[...]}` as JSON text.
+    pub async fn place_orders(
+        &self,
+        account: &str,
+        body: String,
+    ) -> Result<PlaceReply, SendFailure> {
+        let account = path_segment(account).map_err(|_| SendFailure::NotSent {
+            reason: "the account id is not usable".into(),
+        })?;
+        let (_, bytes) = self
+            .order_request(
+                reqwest::Method::POST,
+                &format!("/iserver/account/{account}/orders"),
+                Some(body),
+            )
+            .await?;
+        parse_place_reply(&bytes)
+    }
+
+    /// `POST /iserver/reply/{id} {"confirmed": bool}`.
+    pub async fn reply(&self, id: &str, confirmed: bool) -> Result<PlaceReply, SendFailure> {
+        let id = reply_segment(id)?;
+        let (_, bytes) = self
+            .order_request(
+                reqwest::Method::POST,
+                &format!("/iserver/reply/{id}"),
+                Some(serde_json::json!({ "confirmed": confirmed }).to_string()),
+            )
+            .await?;
+        if !confirmed {
+            // The answer to a decline does not matter: nothing was placed.
+            return Err(SendFailure::NotSent {
+                reason: "declined".into(),
+            });
+        }
+        parse_place_reply(&bytes)
+    }
+
+    /// `POST /iserver/account/{acct}/orders/whatif` (sends nothing to the market).
+    pub async fn whatif(&self, account: &str, body: String) -> Result<WhatIfReply, SendFailure> {
+        let account = path_segment(account).map_err(|_| SendFailure::NotSent {
+            reason: "the account id is not usable".into(),
+        })?;
+        let (_, bytes) = self
+            .order_request(
+                reqwest::Method::POST,
+                &format!("/iserver/account/{account}/orders/whatif"),
+                Some(body),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|_| SendFailure::Indeterminate {
+            reason: "the broker's answer could not be read".into(),
+        })
+    }
+
+    /// `GET /iserver/account/order/status/{id}`. `Ok(None)` when CPGW does not know the id.
+    pub async fn order_status(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<OrderStatusReply>, CpgwError> {
+        let id = order_id_segment(order_id).ok_or(CpgwError::Malformed)?;
+        match self
+            .order_request(
+                reqwest::Method::GET,
+                &format!("/iserver/account/order/status/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok((_, bytes)) => {
+                let value: Value =
+                    serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed)?;
+                if value.get("error").is_some() {
+                    return Ok(None);
+                }
+                serde_json::from_value(value)
+                    .map(Some)
+                    .map_err(|_| CpgwError::Malformed)
+            }
+            Err(SendFailure::Rejected { .. }) => Ok(None),
+            Err(failure) => Err(read_error(failure)),
+        }
+    }
+
+    /// `GET /iserver/account/orders` once (the first call after a while may be a warm-up).
+    pub async fn live_orders(&self) -> Result<LiveOrdersReply, CpgwError> {
+        match self
+            .order_request(reqwest::Method::GET, "/iserver/account/orders", None)
+            .await
+        {
+            Ok((_, bytes)) => serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed),
+            Err(failure) => Err(read_error(failure)),
+        }
+    }
+
+    /// `GET /iserver/account/orders`, asked twice when the first answer is a warm-up
+    /// (`snapshot` not true). Returns the list and whether it is known complete.
+    pub async fn live_orders_complete(&self) -> Result<(LiveOrdersReply, bool), CpgwError> {
+        let first = self.live_orders().await?;
+        if first.snapshot == Some(true) {
+            return Ok((first, true));
+        }
+        let second = self.live_orders().await?;
+        let complete = second.snapshot.unwrap_or(true);
+        Ok((second, complete))
+    }
+
+    /// `DELETE /iserver/account/{acct}/order/{id}`.
+    pub async fn cancel_order(
+        &self,
+        account: &str,
+        order_id: &str,
+    ) -> Result<CancelReply, SendFailure> {
+        let account = path_segment(account).map_err(|_| SendFailure::NotSent {
+            reason: "the account id is not usable".into(),
+        })?;
+        let id = order_id_segment(order_id).ok_or(SendFailure::NotSent {
+            reason: "the order id is not usable".into(),
+        })?;
+        match self
+            .order_request(
+                reqwest::Method::DELETE,
+                &format!("/iserver/account/{account}/order/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok((_, bytes)) => Ok(parse_cancel_reply(&bytes)),
+            Err(SendFailure::Rejected { reason }) => Ok(CancelReply::Refused { reason }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// `GET /iserver/account/trades`.
+    pub async fn trades(&self) -> Result<Vec<TradeRow>, CpgwError> {
+        match self
+            .order_request(reqwest::Method::GET, "/iserver/account/trades", None)
+            .await
+        {
+            Ok((_, bytes)) => serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed),
+            Err(failure) => Err(read_error(failure)),
+        }
+    }
+}
+
+/// Parses a cancel acknowledgement: `{"msg", "order_id"}`, `{"error"}`, or a one-row list.
+pub fn parse_cancel_reply(bytes: &[u8]) -> CancelReply {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let row = match &value {
+        Value::Array(rows) => rows.first().cloned().unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    if row.get("error").is_some() {
+        return CancelReply::Refused {
+            reason: error_text(bytes).unwrap_or_default(),
+        };
+    }
+    if row.get("msg").is_some() || row.get("order_id").is_some() {
+        return CancelReply::Accepted {
+            message: row.get("msg").and_then(Value::as_str).map(bounded),
+        };
+    }
+    CancelReply::Refused {
+        reason: "the broker's answer had an unexpected shape".into(),
+    }
+}
+
+fn read_error(failure: SendFailure) -> CpgwError {
+    match failure {
+        SendFailure::NotAuthenticated => CpgwError::NotAuthenticated,
+        SendFailure::NotSent { .. } => CpgwError::Unreachable,
+        SendFailure::Indeterminate { reason } if reason.contains("in time") => CpgwError::Timeout,
+        SendFailure::Indeterminate { .. } => CpgwError::Http(500),
+        SendFailure::Rejected { .. } => CpgwError::Http(400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn place_replies_are_classified() {
+        let ack = br#"[{"order_id":"123","order_status":"Submitted","local_order_id":"c1"}]"#;
+        match parse_place_reply(ack).unwrap() {
+            PlaceReply::Acks(acks) => assert_eq!(acks[0].order_id.as_str(), "123"),
+            other => panic!("{other:?}"),
+        }
+        let question = br#"[{"id":"abc-1","message":["Are you sure?"],"messageIds":["o163"]}]"#;
+        assert_eq!(
+            parse_place_reply(question).unwrap(),
+            PlaceReply::Question {
+                id: "abc-1".into(),
+                messages: vec!["Are you sure?".into()],
+                message_ids: vec!["o163".into()],
+            }
+        );
+        assert!(matches!(
+            parse_place_reply(br#"{"error":"no cash qty on sells"}"#),
+            Err(SendFailure::Rejected { .. })
+        ));
+        assert!(matches!(
+            parse_place_reply(b"not json"),
+            Err(SendFailure::Indeterminate { .. })
+        ));
+    }
+
+    #[test]
+    fn cancel_shapes() {
+        assert!(matches!(
+            parse_cancel_reply(br#"{"msg":"Request was submitted","order_id":1}"#),
+            CancelReply::Accepted { .. }
+        ));
+        assert!(matches!(
+            parse_cancel_reply(br#"{"error":"OrderID 1 doesn't exist"}"#),
+            CancelReply::Refused { .. }
+        ));
+    }
+}

@@ -1,0 +1,50 @@
+//! `ibkr_quotes`: a watchlist in one snapshot call (plus one symbol search for the symbols not
+//! cached yet).
+
+use super::quote::quote_json;
+use super::{ToolContext, ToolResult};
+use crate::cpgw::marketdata::{SNAPSHOT_BACKOFF, cpgw_outcome, snapshot};
+use protocol::envelope::Outcome;
+use serde_json::{Value, json};
+use shared_safety::ErrorCode;
+
+pub(super) async fn run(
+    arguments: &serde_json::Map<String, Value>,
+    context: &ToolContext<'_>,
+) -> ToolResult {
+    let symbols: Vec<String> = arguments
+        .get("symbols")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if symbols.is_empty() {
+        return Err(Outcome::Refused(
+            ErrorCode::ArgumentsInvalid.body(Some("(symbols)")),
+        ));
+    }
+    let contracts = context.contracts.resolve_symbols(&symbols).await?;
+    let mut conids: Vec<i64> = contracts.iter().map(|c| c.conid).collect();
+    conids.sort_unstable();
+    conids.dedup();
+    let quotes = snapshot(context.cpgw, &conids, SNAPSHOT_BACKOFF)
+        .await
+        .map_err(|error| cpgw_outcome(error, context.cpgw))?;
+    let rows: Vec<Value> = contracts
+        .iter()
+        .map(|contract| match quotes.get(&contract.conid) {
+            Some(quote) if quote.has_price() => quote_json(contract, quote),
+            _ => json!({
+                "symbol": contract.symbol,
+                "conid": contract.conid,
+                "error": ErrorCode::MarketDataUnavailable.code(),
+            }),
+        })
+        .collect();
+    Ok(json!({ "quotes": rows }))
+}
