@@ -56,7 +56,16 @@ pub struct SystemOptions {
     /// Start and pair a sidecar (false: the gateway has no sidecar at all).
     pub with_sidecar: bool,
     pub frame_observer: Option<FrameObserver>,
+    /// The sidecar's `trading:` section (defaults: paper, dry-run, 100 USD cap, 5 s window).
+    pub trading: ibkr_agent::orders::policy::TradingSection,
+    /// The exchange clock the sidecar judges trading hours by. The simulator trades on any day,
+    /// so simulations pin a regular-hours time; `None` uses the real clock.
+    pub market_time: Option<time::OffsetDateTime>,
 }
+
+/// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
+pub const SIMULATED_MARKET_TIME: time::OffsetDateTime =
+    time::macros::datetime!(2026-11-24 15:00 UTC);
 
 impl Default for SystemOptions {
     fn default() -> Self {
@@ -68,6 +77,8 @@ impl Default for SystemOptions {
             session_ttl_seconds: 3600,
             with_sidecar: true,
             frame_observer: None,
+            trading: ibkr_agent::orders::policy::TradingSection::default(),
+            market_time: Some(SIMULATED_MARKET_TIME),
         }
     }
 }
@@ -205,6 +216,8 @@ impl System {
         config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;
         config.sidecar.reconnect_initial_delay_ms = 50;
         config.sidecar.reconnect_max_delay_ms = 500;
+        config.sidecar.tickle_interval_seconds = 1;
+        config.trading = self.options.trading.clone();
         Ok(config)
     }
 
@@ -216,6 +229,10 @@ impl System {
             state_dir: self.sidecar_state_dir.clone(),
             config: self.sidecar_config()?,
             frame_observer: self.options.frame_observer.clone(),
+            market_clock: match self.options.market_time {
+                Some(at) => ibkr_agent::market_clock::MarketClock::simulated_at(at),
+                None => ibkr_agent::market_clock::MarketClock::system(),
+            },
         };
         let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
         self.sidecar = Some(RunningSidecar { shutdown, task });

@@ -31,6 +31,8 @@ pub(crate) struct DaemonContext {
     /// Session alerts (log + optional webhook).
     pub alerts: Arc<AlertSink>,
     pub frame_observer: Option<FrameObserver>,
+    /// The clock trading hours are judged by (system clock except in simulations).
+    pub market_clock: crate::market_clock::MarketClock,
     /// Order tools' journal and policy; `None` when the journal could not be opened.
     pub orders: Option<crate::orders::OrdersRuntime>,
 }

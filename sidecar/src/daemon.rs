@@ -34,6 +34,8 @@ pub struct DaemonOptions {
     /// Test/diagnostic hook: called with every frame received from the gateway after decryption
     /// (i.e. exactly what the gateway sent before encryption).
     pub frame_observer: Option<FrameObserver>,
+    /// The clock trading hours are judged by: the system clock, except in simulations.
+    pub market_clock: crate::market_clock::MarketClock,
 }
 
 impl DaemonOptions {
@@ -42,6 +44,7 @@ impl DaemonOptions {
             state_dir,
             config,
             frame_observer: None,
+            market_clock: crate::market_clock::MarketClock::system(),
         }
     }
 }
@@ -126,8 +129,12 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         cpgw,
         broker,
         frame_observer: options.frame_observer,
+        market_clock: options.market_clock.clone(),
         orders: match crate::orders::OrdersRuntime::open(&options.state_dir, &trading) {
-            Ok(runtime) => Some(runtime),
+            Ok(mut runtime) => {
+                runtime.clock = options.market_clock.clone();
+                Some(runtime)
+            }
             Err(error) => {
                 tracing::error!(code = %error.code(), "trade journal unavailable; order tools refuse");
                 None

@@ -33,6 +33,7 @@ pub mod error;
 pub mod gates;
 pub mod identity;
 pub mod net;
+pub mod market_clock;
 pub mod orders;
 pub mod pairing_client;
 pub mod paths;

@@ -127,6 +127,7 @@ pub(crate) async fn handle(
         orders: context.orders.as_ref(),
         live_scope_granted,
         progress: progress.as_ref(),
+        market_clock: &context.market_clock,
     };
     match tools::run(&checked, &tool_context).await {
         Ok(value) => finalize(&value),

@@ -281,7 +281,9 @@ impl Harness {
             tool: spec,
             arguments,
         };
+        let clock = ibkr_agent::market_clock::MarketClock::system();
         let context = ToolContext {
+            market_clock: &clock,
             cpgw: &self.cpgw,
             broker: &self.broker,
             sidecar_id: "sc-test",

@@ -43,6 +43,7 @@ fn start(dir: &Path, config: SidecarConfig) -> Running {
         frame_observer: Some(Arc::new(move |frame: &Frame| {
             sink.lock().unwrap().push(frame.clone());
         })),
+        market_clock: ibkr_agent::market_clock::MarketClock::system(),
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(run_daemon(options, shutdown.clone()));

@@ -41,6 +41,8 @@ pub struct OrdersRuntime {
     /// or "closed" instead of consulting the calendar.
     #[doc(hidden)]
     pub market_open_override: Option<bool>,
+    /// The clock trading hours are judged by.
+    pub clock: crate::market_clock::MarketClock,
 }
 
 impl OrdersRuntime {
@@ -57,6 +59,7 @@ impl OrdersRuntime {
             policy,
             calendar: MarketCalendar::nyse(),
             market_open_override: None,
+            clock: crate::market_clock::MarketClock::system(),
         })
     }
 
@@ -67,6 +70,7 @@ impl OrdersRuntime {
             policy,
             calendar: MarketCalendar::nyse(),
             market_open_override: None,
+            clock: crate::market_clock::MarketClock::system(),
         }
     }
 
@@ -74,9 +78,7 @@ impl OrdersRuntime {
     pub fn market_open(&self) -> Result<bool, shared_safety::calendar::CalendarError> {
         match self.market_open_override {
             Some(open) => Ok(open),
-            None => self
-                .calendar
-                .is_regular_hours(time::OffsetDateTime::now_utc()),
+            None => self.calendar.is_regular_hours(self.clock.now()),
         }
     }
 }

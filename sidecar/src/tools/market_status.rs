@@ -7,8 +7,8 @@ use shared_safety::ErrorCode;
 use shared_safety::calendar::MarketCalendar;
 use time::OffsetDateTime;
 
-pub(super) async fn run() -> ToolResult {
-    status_at(OffsetDateTime::now_utc())
+pub(super) async fn run(clock: &crate::market_clock::MarketClock) -> ToolResult {
+    status_at(clock.now())
 }
 
 pub(super) fn status_at(now: OffsetDateTime) -> ToolResult {

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 
 /// What a tool may use.
 pub struct ToolContext<'a> {
+    /// The clock trading hours are judged by (system clock except in simulations).
+    pub market_clock: &'a crate::market_clock::MarketClock,
     pub cpgw: &'a CpgwClient,
     pub broker: &'a watch::Sender<BrokerState>,
     pub sidecar_id: &'a str,
@@ -60,7 +62,7 @@ pub async fn run(request: &CheckedRequest, context: &ToolContext<'_>) -> ToolRes
         "ibkr_health" => health::run(context).await,
         "ibkr_session_status" => session_status::run(context).await,
         "ibkr_accounts_list" => accounts_list::run(context).await,
-        "ibkr_market_status" => market_status::run().await,
+        "ibkr_market_status" => market_status::run(context.market_clock).await,
         "ibkr_contracts_search" => contracts_search::run(&request.arguments, context).await,
         "ibkr_quote" => quote::run(&request.arguments, context).await,
         "ibkr_quotes" => quotes::run(&request.arguments, context).await,
