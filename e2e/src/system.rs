@@ -61,6 +61,8 @@ pub struct SystemOptions {
     /// The exchange clock the sidecar judges trading hours by. The simulator trades on any day,
     /// so simulations pin a regular-hours time; `None` uses the real clock.
     pub market_time: Option<time::OffsetDateTime>,
+    /// The sidecar's `alerts:` section (None: alerts are only logged).
+    pub alerts: Option<ibkr_agent::alerts::AlertsSection>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -79,6 +81,7 @@ impl Default for SystemOptions {
             frame_observer: None,
             trading: ibkr_agent::orders::policy::TradingSection::default(),
             market_time: Some(SIMULATED_MARKET_TIME),
+            alerts: None,
         }
     }
 }
@@ -218,6 +221,7 @@ impl System {
         config.sidecar.reconnect_max_delay_ms = 500;
         config.sidecar.tickle_interval_seconds = 1;
         config.trading = self.options.trading.clone();
+        config.alerts = self.options.alerts.clone();
         Ok(config)
     }
 

@@ -29,6 +29,15 @@ struct Args {
     token_lifetime_seconds: i64,
 }
 
+/// Every scope except live trading: what the demo's agent and the --serve token carry.
+fn agent_scopes() -> Vec<&'static str> {
+    scopes::ALL
+        .iter()
+        .copied()
+        .filter(|scope| *scope != scopes::ORDERS_LIVE)
+        .collect()
+}
+
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn step(number: usize, text: &str) {
@@ -103,6 +112,10 @@ async fn run(args: Args) -> DemoResult<()> {
         gateway.relay_url()
     );
     println!(
+        "    exchange clock (simulated):          {} (a regular-hours Tuesday; the simulator trades any day)",
+        e2e::system::SIMULATED_MARKET_TIME
+    );
+    println!(
         "    gateway key fingerprint:             {}",
         gateway.public_key().fingerprint()
     );
@@ -148,11 +161,21 @@ async fn run(args: Args) -> DemoResult<()> {
         );
     }
 
+    // The laptop owner decides what remote agents may do: order scopes are granted locally to
+    // this pairing (orders still stay dry-run, the sidecar's default).
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir())?;
+    store.set_local_scopes(
+        &record.remote_instance_id,
+        &record.sidecar_id,
+        &shared_safety::scope::ScopeSet::from_list(&agent_scopes()),
+    )?;
+    println!("    laptop grants this pairing the non-live trading scopes (orders stay dry-run)");
+
     step(
         4,
         "An agent connects over MCP Streamable HTTP with an OAuth bearer token",
     );
-    let token = system.token(&[scopes::HEALTH_READ, scopes::ACCOUNTS_READ])?;
+    let token = system.token(&agent_scopes())?;
     let client = system.mcp_client(&token).await?;
     let tools: Vec<String> = client
         .list_all_tools()
@@ -162,12 +185,13 @@ async fn run(args: Args) -> DemoResult<()> {
         .collect();
     let _ = client.cancel().await;
     println!(
-        "    tools/list (filtered by the token's scopes): {}",
+        "    tools/list (filtered by the token's scopes, {} tools): {}",
+        tools.len(),
         tools.join(", ")
     );
     expect(
-        tools.iter().any(|t| t == "ibkr_accounts_list"),
-        "tools/list shows ibkr_accounts_list",
+        tools.iter().any(|t| t == "ibkr_buy"),
+        "tools/list shows ibkr_buy",
     )?;
 
     step(
@@ -181,24 +205,52 @@ async fn run(args: Args) -> DemoResult<()> {
         "relay connected",
     )?;
 
-    step(6, "ibkr_session_status");
+    step(
+        6,
+        "ibkr_session_status: account identity and trading posture",
+    );
     let status = call(&system, &token, "ibkr_session_status", json!({})).await?;
     show("result", &structured(&status));
     expect(status.is_error != Some(true), "session status succeeds")?;
 
-    step(
-        7,
-        "ibkr_accounts_list (CPGW session material is stripped on the laptop)",
-    );
-    let accounts = call(&system, &token, "ibkr_accounts_list", json!({})).await?;
-    show("result", &structured(&accounts));
-    expect(
-        structured(&accounts)["selected_account"] == "DU1234567",
-        "paper account listed",
-    )?;
+    step(7, "ibkr_quote AAPL");
+    let quote = call(&system, &token, "ibkr_quote", json!({"symbol": "AAPL"})).await?;
+    show("result", &structured(&quote));
+    expect(quote.is_error != Some(true), "quote succeeds")?;
 
     step(
         8,
+        "ibkr_portfolio_snapshot (CPGW session material is stripped on the laptop)",
+    );
+    let portfolio = call(&system, &token, "ibkr_portfolio_snapshot", json!({})).await?;
+    show("result", &structured(&portfolio));
+    expect(portfolio.is_error != Some(true), "portfolio succeeds")?;
+
+    step(
+        9,
+        "ibkr_buy AAPL for 25 USD (fractional, cashQty): every guard runs, dry-run sends nothing",
+    );
+    let buy = call(
+        &system,
+        &token,
+        "ibkr_buy",
+        json!({"symbol": "AAPL", "cash_amount": "25"}),
+    )
+    .await?;
+    show("result", &structured(&buy));
+    expect(structured(&buy)["status"] == "dry_run", "dry-run buy")?;
+    expect(
+        system.sim.order_log().is_empty(),
+        "the dry run reached no broker",
+    )?;
+
+    step(10, "ibkr_trade_history: what did my agent do?");
+    let history = call(&system, &token, "ibkr_trade_history", json!({"limit": 5})).await?;
+    show("result", &structured(&history));
+    expect(history.is_error != Some(true), "trade history succeeds")?;
+
+    step(
+        11,
         "The CPGW session lapses: the agent is told to ask for a manual login, nothing logs in",
     );
     system.sim.set_auth_state(AuthState::LoggedOut);
@@ -211,7 +263,7 @@ async fn run(args: Args) -> DemoResult<()> {
     system.sim.set_auth_state(AuthState::LoggedIn);
 
     step(
-        9,
+        12,
         "A prompt-injected call smuggling a cookie is refused before it leaves the gateway",
     );
     let refused = call(
@@ -224,11 +276,8 @@ async fn run(args: Args) -> DemoResult<()> {
     show("result", &structured(&refused));
     expect(refused.is_error == Some(true), "cookie refused")?;
 
-    step(
-        10,
-        "A token without the accounts scope does not even see the tool",
-    );
-    let narrow = system.token(&[scopes::HEALTH_READ])?;
+    step(13, "A read-only token does not even see the order tools");
+    let narrow = system.token(protocol::catalog::scopes::READ_ONLY)?;
     let client = system.mcp_client(&narrow).await?;
     let narrow_tools: Vec<String> = client
         .list_all_tools()
@@ -239,8 +288,8 @@ async fn run(args: Args) -> DemoResult<()> {
     let _ = client.cancel().await;
     println!("    tools/list: {}", narrow_tools.join(", "));
     expect(
-        !narrow_tools.iter().any(|t| t == "ibkr_accounts_list"),
-        "narrow token hides accounts",
+        !narrow_tools.iter().any(|t| t == "ibkr_buy"),
+        "read-only token hides order tools",
     )?;
 
     if args.serve {
@@ -258,10 +307,9 @@ async fn run(args: Args) -> DemoResult<()> {
 async fn serve(system: &System, lifetime_seconds: i64) -> DemoResult<()> {
     let url = system.mcp_url()?;
     let mut request = TokenRequest::new(&system.options.user_id, &url, &[]);
-    // Every scope except live trading: orders (later) stay on the paper account.
-    request.scopes = scopes::ALL
+    // Every scope except live trading; orders also stay dry-run, the sidecar's default.
+    request.scopes = agent_scopes()
         .iter()
-        .filter(|scope| **scope != scopes::ORDERS_LIVE)
         .map(|scope| scope.to_string())
         .collect();
     request.lifetime_seconds = lifetime_seconds;

@@ -5,10 +5,27 @@
 //! There is deliberately no login endpoint: the real login is a browser flow
 //! with 2FA that the product must never automate, so the simulator offers
 //! nothing the product could learn to script.
+//!
+//! Trading: one paper account (`DU1234567` by default, 100 000 USD cash,
+//! fractions and cash quantities allowed) and the instruments AAPL 265598,
+//! MSFT 272093, SPY 756733 (ARCA), TSLA 76792991, SAP (IBIS, EUR only) and
+//! SHEL (LSE listed before NYSE). Quotes walk deterministically from
+//! [`SimConfig::seed`], one step per snapshot request; [`CpgwSimulator::set_price`]
+//! pins a quote for exact assertions. Money and quantities are exact
+//! decimals throughout. The CPGW quirks (warm-ups, confirmation rounds,
+//! 503 after landing, partial fills, positions lag, cancel answer shapes,
+//! idle lapse, competing sessions...) are knobs of [`SimScenario`].
 
+mod book;
+mod engine;
+mod market;
+mod orders;
 mod routes;
+mod scenario;
 mod state;
 mod tls;
+mod trading_routes;
+mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,6 +39,11 @@ use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use book::SimPosition;
+pub use market::SimQuote;
+pub use orders::{SimExecution, SimOrder, SimOrderStatus};
+pub use rust_decimal::Decimal;
+pub use scenario::{CancelAckShape, SimScenario};
 pub use state::{AuthState, IsPaperShape, LoggedRequest, SimAccount, SimCounters};
 use state::{SharedState, SimState};
 
@@ -42,15 +64,25 @@ pub struct SimConfig {
     pub auth_state: AuthState,
     /// The account the session sees.
     pub account: SimAccount,
+    /// Seed of the deterministic price walk.
+    pub seed: u64,
+    /// Quirks switched on at start.
+    pub scenario: SimScenario,
+    /// Cash in the account at start, in USD.
+    pub starting_cash: Decimal,
 }
 
 impl Default for SimConfig {
-    /// `127.0.0.1:0`, logged in, paper account `DU1234567`.
+    /// `127.0.0.1:0`, logged in, paper account `DU1234567` with 100 000 USD,
+    /// seed 0, [`SimScenario::default`].
     fn default() -> Self {
         SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth_state: AuthState::LoggedIn,
             account: SimAccount::paper(),
+            seed: 0,
+            scenario: SimScenario::default(),
+            starting_cash: Decimal::from(100_000),
         }
     }
 }
@@ -73,7 +105,13 @@ impl CpgwSimulator {
         let sim_tls = tls::generate()?;
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let state = SharedState::new(SimState::new(config.auth_state, config.account));
+        let state = SharedState::new(SimState::new(
+            config.auth_state,
+            config.account,
+            config.seed,
+            config.scenario,
+            config.starting_cash,
+        ));
         let app = routes::router(state.clone());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
@@ -152,6 +190,133 @@ impl CpgwSimulator {
     /// leak assertions.
     pub fn session_id(&self) -> String {
         self.state.lock().session_id.clone()
+    }
+
+    /// Replaces every scenario knob at once. Working orders are re-evaluated
+    /// (e.g. parked orders fill when the market opens).
+    pub fn set_scenario(&self, scenario: SimScenario) {
+        let mut guard = self.state.lock();
+        guard.scenario = scenario;
+        guard.reevaluate(wire::now_ms());
+    }
+
+    /// Changes some scenario knobs, e.g.
+    /// `sim.update_scenario(|s| s.market_open = false)`. Working orders are
+    /// re-evaluated afterwards.
+    pub fn update_scenario(&self, change: impl FnOnce(&mut SimScenario)) {
+        let mut guard = self.state.lock();
+        change(&mut guard.scenario);
+        guard.reevaluate(wire::now_ms());
+    }
+
+    /// The scenario now (counters such as `fail_with_503_after_landing`
+    /// count down as they are used).
+    pub fn scenario(&self) -> SimScenario {
+        self.state.lock().scenario.clone()
+    }
+
+    /// Pins the quote of `symbol` (its US listing if it has one, else its
+    /// first): it stops walking until changed again. Working orders are
+    /// re-evaluated against it. Returns false for an unknown symbol or a
+    /// non-positive price.
+    pub fn set_price(&self, symbol: &str, last: Decimal, bid: Decimal, ask: Decimal) -> bool {
+        let guard = self.state.lock();
+        let Some(conid) = guard.market.primary_conid(symbol) else {
+            return false;
+        };
+        drop(guard);
+        self.set_price_conid(conid, last, bid, ask)
+    }
+
+    /// [`CpgwSimulator::set_price`] for one listing, by conid.
+    pub fn set_price_conid(&self, conid: i64, last: Decimal, bid: Decimal, ask: Decimal) -> bool {
+        let mut guard = self.state.lock();
+        if !guard.market.set_quote(conid, SimQuote { last, bid, ask }) {
+            return false;
+        }
+        guard.reevaluate(wire::now_ms());
+        true
+    }
+
+    /// The current quote of `symbol` (same listing choice as `set_price`).
+    pub fn quote(&self, symbol: &str) -> Option<SimQuote> {
+        let guard = self.state.lock();
+        let conid = guard.market.primary_conid(symbol)?;
+        guard.market.quote(conid)
+    }
+
+    /// Every order the simulator accepted (placed), in placement order,
+    /// including those whose answer was a 503. Submissions still waiting
+    /// for, or declined at, a confirmation round are not orders.
+    pub fn order_log(&self) -> Vec<SimOrder> {
+        self.state.lock().trading.order_log()
+    }
+
+    /// Every `POST /iserver/reply/{id}` with a valid body, in arrival order:
+    /// `(reply_id, confirmed)`, unknown ids included.
+    pub fn reply_log(&self) -> Vec<(String, bool)> {
+        self.state.lock().trading.reply_log.clone()
+    }
+
+    /// The true positions, every fill applied (no lag).
+    pub fn positions(&self) -> Vec<SimPosition> {
+        let guard = self.state.lock();
+        guard.trading.book.positions(&guard.market)
+    }
+
+    /// The positions CPGW currently reports (behind by the positions lag).
+    pub fn reported_positions(&self) -> Vec<SimPosition> {
+        let guard = self.state.lock();
+        guard.trading.reported.positions(&guard.market)
+    }
+
+    /// True cash balance in `currency` (no lag); zero if never touched.
+    pub fn cash(&self, currency: &str) -> Decimal {
+        self.state
+            .lock()
+            .trading
+            .book
+            .cash
+            .get(currency)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every execution so far, in order.
+    pub fn executions(&self) -> Vec<SimExecution> {
+        self.state.lock().trading.executions.clone()
+    }
+
+    /// Ends the positions lag now: every fill shows in positions and summary.
+    pub fn settle_positions(&self) {
+        self.state.lock().trading.settle();
+    }
+
+    /// Fills what is left of an order at the touch (ask for buys, bid for
+    /// sells), whatever its type, trigger or the market hours. Returns false
+    /// for an unknown or finished order.
+    pub fn fill(&self, order_id: &str) -> bool {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state
+            .trading
+            .force_fill(order_id, &state.market, &state.scenario, wire::now_ms())
+    }
+
+    /// Lapses the session now, to the scenario's `idle_lapse_state`, as if
+    /// the idle timeout had passed. A logged-out session stays logged out.
+    pub fn lapse_session(&self) {
+        let mut guard = self.state.lock();
+        if guard.auth_state == AuthState::LoggedIn {
+            guard.auth_state = guard.scenario.idle_lapse_state;
+        }
+    }
+
+    /// Re-arms the snapshot (per conid) and orders-list warm-ups.
+    pub fn reset_warmups(&self) {
+        let mut guard = self.state.lock();
+        guard.trading.snapshot_warmed.clear();
+        guard.trading.orders_warmed = false;
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded by a

@@ -2,7 +2,8 @@
 //! middleware every real CPGW answer goes through (request log, session cookie).
 //!
 //! To add an endpoint: write a handler taking `State<SharedState>`, register it
-//! in [`api_routes`], and keep any new scenario knobs in `SimState`.
+//! in [`api_routes`] (trading endpoints live in `trading_routes`), and keep
+//! any new scenario knobs in `SimScenario`.
 
 use axum::{
     Router,
@@ -16,6 +17,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::state::{AuthState, LoggedRequest, SERVER_MAC, SharedState, random_hex, server_info};
+use super::trading_routes;
 
 /// Bodies larger than this are refused; no CPGW request comes close.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -39,7 +41,11 @@ fn api_routes() -> Router<SharedState> {
         .route("/tickle", post(tickle))
         .route("/iserver/auth/ssodh/init", post(ssodh_init))
         .route("/iserver/accounts", get(accounts))
+        .merge(trading_routes::routes())
 }
+
+/// Path of `/tickle` as the middleware sees it.
+const TICKLE_PATH: &str = "/v1/api/tickle";
 
 /// Logs the request (with its body, so tests can assert what the product
 /// sent) and stamps the session cookie the real gateway sets on every answer:
@@ -58,6 +64,20 @@ async fn record_and_set_cookie(
     };
     let cookie = {
         let mut guard = state.lock();
+        let path = parts.uri.path();
+        if path == TICKLE_PATH {
+            guard.idle_requests = 0;
+        } else if path.starts_with("/v1/api/") {
+            // The session survives `n` requests without a tickle; the next
+            // one finds it lapsed.
+            guard.idle_requests += 1;
+            if let Some(limit) = guard.scenario.session_idle_lapse_requests
+                && guard.idle_requests > limit
+                && guard.auth_state == AuthState::LoggedIn
+            {
+                guard.auth_state = guard.scenario.idle_lapse_state;
+            }
+        }
         guard.request_log.push(LoggedRequest {
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
@@ -79,18 +99,17 @@ async fn record_and_set_cookie(
 }
 
 async fn auth_status(State(state): State<SharedState>) -> Response {
-    let auth_state = {
+    let (authenticated, connected, competing) = {
         let mut guard = state.lock();
         guard.counters.auth_status += 1;
-        guard.auth_state
+        guard.auth_flags()
     };
-    let (authenticated, connected) = auth_state.flags();
     json_response(
         StatusCode::OK,
         json!({
             "authenticated": authenticated,
             "connected": connected,
-            "competing": false,
+            "competing": competing,
             "serverInfo": server_info(),
             "MAC": SERVER_MAC,
             "fail": "",
@@ -99,16 +118,15 @@ async fn auth_status(State(state): State<SharedState>) -> Response {
 }
 
 async fn tickle(State(state): State<SharedState>) -> Response {
-    let auth_state = {
+    let (auth_state, (authenticated, connected, competing)) = {
         let mut guard = state.lock();
         guard.counters.tickles += 1;
-        guard.auth_state
+        (guard.auth_state, guard.auth_flags())
     };
     if auth_state == AuthState::LoggedOut {
         // The real gateway answers a tickle without a session with a bare 401.
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let (authenticated, connected) = auth_state.flags();
     json_response(
         StatusCode::OK,
         json!({
@@ -120,7 +138,7 @@ async fn tickle(State(state): State<SharedState>) -> Response {
             "iserver": {
                 "authStatus": {
                     "authenticated": authenticated,
-                    "competing": false,
+                    "competing": competing,
                     "connected": connected,
                     "message": "",
                     "MAC": SERVER_MAC,
@@ -133,8 +151,13 @@ async fn tickle(State(state): State<SharedState>) -> Response {
 
 /// Reopens the brokerage session. Deliberately needs no credentials and
 /// cannot log a user in: a logged-out session stays logged out, because the
-/// real login is a browser flow the product must never automate.
-async fn ssodh_init(State(state): State<SharedState>, _body: Bytes) -> Response {
+/// real login is a browser flow the product must never automate. While
+/// another session competes, only `"compete": true` takes the session back.
+async fn ssodh_init(State(state): State<SharedState>, body: Bytes) -> Response {
+    let compete = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value.get("compete").and_then(Value::as_bool))
+        .unwrap_or(false);
     let mut guard = state.lock();
     guard.counters.ssodh_inits += 1;
     if guard.auth_state == AuthState::LoggedOut {
@@ -146,6 +169,16 @@ async fn ssodh_init(State(state): State<SharedState>, _body: Bytes) -> Response 
             json!({"error": "no bridge"}),
         );
     }
+    if guard.scenario.competing {
+        if !compete {
+            return json_response(
+                StatusCode::OK,
+                json!({"authenticated": false, "connected": true, "competing": true}),
+            );
+        }
+        guard.scenario.competing = false;
+    }
+    guard.idle_requests = 0;
     guard.auth_state = AuthState::LoggedIn;
     json_response(
         StatusCode::OK,
@@ -156,7 +189,7 @@ async fn ssodh_init(State(state): State<SharedState>, _body: Bytes) -> Response 
 async fn accounts(State(state): State<SharedState>) -> Response {
     let mut guard = state.lock();
     guard.counters.accounts += 1;
-    if guard.auth_state != AuthState::LoggedIn {
+    if !guard.session_usable() {
         return not_authenticated();
     }
     json_response(StatusCode::OK, guard.accounts_json())
@@ -169,13 +202,13 @@ async fn not_found() -> Response {
     )
 }
 
-fn not_authenticated() -> Response {
+pub(crate) fn not_authenticated() -> Response {
     json_response(
         StatusCode::UNAUTHORIZED,
         json!({"error": "not authenticated"}),
     )
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }

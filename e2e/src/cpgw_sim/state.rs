@@ -2,7 +2,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
+
+use super::engine::Trading;
+use super::market::Market;
+use super::scenario::SimScenario;
 
 /// Session state of the simulated CPGW, as the real gateway reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,10 +124,24 @@ pub(crate) struct SimState {
     /// product must strip them, so they are random to make leaks detectable.
     pub(crate) session_id: String,
     pub(crate) cookie_value: String,
+    /// Quirks currently switched on.
+    pub(crate) scenario: SimScenario,
+    /// Instruments and their quotes.
+    pub(crate) market: Market,
+    /// Orders, executions and the books.
+    pub(crate) trading: Trading,
+    /// `/v1/api` requests since the last `/tickle`, for the idle lapse.
+    pub(crate) idle_requests: u64,
 }
 
 impl SimState {
-    pub(crate) fn new(auth_state: AuthState, account: SimAccount) -> Self {
+    pub(crate) fn new(
+        auth_state: AuthState,
+        account: SimAccount,
+        seed: u64,
+        scenario: SimScenario,
+        starting_cash: Decimal,
+    ) -> Self {
         SimState {
             auth_state,
             ssodh_init_fails: false,
@@ -131,7 +150,30 @@ impl SimState {
             counters: SimCounters::default(),
             session_id: random_hex(16),
             cookie_value: random_uuid_like(),
+            scenario,
+            market: Market::new(seed),
+            trading: Trading::new(starting_cash),
+            idle_requests: 0,
         }
+    }
+
+    /// `(authenticated, connected, competing)` as `/iserver/auth/status`
+    /// reports them: a competing session takes the brokerage session away.
+    pub(crate) fn auth_flags(&self) -> (bool, bool, bool) {
+        let (authenticated, connected) = self.auth_state.flags();
+        let competing = self.scenario.competing && connected;
+        (authenticated && !competing, connected, competing)
+    }
+
+    /// Whether brokerage endpoints answer (logged in, nobody competing).
+    pub(crate) fn session_usable(&self) -> bool {
+        self.auth_flags().0
+    }
+
+    /// Re-evaluates working orders after quotes or the scenario changed.
+    pub(crate) fn reevaluate(&mut self, now_ms: i64) {
+        self.trading
+            .evaluate_all(&self.market, &self.scenario, now_ms);
     }
 
     pub(crate) fn accounts_json(&self) -> Value {
@@ -171,9 +213,9 @@ impl SharedState {
         SharedState(Arc::new(Mutex::new(state)))
     }
 
-    /// Locks the state. A handler that panicked while holding the lock left
-    /// the state consistent (every mutation is a single assignment or push),
-    /// so a poisoned lock is safe to keep using.
+    /// Locks the state. Handlers do not panic (no unwraps; decimal inputs are
+    /// bounded far below overflow), so a poisoned lock would only come from
+    /// a test thread; the state is still the best there is, so keep using it.
     pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -199,7 +241,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     buffer.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn random_uuid_like() -> String {
+pub(crate) fn random_uuid_like() -> String {
     let hex = random_hex(16);
     let (a, rest) = hex.split_at(8);
     let (b, rest) = rest.split_at(4);
