@@ -256,6 +256,21 @@ async fn each_guard_refuses_with_its_own_code() {
     )
     .await;
     assert_eq!(code(&over_daily), "ORDER_DAILY_CAP_EXCEEDED");
+    // A protective sell stop above the market would trigger at once.
+    system.sim.settle_positions();
+    let held = system
+        .sim
+        .positions()
+        .into_iter()
+        .find(|p| p.symbol == "AAPL")
+        .unwrap();
+    let stop = call(
+        &system,
+        "ibkr_stop_order",
+        json!({"symbol": "AAPL", "side": "SELL", "quantity": held.quantity.to_string(), "stop_price": "250"}),
+    )
+    .await;
+    assert_eq!(code(&stop), "ORDER_STOP_WRONG_SIDE");
     assert_eq!(
         system.sim.order_log().len(),
         1,
@@ -266,25 +281,40 @@ async fn each_guard_refuses_with_its_own_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_identity_and_market_hours_guards() {
-    // A live account: refused (live is off by default and the pairing lacks ibkr:orders:live).
+    // A live account is refused (live is off by default and the pairing lacks
+    // ibkr:orders:live); an account whose type CPGW does not say is refused as unverified.
     let system = trading_system(live_trading()).await;
-    system.sim.set_account(SimAccount {
-        account_id: "U7654321".into(),
-        is_paper: IsPaperShape::Bool(false),
-        ..SimAccount::paper()
-    });
-    system.sim.set_auth_state(AuthState::LoggedOut);
-    system.sim.set_auth_state(AuthState::LoggedIn); // a new session: caches are re-read
-    let live = call(
-        &system,
-        "ibkr_buy",
-        json!({"symbol": "AAPL", "cash_amount": "10"}),
-    )
-    .await;
-    assert!(
-        ["ORDER_LIVE_TRADING_REFUSED", "ORDER_ACCOUNT_UNVERIFIED"].contains(&code(&live).as_str()),
-        "{live:?}"
-    );
+    for (account, expected) in [
+        (
+            SimAccount {
+                account_id: "U7654321".into(),
+                is_paper: IsPaperShape::Bool(false),
+                ..SimAccount::paper()
+            },
+            "ORDER_LIVE_TRADING_REFUSED",
+        ),
+        (
+            SimAccount {
+                account_id: "U7654322".into(),
+                is_paper: IsPaperShape::Missing,
+                ..SimAccount::paper()
+            },
+            "ORDER_ACCOUNT_UNVERIFIED",
+        ),
+    ] {
+        system.sim.set_account(account);
+        // A new broker session, so the sidecar re-reads the account.
+        system.sim.set_auth_state(AuthState::LoggedOut);
+        let _ = call(&system, "ibkr_accounts_list", json!({})).await;
+        system.sim.set_auth_state(AuthState::LoggedIn);
+        let refused = call(
+            &system,
+            "ibkr_buy",
+            json!({"symbol": "AAPL", "cash_amount": "10"}),
+        )
+        .await;
+        assert_eq!(code(&refused), expected, "{refused:?}");
+    }
     assert!(system.sim.order_log().is_empty());
     system.shutdown().await;
 
