@@ -1,16 +1,24 @@
 //! Assembling and running the gateway: validation, state, the axum router, the listener, and
 //! the handle that tests, the demo and the CLI use to observe and stop it.
 //!
-//! Start order (each step fails closed before the next): validate the configuration, open the
-//! store and the gateway key, bind, fetch the signing keys (not fatal), serve.
+//! Start order (each step fails closed before the next): validate the configuration, check the
+//! secrets it names (metrics token, audit HMAC secret), open the store, the gateway key and the
+//! audit key, bind, fetch the signing keys (not fatal; retried until loaded), start the audit
+//! writer and the revocation poll, serve.
+//!
+//! Routes: `/.well-known/oauth-protected-resource[/mcp]`, `/pair/*`, `/relay` and `/mcp` behind
+//! the per-peer rate limit; `/healthz`, `/readyz` and `/metrics` outside it. `/mcp` is layered
+//! (outermost first) Host/Origin check, `no-store, private` cache headers, the request
+//! deadline, the OAuth middleware, then rmcp's Streamable HTTP service.
 
-use crate::audit::Audit;
-use crate::config::GatewayConfiguration;
+use crate::audit::{Audit, AuditKey, AuditKeyError, KeySource};
+use crate::config::{ConfigError, GatewayConfiguration};
 use crate::error::{GatewayError, StartError};
 use crate::keys;
 use crate::listener::{LimitedListener, PeerAddr};
 use crate::mcp::GatewayMcp;
-use crate::oauth::jwks::JwksCache;
+use crate::metrics::{Metrics, RateLimitScope, Snapshot};
+use crate::oauth::jwks::{JwksCache, REFRESH_COOLDOWN};
 use crate::oauth::metadata::protected_resource;
 use crate::oauth::middleware::{MAX_MCP_BODY_BYTES, require_bearer, too_many_requests};
 use crate::oauth::token::{TokenValidator, ValidatorSettings};
@@ -20,43 +28,159 @@ use crate::rate_limit::RateLimiter;
 use crate::relay::endpoint::relay_upgrade;
 use crate::relay::{LiveSidecar, Relay, RelaySettings, SessionEvent};
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{AuditLog, Store};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{Next, from_fn_with_state};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use protocol::identity::PublicKey;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use shared_safety::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
+use zeroize::Zeroizing;
 
 /// How long shutdown waits for relay connections and then for HTTP connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Bound on the non-streaming endpoints (pairing, metadata).
+/// Bound on the non-streaming endpoints (pairing, metadata, health, metrics).
 const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the store round trip of `/readyz`.
+const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest `/metrics` bearer token accepted from the environment.
+const MIN_METRICS_TOKEN_BYTES: usize = 16;
 
+/// Per-peer rate limit, before authentication. The peer is the client address as
+/// [`crate::net::client_ip`] resolves it (the socket peer unless it is a trusted proxy).
 async fn peer_rate_limit(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Err(retry_after) = state.peer_limiter.check(&peer.0.ip().to_string()) {
+    let client = crate::net::client_ip(
+        peer.0.ip(),
+        request.headers(),
+        &state.resolved.trusted_proxies,
+    );
+    if let Err(retry_after) = state
+        .peer_limiter
+        .check(&crate::net::rate_limit_key(client))
+    {
+        state.metrics.rate_limited(RateLimitScope::Peer);
         return too_many_requests(retry_after);
     }
     next.run(request).await
 }
 
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /healthz`: the process is alive and serving.
 async fn healthz() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    no_store(axum::Json(serde_json::json!({"status": "ok"})).into_response())
+}
+
+/// `GET /readyz`: the store answers and the signing keys were loaded at least once.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let store_ok = matches!(
+        tokio::time::timeout(READY_STORE_TIMEOUT, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let keys_ok = state
+        .validator
+        .as_ref()
+        .is_some_and(|validator| validator.jwks().loaded_once());
+    let ready = store_ok && keys_ok;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unavailable" },
+        "signing_keys": if keys_ok { "loaded" } else { "not_loaded" },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    no_store((status, axum::Json(body)).into_response())
+}
+
+fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// `GET /metrics`: Prometheus text. Served to a loopback peer that came through no proxy
+/// (no forwarding headers), or to anybody presenting the `metrics.bearer_token_env` token.
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let local = crate::net::canonical(peer.0.ip()).is_loopback()
+        && !crate::net::has_forwarding_headers(&headers);
+    let token_ok = state
+        .metrics_token
+        .as_ref()
+        .is_some_and(|expected| bearer_matches(&headers, expected));
+    if !(local || token_ok) {
+        let error = GatewayError::with_detail(
+            ErrorCode::AuthRequired,
+            "Metrics are served to loopback scrapers or with the metrics bearer token.",
+        );
+        let status = if state.metrics_token.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let mut response = (status, axum::Json(error.to_json())).into_response();
+        if state.metrics_token.is_some() {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            );
+        }
+        return no_store(response);
+    }
+    let (jwks_refresh_success, jwks_refresh_failure) = state
+        .validator
+        .as_ref()
+        .map(|validator| validator.jwks().refresh_counts())
+        .unwrap_or_default();
+    let text = state.metrics.render(Snapshot {
+        relay_sessions: state.relay.session_count() as u64,
+        jwks_refresh_success,
+        jwks_refresh_failure,
+    });
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    no_store(response)
+}
+
+fn short_timeout() -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, SHORT_REQUEST_TIMEOUT)
 }
 
 fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Router {
@@ -69,27 +193,34 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
             "/.well-known/oauth-protected-resource/mcp",
             get(protected_resource),
         )
-        .route("/healthz", get(healthz))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            SHORT_REQUEST_TIMEOUT,
-        ));
+        .layer(short_timeout());
 
     if state.resolved.relay_enabled {
         let pairing = Router::new()
             .route("/pair/start", post(pair_start))
             .route("/pair/finish", post(pair_finish))
             .layer(DefaultBodyLimit::max(MAX_PAIRING_BODY_BYTES))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                SHORT_REQUEST_TIMEOUT,
-            ));
+            .layer(short_timeout());
         router = router.merge(pairing).route("/relay", get(relay_upgrade));
     }
 
     if state.resolved.mcp_enabled {
+        // One endpoint, both revisions: with `legacy_session_mode` on, rmcp serves
+        // `initialize` and every request of a 2025-11-25 (or 2025-06-18) client through an
+        // `Mcp-Session-Id` session, and every request carrying the 2026-07-28 per-request
+        // `_meta` (and `server/discover`) statelessly, checking `Mcp-Method`/`Mcp-Name`
+        // against the body; GET and DELETE under 2026-07-28 are answered 405.
+        let allowed_hosts: Vec<String> = state
+            .resolved
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let config = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(state.resolved.allowed_hosts.clone())
+            .with_legacy_session_mode(true)
+            .with_allowed_hosts(allowed_hosts)
+            .with_allowed_origins(state.resolved.allowed_origins.clone())
+            .enforce_origin_validation()
             .with_cancellation_token(server_shutdown.child_token())
             .with_max_request_body_bytes(MAX_MCP_BODY_BYTES)
             .with_sse_keep_alive(Some(Duration::from_secs(15)));
@@ -99,14 +230,34 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
             Arc::new(LocalSessionManager::default()),
             config,
         );
+        // Outermost first: Host/Origin, cache headers (on every answer, refusals included),
+        // the request deadline, then OAuth.
         let guarded = ServiceBuilder::new()
+            .layer(from_fn_with_state(
+                Arc::clone(&state),
+                crate::edge::host_and_origin,
+            ))
+            .layer(from_fn(crate::edge::private_no_store))
+            .layer(from_fn_with_state(
+                Arc::clone(&state),
+                crate::edge::deadline,
+            ))
             .layer(from_fn_with_state(Arc::clone(&state), require_bearer))
             .service(service);
         router = router.nest_service("/mcp", guarded);
     }
 
+    // Operations endpoints are not rate limited: a busy client must not make the load
+    // balancer's health checks fail.
+    let operations = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(short_timeout());
+
     router
         .layer(from_fn_with_state(Arc::clone(&state), peer_rate_limit))
+        .merge(operations)
         .with_state(state)
 }
 
@@ -117,6 +268,7 @@ pub struct GatewayHandle {
     public_key: PublicKey,
     server_shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
+    audit_writer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GatewayHandle {
@@ -203,7 +355,28 @@ impl GatewayHandle {
         self.state.relay.last_session_end(sidecar_id)
     }
 
-    /// Revokes a pairing; its live session is closed on its next use or renewal.
+    /// Waits until every audit record queued so far is in the store (bounded). Returns
+    /// whether that happened.
+    pub async fn flush_audit(&self) -> bool {
+        self.state.audit.flush(SHUTDOWN_GRACE).await
+    }
+
+    /// The gateway's metrics in the Prometheus text format (what `GET /metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        let (jwks_refresh_success, jwks_refresh_failure) = self
+            .state
+            .validator
+            .as_ref()
+            .map(|validator| validator.jwks().refresh_counts())
+            .unwrap_or_default();
+        self.state.metrics.render(Snapshot {
+            relay_sessions: self.state.relay.session_count() as u64,
+            jwks_refresh_success,
+            jwks_refresh_failure,
+        })
+    }
+
+    /// Revokes a pairing and closes its live session at once.
     pub async fn revoke_pairing(&self, sidecar_id: &str) -> Result<bool, GatewayError> {
         let revoked = self
             .state
@@ -235,6 +408,13 @@ impl GatewayHandle {
             server.abort();
             let _ = server.await;
         }
+        // Every call has been answered: commit the audit records still queued.
+        if !self.state.audit.stop(SHUTDOWN_GRACE).await {
+            tracing::warn!("audit records could not all be stored before shutdown");
+        }
+        if let Some(writer) = self.audit_writer.take() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer).await;
+        }
         tracing::info!("gateway stopped");
     }
 }
@@ -252,19 +432,67 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
     // Nothing is bound or written before the configuration is known to be good.
     let resolved = config.resolve()?;
 
+    // Secrets named by the configuration must be usable before anything is written.
+    let metrics_token = match &config.metrics.bearer_token_env {
+        Some(variable) => match std::env::var(variable) {
+            Ok(value) if value.len() >= MIN_METRICS_TOKEN_BYTES => Some(Zeroizing::new(value)),
+            _ => {
+                return Err(StartError::Config(ConfigError {
+                    code: ErrorCode::ConfigInvalid,
+                    key: "metrics.bearer_token_env".into(),
+                    message: format!(
+                        "the environment variable {variable} must hold a token of at least {MIN_METRICS_TOKEN_BYTES} bytes"
+                    ),
+                }));
+            }
+        },
+        None => None,
+    };
+    let hmac_variable = config.remote_mcp.token_id_hmac_secret_env.clone();
+    if std::env::var_os(&hmac_variable)
+        .is_some_and(|value| value.len() < crate::audit::MIN_SECRET_BYTES)
+    {
+        return Err(StartError::Config(ConfigError {
+            code: ErrorCode::ConfigInvalid,
+            key: "remote_mcp.token_id_hmac_secret_env".into(),
+            message: format!(
+                "the environment variable {hmac_variable} is set but shorter than {} bytes; set a longer secret or unset it to use one generated in state_dir",
+                crate::audit::MIN_SECRET_BYTES
+            ),
+        }));
+    }
+
     let state_dir = config.state_dir.clone();
     let configured_instance = config.instance_id.clone();
-    let (store, keypair, instance_id) = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&state_dir).map_err(|e| StartError::Store(e.to_string()))?;
-        let keypair = keys::load_or_create_keypair(&state_dir)
-            .map_err(|e| StartError::Keys(e.to_string()))?;
-        let instance_id =
-            keys::load_or_create_instance_id(&state_dir, configured_instance.as_deref())
+    let (store, keypair, instance_id, audit_key, audit_log) =
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&state_dir).map_err(|e| StartError::Store(e.to_string()))?;
+            let keypair = keys::load_or_create_keypair(&state_dir)
                 .map_err(|e| StartError::Keys(e.to_string()))?;
-        Ok::<_, StartError>((store, keypair, instance_id))
-    })
-    .await
-    .map_err(|_| StartError::Store("startup task failed".into()))??;
+            let instance_id =
+                keys::load_or_create_instance_id(&state_dir, configured_instance.as_deref())
+                    .map_err(|e| StartError::Keys(e.to_string()))?;
+            let (audit_key, source) =
+                AuditKey::load(&hmac_variable, &state_dir).map_err(|error| match error {
+                    AuditKeyError::TooShort(_) => StartError::Config(ConfigError {
+                        code: ErrorCode::ConfigInvalid,
+                        key: "remote_mcp.token_id_hmac_secret_env".into(),
+                        message: error.to_string(),
+                    }),
+                    AuditKeyError::File(error) => StartError::Keys(error.to_string()),
+                })?;
+            if source == KeySource::StateDir {
+                tracing::info!(
+                    variable = %hmac_variable,
+                    file = crate::keys::AUDIT_SECRET_FILE,
+                    "audit HMAC secret not in the environment; using the one persisted in state_dir"
+                );
+            }
+            let audit_log = AuditLog::open(&store).map_err(|e| StartError::Store(e.to_string()))?;
+            Ok::<_, StartError>((store, keypair, instance_id, audit_key, audit_log))
+        })
+        .await
+        .map_err(|_| StartError::Store("startup task failed".into()))??;
 
     let listener = tokio::net::TcpListener::bind(resolved.listen)
         .await
@@ -278,6 +506,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
     })?;
     let config = config.with_bound_port(local_addr.port());
     let resolved = config.resolve()?;
+    let server_shutdown = CancellationToken::new();
 
     let validator = match (&resolved.issuer, resolved.mcp_enabled) {
         (Some(issuer), true) => {
@@ -286,6 +515,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
             let jwks = Arc::new(jwks);
             if !jwks.initial_fetch().await {
                 tracing::warn!(%issuer, "signing keys not available yet; tokens are refused until they are");
+                spawn_key_retry(Arc::clone(&jwks), server_shutdown.clone());
             }
             let settings = ValidatorSettings {
                 issuer: issuer.clone(),
@@ -313,11 +543,8 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         Arc::clone(&keypair),
         instance_id.clone(),
     ));
-    let audit = if resolved.mcp_enabled {
-        Audit::from_env(&config.remote_mcp.token_id_hmac_secret_env)
-    } else {
-        Audit::random()
-    };
+    let metrics = Arc::new(Metrics::new());
+    let (audit, audit_writer) = Audit::start(audit_key, audit_log, Arc::clone(&metrics));
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),
@@ -328,13 +555,19 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         instance_id,
         validator,
         audit,
+        metrics,
+        metrics_token,
         relay,
         config,
     });
+    state.relay.spawn_revocation_poll();
 
-    let server_shutdown = CancellationToken::new();
     let app = build_router(Arc::clone(&state), &server_shutdown);
-    let listener = LimitedListener::new(listener, state.config.remote_mcp.max_connections);
+    let listener = LimitedListener::new(
+        listener,
+        state.config.remote_mcp.max_connections,
+        Arc::clone(&state.metrics),
+    );
     let token = server_shutdown.clone();
     let server = tokio::spawn(async move {
         let served = axum::serve(
@@ -362,5 +595,20 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         public_key,
         server_shutdown,
         server: Some(server),
+        audit_writer: Some(audit_writer),
     })
+}
+
+/// After a failed initial fetch: keeps trying (once per cooldown) until the signing keys are
+/// loaded, so `/readyz` turns ready without waiting for token traffic.
+fn spawn_key_retry(jwks: Arc<JwksCache>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        while !jwks.loaded_once() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH_COOLDOWN) => {}
+            }
+            let _ = jwks.keys().await;
+        }
+    });
 }

@@ -1,116 +1,345 @@
-//! The audit trail of tool calls, written as structured `tracing` events on the `audit`
-//! target. The bearer token is never recorded: a call is tied to its token through an HMAC of
-//! the token's `jti` under a secret from the environment, so the log links calls made with
-//! the same token without letting a log reader replay or even recognise it.
+//! The audit trail of tool calls: one durable record per call in the store's `audit` table,
+//! plus a structured `tracing` event on the `audit` target.
 //!
-//! Without the secret in the environment a random per-process secret is used (logged as a
-//! warning): HMACs then stay unlinkable across restarts, which is safe, just less useful.
+//! The bearer token is never recorded: a call is tied to its token through an HMAC of the
+//! token's `jti` (or, without one, of its signature) under a secret, so records link calls
+//! made with the same token without letting a reader replay or even recognise it. The secret
+//! comes from the environment variable named by `remote_mcp.token_id_hmac_secret_env`; when
+//! that is unset, one is generated once and persisted 0600 in `state_dir`
+//! ([`crate::keys::AUDIT_SECRET_FILE`]), so HMACs stay stable across restarts.
+//!
+//! Records are written off the request path: the handler hands the record to a bounded
+//! channel with `try_send` and never waits. A writer task drains it in batches (one
+//! transaction each) on its own database connection. When the channel is full the record is
+//! dropped, `ibkr_gateway_audit_dropped_total` counts it and a warning is logged; the call
+//! itself is never blocked or failed by auditing. The tracing event is emitted either way.
 
+use crate::metrics::Metrics;
+use crate::store::{AuditLog, AuditRecord};
 use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-pub struct Audit {
+/// Records waiting for the writer before new ones are dropped.
+pub const AUDIT_QUEUE: usize = 4096;
+/// Most records committed in one transaction.
+const AUDIT_BATCH: usize = 256;
+/// Shortest secret accepted from the environment.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The HMAC key that turns token ids into audit token ids.
+pub struct AuditKey {
     secret: Zeroizing<Vec<u8>>,
 }
 
-impl std::fmt::Debug for Audit {
+impl std::fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Audit { secret: <redacted> }")
+        f.write_str("AuditKey { secret: <redacted> }")
     }
 }
 
-/// One audited tool call.
-#[derive(Debug)]
-pub struct CallRecord<'a> {
-    pub subject: &'a str,
-    pub token_id: Option<&'a str>,
-    pub client_id: Option<&'a str>,
-    /// The catalog tool name (`-` for an unknown tool).
-    pub tool: &'a str,
-    /// The scope the tool requires.
-    pub scope: Option<&'a str>,
-    /// The relay request id (hex), once the request was built.
-    pub request_id: Option<&'a str>,
-    /// The canonical payload hash of the forwarded request (hex).
-    pub payload_hash: Option<&'a str>,
-    pub sidecar_id: Option<&'a str>,
-    /// `ok`, `manual_action_required`, or the error code.
-    pub outcome: &'a str,
-    pub elapsed: Duration,
+/// Where the audit key came from (logged at start, never the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Environment,
+    StateDir,
 }
 
-impl Audit {
-    /// Reads the secret from the environment variable named in the configuration.
-    pub fn from_env(variable: &str) -> Audit {
-        match std::env::var(variable) {
-            Ok(value) if value.len() >= 16 => Audit {
-                secret: Zeroizing::new(value.into_bytes()),
-            },
-            Ok(_) => {
-                tracing::warn!(
-                    variable,
-                    "audit HMAC secret is shorter than 16 bytes; using a random per-process secret"
-                );
-                Audit::random()
+/// Why the audit key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeyError {
+    #[error("the environment variable {0} is set but shorter than {MIN_SECRET_BYTES} bytes")]
+    TooShort(String),
+    #[error("{0}")]
+    File(#[from] crate::keys::KeyError),
+}
+
+impl AuditKey {
+    /// The secret from the environment variable `variable` when it is set (it must then be
+    /// at least [`MIN_SECRET_BYTES`]), else the one persisted in `state_dir` (created once).
+    pub fn load(
+        variable: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<(AuditKey, KeySource), AuditKeyError> {
+        match std::env::var_os(variable) {
+            Some(value) => {
+                let bytes = Zeroizing::new(value.into_encoded_bytes());
+                if bytes.len() < MIN_SECRET_BYTES {
+                    return Err(AuditKeyError::TooShort(variable.to_string()));
+                }
+                Ok((
+                    AuditKey {
+                        secret: Zeroizing::new(bytes.to_vec()),
+                    },
+                    KeySource::Environment,
+                ))
             }
-            Err(_) => {
-                tracing::warn!(
-                    variable,
-                    "audit HMAC secret not set; using a random per-process secret"
-                );
-                Audit::random()
+            None => {
+                let secret = crate::keys::load_or_create_audit_secret(state_dir)?;
+                Ok((AuditKey { secret }, KeySource::StateDir))
             }
         }
     }
 
-    pub fn random() -> Audit {
+    /// A random key (tests).
+    pub fn random() -> AuditKey {
         let mut secret = Zeroizing::new(vec![0u8; 32]);
         OsRng.fill_bytes(&mut secret);
-        Audit { secret }
+        AuditKey { secret }
     }
 
-    /// HMAC-SHA256 of the token id, truncated to 128 bits, hex.
-    pub fn token_id(&self, jti: &str) -> Option<String> {
+    fn mac(&self, domain: &[u8], value: &[u8]) -> Option<String> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).ok()?;
-        mac.update(b"ibkr-gateway audit jti\0");
-        mac.update(jti.as_bytes());
+        mac.update(domain);
+        mac.update(value);
         let digest = mac.finalize().into_bytes();
         Some(hex::encode(&digest[..16]))
     }
 
-    pub fn record_call(&self, record: &CallRecord<'_>) {
+    /// HMAC-SHA256 of the token id, truncated to 128 bits, hex.
+    pub fn token_id(&self, jti: &str) -> Option<String> {
+        self.mac(b"ibkr-gateway audit jti\0", jti.as_bytes())
+    }
+
+    /// For tokens without a `jti`: the HMAC of the token's signature segment, which is just
+    /// as unique per token and just as unrecognisable without the key.
+    pub fn token_signature_id(&self, signature: &str) -> Option<String> {
+        self.mac(b"ibkr-gateway audit sig\0", signature.as_bytes())
+    }
+}
+
+enum Command {
+    Record(Box<AuditRecord>),
+    /// Answered once every record queued before it is committed (or failed).
+    Flush(oneshot::Sender<()>),
+    /// Flush, then stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The audit front end the handlers use.
+pub struct Audit {
+    key: AuditKey,
+    sender: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn writer(mut log: AuditLog, mut receiver: mpsc::Receiver<Command>, metrics: Arc<Metrics>) {
+    let mut batch: Vec<AuditRecord> = Vec::with_capacity(AUDIT_BATCH);
+    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let Some(first) = receiver.recv().await else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Record(record) => batch.push(*record),
+                Command::Flush(done) => waiters.push(done),
+                Command::Stop(done) => {
+                    waiters.push(done);
+                    stop = true;
+                    break;
+                }
+            }
+            if batch.len() >= AUDIT_BATCH {
+                break;
+            }
+            next = receiver.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let records = std::mem::take(&mut batch);
+            let count = records.len() as u64;
+            let (returned_log, result) = match tokio::task::spawn_blocking(move || {
+                let result = log.append(&records);
+                (log, result)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::error!("audit writer task failed; audit records are no longer stored");
+                    return;
+                }
+            };
+            log = returned_log;
+            match result {
+                Ok(()) => metrics.audit_written(count),
+                Err(error) => {
+                    for _ in 0..count {
+                        metrics.audit_dropped();
+                    }
+                    tracing::error!(%error, records = count, "could not store audit records");
+                }
+            }
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Audit {
+    /// Starts the writer task on `log`.
+    pub fn start(key: AuditKey, log: AuditLog, metrics: Arc<Metrics>) -> (Audit, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
+        let task = tokio::spawn(writer(log, receiver, Arc::clone(&metrics)));
+        (
+            Audit {
+                key,
+                sender,
+                metrics,
+            },
+            task,
+        )
+    }
+
+    pub fn key(&self) -> &AuditKey {
+        &self.key
+    }
+
+    /// Audits one call: the tracing event now, the durable record through the queue. Never
+    /// waits.
+    pub fn record(&self, record: AuditRecord) {
         tracing::info!(
             target: "audit",
-            subject = record.subject,
-            token_id = record.token_id.unwrap_or("-"),
-            client_id = record.client_id.unwrap_or("-"),
-            tool = record.tool,
-            scope = record.scope.unwrap_or("-"),
-            request_id = record.request_id.unwrap_or("-"),
-            payload_hash = record.payload_hash.unwrap_or("-"),
-            sidecar_id = record.sidecar_id.unwrap_or("-"),
-            outcome = record.outcome,
-            latency_ms = u64::try_from(record.elapsed.as_millis()).unwrap_or(u64::MAX),
+            subject = %record.subject,
+            token_id = record.token_id_hmac.as_deref().unwrap_or("-"),
+            client_id = record.client_id.as_deref().unwrap_or("-"),
+            tool = %record.tool,
+            scope = record.scope.as_deref().unwrap_or("-"),
+            request_id = record.request_id.as_deref().unwrap_or("-"),
+            payload_hash = record.payload_hash.as_deref().unwrap_or("-"),
+            sidecar_id = record.sidecar_id.as_deref().unwrap_or("-"),
+            outcome = %record.outcome,
+            latency_ms = u64::try_from(record.latency_ms).unwrap_or(0),
             "tool call"
         );
+        match self.sender.try_send(Command::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.audit_dropped();
+                tracing::warn!("audit queue full; an audit record was dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics.audit_dropped();
+                tracing::warn!("audit writer stopped; an audit record was dropped");
+            }
+        }
+    }
+
+    /// Waits (bounded by `limit`) until every record queued so far is committed. Returns
+    /// whether that happened.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        tokio::time::timeout(limit, async {
+            self.sender.send(Command::Flush(done)).await.is_ok() && wait.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Commits what is queued and stops the writer (bounded by `limit`).
+    pub async fn stop(&self, limit: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        tokio::time::timeout(limit, async {
+            self.sender.send(Command::Stop(done)).await.is_ok() && wait.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+
+    fn record(n: i64) -> AuditRecord {
+        AuditRecord {
+            time_ms: n,
+            subject: "alice".into(),
+            token_id_hmac: None,
+            client_id: None,
+            tool: "ibkr_health".into(),
+            scope: Some("ibkr:health:read".into()),
+            request_id: None,
+            payload_hash: None,
+            sidecar_id: None,
+            outcome: "ok".into(),
+            latency_ms: 1,
+        }
+    }
 
     #[test]
     fn token_ids_are_stable_per_secret_and_hide_the_jti() {
-        let audit = Audit::random();
-        let first = audit.token_id("jti-123").unwrap();
-        assert_eq!(first, audit.token_id("jti-123").unwrap());
-        assert_ne!(first, audit.token_id("jti-124").unwrap());
+        let key = AuditKey::random();
+        let first = key.token_id("jti-123").unwrap();
+        assert_eq!(first, key.token_id("jti-123").unwrap());
+        assert_ne!(first, key.token_id("jti-124").unwrap());
+        assert_ne!(first, key.token_signature_id("jti-123").unwrap());
         assert!(!first.contains("jti"));
-        assert_ne!(first, Audit::random().token_id("jti-123").unwrap());
+        assert_ne!(first, AuditKey::random().token_id("jti-123").unwrap());
         assert_eq!(first.len(), 32);
+    }
+
+    #[test]
+    fn a_missing_secret_is_generated_once_and_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        // A variable name no other test uses; the process environment is shared.
+        let variable = "IBKR_GATEWAY_AUDIT_TEST_SECRET_UNSET_4F2A";
+        let (first, source) = AuditKey::load(variable, dir.path()).unwrap();
+        assert_eq!(source, KeySource::StateDir);
+        let (second, _) = AuditKey::load(variable, dir.path()).unwrap();
+        assert_eq!(first.token_id("x"), second.token_id("x"));
+        // (A short secret in the environment is refused at start: tests/operations.rs runs
+        // the binary with one, since tests cannot set variables in their own process.)
+    }
+
+    #[tokio::test]
+    async fn records_reach_the_store_and_a_full_queue_drops_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (audit, task) = Audit::start(
+            AuditKey::random(),
+            AuditLog::open(&store).unwrap(),
+            Arc::clone(&metrics),
+        );
+        for n in 0..10 {
+            audit.record(record(n));
+        }
+        assert!(audit.flush(Duration::from_secs(10)).await);
+        assert_eq!(store.audit_tail(100).await.unwrap().len(), 10);
+        assert!(audit.stop(Duration::from_secs(10)).await);
+        task.await.unwrap();
+        // The writer is gone: records are counted as dropped, and recording never blocks.
+        audit.record(record(11));
+        assert_eq!(metrics.audit_dropped_total(), 1);
+
+        // A queue nobody drains fills up and drops.
+        let (sender, _receiver) = mpsc::channel(2);
+        let stuck = Audit {
+            key: AuditKey::random(),
+            sender,
+            metrics: Arc::clone(&metrics),
+        };
+        for n in 0..5 {
+            stuck.record(record(n));
+        }
+        assert_eq!(metrics.audit_dropped_total(), 1 + 3);
     }
 }

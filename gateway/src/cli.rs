@@ -5,6 +5,7 @@
 //! ibkr-gateway pairing code   --config gateway.yaml --user-id <oauth subject> [--ttl-seconds N] [--json]
 //! ibkr-gateway pairing list   --config gateway.yaml [--json]
 //! ibkr-gateway pairing revoke --config gateway.yaml --sidecar-id <id>
+//! ibkr-gateway audit tail     --config gateway.yaml [--limit N] [--json]
 //! ```
 //! Every command validates the whole configuration first; a bad one prints its code, key and
 //! message to stderr and exits 2 without binding or writing anything. The pairing commands
@@ -40,6 +41,26 @@ pub enum Command {
     Pairing {
         #[command(subcommand)]
         command: PairingCommand,
+    },
+    /// Read the audit trail of tool calls.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest audit records, oldest first.
+    Tail {
+        #[arg(long)]
+        config: PathBuf,
+        /// How many records (1-10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// One JSON array instead of tab-separated lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -122,6 +143,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
         Command::Pairing { command } => pairing(command).await,
+        Command::Audit { command } => audit(command).await,
     }
 }
 
@@ -208,6 +230,104 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
         Err(_) => {
             report_error(ErrorCode::InternalError, None, "startup task failed");
             Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch (UTC).
+pub fn format_utc_ms(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let in_day = seconds.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        in_day / 3600,
+        (in_day % 3600) / 60,
+        in_day % 60
+    )
+}
+
+async fn audit(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Tail {
+            config,
+            limit,
+            json,
+        } => {
+            let config = match load_config(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            init_logging(config.log_format, "warn");
+            let state_dir = config.state_dir.clone();
+            let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await {
+                Ok(Ok(store)) => store,
+                Ok(Err(error)) => {
+                    report_error(
+                        ErrorCode::StateStoreError,
+                        Some("state_dir"),
+                        &error.to_string(),
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(_) => {
+                    report_error(ErrorCode::InternalError, None, "startup task failed");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let records = match store.audit_tail(limit).await {
+                Ok(records) => records,
+                Err(error) => {
+                    report_error(ErrorCode::StateStoreError, None, &error.to_string());
+                    return ExitCode::FAILURE;
+                }
+            };
+            if json {
+                let list: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|stored| {
+                        let mut value = serde_json::to_value(stored).unwrap_or_default();
+                        if let Some(object) = value.as_object_mut() {
+                            object
+                                .insert("time".into(), format_utc_ms(stored.record.time_ms).into());
+                        }
+                        value
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if records.is_empty() {
+                println!("no audit records");
+            } else {
+                let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+                for stored in &records {
+                    let record = &stored.record;
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}ms\tscope={}\tsidecar={}\trequest={}\tpayload={}\ttoken={}",
+                        format_utc_ms(record.time_ms),
+                        record.subject,
+                        record.tool,
+                        record.outcome,
+                        record.latency_ms,
+                        dash(&record.scope),
+                        dash(&record.sidecar_id),
+                        dash(&record.request_id),
+                        dash(&record.payload_hash),
+                        dash(&record.token_id_hmac),
+                    );
+                }
+            }
+            ExitCode::SUCCESS
         }
     }
 }
@@ -354,5 +474,18 @@ async fn pairing(command: PairingCommand) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_render_like_rfc3339() {
+        assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_utc_ms(1_794_225_600_000), "2026-11-09T12:00:00.000Z");
+        assert_eq!(format_utc_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 }

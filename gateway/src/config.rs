@@ -10,6 +10,7 @@
 //! `docs/configuration-gateway.md`; the checklist is tested row by row in
 //! `tests/config_table.rs`.
 
+use crate::net::{HostRule, IpNet, normalize_origin};
 use protocol::catalog::scopes;
 use serde::{Deserialize, Serialize};
 use shared_safety::ErrorCode;
@@ -118,6 +119,19 @@ pub struct GatewayConfiguration {
     pub remote_mcp: RemoteMcpSection,
     #[serde(default)]
     pub pairing: PairingSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `GET /metrics` access. Loopback scrapers (with no forwarding headers) are always let in;
+/// anybody else needs the bearer token named here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// The NAME of an environment variable holding a bearer token (at least 16 bytes) that
+    /// grants `/metrics` to non-loopback scrapers. Absent: loopback only.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +240,18 @@ pub struct RemoteMcpSection {
     pub rate_limit_per_peer_per_minute: u32,
     #[serde(default = "RemoteMcpSection::default_hmac_env")]
     pub token_id_hmac_secret_env: String,
+    /// `Host` values `/mcp` accepts (DNS-rebinding protection): `host` (any port) or
+    /// `host:port`. Defaults to the host of `public_base_url`.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins `/mcp` accepts in an `Origin` header, besides `public_base_url`'s own.
+    /// A request without `Origin` (every non-browser client) is not affected.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Proxies (IPs or CIDR networks) whose `X-Forwarded-For` is believed for the per-peer
+    /// rate limit. Empty: the socket peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl RemoteMcpSection {
@@ -269,6 +295,9 @@ impl Default for RemoteMcpSection {
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
             rate_limit_per_peer_per_minute: Self::default_rate_peer(),
             token_id_hmac_secret_env: Self::default_hmac_env(),
+            allowed_hosts: None,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -361,6 +390,22 @@ fn check_id(key: &str, text: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// An environment variable NAME (so a pasted secret is refused).
+fn check_env_name(key: &str, name: &str, example: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be an environment variable name such as {example}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::invalid(
@@ -405,8 +450,13 @@ pub struct Resolved {
     pub jwks_url: Option<String>,
     pub audiences: Vec<String>,
     pub allowed_scopes: Vec<String>,
-    /// Hosts rmcp accepts in the `Host` header (the public host and loopback).
-    pub allowed_hosts: Vec<String>,
+    /// `public_base_url`'s origin as `scheme://host:port`.
+    pub public_origin: String,
+    /// `Host` values `/mcp` accepts.
+    pub allowed_hosts: Vec<HostRule>,
+    /// Normalized `Origin` values `/mcp` accepts (always including `public_origin`).
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl GatewayConfiguration {
@@ -474,6 +524,7 @@ impl GatewayConfiguration {
                 ..RemoteMcpSection::default()
             },
             pairing: PairingSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 
@@ -679,7 +730,21 @@ impl GatewayConfiguration {
                     format!("must contain the canonical resource URI {resource}"),
                 ));
             }
-            audiences = normalized;
+            // Tokens must carry the canonical resource URI itself (RFC 8707): another audience
+            // would accept tokens minted for some other resource.
+            if let Some(other) = normalized
+                .iter()
+                .find(|a| a.trim_end_matches('/') != resource)
+            {
+                return Err(ConfigError::invalid(
+                    "remote_mcp.audiences",
+                    format!(
+                        "may list only the canonical resource URI {resource} (found {other:?}); \
+                         tokens must carry it in aud, so leave the key out"
+                    ),
+                ));
+            }
+            audiences = vec![resource.clone()];
         }
         if let Some(list) = &mcp.allowed_scopes {
             if list.is_empty() {
@@ -726,16 +791,60 @@ impl GatewayConfiguration {
             1,
             1_000_000,
         )?;
-        let env = &mcp.token_id_hmac_secret_env;
-        if env.is_empty()
-            || !env
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(ConfigError::invalid(
-                "remote_mcp.token_id_hmac_secret_env",
-                "must be an environment variable name such as IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET",
-            ));
+        check_env_name(
+            "remote_mcp.token_id_hmac_secret_env",
+            &mcp.token_id_hmac_secret_env,
+            "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET",
+        )?;
+        let allowed_hosts = match &mcp.allowed_hosts {
+            None => HostRule::for_url(&base).into_iter().collect::<Vec<_>>(),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.allowed_hosts",
+                        "must list at least one host, or be left out to allow public_base_url's host",
+                    ));
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(index, text)| {
+                        HostRule::parse(text).map_err(|message| {
+                            ConfigError::invalid(
+                                &format!("remote_mcp.allowed_hosts[{index}]"),
+                                message,
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let public_origin = normalize_origin(&base_url)
+            .map_err(|message| ConfigError::invalid("public_base_url", message))?;
+        let mut allowed_origins = vec![public_origin.clone()];
+        for (index, text) in mcp.allowed_origins.iter().enumerate() {
+            let origin = normalize_origin(text).map_err(|message| {
+                ConfigError::invalid(&format!("remote_mcp.allowed_origins[{index}]"), message)
+            })?;
+            if !allowed_origins.contains(&origin) {
+                allowed_origins.push(origin);
+            }
+        }
+        let trusted_proxies = mcp
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                IpNet::parse(text).map_err(|message| {
+                    ConfigError::invalid(&format!("remote_mcp.trusted_proxies[{index}]"), message)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(env) = &self.metrics.bearer_token_env {
+            check_env_name(
+                "metrics.bearer_token_env",
+                env,
+                "IBKR_GATEWAY_METRICS_TOKEN",
+            )?;
         }
 
         check_range(
@@ -751,21 +860,6 @@ impl GatewayConfiguration {
             20,
         )?;
 
-        let mut allowed_hosts = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
-        if let Some(host) = base.host_str() {
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            if !allowed_hosts.contains(&host) {
-                allowed_hosts.push(host);
-            }
-        }
-
         Ok(Resolved {
             listen,
             base_url,
@@ -778,7 +872,10 @@ impl GatewayConfiguration {
             jwks_url,
             audiences,
             allowed_scopes,
+            public_origin,
             allowed_hosts,
+            allowed_origins,
+            trusted_proxies,
         })
     }
 
@@ -865,9 +962,14 @@ remote_mcp:
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200
   token_id_hmac_secret_env: "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET"
+  allowed_hosts: ["127.0.0.1:8080", "gateway.internal"]
+  allowed_origins: ["http://localhost:6274"]
+  trusted_proxies: ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]
 pairing:
   code_ttl_seconds: 600
   max_attempts_per_code: 5
+metrics:
+  bearer_token_env: "IBKR_GATEWAY_METRICS_TOKEN"
 "#;
 
     #[test]
@@ -882,6 +984,84 @@ pairing:
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(resolved.allowed_scopes.len(), 2);
         assert!(dev().validate().is_ok());
+    }
+
+    #[test]
+    fn edge_keys_are_normalized_and_checked() {
+        let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
+        let resolved = config.resolve().unwrap();
+        assert_eq!(
+            resolved
+                .allowed_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["127.0.0.1:8080", "gateway.internal"]
+        );
+        assert_eq!(
+            resolved.allowed_origins,
+            vec!["http://127.0.0.1:8080", "http://localhost:6274"]
+        );
+        assert_eq!(resolved.trusted_proxies.len(), 3);
+        assert_eq!(resolved.public_origin, "http://127.0.0.1:8080");
+
+        // Defaults: the public host only, the public origin only, no trusted proxies.
+        let resolved = dev().resolve().unwrap();
+        assert_eq!(
+            resolved
+                .allowed_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["127.0.0.1"]
+        );
+        assert_eq!(resolved.allowed_origins, vec!["http://127.0.0.1:8080"]);
+        assert!(resolved.trusted_proxies.is_empty());
+
+        let refused = |edit: fn(&mut GatewayConfiguration)| {
+            let mut config = dev();
+            edit(&mut config);
+            config.validate().unwrap_err().key
+        };
+        assert_eq!(
+            refused(|c| c.remote_mcp.allowed_hosts = Some(vec![])),
+            "remote_mcp.allowed_hosts"
+        );
+        assert_eq!(
+            refused(|c| c.remote_mcp.allowed_hosts =
+                Some(vec!["ok.example".into(), "https://bad.example".into()])),
+            "remote_mcp.allowed_hosts[1]"
+        );
+        assert_eq!(
+            refused(|c| c.remote_mcp.allowed_origins = vec!["https://app.example/path".into()]),
+            "remote_mcp.allowed_origins[0]"
+        );
+        assert_eq!(
+            refused(|c| c.remote_mcp.trusted_proxies = vec!["10.0.0.1/8".into()]),
+            "remote_mcp.trusted_proxies[0]"
+        );
+        assert_eq!(
+            refused(|c| c.remote_mcp.trusted_proxies = vec!["proxy.internal".into()]),
+            "remote_mcp.trusted_proxies[0]"
+        );
+        assert_eq!(
+            refused(|c| c.metrics.bearer_token_env = Some("not a name".into())),
+            "metrics.bearer_token_env"
+        );
+        // Tokens must carry the canonical resource: no other audience may be configured.
+        assert_eq!(
+            refused(|c| c.remote_mcp.audiences = Some(vec![
+                "http://127.0.0.1:8080/mcp".into(),
+                "https://other.example/api".into()
+            ])),
+            "remote_mcp.audiences"
+        );
+        let mut config = dev();
+        config.remote_mcp.audiences = Some(vec!["http://127.0.0.1:8080/mcp/".into()]);
+        assert_eq!(
+            config.resolve().unwrap().audiences,
+            vec!["http://127.0.0.1:8080/mcp"]
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 
 const KEY_FILE: &str = "gateway.key";
 const INSTANCE_FILE: &str = "instance_id";
+/// The audit HMAC secret, when none is given in the environment.
+pub const AUDIT_SECRET_FILE: &str = "audit_hmac.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -103,6 +105,33 @@ pub fn load_or_create_keypair(state_dir: &Path) -> Result<StaticKeypair, KeyErro
     Ok(keypair)
 }
 
+/// The audit HMAC secret persisted in `state_dir` (32 random bytes, hex, 0600), created on
+/// first use, so token ids stay linkable across restarts without a secret in the environment.
+pub fn load_or_create_audit_secret(state_dir: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    ensure_state_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
+    let path = state_dir.join(AUDIT_SECRET_FILE);
+    if !path.exists() {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(secret.as_mut());
+        let text = Zeroizing::new(format!("{}\n", hex::encode(secret.as_ref())));
+        match write_private_file_new(&path, text.as_bytes()) {
+            Ok(()) => return Ok(Zeroizing::new(secret.to_vec())),
+            Err(KeyError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(other) => return Err(other),
+        }
+    }
+    check_private(&path)?;
+    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io_error(&path, e))?);
+    let bytes = Zeroizing::new(
+        hex::decode(text.trim()).map_err(|_| KeyError::Corrupt(path.display().to_string()))?,
+    );
+    if bytes.len() != 32 {
+        return Err(KeyError::Corrupt(path.display().to_string()));
+    }
+    Ok(bytes)
+}
+
 /// The instance id: the configured one if set, else the one persisted in `state_dir`, else a
 /// new random one (persisted).
 pub fn load_or_create_instance_id(
@@ -165,6 +194,24 @@ mod tests {
                 load_or_create_keypair(dir.path()),
                 Err(KeyError::Permissions(_))
             ));
+        }
+    }
+
+    #[test]
+    fn audit_secret_is_created_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_audit_secret(dir.path()).unwrap();
+        let second = load_or_create_audit_secret(dir.path()).unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(*first, *second);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(AUDIT_SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
         }
     }
 

@@ -11,7 +11,10 @@
 //! - [`pairing`] and `pairing_http`: pairing codes and the SPAKE2 exchange (`/pair/*`).
 //! - [`store`]: SQLite state (codes, pairings, handshake timestamps).
 //! - [`keys`]: the gateway's static key and instance id in `state_dir`.
-//! - [`audit`], [`rate_limit`], [`listener`], [`clock`]: supporting pieces.
+//! - [`audit`]: the durable audit trail (SQLite, written off the request path).
+//! - [`metrics`]: Prometheus counters for `/metrics`; [`net`]: trusted proxies, client
+//!   addresses, Host/Origin rules; `edge`: the `/mcp` layers outside OAuth.
+//! - [`rate_limit`], [`listener`], [`clock`]: supporting pieces.
 //! - [`cli`]: the `ibkr-gateway` command line.
 #![forbid(unsafe_code)]
 
@@ -20,10 +23,13 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod edge;
 pub mod error;
 pub mod keys;
 pub mod listener;
 mod mcp;
+pub mod metrics;
+pub mod net;
 pub mod oauth;
 pub mod pairing;
 mod pairing_http;

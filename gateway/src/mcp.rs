@@ -5,22 +5,23 @@
 //!   (the list differs per token).
 //! - `tools/call` re-checks the scope (the middleware already answered 403 for known tools;
 //!   this is defence in depth), relays the call, maps the sidecar's outcome to a tool result
-//!   (structured content plus the same JSON as text), forwards progress notifications, and
-//!   sends `Cancel` to the sidecar when the client cancels.
+//!   (structured content plus the same JSON as text), forwards progress notifications (all
+//!   of them before the result), and sends `Cancel` to the sidecar when the client cancels.
+//! - Every call is audited ([`record_call`]): a durable record and a tracing line.
 //! - `ibkr_health` never fails for a missing sidecar: it reports the gateway and the relay
 //!   itself and merges in the sidecar's own answer when one is connected.
 
-use crate::audit::CallRecord;
 use crate::error::GatewayError;
 use crate::oauth::AuthContext;
 use crate::relay::CallTrace;
 use crate::state::AppState;
+use crate::store::AuditRecord;
 use protocol::catalog::{self, Route, ToolSpec};
 use protocol::envelope::{ErrorBody, ManualAction, Outcome, RelayProgress};
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
     Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    ProtocolVersion, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -129,29 +130,104 @@ fn outcome_result(outcome: &Outcome) -> (CallToolResult, String) {
     }
 }
 
-/// Forwards relay progress to the MCP client as `notifications/progress`.
-fn spawn_progress_forwarder(
-    context: &RequestContext<RoleServer>,
-) -> Option<mpsc::Sender<RelayProgress>> {
-    let token = context.meta.get_progress_token()?;
-    let peer = context.peer.clone();
-    let (sender, mut receiver) = mpsc::channel::<RelayProgress>(16);
-    tokio::spawn(async move {
-        while let Some(progress) = receiver.recv().await {
-            let mut notification = ProgressNotificationParam::new(token.clone(), progress.progress);
-            if let Some(total) = progress.total {
-                notification = notification.with_total(total);
+/// Longest wait, after a call ended, for its last progress notifications to go out.
+const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Forwards relay progress to the MCP client as `notifications/progress`, when the client
+/// asked for progress (a `progressToken` in the request's `_meta`). Progress values must
+/// increase (MCP): a non-increasing or non-finite value from the sidecar is dropped.
+struct ProgressForwarder {
+    sender: mpsc::Sender<RelayProgress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressForwarder {
+    fn spawn(context: &RequestContext<RoleServer>) -> Option<ProgressForwarder> {
+        let token = context.meta.get_progress_token()?;
+        let peer = context.peer.clone();
+        let (sender, mut receiver) = mpsc::channel::<RelayProgress>(16);
+        let task = tokio::spawn(async move {
+            let mut last: Option<f64> = None;
+            while let Some(progress) = receiver.recv().await {
+                let increasing = last.is_none_or(|last| progress.progress > last);
+                if !progress.progress.is_finite() || !increasing {
+                    continue;
+                }
+                last = Some(progress.progress);
+                let mut notification =
+                    ProgressNotificationParam::new(token.clone(), progress.progress);
+                if let Some(total) = progress.total.filter(|total| total.is_finite()) {
+                    notification = notification.with_total(total);
+                }
+                if let Some(message) = progress.message {
+                    let message: String = message
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(256)
+                        .collect();
+                    notification = notification.with_message(message);
+                }
+                if peer.notify_progress(notification).await.is_err() {
+                    break;
+                }
             }
-            if let Some(message) = progress.message {
-                let message: String = message.chars().take(256).collect();
-                notification = notification.with_message(message);
-            }
-            if peer.notify_progress(notification).await.is_err() {
-                break;
-            }
+        });
+        Some(ProgressForwarder { sender, task })
+    }
+
+    fn sender(&self) -> mpsc::Sender<RelayProgress> {
+        self.sender.clone()
+    }
+
+    /// Once the call is over (every sender the relay held is gone): lets the notifications
+    /// already received go out before the result, so the client sees them in order.
+    async fn drain(self) {
+        drop(self.sender);
+        let mut task = self.task;
+        if tokio::time::timeout(PROGRESS_DRAIN, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
         }
+    }
+}
+
+async fn drain(forwarder: Option<ProgressForwarder>) {
+    if let Some(forwarder) = forwarder {
+        forwarder.drain().await;
+    }
+}
+
+/// Audits a call (durable record and tracing line) and counts it in the metrics.
+pub(crate) fn record_call(
+    state: &AppState,
+    auth: &AuthContext,
+    tool: Option<&ToolSpec>,
+    trace: &CallTrace,
+    outcome: &str,
+    elapsed: std::time::Duration,
+) {
+    let tool_name: &'static str = match tool {
+        Some(tool) => catalog::find(tool.name).map_or("unknown", |spec| spec.name),
+        None => "unknown",
+    };
+    state.metrics.tool_call(tool_name, outcome, elapsed);
+    let outcome = crate::metrics::outcome_label(outcome);
+    state.audit.record(AuditRecord {
+        time_ms: crate::clock::unix_ms(),
+        subject: auth.subject.clone(),
+        token_id_hmac: auth.token_id.clone(),
+        client_id: auth.client_id.clone(),
+        // Unknown names are not echoed into the log: they are agent input.
+        tool: tool.map_or("-", |tool| tool.name).to_string(),
+        scope: tool.map(|tool| tool.scope.to_string()),
+        request_id: trace.request_id.map(|id| id.to_hex()),
+        payload_hash: trace.payload_hash.map(hex::encode),
+        sidecar_id: trace.sidecar_id.clone(),
+        outcome,
+        latency_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
     });
-    Some(sender)
 }
 
 impl GatewayMcp {
@@ -183,11 +259,19 @@ impl GatewayMcp {
                         "broker_session": session.status().map(|status| status.broker_session),
                     }),
                 );
-                let progress = spawn_progress_forwarder(context);
-                match relay
-                    .call_on(&session, tool, arguments, progress, &context.ct, trace)
-                    .await
-                {
+                let forwarder = ProgressForwarder::spawn(context);
+                let called = relay
+                    .call_on(
+                        &session,
+                        tool,
+                        arguments,
+                        forwarder.as_ref().map(ProgressForwarder::sender),
+                        &context.ct,
+                        trace,
+                    )
+                    .await;
+                drain(forwarder).await;
+                match called {
                     Ok(outcome) => {
                         match &outcome.outcome {
                             Outcome::Result { json } => match serde_json::from_str::<Value>(json) {
@@ -255,7 +339,20 @@ impl GatewayMcp {
     }
 }
 
+/// The MCP revisions served: 2026-07-28 (stateless, `server/discover`) and the session-based
+/// 2025-11-25 and 2025-06-18 (the first with the OAuth resource-server model this gateway
+/// implements). Older revisions are refused in negotiation.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2026_07_28,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2025_06_18,
+];
+
 impl ServerHandler for GatewayMcp {
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(SUPPORTED_PROTOCOL_VERSIONS)
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("ibkr-gateway", VERSION))
@@ -324,20 +421,21 @@ impl ServerHandler for GatewayMcp {
                     .await
             }
             Route::Sidecar => {
-                let progress = spawn_progress_forwarder(&context);
-                match self
+                let forwarder = ProgressForwarder::spawn(&context);
+                let called = self
                     .state
                     .relay
                     .call(
                         &auth.subject,
                         tool,
                         &arguments,
-                        progress,
+                        forwarder.as_ref().map(ProgressForwarder::sender),
                         &context.ct,
                         &mut trace,
                     )
-                    .await
-                {
+                    .await;
+                drain(forwarder).await;
+                match called {
                     Ok(outcome) => outcome_result(&outcome.outcome),
                     Err(error) => (error_result(&error.body()), error.code.code().to_string()),
                 }
@@ -357,21 +455,7 @@ impl GatewayMcp {
         outcome: &str,
         started: Instant,
     ) {
-        let request_id = trace.request_id.map(|id| id.to_hex());
-        let payload_hash = trace.payload_hash.map(hex::encode);
-        self.state.audit.record_call(&CallRecord {
-            subject: &auth.subject,
-            token_id: auth.token_id.as_deref(),
-            client_id: auth.client_id.as_deref(),
-            // Unknown names are not echoed into the log: they are agent input.
-            tool: tool.map_or("-", |tool| tool.name),
-            scope: tool.map(|tool| tool.scope),
-            request_id: request_id.as_deref(),
-            payload_hash: payload_hash.as_deref(),
-            sidecar_id: trace.sidecar_id.as_deref(),
-            outcome,
-            elapsed: started.elapsed(),
-        });
+        record_call(&self.state, auth, tool, trace, outcome, started.elapsed());
     }
 }
 

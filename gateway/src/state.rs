@@ -2,6 +2,7 @@
 
 use crate::audit::Audit;
 use crate::config::{GatewayConfiguration, Resolved};
+use crate::metrics::Metrics;
 use crate::oauth::session_binding::SessionOwners;
 use crate::oauth::token::TokenValidator;
 use crate::pairing::PairingService;
@@ -19,6 +20,9 @@ pub(crate) struct AppState {
     /// Present when remote MCP is enabled.
     pub validator: Option<TokenValidator>,
     pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    /// The `/metrics` bearer token (from `metrics.bearer_token_env`), if configured.
+    pub metrics_token: Option<zeroize::Zeroizing<String>>,
     pub subject_limiter: RateLimiter,
     pub peer_limiter: RateLimiter,
     pub session_owners: SessionOwners,

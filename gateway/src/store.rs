@@ -1,5 +1,8 @@
-//! The gateway's durable state in SQLite: pairing codes, pairings and the last accepted
-//! handshake timestamp per sidecar key.
+//! The gateway's durable state in SQLite: pairing codes, pairings, the last accepted
+//! handshake timestamp per sidecar key, and the audit trail of tool calls.
+//!
+//! The audit trail is written by [`AuditLog`], a second connection owned by the audit writer
+//! task, so batched audit commits never hold the lock the request path uses.
 //!
 //! One connection behind a mutex; every call runs on the blocking pool
 //! (`spawn_blocking`) so the async executor never waits on disk. WAL mode plus a busy timeout
@@ -8,13 +11,18 @@
 
 use protocol::identity::PublicKey;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 const DATABASE_FILE: &str = "gateway.sqlite3";
-const SCHEMA_VERSION: i64 = 1;
+/// 1: pairing codes, pairings, handshake timestamps. 2: + `audit`.
+const SCHEMA_VERSION: i64 = 2;
+/// Longest text stored in one audit column (values are ids, codes and names already bounded
+/// upstream; this is a backstop).
+const MAX_AUDIT_FIELD: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -220,13 +228,29 @@ impl Store {
              CREATE TABLE IF NOT EXISTS handshake_timestamps (
                  sidecar_public_key TEXT PRIMARY KEY,
                  last_timestamp_ms  INTEGER NOT NULL
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS audit (
+                 id            INTEGER PRIMARY KEY AUTOINCREMENT,
+                 time_ms       INTEGER NOT NULL,
+                 subject       TEXT NOT NULL,
+                 token_id_hmac TEXT,
+                 client_id     TEXT,
+                 tool          TEXT NOT NULL,
+                 scope         TEXT,
+                 request_id    TEXT,
+                 payload_hash  TEXT,
+                 sidecar_id    TEXT,
+                 outcome       TEXT NOT NULL,
+                 latency_ms    INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS audit_by_time ON audit(time_ms);",
         )?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-        if version == 0 {
-            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
-        } else if version != SCHEMA_VERSION {
-            return Err(StoreError::Corrupt("unsupported schema version"));
+        match version {
+            // New file, or version 1 (the tables above were just added): both are current now.
+            0 | 1 => conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?,
+            SCHEMA_VERSION => {}
+            _ => return Err(StoreError::Corrupt("unsupported schema version")),
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -524,6 +548,76 @@ impl Store {
         .await
     }
 
+    /// A cheap round trip to the database (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            let _: i64 = conn.query_row("SELECT 1", [], |row| row.get(0))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// For the revocation poll: when the database changed since `seen_version` (another
+    /// connection committed: the `pairing` CLI, the audit writer), the set of active
+    /// `(sidecar_id, sidecar public key hex)` pairs. Returns the new version either way.
+    pub async fn active_pairings_if_changed(
+        &self,
+        seen_version: Option<i64>,
+    ) -> Result<(i64, Option<HashSet<(String, String)>>), StoreError> {
+        self.run(move |conn| {
+            let version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+            if seen_version == Some(version) {
+                return Ok((version, None));
+            }
+            let mut statement = conn.prepare_cached(
+                "SELECT sidecar_id, sidecar_public_key FROM pairings WHERE revoked_at IS NULL",
+            )?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let mut active = HashSet::new();
+            for row in rows {
+                active.insert(row?);
+            }
+            Ok((version, Some(active)))
+        })
+        .await
+    }
+
+    /// The newest `limit` audit records, oldest first.
+    pub async fn audit_tail(&self, limit: u32) -> Result<Vec<StoredAuditRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, time_ms, subject, token_id_hmac, client_id, tool, scope, request_id,
+                        payload_hash, sidecar_id, outcome, latency_ms
+                 FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map(params![i64::from(limit)], |row| {
+                Ok(StoredAuditRecord {
+                    id: row.get(0)?,
+                    record: AuditRecord {
+                        time_ms: row.get(1)?,
+                        subject: row.get(2)?,
+                        token_id_hmac: row.get(3)?,
+                        client_id: row.get(4)?,
+                        tool: row.get(5)?,
+                        scope: row.get(6)?,
+                        request_id: row.get(7)?,
+                        payload_hash: row.get(8)?,
+                        sidecar_id: row.get(9)?,
+                        outcome: row.get(10)?,
+                        latency_ms: row.get(11)?,
+                    },
+                })
+            })?;
+            let mut records = Vec::new();
+            for row in rows {
+                records.push(row?);
+            }
+            records.reverse();
+            Ok(records)
+        })
+        .await
+    }
+
     /// The last handshake timestamp accepted from this key.
     pub async fn last_handshake_timestamp(
         &self,
@@ -562,6 +656,92 @@ impl Store {
             Ok(changed > 0)
         })
         .await
+    }
+}
+
+/// One audited tool call, as stored. Never holds the token or anything derived from it
+/// except the HMAC of its id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub time_ms: i64,
+    pub subject: String,
+    pub token_id_hmac: Option<String>,
+    pub client_id: Option<String>,
+    /// The catalog tool name (`-` for an unknown tool name: agent input is not stored).
+    pub tool: String,
+    pub scope: Option<String>,
+    pub request_id: Option<String>,
+    pub payload_hash: Option<String>,
+    pub sidecar_id: Option<String>,
+    /// `ok`, `manual_action_required`, or the error code.
+    pub outcome: String,
+    pub latency_ms: i64,
+}
+
+/// An audit record with its row id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredAuditRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub record: AuditRecord,
+}
+
+fn bounded_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_AUDIT_FIELD)
+        .collect()
+}
+
+/// The audit writer's own connection to the store.
+pub struct AuditLog {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+impl AuditLog {
+    /// Opens a second connection to `store`'s database (the schema exists: the store created
+    /// it). Blocking.
+    pub fn open(store: &Store) -> Result<AuditLog, StoreError> {
+        let conn = Connection::open(&store.path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        Ok(AuditLog { conn })
+    }
+
+    /// Appends records in one transaction. Blocking.
+    pub fn append(&mut self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO audit (time_ms, subject, token_id_hmac, client_id, tool, scope,
+                                    request_id, payload_hash, sidecar_id, outcome, latency_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for record in records {
+                let optional = |value: &Option<String>| value.as_deref().map(bounded_text);
+                statement.execute(params![
+                    record.time_ms,
+                    bounded_text(&record.subject),
+                    optional(&record.token_id_hmac),
+                    optional(&record.client_id),
+                    bounded_text(&record.tool),
+                    optional(&record.scope),
+                    optional(&record.request_id),
+                    optional(&record.payload_hash),
+                    optional(&record.sidecar_id),
+                    bounded_text(&record.outcome),
+                    record.latency_ms,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -752,6 +932,72 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    fn audit_record(n: i64) -> AuditRecord {
+        AuditRecord {
+            time_ms: n,
+            subject: "alice".into(),
+            token_id_hmac: Some("00ff".into()),
+            client_id: None,
+            tool: "ibkr_quote".into(),
+            scope: Some("ibkr:marketdata:read".into()),
+            request_id: None,
+            payload_hash: None,
+            sidecar_id: Some("laptop-1".into()),
+            outcome: "ok".into(),
+            latency_ms: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_records_append_and_tail_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = AuditLog::open(&store).unwrap();
+        log.append(&[audit_record(1), audit_record(2)]).unwrap();
+        log.append(&[audit_record(3)]).unwrap();
+        let tail = store.audit_tail(2).await.unwrap();
+        assert_eq!(
+            tail.iter().map(|r| r.record.time_ms).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(tail[1].record, audit_record(3));
+        // The other connection's commits show up as a changed data_version.
+        let (version, changed) = store.active_pairings_if_changed(None).await.unwrap();
+        assert!(changed.is_some());
+        let (same, unchanged) = store
+            .active_pairings_if_changed(Some(version))
+            .await
+            .unwrap();
+        assert_eq!((same, unchanged), (version, None));
+        log.append(&[audit_record(4)]).unwrap();
+        let (_, changed) = store
+            .active_pairings_if_changed(Some(version))
+            .await
+            .unwrap();
+        assert_eq!(changed, Some(HashSet::new()));
+    }
+
+    #[tokio::test]
+    async fn a_version_one_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch("DROP TABLE audit; PRAGMA user_version=1;")
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.audit_tail(10).await.unwrap().is_empty());
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch("PRAGMA user_version=99;").unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[tokio::test]

@@ -179,7 +179,8 @@ async fn unknown_kid_triggers_one_refresh_and_rotation_is_picked_up() {
     assert_eq!(validated.subject, "carol");
     assert_eq!(issuer.jwks_fetches(), after_first + 1);
 
-    // Random kids within the cooldown cause no further fetches.
+    // Random kids draw down the small refresh bucket (3 back to back, the rotation took
+    // one), then cause no further fetches.
     for n in 0..5 {
         let stranger = SigningKey::es256(&format!("random-{n}"));
         assert_eq!(
@@ -189,7 +190,10 @@ async fn unknown_kid_triggers_one_refresh_and_rotation_is_picked_up() {
             Err(TokenError::NoMatchingKey)
         );
     }
-    assert_eq!(issuer.jwks_fetches(), after_first + 1);
+    assert_eq!(
+        issuer.jwks_fetches(),
+        after_first + u64::from(ibkr_gateway::oauth::jwks::KID_MISS_BURST)
+    );
 }
 
 #[tokio::test]
@@ -370,7 +374,8 @@ async fn refusal_body(response: reqwest::Response, status: u16, code: &str) -> s
         response.headers()["content-type"].to_str().unwrap(),
         "application/json"
     );
-    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["cache-control"], "no-store, private");
+    assert_eq!(response.headers()["vary"], "Authorization");
     let body: serde_json::Value = response.json().await.unwrap();
     let error = &body["error"];
     assert_eq!(error["code"], code, "{body}");
@@ -481,4 +486,45 @@ async fn gate_one_refusals_carry_json_bodies_without_an_oracle() {
     assert_eq!(body["error"]["retryable"], json!(true));
 
     handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn key_fetches_follow_no_redirects_and_refuse_oversized_or_plain_http_documents() {
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    let issuer = TestIssuer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let good = json!({"keys": [issuer.key.jwk.clone()]});
+    let big = json!({"keys": [issuer.key.jwk.clone()], "padding": "x".repeat(100 * 1024)});
+    let https_issuer = "https://issuer.example";
+    let app = axum::Router::new()
+        .route(
+            "/jwks",
+            get(move || async move { axum::Json(good).into_response() }),
+        )
+        .route("/redirect", get(|| async { Redirect::temporary("/jwks") }))
+        .route(
+            "/big",
+            get(move || async move { axum::Json(big).into_response() }),
+        );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let fetch = |url: String| async move {
+        let cache = JwksCache::new("http://127.0.0.1:1", Some(&url)).unwrap();
+        (cache.initial_fetch().await, cache.refresh_counts())
+    };
+    assert_eq!(fetch(format!("{base}/jwks")).await, (true, (1, 0)));
+    // A redirect is not followed, even to a good document on the same host.
+    assert_eq!(fetch(format!("{base}/redirect")).await, (false, (0, 1)));
+    // More than 64 KiB is refused.
+    assert_eq!(fetch(format!("{base}/big")).await, (false, (0, 1)));
+    // Plain http only on loopback: refused before any connection is made.
+    let cache = JwksCache::new(https_issuer, Some("http://keys.example/jwks")).unwrap();
+    assert!(!cache.initial_fetch().await);
+    assert_eq!(cache.refresh_counts(), (0, 1));
+    drop(issuer);
+    server.abort();
 }

@@ -3,9 +3,12 @@
 //! - Fetched at start; a failure there is logged, not fatal (calls fail with
 //!   `AUTH_INVALID_TOKEN` until keys arrive).
 //! - Refreshed when older than [`JWKS_TTL`] and when a token names an unknown `kid` (key
-//!   rotation), with at most one fetch in flight and at most one attempt per
-//!   [`REFRESH_COOLDOWN`], so a flood of tokens with random `kid`s cannot turn the gateway into
-//!   a traffic amplifier against the issuer.
+//!   rotation), with at most one fetch in flight. Unknown-`kid` refreshes draw from a small
+//!   bucket ([`KID_MISS_BURST`] at once, refilled one per [`REFRESH_COOLDOWN`]), so a rotation
+//!   is picked up at once, a client retrying a brand-new key a moment later still gets a
+//!   fetch, and a flood of tokens with random `kid`s cannot turn the gateway into a traffic
+//!   amplifier against the issuer (at most 3 + 6 per minute). A failed refresh is retried at
+//!   most once per [`REFRESH_COOLDOWN`].
 //! - A failed refresh keeps the last good keys.
 //! - HTTP: no redirects, a 5 s timeout, a 64 KiB body cap; https only except on loopback.
 //!
@@ -15,6 +18,7 @@
 use crate::config::is_loopback_host;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,8 +26,11 @@ use url::Url;
 
 /// Keys are re-fetched when older than this.
 pub const JWKS_TTL: Duration = Duration::from_secs(300);
-/// At most one kid-miss refresh (and one retry of a failed refresh) per this interval.
+/// Refill interval of the unknown-`kid` refresh bucket, and the least time between retries of
+/// a failed refresh.
 pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
+/// Unknown-`kid` refreshes allowed back to back.
+pub const KID_MISS_BURST: u32 = 3;
 /// Timeout of one metadata or JWKS request.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest metadata or JWKS document accepted.
@@ -159,7 +166,9 @@ struct CacheState {
     keys: Arc<Vec<VerificationKey>>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
-    last_kid_miss: Option<Instant>,
+    /// Unknown-kid refreshes available (refilled one per cooldown up to the burst).
+    kid_miss_tokens: u32,
+    kid_miss_refilled: Instant,
     /// Bumped on every successful fetch, so waiters on the fetch lock can tell that someone
     /// else already refreshed.
     generation: u64,
@@ -172,6 +181,8 @@ pub struct JwksCache {
     source: Source,
     state: Mutex<CacheState>,
     fetch_lock: tokio::sync::Mutex<()>,
+    refresh_success: AtomicU64,
+    refresh_failure: AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -235,12 +246,28 @@ impl JwksCache {
                 keys: Arc::new(Vec::new()),
                 fetched_at: None,
                 last_attempt: None,
-                last_kid_miss: None,
+                kid_miss_tokens: KID_MISS_BURST,
+                kid_miss_refilled: Instant::now(),
                 generation: 0,
                 discovered_url: None,
             }),
             fetch_lock: tokio::sync::Mutex::new(()),
+            refresh_success: AtomicU64::new(0),
+            refresh_failure: AtomicU64::new(0),
         })
+    }
+
+    /// Whether keys were ever loaded (for `/readyz`).
+    pub fn loaded_once(&self) -> bool {
+        self.with_state(|state| state.generation > 0)
+    }
+
+    /// Successful and failed fetches so far (for `/metrics`).
+    pub fn refresh_counts(&self) -> (u64, u64) {
+        (
+            self.refresh_success.load(Ordering::Relaxed),
+            self.refresh_failure.load(Ordering::Relaxed),
+        )
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&mut CacheState) -> T) -> T {
@@ -296,16 +323,30 @@ impl JwksCache {
                 // Stale or missing keys: do not hammer an issuer that is down.
                 Refresh::Stale => within(state.last_attempt),
                 // Unknown kid: a rotation must be picked up at once, but random kids must
-                // not cause more than one fetch per cooldown.
-                Refresh::KidMiss => within(state.last_kid_miss),
+                // not cause more than the bucket allows.
+                Refresh::KidMiss => {
+                    let refills = now.duration_since(state.kid_miss_refilled).as_secs()
+                        / REFRESH_COOLDOWN.as_secs().max(1);
+                    if refills > 0 {
+                        let refills = u32::try_from(refills).unwrap_or(u32::MAX);
+                        state.kid_miss_tokens = state
+                            .kid_miss_tokens
+                            .saturating_add(refills)
+                            .min(KID_MISS_BURST);
+                        state.kid_miss_refilled = now;
+                    }
+                    if state.kid_miss_tokens == 0 {
+                        true
+                    } else {
+                        state.kid_miss_tokens -= 1;
+                        false
+                    }
+                }
             };
             if cooling {
                 return true;
             }
             state.last_attempt = Some(now);
-            if kind == Refresh::KidMiss {
-                state.last_kid_miss = Some(now);
-            }
             false
         });
         if skip {
@@ -319,6 +360,7 @@ impl JwksCache {
                     state.fetched_at = Some(Instant::now());
                     state.generation += 1;
                 });
+                self.refresh_success.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     keys = count,
                     "loaded the authorization server's signing keys"
@@ -326,6 +368,7 @@ impl JwksCache {
                 true
             }
             Err(error) => {
+                self.refresh_failure.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "could not refresh the authorization server's signing keys; keeping the last good ones");
                 false
             }
@@ -360,7 +403,12 @@ impl JwksCache {
                     if let (Some(named), Some(jwks)) = (named, jwks)
                         && named == issuer
                     {
-                        check_fetch_url(jwks)?;
+                        let jwks_url = check_fetch_url(jwks)?;
+                        // Plain http is for loopback development issuers only: an https
+                        // issuer cannot point the gateway at an http key set.
+                        if issuer.starts_with("https://") && jwks_url.scheme() != "https" {
+                            return Err(FetchError::InsecureUrl(jwks.to_string()));
+                        }
                         return Ok(jwks.to_string());
                     }
                 }

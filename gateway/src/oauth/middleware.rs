@@ -7,9 +7,10 @@
 //!    `resource_metadata` pointer so the client can discover the authorization server;
 //! 3. the JWT is validated (401 `invalid_token` otherwise);
 //! 4. the per-subject rate limit (429 with `Retry-After`);
-//! 5. for `POST`, the body (bounded) is peeked: a `tools/call` for a tool whose scope the
-//!    token lacks gets 403 `insufficient_scope` naming the scope (step-up), before rmcp
-//!    ever sees it. The buffered body is then handed on unchanged.
+//! 5. for `POST`, the body (bounded in size and time) is peeked: a `tools/call` for a tool
+//!    whose scope the token lacks gets 403 `insufficient_scope` naming every scope the call
+//!    needs (step-up), before rmcp ever sees it; the refused call is audited. The buffered
+//!    body is then handed on unchanged.
 //!
 //! 6. an `Mcp-Session-Id` must belong to the same subject (see
 //!    [`crate::oauth::session_binding`]).
@@ -18,6 +19,7 @@
 //! the token itself goes no further than this function.
 
 use crate::error::GatewayError;
+use crate::metrics::RateLimitScope;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
@@ -25,6 +27,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use protocol::catalog::ToolSpec;
 use shared_safety::ErrorCode;
 use shared_safety::scope::ScopeSet;
 use std::sync::Arc;
@@ -34,6 +37,8 @@ const MCP_SESSION_ID: &str = "mcp-session-id";
 
 /// Largest `/mcp` request body accepted (also rmcp's limit).
 pub const MAX_MCP_BODY_BYTES: usize = 256 * 1024;
+/// Bound on receiving a `/mcp` request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is calling, as established by a valid token.
 #[derive(Clone, Debug)]
@@ -71,6 +76,7 @@ pub(crate) fn unauthorized(state: &AppState, code: ErrorCode, error: Option<&str
     response
 }
 
+/// 403 with the step-up challenge; `scope` is every scope the call needs (space-separated).
 fn insufficient_scope(state: &AppState, scope: &str, tool: &str) -> Response {
     let challenge = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{}\"",
@@ -146,10 +152,10 @@ fn bearer_token(headers: &axum::http::HeaderMap) -> BearerHeader<'_> {
     BearerHeader::Token(token)
 }
 
-/// The scope a JSON-RPC message needs beyond what `scopes` grants, if any: only `tools/call`
-/// of a known catalog tool is checked here (unknown tools get `TOOL_UNKNOWN` from the handler).
-fn missing_tool_scope(message: &serde_json::Value, scopes: &ScopeSet) -> Option<(String, String)> {
-    let check_one = |item: &serde_json::Value| -> Option<(String, String)> {
+/// The catalog tools a JSON-RPC message (or batch) calls with `tools/call`, in order.
+/// Unknown names are left to the handler (`TOOL_UNKNOWN`).
+fn called_tools(message: &serde_json::Value) -> Vec<&'static ToolSpec> {
+    let one = |item: &serde_json::Value| -> Option<&'static ToolSpec> {
         if item.get("method").and_then(serde_json::Value::as_str) != Some("tools/call") {
             return None;
         }
@@ -157,17 +163,31 @@ fn missing_tool_scope(message: &serde_json::Value, scopes: &ScopeSet) -> Option<
             .get("params")
             .and_then(|params| params.get("name"))
             .and_then(serde_json::Value::as_str)?;
-        let tool = protocol::catalog::find(name)?;
-        if scopes.contains(tool.scope) {
-            None
-        } else {
-            Some((tool.scope.to_string(), tool.name.to_string()))
-        }
+        protocol::catalog::find(name)
     };
     match message {
-        serde_json::Value::Array(items) => items.iter().find_map(check_one),
-        other => check_one(other),
+        serde_json::Value::Array(items) => items.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
     }
+}
+
+/// When the token lacks a scope some called tool needs: every scope the call needs (sorted,
+/// for the challenge) and the refused tools.
+fn missing_tool_scope(
+    message: &serde_json::Value,
+    scopes: &ScopeSet,
+) -> Option<(String, Vec<&'static ToolSpec>)> {
+    let called = called_tools(message);
+    let refused: Vec<&'static ToolSpec> = called
+        .iter()
+        .copied()
+        .filter(|tool| !scopes.allows(tool))
+        .collect();
+    if refused.is_empty() {
+        return None;
+    }
+    let needed: std::collections::BTreeSet<&str> = called.iter().map(|tool| tool.scope).collect();
+    Some((needed.into_iter().collect::<Vec<_>>().join(" "), refused))
 }
 
 pub(crate) async fn require_bearer(
@@ -175,6 +195,7 @@ pub(crate) async fn require_bearer(
     request: Request,
     next: Next,
 ) -> Response {
+    let started = tokio::time::Instant::now();
     if query_has_access_token(request.uri().query()) {
         return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_request"));
     }
@@ -182,13 +203,23 @@ pub(crate) async fn require_bearer(
         // /mcp is only mounted with remote MCP on; this is a fail-closed backstop.
         return unauthorized(&state, ErrorCode::AuthRequired, None);
     };
-    let validated = match bearer_token(request.headers()) {
+    let (validated, token_id) = match bearer_token(request.headers()) {
         BearerHeader::Missing => return unauthorized(&state, ErrorCode::AuthRequired, None),
         BearerHeader::Malformed => {
             return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_request"));
         }
         BearerHeader::Token(token) => match validator.validate(token).await {
-            Ok(validated) => validated,
+            Ok(validated) => {
+                let key = state.audit.key();
+                let token_id = match validated.jti.as_deref() {
+                    Some(jti) => key.token_id(jti),
+                    None => token
+                        .rsplit('.')
+                        .next()
+                        .and_then(|signature| key.token_signature_id(signature)),
+                };
+                (validated, token_id)
+            }
             Err(reason) => {
                 tracing::debug!(%reason, "bearer token refused");
                 return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_token"));
@@ -196,13 +227,11 @@ pub(crate) async fn require_bearer(
         },
     };
     if let Err(retry_after) = state.subject_limiter.check(&validated.subject) {
+        state.metrics.rate_limited(RateLimitScope::Subject);
         return too_many_requests(retry_after);
     }
     let context = AuthContext {
-        token_id: validated
-            .jti
-            .as_deref()
-            .and_then(|jti| state.audit.token_id(jti)),
+        token_id,
         subject: validated.subject,
         scopes: validated.scopes,
         client_id: validated.client_id,
@@ -229,9 +258,14 @@ pub(crate) async fn require_bearer(
     let subject = context.subject.clone();
     let method = parts.method.clone();
     let body = if parts.method == Method::POST {
-        let bytes = match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(_) => {
+        let read = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            axum::body::to_bytes(body, MAX_MCP_BODY_BYTES),
+        )
+        .await;
+        let bytes = match read {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
                 return json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &GatewayError::with_detail(
@@ -240,20 +274,45 @@ pub(crate) async fn require_bearer(
                     ),
                 );
             }
+            Err(_) => {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &GatewayError::with_detail(
+                        ErrorCode::RequestTimeout,
+                        "The request body did not arrive in time.",
+                    ),
+                );
+            }
         };
         // Malformed JSON is left for rmcp to answer with a JSON-RPC parse error.
         if let Ok(message) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some((scope, tool)) = missing_tool_scope(&message, &context.scopes)
+            && let Some((scope, refused)) = missing_tool_scope(&message, &context.scopes)
         {
-            tracing::info!(subject = %context.subject, %tool, %scope, "tool call refused: insufficient scope");
-            return insufficient_scope(&state, &scope, &tool);
+            for tool in &refused {
+                tracing::info!(subject = %context.subject, tool = tool.name, scope = tool.scope, "tool call refused: insufficient scope");
+                crate::mcp::record_call(
+                    &state,
+                    &context,
+                    Some(tool),
+                    &crate::relay::CallTrace::default(),
+                    ErrorCode::AuthInsufficientScope.code(),
+                    started.elapsed(),
+                );
+            }
+            let names: Vec<&str> = refused.iter().map(|tool| tool.name).collect();
+            return insufficient_scope(&state, &scope, &names.join(", "));
         }
         Body::from(bytes)
     } else {
         body
     };
     parts.extensions.insert(context);
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    // rmcp acknowledges a session DELETE with 202; the session is gone at that point, and
+    // clients (the official Python SDK among them) expect 200 or 204.
+    if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
     match &session_id {
         // A new session was created for this subject.
         None => {
@@ -267,6 +326,11 @@ pub(crate) async fn require_bearer(
         }
         Some(session_id) if method == Method::DELETE && response.status().is_success() => {
             state.session_owners.forget(session_id);
+        }
+        // A session the map did not know (forgotten after an overflow) that rmcp served:
+        // it belongs to the subject that just used it successfully.
+        Some(session_id) if response.status().is_success() => {
+            state.session_owners.bind_if_unknown(session_id, &subject);
         }
         Some(_) => {}
     }
@@ -310,13 +374,40 @@ mod tests {
     fn tools_call_scope_is_peeked() {
         let scopes = ScopeSet::from_oauth("ibkr:health:read");
         let call = |name: &str| serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":name}});
-        assert_eq!(missing_tool_scope(&call("ibkr_health"), &scopes), None);
+        let names = |found: Option<(String, Vec<&'static ToolSpec>)>| {
+            found.map(|(scope, tools)| {
+                (
+                    scope,
+                    tools.iter().map(|tool| tool.name).collect::<Vec<_>>(),
+                )
+            })
+        };
         assert_eq!(
-            missing_tool_scope(&call("ibkr_accounts_list"), &scopes),
-            Some(("ibkr:accounts:read".into(), "ibkr_accounts_list".into()))
+            names(missing_tool_scope(&call("ibkr_health"), &scopes)),
+            None
         );
-        assert_eq!(missing_tool_scope(&call("no_such_tool"), &scopes), None);
+        assert_eq!(
+            names(missing_tool_scope(&call("ibkr_accounts_list"), &scopes)),
+            Some(("ibkr:accounts:read".into(), vec!["ibkr_accounts_list"]))
+        );
+        assert_eq!(
+            names(missing_tool_scope(&call("no_such_tool"), &scopes)),
+            None
+        );
         let list = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
-        assert_eq!(missing_tool_scope(&list, &scopes), None);
+        assert_eq!(names(missing_tool_scope(&list, &scopes)), None);
+        // A batch names every scope the whole call needs, granted ones included.
+        let batch = serde_json::json!([
+            call("ibkr_health"),
+            call("ibkr_quote"),
+            call("ibkr_accounts_list")
+        ]);
+        assert_eq!(
+            names(missing_tool_scope(&batch, &scopes)),
+            Some((
+                "ibkr:accounts:read ibkr:health:read ibkr:marketdata:read".into(),
+                vec!["ibkr_quote", "ibkr_accounts_list"]
+            ))
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! did not exist (404), which reveals nothing about other users' sessions.
 //!
 //! The map is bounded; when it overflows it is cleared, and sessions then re-bind to the first
-//! subject seen (they are random 128-bit ids, so this only matters for a leaked id).
+//! subject rmcp serves them to (they are random 128-bit ids, so this only matters for a
+//! leaked id).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,19 +31,25 @@ impl SessionOwners {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `subject` may use `session_id` (binding it if unknown).
+    /// Whether `subject` may use `session_id`: refused only when another subject owns it.
+    /// Unknown ids are not bound here (rmcp answers 404 for ids it does not know); a client
+    /// cannot pre-claim ids it made up.
     pub fn permit(&self, session_id: &str, subject: &str) -> bool {
+        self.map()
+            .get(session_id)
+            .is_none_or(|owner| owner == subject)
+    }
+
+    /// Binds a session rmcp served but the map did not know (after an overflow cleared it).
+    pub fn bind_if_unknown(&self, session_id: &str, subject: &str) {
         let mut owners = self.map();
-        match owners.get(session_id) {
-            Some(owner) => owner == subject,
-            None => {
-                if owners.len() >= MAX_SESSIONS {
-                    owners.clear();
-                }
-                owners.insert(session_id.to_string(), subject.to_string());
-                true
-            }
+        if owners.contains_key(session_id) {
+            return;
         }
+        if owners.len() >= MAX_SESSIONS {
+            owners.clear();
+        }
+        owners.insert(session_id.to_string(), subject.to_string());
     }
 
     /// Records the owner of a session the server just created.
@@ -71,7 +78,11 @@ mod tests {
         assert!(owners.permit("s1", "alice"));
         assert!(!owners.permit("s1", "bob"));
         owners.forget("s1");
+        // Unknown ids are not claimed by asking.
         assert!(owners.permit("s1", "bob"));
+        assert!(owners.permit("s1", "alice"));
+        owners.bind_if_unknown("s1", "bob");
+        owners.bind_if_unknown("s1", "alice");
         assert!(!owners.permit("s1", "alice"));
     }
 }

@@ -6,6 +6,8 @@
 //! - [`connection`]: handshake, key confirmation, heartbeat, expiry, frame dispatch.
 //! - [`registry`]: live sessions and their pending calls; session events.
 //! - [`router`]: the gates (pairing, session, heartbeat, expiry, load) and the call itself.
+//! - the revocation poll ([`Relay::close_revoked_sessions`]): pairings revoked from another
+//!   process close their live sessions within [`REVOCATION_POLL`].
 
 pub mod connection;
 pub mod endpoint;
@@ -25,6 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How often the store is checked for pairings revoked by another process.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(2);
 
 /// Relay timings and bounds, from the validated configuration.
 #[derive(Clone, Copy, Debug)]
@@ -113,10 +118,60 @@ impl Relay {
         self.registry.live_sidecars()
     }
 
+    /// How many relay sessions are registered.
+    pub fn session_count(&self) -> usize {
+        self.registry.all().len()
+    }
+
     /// Why the last relay session of `sidecar_id` ended, if it ended within
     /// [`registry::SESSION_END_MEMORY`] and the sidecar has not registered since.
     pub fn last_session_end(&self, sidecar_id: &str) -> Option<DropReason> {
         self.registry.last_end_reason(sidecar_id)
+    }
+
+    /// Closes (`Close{PairingRevoked}`) every live session whose pairing is no longer
+    /// active, when the store changed since the last look (`PRAGMA data_version`: cheap when
+    /// nothing changed). A `pairing revoke` run by the CLI in another process so cuts a live
+    /// session within [`REVOCATION_POLL`], without waiting for its next call or renewal.
+    pub(crate) async fn close_revoked_sessions(&self, seen_version: &mut Option<i64>) {
+        // The sessions first: each was registered only after its pairing was seen active, so
+        // a pairing created after this snapshot cannot be mistaken for a revoked one.
+        let sessions = self.registry.all();
+        match self.store.active_pairings_if_changed(*seen_version).await {
+            Ok((version, changed)) => {
+                *seen_version = Some(version);
+                let Some(active) = changed else {
+                    return;
+                };
+                for session in sessions {
+                    let key = (session.sidecar_id.clone(), session.public_key.to_hex());
+                    if !active.contains(&key) {
+                        tracing::info!(sidecar_id = %session.sidecar_id, "pairing revoked; closing its live session");
+                        session.request_close(protocol::frame::CloseReason::PairingRevoked);
+                    }
+                }
+            }
+            Err(error) => {
+                // The per-call and renewal checks still apply; try again next tick.
+                tracing::warn!(%error, "revocation poll: store lookup failed");
+            }
+        }
+    }
+
+    /// Runs [`Relay::close_revoked_sessions`] every [`REVOCATION_POLL`] until shutdown.
+    pub(crate) fn spawn_revocation_poll(self: &Arc<Self>) {
+        let relay = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let mut seen_version = None;
+            let mut ticks = tokio::time::interval(REVOCATION_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = relay.shutdown.cancelled() => break,
+                    _ = ticks.tick() => relay.close_revoked_sessions(&mut seen_version).await,
+                }
+            }
+        });
     }
 
     /// Tells every session to go away and waits (bounded) for the drivers to finish.

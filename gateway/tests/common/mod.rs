@@ -49,9 +49,47 @@ pub struct SigningKey {
     pub alg: Algorithm,
     pub encoding: EncodingKey,
     pub jwk: Value,
+    /// The public key as SPKI PEM (RSA keys only): what an attacker would try as an HMAC
+    /// secret.
+    pub public_pem: Option<String>,
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|chunk| std::str::from_utf8(chunk).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 impl SigningKey {
+    /// A fresh 2048-bit RSA key (RS256).
+    pub fn rs256(kid: &str) -> SigningKey {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
+        let encoding =
+            EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
+        let public = pair.public_key();
+        let spki: PublicKeyX509Der = public.as_der().unwrap();
+        SigningKey {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            encoding,
+            jwk: json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": b64(public.modulus().big_endian_without_leading_zero()),
+                "e": b64(public.exponent().big_endian_without_leading_zero()),
+            }),
+            public_pem: Some(pem("PUBLIC KEY", spki.as_ref())),
+        }
+    }
+
     pub fn es256(kid: &str) -> SigningKey {
         let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
         let pkcs8 = pair.to_pkcs8v1().unwrap();
@@ -65,6 +103,7 @@ impl SigningKey {
                 "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
                 "x": b64(&public[1..33]), "y": b64(&public[33..65]),
             }),
+            public_pem: None,
         }
     }
 
@@ -77,6 +116,7 @@ impl SigningKey {
             alg: Algorithm::EdDSA,
             encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
             jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&public)}),
+            public_pem: None,
         }
     }
 
@@ -96,6 +136,8 @@ struct IssuerState {
     url: String,
     jwks: RwLock<Value>,
     fetches: AtomicU64,
+    /// When false, every endpoint answers 503.
+    available: std::sync::atomic::AtomicBool,
 }
 
 /// A loopback authorization server: RFC 8414 metadata and a JWKS.
@@ -114,6 +156,7 @@ impl TestIssuer {
             url: url.clone(),
             jwks: RwLock::new(json!({"keys": [key.jwk.clone()]})),
             fetches: AtomicU64::new(0),
+            available: std::sync::atomic::AtomicBool::new(true),
         });
         let app = axum::Router::new()
             .route(
@@ -133,11 +176,30 @@ impl TestIssuer {
                     Json(state.jwks.read().unwrap().clone())
                 }),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                |State(state): State<Arc<IssuerState>>,
+                 request: axum::extract::Request,
+                 next: axum::middleware::Next| async move {
+                    if state.available.load(Ordering::SeqCst) {
+                        next.run(request).await
+                    } else {
+                        axum::response::IntoResponse::into_response(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        )
+                    }
+                },
+            ))
             .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         TestIssuer { state, key, task }
+    }
+
+    /// Makes every issuer endpoint answer 503 (or serve again).
+    pub fn set_available(&self, available: bool) {
+        self.state.available.store(available, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -513,4 +575,153 @@ pub async fn wait_event(
     })
     .await
     .expect("timed out waiting for a session event")
+}
+
+/// Reads an SSE (or JSON) response until the JSON-RPC message with `id` arrives; returns
+/// every message seen up to and including it (notifications first, in order).
+pub async fn read_jsonrpc_messages(mut response: reqwest::Response, id: u64) -> Vec<Value> {
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return vec![response.json().await.unwrap()];
+    }
+    let mut buffer = String::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            let messages: Vec<Value> = buffer
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+                .collect();
+            if messages.iter().any(|m| m.get("id") == Some(&json!(id))) {
+                return Some(messages);
+            }
+        }
+        None
+    })
+    .await
+    .expect("timed out waiting for the JSON-RPC response");
+    found.expect("stream ended without the response")
+}
+
+/// The `_meta` every 2026-07-28 request carries.
+pub fn meta_2026() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "gateway-test", "version": "0"},
+    })
+}
+
+/// A stateless 2026-07-28 request: per-request `_meta`, `MCP-Protocol-Version`, and the
+/// `Mcp-Method` / `Mcp-Name` headers matching the body. `extra_meta` is merged into `_meta`.
+pub fn stateless_request(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: u64,
+    method: &str,
+    mut params: Value,
+    extra_meta: Value,
+) -> reqwest::RequestBuilder {
+    let mut meta = meta_2026();
+    if let Value::Object(extra) = extra_meta {
+        for (key, value) in extra {
+            meta[key] = value;
+        }
+    }
+    params["_meta"] = meta;
+    let mut request = client
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params.get("name").and_then(Value::as_str) {
+        request = request.header("mcp-name", name);
+    }
+    request.json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
+/// Runs a fake sidecar: answers pings, hands every request to `answer` (which returns the
+/// frames to send back, in order), and reports every frame it sees except pings and pongs.
+pub fn scripted_sidecar(
+    mut sidecar: FakeSidecar,
+    answer: impl Fn(&protocol::envelope::RelayRequest) -> Vec<Frame> + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<Frame> {
+    let (seen, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(frame) = sidecar.recv().await {
+            match frame {
+                Frame::Ping { seq } => sidecar.send(&Frame::Pong { seq }).await,
+                Frame::Pong { .. } => {}
+                Frame::Request(request) => {
+                    let replies = answer(&request);
+                    let _ = seen.send(Frame::Request(request));
+                    for reply in replies {
+                        sidecar.send(&reply).await;
+                    }
+                }
+                other => {
+                    let _ = seen.send(other);
+                }
+            }
+        }
+    });
+    seen_rx
+}
+
+/// The next frame a scripted sidecar saw.
+pub async fn next_seen(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>) -> Frame {
+    tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("timed out waiting for a frame at the sidecar")
+        .expect("sidecar stopped")
+}
+
+/// A `Result` outcome answering `request` with `value`.
+pub fn result_frame(request: &protocol::envelope::RelayRequest, value: Value) -> Frame {
+    Frame::Response(protocol::envelope::RelayResponse {
+        request_id: request.request_id,
+        outcome: protocol::envelope::Outcome::Result {
+            json: value.to_string(),
+        },
+    })
+}
+
+/// Writes `config` as a YAML file the CLI accepts.
+pub fn write_config(dir: &std::path::Path, config: &GatewayConfiguration) -> std::path::PathBuf {
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(config).unwrap()).unwrap();
+    file
+}
+
+/// Runs the `ibkr-gateway` binary to completion with `args` (RUST_LOG removed).
+pub async fn run_cli(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ibkr-gateway"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the registered session count reaches `count`.
+pub async fn registered_sessions(
+    events: &mut tokio::sync::broadcast::Receiver<ibkr_gateway::SessionEvent>,
+    count: usize,
+) {
+    for _ in 0..count {
+        wait_event(events, |e| {
+            matches!(e, ibkr_gateway::SessionEvent::Registered { .. })
+        })
+        .await;
+    }
 }

@@ -1,0 +1,296 @@
+//! Prometheus metrics, kept by hand (a few counters and one histogram family do not justify
+//! a metrics framework) and rendered in the text exposition format at `GET /metrics`.
+//!
+//! Label values are bounded by construction: tools are catalog names (or `unknown`), outcomes
+//! are `ok`, `manual_action_required` or a catalog error code (anything else a sidecar sends
+//! becomes `other`), scopes and results are fixed words.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the tool-call duration histogram.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    /// Cumulative-free counts per bucket (rendered cumulatively).
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(index) = DURATION_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Which limiter refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitScope {
+    Peer,
+    Subject,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    tool_calls: Mutex<BTreeMap<(&'static str, String), u64>>,
+    durations: Mutex<BTreeMap<&'static str, Histogram>>,
+    rate_limited_peer: AtomicU64,
+    rate_limited_subject: AtomicU64,
+    audit_dropped: AtomicU64,
+    audit_written: AtomicU64,
+    connections_rejected: AtomicU64,
+}
+
+/// A tool-call outcome as a bounded label value.
+pub fn outcome_label(outcome: &str) -> String {
+    match outcome {
+        "ok" | "manual_action_required" => outcome.to_string(),
+        code => match shared_safety::ErrorCode::from_code(code) {
+            Some(code) => code.code().to_string(),
+            None => "other".to_string(),
+        },
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters only: a panic elsewhere cannot leave them inconsistent in a way that matters.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Values read at scrape time from other parts of the gateway.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Snapshot {
+    pub relay_sessions: u64,
+    pub jwks_refresh_success: u64,
+    pub jwks_refresh_failure: u64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// One finished tool call. `tool` is a catalog name or `unknown`.
+    pub fn tool_call(&self, tool: &'static str, outcome: &str, elapsed: Duration) {
+        *lock(&self.tool_calls)
+            .entry((tool, outcome_label(outcome)))
+            .or_insert(0) += 1;
+        lock(&self.durations)
+            .entry(tool)
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limited(&self, scope: RateLimitScope) {
+        match scope {
+            RateLimitScope::Peer => &self.rate_limited_peer,
+            RateLimitScope::Subject => &self.rate_limited_subject,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_written(&self, records: u64) {
+        self.audit_written.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn audit_dropped_total(&self) -> u64 {
+        self.audit_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self, snapshot: Snapshot) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = self.write(&mut out, snapshot);
+        out
+    }
+
+    fn write(&self, out: &mut String, snapshot: Snapshot) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_relay_sessions Live relay sessions (connected sidecars)."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_relay_sessions gauge")?;
+        writeln!(
+            out,
+            "ibkr_gateway_relay_sessions {}",
+            snapshot.relay_sessions
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_tool_calls_total Tool calls by tool and outcome (ok, manual_action_required or an error code)."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_tool_calls_total counter")?;
+        for ((tool, outcome), count) in lock(&self.tool_calls).iter() {
+            writeln!(
+                out,
+                "ibkr_gateway_tool_calls_total{{tool=\"{tool}\",outcome=\"{outcome}\"}} {count}"
+            )?;
+        }
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_tool_call_duration_seconds Time a tool call spent in the gateway, relay round trip included."
+        )?;
+        writeln!(
+            out,
+            "# TYPE ibkr_gateway_tool_call_duration_seconds histogram"
+        )?;
+        for (tool, histogram) in lock(&self.durations).iter() {
+            let mut cumulative = 0;
+            for (bound, count) in DURATION_BUCKETS.iter().zip(histogram.buckets.iter()) {
+                cumulative += count;
+                writeln!(
+                    out,
+                    "ibkr_gateway_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"{bound}\"}} {cumulative}"
+                )?;
+            }
+            writeln!(
+                out,
+                "ibkr_gateway_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"+Inf\"}} {}",
+                histogram.count
+            )?;
+            writeln!(
+                out,
+                "ibkr_gateway_tool_call_duration_seconds_sum{{tool=\"{tool}\"}} {}",
+                histogram.sum
+            )?;
+            writeln!(
+                out,
+                "ibkr_gateway_tool_call_duration_seconds_count{{tool=\"{tool}\"}} {}",
+                histogram.count
+            )?;
+        }
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_jwks_refreshes_total Fetches of the authorization server's signing keys."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_jwks_refreshes_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_jwks_refreshes_total{{result=\"success\"}} {}",
+            snapshot.jwks_refresh_success
+        )?;
+        writeln!(
+            out,
+            "ibkr_gateway_jwks_refreshes_total{{result=\"failure\"}} {}",
+            snapshot.jwks_refresh_failure
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_rate_limited_total Requests answered 429, by limiter."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_rate_limited_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_rate_limited_total{{scope=\"peer\"}} {}",
+            self.rate_limited_peer.load(Ordering::Relaxed)
+        )?;
+        writeln!(
+            out,
+            "ibkr_gateway_rate_limited_total{{scope=\"subject\"}} {}",
+            self.rate_limited_subject.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_audit_dropped_total Audit records dropped because the writer queue was full."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_dropped_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_dropped_total {}",
+            self.audit_dropped.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_audit_written_total Audit records committed to the store."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_written_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_written_total {}",
+            self.audit_written.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_connections_rejected_total Connections answered 503 at remote_mcp.max_connections."
+        )?;
+        writeln!(
+            out,
+            "# TYPE ibkr_gateway_connections_rejected_total counter"
+        )?;
+        writeln!(
+            out,
+            "ibkr_gateway_connections_rejected_total {}",
+            self.connections_rejected.load(Ordering::Relaxed)
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bounded_series() {
+        let metrics = Metrics::new();
+        metrics.tool_call("ibkr_quote", "ok", Duration::from_millis(20));
+        metrics.tool_call("ibkr_quote", "SIDECAR_UNAVAILABLE", Duration::from_secs(2));
+        metrics.tool_call("ibkr_quote", "made-up\"}", Duration::from_secs(500));
+        metrics.rate_limited(RateLimitScope::Subject);
+        let text = metrics.render(Snapshot {
+            relay_sessions: 3,
+            jwks_refresh_success: 1,
+            jwks_refresh_failure: 0,
+        });
+        assert!(text.contains("ibkr_gateway_relay_sessions 3\n"));
+        assert!(
+            text.contains("ibkr_gateway_tool_calls_total{tool=\"ibkr_quote\",outcome=\"ok\"} 1\n")
+        );
+        assert!(text.contains("outcome=\"other\"} 1\n"));
+        assert!(!text.contains("made-up"));
+        assert!(text.contains(
+            "ibkr_gateway_tool_call_duration_seconds_bucket{tool=\"ibkr_quote\",le=\"0.025\"} 1\n"
+        ));
+        assert!(text.contains(
+            "ibkr_gateway_tool_call_duration_seconds_bucket{tool=\"ibkr_quote\",le=\"2.5\"} 2\n"
+        ));
+        assert!(text.contains(
+            "ibkr_gateway_tool_call_duration_seconds_bucket{tool=\"ibkr_quote\",le=\"+Inf\"} 3\n"
+        ));
+        assert!(
+            text.contains("ibkr_gateway_tool_call_duration_seconds_count{tool=\"ibkr_quote\"} 3\n")
+        );
+        assert!(text.contains("ibkr_gateway_rate_limited_total{scope=\"subject\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_rate_limited_total{scope=\"peer\"} 0\n"));
+        assert!(text.contains("ibkr_gateway_jwks_refreshes_total{result=\"success\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_audit_dropped_total 0\n"));
+    }
+}
