@@ -243,6 +243,43 @@ impl System {
         wait_registered(&mut events).await
     }
 
+    /// Stops the real daemon and puts a hand-driven sidecar with the same paired key in its
+    /// place, registered (key-confirmed) with the gateway. Returns it with a session-event
+    /// receiver subscribed before it connected.
+    pub async fn replace_sidecar_with_raw(
+        &mut self,
+    ) -> Result<
+        (
+            crate::raw_sidecar::RawSidecar,
+            broadcast::Receiver<SessionEvent>,
+        ),
+        SystemError,
+    > {
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.stop().await;
+        }
+        let gateway = self.gateway()?;
+        let mut events = gateway.subscribe_sessions();
+        let handshake = crate::raw_sidecar::RawSidecar::connect(
+            &self.sidecar_state_dir,
+            &gateway.relay_url(),
+            crate::raw_sidecar::Claims::default(),
+        )
+        .await
+        .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        let mut raw = match handshake {
+            crate::raw_sidecar::Handshake::Accepted(raw) => *raw,
+            crate::raw_sidecar::Handshake::Rejected { code } => {
+                return Err(SystemError::Sidecar(format!("handshake refused: {code}")));
+            }
+        };
+        raw.confirm()
+            .await
+            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        wait_registered(&mut events).await?;
+        Ok((raw, events))
+    }
+
     pub fn take_sidecar(&mut self) -> Option<RunningSidecar> {
         self.sidecar.take()
     }

@@ -9,7 +9,7 @@
 
 use e2e::cpgw_sim::AuthState;
 use e2e::raw_sidecar::{Claims, Handshake, RawSidecar};
-use e2e::system::{System, SystemOptions, WAIT_LIMIT, wait_registered};
+use e2e::system::{System, SystemOptions, WAIT_LIMIT};
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -204,20 +204,7 @@ async fn gate_4_stale_heartbeat_is_refused_with_its_own_code() {
     })
     .await
     .unwrap();
-    system.take_sidecar().unwrap().stop().await;
-    let gateway = system.gateway().unwrap();
-    let mut events = gateway.subscribe_sessions();
-    let Handshake::Accepted(mut raw) = RawSidecar::connect(
-        system.sidecar_state_dir(),
-        &gateway.relay_url(),
-        Claims::default(),
-    )
-    .await
-    .unwrap() else {
-        panic!("handshake refused")
-    };
-    raw.confirm().await.unwrap();
-    wait_registered(&mut events).await.unwrap();
+    let (raw, mut events) = system.replace_sidecar_with_raw().await.unwrap();
     let frozen = raw.freeze();
     assert_eq!(
         wait_dropped(&mut events).await,
@@ -243,20 +230,7 @@ async fn gate_4_expired_session_is_refused_with_its_own_code() {
     })
     .await
     .unwrap();
-    system.take_sidecar().unwrap().stop().await;
-    let gateway = system.gateway().unwrap();
-    let mut events = gateway.subscribe_sessions();
-    let Handshake::Accepted(mut raw) = RawSidecar::connect(
-        system.sidecar_state_dir(),
-        &gateway.relay_url(),
-        Claims::default(),
-    )
-    .await
-    .unwrap() else {
-        panic!("handshake refused")
-    };
-    raw.confirm().await.unwrap();
-    wait_registered(&mut events).await.unwrap();
+    let (raw, mut events) = system.replace_sidecar_with_raw().await.unwrap();
     // Alive (answers every ping) but never renews: only the session TTL can end it.
     let pinger = tokio::spawn(raw.answer_pings_only());
     assert_eq!(wait_dropped(&mut events).await, DropReason::SessionExpired);

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::cpgw_sim::AuthState;
-use e2e::raw_sidecar::{Claims, Handshake, RawSidecar};
 use e2e::system::{System, SystemOptions, WAIT_LIMIT, wait_registered};
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
@@ -316,20 +315,7 @@ async fn frozen_sidecar_is_dropped_within_the_heartbeat_timeout() {
     .await
     .unwrap();
     // Replace the real daemon with a hand-driven one holding the same (paired) key.
-    system.take_sidecar().unwrap().stop().await;
-    let gateway = system.gateway().unwrap();
-    let mut events = gateway.subscribe_sessions();
-    let Handshake::Accepted(mut raw) = RawSidecar::connect(
-        system.sidecar_state_dir(),
-        &gateway.relay_url(),
-        Claims::default(),
-    )
-    .await
-    .unwrap() else {
-        panic!("handshake refused")
-    };
-    raw.confirm().await.unwrap();
-    wait_registered(&mut events).await.unwrap();
+    let (raw, mut events) = system.replace_sidecar_with_raw().await.unwrap();
     let registered_at = Instant::now();
 
     // Freeze: keep the socket open, read nothing, answer nothing.
