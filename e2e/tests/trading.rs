@@ -319,23 +319,12 @@ async fn account_identity_and_market_hours_guards() {
     system.shutdown().await;
 
     // Outside regular hours (a Saturday on the exchange clock): entries refused.
-    let mut options = SystemOptions {
-        with_sidecar: false,
+    let system = trading_system_with(SystemOptions {
         trading: live_trading(),
+        market_time: Some(time::macros::datetime!(2026-11-21 15:00 UTC)),
         ..SystemOptions::default()
-    };
-    options.market_time = Some(time::macros::datetime!(2026-11-21 15:00 UTC));
-    let mut system = System::start(options).await.unwrap();
-    let pairing = system.pair_sidecar().await.unwrap();
-    ibkr_agent::StateStore::open(system.sidecar_state_dir())
-        .unwrap()
-        .set_local_scopes(
-            &pairing.remote_instance_id,
-            &pairing.sidecar_id,
-            &shared_safety::scope::ScopeSet::from_list(TRADING_SCOPES),
-        )
-        .unwrap();
-    system.start_sidecar().await.unwrap();
+    })
+    .await;
     let closed = call(
         &system,
         "ibkr_buy",
