@@ -100,6 +100,12 @@ impl MarketCalendar {
         })
     }
 
+    /// The shipped NYSE calendar, parsed once per process.
+    pub fn nyse_shared() -> &'static MarketCalendar {
+        static NYSE: std::sync::OnceLock<MarketCalendar> = std::sync::OnceLock::new();
+        NYSE.get_or_init(MarketCalendar::nyse)
+    }
+
     /// Parses calendar data in the format of `data/nyse_calendar.txt`.
     pub fn parse(text: &str) -> Result<MarketCalendar, CalendarError> {
         let mut covers: Option<(i32, i32)> = None;

@@ -245,12 +245,7 @@ fn walk_request(value: &Value, path: &mut String) -> Result<(), SensitiveMateria
             for (key, item) in map {
                 let saved = path.len();
                 path.push('/');
-                // Paths are echoed in refusals: a key that is itself a secret is not repeated.
-                if sensitive_value(key).is_some() {
-                    path.push_str("[redacted-key]");
-                } else {
-                    path.push_str(&escape_pointer(key));
-                }
+                path.push_str(&echo_safe_segment(key));
                 if let Some(kind) = sensitive_key(key) {
                     return Err(SensitiveMaterial {
                         path: path.clone(),
@@ -293,14 +288,21 @@ fn walk_request(value: &Value, path: &mut String) -> Result<(), SensitiveMateria
     }
 }
 
-fn escape_pointer(key: &str) -> String {
-    let escaped = key.replace('~', "~0").replace('/', "~1");
-    // Keys are echoed in error messages: bound them and drop control characters.
-    escaped
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect()
+/// A JSON path segment fit for an error message. Paths of refusals are echoed to the agent and
+/// logged, so a segment is shown only when it is a short plain identifier (ASCII letters,
+/// digits, `_`, `-`; at most 64) that does not itself look sensitive. Anything else (a key
+/// that is a bearer token, a file path, free text) becomes `<redacted>`.
+pub fn echo_safe_segment(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain && sensitive_value(key).is_none() {
+        key.to_string()
+    } else {
+        "<redacted>".to_string()
+    }
 }
 
 /// Keys CPGW returns that are session material or local internals, removed from every result.
@@ -393,8 +395,19 @@ mod tests {
     #[test]
     fn a_key_that_is_itself_a_secret_is_not_echoed() {
         let refusal = check_request(&json!({"Bearer abc.def.ghi": 1})).unwrap_err();
-        assert_eq!(refusal.path, "/[redacted-key]");
+        assert_eq!(refusal.path, "/<redacted>");
         assert!(!refusal.to_string().contains("abc.def"));
+    }
+
+    #[test]
+    fn only_plain_short_segments_are_echoed() {
+        assert_eq!(echo_safe_segment("cookie"), "cookie");
+        assert_eq!(echo_safe_segment("x-sess-uuid"), "x-sess-uuid");
+        assert_eq!(echo_safe_segment("0"), "0");
+        assert_eq!(echo_safe_segment("a b"), "<redacted>");
+        assert_eq!(echo_safe_segment("/home/u"), "<redacted>");
+        assert_eq!(echo_safe_segment(&"k".repeat(65)), "<redacted>");
+        assert_eq!(echo_safe_segment(""), "<redacted>");
     }
 
     #[test]

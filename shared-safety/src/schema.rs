@@ -166,7 +166,10 @@ fn validate_object(
             if !map.contains_key(name) {
                 return Err(violation(
                     path,
-                    format!("missing required field `{}`", bounded(name)),
+                    format!(
+                        "missing required field `{}`",
+                        crate::sanitize::echo_safe_segment(name)
+                    ),
                 ));
             }
         }
@@ -174,7 +177,7 @@ fn validate_object(
     for (key, item) in map {
         let saved = path.len();
         path.push('/');
-        path.push_str(&bounded(key));
+        path.push_str(&crate::sanitize::echo_safe_segment(key));
         match properties.get(key) {
             Some(child) => validate(child, item, path)?,
             None => return Err(violation(path, "unknown field")),
@@ -210,11 +213,6 @@ fn validate_array(
         }
     }
     Ok(())
-}
-
-/// Field names are echoed in refusals: bound them and drop control characters.
-fn bounded(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[cfg(test)]

@@ -191,50 +191,17 @@ pub fn check_tool_call(
     if let Err(material) = sanitize::check_request(arguments) {
         return Err(SidecarError::new(
             ErrorCode::SensitiveMaterialRefused,
-            format!(
-                "({} at {})",
-                material.kind.as_str(),
-                safe_path(&material.path)
-            ),
+            // The shared sanitizer only puts echo-safe segments into the path.
+            format!("({material})"),
         ));
     }
     if let Err(violation) = schema::validate_arguments(tool, arguments) {
         return Err(SidecarError::new(
             ErrorCode::ArgumentsInvalid,
-            format!("({} at {})", violation.rule, safe_path(&violation.path)),
+            format!("({violation})"),
         ));
     }
     Ok(tool)
-}
-
-/// A JSON path fit for an error message: a segment is shown only when it is a short plain
-/// identifier that does not itself look sensitive; anything else (a key that is a bearer
-/// token, a path, free text) becomes `<redacted>`.
-pub fn safe_path(path: &str) -> String {
-    if path.is_empty() || path == "/" {
-        return "/".to_string();
-    }
-    let segments: Vec<String> = path
-        .split('/')
-        .skip(1)
-        .map(|segment| {
-            let plain = !segment.is_empty()
-                && segment.len() <= 64
-                && segment
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if plain && sanitize::sensitive_value(segment).is_none() {
-                segment.to_string()
-            } else {
-                "<redacted>".to_string()
-            }
-        })
-        .collect();
-    if segments.is_empty() {
-        "/".to_string()
-    } else {
-        format!("/{}", segments.join("/"))
-    }
 }
 
 /// The manual action for a CPGW without an authenticated session. `location` is
@@ -590,16 +557,6 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.code(), ErrorCode::ArgumentsInvalid);
         assert!(error.body().message.contains("requires ibkr:accounts:read"));
-    }
-
-    #[test]
-    fn safe_paths() {
-        assert_eq!(safe_path(""), "/");
-        assert_eq!(safe_path("/"), "/");
-        assert_eq!(safe_path("/cookie"), "/cookie");
-        assert_eq!(safe_path("/orders/0/symbol"), "/orders/0/symbol");
-        assert_eq!(safe_path("/a b/x"), "/<redacted>/x");
-        assert_eq!(safe_path(&format!("/{}", "k".repeat(65))), "/<redacted>");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use ibkr_agent::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
 use ibkr_agent::gates::CheckedRequest;
+use ibkr_agent::market_clock::MarketClock;
 use ibkr_agent::orders::journal::{JOURNAL_FILE, Journal, verify};
 use ibkr_agent::orders::{self, OrdersRuntime};
 use ibkr_agent::requests::ProgressSink;
@@ -238,7 +239,8 @@ impl Harness {
     ) -> Harness {
         let journal = Journal::open_in(&state_dir).unwrap();
         let mut runtime = OrdersRuntime::with_journal(journal, policy);
-        runtime.market_open_override = Some(true);
+        // Tuesday 24 November 2026, 10:00 ET: regular hours on the simulated exchange clock.
+        runtime.clock = MarketClock::simulated_at(time::macros::datetime!(2026-11-24 15:00 UTC));
         let cpgw = CpgwClient::new(&base).unwrap();
         let (broker, _) = watch::channel(BrokerState::Unknown);
         Harness {
@@ -407,7 +409,8 @@ async fn guard_refusals_reach_the_caller_with_their_codes() {
 #[tokio::test]
 async fn outside_hours_and_unverified_account_are_refused() {
     let mut h = Harness::new(live_policy()).await;
-    h.runtime.market_open_override = Some(false);
+    // Saturday 21 November 2026 on the exchange clock: closed.
+    h.runtime.clock = MarketClock::simulated_at(time::macros::datetime!(2026-11-21 15:00 UTC));
     assert_eq!(
         code(
             h.call("ibkr_buy", json!({"symbol": "AAPL", "cash_amount": "5"}))

@@ -37,10 +37,6 @@ pub struct OrdersRuntime {
     pub journal: Journal,
     pub policy: TradingPolicy,
     pub calendar: MarketCalendar,
-    /// Tests and diagnostics only (never set from configuration): answer "regular hours open"
-    /// or "closed" instead of consulting the calendar.
-    #[doc(hidden)]
-    pub market_open_override: Option<bool>,
     /// The clock trading hours are judged by.
     pub clock: crate::market_clock::MarketClock,
 }
@@ -57,8 +53,7 @@ impl OrdersRuntime {
         Ok(OrdersRuntime {
             journal,
             policy,
-            calendar: MarketCalendar::nyse(),
-            market_open_override: None,
+            calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
         })
     }
@@ -68,18 +63,14 @@ impl OrdersRuntime {
         OrdersRuntime {
             journal,
             policy,
-            calendar: MarketCalendar::nyse(),
-            market_open_override: None,
+            calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
         }
     }
 
-    /// Whether regular trading hours are open now (the calendar, unless overridden).
+    /// Whether regular trading hours are open now, on the runtime's market clock.
     pub fn market_open(&self) -> Result<bool, shared_safety::calendar::CalendarError> {
-        match self.market_open_override {
-            Some(open) => Ok(open),
-            None => self.calendar.is_regular_hours(self.clock.now()),
-        }
+        self.calendar.is_regular_hours(self.clock.now())
     }
 }
 

@@ -12,7 +12,7 @@ pub(super) async fn run(clock: &crate::market_clock::MarketClock) -> ToolResult 
 }
 
 pub(super) fn status_at(now: OffsetDateTime) -> ToolResult {
-    let status = MarketCalendar::nyse()
+    let status = MarketCalendar::nyse_shared()
         .status(now)
         .map_err(|error| Outcome::Failed(error.code().body(None)))?;
     serde_json::to_value(status).map_err(|_| Outcome::Failed(ErrorCode::InternalError.body(None)))
