@@ -305,7 +305,7 @@ mod tests {
         assert_eq!(source, KeySource::StateDir);
         let (second, _) = AuditKey::load(variable, dir.path()).unwrap();
         assert_eq!(first.token_id("x"), second.token_id("x"));
-        // (A short secret in the environment is refused at start: tests/operations.rs runs
+        // (A short secret in the environment is refused at start: tests/integration/operations.rs runs
         // the binary with one, since tests cannot set variables in their own process.)
     }
 

@@ -8,7 +8,7 @@
 //! else is `CONFIG_SIDECAR_FORBIDDEN` (the flags) or `CONFIG_INVALID` (a missing or bad value),
 //! and every refusal names the offending key. The reference is
 //! `docs/configuration-gateway.md`; the checklist is tested row by row in
-//! `tests/config_table.rs`.
+//! `tests/integration/config_table.rs`.
 
 use crate::net::{HostRule, IpNet, normalize_origin};
 use protocol::catalog::scopes;
@@ -928,7 +928,7 @@ mod tests {
     }
 
     /// Every key set, on loopback (the deployment example is docs/examples/gateway.yaml,
-    /// tested in tests/config_table.rs).
+    /// tested in tests/integration/config_table.rs).
     const FULL_YAML: &str = r#"
 listen: "127.0.0.1:8080"
 public_base_url: "http://127.0.0.1:8080"

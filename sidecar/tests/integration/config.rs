@@ -7,7 +7,6 @@
 //! bound on 127.0.0.1:0 and never accepts on; after the refusal, `accept()` on the non-blocking
 //! listener must return WouldBlock. A positive control shows the same setup does dial with a
 //! valid configuration.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ibkr_agent::state::{PairingRecord, StateStore};
 use ibkr_agent::{DaemonOptions, SidecarConfig, run_daemon};
@@ -482,10 +481,10 @@ async fn every_checklist_item_is_refused_through_the_programmatic_path_before_di
 
 #[test]
 fn the_documented_example_loads_and_names_every_key() {
-    let example = include_str!("../../docs/examples/sidecar.yaml");
+    let example = include_str!("../../../docs/examples/sidecar.yaml");
     let config = SidecarConfig::from_yaml_str(example).unwrap();
     assert!(config.relay_url().unwrap().starts_with("wss://"));
-    let reference = include_str!("../../docs/configuration-sidecar.md");
+    let reference = include_str!("../../../docs/configuration-sidecar.md");
     for key in [
         "sidecar.enabled",
         "sidecar.remote_relay_url",

@@ -1,6 +1,5 @@
 //! Pairing through the real CLI client (`ibkr_agent::pair`) against the real gateway endpoints:
 //! each way a code can be wrong is refused with its own code.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::system::{System, SystemOptions};
 use shared_safety::ErrorCode;

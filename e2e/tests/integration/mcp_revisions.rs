@@ -1,7 +1,6 @@
 //! Both MCP revisions the gateway serves, through the real rmcp client: 2025-11-25 (initialize
 //! and sessions) and the stateless 2026-07-28 (server/discover, no session). Each lists and
 //! calls tools end to end, and a read-only token sees no order tools in either.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::system::{System, SystemOptions};
 use protocol::catalog::scopes;

@@ -1,6 +1,5 @@
 //! The whole system in one process over real sockets: a real MCP client (rmcp) with real JWTs
 //! -> the gateway -> the encrypted relay -> the sidecar daemon -> the CPGW simulator over HTTPS.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::cpgw_sim::AuthState;
 use e2e::system::{System, SystemOptions, WAIT_LIMIT, wait_registered};

@@ -1,11 +1,8 @@
 //! Token validation and the HTTP face of the resource server, over real loopback sockets
 //! with keys generated at test time.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use ibkr_gateway::oauth::jwks::JwksCache;
 use ibkr_gateway::oauth::token::{TokenError, TokenValidator, ValidatorSettings};
 use jsonwebtoken::{Algorithm, Header};

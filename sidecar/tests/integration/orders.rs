@@ -1,6 +1,5 @@
 //! Order tools against a small fake CPGW over loopback: guards, dry-run, warnings,
 //! indeterminate outcomes, idempotency, the journal and reconciliation.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::Router;
 use axum::extract::{Path, State};

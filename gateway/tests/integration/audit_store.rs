@@ -7,11 +7,8 @@
 //!   bytes (database, WAL, shared memory) or in the CLI output;
 //! - the HMAC secret, absent from the environment, is generated once (0600 in `state_dir`)
 //!   and the same token id comes back after a restart.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

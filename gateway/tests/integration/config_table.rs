@@ -12,7 +12,6 @@
 //!
 //! A control run shows the unmodified example does start (binds its port, creates
 //! `state_dir`), so the "nothing bound, nothing written" checks are not vacuous.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ibkr_gateway::GatewayConfiguration;
 use serde_yaml_ng::Value as Yaml;
@@ -22,7 +21,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const EXAMPLE: &str = include_str!("../../docs/examples/gateway.yaml");
+const EXAMPLE: &str = include_str!("../../../docs/examples/gateway.yaml");
 /// Bound on one run of the binary; a refused configuration exits in milliseconds.
 const PROCESS_LIMIT: Duration = Duration::from_secs(30);
 

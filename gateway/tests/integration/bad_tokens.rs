@@ -6,12 +6,9 @@
 //! same bytes whatever was wrong (no oracle). After the table: an unknown `kid` becomes valid
 //! once the issuer rotates its keys, without a restart; and `typ: at+jwt` is enforced when
 //! configured.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 

@@ -5,11 +5,8 @@
 //! - `ibkr-gateway pairing revoke`, run as another process, closes the live session at once
 //!   (`Close{PairingRevoked}`) without waiting for a call, and leaves other users alone;
 //! - a sidecar that ends the pairing from its side (closes the session) is cut off at once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::frame::{CloseReason, Frame};
 use serde_json::{Value, json};

@@ -1,6 +1,5 @@
 //! `pair()` against a minimal gateway pairing endpoint on loopback, speaking the real SPAKE2
 //! exchange from the protocol crate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::Router;
 use axum::body::Bytes;

@@ -1,10 +1,12 @@
 //! The forwarded request and the audit line of a tool call, over real loopback sockets.
 //!
-//! This test has a binary of its own: it captures `tracing` output with a thread-local
-//! subscriber, and `tracing` caches per-callsite interest process-wide, so tests running
-//! concurrently without a subscriber could hide the events from it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! This test has a binary of its own, apart from `tests/integration`: it captures `tracing`
+//! output with a thread-local subscriber, and `tracing` caches per-callsite interest
+//! process-wide, so tests running concurrently without a subscriber could hide the events from
+//! it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
+#[path = "integration/common.rs"]
 mod common;
 
 use common::*;

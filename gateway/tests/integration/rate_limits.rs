@@ -7,11 +7,8 @@
 //! - Per subject, after authentication (also 429 `AUTH_RATE_LIMITED`).
 //! - `remote_mcp.max_connections`: the next connection is answered 503 at once, and served
 //!   again as soon as a slot frees.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -9,11 +9,8 @@
 //!   before the result, in both revisions; a client that goes away cancels the call at the
 //!   sidecar;
 //! - behind a TLS-terminating proxy the public URL is canonical, never the `Host` header.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use protocol::envelope::RelayProgress;
 use protocol::frame::Frame;
 use serde_json::{Value, json};

@@ -1,10 +1,7 @@
 //! The relay and pairing over real loopback sockets, driven by a hand-written sidecar built
 //! on the protocol crate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::envelope::{Outcome, RelayProgress, RelayResponse};
 use protocol::frame::{CloseReason, Frame};

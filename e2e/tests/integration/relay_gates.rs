@@ -5,7 +5,6 @@
 //! 3. the relay session is bound to the paired sidecar id (SIDECAR_SESSION_INVALID);
 //! 4. heartbeat valid and session unexpired (SIDECAR_HEARTBEAT_STALE, SIDECAR_SESSION_EXPIRED);
 //! 5. the local CPGW session is usable, else a manual local action (BROKER_SESSION_REQUIRED).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::cpgw_sim::AuthState;
 use e2e::raw_sidecar::{Claims, Handshake, RawSidecar};

@@ -1,11 +1,8 @@
 //! The relay primitives through the real `ibkr-agent` binary: the seed's typical local flow
 //! verbatim, the refusals of `relay accept`, the listings, and the CPGW probe against a fake
 //! CPGW on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{FakeCpgw, Login, dead_cpgw_url};
+use crate::common::{FakeCpgw, Login, dead_cpgw_url};
 use ibkr_agent::clock::now_unix_seconds;
 use ibkr_agent::state::StateStore;
 use protocol::identity::StaticKeypair;

@@ -1,5 +1,4 @@
 //! The `ibkr-agent` binary: JSON output, exit codes, file modes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

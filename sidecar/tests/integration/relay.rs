@@ -1,9 +1,6 @@
 //! The daemon against a fake gateway and a fake CPGW, over real loopback sockets.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ibkr_agent::state::StateStore;
 use ibkr_agent::{DaemonOptions, SidecarConfig, run_daemon};
 use protocol::envelope::{Outcome, RelayResponse};

@@ -1,7 +1,6 @@
 //! Trading end to end: a real MCP client -> the gateway -> the encrypted relay -> the sidecar's
 //! guards and journal -> the CPGW simulator over HTTPS, asserting on the simulator's own order
 //! log.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use e2e::cpgw_sim::{AuthState, IsPaperShape, SimAccount};
 use e2e::system::{System, SystemOptions, WAIT_LIMIT};

@@ -6,11 +6,8 @@
 //! - `log_format: json` makes every log line a JSON object;
 //! - secrets named by the configuration are checked at start: a short audit HMAC secret or a
 //!   missing metrics token refuses to start (exit 2, naming the key).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};

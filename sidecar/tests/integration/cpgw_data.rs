@@ -1,5 +1,4 @@
 //! Market data, portfolio and keep-alive against a small fake CPGW on a real loopback socket.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::Router;
 use axum::extract::{Path, Query, State};

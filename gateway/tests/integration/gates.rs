@@ -8,12 +8,9 @@
 //!   without renewal (`SIDECAR_SESSION_EXPIRED`), both on the next call after the drop;
 //! - arguments: sensitive material first, then the closed schema, never forwarded.
 //!
-//! The forwarded request and the audit line are in `tests/audit.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The forwarded request and the audit line are in `tests/audit_log.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::envelope::{Outcome, RelayResponse};
 use protocol::frame::{CloseReason, Frame};

@@ -1,0 +1,12 @@
+//! Integration tests of `e2e`, one test binary for the whole crate.
+//!
+//! Each module is one concern; they share a binary because every test binary links the
+//! whole dependency tree (TLS, SQLite, the MCP stack), and one binary per file multiplied
+//! the build's disk use and link time for no gain in isolation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
+
+mod mcp_revisions;
+mod pairing;
+mod relay_gates;
+mod trading;
+mod walking_skeleton;
