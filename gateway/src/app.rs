@@ -568,17 +568,11 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         state.config.remote_mcp.max_connections,
         Arc::clone(&state.metrics),
     );
+    let header_read_timeout =
+        Duration::from_secs(state.config.remote_mcp.header_read_timeout_seconds);
     let token = server_shutdown.clone();
     let server = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server stopped with an error");
-        }
+        crate::http_server::serve(listener, app, header_read_timeout, token).await;
     });
     tracing::info!(
         %local_addr,

@@ -234,6 +234,11 @@ pub struct RemoteMcpSection {
     pub require_typ_at_jwt: bool,
     #[serde(default = "RemoteMcpSection::default_max_connections")]
     pub max_connections: usize,
+    /// Time a connection gets to deliver a complete request head once it is ready for one
+    /// (just accepted, or idle between keep-alive requests); then it is closed and its slot
+    /// freed.
+    #[serde(default = "RemoteMcpSection::default_header_read_timeout")]
+    pub header_read_timeout_seconds: u64,
     #[serde(default = "RemoteMcpSection::default_rate_subject")]
     pub rate_limit_per_subject_per_minute: u32,
     #[serde(default = "RemoteMcpSection::default_rate_peer")]
@@ -268,6 +273,9 @@ impl RemoteMcpSection {
     fn default_max_connections() -> usize {
         1024
     }
+    fn default_header_read_timeout() -> u64 {
+        10
+    }
     fn default_rate_subject() -> u32 {
         600
     }
@@ -292,6 +300,7 @@ impl Default for RemoteMcpSection {
             clock_skew_seconds: Self::default_skew(),
             require_typ_at_jwt: false,
             max_connections: Self::default_max_connections(),
+            header_read_timeout_seconds: Self::default_header_read_timeout(),
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
             rate_limit_per_peer_per_minute: Self::default_rate_peer(),
             token_id_hmac_secret_env: Self::default_hmac_env(),
@@ -780,6 +789,12 @@ impl GatewayConfiguration {
             1_000_000,
         )?;
         check_range(
+            "remote_mcp.header_read_timeout_seconds",
+            mcp.header_read_timeout_seconds,
+            1,
+            300,
+        )?;
+        check_range(
             "remote_mcp.rate_limit_per_subject_per_minute",
             u64::from(mcp.rate_limit_per_subject_per_minute),
             1,
@@ -959,6 +974,7 @@ remote_mcp:
   clock_skew_seconds: 60
   require_typ_at_jwt: false
   max_connections: 1024
+  header_read_timeout_seconds: 10
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200
   token_id_hmac_secret_env: "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET"

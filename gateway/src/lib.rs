@@ -14,7 +14,9 @@
 //! - [`audit`]: the durable audit trail (SQLite, written off the request path).
 //! - [`metrics`]: Prometheus counters for `/metrics`; [`net`]: trusted proxies, client
 //!   addresses, Host/Origin rules; `edge`: the `/mcp` layers outside OAuth.
-//! - [`rate_limit`], [`listener`], [`clock`]: supporting pieces.
+//! - [`listener`]: the connection cap; `http_server`: the HTTP/1.1 loop with its
+//!   request-head deadline and graceful shutdown.
+//! - [`rate_limit`], [`clock`]: supporting pieces.
 //! - [`cli`]: the `ibkr-gateway` command line.
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod config;
 mod edge;
 pub mod error;
+mod http_server;
 pub mod keys;
 pub mod listener;
 mod mcp;

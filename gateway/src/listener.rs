@@ -9,7 +9,6 @@
 //! connection is simply closed), each bounded by [`REJECTION_TIMEOUT`].
 
 use crate::metrics::Metrics;
-use axum::serve::{IncomingStream, Listener};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -99,11 +98,10 @@ async fn reject(mut stream: TcpStream) {
     .await;
 }
 
-impl Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl LimitedListener {
+    /// The next connection that got a slot, with its peer address. Connections beyond the cap
+    /// are answered 503 here and never returned.
+    pub async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
@@ -143,7 +141,7 @@ impl Listener for LimitedListener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
 }
@@ -188,12 +186,7 @@ impl AsyncWrite for LimitedStream {
     }
 }
 
-/// The peer address, as a connect-info type of our own (the listener is ours too).
+/// The socket peer of a request, put in its extensions as `ConnectInfo<PeerAddr>` by the
+/// server loop (`http_server`).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, LimitedListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, LimitedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}

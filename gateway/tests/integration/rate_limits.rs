@@ -7,6 +7,8 @@
 //! - Per subject, after authentication (also 429 `AUTH_RATE_LIMITED`).
 //! - `remote_mcp.max_connections`: the next connection is answered 503 at once, and served
 //!   again as soon as a slot frees.
+//! - `remote_mcp.header_read_timeout_seconds`: a connection that sends nothing, or stops
+//!   half-way through a request head, is closed at the deadline and its slot freed.
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -229,5 +231,77 @@ async fn connections_beyond_the_cap_are_answered_503_at_once() {
     .expect("the freed slot was never reused");
     assert!(served.contains("\"ok\""));
     drop(held);
+    handle.shutdown().await;
+}
+
+/// Reads until the server closes the connection; what it sent before closing.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server never closed the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Asks on fresh connections until one is served (a slot freed asynchronously).
+async fn served_again(addr: std::net::SocketAddr) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let answer = raw_request(addr, "/healthz").await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return answer;
+            }
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slot was never freed")
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_requests_lose_their_slot_at_the_header_deadline() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = dev_config(&issuer.url(), dir.path());
+    config.remote_mcp.max_connections = 1;
+    config.remote_mcp.header_read_timeout_seconds = 1;
+    let handle = ibkr_gateway::start(config).await.unwrap();
+    let addr = handle.local_addr();
+
+    // One served request proves the connection holds the only slot; then it starts a second
+    // request head and stops half-way, as a slow-loris client does.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(WAIT, stalled.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    let half_sent = std::time::Instant::now();
+    stalled
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        raw_request(addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+
+    // The server gives up on the head (no answer is served for it) and frees the slot.
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(half_sent.elapsed() >= std::time::Duration::from_millis(500));
+    served_again(addr).await;
+
+    // A connection that never sends a byte is closed the same way.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = read_until_closed(&mut silent).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    served_again(addr).await;
     handle.shutdown().await;
 }
