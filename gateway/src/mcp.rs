@@ -13,7 +13,7 @@
 
 use crate::error::GatewayError;
 use crate::oauth::AuthContext;
-use crate::relay::CallTrace;
+use crate::relay::{CallTrace, ToolCall};
 use crate::state::AppState;
 use crate::store::AuditRecord;
 use protocol::catalog::{self, Route, ToolSpec};
@@ -263,8 +263,11 @@ impl GatewayMcp {
                 let called = relay
                     .call_on(
                         &session,
-                        tool,
-                        arguments,
+                        ToolCall {
+                            tool,
+                            arguments,
+                            token_scopes: &auth.scopes,
+                        },
                         forwarder.as_ref().map(ProgressForwarder::sender),
                         &context.ct,
                         trace,
@@ -427,8 +430,11 @@ impl ServerHandler for GatewayMcp {
                     .relay
                     .call(
                         &auth.subject,
-                        tool,
-                        &arguments,
+                        ToolCall {
+                            tool,
+                            arguments: &arguments,
+                            token_scopes: &auth.scopes,
+                        },
                         forwarder.as_ref().map(ProgressForwarder::sender),
                         &context.ct,
                         &mut trace,

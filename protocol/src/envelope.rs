@@ -1,11 +1,13 @@
 //! Request and response envelopes carried inside encrypted frames.
 //!
 //! The envelope carries what the seed contract names (tool name, required scope, request id,
-//! payload hash) plus the canonical payload itself, a relative deadline and an optional
-//! idempotency key. It never carries the agent's bearer token, cookies or any other
-//! credential: the gateway has sanitized the payload before it builds one.
+//! payload hash) plus the canonical payload itself, the scopes the caller's token holds, a
+//! relative deadline and an optional idempotency key. It never carries the agent's bearer
+//! token, cookies or any other credential: the gateway has sanitized the payload before it
+//! builds one.
 
 use crate::canonical;
+use crate::catalog::scopes;
 use crate::limits::{MAX_FRAME_PLAINTEXT, MAX_SHORT_STRING};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -51,6 +53,11 @@ pub struct RelayRequest {
     /// The scope the catalog requires for `tool_name`; the sidecar checks it against both the
     /// catalog and the scopes its local pairing record grants.
     pub scope: String,
+    /// The scopes of the caller's OAuth token that this product defines, sorted and
+    /// deduplicated (the token itself never travels). Scopes are granted twice: a tool runs
+    /// only if both this set and the local pairing grant its scope, and an order on a live
+    /// account only if both grant `ibkr:orders:live`.
+    pub token_scopes: Vec<String>,
     /// RFC 8785 canonical JSON of the sanitized arguments.
     pub payload: Vec<u8>,
     /// [`canonical::payload_hash`] of `tool_name` and `payload`.
@@ -63,19 +70,31 @@ pub struct RelayRequest {
 
 impl RelayRequest {
     /// Builds a request, computing the payload hash over the canonical form of `arguments`.
-    pub fn new(
+    /// `token_scopes` may hold anything a token carries: scopes this product does not define
+    /// (a token may carry scopes for other resources) are left out.
+    pub fn new<S: AsRef<str>>(
         request_id: RequestId,
         tool_name: &str,
         scope: &str,
+        token_scopes: &[S],
         arguments: &serde_json::Value,
         deadline_ms: u64,
         idempotency_key: Option<String>,
     ) -> Result<Self, EnvelopeError> {
         let payload = canonical::canonicalize(arguments).map_err(|_| EnvelopeError::BadPayload)?;
+        let mut token_scopes: Vec<String> = token_scopes
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|scope| scopes::is_known(scope))
+            .map(str::to_string)
+            .collect();
+        token_scopes.sort();
+        token_scopes.dedup();
         let request = RelayRequest {
             request_id,
             tool_name: tool_name.to_string(),
             scope: scope.to_string(),
+            token_scopes,
             payload_hash: canonical::payload_hash(tool_name, &payload),
             payload,
             deadline_ms,
@@ -92,6 +111,16 @@ impl RelayRequest {
             if field.is_empty() || field.len() > MAX_SHORT_STRING {
                 return Err(EnvelopeError::BadField);
             }
+        }
+        // Only defined scopes, each once, in order: one encoding per set.
+        if self.token_scopes.len() > scopes::ALL.len()
+            || !self
+                .token_scopes
+                .iter()
+                .all(|scope| scopes::is_known(scope))
+            || !self.token_scopes.windows(2).all(|pair| pair[0] < pair[1])
+        {
+            return Err(EnvelopeError::BadField);
         }
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > MAX_SHORT_STRING)
@@ -171,7 +200,7 @@ pub struct RelayProgress {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("envelope field empty or too long")]
+    #[error("envelope field empty, too long or malformed")]
     BadField,
     #[error("payload is not canonical JSON")]
     BadPayload,
@@ -188,6 +217,7 @@ mod tests {
             RequestId([9; 16]),
             "ibkr_accounts_list",
             "ibkr:accounts:read",
+            &["ibkr:accounts:read", "other:scope", "ibkr:health:read"],
             &serde_json::json!({}),
             30_000,
             None,
@@ -208,6 +238,26 @@ mod tests {
         sneaky.payload = b"{ }".to_vec();
         sneaky.payload_hash = canonical::payload_hash(&sneaky.tool_name, &sneaky.payload);
         assert_eq!(sneaky.validate(), Err(EnvelopeError::BadPayload));
+    }
+
+    #[test]
+    fn token_scopes_are_the_defined_ones_sorted_once() {
+        assert_eq!(
+            request().token_scopes,
+            vec![
+                "ibkr:accounts:read".to_string(),
+                "ibkr:health:read".to_string()
+            ]
+        );
+        for bad in [
+            vec!["ibkr:health:read", "ibkr:accounts:read"],
+            vec!["ibkr:health:read", "ibkr:health:read"],
+            vec!["other:scope"],
+        ] {
+            let mut forged = request();
+            forged.token_scopes = bad.iter().map(|scope| scope.to_string()).collect();
+            assert_eq!(forged.validate(), Err(EnvelopeError::BadField), "{bad:?}");
+        }
     }
 
     #[test]

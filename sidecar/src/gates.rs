@@ -9,7 +9,10 @@
 //! c. the relay session is bound to this sidecar and instance, unexpired, with a fresh
 //!    heartbeat (SIDECAR_SESSION_INVALID / SIDECAR_SESSION_EXPIRED / SIDECAR_HEARTBEAT_STALE);
 //! d. the tool exists, the envelope's scope is the catalog's, and the local pairing grants it
-//!    (TOOL_UNKNOWN / ARGUMENTS_INVALID / SCOPE_NOT_GRANTED_LOCALLY);
+//!    (TOOL_UNKNOWN / ARGUMENTS_INVALID / SCOPE_NOT_GRANTED_LOCALLY), and so does the caller's
+//!    token as the gateway reports it (AUTH_INSUFFICIENT_SCOPE: the gateway should never send
+//!    such a call). Scopes are granted twice, and a tool runs only if both grants allow it;
+//!    likewise `ibkr:orders:live` ([`CheckedRequest::live_scope_granted`]);
 //! e. the arguments carry no sensitive material and fit the tool's closed schema
 //!    (SENSITIVE_MATERIAL_REFUSED / ARGUMENTS_INVALID, via `shared_safety::sanitize` and
 //!    `shared_safety::schema`);
@@ -50,6 +53,9 @@ pub struct Binding {
 pub struct CheckedRequest {
     pub tool: &'static ToolSpec,
     pub arguments: Map<String, Value>,
+    /// Both the caller's token and the local pairing grant `ibkr:orders:live`: the one
+    /// condition under which the order guards may consider a live account.
+    pub live_scope_granted: bool,
 }
 
 fn refused(code: ErrorCode, detail: Option<&str>) -> Outcome {
@@ -75,7 +81,7 @@ pub fn check_request(
         Err(EnvelopeError::BadField) => {
             return Err(refused(
                 ErrorCode::ArgumentsInvalid,
-                Some("(envelope field empty or too long)"),
+                Some("(an envelope field is empty, too long or malformed)"),
             ));
         }
         Err(EnvelopeError::BadPayload) => {
@@ -124,13 +130,28 @@ pub fn check_request(
         &arguments,
     )
     .map_err(|error| Outcome::Refused(error.body()))?;
+    if !request.token_scopes.iter().any(|scope| scope == tool.scope) {
+        return Err(refused(
+            ErrorCode::AuthInsufficientScope,
+            Some("(the caller's token does not grant the tool's scope)"),
+        ));
+    }
+    let live_scope_granted = pairing.local_scopes.contains(catalog::scopes::ORDERS_LIVE)
+        && request
+            .token_scopes
+            .iter()
+            .any(|scope| scope == catalog::scopes::ORDERS_LIVE);
     let Value::Object(arguments) = arguments else {
         return Err(refused(
             ErrorCode::ArgumentsInvalid,
             Some("(arguments must be a JSON object)"),
         ));
     };
-    Ok(CheckedRequest { tool, arguments })
+    Ok(CheckedRequest {
+        tool,
+        arguments,
+        live_scope_granted,
+    })
 }
 
 /// Gate b on its own: the pairing exists, is not revoked and has not expired at `now_unix`.
@@ -295,7 +316,16 @@ mod tests {
     }
 
     fn request(tool: &str, scope: &str, arguments: Value) -> RelayRequest {
-        RelayRequest::new(RequestId([7; 16]), tool, scope, &arguments, 30_000, None).unwrap()
+        RelayRequest::new(
+            RequestId([7; 16]),
+            tool,
+            scope,
+            &[scope],
+            &arguments,
+            30_000,
+            None,
+        )
+        .unwrap()
     }
 
     fn code(result: Result<CheckedRequest, Outcome>) -> String {
@@ -411,6 +441,60 @@ mod tests {
             run(&req, Some(&pairing()), session(now), stale_at),
             "SIDECAR_HEARTBEAT_STALE"
         );
+    }
+
+    #[test]
+    fn the_token_must_grant_the_scope_too_and_live_needs_both_grants() {
+        let now = Instant::now();
+        let with_token = |scopes: &[&str]| {
+            RelayRequest::new(
+                RequestId([8; 16]),
+                "ibkr_buy",
+                "ibkr:orders:write",
+                scopes,
+                &json!({"symbol": "AAPL", "cash_amount": "10"}),
+                30_000,
+                None,
+            )
+            .unwrap()
+        };
+        let check = |request: &RelayRequest, pairing: &PairingRecord| {
+            check_request(
+                request,
+                Some(pairing),
+                &binding(),
+                &session(now),
+                now,
+                NOW_UNIX,
+            )
+        };
+        let mut trading = pairing();
+        trading.local_scopes = ScopeSet::from_list(&["ibkr:orders:write"]);
+        let mut live = pairing();
+        live.local_scopes = ScopeSet::from_list(&["ibkr:orders:write", "ibkr:orders:live"]);
+
+        // A gateway that forwards a call the token does not allow is refused.
+        let read_only_token = with_token(&["ibkr:orders:read"]);
+        assert_eq!(
+            code(check(&read_only_token, &live)),
+            "AUTH_INSUFFICIENT_SCOPE"
+        );
+        // Live only when the token and the pairing both grant it.
+        let write = with_token(&["ibkr:orders:write"]);
+        let write_live = with_token(&["ibkr:orders:write", "ibkr:orders:live"]);
+        for (request, pairing, expected) in [
+            (&write, &trading, false),
+            (&write, &live, false),
+            (&write_live, &trading, false),
+            (&write_live, &live, true),
+        ] {
+            let checked = check(request, pairing).unwrap();
+            assert_eq!(
+                checked.live_scope_granted, expected,
+                "{:?} {:?}",
+                request.token_scopes, pairing.local_scopes
+            );
+        }
     }
 
     #[test]

@@ -366,6 +366,8 @@ pub fn relay_accept(
         request_id,
         tool.name,
         tool.scope,
+        // The narrowest token that could have made this call.
+        &[tool.scope],
         &arguments,
         RELAY_ACCEPT_DEADLINE_MS,
         None,

@@ -111,11 +111,6 @@ pub(crate) async fn handle(
             }),
         )
     });
-    let live_scope_granted = pairing.as_ref().is_some_and(|record| {
-        record
-            .local_scopes
-            .contains(protocol::catalog::scopes::ORDERS_LIVE)
-    });
     let tool_context = ToolContext {
         cpgw: &context.cpgw,
         broker: &context.broker,
@@ -125,7 +120,7 @@ pub(crate) async fn handle(
         connected_for: Instant::now().saturating_duration_since(snapshot.established_at),
         auth,
         orders: context.orders.as_ref(),
-        live_scope_granted,
+        live_scope_granted: checked.live_scope_granted,
         progress: progress.as_ref(),
         market_clock: &context.market_clock,
     };

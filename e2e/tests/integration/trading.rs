@@ -45,6 +45,11 @@ async fn trading_system(trading: TradingSection) -> System {
 }
 
 async fn trading_system_with(options: SystemOptions) -> System {
+    trading_system_granting(options, TRADING_SCOPES).await
+}
+
+/// A system whose laptop grants `granted` locally.
+async fn trading_system_granting(options: SystemOptions, granted: &[&str]) -> System {
     let mut system = System::start(SystemOptions {
         with_sidecar: false,
         ..options
@@ -53,12 +58,11 @@ async fn trading_system_with(options: SystemOptions) -> System {
     .unwrap();
     let pairing = system.pair_sidecar().await.unwrap();
     let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
-    let granted: Vec<&str> = TRADING_SCOPES.to_vec();
     store
         .set_local_scopes(
             &pairing.remote_instance_id,
             &pairing.sidecar_id,
-            &shared_safety::scope::ScopeSet::from_list(&granted),
+            &shared_safety::scope::ScopeSet::from_list(granted),
         )
         .unwrap();
     system.start_sidecar().await.unwrap();
@@ -76,7 +80,17 @@ fn live_trading() -> TradingSection {
 }
 
 async fn call(system: &System, tool: &str, arguments: Value) -> CallToolResult {
-    let token = system.token(TRADING_SCOPES).unwrap();
+    call_as(system, TRADING_SCOPES, tool, arguments).await
+}
+
+/// A call with a token holding `token_scopes`.
+async fn call_as(
+    system: &System,
+    token_scopes: &[&str],
+    tool: &str,
+    arguments: Value,
+) -> CallToolResult {
+    let token = system.token(token_scopes).unwrap();
     let client = system.mcp_client(&token).await.unwrap();
     let mut params = CallToolRequestParams::new(tool.to_string());
     if let Value::Object(map) = arguments {
@@ -275,6 +289,46 @@ async fn each_guard_refuses_with_its_own_code() {
         1,
         "refused orders must never reach the broker"
     );
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_order_needs_the_live_scope_on_the_token_and_on_the_laptop() {
+    let with_live = |base: &[&'static str]| {
+        let mut scopes = base.to_vec();
+        scopes.push(scopes::ORDERS_LIVE);
+        scopes
+    };
+    let system = trading_system_granting(
+        SystemOptions {
+            trading: TradingSection {
+                allow_live: true,
+                ..live_trading()
+            },
+            ..SystemOptions::default()
+        },
+        &with_live(TRADING_SCOPES),
+    )
+    .await;
+    system.sim.set_account(SimAccount {
+        account_id: "U7654321".into(),
+        is_paper: IsPaperShape::Bool(false),
+        ..SimAccount::paper()
+    });
+    // A new broker session, so the sidecar re-reads the account.
+    system.sim.set_auth_state(AuthState::LoggedOut);
+    let _ = call(&system, "ibkr_accounts_list", json!({})).await;
+    system.sim.set_auth_state(AuthState::LoggedIn);
+    let buy = json!({"symbol": "AAPL", "cash_amount": "10"});
+
+    // The laptop allows live trading, but the agent's token does not carry the live scope.
+    let refused = call(&system, "ibkr_buy", buy.clone()).await;
+    assert_eq!(code(&refused), "ORDER_LIVE_TRADING_REFUSED", "{refused:?}");
+    assert!(system.sim.order_log().is_empty());
+
+    // Both grant it: the order goes to the live account.
+    let placed = ok(&call_as(&system, &with_live(TRADING_SCOPES), "ibkr_buy", buy).await);
+    assert_eq!(system.sim.order_log().len(), 1, "{placed}");
     system.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ pub mod router;
 
 pub use endpoint::{RelayWebsocketLimits, relay_websocket_limits};
 pub use registry::{DropReason, LiveSidecar, SESSION_END_MEMORY, SessionEvent};
-pub use router::{CallOutcome, CallTrace};
+pub use router::{CallOutcome, CallTrace, ToolCall};
 
 use crate::config::GatewayConfiguration;
 use crate::store::Store;

@@ -21,6 +21,7 @@ use protocol::frame::{CloseReason, Frame};
 use protocol::limits::MAX_SHORT_STRING;
 use rand_core::OsRng;
 use shared_safety::ErrorCode;
+use shared_safety::scope::ScopeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -150,29 +151,31 @@ impl Relay {
     pub async fn call(
         &self,
         user_id: &str,
-        tool: &'static ToolSpec,
-        arguments: &serde_json::Value,
+        call: ToolCall<'_>,
         progress: Option<mpsc::Sender<RelayProgress>>,
         cancel: &CancellationToken,
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
-        check_arguments(tool, arguments)?;
+        check_arguments(call.tool, call.arguments)?;
         let session = self.session_for_user(user_id).await?;
-        self.call_on(&session, tool, arguments, progress, cancel, trace)
-            .await
+        self.call_on(&session, call, progress, cancel, trace).await
     }
 
     /// Relays one call on a chosen session.
     pub(crate) async fn call_on(
         &self,
         session: &Arc<Session>,
-        tool: &'static ToolSpec,
-        arguments: &serde_json::Value,
+        call: ToolCall<'_>,
         progress: Option<mpsc::Sender<RelayProgress>>,
         cancel: &CancellationToken,
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
         trace.sidecar_id = Some(session.sidecar_id.clone());
+        let ToolCall {
+            tool,
+            arguments,
+            token_scopes,
+        } = call;
         check_arguments(tool, arguments)?;
         let deadline = self.settings.request_timeout;
         let idempotency_key = match arguments.get("idempotency_key") {
@@ -194,6 +197,7 @@ impl Relay {
             request_id,
             tool.name,
             tool.scope,
+            &token_scopes.iter().collect::<Vec<_>>(),
             arguments,
             u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
             idempotency_key,
@@ -251,6 +255,16 @@ impl Relay {
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout
     }
+}
+
+/// One tool call as the gateway forwards it: the tool, its arguments, and the scopes of the
+/// caller's (already validated) token, which travel so that the sidecar can require both
+/// grants itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ToolCall<'a> {
+    pub tool: &'static ToolSpec,
+    pub arguments: &'a serde_json::Value,
+    pub token_scopes: &'a ScopeSet,
 }
 
 /// Checks a call's arguments before anything is forwarded: sensitive material first

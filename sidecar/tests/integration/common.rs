@@ -171,7 +171,8 @@ impl GatewayConnection {
         arguments: Value,
     ) -> RequestId {
         let request_id = RequestId([id; 16]);
-        let request = RelayRequest::new(request_id, tool, scope, &arguments, 30_000, None).unwrap();
+        let request =
+            RelayRequest::new(request_id, tool, scope, &[scope], &arguments, 30_000, None).unwrap();
         self.send(&Frame::Request(request)).await;
         request_id
     }

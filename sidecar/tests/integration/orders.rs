@@ -281,6 +281,7 @@ impl Harness {
         let request = CheckedRequest {
             tool: spec,
             arguments,
+            live_scope_granted: false,
         };
         let clock = ibkr_agent::market_clock::MarketClock::system();
         let context = ToolContext {
