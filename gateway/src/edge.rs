@@ -2,8 +2,8 @@
 //!
 //! - [`host_and_origin`]: DNS-rebinding protection. The `Host` must be one of
 //!   `remote_mcp.allowed_hosts` (default: `public_base_url`'s host) and a present `Origin` one
-//!   of `remote_mcp.allowed_origins` (plus `public_base_url`'s own origin); otherwise 403,
-//!   before authentication. rmcp checks the same lists again behind the middleware.
+//!   of `remote_mcp.allowed_origins` (plus `public_base_url`'s own origin); otherwise 403
+//!   `REQUEST_ORIGIN_REFUSED`, before authentication. rmcp checks the same lists again behind the middleware.
 //! - [`private_no_store`]: every `/mcp` response (tool lists filtered per token, tool
 //!   results, and the refusals too) is `Cache-Control: no-store, private` with
 //!   `Vary: Authorization`, so no shared cache ever serves one token's answer to another.
@@ -32,8 +32,11 @@ pub const POST_GRACE: Duration = Duration::from_secs(15);
 /// Longest life of a `GET /mcp` event stream (2025-11-25 sessions); clients reconnect.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 
-fn forbidden(message: &'static str) -> Response {
-    let mut response = (StatusCode::FORBIDDEN, message).into_response();
+/// 403 with the `REQUEST_ORIGIN_REFUSED` JSON body. The detail says which header, never its
+/// value (the client knows what it sent; the log has the rest).
+fn forbidden(which: &'static str) -> Response {
+    let error = GatewayError::with_detail(ErrorCode::RequestOriginRefused, which);
+    let mut response = (StatusCode::FORBIDDEN, axum::Json(error.to_json())).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -48,11 +51,11 @@ pub(crate) async fn host_and_origin(
     let resolved = &state.resolved;
     if !crate::net::host_allowed(request.uri(), request.headers(), &resolved.allowed_hosts) {
         tracing::info!("request refused: Host not in remote_mcp.allowed_hosts");
-        return forbidden("Forbidden: Host header is not allowed");
+        return forbidden("(the Host header is not allowed)");
     }
     if !crate::net::origin_allowed(request.headers(), &resolved.allowed_origins) {
         tracing::info!("request refused: Origin not in remote_mcp.allowed_origins");
-        return forbidden("Forbidden: Origin header is not allowed");
+        return forbidden("(the Origin header is not allowed)");
     }
     next.run(request).await
 }

@@ -50,6 +50,11 @@ error_catalog! {
         "Relaying to a sidecar is not allowed by this configuration.",
         "Set both sidecar.enabled and safety.sidecar_enabled to true, and enable remote MCP OAuth (remote_mcp.enabled and safety.remote_mcp_enabled) with a valid issuer."),
 
+    // The HTTP edge, before authentication.
+    RequestOriginRefused => ("REQUEST_ORIGIN_REFUSED", false,
+        "This gateway does not serve requests addressed to this Host or sent from this browser Origin.",
+        "Use the gateway's public URL. An operator can allow a proxy's Host in remote_mcp.allowed_hosts and a browser client's origin in remote_mcp.allowed_origins."),
+
     // Gate 1: remote MCP OAuth.
     AuthRequired => ("AUTH_REQUIRED", false,
         "This endpoint needs an OAuth bearer token.",

@@ -271,6 +271,9 @@ async fn host_origin_and_size_are_checked_and_nothing_is_publicly_cacheable() {
         let response = post(Some(host), None, None).await.unwrap();
         assert_eq!(response.status(), 403, "{host}");
         assert!(response.headers().get("www-authenticate").is_none());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "REQUEST_ORIGIN_REFUSED", "{host}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("Host"));
         let response = post(Some(host), None, Some(&token)).await.unwrap();
         assert_eq!(response.status(), 403, "{host} with a token");
     }
@@ -285,6 +288,14 @@ async fn host_origin_and_size_are_checked_and_nothing_is_publicly_cacheable() {
         assert_eq!(response.status(), 403, "{origin}");
         let response = post(None, Some(origin), None).await.unwrap();
         assert_eq!(response.status(), 403, "{origin} without a token");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "REQUEST_ORIGIN_REFUSED", "{origin}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Origin")
+        );
     }
     // Allowed: the configured origin, the gateway's own, and none at all.
     for origin in [
