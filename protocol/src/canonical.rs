@@ -4,9 +4,11 @@
 //! sidecar recomputes the hash over the bytes it received and refuses on mismatch. A hash over
 //! a canonical form means two encoders that differ only in key order or whitespace agree.
 //!
-//! Numbers follow RFC 8785 section 3.2.2.3 (ECMAScript `Number.prototype.toString`). Integers
-//! beyond 2^53 cannot be represented exactly as IEEE doubles and are refused rather than
-//! silently rounded; quantities and money travel as decimal strings anyway.
+//! Numbers follow RFC 8785 section 3.2.2.3 (ECMAScript `Number.prototype.toString`). Numbers
+//! beyond 2^53 in magnitude, integer or not, are refused rather than silently rounded: there an
+//! IEEE double no longer holds every integer, so `66666666666226666.5` would come out as the
+//! integer `66666666666226664`, which would in turn be refused, and canonicalization would not
+//! be idempotent. Quantities and money travel as decimal strings anyway.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -119,7 +121,7 @@ fn write_number(number: &serde_json::Number, out: &mut String) -> Result<(), Can
         return Ok(());
     }
     match number.as_f64() {
-        Some(float) if float.is_finite() => {
+        Some(float) if float.is_finite() && float.abs() <= MAX_SAFE_INTEGER as f64 => {
             out.push_str(&ecmascript_number(float));
             Ok(())
         }
@@ -238,6 +240,19 @@ mod tests {
         assert!(canonicalize_str("12345678901234567890").is_err());
         assert!(canonicalize_str("-9007199254740993").is_err());
         assert!(canonicalize_str("9007199254740992").is_ok());
+    }
+
+    /// Found by the `canonical_json` fuzz target: a fraction beyond 2^53 used to be rounded to
+    /// an integer that a second pass refused.
+    #[test]
+    fn unsafe_fractions_are_refused_so_canonicalization_is_idempotent() {
+        assert!(canonicalize_str("66666666666226666.66666").is_err());
+        assert!(canonicalize_str("-1e300").is_err());
+        for text in ["9007199254740991.5", "0.1", "-2.5e-7", "1e15", "5.0"] {
+            let once = canonicalize_str(text).unwrap();
+            let twice = canonicalize_str(std::str::from_utf8(&once).unwrap()).unwrap();
+            assert_eq!(once, twice, "{text}");
+        }
     }
 
     fn arbitrary_json() -> impl Strategy<Value = Value> {
