@@ -544,7 +544,12 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         instance_id.clone(),
     ));
     let metrics = Arc::new(Metrics::new());
-    let (audit, audit_writer) = Audit::start(audit_key, audit_log, Arc::clone(&metrics));
+    let (audit, audit_writer) = Audit::start(
+        audit_key,
+        audit_log,
+        Arc::clone(&metrics),
+        config.audit.retention(),
+    );
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),

@@ -13,6 +13,9 @@
 //! transaction each) on its own database connection. When the channel is full the record is
 //! dropped, `ibkr_gateway_audit_dropped_total` counts it and a warning is logged; the call
 //! itself is never blocked or failed by auditing. The tracing event is emitted either way.
+//!
+//! The same task enforces `audit.retention_days`: at start and then every
+//! [`PRUNE_INTERVAL`] it deletes the records older than the retention period.
 
 use crate::metrics::Metrics;
 use crate::store::{AuditLog, AuditRecord};
@@ -25,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+/// How often records past their retention are deleted (also once at start).
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Records waiting for the writer before new ones are dropped.
 pub const AUDIT_QUEUE: usize = 4096;
 /// Most records committed in one transaction.
@@ -136,13 +141,56 @@ impl std::fmt::Debug for Audit {
     }
 }
 
-async fn writer(mut log: AuditLog, mut receiver: mpsc::Receiver<Command>, metrics: Arc<Metrics>) {
+/// Deletes the records older than `retention`. Returns the log, or `None` if the blocking
+/// task died (then nothing more can be stored).
+async fn prune(mut log: AuditLog, retention: Duration) -> Option<AuditLog> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let cutoff_ms = crate::clock::unix_ms().saturating_sub(retention_ms);
+    let (log, result) = tokio::task::spawn_blocking(move || {
+        let result = log.prune_before(cutoff_ms);
+        (log, result)
+    })
+    .await
+    .ok()?;
+    match result {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(deleted, "audit records past their retention deleted"),
+        // Keeping records longer than asked is the safe failure; the next round retries.
+        Err(error) => tracing::error!(%error, "could not delete audit records past retention"),
+    }
+    Some(log)
+}
+
+async fn writer(
+    mut log: AuditLog,
+    mut receiver: mpsc::Receiver<Command>,
+    metrics: Arc<Metrics>,
+    retention: Option<Duration>,
+) {
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(AUDIT_BATCH);
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut stop = false;
+    // The first tick completes at once: records past retention go at start.
+    let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
+    prune_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop {
-        let Some(first) = receiver.recv().await else {
-            break;
+        let first = tokio::select! {
+            biased;
+            _ = prune_timer.tick(), if retention.is_some() => {
+                let Some(retention) = retention else { continue };
+                match prune(log, retention).await {
+                    Some(returned) => log = returned,
+                    None => {
+                        tracing::error!("audit writer task failed; audit records are no longer stored");
+                        return;
+                    }
+                }
+                continue;
+            }
+            received = receiver.recv() => match received {
+                Some(command) => command,
+                None => break,
+            },
         };
         let mut next = Some(first);
         while let Some(command) = next.take() {
@@ -193,10 +241,16 @@ async fn writer(mut log: AuditLog, mut receiver: mpsc::Receiver<Command>, metric
 }
 
 impl Audit {
-    /// Starts the writer task on `log`.
-    pub fn start(key: AuditKey, log: AuditLog, metrics: Arc<Metrics>) -> (Audit, JoinHandle<()>) {
+    /// Starts the writer task on `log`; records older than `retention` are deleted at start
+    /// and then every [`PRUNE_INTERVAL`] (`None`: kept for ever).
+    pub fn start(
+        key: AuditKey,
+        log: AuditLog,
+        metrics: Arc<Metrics>,
+        retention: Option<Duration>,
+    ) -> (Audit, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
-        let task = tokio::spawn(writer(log, receiver, Arc::clone(&metrics)));
+        let task = tokio::spawn(writer(log, receiver, Arc::clone(&metrics), retention));
         (
             Audit {
                 key,
@@ -318,6 +372,7 @@ mod tests {
             AuditKey::random(),
             AuditLog::open(&store).unwrap(),
             Arc::clone(&metrics),
+            None,
         );
         for n in 0..10 {
             audit.record(record(n));
@@ -341,5 +396,57 @@ mod tests {
             stuck.record(record(n));
         }
         assert_eq!(metrics.audit_dropped_total(), 1 + 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_past_retention_are_deleted_at_start_and_then_hourly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day_ms = 86_400_000;
+        let now = crate::clock::unix_ms();
+        let mut direct = AuditLog::open(&store).unwrap();
+        direct
+            .append(&[record(now - 3 * day_ms), record(now - day_ms / 2)])
+            .unwrap();
+
+        let (audit, task) = Audit::start(
+            AuditKey::random(),
+            AuditLog::open(&store).unwrap(),
+            Arc::new(Metrics::new()),
+            Some(Duration::from_millis(2 * day_ms as u64)),
+        );
+        audit.record(record(now));
+        assert!(audit.flush(Duration::from_secs(10)).await);
+        let kept: Vec<i64> = store
+            .audit_tail(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|stored| stored.record.time_ms)
+            .collect();
+        assert_eq!(kept, vec![now - day_ms / 2, now]);
+
+        // A record that is already too old when it arrives goes at the next hourly round.
+        direct.append(&[record(now - 5 * day_ms)]).unwrap();
+        assert_eq!(store.audit_tail(10).await.unwrap().len(), 3);
+        tokio::time::advance(PRUNE_INTERVAL).await;
+        assert!(audit.flush(Duration::from_secs(10)).await);
+        assert_eq!(store.audit_tail(10).await.unwrap().len(), 2);
+
+        // Without a retention nothing is ever deleted.
+        assert!(audit.stop(Duration::from_secs(10)).await);
+        task.await.unwrap();
+        let (keeper, task) = Audit::start(
+            AuditKey::random(),
+            AuditLog::open(&store).unwrap(),
+            Arc::new(Metrics::new()),
+            None,
+        );
+        direct.append(&[record(0)]).unwrap();
+        tokio::time::advance(PRUNE_INTERVAL).await;
+        assert!(keeper.flush(Duration::from_secs(10)).await);
+        assert_eq!(store.audit_tail(10).await.unwrap().len(), 3);
+        assert!(keeper.stop(Duration::from_secs(10)).await);
+        task.await.unwrap();
     }
 }

@@ -121,6 +121,38 @@ pub struct GatewayConfiguration {
     pub pairing: PairingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// The durable audit trail in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Records older than this many days are deleted, at start and then hourly. `0` keeps
+    /// every record for ever.
+    #[serde(default = "AuditSection::default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl AuditSection {
+    fn default_retention_days() -> u32 {
+        365
+    }
+
+    /// How long records are kept; `None` for ever.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.retention_days > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            retention_days: Self::default_retention_days(),
+        }
+    }
 }
 
 /// `GET /metrics` access. Loopback scrapers (with no forwarding headers) are always let in;
@@ -534,6 +566,7 @@ impl GatewayConfiguration {
             },
             pairing: PairingSection::default(),
             metrics: MetricsSection::default(),
+            audit: AuditSection::default(),
         }
     }
 
@@ -874,6 +907,12 @@ impl GatewayConfiguration {
             1,
             20,
         )?;
+        check_range(
+            "audit.retention_days",
+            u64::from(self.audit.retention_days),
+            0,
+            36_500,
+        )?;
 
         Ok(Resolved {
             listen,
@@ -986,6 +1025,8 @@ pairing:
   max_attempts_per_code: 5
 metrics:
   bearer_token_env: "IBKR_GATEWAY_METRICS_TOKEN"
+audit:
+  retention_days: 365
 "#;
 
     #[test]

@@ -714,6 +714,14 @@ impl AuditLog {
         Ok(AuditLog { conn })
     }
 
+    /// Deletes the records older than `cutoff_ms` (Unix milliseconds); returns how many.
+    /// Blocking.
+    pub fn prune_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM audit WHERE time_ms < ?1", params![cutoff_ms])?)
+    }
+
     /// Appends records in one transaction. Blocking.
     pub fn append(&mut self, records: &[AuditRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
