@@ -6,3 +6,15 @@ pub mod cpgw_sim;
 pub mod dev_issuer;
 pub mod raw_sidecar;
 pub mod system;
+
+/// Logging for the demo and the benchmark: errors only (unless `RUST_LOG` says otherwise), on
+/// stderr, so the report on stdout stays readable.
+pub fn log_errors_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

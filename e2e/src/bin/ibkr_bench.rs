@@ -1044,13 +1044,7 @@ async fn run(args: Args) -> BenchResult<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    e2e::log_errors_to_stderr();
     let outcome = match args.helper {
         Some(Helper::PairSidecars {
             gateway_state_dir,

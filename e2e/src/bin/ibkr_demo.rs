@@ -333,13 +333,7 @@ async fn serve(system: &System, lifetime_seconds: i64) -> DemoResult<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    e2e::log_errors_to_stderr();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
