@@ -51,6 +51,9 @@ use zeroize::Zeroizing;
 
 /// How long shutdown waits for relay connections and then for HTTP connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Time an HTTP connection gets to finish its request in flight once shutdown starts; below
+/// [`SHUTDOWN_GRACE`], so the server stops on its own.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(4);
 /// Bound on the non-streaming endpoints (pairing, metadata, health, metrics).
 const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the store round trip of `/readyz`.
@@ -404,7 +407,7 @@ impl GatewayHandle {
                 .await
                 .is_err()
         {
-            tracing::warn!("HTTP connections did not drain in time; closing them");
+            tracing::warn!("the HTTP server did not stop in time; aborting it");
             server.abort();
             let _ = server.await;
         }
@@ -577,7 +580,8 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         Duration::from_secs(state.config.remote_mcp.header_read_timeout_seconds);
     let token = server_shutdown.clone();
     let server = tokio::spawn(async move {
-        crate::http_server::serve(listener, app, header_read_timeout, token).await;
+        crate::http_server::serve(listener, app, header_read_timeout, CONNECTION_DRAIN, token)
+            .await;
     });
     tracing::info!(
         %local_addr,

@@ -268,7 +268,8 @@ pub struct RemoteMcpSection {
     pub max_connections: usize,
     /// Time a connection gets to deliver a complete request head once it is ready for one
     /// (just accepted, or idle between keep-alive requests); then it is closed and its slot
-    /// freed.
+    /// freed. Also the keep-alive idle timeout: keep it above a reverse proxy's upstream idle
+    /// timeout.
     #[serde(default = "RemoteMcpSection::default_header_read_timeout")]
     pub header_read_timeout_seconds: u64,
     #[serde(default = "RemoteMcpSection::default_rate_subject")]
@@ -306,7 +307,7 @@ impl RemoteMcpSection {
         1024
     }
     fn default_header_read_timeout() -> u64 {
-        10
+        75
     }
     fn default_rate_subject() -> u32 {
         600
@@ -825,7 +826,7 @@ impl GatewayConfiguration {
             "remote_mcp.header_read_timeout_seconds",
             mcp.header_read_timeout_seconds,
             1,
-            300,
+            900,
         )?;
         check_range(
             "remote_mcp.rate_limit_per_subject_per_minute",
@@ -1013,7 +1014,7 @@ remote_mcp:
   clock_skew_seconds: 60
   require_typ_at_jwt: false
   max_connections: 1024
-  header_read_timeout_seconds: 10
+  header_read_timeout_seconds: 75
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200
   token_id_hmac_secret_env: "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET"

@@ -6,8 +6,15 @@
 //! time. Here hyper runs with a timer and `remote_mcp.header_read_timeout_seconds`: a
 //! connection that has not delivered a complete request head within that time of becoming
 //! ready for one (just accepted, or idle between keep-alive requests) is closed and its slot
-//! freed. The deadline does not apply while a response streams (an SSE stream) nor to an
-//! upgraded relay websocket, whose liveness is the heartbeat's job.
+//! freed. Because the same deadline is the keep-alive idle timeout, its default (75 s) is
+//! longer than the upstream idle timeout of the usual reverse proxies (60 s), so the gateway
+//! never closes a pooled connection the proxy is about to reuse. The deadline does not apply
+//! while a response streams (an SSE stream) nor to an upgraded relay websocket, whose
+//! liveness is the heartbeat's job.
+//!
+//! On shutdown the listener is closed at once (new connections are refused, not left in the
+//! backlog), each connection finishes its request in flight within `drain`, and whatever is
+//! still open then is dropped.
 //!
 //! HTTP/1.1 only: the gateway sits behind a TLS-terminating proxy or is reached directly on
 //! loopback; cleartext HTTP/2 would only add surface.
@@ -23,12 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Serves `router` on `listener` until `shutdown` fires, then lets open requests finish:
-/// returns once every connection has closed.
+/// Serves `router` on `listener` until `shutdown` fires, then gives open requests `drain` to
+/// finish: returns once every connection has closed, at most `drain` after `shutdown`.
 pub async fn serve(
     mut listener: LimitedListener,
     router: Router,
     header_read_timeout: Duration,
+    drain: Duration,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -58,7 +66,13 @@ pub async fn serve(
                 served = connection.as_mut() => served,
                 _ = shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    match tokio::time::timeout(drain, connection).await {
+                        Ok(served) => served,
+                        Err(_) => {
+                            tracing::debug!(%peer, "connection still busy at the end of the drain; closed");
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(error) = served {
@@ -67,6 +81,7 @@ pub async fn serve(
             }
         });
     }
+    drop(listener);
     connections.close();
     connections.wait().await;
 }

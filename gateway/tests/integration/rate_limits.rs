@@ -305,3 +305,41 @@ async fn silent_and_half_sent_requests_lose_their_slot_at_the_header_deadline() 
     served_again(addr).await;
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_refuses_new_connections_and_does_not_wait_for_stalled_ones() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The default head deadline (75 s) is far longer than the shutdown drain.
+    let config = dev_config(&issuer.url(), dir.path());
+    let handle = ibkr_gateway::start(config).await.unwrap();
+    let addr = handle.local_addr();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        raw_request(addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let shutdown = tokio::spawn(handle.shutdown());
+    // New connections are refused at once, while the stalled one still holds the drain open.
+    tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the listener stayed open during shutdown");
+    assert!(!shutdown.is_finished());
+    // The stalled connection is dropped at the end of the drain, not at its head deadline.
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown waited for a stalled request head")
+        .unwrap();
+}
