@@ -12,6 +12,9 @@ use crate::limits::{MAX_FRAME_PLAINTEXT, MAX_SHORT_STRING};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Most scopes a [`RelayRequest`] may carry.
+pub const MAX_TOKEN_SCOPES: usize = 32;
+
 /// 128-bit request identifier chosen by the gateway; unique per relay session.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RequestId(pub [u8; 16]);
@@ -56,7 +59,9 @@ pub struct RelayRequest {
     /// The scopes of the caller's OAuth token that this product defines, sorted and
     /// deduplicated (the token itself never travels). Scopes are granted twice: a tool runs
     /// only if both this set and the local pairing grant its scope, and an order on a live
-    /// account only if both grant `ibkr:orders:live`.
+    /// account only if both grant `ibkr:orders:live`. The gateway asserts this set; a
+    /// compromised gateway could claim any scope, so the local grant is what bounds it.
+    /// A receiver ignores scopes it does not know (a newer gateway may define more).
     pub token_scopes: Vec<String>,
     /// RFC 8785 canonical JSON of the sanitized arguments.
     pub payload: Vec<u8>,
@@ -112,12 +117,13 @@ impl RelayRequest {
                 return Err(EnvelopeError::BadField);
             }
         }
-        // Only defined scopes, each once, in order: one encoding per set.
-        if self.token_scopes.len() > scopes::ALL.len()
-            || !self
+        // Bounded, each once, in order: one encoding per set. Unknown scopes are let through
+        // (they grant nothing here) so that a newer gateway's scopes do not break every call.
+        if self.token_scopes.len() > MAX_TOKEN_SCOPES
+            || self
                 .token_scopes
                 .iter()
-                .all(|scope| scopes::is_known(scope))
+                .any(|scope| scope.is_empty() || scope.len() > MAX_SHORT_STRING)
             || !self.token_scopes.windows(2).all(|pair| pair[0] < pair[1])
         {
             return Err(EnvelopeError::BadField);
@@ -249,15 +255,29 @@ mod tests {
                 "ibkr:health:read".to_string()
             ]
         );
+        let too_many: Vec<String> = (0..=MAX_TOKEN_SCOPES).map(|n| format!("s{n:03}")).collect();
         for bad in [
-            vec!["ibkr:health:read", "ibkr:accounts:read"],
-            vec!["ibkr:health:read", "ibkr:health:read"],
-            vec!["other:scope"],
+            vec![
+                "ibkr:health:read".to_string(),
+                "ibkr:accounts:read".to_string(),
+            ],
+            vec![
+                "ibkr:health:read".to_string(),
+                "ibkr:health:read".to_string(),
+            ],
+            vec![String::new()],
+            vec!["x".repeat(MAX_SHORT_STRING + 1)],
+            too_many,
         ] {
             let mut forged = request();
-            forged.token_scopes = bad.iter().map(|scope| scope.to_string()).collect();
+            forged.token_scopes = bad.clone();
             assert_eq!(forged.validate(), Err(EnvelopeError::BadField), "{bad:?}");
         }
+        // A scope this version does not know (from a newer gateway) is carried, not refused.
+        let mut newer = request();
+        newer.token_scopes.push("ibkr:options:write".to_string());
+        newer.token_scopes.sort();
+        assert_eq!(newer.validate(), Ok(()));
     }
 
     #[test]
