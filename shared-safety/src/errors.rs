@@ -174,7 +174,7 @@ error_catalog! {
     // Order guards (sidecar, every order, fail closed).
     OrderLiveTradingRefused => ("ORDER_LIVE_TRADING_REFUSED", false,
         "This is a live (real-money) account and live trading is not allowed.",
-        "Live trading needs trading.allow_live: true in the sidecar config and the ibkr:orders:live scope; otherwise use the paper account."),
+        "Live trading needs trading.allow_live: true in the sidecar config and the ibkr:orders:live scope granted twice: in the agent's OAuth token and to the pairing on the laptop. Otherwise use the paper account."),
     OrderAccountUnverified => ("ORDER_ACCOUNT_UNVERIFIED", false,
         "The sidecar could not verify which account CPGW is serving or whether it is paper or live.",
         "Check ibkr_session_status; make sure CPGW is logged in and the expected account is selected."),

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | 1 | `intent_shape` | `ORDER_INVALID` | symbol well formed (not checked for cancels); every given amount > 0; buys: exactly one of `quantity` / `cash_amount`, and `cash_amount` only on market entry buys; sells: `quantity` only (a `cash_amount` sell is invalid); exits and protective orders by `quantity`; market: no prices; limit: `limit_price` and `quantity`; stop: `stop_price`; stop-limit: both; trailing: exactly one of `trail_amount` / `trail_percent` (< 100); protective orders are stop, stop-limit or trailing |
 //! | 2 | `account` | `ORDER_ACCOUNT_UNVERIFIED` | the account type (paper/live) must be known |
-//! | 3 | `live_lock` | `ORDER_LIVE_TRADING_REFUSED` | a live account needs `allow_live` and the live scope |
+//! | 3 | `live_lock` | `ORDER_LIVE_TRADING_REFUSED` | a live account needs `allow_live` and the live scope, granted by both the caller's token and the local pairing |
 //! | 4 | `symbol_lists` | `ORDER_SYMBOL_NOT_ALLOWED` | case-insensitive; the deny list wins; a non-empty allow list admits only its symbols; applies to every role (a cancel whose symbol is unknown, i.e. empty, is not checked) |
 //! | 5 | `trading_hours` | `ORDER_OUTSIDE_TRADING_HOURS`, or `MARKET_CALENDAR_UNKNOWN` when the calendar cannot tell | entries need regular hours; exits are allowed outside with `exits_outside_regular_hours`; protective GTC orders with `gtc_protective_outside_regular_hours` (protective DAY orders count as exits); cancels with `cancels_outside_regular_hours`. An order allowed outside regular hours does not consult the calendar |
 //! | 6 | `short` | `ORDER_NAKED_SHORT_REFUSED` | a sell (any role) larger than the long position held, unless `allow_short` |

@@ -477,6 +477,7 @@ fn accepted_json(accepted: &Accepted) -> Value {
         "request_id": request.request_id.to_hex(),
         "tool_name": request.tool_name,
         "scope": request.scope,
+        "token_scopes": request.token_scopes,
         "payload_hash": hex::encode(request.payload_hash),
         "canonical_payload": String::from_utf8_lossy(&request.payload),
         "session_id": accepted.session.session_id,

@@ -321,7 +321,21 @@ async fn a_live_order_needs_the_live_scope_on_the_token_and_on_the_laptop() {
     system.sim.set_auth_state(AuthState::LoggedIn);
     let buy = json!({"symbol": "AAPL", "cash_amount": "10"});
 
-    // The laptop allows live trading, but the agent's token does not carry the live scope.
+    // The laptop allows live trading, but the agent's token does not carry the live scope:
+    // the posture says so before any order, and the order is refused.
+    let status = ok(&call(&system, "ibkr_session_status", json!({})).await);
+    assert_eq!(status["trading_mode"], "live", "{status}");
+    assert_eq!(status["posture"]["live_trading_allowed"], false, "{status}");
+    assert_eq!(status["posture"]["safe_to_trade"], false, "{status}");
+    let status = ok(&call_as(
+        &system,
+        &with_live(TRADING_SCOPES),
+        "ibkr_session_status",
+        json!({}),
+    )
+    .await);
+    assert_eq!(status["posture"]["live_trading_allowed"], true, "{status}");
+    assert_eq!(status["posture"]["safe_to_trade"], true, "{status}");
     let refused = call(&system, "ibkr_buy", buy.clone()).await;
     assert_eq!(code(&refused), "ORDER_LIVE_TRADING_REFUSED", "{refused:?}");
     assert!(system.sim.order_log().is_empty());

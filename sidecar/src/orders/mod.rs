@@ -114,14 +114,17 @@ pub async fn run(request: &CheckedRequest, context: &ToolContext<'_>) -> ToolRes
 
 /// The trading posture for `ibkr_session_status`: dry_run, live_trading_allowed,
 /// max_order_value, max_daily_value, remaining_daily_budget, unresolved_orders, safe_to_trade.
-/// `safe_to_trade`: authenticated session, a paper account (or a live one with
-/// `trading.allow_live`), a readable journal and no unresolved orders; an unknown account type
-/// is never safe.
+/// `live_trading_allowed` is for this caller: `trading.allow_live` and `ibkr:orders:live`
+/// granted by both the caller's token and the local pairing (`live_scope_granted`).
+/// `safe_to_trade`: authenticated session, a paper account (or a live one with live trading
+/// allowed), a readable journal and no unresolved orders; an unknown account type is never
+/// safe.
 pub fn posture(
     runtime: Option<&OrdersRuntime>,
     session_ok: bool,
     is_paper: bool,
     is_live: bool,
+    live_scope_granted: bool,
 ) -> Value {
     let Some(runtime) = runtime else {
         return json!({
@@ -138,15 +141,16 @@ pub fn posture(
         .max_daily_value
         .map(|cap| to_decimal_string((cap - spent).max(Decimal::ZERO)));
     let unresolved = runtime.journal.pending().len();
+    let live_allowed = policy.allow_live && live_scope_granted;
     json!({
         "dry_run": policy.dry_run,
-        "live_trading_allowed": policy.allow_live,
+        "live_trading_allowed": live_allowed,
         "max_order_value": to_decimal_string(policy.max_order_value),
         "max_daily_value": policy.max_daily_value.map(to_decimal_string),
         "spent_today": to_decimal_string(spent),
         "remaining_daily_budget": remaining,
         "unresolved_orders": unresolved,
         "journal_available": true,
-        "safe_to_trade": session_ok && (is_paper || (is_live && policy.allow_live)) && unresolved == 0,
+        "safe_to_trade": session_ok && (is_paper || (is_live && live_allowed)) && unresolved == 0,
     })
 }

@@ -42,7 +42,7 @@ pub struct ToolContext<'a> {
     /// Journal, trading policy and calendar of the order tools (`None`: journal unavailable,
     /// every order tool refuses with JOURNAL_ERROR).
     pub orders: Option<&'a crate::orders::OrdersRuntime>,
-    /// Whether the local pairing grants `ibkr:orders:live`.
+    /// Whether both the caller's token and the local pairing grant `ibkr:orders:live`.
     pub live_scope_granted: bool,
     /// Sends progress frames for this request (long calls such as `ibkr_wait_for_fill`).
     pub progress: Option<&'a crate::requests::ProgressSink>,

@@ -1,8 +1,9 @@
 //! `ibkr_session_status`: the CPGW session, the account it serves, paper or live, and the
 //! sidecar's trading posture. Runs only with an authenticated session (gate f).
 //!
-//! Posture is fixed for now: dry-run on, live trading not allowed. `safe_to_trade` is true only
-//! for an authenticated paper account; an unknown account type is never safe.
+//! The posture is the trading policy as it applies to this caller ([`crate::orders::posture`]):
+//! live trading counts as allowed only with `trading.allow_live` and `ibkr:orders:live` granted
+//! by both the caller's token and the local pairing. An unknown account type is never safe.
 
 use super::{ToolContext, ToolResult, cpgw_failure};
 use crate::cpgw::types::{TradingMode, trading_mode};
@@ -37,6 +38,7 @@ pub(super) async fn run(context: &ToolContext<'_>) -> ToolResult {
             auth.authenticated,
             mode == TradingMode::Paper,
             mode == TradingMode::Live,
+            context.live_scope_granted,
         ),
     }))
 }

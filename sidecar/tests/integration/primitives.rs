@@ -7,7 +7,7 @@ use ibkr_agent::clock::now_unix_seconds;
 use ibkr_agent::state::StateStore;
 use protocol::identity::StaticKeypair;
 use rand_core::OsRng;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 
@@ -120,6 +120,7 @@ const FORWARDED_FIELDS: &[&str] = &[
     "request_id",
     "tool_name",
     "scope",
+    "token_scopes",
     "payload_hash",
     "canonical_payload",
     "session_id",
@@ -316,6 +317,7 @@ fn the_seed_flow_runs_verbatim_on_a_fresh_state_dir() {
     assert_eq!(forwarded["tool_name"], "ibkr_accounts_list");
     assert_eq!(forwarded["scope"], "ibkr:accounts:read");
     assert_eq!(forwarded["canonical_payload"], "{}");
+    assert_eq!(forwarded["token_scopes"], json!([forwarded["scope"]]));
     assert_eq!(forwarded["session_id"], session_id);
     assert_eq!(forwarded["remote_instance_id"], "remote-1");
     assert_eq!(forwarded["sidecar_id"], "sidecar-example");
