@@ -704,6 +704,9 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Most audit records one pruning transaction deletes.
+pub const AUDIT_PRUNE_BATCH: usize = 2_000;
+
 impl AuditLog {
     /// Opens a second connection to `store`'s database (the schema exists: the store created
     /// it). Blocking.
@@ -715,11 +718,22 @@ impl AuditLog {
     }
 
     /// Deletes the records older than `cutoff_ms` (Unix milliseconds); returns how many.
-    /// Blocking.
+    /// Works in batches of [`AUDIT_PRUNE_BATCH`], each its own transaction, so a large backlog
+    /// never holds the database's write lock for long (sidecar handshakes write to the same
+    /// database). Blocking.
     pub fn prune_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM audit WHERE time_ms < ?1", params![cutoff_ms])?)
+        let mut statement = self.conn.prepare_cached(
+            "DELETE FROM audit WHERE id IN
+                 (SELECT id FROM audit WHERE time_ms < ?1 LIMIT ?2)",
+        )?;
+        let mut deleted = 0;
+        loop {
+            let batch = statement.execute(params![cutoff_ms, AUDIT_PRUNE_BATCH as i64])?;
+            deleted += batch;
+            if batch < AUDIT_PRUNE_BATCH {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Appends records in one transaction. Blocking.
@@ -985,6 +999,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(changed, Some(HashSet::new()));
+    }
+
+    #[tokio::test]
+    async fn pruning_deletes_only_older_records_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = AuditLog::open(&store).unwrap();
+        let old: Vec<AuditRecord> = (0..2 * AUDIT_PRUNE_BATCH as i64 + 5)
+            .map(audit_record)
+            .collect();
+        log.append(&old).unwrap();
+        log.append(&[audit_record(1_000_000), audit_record(1_000_001)])
+            .unwrap();
+        assert_eq!(
+            log.prune_before(1_000_000).unwrap(),
+            2 * AUDIT_PRUNE_BATCH + 5
+        );
+        let kept = store.audit_tail(10).await.unwrap();
+        assert_eq!(
+            kept.iter().map(|r| r.record.time_ms).collect::<Vec<_>>(),
+            vec![1_000_000, 1_000_001]
+        );
+        assert_eq!(log.prune_before(1_000_000).unwrap(), 0);
     }
 
     #[tokio::test]
