@@ -706,6 +706,8 @@ impl std::fmt::Debug for AuditLog {
 
 /// Most audit records one pruning transaction deletes.
 pub const AUDIT_PRUNE_BATCH: usize = 2_000;
+/// Pause between pruning transactions.
+const AUDIT_PRUNE_PAUSE: Duration = Duration::from_millis(10);
 
 impl AuditLog {
     /// Opens a second connection to `store`'s database (the schema exists: the store created
@@ -733,6 +735,8 @@ impl AuditLog {
             if batch < AUDIT_PRUNE_BATCH {
                 return Ok(deleted);
             }
+            // A window for writers waiting on the lock (their busy handler polls).
+            std::thread::sleep(AUDIT_PRUNE_PAUSE);
         }
     }
 
