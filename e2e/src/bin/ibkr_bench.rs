@@ -52,8 +52,9 @@ const CONNECT_CONCURRENCY: usize = 16;
 /// Gateway heartbeat for the idle-session run: every session is pinged at this interval.
 const IDLE_HEARTBEAT_INTERVAL_SECONDS: u64 = 5;
 const IDLE_HEARTBEAT_TIMEOUT_SECONDS: u64 = 15;
-/// Wait after the last session registered before reading memory: two ping rounds, and long
-/// enough for tokio's idle blocking threads (10 s keep-alive) to exit.
+/// Wait before each reading of the gateway's memory (the baseline too, after the gateway
+/// started): two ping rounds, and long enough for tokio's idle blocking threads (10 s
+/// keep-alive) to exit.
 const SETTLE: Duration = Duration::from_secs(2 * IDLE_HEARTBEAT_INTERVAL_SECONDS + 2);
 /// Idle time before reading the comparison run's memory: one ping round.
 const COMPARISON_SETTLE: Duration = Duration::from_secs(IDLE_HEARTBEAT_INTERVAL_SECONDS + 1);
@@ -440,12 +441,14 @@ async fn idle_sessions(count: usize) -> BenchResult<IdleReport> {
     ))
     .await?;
     let relay_url = gateway.relay_url();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let gateway_before = memory()?;
-
-    // Two steps, so the second half gives the marginal cost without one-time costs.
     let (mut holder, client_before) =
         Holder::start(&exe, &relay_url, &sidecars_dir, count, false).await?;
+    // The baseline idles as long as the later readings, so that the blocking threads spawned
+    // before it (store, audit pruning, waiting for the pairing helper) have exited in every
+    // reading.
+    let (gateway_before, _) = settled_reading(&mut holder, &gateway, 0, SETTLE).await?;
+
+    // Two steps, so the second half gives the marginal cost without one-time costs.
     let midpoint_sessions = count / 2;
     let mut connecting = Duration::ZERO;
     let gateway_midpoint = if midpoint_sessions > 0 {
@@ -909,8 +912,9 @@ async fn concurrent_calls(calls: usize, callers: usize) -> BenchResult<Latencies
 
 // ---- output ------------------------------------------------------------------------------
 
+/// Two decimals, so that the per-session rows can be checked against these readings.
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn per_session(before: u64, after: u64, sessions: usize) -> String {
@@ -952,6 +956,15 @@ fn print_idle(report: &IdleReport) {
             mib(report.gateway_before.rss),
             mib(report.gateway_midpoint.rss),
             mib(report.gateway_after.rss)
+        ),
+    );
+    row(
+        &format!("gateway RssAnon: 0 / {half} / {n} sessions"),
+        &format!(
+            "{} / {} / {}",
+            mib(report.gateway_before.anon),
+            mib(report.gateway_midpoint.anon),
+            mib(report.gateway_after.anon)
         ),
     );
     row(
