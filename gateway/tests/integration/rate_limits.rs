@@ -166,12 +166,7 @@ async fn raw_request(addr: std::net::SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("no answer")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    read_until_closed(&mut stream).await
 }
 
 #[tokio::test]
@@ -217,18 +212,7 @@ async fn connections_beyond_the_cap_are_answered_503_at_once() {
     // close is noticed asynchronously, so keep asking (each try is a real request) until
     // the slot is back.
     drop(held.pop());
-    let served = tokio::time::timeout(WAIT, async {
-        loop {
-            let answer = raw_request(addr, "/healthz").await;
-            if answer.starts_with("HTTP/1.1 200") {
-                return answer;
-            }
-            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the freed slot was never reused");
+    let served = served_again(addr).await;
     assert!(served.contains("\"ok\""));
     drop(held);
     handle.shutdown().await;
