@@ -11,24 +11,25 @@
 //! (outermost first) Host/Origin check, `no-store, private` cache headers, the request
 //! deadline, the OAuth middleware, then rmcp's Streamable HTTP service.
 
+use crate::audit::log::AuditLog;
 use crate::audit::{Audit, AuditKey, AuditKeyError, KeySource};
 use crate::config::{ConfigError, GatewayConfiguration};
 use crate::error::{GatewayError, StartError};
-use crate::keys;
-use crate::listener::{LimitedListener, PeerAddr};
+use crate::http::listener::{LimitedListener, PeerAddr};
+use crate::http::rate_limit::RateLimiter;
 use crate::mcp::GatewayMcp;
-use crate::metrics::{Metrics, RateLimitScope, Snapshot};
 use crate::oauth::jwks::{JwksCache, REFRESH_COOLDOWN};
 use crate::oauth::metadata::protected_resource;
 use crate::oauth::middleware::{MAX_MCP_BODY_BYTES, require_bearer, too_many_requests};
 use crate::oauth::token::{TokenValidator, ValidatorSettings};
+use crate::ops::metrics::{Metrics, RateLimitScope, Snapshot};
 use crate::pairing::PairingService;
-use crate::pairing_http::{MAX_PAIRING_BODY_BYTES, pair_finish, pair_start};
-use crate::rate_limit::RateLimiter;
+use crate::pairing::http::{MAX_PAIRING_BODY_BYTES, pair_finish, pair_start};
 use crate::relay::endpoint::relay_upgrade;
 use crate::relay::{LiveSidecar, Relay, RelaySettings, SessionEvent};
 use crate::state::AppState;
-use crate::store::{AuditLog, Store};
+use crate::store::Store;
+use crate::store::keys;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -62,21 +63,21 @@ const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_METRICS_TOKEN_BYTES: usize = 16;
 
 /// Per-peer rate limit, before authentication. The peer is the client address as
-/// [`crate::net::client_ip`] resolves it (the socket peer unless it is a trusted proxy).
+/// [`crate::http::net::client_ip`] resolves it (the socket peer unless it is a trusted proxy).
 async fn peer_rate_limit(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let client = crate::net::client_ip(
+    let client = crate::http::net::client_ip(
         peer.0.ip(),
         request.headers(),
         &state.resolved.trusted_proxies,
     );
     if let Err(retry_after) = state
         .peer_limiter
-        .check(&crate::net::rate_limit_key(client))
+        .check(&crate::http::net::rate_limit_key(client))
     {
         state.metrics.rate_limited(RateLimitScope::Peer);
         return too_many_requests(retry_after);
@@ -139,8 +140,8 @@ async fn metrics(
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let local = crate::net::canonical(peer.0.ip()).is_loopback()
-        && !crate::net::has_forwarding_headers(&headers);
+    let local = crate::http::net::canonical(peer.0.ip()).is_loopback()
+        && !crate::http::net::has_forwarding_headers(&headers);
     let token_ok = state
         .metrics_token
         .as_ref()
@@ -238,12 +239,12 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
         let guarded = ServiceBuilder::new()
             .layer(from_fn_with_state(
                 Arc::clone(&state),
-                crate::edge::host_and_origin,
+                crate::http::edge::host_and_origin,
             ))
-            .layer(from_fn(crate::edge::private_no_store))
+            .layer(from_fn(crate::http::edge::private_no_store))
             .layer(from_fn_with_state(
                 Arc::clone(&state),
-                crate::edge::deadline,
+                crate::http::edge::deadline,
             ))
             .layer(from_fn_with_state(Arc::clone(&state), require_bearer))
             .service(service);
@@ -487,7 +488,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
             if source == KeySource::StateDir {
                 tracing::info!(
                     variable = %hmac_variable,
-                    file = crate::keys::AUDIT_SECRET_FILE,
+                    file = crate::store::keys::AUDIT_SECRET_FILE,
                     "audit HMAC secret not in the environment; using the one persisted in state_dir"
                 );
             }
@@ -580,7 +581,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         Duration::from_secs(state.config.remote_mcp.header_read_timeout_seconds);
     let token = server_shutdown.clone();
     let server = tokio::spawn(async move {
-        crate::http_server::serve(listener, app, header_read_timeout, CONNECTION_DRAIN, token)
+        crate::http::server::serve(listener, app, header_read_timeout, CONNECTION_DRAIN, token)
             .await;
     });
     tracing::info!(

@@ -209,9 +209,10 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
     let configured = config.instance_id.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
-        let keypair = crate::keys::load_or_create_keypair(&state_dir).map_err(|e| e.to_string())?;
+        let keypair =
+            crate::store::keys::load_or_create_keypair(&state_dir).map_err(|e| e.to_string())?;
         let instance_id =
-            crate::keys::load_or_create_instance_id(&state_dir, configured.as_deref())
+            crate::store::keys::load_or_create_instance_id(&state_dir, configured.as_deref())
                 .map_err(|e| e.to_string())?;
         Ok::<_, String>((store, keypair.public(), instance_id))
     })
@@ -286,7 +287,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let records = match store.audit_tail(limit).await {
+            let records = match crate::audit::log::tail(&store, limit).await {
                 Ok(records) => records,
                 Err(error) => {
                     report_error(ErrorCode::StateStoreError, None, &error.to_string());

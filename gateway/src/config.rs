@@ -10,7 +10,7 @@
 //! `docs/configuration-gateway.md`; the checklist is tested row by row in
 //! `tests/integration/config_table.rs`.
 
-use crate::net::{HostRule, IpNet, normalize_origin};
+use crate::http::net::{HostRule, IpNet, normalize_origin};
 use protocol::catalog::scopes;
 use serde::{Deserialize, Serialize};
 use shared_safety::ErrorCode;

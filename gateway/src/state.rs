@@ -2,11 +2,11 @@
 
 use crate::audit::Audit;
 use crate::config::{GatewayConfiguration, Resolved};
-use crate::metrics::Metrics;
+use crate::http::rate_limit::RateLimiter;
 use crate::oauth::session_binding::SessionOwners;
 use crate::oauth::token::TokenValidator;
+use crate::ops::metrics::Metrics;
 use crate::pairing::PairingService;
-use crate::rate_limit::RateLimiter;
 use crate::relay::Relay;
 use crate::store::Store;
 use std::sync::Arc;

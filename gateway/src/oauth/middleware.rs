@@ -19,7 +19,7 @@
 //! the token itself goes no further than this function.
 
 use crate::error::GatewayError;
-use crate::metrics::RateLimitScope;
+use crate::ops::metrics::RateLimitScope;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;

@@ -49,11 +49,11 @@ pub(crate) async fn host_and_origin(
     next: Next,
 ) -> Response {
     let resolved = &state.resolved;
-    if !crate::net::host_allowed(request.uri(), request.headers(), &resolved.allowed_hosts) {
+    if !crate::http::net::host_allowed(request.uri(), request.headers(), &resolved.allowed_hosts) {
         tracing::info!("request refused: Host not in remote_mcp.allowed_hosts");
         return forbidden("(the Host header is not allowed)");
     }
-    if !crate::net::origin_allowed(request.headers(), &resolved.allowed_origins) {
+    if !crate::http::net::origin_allowed(request.headers(), &resolved.allowed_origins) {
         tracing::info!("request refused: Origin not in remote_mcp.allowed_origins");
         return forbidden("(the Origin header is not allowed)");
     }

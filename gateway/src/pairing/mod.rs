@@ -6,6 +6,8 @@
 //! failure (`PAIRING_CODE_INVALID`). The in-progress exchange (PAKE state) lives only in
 //! memory for [`EXCHANGE_TTL`] in a bounded map; a restart simply voids it.
 
+pub(crate) mod http;
+
 use crate::clock::unix_ms;
 use crate::error::GatewayError;
 use crate::store::{CodeCheck, CompleteOutcome, NewPairingCode, Store};

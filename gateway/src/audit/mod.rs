@@ -6,7 +6,7 @@
 //! made with the same token without letting a reader replay or even recognise it. The secret
 //! comes from the environment variable named by `remote_mcp.token_id_hmac_secret_env`; when
 //! that is unset, one is generated once and persisted 0600 in `state_dir`
-//! ([`crate::keys::AUDIT_SECRET_FILE`]), so HMACs stay stable across restarts.
+//! ([`crate::store::keys::AUDIT_SECRET_FILE`]), so HMACs stay stable across restarts.
 //!
 //! Records are written off the request path: the handler hands the record to a bounded
 //! channel with `try_send` and never waits. A writer task drains it in batches (one
@@ -17,9 +17,11 @@
 //! The same task enforces `audit.retention_days`: at start and then every
 //! [`PRUNE_INTERVAL`] it deletes the records older than the retention period.
 
-use crate::metrics::Metrics;
-use crate::store::{AuditLog, AuditRecord};
+pub mod log;
+
+use crate::ops::metrics::Metrics;
 use hmac::{Hmac, Mac};
+use log::{AuditLog, AuditRecord};
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -61,7 +63,7 @@ pub enum AuditKeyError {
     #[error("the environment variable {0} is set but shorter than {MIN_SECRET_BYTES} bytes")]
     TooShort(String),
     #[error("{0}")]
-    File(#[from] crate::keys::KeyError),
+    File(#[from] crate::store::keys::KeyError),
 }
 
 impl AuditKey {
@@ -85,7 +87,7 @@ impl AuditKey {
                 ))
             }
             None => {
-                let secret = crate::keys::load_or_create_audit_secret(state_dir)?;
+                let secret = crate::store::keys::load_or_create_audit_secret(state_dir)?;
                 Ok((AuditKey { secret }, KeySource::StateDir))
             }
         }
@@ -378,7 +380,7 @@ mod tests {
             audit.record(record(n));
         }
         assert!(audit.flush(Duration::from_secs(10)).await);
-        assert_eq!(store.audit_tail(100).await.unwrap().len(), 10);
+        assert_eq!(log::tail(&store, 100).await.unwrap().len(), 10);
         assert!(audit.stop(Duration::from_secs(10)).await);
         task.await.unwrap();
         // The writer is gone: records are counted as dropped, and recording never blocks.
@@ -417,8 +419,7 @@ mod tests {
         );
         audit.record(record(now));
         assert!(audit.flush(Duration::from_secs(10)).await);
-        let kept: Vec<i64> = store
-            .audit_tail(10)
+        let kept: Vec<i64> = log::tail(&store, 10)
             .await
             .unwrap()
             .iter()
@@ -428,10 +429,10 @@ mod tests {
 
         // A record that is already too old when it arrives goes at the next hourly round.
         direct.append(&[record(now - 5 * day_ms)]).unwrap();
-        assert_eq!(store.audit_tail(10).await.unwrap().len(), 3);
+        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 3);
         tokio::time::advance(PRUNE_INTERVAL).await;
         assert!(audit.flush(Duration::from_secs(10)).await);
-        assert_eq!(store.audit_tail(10).await.unwrap().len(), 2);
+        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 2);
 
         // Without a retention nothing is ever deleted.
         assert!(audit.stop(Duration::from_secs(10)).await);
@@ -445,7 +446,7 @@ mod tests {
         direct.append(&[record(0)]).unwrap();
         tokio::time::advance(PRUNE_INTERVAL).await;
         assert!(keeper.flush(Duration::from_secs(10)).await);
-        assert_eq!(store.audit_tail(10).await.unwrap().len(), 3);
+        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 3);
         assert!(keeper.stop(Duration::from_secs(10)).await);
         task.await.unwrap();
     }

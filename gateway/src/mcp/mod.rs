@@ -11,11 +11,11 @@
 //! - `ibkr_health` never fails for a missing sidecar: it reports the gateway and the relay
 //!   itself and merges in the sidecar's own answer when one is connected.
 
+use crate::audit::log::AuditRecord;
 use crate::error::GatewayError;
 use crate::oauth::AuthContext;
 use crate::relay::{CallTrace, ToolCall};
 use crate::state::AppState;
-use crate::store::AuditRecord;
 use protocol::catalog::{self, Route, ToolSpec};
 use protocol::envelope::{ErrorBody, ManualAction, Outcome, RelayProgress};
 use rmcp::model::{
@@ -213,7 +213,7 @@ pub(crate) fn record_call(
         None => "unknown",
     };
     state.metrics.tool_call(tool_name, outcome, elapsed);
-    let outcome = crate::metrics::outcome_label(outcome);
+    let outcome = crate::ops::metrics::outcome_label(outcome);
     state.audit.record(AuditRecord {
         time_ms: crate::clock::unix_ms(),
         subject: auth.subject.clone(),

@@ -8,7 +8,7 @@
 //! their own small tasks, at most [`MAX_REJECTIONS_IN_FLIGHT`] at a time (beyond that the
 //! connection is simply closed), each bounded by [`REJECTION_TIMEOUT`].
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -187,6 +187,6 @@ impl AsyncWrite for LimitedStream {
 }
 
 /// The socket peer of a request, put in its extensions as `ConnectInfo<PeerAddr>` by the
-/// server loop (`http_server`).
+/// server loop (`http::server`).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);

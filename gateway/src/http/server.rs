@@ -19,7 +19,7 @@
 //! HTTP/1.1 only: the gateway sits behind a TLS-terminating proxy or is reached directly on
 //! loopback; cleartext HTTP/2 would only add surface.
 
-use crate::listener::{LimitedListener, PeerAddr};
+use crate::http::listener::{LimitedListener, PeerAddr};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;

@@ -1,0 +1,3 @@
+//! Operating the gateway: Prometheus metrics (`/metrics`).
+
+pub mod metrics;
