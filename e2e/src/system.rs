@@ -57,7 +57,7 @@ pub struct SystemOptions {
     pub with_sidecar: bool,
     pub frame_observer: Option<FrameObserver>,
     /// The sidecar's `trading:` section (defaults: paper, dry-run, 100 USD cap, 5 s window).
-    pub trading: ibkr_agent::orders::policy::TradingSection,
+    pub trading: ibkr_agent::trading::policy::TradingSection,
     /// The exchange clock the sidecar judges trading hours by. The simulator trades on any day,
     /// so simulations pin a regular-hours time; `None` uses the real clock.
     pub market_time: Option<time::OffsetDateTime>,
@@ -79,7 +79,7 @@ impl Default for SystemOptions {
             session_ttl_seconds: 3600,
             with_sidecar: true,
             frame_observer: None,
-            trading: ibkr_agent::orders::policy::TradingSection::default(),
+            trading: ibkr_agent::trading::policy::TradingSection::default(),
             market_time: Some(SIMULATED_MARKET_TIME),
             alerts: None,
         }

@@ -390,7 +390,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
 
 /// `ibkr-agent journal verify`.
 fn journal_verify(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
-    use crate::orders::journal::{JOURNAL_FILE, verify};
+    use crate::trading::journal::{JOURNAL_FILE, verify};
     let path = state_dir.join(JOURNAL_FILE);
     let report = verify(&path)
         .map_err(|error| SidecarError::new(ErrorCode::JournalError, format!("({error})")))?;

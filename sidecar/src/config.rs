@@ -66,9 +66,9 @@ pub struct SidecarConfig {
     /// Optional session alerts (webhook); see [`crate::alerts`].
     #[serde(default)]
     pub alerts: Option<AlertsSection>,
-    /// Order guards and posture; see [`crate::orders::policy::TradingSection`].
+    /// Order guards and posture; see [`crate::trading::policy::TradingSection`].
     #[serde(default)]
-    pub trading: crate::orders::policy::TradingSection,
+    pub trading: crate::trading::policy::TradingSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +120,7 @@ struct FileConfig {
     sidecar: Option<FileSidecar>,
     safety: Option<FileSafety>,
     alerts: Option<AlertsSection>,
-    trading: Option<crate::orders::policy::TradingSection>,
+    trading: Option<crate::trading::policy::TradingSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

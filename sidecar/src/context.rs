@@ -34,7 +34,7 @@ pub(crate) struct DaemonContext {
     /// The clock trading hours are judged by (system clock except in simulations).
     pub market_clock: crate::market_clock::MarketClock,
     /// Order tools' journal and policy; `None` when the journal could not be opened.
-    pub orders: Option<crate::orders::OrdersRuntime>,
+    pub orders: Option<crate::trading::OrdersRuntime>,
 }
 
 /// Sidecar build version as reported to the gateway (no paths, no account data).

@@ -130,7 +130,7 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         broker,
         frame_observer: options.frame_observer,
         market_clock: options.market_clock.clone(),
-        orders: match crate::orders::OrdersRuntime::open(&options.state_dir, &trading) {
+        orders: match crate::trading::OrdersRuntime::open(&options.state_dir, &trading) {
             Ok(mut runtime) => {
                 runtime.clock = options.market_clock.clone();
                 Some(runtime)

@@ -25,28 +25,19 @@
 use crate::cpgw::broker_state::BrokerState;
 use crate::cpgw::client::{CpgwClient, CpgwError};
 use crate::cpgw::keepalive::publish;
+use crate::cpgw::manual_login_action;
 use crate::cpgw::types::AuthStatus;
 use crate::error::SidecarError;
-use crate::relay::session::SessionSnapshot;
+use crate::session::{Binding, SessionSnapshot};
 use crate::state::PairingRecord;
 use protocol::catalog::{self, ToolSpec};
-use protocol::envelope::{EnvelopeError, ManualAction, Outcome, RelayRequest};
-use protocol::identity::PublicKey;
+use protocol::envelope::{EnvelopeError, Outcome, RelayRequest};
 use serde_json::{Map, Value};
 use shared_safety::ErrorCode;
 use shared_safety::scope::ScopeSet;
 use shared_safety::{sanitize, schema};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// What this connection is bound to: the local identity and the pairing it dialed with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Binding {
-    pub sidecar_id: String,
-    pub remote_instance_id: String,
-    /// The gateway key the handshake authenticated.
-    pub gateway_public_key: PublicKey,
-}
 
 /// A request that passed gates a-e.
 #[derive(Clone, Debug)]
@@ -225,20 +216,6 @@ pub fn check_tool_call(
     Ok(tool)
 }
 
-/// The manual action for a CPGW without an authenticated session. `location` is
-/// `scheme://host:port` of the configured CPGW.
-pub fn manual_login_action(location: &str) -> ManualAction {
-    ManualAction {
-        code: ErrorCode::BrokerSessionRequired.code().to_string(),
-        message: ErrorCode::BrokerSessionRequired.message().to_string(),
-        action:
-            "Log in to the IBKR Client Portal Gateway in a browser (with 2FA). Nothing logs in \
-                 for you."
-                .to_string(),
-        location: format!("{location} on the laptop running the sidecar"),
-    }
-}
-
 /// Gate f's decision on an `auth/status` result.
 pub fn broker_decision(
     result: &Result<AuthStatus, CpgwError>,
@@ -269,6 +246,7 @@ pub async fn check_broker_session(
 mod tests {
     use super::*;
     use protocol::envelope::RequestId;
+    use protocol::identity::PublicKey;
     use protocol::identity::StaticKeypair;
     use serde_json::json;
     use std::time::Duration;

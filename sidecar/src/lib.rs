@@ -34,14 +34,15 @@ pub mod gates;
 pub mod identity;
 pub mod market_clock;
 pub mod net;
-pub mod orders;
 pub mod pairing_client;
 pub mod paths;
 pub mod primitives;
 pub mod relay;
 pub mod requests;
+pub mod session;
 pub mod state;
 pub mod tools;
+pub mod trading;
 
 pub use config::SidecarConfig;
 pub use daemon::{DaemonError, DaemonOptions, run_daemon};

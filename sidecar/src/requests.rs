@@ -3,9 +3,11 @@
 
 use crate::clock::now_unix_seconds;
 use crate::context::DaemonContext;
-use crate::gates::{self, Binding};
-use crate::relay::session::SharedSession;
-use crate::tools::{self, ToolContext};
+use crate::gates;
+use crate::session::Binding;
+use crate::session::SharedSession;
+use crate::tools;
+use crate::tools::context::{ProgressSink, ToolContext};
 use protocol::envelope::{Outcome, RelayRequest};
 use protocol::limits::MAX_FRAME_PLAINTEXT;
 use serde_json::Value;
@@ -28,32 +30,6 @@ pub(crate) struct ConnectionInfo {
 /// The connection's progress queue (bounded; a full queue drops a progress update rather than
 /// stalling the tool).
 pub(crate) type ProgressSender = tokio::sync::mpsc::Sender<protocol::envelope::RelayProgress>;
-
-/// Progress reporting for one request.
-pub struct ProgressSink {
-    request_id: protocol::envelope::RequestId,
-    send: std::sync::Arc<dyn Fn(protocol::envelope::RelayProgress) + Send + Sync>,
-}
-
-impl ProgressSink {
-    /// A sink calling `send` with each update (tests pass a closure that records them).
-    pub fn new(
-        request_id: protocol::envelope::RequestId,
-        send: std::sync::Arc<dyn Fn(protocol::envelope::RelayProgress) + Send + Sync>,
-    ) -> ProgressSink {
-        ProgressSink { request_id, send }
-    }
-
-    /// Reports `progress` of `total` with a short status message.
-    pub fn send(&self, progress: f64, total: Option<f64>, message: Option<String>) {
-        (self.send)(protocol::envelope::RelayProgress {
-            request_id: self.request_id,
-            progress,
-            total,
-            message,
-        });
-    }
-}
 
 pub(crate) async fn handle(
     context: &DaemonContext,

@@ -1,9 +1,19 @@
-//! The live relay session as the per-request gates see it. The connection driver owns the
+//! The live relay session as the per-request gates see it, and what a connection is bound to. The connection driver owns the
 //! truth and updates the shared snapshot; request tasks read a copy.
 
+use protocol::identity::PublicKey;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// What this connection is bound to: the local identity and the pairing it dialed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub sidecar_id: String,
+    pub remote_instance_id: String,
+    /// The gateway key the handshake authenticated.
+    pub gateway_public_key: PublicKey,
+}
 
 /// Everything gate c needs, on the monotonic clock.
 #[derive(Clone, Debug, PartialEq, Eq)]

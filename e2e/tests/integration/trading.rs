@@ -4,7 +4,7 @@
 
 use e2e::cpgw_sim::{AuthState, IsPaperShape, SimAccount};
 use e2e::system::{System, SystemOptions, WAIT_LIMIT};
-use ibkr_agent::orders::policy::TradingSection;
+use ibkr_agent::trading::policy::TradingSection;
 use protocol::catalog::scopes;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
@@ -507,7 +507,7 @@ async fn a_sidecar_killed_after_the_intent_is_journaled_recovers_by_reconcile() 
     std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
 
     system.start_sidecar().await.unwrap();
-    let report = ibkr_agent::orders::journal::verify(&journal).unwrap();
+    let report = ibkr_agent::trading::journal::verify(&journal).unwrap();
     assert!(
         report.ok && report.broken_at_line.is_none() && !report.torn_tail,
         "{report:?}"

@@ -9,7 +9,7 @@
 
 use super::client::{CpgwClient, CpgwError};
 use super::types::{JsonText, SnapshotRow, StockContract, StocksReply};
-use crate::gates::manual_login_action;
+use crate::cpgw::manual_login_action;
 use protocol::envelope::Outcome;
 use shared_safety::ErrorCode;
 use shared_safety::money::{Decimal, PricePrefix, parse_broker_amount, parse_broker_price};

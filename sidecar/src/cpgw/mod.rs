@@ -21,3 +21,20 @@ pub use broker_state::BrokerState;
 pub use client::{CpgwClient, CpgwError};
 pub use marketdata::{ConidCache, Contract};
 pub use portfolio::AccountCache;
+
+use protocol::envelope::ManualAction;
+use shared_safety::ErrorCode;
+
+/// The manual action for a CPGW without an authenticated session. `location` is
+/// `scheme://host:port` of the configured CPGW.
+pub fn manual_login_action(location: &str) -> ManualAction {
+    ManualAction {
+        code: ErrorCode::BrokerSessionRequired.code().to_string(),
+        message: ErrorCode::BrokerSessionRequired.message().to_string(),
+        action:
+            "Log in to the IBKR Client Portal Gateway in a browser (with 2FA). Nothing logs in \
+                 for you."
+                .to_string(),
+        location: format!("{location} on the laptop running the sidecar"),
+    }
+}

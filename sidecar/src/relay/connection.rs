@@ -7,12 +7,12 @@
 //! good after a failure, and a fresh handshake is the only way back.
 
 use super::dial::RelayStream;
-use super::session::{SessionSnapshot, SharedSession};
 use crate::clock::now_unix_seconds;
 use crate::context::{DaemonContext, SIDECAR_VERSION};
 use crate::cpgw::BrokerState;
-use crate::gates::Binding;
 use crate::requests::{self, ConnectionInfo};
+use crate::session::Binding;
+use crate::session::{SessionSnapshot, SharedSession};
 use crate::state::RelaySessionRecord;
 use futures_util::{SinkExt, StreamExt};
 use protocol::envelope::{Outcome, RelayRequest, RelayResponse, RequestId};

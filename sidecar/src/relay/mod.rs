@@ -4,7 +4,7 @@
 //!
 //! - [`dial`]: URL policy, websocket limits and the outbound connection.
 //! - [`handshake`]: message 1 / message 2 over the websocket, with a deadline.
-//! - [`session`]: what the gates need to know about the live relay session.
+
 //! - [`connection`]: the per-connection driver (records, heartbeat, renewal, requests).
 //! - [`backoff`]: full-jitter exponential backoff (pure).
 //! - [`supervisor`]: the reconnect loop.
@@ -13,7 +13,7 @@ pub mod backoff;
 pub mod connection;
 pub mod dial;
 pub mod handshake;
-pub mod session;
+
 pub mod supervisor;
 
 pub use dial::relay_websocket_config;

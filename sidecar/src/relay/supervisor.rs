@@ -14,7 +14,7 @@ use super::dial::{self, DialError};
 use super::handshake::{self, HandshakeFailure};
 use crate::clock::{now_unix_millis, now_unix_seconds};
 use crate::context::{DaemonContext, SIDECAR_VERSION};
-use crate::gates::Binding;
+use crate::session::Binding;
 use protocol::PROTOCOL_VERSION;
 use protocol::handshake::ClientHello;
 use rand_core::{OsRng, RngCore};

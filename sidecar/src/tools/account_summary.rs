@@ -1,7 +1,7 @@
 //! `ibkr_account_summary`: available funds, net liquidation and buying power of the selected
 //! account (decimal strings).
 
-use super::{ToolContext, ToolResult, decimal_value, selected_account};
+use super::context::{ToolContext, ToolResult, decimal_value, selected_account};
 use crate::cpgw::marketdata::cpgw_outcome;
 use crate::cpgw::portfolio::{AccountSummary, summary};
 use serde_json::{Value, json};

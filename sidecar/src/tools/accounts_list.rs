@@ -1,7 +1,7 @@
 //! `ibkr_accounts_list`: the accounts the CPGW session can see, which one is selected, paper or
 //! live, and whether each supports cash-quantity and fractional orders.
 
-use super::{ToolContext, ToolResult, cpgw_failure};
+use super::context::{ToolContext, ToolResult, cpgw_failure};
 use crate::cpgw::types::trading_mode;
 use serde_json::{Value, json};
 

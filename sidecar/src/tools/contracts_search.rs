@@ -1,6 +1,6 @@
 //! `ibkr_contracts_search`: every listing of a symbol (conid, exchange, currency), US first.
 
-use super::{ToolContext, ToolResult, string_arg};
+use super::context::{ToolContext, ToolResult, string_arg};
 use serde_json::json;
 
 pub(super) async fn run(

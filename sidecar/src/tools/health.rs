@@ -2,7 +2,7 @@
 //! reports a missing login as a state with a next step; it never asks for a manual action
 //! itself, because health must answer precisely when things are broken.
 
-use super::{ToolContext, ToolResult};
+use super::context::{ToolContext, ToolResult};
 use crate::context::SIDECAR_VERSION;
 use crate::cpgw::keepalive::publish;
 use crate::cpgw::{BrokerState, CpgwError};

@@ -1,6 +1,6 @@
 //! `ibkr_historical_bars`: OHLCV bars (decimal strings, RFC 3339 times).
 
-use super::{ToolContext, ToolResult, decimal_value};
+use super::context::{ToolContext, ToolResult, decimal_value};
 use crate::cpgw::marketdata::{cpgw_outcome, decimal_of};
 use protocol::envelope::Outcome;
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ pub(super) async fn run(
     arguments: &serde_json::Map<String, Value>,
     context: &ToolContext<'_>,
 ) -> ToolResult {
-    let symbol = super::string_arg(arguments, "symbol")?;
+    let symbol = super::context::string_arg(arguments, "symbol")?;
     let period = choice(arguments, "period", PERIODS, "1m")?;
     let bar = choice(arguments, "bar", BARS, "1d")?;
     let contract = context.contracts.resolve_symbol(symbol).await?;

@@ -2,8 +2,8 @@
 //! sum) in one call.
 
 use super::account_summary::summary_json;
+use super::context::{ToolContext, ToolResult, selected_account};
 use super::positions_list::position_json;
-use super::{ToolContext, ToolResult, selected_account};
 use crate::cpgw::marketdata::cpgw_outcome;
 use crate::cpgw::portfolio::{positions, summary, total_unrealized_pnl};
 use serde_json::json;

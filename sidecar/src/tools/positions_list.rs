@@ -1,7 +1,7 @@
 //! `ibkr_positions_list`: open positions of the selected account, exact (fractional)
 //! quantities and amounts as decimal strings.
 
-use super::{ToolContext, ToolResult, decimal_value, selected_account};
+use super::context::{ToolContext, ToolResult, decimal_value, selected_account};
 use crate::cpgw::marketdata::cpgw_outcome;
 use crate::cpgw::portfolio::{Position, positions};
 use serde_json::{Value, json};

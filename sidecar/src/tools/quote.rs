@@ -1,7 +1,7 @@
 //! `ibkr_quote`: last, bid and ask of one symbol (decimal strings); whether the last price is
 //! the previous close (`C` prefix) or the symbol is halted (`H`).
 
-use super::{ToolContext, ToolResult, decimal_value, string_arg};
+use super::context::{ToolContext, ToolResult, decimal_value, string_arg};
 use crate::cpgw::Contract;
 use crate::cpgw::marketdata::{Quote, SNAPSHOT_BACKOFF, cpgw_outcome, snapshot};
 use protocol::envelope::Outcome;

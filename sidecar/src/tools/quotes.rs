@@ -1,8 +1,8 @@
 //! `ibkr_quotes`: a watchlist in one snapshot call (plus one symbol search for the symbols not
 //! cached yet).
 
+use super::context::{ToolContext, ToolResult};
 use super::quote::quote_json;
-use super::{ToolContext, ToolResult};
 use crate::cpgw::marketdata::{SNAPSHOT_BACKOFF, cpgw_outcome, snapshot};
 use protocol::envelope::Outcome;
 use serde_json::{Value, json};

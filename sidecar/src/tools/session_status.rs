@@ -1,11 +1,11 @@
 //! `ibkr_session_status`: the CPGW session, the account it serves, paper or live, and the
 //! sidecar's trading posture. Runs only with an authenticated session (gate f).
 //!
-//! The posture is the trading policy as it applies to this caller ([`crate::orders::posture`]):
+//! The posture is the trading policy as it applies to this caller ([`crate::trading::posture`]):
 //! live trading counts as allowed only with `trading.allow_live` and `ibkr:orders:live` granted
 //! by both the caller's token and the local pairing. An unknown account type is never safe.
 
-use super::{ToolContext, ToolResult, cpgw_failure};
+use super::context::{ToolContext, ToolResult, cpgw_failure};
 use crate::cpgw::types::{TradingMode, trading_mode};
 use serde_json::json;
 
@@ -33,7 +33,7 @@ pub(super) async fn run(context: &ToolContext<'_>) -> ToolResult {
         "competing": auth.competing,
         "account_id": account,
         "trading_mode": mode.as_str(),
-        "posture": crate::orders::posture(
+        "posture": crate::trading::posture(
             context.orders,
             auth.authenticated,
             mode == TradingMode::Paper,

@@ -1,17 +1,17 @@
 //! Placing orders: guards, journal, dry-run or send, confirmation loop, idempotency.
 
-use super::journal::{Attempt, AttemptStatus};
 use super::ticket::{
     Leg, decimal_arg, intent, intent_json, invalid, orders_body, side_arg, text_arg, tif_arg,
 };
 use super::{OrdersRuntime, now_ms, runtime};
 use crate::cpgw::CpgwClient;
+use crate::cpgw::manual_login_action;
 use crate::cpgw::marketdata::{Contract, SNAPSHOT_BACKOFF, snapshot};
 use crate::cpgw::orders::{PlaceReply, SendFailure};
 use crate::cpgw::portfolio::positions;
 use crate::cpgw::types::{TradingMode, trading_mode};
-use crate::gates::manual_login_action;
-use crate::tools::{ToolContext, ToolResult, cpgw_failure};
+use crate::tools::context::{ToolContext, ToolResult, cpgw_failure};
+use crate::trading::journal::{Attempt, AttemptStatus};
 use protocol::envelope::Outcome;
 use serde_json::{Map, Value, json};
 use shared_safety::ErrorCode;

@@ -3,11 +3,11 @@
 use super::place::{account_identity, reconcile_attempt};
 use super::ticket::text_arg;
 use super::{now_ms, runtime};
+use crate::cpgw::manual_login_action;
 use crate::cpgw::marketdata::decimal_of;
 use crate::cpgw::orders::{CancelReply, OrderStatusReply, SendFailure, order_id_segment};
 use crate::cpgw::types::JsonText;
-use crate::gates::manual_login_action;
-use crate::tools::{ToolContext, ToolResult, cpgw_failure};
+use crate::tools::context::{ToolContext, ToolResult, cpgw_failure};
 use protocol::envelope::Outcome;
 use serde_json::{Map, Value, json};
 use shared_safety::ErrorCode;
