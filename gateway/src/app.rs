@@ -380,6 +380,14 @@ impl GatewayHandle {
         })
     }
 
+    /// Every pairing, newest first, revoked ones included.
+    pub async fn pairings(&self) -> Result<Vec<crate::store::PairingRecord>, GatewayError> {
+        self.state.store.list_pairings().await.map_err(|error| {
+            tracing::error!(%error, "could not list pairings");
+            GatewayError::new(ErrorCode::StateStoreError)
+        })
+    }
+
     /// Revokes a pairing and closes its live session at once.
     pub async fn revoke_pairing(&self, sidecar_id: &str) -> Result<bool, GatewayError> {
         let revoked = self

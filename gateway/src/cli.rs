@@ -335,6 +335,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
 
 fn pairing_json(record: &PairingRecord) -> serde_json::Value {
     serde_json::json!({
+        "pairing_id": record.pairing_id.to_hex(),
         "sidecar_id": record.sidecar_id,
         "user_id": record.user_id,
         "display_name": record.display_name,

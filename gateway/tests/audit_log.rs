@@ -83,6 +83,7 @@ async fn the_forwarded_request_and_the_audit_line_carry_the_call_but_never_the_t
                     };
                     sidecar
                         .send(&Frame::Response(RelayResponse {
+                            journal: None,
                             request_id,
                             outcome,
                         }))

@@ -192,6 +192,17 @@ pub enum Outcome {
 pub struct RelayResponse {
     pub request_id: RequestId,
     pub outcome: Outcome,
+    /// The last trade-journal entry this call wrote on the laptop (order tools), so the
+    /// gateway's audit row anchors the journal's head where the journal's own file cannot
+    /// rewrite it.
+    pub journal: Option<JournalRef>,
+}
+
+/// One entry of the sidecar's trade journal: its sequence number and its keyed hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JournalRef {
+    pub seq: u64,
+    pub hash: [u8; 32],
 }
 
 /// Progress of a long-running call (e.g. waiting for a fill), relayed to the MCP client as a

@@ -14,6 +14,7 @@
 //!   which needs the ephemeral-ephemeral secret only the live sidecar holds.
 
 use crate::PROTOCOL_VERSION;
+pub use crate::envelope::JournalRef;
 use crate::identity::{PublicKey, StaticKeypair};
 use crate::limits::{MAX_HANDSHAKE_MESSAGE, MAX_SHORT_STRING};
 use crate::noise::{NOISE_PARAMS, RelayResolver, prologue};
@@ -42,6 +43,15 @@ pub struct ServerHello {
     pub protocol_version: u16,
     pub session_id: [u8; 16],
     pub instance_id: String,
+    /// [`user_id_hash`] of the OAuth subject whose calls this session will carry. The sidecar
+    /// refuses to serve a gateway that names another user than the one it pinned at pairing.
+    pub user_id_hash: [u8; 32],
+    /// The gateway's id of the pairing this session runs on (pinned by the sidecar).
+    pub pairing_id: [u8; 16],
+    /// The newest entry of the sidecar's trade journal the gateway has on record for this
+    /// pairing (from its audit trail), if any: the sidecar checks that its journal still holds
+    /// it, which detects a journal cut back or replaced by an older copy.
+    pub journal_anchor: Option<JournalRef>,
     /// The relay session expires this long after the sidecar reads this message unless renewed.
     pub session_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
@@ -63,6 +73,16 @@ pub enum HandshakeError {
     BadPeerKey,
     #[error("internal handshake state error")]
     State,
+}
+
+/// The hash of an OAuth subject as the handshake names it: SHA-256 over a domain label and
+/// the subject's bytes.
+pub fn user_id_hash(user_id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"ibkr-relay/v1 user id\n");
+    hasher.update(user_id.as_bytes());
+    hasher.finalize().into()
 }
 
 fn map_snow(error: snow::Error) -> HandshakeError {
@@ -285,6 +305,12 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             session_id: [0x33; 16],
             instance_id: "remote-1".into(),
+            user_id_hash: user_id_hash("local-user"),
+            pairing_id: [0x44; 16],
+            journal_anchor: Some(JournalRef {
+                seq: 7,
+                hash: [0x55; 32],
+            }),
             session_ttl_ms: 3_600_000,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,

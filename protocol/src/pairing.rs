@@ -8,20 +8,30 @@
 //! ```text
 //! code     = "<code id>-<secret>"  e.g. "K7QM-3XW9-PT4R"  (id: 4 chars, secret: 8 chars, base32)
 //! sidecar -> gateway  PairStart       { version, code_id, pake_a }
-//! gateway -> sidecar  PairStartReply  { exchange_id, pake_b }
+//! gateway -> sidecar  PairStartReply  { exchange_id, pake_b, E_g }      (E_g: fresh x25519 key)
 //!   both: K = SPAKE2(secret; id_a = "ibkr-relay/v1 sidecar", id_b = "ibkr-relay/v1 gateway")
-//!         T = SHA-256("ibkr-relay/v1 pairing" || u16be(version) || lp(code_id) || lp(pake_a) || lp(pake_b))
+//!         T = SHA-256("ibkr-relay/v1 pairing" || u16be(version) || lp(code_id) || lp(pake_a)
+//!                     || lp(pake_b) || E_g)
 //!         (kc_s, kc_g, ks_s, ks_g) = HKDF-SHA256(ikm = K, salt = T, info = label || role)
 //! sidecar -> gateway  PairFinish      { exchange_id, sealed_s = AEAD(ks_s, SidecarInfo; ad = T),
-//!                                       confirm_s = HMAC(kc_s, T || H(sealed_s)) }
+//!                                       confirm_s = HMAC(kc_s, T || H(sealed_s)),
+//!                                       possession = HMAC(kp, T || S_s || H(sealed_s)) }
+//!         kp = HKDF-SHA256(ikm = X25519(s_s, E_g), salt = T, info = "... pairing possession")
 //! gateway -> sidecar  PairFinishReply { sealed_g = AEAD(ks_g, GatewayInfo; ad = T),
 //!                                       confirm_g = HMAC(kc_g, T || H(sealed_s) || H(sealed_g)) }
 //! ```
 //! `lp(x)` is `u32be(len(x)) || x`. A wrong code shows up as a failed confirmation on the
-//! gateway (counted as an attempt) and never reveals which side was wrong.
+//! gateway and never reveals which side was wrong.
+//!
+//! **Proof of possession.** The code proves the sidecar is the person the operator meant; it
+//! does not prove that the static key `S_s` the sidecar registers is its own. Without more, a
+//! holder of an ordinary code for their own subject could register someone else's public key
+//! (public keys are printed, not secret). So the sidecar also proves it holds the secret `s_s`:
+//! only its holder can compute `X25519(s_s, E_g)` for the gateway's fresh ephemeral key, and
+//! the proof is bound to this exchange's transcript, so it cannot be replayed into another.
 
 use crate::PROTOCOL_VERSION;
-use crate::identity::PublicKey;
+use crate::identity::{PublicKey, StaticKeypair};
 use crate::limits::MAX_SHORT_STRING;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -118,6 +128,25 @@ impl PairingCode {
         &self.secret
     }
 
+    /// A code with `code_id` and a fresh random secret: the gateway answers a start for an id
+    /// that is not live with a PAKE under a decoy, so a live id and a dead one look the same
+    /// until a finish fails. `None` when `code_id` is not of the code alphabet.
+    pub fn decoy(code_id: &str, rng: &mut impl CryptoRngCore) -> Option<Self> {
+        if !Self::is_code_id(code_id) {
+            return None;
+        }
+        let secret = Self::generate(rng).secret.clone();
+        Some(PairingCode {
+            code_id: code_id.to_string(),
+            secret,
+        })
+    }
+
+    /// Whether `code_id` has the shape of a code id (length and alphabet).
+    pub fn is_code_id(code_id: &str) -> bool {
+        code_id.len() == CODE_ID_LEN && code_id.bytes().all(|b| CODE_ALPHABET.contains(&b))
+    }
+
     /// Rebuilds a code from its stored parts (gateway side).
     pub fn from_parts(code_id: &str, secret: &str) -> Result<Self, PairingError> {
         Self::parse(&format!("{code_id}{secret}"))
@@ -137,8 +166,11 @@ pub struct SidecarInfo {
 pub struct GatewayInfo {
     pub static_public: PublicKey,
     pub instance_id: String,
-    /// The OAuth subject this pairing serves.
+    /// The OAuth subject this pairing serves. The sidecar pins it and refuses a gateway whose
+    /// handshake names another.
     pub user_id: String,
+    /// The gateway's id for this pairing; the handshake names it too.
+    pub pairing_id: [u8; 16],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +184,9 @@ pub struct PairStart {
 pub struct PairStartReply {
     pub exchange_id: [u8; 16],
     pub pake: Vec<u8>,
+    /// A fresh x25519 key for this exchange: the sidecar proves possession of its static key
+    /// with a DH against it.
+    pub gateway_ephemeral: PublicKey,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +194,8 @@ pub struct PairFinish {
     pub exchange_id: [u8; 16],
     pub sealed_info: Vec<u8>,
     pub confirmation: [u8; 32],
+    /// Proof that the sender holds the secret of the static key in `sealed_info`.
+    pub possession: [u8; 32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +218,9 @@ pub enum PairingError {
     ConfirmationFailed,
     #[error("pairing info field empty or too long")]
     BadField,
+    /// The sidecar did not prove it holds the secret of the key it registered.
+    #[error("pairing proof of key possession failed")]
+    PossessionFailed,
 }
 
 struct SessionKeys {
@@ -201,6 +241,7 @@ fn derive_keys(
     code_id: &str,
     pake_a: &[u8],
     pake_b: &[u8],
+    gateway_ephemeral: &PublicKey,
 ) -> Result<SessionKeys, PairingError> {
     let mut hasher = Sha256::new();
     hasher.update(b"ibkr-relay/v1 pairing");
@@ -208,6 +249,7 @@ fn derive_keys(
     length_prefixed(&mut hasher, code_id.as_bytes());
     length_prefixed(&mut hasher, pake_a);
     length_prefixed(&mut hasher, pake_b);
+    hasher.update(gateway_ephemeral.0);
     let transcript: [u8; 32] = hasher.finalize().into();
     let hkdf = Hkdf::<Sha256>::new(Some(&transcript), shared);
     let expand = |info: &str| -> Result<Zeroizing<[u8; 32]>, PairingError> {
@@ -279,6 +321,24 @@ fn confirmation(
     Ok(mac.finalize().into_bytes().into())
 }
 
+/// `HMAC(kp, T || S_s || H(sealed_s))` with `kp` derived from the static-ephemeral DH output.
+/// A non-contributory DH (a low-order point on either side) never yields a proof.
+fn possession_proof(
+    dh: &x25519_dalek::SharedSecret,
+    transcript: &[u8; 32],
+    static_public: &PublicKey,
+    sealed_sidecar: &[u8],
+) -> Result<[u8; 32], PairingError> {
+    if !dh.was_contributory() {
+        return Err(PairingError::PossessionFailed);
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(transcript), dh.as_bytes())
+        .expand(b"ibkr-relay/v1 pairing possession", &mut key[..])
+        .map_err(|_| PairingError::PossessionFailed)?;
+    confirmation(&key, transcript, &[&static_public.0, sealed_sidecar])
+}
+
 fn check_field(text: &str) -> Result<(), PairingError> {
     if text.is_empty() || text.len() > MAX_SHORT_STRING || text.chars().any(char::is_control) {
         return Err(PairingError::BadField);
@@ -341,22 +401,62 @@ impl SidecarPairing {
         )
     }
 
+    /// Answers the gateway's reply. `local` is the sidecar's static key pair: its public half
+    /// must be the one `info` registers, and its secret proves possession.
     pub fn finish(
         self,
         reply: &PairStartReply,
         info: &SidecarInfo,
+        local: &StaticKeypair,
+    ) -> Result<(SidecarAwaitingConfirmation, PairFinish), PairingError> {
+        if info.static_public != local.public() {
+            return Err(PairingError::BadField);
+        }
+        self.finish_unchecked(reply, info, local)
+    }
+
+    /// `finish` without the check that `info` registers `local`'s key: what a hostile client
+    /// can send, for tests of the gateway's proof check (feature `hostile-peer`).
+    #[cfg(any(test, feature = "hostile-peer"))]
+    pub fn finish_claiming(
+        self,
+        reply: &PairStartReply,
+        info: &SidecarInfo,
+        local: &StaticKeypair,
+    ) -> Result<(SidecarAwaitingConfirmation, PairFinish), PairingError> {
+        self.finish_unchecked(reply, info, local)
+    }
+
+    fn finish_unchecked(
+        self,
+        reply: &PairStartReply,
+        info: &SidecarInfo,
+        local: &StaticKeypair,
     ) -> Result<(SidecarAwaitingConfirmation, PairFinish), PairingError> {
         check_sidecar_info(info)?;
+        if reply.gateway_ephemeral.is_low_order() {
+            return Err(PairingError::MalformedMessage);
+        }
         let shared = Zeroizing::new(
             self.spake
                 .finish(&reply.pake)
                 .map_err(|_| PairingError::MalformedMessage)?,
         );
-        let keys = derive_keys(&shared, &self.code_id, &self.pake_a, &reply.pake)?;
+        let keys = derive_keys(
+            &shared,
+            &self.code_id,
+            &self.pake_a,
+            &reply.pake,
+            &reply.gateway_ephemeral,
+        )?;
         let plaintext =
             Zeroizing::new(postcard::to_stdvec(info).map_err(|_| PairingError::MalformedMessage)?);
         let sealed_info = seal(&keys.seal_sidecar, &keys.transcript, &plaintext)?;
         let confirmation = confirmation(&keys.confirm_sidecar, &keys.transcript, &[&sealed_info])?;
+        let dh = x25519_dalek::StaticSecret::from(*local.secret_bytes())
+            .diffie_hellman(&x25519_dalek::PublicKey::from(reply.gateway_ephemeral.0));
+        let possession =
+            possession_proof(&dh, &keys.transcript, &info.static_public, &sealed_info)?;
         Ok((
             SidecarAwaitingConfirmation {
                 keys,
@@ -366,6 +466,7 @@ impl SidecarPairing {
                 exchange_id: reply.exchange_id,
                 sealed_info,
                 confirmation,
+                possession,
             },
         ))
     }
@@ -397,6 +498,8 @@ impl SidecarAwaitingConfirmation {
 /// Gateway side, after answering [`PairStart`].
 pub struct GatewayPairing {
     keys: SessionKeys,
+    /// The exchange's ephemeral secret (zeroized on drop by x25519-dalek).
+    ephemeral: x25519_dalek::StaticSecret,
 }
 
 /// Gateway side, after the sidecar proved it knows the code.
@@ -420,6 +523,8 @@ impl GatewayPairing {
         if start.code_id != code.code_id {
             return Err(PairingError::MalformedMessage);
         }
+        let mut ephemeral_bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut ephemeral_bytes[..]);
         let (id_a, id_b) = spake_identities();
         let (spake, pake_b) = Spake2::<Ed25519Group>::start_b_with_rng(
             &Password::new(code.secret.as_bytes()),
@@ -427,22 +532,33 @@ impl GatewayPairing {
             &id_b,
             rng,
         );
+        let ephemeral = x25519_dalek::StaticSecret::from(*ephemeral_bytes);
+        let gateway_ephemeral = PublicKey(x25519_dalek::PublicKey::from(&ephemeral).to_bytes());
         let shared = Zeroizing::new(
             spake
                 .finish(&start.pake)
                 .map_err(|_| PairingError::MalformedMessage)?,
         );
-        let keys = derive_keys(&shared, &code.code_id, &start.pake, &pake_b)?;
+        let keys = derive_keys(
+            &shared,
+            &code.code_id,
+            &start.pake,
+            &pake_b,
+            &gateway_ephemeral,
+        )?;
         Ok((
-            GatewayPairing { keys },
+            GatewayPairing { keys, ephemeral },
             PairStartReply {
                 exchange_id,
                 pake: pake_b,
+                gateway_ephemeral,
             },
         ))
     }
 
-    /// Checks the sidecar's confirmation. `ConfirmationFailed` means a wrong code.
+    /// Checks the sidecar's confirmation, then its proof of possession of the static key it
+    /// registers. `ConfirmationFailed` means a wrong code; `PossessionFailed` a sender that
+    /// knows the code but not the secret of the key it names.
     pub fn verify(self, finish: &PairFinish) -> Result<VerifiedPairing, PairingError> {
         let expected = confirmation(
             &self.keys.confirm_sidecar,
@@ -460,6 +576,18 @@ impl GatewayPairing {
         let sidecar: SidecarInfo =
             postcard::from_bytes(&plaintext).map_err(|_| PairingError::MalformedMessage)?;
         check_sidecar_info(&sidecar)?;
+        let dh = self
+            .ephemeral
+            .diffie_hellman(&x25519_dalek::PublicKey::from(sidecar.static_public.0));
+        let expected = possession_proof(
+            &dh,
+            &self.keys.transcript,
+            &sidecar.static_public,
+            &finish.sealed_info,
+        )?;
+        if !bool::from(expected.ct_eq(&finish.possession)) {
+            return Err(PairingError::PossessionFailed);
+        }
         Ok(VerifiedPairing {
             keys: self.keys,
             sealed_sidecar: finish.sealed_info.clone(),
@@ -532,9 +660,13 @@ mod tests {
     }
     impl rand_core::CryptoRng for TestRng {}
 
+    fn sidecar_key() -> StaticKeypair {
+        StaticKeypair::from_secret_bytes([1; 32])
+    }
+
     fn sidecar_info() -> SidecarInfo {
         SidecarInfo {
-            static_public: StaticKeypair::from_secret_bytes([1; 32]).public(),
+            static_public: sidecar_key().public(),
             sidecar_id: "sidecar-example".into(),
             display_name: "laptop".into(),
         }
@@ -544,6 +676,7 @@ mod tests {
             static_public: StaticKeypair::from_secret_bytes([2; 32]).public(),
             instance_id: "remote-1".into(),
             user_id: "local-user".into(),
+            pairing_id: [5; 16],
         }
     }
 
@@ -563,7 +696,7 @@ mod tests {
         let (sidecar, start) = SidecarPairing::start(sidecar_code, &mut sidecar_rng);
         let (gateway, start_reply) =
             GatewayPairing::respond(gateway_code, &start, [7; 16], &mut gateway_rng)?;
-        let (awaiting, finish) = sidecar.finish(&start_reply, &sidecar_info())?;
+        let (awaiting, finish) = sidecar.finish(&start_reply, &sidecar_info(), &sidecar_key())?;
         let verified = gateway.verify(&finish)?;
         let seen_sidecar = verified.sidecar.clone();
         let finish_reply = verified.reply(&gateway_info())?;
@@ -605,7 +738,9 @@ mod tests {
         let (sidecar, start) = SidecarPairing::start(&code, &mut rng);
         let (gateway, start_reply) =
             GatewayPairing::respond(&code, &start, [7; 16], &mut rng).unwrap();
-        let (awaiting, finish) = sidecar.finish(&start_reply, &sidecar_info()).unwrap();
+        let (awaiting, finish) = sidecar
+            .finish(&start_reply, &sidecar_info(), &sidecar_key())
+            .unwrap();
         let mut reply = gateway
             .verify(&finish)
             .unwrap()
@@ -647,6 +782,100 @@ mod tests {
             assert_eq!(parsed.code_id(), code.code_id());
             assert_eq!(parsed.secret(), code.secret());
         }
+    }
+
+    /// Runs an exchange in which the sidecar registers `claimed` but holds `held`, as a hostile
+    /// client would (an honest one refuses: see `finish`).
+    fn exchange_claiming(
+        claimed: PublicKey,
+        held: &StaticKeypair,
+    ) -> Result<SidecarInfo, PairingError> {
+        let code = PairingCode::parse("K7QM-3XW9-PT4R").unwrap();
+        let mut rng = TestRng(11);
+        let (sidecar, start) = SidecarPairing::start(&code, &mut rng);
+        let (gateway, reply) = GatewayPairing::respond(&code, &start, [7; 16], &mut rng)?;
+        let info = SidecarInfo {
+            static_public: claimed,
+            ..sidecar_info()
+        };
+        let (_, finish) = sidecar.finish_claiming(&reply, &info, held)?;
+        gateway.verify(&finish).map(|verified| verified.sidecar)
+    }
+
+    #[test]
+    fn a_key_the_sender_does_not_hold_is_refused() {
+        // Holding the right code is not enough to register someone else's public key.
+        let victim = StaticKeypair::from_secret_bytes([0x44; 32]).public();
+        assert_eq!(
+            exchange_claiming(victim, &sidecar_key()).err(),
+            Some(PairingError::PossessionFailed)
+        );
+        // An honest client does not even try.
+        let code = PairingCode::parse("K7QM-3XW9-PT4R").unwrap();
+        let mut rng = TestRng(12);
+        let (sidecar, start) = SidecarPairing::start(&code, &mut rng);
+        let (_, reply) = GatewayPairing::respond(&code, &start, [7; 16], &mut rng).unwrap();
+        let info = SidecarInfo {
+            static_public: victim,
+            ..sidecar_info()
+        };
+        assert_eq!(
+            sidecar.finish(&reply, &info, &sidecar_key()).err(),
+            Some(PairingError::BadField)
+        );
+        // The honest case through the same path.
+        assert_eq!(
+            exchange_claiming(sidecar_key().public(), &sidecar_key()),
+            Ok(sidecar_info())
+        );
+    }
+
+    #[test]
+    fn a_possession_proof_does_not_carry_over_to_another_exchange() {
+        let code = PairingCode::parse("K7QM-3XW9-PT4R").unwrap();
+        let mut rng = TestRng(21);
+        let (first_sidecar, first_start) = SidecarPairing::start(&code, &mut rng);
+        let (_, first_reply) =
+            GatewayPairing::respond(&code, &first_start, [1; 16], &mut rng).unwrap();
+        let (_, first_finish) = first_sidecar
+            .finish(&first_reply, &sidecar_info(), &sidecar_key())
+            .unwrap();
+        let (second_sidecar, second_start) = SidecarPairing::start(&code, &mut rng);
+        let (second_gateway, second_reply) =
+            GatewayPairing::respond(&code, &second_start, [2; 16], &mut rng).unwrap();
+        let (_, mut second_finish) = second_sidecar
+            .finish(&second_reply, &sidecar_info(), &sidecar_key())
+            .unwrap();
+        second_finish.possession = first_finish.possession;
+        assert_eq!(
+            second_gateway.verify(&second_finish).err(),
+            Some(PairingError::PossessionFailed)
+        );
+    }
+
+    #[test]
+    fn a_low_order_gateway_ephemeral_is_refused_by_the_sidecar() {
+        let code = PairingCode::parse("K7QM-3XW9-PT4R").unwrap();
+        let mut rng = TestRng(31);
+        let (sidecar, start) = SidecarPairing::start(&code, &mut rng);
+        let (_, mut reply) = GatewayPairing::respond(&code, &start, [1; 16], &mut rng).unwrap();
+        reply.gateway_ephemeral = PublicKey([0; 32]);
+        assert_eq!(
+            sidecar
+                .finish(&reply, &sidecar_info(), &sidecar_key())
+                .err(),
+            Some(PairingError::MalformedMessage)
+        );
+    }
+
+    #[test]
+    fn decoy_codes_keep_the_id_and_refuse_foreign_ids() {
+        let mut rng = TestRng(41);
+        let decoy = PairingCode::decoy("K7QM", &mut rng).unwrap();
+        assert_eq!(decoy.code_id(), "K7QM");
+        assert_eq!(decoy.secret().len(), CODE_SECRET_LEN);
+        assert!(PairingCode::decoy("K7Q", &mut rng).is_none());
+        assert!(PairingCode::decoy("K7QU", &mut rng).is_none());
     }
 
     #[test]

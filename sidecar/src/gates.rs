@@ -273,6 +273,7 @@ mod tests {
             gateway_url: None,
             relay_url: None,
             gateway_public_key: Some(gateway_key()),
+            gateway_pairing_id: Some([2; 16]),
             local_scopes: ScopeSet::read_only_default(),
             created_at: NOW_UNIX - 100,
             expires_at: None,

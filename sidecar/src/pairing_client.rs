@@ -7,7 +7,7 @@
 
 use crate::clock::now_unix_seconds;
 use crate::error::SidecarError;
-use crate::identity::validate_sidecar_id;
+use crate::identity::{load_keypair, validate_sidecar_id};
 use crate::net::{self, UrlKind};
 use crate::state::{PairingRecord, StateStore};
 use protocol::pairing::{
@@ -49,6 +49,7 @@ fn map_pairing_error(error: PairingError) -> SidecarError {
         PairingError::MalformedMessage | PairingError::BadField => {
             SidecarError::internal("(the gateway sent a malformed pairing message)")
         }
+        PairingError::PossessionFailed => SidecarError::bare(ErrorCode::PairingKeyProofFailed),
     }
 }
 
@@ -153,9 +154,8 @@ pub async fn pair(
         validate_sidecar_id(id)?;
     }
     let store = StateStore::open(state_dir)?;
-    let identity = store
-        .identity()?
-        .ok_or_else(|| SidecarError::bare(ErrorCode::IdentityMissing))?;
+    // The key's secret proves to the gateway that this laptop holds the key it registers.
+    let (identity, keypair) = load_keypair(state_dir, &store)?;
     if let Some(id) = sidecar_id
         && id != identity.sidecar_id
     {
@@ -182,7 +182,10 @@ pub async fn pair(
         sidecar_id: identity.sidecar_id.clone(),
         display_name: identity.display_name.clone(),
     };
-    let (awaiting, finish) = pending.finish(&reply, &info).map_err(map_pairing_error)?;
+    let (awaiting, finish) = pending
+        .finish(&reply, &info, &keypair)
+        .map_err(map_pairing_error)?;
+    drop(keypair);
     let body = pairing::encode(&finish).map_err(map_pairing_error)?;
     let reply_bytes = post(&client, &net::join(&base, "/pair/finish"), body).await?;
     let reply: PairFinishReply = pairing::decode(&reply_bytes).map_err(map_pairing_error)?;
@@ -195,6 +198,7 @@ pub async fn pair(
         gateway_url: Some(base.as_str().trim_end_matches('/').to_string()),
         relay_url: Some(relay_url),
         gateway_public_key: Some(gateway.static_public),
+        gateway_pairing_id: Some(gateway.pairing_id),
         local_scopes: ScopeSet::read_only_default(),
         created_at: now_unix_seconds(),
         expires_at: None,

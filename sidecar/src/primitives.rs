@@ -126,6 +126,7 @@ pub fn create_pairing(
         gateway_url: None,
         relay_url: None,
         gateway_public_key: None,
+        gateway_pairing_id: None,
         local_scopes: ScopeSet::from_list(&granted),
         created_at: now,
         expires_at: Some(expires_at),

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -59,6 +59,12 @@ CREATE TABLE handshake_clock (
 );
 ";
 
+/// Version 1 -> 2: the gateway's id of the pairing, pinned at pairing (or, for a pairing made
+/// before version 2, at the first handshake that names it).
+const SCHEMA_V1_TO_V2: &str = "
+ALTER TABLE pairings ADD COLUMN gateway_pairing_id TEXT NULL;
+";
+
 /// The sidecar's identity as recorded (the secret, if any, is in `identity.key`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityRecord {
@@ -87,6 +93,8 @@ pub struct PairingRecord {
     pub relay_url: Option<String>,
     /// The gateway key pinned at pairing; the handshake authenticates against it.
     pub gateway_public_key: Option<PublicKey>,
+    /// The gateway's id of this pairing; a handshake that names another is refused.
+    pub gateway_pairing_id: Option<[u8; 16]>,
     /// Scopes granted locally (read-only by default).
     pub local_scopes: ScopeSet,
     pub created_at: i64,
@@ -196,6 +204,23 @@ fn identity_from_row(row: &Row<'_>) -> rusqlite::Result<IdentityRecord> {
     })
 }
 
+fn pairing_id_column(text: Option<String>) -> rusqlite::Result<Option<[u8; 16]>> {
+    let invalid = || {
+        rusqlite::Error::InvalidColumnType(
+            0,
+            "gateway_pairing_id".to_string(),
+            rusqlite::types::Type::Text,
+        )
+    };
+    match text {
+        None => Ok(None),
+        Some(text) => {
+            let bytes = hex::decode(text).map_err(|_| invalid())?;
+            Ok(Some(bytes.try_into().map_err(|_| invalid())?))
+        }
+    }
+}
+
 fn pairing_from_row(row: &Row<'_>) -> rusqlite::Result<PairingRecord> {
     let scopes: String = row.get("local_scopes")?;
     Ok(PairingRecord {
@@ -208,6 +233,7 @@ fn pairing_from_row(row: &Row<'_>) -> rusqlite::Result<PairingRecord> {
             row.get("gateway_public_key_hex")?,
             "gateway_public_key_hex",
         )?,
+        gateway_pairing_id: pairing_id_column(row.get("gateway_pairing_id")?)?,
         local_scopes: ScopeSet::from_oauth(&scopes),
         created_at: row.get("created_at")?,
         expires_at: row.get("expires_at")?,
@@ -228,7 +254,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<RelaySessionRecord> {
 }
 
 const PAIRING_COLUMNS: &str = "remote_instance_id, sidecar_id, user_id, gateway_url, relay_url, \
-    gateway_public_key_hex, local_scopes, created_at, expires_at, revoked_at";
+    gateway_public_key_hex, local_scopes, created_at, expires_at, revoked_at, gateway_pairing_id";
 
 const SESSION_COLUMNS: &str = "session_id, remote_instance_id, sidecar_id, created_at, expires_at, last_heartbeat_at, closed_at";
 
@@ -279,6 +305,11 @@ impl StateStore {
         match version {
             0 => {
                 transaction.execute_batch(SCHEMA_V1)?;
+                transaction.execute_batch(SCHEMA_V1_TO_V2)?;
+                transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            1 => {
+                transaction.execute_batch(SCHEMA_V1_TO_V2)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -339,7 +370,7 @@ impl StateStore {
         connection.execute(
             &format!(
                 "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             ),
             params![
                 record.remote_instance_id,
@@ -351,7 +382,8 @@ impl StateStore {
                 record.local_scopes.to_oauth(),
                 record.created_at,
                 record.expires_at,
-                record.revoked_at
+                record.revoked_at,
+                record.gateway_pairing_id.map(hex::encode)
             ],
         )?;
         Ok(())
@@ -420,6 +452,24 @@ impl StateStore {
             "UPDATE pairings SET revoked_at = ?3 \
              WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND revoked_at IS NULL",
             params![remote_instance_id, sidecar_id, now],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Pins the gateway's pairing id on a record made before pairing ids existed (the first
+    /// handshake that names one, authenticated by the pinned gateway key). Never replaces an
+    /// id already pinned; returns whether it pinned.
+    pub fn pin_gateway_pairing_id(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+        pairing_id: [u8; 16],
+    ) -> Result<bool, SidecarError> {
+        let connection = self.lock()?;
+        let changed = connection.execute(
+            "UPDATE pairings SET gateway_pairing_id = ?3 \
+             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND gateway_pairing_id IS NULL",
+            params![remote_instance_id, sidecar_id, hex::encode(pairing_id)],
         )?;
         Ok(changed > 0)
     }
@@ -510,7 +560,7 @@ impl StateStore {
         transaction.execute(
             &format!(
                 "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             ),
             params![
                 record.remote_instance_id,
@@ -522,7 +572,8 @@ impl StateStore {
                 record.local_scopes.to_oauth(),
                 record.created_at,
                 record.expires_at,
-                record.revoked_at
+                record.revoked_at,
+                record.gateway_pairing_id.map(hex::encode)
             ],
         )?;
         transaction.commit()?;
@@ -692,6 +743,7 @@ mod tests {
             gateway_url: Some("http://127.0.0.1:8080".into()),
             relay_url: Some("ws://127.0.0.1:8080/relay".into()),
             gateway_public_key: Some(StaticKeypair::from_secret_bytes([3; 32]).public()),
+            gateway_pairing_id: Some([4; 16]),
             local_scopes: ScopeSet::read_only_default(),
             created_at,
             expires_at: None,
@@ -822,6 +874,7 @@ mod tests {
             gateway_url: None,
             relay_url: None,
             gateway_public_key: None,
+            gateway_pairing_id: None,
             local_scopes: ScopeSet::read_only_default(),
             created_at: 100,
             expires_at: Some(400),

@@ -556,6 +556,8 @@ async fn pair_sidecars(
 struct Credentials {
     keypair: StaticKeypair,
     gateway_key: PublicKey,
+    user_id: String,
+    pairing_id: Option<[u8; 16]>,
     hello: ClientHello,
 }
 
@@ -575,6 +577,8 @@ fn load_credentials(state_dir: &Path) -> BenchResult<Credentials> {
     Ok(Credentials {
         keypair,
         gateway_key,
+        user_id: pairing.user_id,
+        pairing_id: pairing.gateway_pairing_id,
         hello: ClientHello {
             protocol_version: protocol::PROTOCOL_VERSION,
             sidecar_id: identity.sidecar_id,
@@ -605,12 +609,17 @@ async fn open_session(
     mut stream: RelayStream,
     credentials: Credentials,
 ) -> BenchResult<(RelayStream, Transport)> {
+    let pinned = ibkr_agent::relay::handshake::Pinned {
+        gateway_key: &credentials.gateway_key,
+        instance_id: &credentials.hello.remote_instance_id,
+        user_id: &credentials.user_id,
+        pairing_id: credentials.pairing_id,
+    };
     let (mut transport, _) = ibkr_agent::relay::handshake::perform(
         &mut stream,
         &credentials.keypair,
-        &credentials.gateway_key,
         &credentials.hello,
-        &credentials.hello.remote_instance_id,
+        &pinned,
     )
     .await?;
     let confirmation = Frame::SidecarStatus(SidecarStatus {

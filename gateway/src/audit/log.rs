@@ -1,7 +1,7 @@
 //! The audit table: what one audited tool call stores, the writer's own connection
 //! (append, retention pruning) and reading the tail back.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, connect, write_transaction};
 use rusqlite::{Connection, params};
 use std::time::Duration;
 
@@ -63,9 +63,7 @@ impl AuditLog {
     /// Opens a second connection to `store`'s database (the schema exists: the store created
     /// it). Blocking.
     pub fn open(store: &Store) -> Result<AuditLog, StoreError> {
-        let conn = Connection::open(store.path())?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        let conn = connect(store.path())?;
         Ok(AuditLog { conn })
     }
 
@@ -92,7 +90,7 @@ impl AuditLog {
 
     /// Appends records in one transaction. Blocking.
     pub fn append(&mut self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO audit (time_ms, subject, token_id_hmac, client_id, tool, scope,

@@ -3,11 +3,13 @@
 //! that tells a client whether trying again can help.
 
 use crate::error::GatewayError;
+use crate::http::listener::PeerAddr;
+use crate::http::net::{client_ip, rate_limit_key};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::pairing::{PairFinish, PairStart};
 use shared_safety::ErrorCode;
@@ -23,17 +25,28 @@ fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::PairingAttemptsExceeded | ErrorCode::AuthRateLimited => {
             StatusCode::TOO_MANY_REQUESTS
         }
-        ErrorCode::SidecarIdConflict => StatusCode::CONFLICT,
+        ErrorCode::SidecarIdConflict | ErrorCode::PairingKeyAlreadyPaired => StatusCode::CONFLICT,
+        ErrorCode::PairingKeyProofFailed => StatusCode::FORBIDDEN,
         ErrorCode::StateStoreError | ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
 }
 
+/// What a rate-limited pairing client is told to wait (RFC 9110 `Retry-After`). A client past
+/// its failure budget stays refused for the rest of a 15-minute window; asking again each
+/// minute costs it nothing and learns when the window ends.
+const PAIRING_RETRY_AFTER_SECONDS: &str = "60";
+
 fn error_response(error: &GatewayError) -> Response {
     let mut response = (status_for(error.code), Json(error.to_json())).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if error.code == ErrorCode::AuthRateLimited {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(PAIRING_RETRY_AFTER_SECONDS),
+        );
+    }
     response
 }
 
@@ -55,12 +68,28 @@ fn malformed() -> GatewayError {
     )
 }
 
-pub(crate) async fn pair_start(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+/// The client's rate-limit key: its address as the trusted-proxy rules resolve it, an IPv6
+/// client grouped by /64.
+fn peer_key(state: &AppState, peer: &PeerAddr, headers: &HeaderMap) -> String {
+    let client = client_ip(peer.0.ip(), headers, &state.resolved.trusted_proxies);
+    rate_limit_key(client)
+}
+
+pub(crate) async fn pair_start(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(start) = protocol::pairing::decode::<PairStart>(&body) else {
         let error = malformed();
         return (StatusCode::BAD_REQUEST, Json(error.to_json())).into_response();
     };
-    match state.pairing.start(start).await {
+    match state
+        .pairing
+        .start(start, &peer_key(&state, &peer, &headers))
+        .await
+    {
         Ok(reply) => match protocol::pairing::encode(&reply) {
             Ok(bytes) => binary_response(bytes),
             Err(_) => error_response(&GatewayError::new(ErrorCode::InternalError)),
@@ -69,12 +98,21 @@ pub(crate) async fn pair_start(State(state): State<Arc<AppState>>, body: Bytes) 
     }
 }
 
-pub(crate) async fn pair_finish(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub(crate) async fn pair_finish(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(finish) = protocol::pairing::decode::<PairFinish>(&body) else {
         let error = malformed();
         return (StatusCode::BAD_REQUEST, Json(error.to_json())).into_response();
     };
-    match state.pairing.finish(finish).await {
+    match state
+        .pairing
+        .finish(finish, &peer_key(&state, &peer, &headers))
+        .await
+    {
         Ok(reply) => match protocol::pairing::encode(&reply) {
             Ok(bytes) => binary_response(bytes),
             Err(_) => error_response(&GatewayError::new(ErrorCode::InternalError)),

@@ -1,21 +1,31 @@
 //! Pairing, the gateway side: issuing single-use codes (CLI and library) and running the
 //! SPAKE2 exchange behind `/pair/start` and `/pair/finish`.
 //!
-//! Every `/pair/start` on a live code counts an attempt durably before the PAKE runs; a wrong
-//! code surfaces as a failed confirmation at `/pair/finish`, indistinguishable from any other
-//! failure (`PAIRING_CODE_INVALID`). The in-progress exchange (PAKE state) lives only in
-//! memory for [`EXCHANGE_TTL`] in a bounded map; a restart simply voids it.
+//! - A start never reveals whether a code id is live: a live id gets a PAKE reply under its
+//!   secret, any other well-formed id one under a decoy secret, and both look the same until a
+//!   finish fails. A start spends nothing, so junk starts cannot burn a rightful user's code.
+//! - A finish is a tested guess: it is counted against the code durably before the
+//!   confirmation is checked, and a failed one also counts against the client address
+//!   ([`MAX_FAILED_FINISHES_PER_PEER`] per [`PEER_FAILURE_WINDOW`]), so one client cannot guess
+//!   its way through codes. A wrong code answers `PAIRING_CODE_INVALID`, like an unknown id.
+//! - The sidecar must prove it holds the secret of the key it registers (see
+//!   `protocol::pairing`), and a key or sidecar id already in an active pairing is refused:
+//!   a pairing is never moved to another user, sidecar id or key.
+//!
+//! The in-progress exchange (PAKE state) lives only in memory for [`EXCHANGE_TTL`] in a
+//! bounded map; a restart simply voids it.
 
 pub(crate) mod http;
 
 use crate::clock::unix_ms;
 use crate::error::GatewayError;
-use crate::store::{CodeCheck, CompleteOutcome, NewPairingCode, Store};
+use crate::store::pairings::NewPairing;
+use crate::store::{CodeCheck, CodeState, CompleteOutcome, NewPairingCode, PairingId, Store};
 use protocol::identity::PublicKey;
 use protocol::limits::MAX_SHORT_STRING;
 use protocol::pairing::{
     GatewayInfo, GatewayPairing, PairFinish, PairFinishReply, PairStart, PairStartReply,
-    PairingCode,
+    PairingCode, PairingError,
 };
 use rand_core::{OsRng, RngCore};
 use shared_safety::ErrorCode;
@@ -29,6 +39,20 @@ use zeroize::Zeroizing;
 pub const EXCHANGE_TTL: Duration = Duration::from_secs(60);
 /// Most exchanges in progress at once.
 pub const MAX_EXCHANGES: usize = 256;
+/// Most exchanges in progress at once from one client address.
+pub const MAX_EXCHANGES_PER_PEER: usize = 8;
+/// Failed finishes (wrong code, unknown id, failed key proof) one client address may make per
+/// [`PEER_FAILURE_WINDOW`] before its pairing requests are refused until the window ends.
+pub const MAX_FAILED_FINISHES_PER_PEER: u32 = 10;
+/// Failed finishes one client address may make on one code id per [`PEER_FAILURE_WINDOW`].
+/// Below the code's own attempt limit (`pairing.max_attempts_per_code`, default 5), so a single
+/// client that learned a live code id cannot use up its attempts before its rightful user.
+pub const MAX_FAILED_FINISHES_PER_PEER_AND_CODE: u32 = 2;
+/// See [`MAX_FAILED_FINISHES_PER_PEER`].
+pub const PEER_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Client addresses whose failures are remembered at once; past it, pairing requests from
+/// addresses not yet tracked are refused (fail closed) until windows expire.
+const MAX_TRACKED_PEERS: usize = 4096;
 /// Longest code lifetime the gateway issues.
 pub const MAX_CODE_TTL: Duration = Duration::from_secs(86_400);
 
@@ -106,10 +130,27 @@ pub async fn issue_code(
     ))
 }
 
+/// Whether an exchange runs on a live code's secret or on a decoy.
+enum ExchangeKind {
+    Live,
+    Decoy(CodeState),
+}
+
 struct Exchange {
     pake: GatewayPairing,
     code_id: String,
+    kind: ExchangeKind,
+    /// The client address (rate-limit key) that started it.
+    peer: String,
     started: Instant,
+}
+
+/// Failed finishes of one client address in the current window.
+struct PeerFailures {
+    window_start: Instant,
+    failures: u32,
+    /// Per code id (at most [`MAX_FAILED_FINISHES_PER_PEER`] entries).
+    per_code: HashMap<String, u32>,
 }
 
 /// The server side of the pairing exchange.
@@ -118,6 +159,7 @@ pub struct PairingService {
     public_key: PublicKey,
     instance_id: String,
     exchanges: Mutex<HashMap<[u8; 16], Exchange>>,
+    peers: Mutex<HashMap<String, PeerFailures>>,
 }
 
 impl std::fmt::Debug for PairingService {
@@ -128,6 +170,27 @@ impl std::fmt::Debug for PairingService {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Entries are independent; a panic elsewhere leaves the map usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn store_error(error: crate::store::StoreError) -> GatewayError {
+    tracing::error!(%error, "pairing: state store failed");
+    GatewayError::new(ErrorCode::StateStoreError)
+}
+
+fn dead_code_error(state: CodeState) -> GatewayError {
+    GatewayError::new(match state {
+        CodeState::Unknown => ErrorCode::PairingCodeInvalid,
+        CodeState::Expired => ErrorCode::PairingCodeExpired,
+        CodeState::Used => ErrorCode::PairingCodeUsed,
+        CodeState::AttemptsExceeded => ErrorCode::PairingAttemptsExceeded,
+    })
+}
+
 impl PairingService {
     pub fn new(store: Store, public_key: PublicKey, instance_id: String) -> PairingService {
         PairingService {
@@ -135,54 +198,89 @@ impl PairingService {
             public_key,
             instance_id,
             exchanges: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
-    fn exchanges(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Exchange>> {
-        // PAKE states are independent entries; a panic elsewhere leaves the map usable.
-        self.exchanges
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Refuses a client address that used up its failures in the current window (overall, or
+    /// on `code_id`), or that cannot be tracked because too many addresses are.
+    fn check_peer(&self, peer: &str, code_id: Option<&str>) -> Result<(), GatewayError> {
+        let now = Instant::now();
+        let mut peers = lock(&self.peers);
+        peers.retain(|_, entry| now.duration_since(entry.window_start) < PEER_FAILURE_WINDOW);
+        let limited = match peers.get(peer) {
+            Some(entry) => {
+                entry.failures >= MAX_FAILED_FINISHES_PER_PEER
+                    || code_id.is_some_and(|id| {
+                        entry.per_code.get(id).copied().unwrap_or(0)
+                            >= MAX_FAILED_FINISHES_PER_PEER_AND_CODE
+                    })
+            }
+            None => peers.len() >= MAX_TRACKED_PEERS,
+        };
+        if limited {
+            return Err(GatewayError::new(ErrorCode::AuthRateLimited));
+        }
+        Ok(())
     }
 
-    /// `/pair/start`: checks the code, counts the attempt, answers the PAKE.
-    pub async fn start(&self, start: PairStart) -> Result<PairStartReply, GatewayError> {
-        if start.code_id.is_empty() || start.code_id.len() > 16 {
+    fn record_failure(&self, peer: &str, code_id: &str) {
+        let now = Instant::now();
+        let mut peers = lock(&self.peers);
+        let entry = peers.entry(peer.to_string()).or_insert(PeerFailures {
+            window_start: now,
+            failures: 0,
+            per_code: HashMap::new(),
+        });
+        entry.failures = entry.failures.saturating_add(1);
+        let on_code = entry.per_code.entry(code_id.to_string()).or_insert(0);
+        *on_code = on_code.saturating_add(1);
+    }
+
+    /// `/pair/start`: answers the PAKE, under the code's secret when the id is live and under
+    /// a decoy otherwise. Spends nothing. `peer` is the client's rate-limit key.
+    pub async fn start(
+        &self,
+        start: PairStart,
+        peer: &str,
+    ) -> Result<PairStartReply, GatewayError> {
+        // A malformed id can never be live, so refusing it reveals nothing.
+        if !PairingCode::is_code_id(&start.code_id) {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         }
-        // Make room before spending an attempt, so an overloaded gateway never burns one.
+        self.check_peer(peer, None)?;
+        // Make room first, so an overloaded gateway answers before touching the store.
         {
             let now = Instant::now();
-            let mut exchanges = self.exchanges();
+            let mut exchanges = lock(&self.exchanges);
             exchanges.retain(|_, exchange| now.duration_since(exchange.started) < EXCHANGE_TTL);
-            if exchanges.len() >= MAX_EXCHANGES {
+            let from_peer = exchanges.values().filter(|e| e.peer == peer).count();
+            if exchanges.len() >= MAX_EXCHANGES || from_peer >= MAX_EXCHANGES_PER_PEER {
                 return Err(GatewayError::new(ErrorCode::AuthRateLimited));
             }
         }
         let check = self
             .store
-            .begin_pairing_attempt(start.code_id.clone(), unix_ms())
+            .lookup_pairing_code(start.code_id.clone(), unix_ms())
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "pairing code lookup failed");
-                GatewayError::new(ErrorCode::StateStoreError)
-            })?;
-        let secret = match check {
-            CodeCheck::Accepted { secret, .. } => secret,
-            CodeCheck::Unknown => return Err(GatewayError::new(ErrorCode::PairingCodeInvalid)),
-            CodeCheck::Expired => return Err(GatewayError::new(ErrorCode::PairingCodeExpired)),
-            CodeCheck::Used => return Err(GatewayError::new(ErrorCode::PairingCodeUsed)),
-            CodeCheck::AttemptsExceeded => {
-                return Err(GatewayError::new(ErrorCode::PairingAttemptsExceeded));
-            }
+            .map_err(store_error)?;
+        let (code, kind) = match check {
+            CodeCheck::Live { secret, .. } => (
+                PairingCode::from_parts(&start.code_id, &secret)
+                    .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?,
+                ExchangeKind::Live,
+            ),
+            CodeCheck::Dead(state) => (
+                PairingCode::decoy(&start.code_id, &mut OsRng)
+                    .ok_or_else(|| GatewayError::new(ErrorCode::PairingCodeInvalid))?,
+                ExchangeKind::Decoy(state),
+            ),
         };
-        let code = PairingCode::from_parts(&start.code_id, &secret)
-            .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?;
         let mut exchange_id = [0u8; 16];
         OsRng.fill_bytes(&mut exchange_id);
         let (pake, reply) = GatewayPairing::respond(&code, &start, exchange_id, &mut OsRng)
             .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?;
-        let mut exchanges = self.exchanges();
+        let mut exchanges = lock(&self.exchanges);
         if exchanges.len() >= MAX_EXCHANGES {
             return Err(GatewayError::new(ErrorCode::AuthRateLimited));
         }
@@ -191,41 +289,68 @@ impl PairingService {
             Exchange {
                 pake,
                 code_id: start.code_id,
+                kind,
+                peer: peer.to_string(),
                 started: Instant::now(),
             },
         );
         Ok(reply)
     }
 
-    /// `/pair/finish`: verifies the sidecar's confirmation, commits the pairing, confirms back.
-    pub async fn finish(&self, finish: PairFinish) -> Result<PairFinishReply, GatewayError> {
+    /// `/pair/finish`: counts the guess, verifies the confirmation and the key proof, commits
+    /// the pairing, confirms back.
+    pub async fn finish(
+        &self,
+        finish: PairFinish,
+        peer: &str,
+    ) -> Result<PairFinishReply, GatewayError> {
         // Single use: the exchange is gone whatever happens next.
-        let exchange = self.exchanges().remove(&finish.exchange_id);
+        let exchange = lock(&self.exchanges).remove(&finish.exchange_id);
         let Some(exchange) = exchange else {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         };
+        self.check_peer(peer, Some(&exchange.code_id))?;
         if exchange.started.elapsed() >= EXCHANGE_TTL {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         }
-        let verified = exchange.pake.verify(&finish).map_err(|_| {
-            tracing::info!(code_id = %exchange.code_id, "pairing confirmation failed (wrong code?)");
-            GatewayError::new(ErrorCode::PairingCodeInvalid)
-        })?;
+        if let ExchangeKind::Decoy(state) = exchange.kind {
+            self.record_failure(peer, &exchange.code_id);
+            return Err(dead_code_error(state));
+        }
+        if let Some(state) = self
+            .store
+            .count_pairing_attempt(exchange.code_id.clone(), unix_ms())
+            .await
+            .map_err(store_error)?
+        {
+            return Err(dead_code_error(state));
+        }
+        let verified = match exchange.pake.verify(&finish) {
+            Ok(verified) => verified,
+            Err(PairingError::PossessionFailed) => {
+                self.record_failure(peer, &exchange.code_id);
+                tracing::warn!(code_id = %exchange.code_id, "pairing refused: the sidecar did not prove it holds the key it registered");
+                return Err(GatewayError::new(ErrorCode::PairingKeyProofFailed));
+            }
+            Err(_) => {
+                self.record_failure(peer, &exchange.code_id);
+                tracing::info!(code_id = %exchange.code_id, "pairing confirmation failed (wrong code?)");
+                return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
+            }
+        };
         let sidecar = verified.sidecar.clone();
         let outcome = self
             .store
-            .complete_pairing(
-                exchange.code_id.clone(),
-                sidecar.sidecar_id.clone(),
-                sidecar.static_public,
-                sidecar.display_name.clone(),
-                unix_ms(),
-            )
+            .complete_pairing(NewPairing {
+                pairing_id: PairingId::random(),
+                code_id: exchange.code_id.clone(),
+                sidecar_id: sidecar.sidecar_id.clone(),
+                sidecar_public_key: sidecar.static_public,
+                display_name: sidecar.display_name.clone(),
+                now_ms: unix_ms(),
+            })
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "could not store the pairing");
-                GatewayError::new(ErrorCode::StateStoreError)
-            })?;
+            .map_err(store_error)?;
         let record = match outcome {
             CompleteOutcome::Paired(record) => record,
             CompleteOutcome::UnknownCode => {
@@ -233,7 +358,12 @@ impl PairingService {
             }
             CompleteOutcome::CodeUsed => return Err(GatewayError::new(ErrorCode::PairingCodeUsed)),
             CompleteOutcome::SidecarIdConflict => {
+                tracing::warn!(sidecar_id = %sidecar.sidecar_id, "pairing refused: the sidecar id is in an active pairing");
                 return Err(GatewayError::new(ErrorCode::SidecarIdConflict));
+            }
+            CompleteOutcome::KeyAlreadyPaired => {
+                tracing::warn!(fingerprint = %sidecar.static_public.fingerprint(), "pairing refused: the key is in an active pairing");
+                return Err(GatewayError::new(ErrorCode::PairingKeyAlreadyPaired));
             }
         };
         let reply = verified
@@ -241,11 +371,13 @@ impl PairingService {
                 static_public: self.public_key,
                 instance_id: self.instance_id.clone(),
                 user_id: record.user_id.clone(),
+                pairing_id: record.pairing_id.0,
             })
             .map_err(|_| GatewayError::new(ErrorCode::InternalError))?;
         tracing::info!(
             sidecar_id = %record.sidecar_id,
             user_id = %record.user_id,
+            pairing_id = %record.pairing_id,
             fingerprint = %record.sidecar_public_key.fingerprint(),
             "sidecar paired"
         );

@@ -16,11 +16,11 @@
 //! clock; any transport error closes the connection at once.
 
 use crate::relay::Relay;
-use crate::relay::registry::{DropReason, Session, SessionEvent};
+use crate::relay::registry::{DropReason, Session, SessionEvent, SessionIdentity};
 use axum::extract::ws::{Message, WebSocket};
 use protocol::PROTOCOL_VERSION;
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
-use protocol::handshake::{ResponderHandshake, ServerHello};
+use protocol::handshake::{ResponderHandshake, ServerHello, user_id_hash};
 use protocol::liveness::{Liveness, LivenessAction};
 use protocol::transport::{Transport, TransportError};
 use protocol::wire::WireMessage;
@@ -167,6 +167,9 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         protocol_version: PROTOCOL_VERSION,
         session_id,
         instance_id: relay.instance_id.clone(),
+        user_id_hash: user_id_hash(&pairing.user_id),
+        pairing_id: pairing.pairing_id.0,
+        journal_anchor: None,
         session_ttl_ms: millis(settings.session_ttl),
         heartbeat_interval_ms: millis(settings.heartbeat.interval()),
         heartbeat_timeout_ms: millis(settings.heartbeat.timeout()),
@@ -208,11 +211,7 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         }
     }
     // The pairing may have been revoked while the handshake ran.
-    match relay
-        .store
-        .pairing_is_active(pairing.sidecar_id.clone(), key)
-        .await
-    {
+    match relay.store.pairing_is_active(pairing.pairing_id).await {
         Ok(true) => {}
         _ => return Err(HandshakeEnd::Reject(ErrorCode::SidecarPairingRequired)),
     }
@@ -220,10 +219,13 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
     let now = Instant::now();
     let (outbound, outbound_rx) = mpsc::channel(settings.max_in_flight + 16);
     let (session, close_rx) = Session::new(
-        session_id,
-        pairing.sidecar_id.clone(),
-        pairing.user_id.clone(),
-        key,
+        SessionIdentity {
+            session_id,
+            pairing_id: pairing.pairing_id,
+            sidecar_id: pairing.sidecar_id.clone(),
+            user_id: pairing.user_id.clone(),
+            public_key: key,
+        },
         now,
         now + settings.session_ttl,
         outbound,
@@ -299,11 +301,7 @@ async fn handle_frame(
         }
         Frame::RenewSession => {
             // Renewal only through the authenticated channel and only while the pairing holds.
-            match relay
-                .store
-                .pairing_is_active(session.sidecar_id.clone(), session.public_key)
-                .await
-            {
+            match relay.store.pairing_is_active(session.pairing_id).await {
                 Ok(true) => {
                     let ttl = relay.settings.session_ttl;
                     session.set_expires_at(Instant::now() + ttl);

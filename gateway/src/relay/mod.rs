@@ -144,8 +144,7 @@ impl Relay {
                     return;
                 };
                 for session in sessions {
-                    let key = (session.sidecar_id.clone(), session.public_key.to_hex());
-                    if !active.contains(&key) {
+                    if !active.contains(&session.pairing_id) {
                         tracing::info!(sidecar_id = %session.sidecar_id, "pairing revoked; closing its live session");
                         session.request_close(protocol::frame::CloseReason::PairingRevoked);
                     }

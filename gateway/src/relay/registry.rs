@@ -11,6 +11,7 @@
 //! `SIDECAR_UNAVAILABLE`.
 
 use crate::error::GatewayError;
+use crate::store::PairingId;
 use protocol::envelope::{Outcome, RelayProgress, RequestId};
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
 use protocol::identity::PublicKey;
@@ -97,10 +98,22 @@ struct SessionState {
     closed: Option<ErrorCode>,
 }
 
+/// Who a relay session is: what the handshake authenticated.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionIdentity {
+    pub session_id: [u8; 16],
+    pub pairing_id: PairingId,
+    pub sidecar_id: String,
+    pub user_id: String,
+    pub public_key: PublicKey,
+}
+
 /// One registered relay session. The connection driver owns the socket and the transport;
 /// this is what everybody else may touch.
 pub(crate) struct Session {
     pub session_id: [u8; 16],
+    /// The pairing the handshake authenticated (revocation closes the session).
+    pub pairing_id: PairingId,
     pub sidecar_id: String,
     pub user_id: String,
     pub public_key: PublicKey,
@@ -122,18 +135,23 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub fn new(
-        session_id: [u8; 16],
-        sidecar_id: String,
-        user_id: String,
-        public_key: PublicKey,
+        identity: SessionIdentity,
         now: Instant,
         expires_at: Instant,
         outbound: mpsc::Sender<Frame>,
     ) -> (Session, watch::Receiver<Option<CloseReason>>) {
         let (close, close_rx) = watch::channel(None);
+        let SessionIdentity {
+            session_id,
+            pairing_id,
+            sidecar_id,
+            user_id,
+            public_key,
+        } = identity;
         (
             Session {
                 session_id,
+                pairing_id,
                 sidecar_id,
                 user_id,
                 public_key,

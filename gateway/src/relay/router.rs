@@ -300,8 +300,10 @@ mod tests {
     use super::*;
     use crate::config::GatewayConfiguration;
     use crate::relay::registry::MAX_REMEMBERED_ENDS;
+    use crate::relay::registry::SessionIdentity;
     use crate::relay::{RelaySettings, SESSION_END_MEMORY};
-    use crate::store::{CompleteOutcome, Store};
+    use crate::store::pairings::NewPairing;
+    use crate::store::{CompleteOutcome, PairingId, Store};
     use protocol::identity::{PublicKey, StaticKeypair};
     use tokio::sync::watch;
 
@@ -335,13 +337,14 @@ mod tests {
         let key = StaticKeypair::generate(&mut OsRng).public();
         let outcome = relay
             .store
-            .complete_pairing(
-                issued.code_id,
-                sidecar_id.into(),
-                key,
-                "laptop".into(),
-                crate::clock::unix_ms(),
-            )
+            .complete_pairing(NewPairing {
+                pairing_id: PairingId::random(),
+                code_id: issued.code_id,
+                sidecar_id: sidecar_id.into(),
+                sidecar_public_key: key,
+                display_name: "laptop".into(),
+                now_ms: crate::clock::unix_ms(),
+            })
             .await
             .unwrap();
         assert!(matches!(outcome, CompleteOutcome::Paired(_)));
@@ -362,10 +365,13 @@ mod tests {
         let now = Instant::now();
         let (outbound, outbound_rx) = mpsc::channel(4);
         let (session, close) = Session::new(
-            [id; 16],
-            sidecar_id.into(),
-            user.into(),
-            key,
+            SessionIdentity {
+                session_id: [id; 16],
+                pairing_id: PairingId([id; 16]),
+                sidecar_id: sidecar_id.into(),
+                user_id: user.into(),
+                public_key: key,
+            },
             now,
             now + relay.settings.session_ttl,
             outbound,

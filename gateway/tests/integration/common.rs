@@ -392,7 +392,30 @@ pub async fn pair_with_code(
     key: &StaticKeypair,
     sidecar_id: &str,
 ) -> Result<GatewayInfo, (u16, String)> {
-    let client = http();
+    pair_with_code_from(&http(), handle, code, key, sidecar_id).await
+}
+
+/// An HTTP client whose connections come from `127.0.0.<last>`: every 127/8 address reaches
+/// the loopback listener, so each is a different client address to the gateway.
+pub fn http_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            127, 0, 0, last,
+        )))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// [`pair_with_code`] through `client`.
+pub async fn pair_with_code_from(
+    client: &reqwest::Client,
+    handle: &GatewayHandle,
+    code: &str,
+    key: &StaticKeypair,
+    sidecar_id: &str,
+) -> Result<GatewayInfo, (u16, String)> {
     let code = PairingCode::parse(code).unwrap();
     let (pairing, start) = SidecarPairing::start(&code, &mut OsRng);
     let response = client
@@ -411,6 +434,7 @@ pub async fn pair_with_code(
                 sidecar_id: sidecar_id.into(),
                 display_name: "test laptop".into(),
             },
+            key,
         )
         .unwrap();
     let response = client
@@ -686,6 +710,7 @@ pub async fn next_seen(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>) -
 /// A `Result` outcome answering `request` with `value`.
 pub fn result_frame(request: &protocol::envelope::RelayRequest, value: Value) -> Frame {
     Frame::Response(protocol::envelope::RelayResponse {
+        journal: None,
         request_id: request.request_id,
         outcome: protocol::envelope::Outcome::Result {
             json: value.to_string(),
@@ -724,4 +749,26 @@ pub async fn registered_sessions(
         })
         .await;
     }
+}
+
+pub fn error_code(answer: &Value) -> String {
+    assert_eq!(answer["result"]["isError"], json!(true), "{answer}");
+    answer["result"]["structuredContent"]["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {answer}"))
+        .to_string()
+}
+
+pub async fn call(client: &mut McpClient, tool: &str, arguments: Value) -> Value {
+    client
+        .request("tools/call", json!({"name": tool, "arguments": arguments}))
+        .await
+}
+
+/// A fake sidecar that answers pings, answers requests with `{"accounts":["DU1"]}` and
+/// reports every other frame it sees (requests, closes) except pongs.
+pub fn answering_sidecar(sidecar: FakeSidecar) -> tokio::sync::mpsc::UnboundedReceiver<Frame> {
+    scripted_sidecar(sidecar, |request| {
+        vec![result_frame(request, json!({"accounts": ["DU1"]}))]
+    })
 }

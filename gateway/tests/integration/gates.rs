@@ -12,24 +12,8 @@
 
 use crate::common::*;
 use ibkr_gateway::{DropReason, SessionEvent};
-use protocol::envelope::{Outcome, RelayResponse};
 use protocol::frame::{CloseReason, Frame};
-use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-
-fn error_code(answer: &Value) -> String {
-    assert_eq!(answer["result"]["isError"], json!(true), "{answer}");
-    answer["result"]["structuredContent"]["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {answer}"))
-        .to_string()
-}
-
-async fn call(client: &mut McpClient, tool: &str, arguments: Value) -> Value {
-    client
-        .request("tools/call", json!({"name": tool, "arguments": arguments}))
-        .await
-}
+use serde_json::json;
 
 async fn client_for(issuer: &TestIssuer, handle: &ibkr_gateway::GatewayHandle) -> McpClient {
     let token = issuer.token(
@@ -40,44 +24,6 @@ async fn client_for(issuer: &TestIssuer, handle: &ibkr_gateway::GatewayHandle) -
     let mut client = McpClient::new(&handle.mcp_url(), &token);
     client.initialize().await;
     client
-}
-
-/// A fake sidecar that answers pings, answers requests with `{"accounts":["DU1"]}` and
-/// reports every other frame it sees (requests, closes) except pongs.
-fn answering_sidecar(mut sidecar: FakeSidecar) -> UnboundedReceiver<Frame> {
-    let (seen, seen_rx) = unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(frame) = sidecar.recv().await {
-            match frame {
-                Frame::Ping { seq } => sidecar.send(&Frame::Pong { seq }).await,
-                // The answer to the key-confirmation ping, and any later ones.
-                Frame::Pong { .. } => {}
-                Frame::Request(request) => {
-                    let request_id = request.request_id;
-                    let _ = seen.send(Frame::Request(request));
-                    sidecar
-                        .send(&Frame::Response(RelayResponse {
-                            request_id,
-                            outcome: Outcome::Result {
-                                json: json!({"accounts": ["DU1"]}).to_string(),
-                            },
-                        }))
-                        .await;
-                }
-                other => {
-                    let _ = seen.send(other);
-                }
-            }
-        }
-    });
-    seen_rx
-}
-
-async fn next_frame(seen: &mut UnboundedReceiver<Frame>) -> Frame {
-    tokio::time::timeout(WAIT, seen.recv())
-        .await
-        .expect("timed out waiting for a frame at the sidecar")
-        .expect("sidecar stopped")
 }
 
 async fn registered(events: &mut tokio::sync::broadcast::Receiver<SessionEvent>) {
@@ -132,7 +78,7 @@ async fn a_frozen_sidecar_reads_as_heartbeat_stale_on_the_next_call() {
     let mut seen = answering_sidecar(sidecar);
     let answer = call(&mut client, "ibkr_accounts_list", json!({})).await;
     assert_eq!(answer["result"]["isError"], json!(false), "{answer}");
-    assert!(matches!(next_frame(&mut seen).await, Frame::Request(_)));
+    assert!(matches!(next_seen(&mut seen).await, Frame::Request(_)));
     handle.shutdown().await;
 }
 
@@ -154,7 +100,7 @@ async fn a_session_that_expires_without_renewal_reads_as_session_expired() {
     registered(&mut events).await;
     let mut seen = answering_sidecar(sidecar);
     assert_eq!(
-        next_frame(&mut seen).await,
+        next_seen(&mut seen).await,
         Frame::Close {
             reason: CloseReason::SessionExpired
         }
@@ -189,7 +135,7 @@ async fn pairing_gates_and_a_revoke_from_the_cli_in_another_process() {
     let mut seen = answering_sidecar(sidecar);
     let answer = call(&mut client, "ibkr_accounts_list", json!({})).await;
     assert_eq!(answer["result"]["isError"], json!(false), "{answer}");
-    assert!(matches!(next_frame(&mut seen).await, Frame::Request(_)));
+    assert!(matches!(next_seen(&mut seen).await, Frame::Request(_)));
 
     // The operator revokes from the command line: another process, same state directory.
     let file = dir.path().join("gateway.yaml");
@@ -214,7 +160,7 @@ async fn pairing_gates_and_a_revoke_from_the_cli_in_another_process() {
     let answer = call(&mut client, "ibkr_accounts_list", json!({})).await;
     assert_eq!(error_code(&answer), "SIDECAR_PAIRING_REQUIRED");
     assert_eq!(
-        next_frame(&mut seen).await,
+        next_seen(&mut seen).await,
         Frame::Close {
             reason: CloseReason::PairingRevoked
         }
@@ -284,7 +230,7 @@ async fn arguments_are_checked_before_any_gate_and_never_forwarded() {
     // Nothing of the above reached the sidecar: the next frame it sees is this good call.
     let answer = call(&mut client, "ibkr_accounts_list", json!({})).await;
     assert_eq!(answer["result"]["isError"], json!(false), "{answer}");
-    let Frame::Request(request) = next_frame(&mut seen).await else {
+    let Frame::Request(request) = next_seen(&mut seen).await else {
         panic!("expected the good request");
     };
     assert_eq!(request.tool_name, "ibkr_accounts_list");

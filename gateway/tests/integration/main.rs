@@ -14,6 +14,8 @@ mod gates;
 mod isolation;
 mod oauth;
 mod operations;
+mod pairing;
 mod rate_limits;
 mod relay;
+mod store_concurrency;
 mod transport;

@@ -79,20 +79,23 @@ async fn pairing_exchanges_keys_once_and_refuses_bad_codes() {
         (409, "SIDECAR_ID_CONFLICT".to_string())
     );
 
-    // Attempts are limited (5 by default).
+    // Attempts are limited (5 by default), however many client addresses guess (one address
+    // gets two guesses on one code: see tests/integration/pairing.rs).
     let code = handle
         .issue_pairing_code("bob", Duration::from_secs(60))
         .await
         .unwrap();
     let wrong = format!("{}-0000-0000", &code[..4]);
-    for _ in 0..5 {
-        let (status, error) = pair_with_code(&handle, &wrong, &key, "laptop-2")
-            .await
-            .unwrap_err();
+    let other = StaticKeypair::generate(&mut OsRng);
+    for address in 10..15 {
+        let (status, error) =
+            pair_with_code_from(&http_from(address), &handle, &wrong, &other, "laptop-2")
+                .await
+                .unwrap_err();
         assert_eq!((status, error.as_str()), (401, "PAIRING_CODE_INVALID"));
     }
     assert_eq!(
-        pair_with_code(&handle, &code, &key, "laptop-2")
+        pair_with_code_from(&http_from(15), &handle, &code, &other, "laptop-2")
             .await
             .unwrap_err(),
         (429, "PAIRING_ATTEMPTS_EXCEEDED".to_string())
@@ -295,6 +298,7 @@ async fn tool_calls_travel_to_the_sidecar_and_back() {
                         .await;
                     sidecar
                         .send(&Frame::Response(RelayResponse {
+                            journal: None,
                             request_id: request.request_id,
                             outcome: Outcome::Result {
                                 json: json.to_string(),

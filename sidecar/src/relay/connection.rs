@@ -2,8 +2,10 @@
 //!
 //! It owns the websocket and the transport (so records are sealed and opened strictly in
 //! order), judges liveness on its own monotonic clock, renews the session at two thirds of its
-//! TTL, pushes broker-state changes, and runs requests as separate tasks bounded by a
-//! semaphore. Any record that fails to open ends the connection: the transport is closed for
+//! TTL, pushes broker-state changes, and runs requests as separate tasks. The number of calls
+//! in flight is counted by the driver itself (its map of running requests): a call's slot is
+//! free as soon as its answer is queued or its cancel is read, in frame order, so a gateway
+//! that cancels and then sends a new call always finds the slot free. Any record that fails to open ends the connection: the transport is closed for
 //! good after a failure, and a fresh handshake is the only way back.
 
 use super::dial::RelayStream;
@@ -25,7 +27,7 @@ use shared_safety::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -74,7 +76,8 @@ struct Driver {
     session_id_hex: String,
     expires_at: Instant,
     renew_at: Option<Instant>,
-    semaphore: Arc<Semaphore>,
+    /// Most calls in flight at once (`sidecar.max_concurrent_requests`).
+    max_requests: usize,
     inflight: HashMap<RequestId, AbortHandle>,
     responses_tx: mpsc::Sender<RelayResponse>,
     /// Wall and monotonic time at the last heartbeat tick, to notice a sleep: tokio's clock
@@ -140,7 +143,7 @@ pub(crate) async fn drive(
         session_id_hex,
         expires_at,
         renew_at: Some(renew_at),
-        semaphore: Arc::new(Semaphore::new(max_requests)),
+        max_requests,
         inflight: HashMap::new(),
         responses_tx,
         last_tick: (std::time::SystemTime::now(), start),
@@ -402,19 +405,19 @@ impl Driver {
             tracing::warn!(request = %request_id, "duplicate request id ignored");
             return None;
         }
-        let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
+        if self.inflight.len() >= self.max_requests {
             let response = RelayResponse {
+                journal: None,
                 request_id,
                 outcome: Outcome::Refused(ErrorCode::RelayOverloaded.body(None)),
             };
             return self.send(&Frame::Response(response)).await.err();
-        };
+        }
         let deadline = Duration::from_millis(request.deadline_ms).min(MAX_REQUEST_DEADLINE);
         let context = self.context.clone();
         let connection = self.connection.clone();
         let responses = self.responses_tx.clone();
         let task = tokio::spawn(async move {
-            let _permit = permit;
             let work = requests::handle(&context, &connection, &request);
             let outcome = match tokio::time::timeout(deadline, work).await {
                 Ok(outcome) => outcome,
@@ -422,6 +425,7 @@ impl Driver {
             };
             let _ = responses
                 .send(RelayResponse {
+                    journal: None,
                     request_id,
                     outcome,
                 })
@@ -460,6 +464,7 @@ impl Driver {
                     return None;
                 };
                 let replacement = RelayResponse {
+                    journal: None,
                     request_id: original.request_id,
                     outcome: Outcome::Failed(ErrorCode::ResponseTooLarge.body(None)),
                 };

@@ -3,7 +3,9 @@
 
 use super::dial::RelayStream;
 use futures_util::{SinkExt, StreamExt};
-use protocol::handshake::{ClientHello, HandshakeError, InitiatorHandshake, ServerHello};
+use protocol::handshake::{
+    ClientHello, HandshakeError, InitiatorHandshake, ServerHello, user_id_hash,
+};
 use protocol::identity::{PublicKey, StaticKeypair};
 use protocol::transport::Transport;
 use protocol::wire::WireMessage;
@@ -24,6 +26,10 @@ pub enum HandshakeFailure {
     /// The gateway proved a different instance id than the one we paired with.
     #[error("the gateway is not the paired instance")]
     WrongInstance,
+    /// The gateway (authenticated by its pinned key) named another user or pairing than the
+    /// one pinned at pairing: it would relay someone else's calls to this laptop.
+    #[error("the gateway named another user or pairing than the one this sidecar was paired for")]
+    WrongUserOrPairing,
     #[error("handshake failed: {0}")]
     Protocol(String),
     #[error("the connection failed during the handshake: {0}")]
@@ -50,14 +56,42 @@ fn map_error(error: HandshakeError) -> HandshakeFailure {
     HandshakeFailure::Protocol(error.to_string())
 }
 
+/// What the sidecar pinned at pairing and expects the gateway to prove.
+#[derive(Clone, Debug)]
+pub struct Pinned<'a> {
+    pub gateway_key: &'a PublicKey,
+    pub instance_id: &'a str,
+    /// The OAuth subject this laptop serves.
+    pub user_id: &'a str,
+    /// The gateway's pairing id (absent on a pairing made before the id existed: then the first
+    /// handshake's id is pinned by the caller).
+    pub pairing_id: Option<[u8; 16]>,
+}
+
+/// Checks the ServerHello against what was pinned at pairing.
+pub fn check_server_hello(
+    hello: &ServerHello,
+    pinned: &Pinned<'_>,
+) -> Result<(), HandshakeFailure> {
+    if hello.instance_id != pinned.instance_id {
+        return Err(HandshakeFailure::WrongInstance);
+    }
+    let user_matches = hello.user_id_hash == user_id_hash(pinned.user_id);
+    let pairing_matches = pinned.pairing_id.is_none_or(|id| id == hello.pairing_id);
+    if !user_matches || !pairing_matches {
+        return Err(HandshakeFailure::WrongUserOrPairing);
+    }
+    Ok(())
+}
+
 /// Runs the initiator side on `stream`.
 pub async fn perform(
     stream: &mut RelayStream,
     keypair: &StaticKeypair,
-    gateway_key: &PublicKey,
     hello: &ClientHello,
-    expected_instance_id: &str,
+    pinned: &Pinned<'_>,
 ) -> Result<(Transport, ServerHello), HandshakeFailure> {
+    let gateway_key = pinned.gateway_key;
     let (initiator, message1) =
         InitiatorHandshake::start(keypair, gateway_key, hello, &mut OsRng).map_err(map_error)?;
     let bytes = WireMessage::HandshakeInit(message1).encode();
@@ -101,15 +135,70 @@ pub async fn perform(
         .await
         .map_err(|_| HandshakeFailure::Timeout)??;
     let (transport, server_hello) = initiator.finish(&message2).map_err(map_error)?;
-    if server_hello.instance_id != expected_instance_id {
-        return Err(HandshakeFailure::WrongInstance);
-    }
+    check_server_hello(&server_hello, pinned)?;
     Ok((transport, server_hello))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::identity::StaticKeypair;
+
+    fn hello(user: &str, pairing_id: [u8; 16]) -> ServerHello {
+        ServerHello {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            session_id: [1; 16],
+            instance_id: "remote-1".into(),
+            user_id_hash: user_id_hash(user),
+            pairing_id,
+            journal_anchor: None,
+            session_ttl_ms: 1,
+            heartbeat_interval_ms: 1,
+            heartbeat_timeout_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_gateway_naming_another_user_or_pairing_is_refused() {
+        let key = StaticKeypair::from_secret_bytes([9; 32]).public();
+        let pinned = Pinned {
+            gateway_key: &key,
+            instance_id: "remote-1",
+            user_id: "alice",
+            pairing_id: Some([7; 16]),
+        };
+        assert_eq!(
+            check_server_hello(&hello("alice", [7; 16]), &pinned),
+            Ok(())
+        );
+        assert_eq!(
+            check_server_hello(&hello("bob", [7; 16]), &pinned),
+            Err(HandshakeFailure::WrongUserOrPairing)
+        );
+        assert_eq!(
+            check_server_hello(&hello("alice", [8; 16]), &pinned),
+            Err(HandshakeFailure::WrongUserOrPairing)
+        );
+        let mut elsewhere = hello("alice", [7; 16]);
+        elsewhere.instance_id = "remote-2".into();
+        assert_eq!(
+            check_server_hello(&elsewhere, &pinned),
+            Err(HandshakeFailure::WrongInstance)
+        );
+        // A pairing made before pairing ids: the user is still checked, the id is pinned later.
+        let unpinned = Pinned {
+            pairing_id: None,
+            ..pinned
+        };
+        assert_eq!(
+            check_server_hello(&hello("alice", [8; 16]), &unpinned),
+            Ok(())
+        );
+        assert_eq!(
+            check_server_hello(&hello("mallory", [8; 16]), &unpinned),
+            Err(HandshakeFailure::WrongUserOrPairing)
+        );
+    }
 
     #[test]
     fn rejection_codes_are_cleaned() {

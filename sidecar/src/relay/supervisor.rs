@@ -156,20 +156,30 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
         timestamp_ms,
         sidecar_version: SIDECAR_VERSION.to_string(),
     };
+    let pinned = handshake::Pinned {
+        gateway_key: &gateway_key,
+        instance_id: &pairing.remote_instance_id,
+        user_id: &pairing.user_id,
+        pairing_id: pairing.gateway_pairing_id,
+    };
     let result = tokio::select! {
         _ = shutdown.cancelled() => return Attempt::Shutdown,
-        result = handshake::perform(
-            &mut stream,
-            &context.keypair,
-            &gateway_key,
-            &hello,
-            &pairing.remote_instance_id,
-        ) => result,
+        result = handshake::perform(&mut stream, &context.keypair, &hello, &pinned) => result,
     };
     let (transport, server_hello) = match result {
         Ok(done) => done,
         Err(failure) => return classify_handshake_failure(failure),
     };
+    if pairing.gateway_pairing_id.is_none() {
+        // Made before pairing ids existed: pin the one this authenticated gateway names.
+        if let Err(error) = context.store.pin_gateway_pairing_id(
+            &pairing.remote_instance_id,
+            &sidecar_id,
+            server_hello.pairing_id,
+        ) {
+            return Attempt::Failed(error.to_string());
+        }
+    }
 
     let established = Established {
         transport,
@@ -202,6 +212,12 @@ fn classify_handshake_failure(failure: HandshakeFailure) -> Attempt {
         HandshakeFailure::WrongInstance => Attempt::NeedsAttention(format!(
             "{}: the gateway answered as a different instance than the one paired; pair again",
             ErrorCode::SidecarSessionInvalid
+        )),
+        HandshakeFailure::WrongUserOrPairing => Attempt::NeedsAttention(format!(
+            "{}: {} {} Not serving it; retrying slowly.",
+            ErrorCode::SidecarGatewayMismatch,
+            ErrorCode::SidecarGatewayMismatch.message(),
+            ErrorCode::SidecarGatewayMismatch.user_action()
         )),
         other => Attempt::Failed(other.to_string()),
     }

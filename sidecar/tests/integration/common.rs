@@ -13,7 +13,7 @@ use ibkr_agent::state::{PairingRecord, StateStore};
 use protocol::PROTOCOL_VERSION;
 use protocol::envelope::{RelayRequest, RelayResponse, RequestId};
 use protocol::frame::Frame;
-use protocol::handshake::{ClientHello, ResponderHandshake, ServerHello};
+use protocol::handshake::{ClientHello, ResponderHandshake, ServerHello, user_id_hash};
 use protocol::identity::StaticKeypair;
 use protocol::transport::Transport;
 use protocol::wire::WireMessage;
@@ -30,6 +30,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const INSTANCE_ID: &str = "remote-test";
 pub const USER_ID: &str = "user-test";
+/// The gateway's pairing id the provisioned pairing pins.
+pub const PAIRING_ID: [u8; 16] = [0x3c; 16];
 /// Upper bound for any single wait in these tests (a hang fails instead of blocking CI).
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -47,6 +49,8 @@ pub struct FakeGateway {
     pub session_ttl_ms: u64,
     /// Every byte of the next session id (0x5a unless a test changes it).
     pub session_byte: std::sync::atomic::AtomicU8,
+    /// The user the ServerHello names ([`USER_ID`] unless a test changes it).
+    pub named_user: Mutex<String>,
 }
 
 pub struct GatewayConnection {
@@ -63,6 +67,7 @@ impl FakeGateway {
             key: StaticKeypair::generate(&mut OsRng),
             session_ttl_ms: 3_600_000,
             session_byte: std::sync::atomic::AtomicU8::new(0x5a),
+            named_user: Mutex::new(USER_ID.to_string()),
         }
     }
 
@@ -92,6 +97,9 @@ impl FakeGateway {
                 protocol_version: PROTOCOL_VERSION,
                 session_id: [self.session_byte.load(std::sync::atomic::Ordering::SeqCst); 16],
                 instance_id: INSTANCE_ID.into(),
+                user_id_hash: user_id_hash(&self.named_user.lock().unwrap()),
+                pairing_id: PAIRING_ID,
+                journal_anchor: None,
                 session_ttl_ms: self.session_ttl_ms,
                 heartbeat_interval_ms: 15_000,
                 heartbeat_timeout_ms: 45_000,
@@ -362,6 +370,7 @@ pub fn provision(dir: &Path, gateway: &FakeGateway, scopes: ScopeSet) -> String 
             gateway_url: None,
             relay_url: Some(gateway.relay_url()),
             gateway_public_key: Some(gateway.key.public()),
+            gateway_pairing_id: Some(PAIRING_ID),
             local_scopes: scopes,
             created_at: ibkr_agent::clock::now_unix_seconds(),
             expires_at: None,

@@ -51,6 +51,7 @@ fn provisioned(dir: &Path, relay_url: &str) {
             gateway_url: None,
             relay_url: Some(relay_url.into()),
             gateway_public_key: Some(StaticKeypair::generate(&mut OsRng).public()),
+            gateway_pairing_id: None,
             local_scopes: ScopeSet::read_only_default(),
             created_at: ibkr_agent::clock::now_unix_seconds(),
             expires_at: None,

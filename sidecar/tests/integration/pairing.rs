@@ -62,6 +62,7 @@ async fn finish(State(server): State<Arc<PairingServer>>, body: Bytes) -> Respon
             static_public: server.key.public(),
             instance_id: "remote-1".into(),
             user_id: "user-1".into(),
+            pairing_id: [0x21; 16],
         })
         .unwrap();
     pairing::encode(&reply).unwrap().into_response()

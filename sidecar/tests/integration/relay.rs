@@ -640,3 +640,32 @@ async fn an_expired_session_is_closed_and_recorded_as_closed() {
     assert!(lapsed.is_some());
     running.stop(&mut connection).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_names_another_user_or_pairing_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let cpgw = FakeCpgw::start(Login::LoggedIn).await;
+    provision(dir.path(), &gateway, ScopeSet::read_only_default());
+    // The gateway holds the pinned key (so the handshake authenticates it) but names another
+    // user than the one this laptop was paired for.
+    *gateway.named_user.lock().unwrap() = "mallory".into();
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
+    let mut refused = gateway.accept().await;
+    // The sidecar hangs up without confirming the session: not one frame reaches the gateway.
+    assert!(refused.recv().await.is_none());
+    assert!(running.observed.lock().unwrap().is_empty());
+    assert_eq!(cpgw.shared.counters.lock().unwrap().accounts, 0);
+
+    // The gateway names the right user again: the next dial is served.
+    *gateway.named_user.lock().unwrap() = USER_ID.into();
+    let mut connection = gateway.accept().await;
+    let response = connection
+        .call(1, "ibkr_accounts_list", "ibkr:accounts:read", json!({}))
+        .await;
+    assert!(
+        matches!(response.outcome, Outcome::Result { .. }),
+        "{response:?}"
+    );
+    running.stop(&mut connection).await;
+}

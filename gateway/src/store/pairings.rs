@@ -1,0 +1,456 @@
+//! Pairings: which sidecar key serves which OAuth subject.
+//!
+//! A pairing is made once, from a verified pairing exchange, and stays where it was made: it
+//! is never moved to another user, another sidecar id or another key. A key or a sidecar id that
+//! is already in an active pairing cannot be paired again until an operator revokes that
+//! pairing. The database enforces "at most one active pairing per key and per sidecar id" with
+//! unique partial indexes, so no code path (or a second process) can break it. Revoked
+//! pairings are kept as history.
+
+use super::{Store, StoreError, write_transaction};
+use protocol::identity::PublicKey;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
+use std::fmt;
+
+/// The gateway's id of one pairing (16 random bytes; hex in the database and in output).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairingId(pub [u8; 16]);
+
+impl PairingId {
+    pub fn random() -> PairingId {
+        let mut bytes = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        PairingId(bytes)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn from_hex(text: &str) -> Result<PairingId, StoreError> {
+        let bytes = hex::decode(text).map_err(|_| StoreError::Corrupt("pairing id"))?;
+        Ok(PairingId(
+            bytes
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("pairing id"))?,
+        ))
+    }
+}
+
+impl fmt::Debug for PairingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PairingId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for PairingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A pairing between this gateway and one sidecar key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairingRecord {
+    pub pairing_id: PairingId,
+    pub sidecar_id: String,
+    pub sidecar_public_key: PublicKey,
+    pub user_id: String,
+    pub display_name: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl PairingRecord {
+    pub fn is_active(&self) -> bool {
+        self.revoked_at_ms.is_none()
+    }
+}
+
+/// The result of committing a verified pairing exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    Paired(PairingRecord),
+    /// The code disappeared (replaced by a newer code with the same id).
+    UnknownCode,
+    CodeUsed,
+    /// Another active pairing holds this sidecar id.
+    SidecarIdConflict,
+    /// This key is already in an active pairing (for this user or another).
+    KeyAlreadyPaired,
+}
+
+/// What `complete_pairing` records.
+#[derive(Clone, Debug)]
+pub struct NewPairing {
+    pub pairing_id: PairingId,
+    pub code_id: String,
+    pub sidecar_id: String,
+    pub sidecar_public_key: PublicKey,
+    pub display_name: String,
+    pub now_ms: i64,
+}
+
+const PAIRING_COLUMNS: &str =
+    "pairing_id, sidecar_id, sidecar_public_key, user_id, display_name, created_at, revoked_at";
+
+type RawPairing = (String, String, String, String, String, i64, Option<i64>);
+
+fn raw_pairing(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawPairing> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+/// Validates a raw row. Keys are validated here, where they enter memory from disk; a corrupt
+/// row becomes a typed error, not a panic.
+fn pairing_from_raw(raw: RawPairing) -> Result<PairingRecord, StoreError> {
+    let (pairing_id, sidecar_id, key, user_id, display_name, created_at_ms, revoked_at_ms) = raw;
+    Ok(PairingRecord {
+        pairing_id: PairingId::from_hex(&pairing_id)?,
+        sidecar_id,
+        sidecar_public_key: PublicKey::from_hex(&key)
+            .map_err(|_| StoreError::Corrupt("sidecar public key"))?,
+        user_id,
+        display_name,
+        created_at_ms,
+        revoked_at_ms,
+    })
+}
+
+fn query_pairings(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<PairingRecord>, StoreError> {
+    let sql = format!("SELECT {PAIRING_COLUMNS} FROM pairings {where_clause}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params, raw_pairing)?;
+    let mut records = Vec::new();
+    for row in rows {
+        records.push(pairing_from_raw(row?)?);
+    }
+    Ok(records)
+}
+
+impl Store {
+    /// Commits a verified pairing in one transaction: refuses a key or a sidecar id that is in
+    /// an active pairing, records the new pairing, and marks the code used (erasing its
+    /// secret). Nothing existing is changed when it refuses.
+    pub async fn complete_pairing(
+        &self,
+        pairing: NewPairing,
+    ) -> Result<CompleteOutcome, StoreError> {
+        self.run(move |conn| {
+            let tx = write_transaction(conn)?;
+            let code: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT user_id, used_at FROM pairing_codes WHERE code_id = ?1",
+                    params![pairing.code_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((user_id, used_at)) = code else {
+                return Ok(CompleteOutcome::UnknownCode);
+            };
+            if used_at.is_some() {
+                return Ok(CompleteOutcome::CodeUsed);
+            }
+            let key_text = pairing.sidecar_public_key.to_hex();
+            let active = |column: &str, value: &str| -> Result<bool, StoreError> {
+                let found: Option<i64> = tx
+                    .query_row(
+                        &format!(
+                            "SELECT 1 FROM pairings WHERE {column} = ?1 AND revoked_at IS NULL"
+                        ),
+                        params![value],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                Ok(found.is_some())
+            };
+            if active("sidecar_public_key", &key_text)? {
+                return Ok(CompleteOutcome::KeyAlreadyPaired);
+            }
+            if active("sidecar_id", &pairing.sidecar_id)? {
+                return Ok(CompleteOutcome::SidecarIdConflict);
+            }
+            tx.execute(
+                "UPDATE pairing_codes SET used_at = ?2, secret = NULL WHERE code_id = ?1",
+                params![pairing.code_id, pairing.now_ms],
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO pairings ({PAIRING_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
+                ),
+                params![
+                    pairing.pairing_id.to_hex(),
+                    pairing.sidecar_id,
+                    key_text,
+                    user_id,
+                    pairing.display_name,
+                    pairing.now_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(CompleteOutcome::Paired(PairingRecord {
+                pairing_id: pairing.pairing_id,
+                sidecar_id: pairing.sidecar_id,
+                sidecar_public_key: pairing.sidecar_public_key,
+                user_id,
+                display_name: pairing.display_name,
+                created_at_ms: pairing.now_ms,
+                revoked_at_ms: None,
+            }))
+        })
+        .await
+    }
+
+    /// The active pairing of a sidecar key, if any (at most one: the database enforces it).
+    pub async fn active_pairing_by_key(
+        &self,
+        key: PublicKey,
+    ) -> Result<Option<PairingRecord>, StoreError> {
+        self.run(move |conn| {
+            let mut records = query_pairings(
+                conn,
+                "WHERE sidecar_public_key = ?1 AND revoked_at IS NULL",
+                params![key.to_hex()],
+            )?;
+            Ok(records.pop())
+        })
+        .await
+    }
+
+    /// The active pairings serving an OAuth subject, newest first.
+    pub async fn active_pairings_for_user(
+        &self,
+        user_id: String,
+    ) -> Result<Vec<PairingRecord>, StoreError> {
+        self.run(move |conn| {
+            query_pairings(
+                conn,
+                "WHERE user_id = ?1 AND revoked_at IS NULL ORDER BY created_at DESC",
+                params![user_id],
+            )
+        })
+        .await
+    }
+
+    /// Whether this pairing exists and is not revoked.
+    pub async fn pairing_is_active(&self, pairing_id: PairingId) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let found: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT 1 FROM pairings WHERE pairing_id = ?1 AND revoked_at IS NULL",
+                )?
+                .query_row(params![pairing_id.to_hex()], |row| row.get(0))
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    /// Every pairing, newest first, revoked ones included.
+    pub async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
+        self.run(|conn| query_pairings(conn, "ORDER BY created_at DESC, rowid DESC", []))
+            .await
+    }
+
+    /// Revokes the active pairing with this sidecar id. Returns `false` if there is none.
+    pub async fn revoke_pairing(
+        &self,
+        sidecar_id: String,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let changed = conn.execute(
+                "UPDATE pairings SET revoked_at = ?2 WHERE sidecar_id = ?1 AND revoked_at IS NULL",
+                params![sidecar_id, now_ms],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    /// For the revocation poll: when the database changed since `seen_version` (another
+    /// connection committed: the `pairing` CLI, the audit writer), the ids of the active
+    /// pairings. Returns the new version either way.
+    pub async fn active_pairings_if_changed(
+        &self,
+        seen_version: Option<i64>,
+    ) -> Result<(i64, Option<HashSet<PairingId>>), StoreError> {
+        self.run(move |conn| {
+            let version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+            if seen_version == Some(version) {
+                return Ok((version, None));
+            }
+            let mut statement =
+                conn.prepare_cached("SELECT pairing_id FROM pairings WHERE revoked_at IS NULL")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            let mut active = HashSet::new();
+            for row in rows {
+                active.insert(PairingId::from_hex(&row?)?);
+            }
+            Ok((version, Some(active)))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewPairingCode;
+    use protocol::identity::StaticKeypair;
+    use zeroize::Zeroizing;
+
+    fn key(byte: u8) -> PublicKey {
+        StaticKeypair::from_secret_bytes([byte; 32]).public()
+    }
+
+    async fn issue(store: &Store, id: &str, user: &str, now: i64) {
+        assert!(
+            store
+                .insert_pairing_code(NewPairingCode {
+                    code_id: id.into(),
+                    secret: Zeroizing::new("3XW9PT4R".into()),
+                    user_id: user.into(),
+                    created_at_ms: now,
+                    expires_at_ms: now + 60_000,
+                    max_attempts: 5,
+                })
+                .await
+                .unwrap()
+        );
+    }
+
+    async fn pair(
+        store: &Store,
+        code_id: &str,
+        sidecar_id: &str,
+        key: PublicKey,
+        now: i64,
+    ) -> CompleteOutcome {
+        store
+            .complete_pairing(NewPairing {
+                pairing_id: PairingId::random(),
+                code_id: code_id.into(),
+                sidecar_id: sidecar_id.into(),
+                sidecar_public_key: key,
+                display_name: "laptop".into(),
+                now_ms: now,
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pairing_is_never_moved_and_a_paired_key_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        let CompleteOutcome::Paired(alice) = pair(&store, "AAAA", "laptop-a", key(1), 1).await
+        else {
+            panic!("alice could not pair");
+        };
+        // Bob, with his own code: alice's key (with and without her sidecar id), or alice's id.
+        issue(&store, "BBBB", "bob", 2).await;
+        assert_eq!(
+            pair(&store, "BBBB", "laptop-a", key(1), 3).await,
+            CompleteOutcome::KeyAlreadyPaired
+        );
+        assert_eq!(
+            pair(&store, "BBBB", "laptop-b", key(1), 4).await,
+            CompleteOutcome::KeyAlreadyPaired
+        );
+        assert_eq!(
+            pair(&store, "BBBB", "laptop-a", key(2), 5).await,
+            CompleteOutcome::SidecarIdConflict
+        );
+        // Alice's pairing is untouched, and bob's code is still his to use.
+        let kept = store.active_pairing_by_key(key(1)).await.unwrap().unwrap();
+        assert_eq!(kept, alice);
+        assert!(matches!(
+            pair(&store, "BBBB", "laptop-b", key(2), 6).await,
+            CompleteOutcome::Paired(_)
+        ));
+        // The same user re-pairing the same key is refused too, until an operator revokes.
+        issue(&store, "CCCC", "alice", 7).await;
+        assert_eq!(
+            pair(&store, "CCCC", "laptop-a", key(1), 8).await,
+            CompleteOutcome::KeyAlreadyPaired
+        );
+        assert!(store.revoke_pairing("laptop-a".into(), 9).await.unwrap());
+        assert!(!store.revoke_pairing("laptop-a".into(), 10).await.unwrap());
+        assert!(!store.pairing_is_active(alice.pairing_id).await.unwrap());
+        let CompleteOutcome::Paired(again) = pair(&store, "CCCC", "laptop-a", key(1), 11).await
+        else {
+            panic!("re-pairing after a revoke failed");
+        };
+        assert_ne!(again.pairing_id, alice.pairing_id);
+        // History is kept: alice's first pairing, bob's, alice's second.
+        assert_eq!(store.list_pairings().await.unwrap().len(), 3);
+        assert_eq!(
+            store
+                .active_pairings_for_user("alice".into())
+                .await
+                .unwrap(),
+            vec![again]
+        );
+    }
+
+    #[tokio::test]
+    async fn codes_are_single_use_and_pairings_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            issue(&store, "K7QM", "alice", 0).await;
+            assert!(matches!(
+                pair(&store, "K7QM", "laptop-1", key(1), 5).await,
+                CompleteOutcome::Paired(_)
+            ));
+            assert_eq!(
+                pair(&store, "K7QM", "laptop-2", key(2), 6).await,
+                CompleteOutcome::CodeUsed
+            );
+            assert_eq!(
+                pair(&store, "ZZZZ", "laptop-2", key(2), 6).await,
+                CompleteOutcome::UnknownCode
+            );
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let record = store.active_pairing_by_key(key(1)).await.unwrap().unwrap();
+        assert_eq!(
+            (record.sidecar_id.as_str(), record.user_id.as_str()),
+            ("laptop-1", "alice")
+        );
+        assert!(store.pairing_is_active(record.pairing_id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_database_refuses_a_second_active_row_whatever_the_code_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "K7QM", "alice", 0).await;
+        pair(&store, "K7QM", "laptop-1", key(1), 1).await;
+        let conn = store.conn.lock().unwrap();
+        for (id, sidecar, key_text) in [
+            ("00", "laptop-1", key(9).to_hex()),
+            ("01", "laptop-9", key(1).to_hex()),
+        ] {
+            let inserted = conn.execute(
+                &format!("INSERT INTO pairings ({PAIRING_COLUMNS}) VALUES (?1, ?2, ?3, 'x', 'x', 2, NULL)"),
+                params![id, sidecar, key_text],
+            );
+            assert!(inserted.is_err(), "{sidecar} {key_text}");
+        }
+    }
+}
