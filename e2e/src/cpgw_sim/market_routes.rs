@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::market::{Listing, parse_duration_ms};
 use super::routes::json_response;
 use super::state::SharedState;
-use super::trading_routes::{bad_request, gate, query_map};
+use super::trading_routes::{Prime, bad_request, gate, query_map};
 use super::wire::{num, price_str, trade_time};
 
 pub(crate) async fn stocks(
@@ -23,7 +23,7 @@ pub(crate) async fn stocks(
         return bad_request("symbols is required");
     };
     let guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Nothing) {
         return refusal;
     }
     let mut answer = Map::new();
@@ -82,7 +82,7 @@ pub(crate) async fn snapshot(
         .filter(|f| !f.is_empty())
         .collect();
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -160,7 +160,7 @@ pub(crate) async fn history(
         return bad_request("invalid period or bar");
     };
     let guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     let (Some(listing), Some(bars)) = (

@@ -18,7 +18,7 @@ use super::questions;
 use super::routes::json_response;
 use super::scenario::{CancelAckShape, PreflightShape, SimScenario};
 use super::state::{ListCache, SharedState, SimState, random_uuid_like};
-use super::trading_routes::{bad_request, doesnt_exist, gate, query_map};
+use super::trading_routes::{Prime, bad_request, doesnt_exist, gate, query_map};
 use super::wire::{num, order_time, price_str, qty_str, trade_time};
 
 /// The confirmation question for one message id (IBKR Web API
@@ -106,7 +106,7 @@ pub(crate) async fn place_orders(
     body: Bytes,
 ) -> Response {
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -176,7 +176,7 @@ pub(crate) async fn reply(
         return bad_request("body must be {\"confirmed\":true|false}");
     };
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     guard.trading.reply_log.push((id.clone(), confirmed));
@@ -288,7 +288,7 @@ pub(crate) async fn order_status(
     Path(id): Path<String>,
 ) -> Response {
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -420,7 +420,7 @@ pub(crate) async fn live_orders(
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let account_id = params.get("accountId").cloned();
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -468,7 +468,7 @@ pub(crate) async fn cancel_order(
     Path((acct, id)): Path<(String, String)>,
 ) -> Response {
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Iserver) {
         return refusal;
     }
     let shape = guard.scenario.cancel_ack_shape;
@@ -511,7 +511,7 @@ pub(crate) async fn trades(
         .unwrap_or(1)
         .clamp(1, 7);
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();

@@ -12,14 +12,15 @@ use serde_json::{Value, json};
 use super::clock::millis;
 use super::routes::json_response;
 use super::state::SharedState;
-use super::trading_routes::{bad_request, gate};
+use super::trading_routes::{Prime, bad_request, gate};
 use super::wire::num;
 
 pub(crate) async fn accounts(State(state): State<SharedState>) -> Response {
-    let guard = state.lock();
-    if let Some(refusal) = gate(&guard, None) {
+    let mut guard = state.lock();
+    if let Some(refusal) = gate(&guard, None, Prime::Nothing) {
         return refusal;
     }
+    guard.portfolio_accounts_queried = true;
     let id = guard.account.account_id.as_str();
     let kind = if id.starts_with("DU") {
         "DEMO"
@@ -72,7 +73,7 @@ pub(crate) async fn summary(
     Path(acct): Path<String>,
 ) -> Response {
     let guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Portfolio) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -106,7 +107,7 @@ pub(crate) async fn positions(
         return bad_request("page must be a number");
     };
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Portfolio) {
         return refusal;
     }
     let now = guard.clock.now_ms();
@@ -169,7 +170,7 @@ pub(crate) async fn invalidate(
     Path(acct): Path<String>,
 ) -> Response {
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Portfolio) {
         return refusal;
     }
     guard.trading.invalidate_positions();

@@ -74,10 +74,15 @@ async fn record_and_set_cookie(
             guard.on_time(now);
             guard.last_request_ms = now;
             let state = &mut *guard;
-            refused = state
-                .pacer
-                .admit(parts.method.as_str(), api_path, now, &state.scenario)
-                .is_err();
+            if let Err(why) =
+                state
+                    .pacer
+                    .admit(parts.method.as_str(), api_path, now, &state.scenario)
+            {
+                // Visible with RUST_LOG=e2e=info: which request tripped pacing.
+                tracing::info!(method = %parts.method, path = api_path, ?why, "cpgw simulator answered 429");
+                refused = true;
+            }
         }
         guard.request_log.push(LoggedRequest {
             method: parts.method.as_str().to_owned(),
@@ -208,6 +213,7 @@ async fn accounts(State(state): State<SharedState>) -> Response {
     if !guard.session_usable() {
         return not_authenticated();
     }
+    guard.iserver_accounts_queried = true;
     json_response(StatusCode::OK, guard.accounts_json())
 }
 

@@ -153,6 +153,12 @@ pub struct SimScenario {
     pub penalty_box: Duration,
     /// Cash or margin account.
     pub account_type: AccountType,
+    /// `/iserver/...` trading and market-data endpoints answer HTTP 500
+    /// `{"error":"Please query /accounts first"}` until `GET /iserver/accounts`
+    /// ran in this brokerage session, and `/portfolio/{acct}/...` until
+    /// `GET /portfolio/accounts` did (client projects; IBKR: "must be called
+    /// prior").
+    pub accounts_priming: bool,
     /// Bracket children carrying a `cOID` are refused (IBKR: "Please do not
     /// set this value for child orders when placing a bracket order").
     pub reject_child_coid: bool,
@@ -190,6 +196,7 @@ impl Default for SimScenario {
             penalty_box_after_violations: 1,
             penalty_box: Duration::from_secs(15 * 60),
             account_type: AccountType::Margin,
+            accounts_priming: true,
             reject_child_coid: true,
         }
     }
@@ -212,6 +219,7 @@ impl SimScenario {
             session_idle_timeout: None,
             nightly_reset: false,
             pacing: false,
+            accounts_priming: false,
             ..SimScenario::default()
         }
     }

@@ -178,6 +178,10 @@ pub(crate) struct SimState {
     pub(crate) trades_cache: ListCache,
     /// Rate limits and the penalty box.
     pub(crate) pacer: Pacer,
+    /// `GET /iserver/accounts` answered in this brokerage session.
+    pub(crate) iserver_accounts_queried: bool,
+    /// `GET /portfolio/accounts` answered in this brokerage session.
+    pub(crate) portfolio_accounts_queried: bool,
 }
 
 impl SimState {
@@ -208,6 +212,8 @@ impl SimState {
             orders_cache: ListCache::Cold,
             trades_cache: ListCache::Cold,
             pacer: Pacer::default(),
+            iserver_accounts_queried: false,
+            portfolio_accounts_queried: false,
         }
     }
 
@@ -227,6 +233,8 @@ impl SimState {
         self.trades_cache = ListCache::Cold;
         self.trading.snapshot_fields.clear();
         self.trading.pending.clear();
+        self.iserver_accounts_queried = false;
+        self.portfolio_accounts_queried = false;
     }
 
     /// Switches the session state; logging back in opens a new brokerage

@@ -64,10 +64,41 @@ pub(crate) fn bad_request(message: impl Into<String>) -> Response {
     json_response(StatusCode::BAD_REQUEST, json!({"error": message.into()}))
 }
 
-/// Refuses when the session is not usable or the path names another account.
-pub(crate) fn gate(state: &SimState, account: Option<&str>) -> Option<Response> {
+/// Which accounts call an endpoint needs first in a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prime {
+    /// None (`/trsrv/...`, `/portfolio/accounts`).
+    Nothing,
+    /// `GET /iserver/accounts` (orders, snapshots, trades...).
+    Iserver,
+    /// `GET /portfolio/accounts` (summary, positions).
+    Portfolio,
+}
+
+/// Refuses when the session is not usable, the accounts call the endpoint
+/// needs has not been made in this brokerage session, or the path names
+/// another account.
+///
+/// Client projects report `500 {"error":"Please query /accounts first"}`
+/// from `/iserver/account/orders`, `/order/status`, `/marketdata/snapshot`
+/// and `/account/trades` until `GET /iserver/accounts` ran once in the
+/// session (again after the daily reset), and from `/portfolio/{acct}/summary`
+/// until `GET /portfolio/accounts` did; IBKR's documentation: "/portfolio/accounts
+/// ... must be called prior to calling other /portfolio endpoints".
+pub(crate) fn gate(state: &SimState, account: Option<&str>, prime: Prime) -> Option<Response> {
     if !state.session_usable() {
         return Some(not_authenticated());
+    }
+    let primed = match prime {
+        Prime::Nothing => true,
+        Prime::Iserver => state.iserver_accounts_queried,
+        Prime::Portfolio => state.portfolio_accounts_queried,
+    };
+    if state.scenario.accounts_priming && !primed {
+        return Some(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "Please query /accounts first"}),
+        ));
     }
     match account {
         Some(account) if account != state.account.account_id => {

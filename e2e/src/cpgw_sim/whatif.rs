@@ -30,7 +30,7 @@ use super::orders::{OrderTicket, OrderType, Side, parse_tickets};
 use super::questions::whatif_warns;
 use super::routes::json_response;
 use super::state::SharedState;
-use super::trading_routes::{bad_request, gate};
+use super::trading_routes::{Prime, bad_request, gate};
 use super::wire::{money, qty_str, whole_money};
 
 /// The price a what-if assumes: the touch for market-like orders, the
@@ -64,7 +64,7 @@ pub(crate) async fn whatif(
     body: Bytes,
 ) -> Response {
     let guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct)) {
+    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Iserver) {
         return refusal;
     }
     let tickets = match parse_tickets(

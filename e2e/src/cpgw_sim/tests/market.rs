@@ -45,8 +45,10 @@ async fn snapshot_needs_a_pre_flight_per_conid_and_field() -> TestResult {
         assert_eq!(prefixed[0]["84"], "189.24");
     }
 
-    // A new brokerage session needs new pre-flights.
-    h.sim.restart_brokerage_session();
+    // A new brokerage session needs new pre-flights (5 s later: pacing allows
+    // one /portfolio/accounts per 5 s).
+    h.advance_secs(5);
+    h.new_session().await?;
     let (_, again) = h.get(url).await?;
     assert!(again[0].get("31").is_none());
     h.sim.update_scenario(|s| s.snapshot_warmup = false);

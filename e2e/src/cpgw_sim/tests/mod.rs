@@ -40,7 +40,9 @@ fn d(text: &str) -> Decimal {
 }
 
 /// A simulator on a manual clock at [`DEFAULT_START`] (Tuesday 10:00 New
-/// York) and a client pinned to its certificate.
+/// York) and a client pinned to its certificate. `start` has already made the
+/// two accounts calls a session needs first (`GET /iserver/accounts`,
+/// `GET /portfolio/accounts`), as a client would.
 struct Harness {
     sim: CpgwSimulator,
     client: Client,
@@ -55,8 +57,29 @@ impl Harness {
         .await
     }
 
-    /// `config` with its clock replaced by a manual one.
+    /// `config` with its clock replaced by a manual one; primed.
     async fn start_with(config: SimConfig) -> Result<Harness, Box<dyn std::error::Error>> {
+        let h = Harness::start_unprimed(config).await?;
+        h.prime().await?;
+        Ok(h)
+    }
+
+    /// The accounts calls a brokerage session needs first.
+    async fn prime(&self) -> TestResult {
+        for path in ["/iserver/accounts", "/portfolio/accounts"] {
+            assert_eq!(self.get(path).await?.0, StatusCode::OK, "{path}");
+        }
+        Ok(())
+    }
+
+    /// A new brokerage session, primed again.
+    async fn new_session(&self) -> TestResult {
+        self.sim.restart_brokerage_session();
+        self.prime().await
+    }
+
+    /// Like `start_with`, without the accounts calls.
+    async fn start_unprimed(config: SimConfig) -> Result<Harness, Box<dyn std::error::Error>> {
         let sim = CpgwSimulator::start(SimConfig {
             clock: SimClock::manual(DEFAULT_START),
             ..config

@@ -126,7 +126,7 @@ async fn a_new_brokerage_session_starts_cold_and_forgets_finished_orders() -> Te
     h.place_ok(json!([mkt("BUY", "1", "old-filled")])).await?;
     h.place_ok(json!([lmt("BUY", 1, "150", "old-working")]))
         .await?;
-    h.sim.restart_brokerage_session();
+    h.new_session().await?;
     assert_eq!(h.get(orders_path()).await?.1["orders"], json!([]));
     h.advance_secs(5);
     let (_, listed) = h.get(orders_path()).await?;
@@ -148,14 +148,14 @@ async fn pre_flight_shapes_are_knobs() -> TestResult {
         (PreflightShape::EmptyObject, json!({})),
     ] {
         h.sim.update_scenario(|s| s.orders_preflight_shape = shape);
-        h.sim.restart_brokerage_session();
+        h.new_session().await?;
         assert_eq!(h.get(orders_path()).await?.1, body);
     }
     h.sim.update_scenario(|s| {
         s.orders_preflight = false;
         s.orders_fill_delay = Duration::from_secs(60);
     });
-    h.sim.restart_brokerage_session();
+    h.new_session().await?;
     assert_eq!(
         h.get(orders_path()).await?.1,
         json!({"orders": [], "snapshot": true})
@@ -179,6 +179,7 @@ async fn trades_need_a_pre_flight_and_cover_the_current_day() -> TestResult {
     h.advance_secs(24 * 60 * 60);
     assert_eq!(h.sim.auth_state(), AuthState::ConnectedOnly);
     h.sim.set_auth_state(AuthState::LoggedIn);
+    h.prime().await?;
     assert_eq!(h.get("/iserver/account/trades?days=2").await?.1, json!([]));
     h.advance_secs(5);
     assert_eq!(h.get("/iserver/account/trades").await?.1, json!([]));

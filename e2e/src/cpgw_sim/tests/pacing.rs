@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use super::{ACCT, Harness, TestResult};
-use crate::cpgw_sim::SimScenario;
+use crate::cpgw_sim::{SimConfig, SimScenario};
 
 fn orders_path() -> String {
     format!("/iserver/account/orders?accountId={ACCT}")
@@ -55,9 +55,12 @@ async fn a_second_orders_read_within_5_seconds_is_refused_and_boxes_every_endpoi
 
 #[tokio::test]
 async fn the_gateway_admits_10_requests_a_second() -> TestResult {
-    let h = Harness::start(SimScenario {
-        penalty_box_after_violations: 2,
-        ..SimScenario::default()
+    let h = Harness::start_unprimed(SimConfig {
+        scenario: SimScenario {
+            penalty_box_after_violations: 2,
+            ..SimScenario::default()
+        },
+        ..SimConfig::default()
     })
     .await?;
     for _ in 0..10 {

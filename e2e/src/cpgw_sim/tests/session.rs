@@ -367,9 +367,12 @@ async fn shutdown_closes_idle_keep_alive_connections_promptly() -> TestResult {
 /// brokerage session active at a time across all IB platforms".
 #[tokio::test]
 async fn competing_session_blocks_trading_until_taken_back() -> TestResult {
-    let h = Harness::start(SimScenario {
-        competing: true,
-        ..SimScenario::ideal()
+    let h = Harness::start_unprimed(SimConfig {
+        scenario: SimScenario {
+            competing: true,
+            ..SimScenario::ideal()
+        },
+        ..SimConfig::default()
     })
     .await?;
     let (_, status) = h.post("/iserver/auth/status", json!({})).await?;
@@ -405,5 +408,49 @@ async fn competing_session_blocks_trading_until_taken_back() -> TestResult {
     );
     let (code, _) = h.get("/iserver/accounts").await?;
     assert_eq!(code, StatusCode::OK);
+    Ok(())
+}
+
+/// Client projects report `500 {"error":"Please query /accounts first"}`
+/// until `GET /iserver/accounts` (for `/iserver/...`) or `GET
+/// /portfolio/accounts` (for `/portfolio/{acct}/...`) ran in the session,
+/// and again after the daily reset.
+#[tokio::test]
+async fn a_session_needs_its_accounts_calls_first() -> TestResult {
+    let h = Harness::start_unprimed(SimConfig {
+        scenario: SimScenario {
+            pacing: false,
+            ..SimScenario::default()
+        },
+        ..SimConfig::default()
+    })
+    .await?;
+    let first = json!({"error": "Please query /accounts first"});
+    let snapshot = "/iserver/marketdata/snapshot?conids=265598&fields=31";
+    let summary = "/portfolio/DU1234567/summary";
+    for path in [
+        snapshot,
+        "/iserver/account/orders?accountId=DU1234567",
+        "/iserver/account/trades",
+        summary,
+        "/portfolio/DU1234567/positions/0",
+    ] {
+        assert_eq!(
+            h.get(path).await?,
+            (StatusCode::INTERNAL_SERVER_ERROR, first.clone()),
+            "{path}"
+        );
+    }
+    // Contract search needs no brokerage priming.
+    assert_eq!(h.get("/trsrv/stocks?symbols=AAPL").await?.0, StatusCode::OK);
+    assert_eq!(h.get("/iserver/accounts").await?.0, StatusCode::OK);
+    assert_eq!(h.get(snapshot).await?.0, StatusCode::OK);
+    assert_eq!(h.get(summary).await?.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(h.get("/portfolio/accounts").await?.0, StatusCode::OK);
+    assert_eq!(h.get(summary).await?.0, StatusCode::OK);
+    // A new brokerage session needs them again.
+    h.sim.restart_brokerage_session();
+    assert_eq!(h.get(snapshot).await?.1, first);
+    assert_eq!(h.get(summary).await?.1, first);
     Ok(())
 }
