@@ -61,6 +61,9 @@ struct Args {
     /// A cash account: shorts are refused.
     #[arg(long)]
     cash_account: bool,
+    /// Serve `/iserver` and `/portfolio/{acct}` without the accounts calls first.
+    #[arg(long)]
+    no_accounts_priming: bool,
     /// Prefix field 31 with `C` (previous close) or `H` (halted).
     #[arg(long, value_enum, ignore_case = true)]
     price_prefix: Option<PrefixArg>,
@@ -195,6 +198,7 @@ impl Args {
         if self.cash_account {
             scenario.account_type = AccountType::Cash;
         }
+        scenario.accounts_priming &= !self.no_accounts_priming;
         scenario.warning_rounds = self.warning_rounds.clone();
         scenario.fail_with_503_after_landing = self.fail_503_after_landing;
         if let Some(steps) = self.partial_fill_steps {
