@@ -5,7 +5,12 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
-use e2e::cpgw_sim::{AuthState, CancelAckShape, CpgwSimulator, Decimal, SimConfig, SimScenario};
+use std::time::Duration;
+
+use e2e::cpgw_sim::{
+    AccountType, AuthState, CancelAckShape, CpgwSimulator, DEFAULT_START, Decimal, MarketHours,
+    SessionPhase, SimClock, SimConfig, SimScenario,
+};
 
 /// Imitates IBKR's Client Portal Gateway over HTTPS with a fresh
 /// self-signed certificate. Offers no login endpoint.
@@ -24,19 +29,41 @@ struct Args {
     /// Cash in the paper account at start, in USD.
     #[arg(long, default_value = "100000")]
     starting_cash: Decimal,
-    /// Start with every quirk off (no warm-ups, no positions lag); the flags
-    /// below still apply on top.
+    /// Clock start (RFC 3339); the clock then runs at real speed. Default:
+    /// a Tuesday, 10:00 New York.
+    #[arg(long, value_parser = parse_start)]
+    start: Option<time::OffsetDateTime>,
+    /// Start with every quirk off (no warm-ups, no lag, no pacing, no derived
+    /// questions); the flags below still apply on top.
     #[arg(long)]
     ideal: bool,
-    /// Market closed: orders are parked as PreSubmitted until it opens.
-    #[arg(long)]
-    market_closed: bool,
+    /// Session phase: from the clock (default) or pinned.
+    #[arg(long, value_enum, default_value_t = MarketArg::Clock)]
+    market: MarketArg,
     /// Answer the first snapshot of each conid with values at once.
     #[arg(long)]
     no_snapshot_warmup: bool,
-    /// Answer the first `/iserver/account/orders` with the full list.
+    /// Answer `/iserver/account/orders` and `/trades` without a pre-flight.
     #[arg(long)]
-    no_orders_warmup: bool,
+    no_orders_preflight: bool,
+    /// List orders without `accountId` too.
+    #[arg(long)]
+    orders_without_account_id: bool,
+    /// Switch pacing (429s, penalty box) off.
+    #[arg(long)]
+    no_pacing: bool,
+    /// Ask no questions derived from the orders themselves.
+    #[arg(long)]
+    no_order_warnings: bool,
+    /// The session has no market data subscription (`o354` on every order).
+    #[arg(long)]
+    no_market_data: bool,
+    /// A cash account: shorts are refused.
+    #[arg(long)]
+    cash_account: bool,
+    /// Serve `/iserver` and `/portfolio/{acct}` without the accounts calls first.
+    #[arg(long)]
+    no_accounts_priming: bool,
     /// Prefix field 31 with `C` (previous close) or `H` (halted).
     #[arg(long, value_enum, ignore_case = true)]
     price_prefix: Option<PrefixArg>,
@@ -49,9 +76,9 @@ struct Args {
     /// Fill executable orders in K slices, one per status poll.
     #[arg(long)]
     partial_fill_steps: Option<u32>,
-    /// Position-page requests a fill waits before it shows.
+    /// Seconds a fill waits before positions show it.
     #[arg(long)]
-    positions_lag_requests: Option<u32>,
+    positions_lag_secs: Option<u64>,
     /// Rows per positions page.
     #[arg(long)]
     positions_page_size: Option<usize>,
@@ -64,9 +91,9 @@ struct Args {
     /// New orders are parked dead as Inactive.
     #[arg(long)]
     inactive_orders: bool,
-    /// The session lapses after N requests without a tickle.
+    /// Seconds without any request before the session lapses (0: never).
     #[arg(long)]
-    idle_lapse_requests: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     /// Where an idle lapse leaves the session.
     #[arg(long, value_enum, default_value_t = StateArg::ConnectedOnly)]
     idle_lapse_state: StateArg,
@@ -90,6 +117,33 @@ impl From<StateArg> for AuthState {
             StateArg::LoggedOut => AuthState::LoggedOut,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MarketArg {
+    /// From the clock, New York equity hours.
+    Clock,
+    Regular,
+    PreMarket,
+    AfterHours,
+    Closed,
+}
+
+impl From<MarketArg> for MarketHours {
+    fn from(market: MarketArg) -> Self {
+        match market {
+            MarketArg::Clock => MarketHours::FromClock,
+            MarketArg::Regular => MarketHours::Fixed(SessionPhase::Regular),
+            MarketArg::PreMarket => MarketHours::Fixed(SessionPhase::PreMarket),
+            MarketArg::AfterHours => MarketHours::Fixed(SessionPhase::AfterHours),
+            MarketArg::Closed => MarketHours::Fixed(SessionPhase::Closed),
+        }
+    }
+}
+
+fn parse_start(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|error| error.to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -131,16 +185,27 @@ impl Args {
             PrefixArg::C => 'C',
             PrefixArg::H => 'H',
         });
-        scenario.market_open = !self.market_closed;
+        if !matches!(self.market, MarketArg::Clock) || !self.ideal {
+            scenario.market = self.market.into();
+        }
         scenario.snapshot_warmup &= !self.no_snapshot_warmup;
-        scenario.orders_warmup &= !self.no_orders_warmup;
+        scenario.orders_preflight &= !self.no_orders_preflight;
+        scenario.trades_preflight &= !self.no_orders_preflight;
+        scenario.orders_need_account_id &= !self.orders_without_account_id;
+        scenario.pacing &= !self.no_pacing;
+        scenario.order_warnings &= !self.no_order_warnings;
+        scenario.market_data_subscribed = !self.no_market_data;
+        if self.cash_account {
+            scenario.account_type = AccountType::Cash;
+        }
+        scenario.accounts_priming &= !self.no_accounts_priming;
         scenario.warning_rounds = self.warning_rounds.clone();
         scenario.fail_with_503_after_landing = self.fail_503_after_landing;
         if let Some(steps) = self.partial_fill_steps {
             scenario.partial_fill_steps = steps;
         }
-        if let Some(lag) = self.positions_lag_requests {
-            scenario.positions_lag_requests = lag;
+        if let Some(lag) = self.positions_lag_secs {
+            scenario.positions_lag = Duration::from_secs(lag);
         }
         if let Some(size) = self.positions_page_size {
             scenario.positions_page_size = size;
@@ -150,7 +215,9 @@ impl Args {
         }
         scenario.cancel_as_api_cancelled = self.api_cancelled;
         scenario.inactive_orders = self.inactive_orders;
-        scenario.session_idle_lapse_requests = self.idle_lapse_requests;
+        if let Some(seconds) = self.idle_timeout_secs {
+            scenario.session_idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
+        }
         scenario.idle_lapse_state = self.idle_lapse_state.into();
         scenario.competing = self.competing;
         scenario
@@ -177,6 +244,7 @@ async fn main() -> std::io::Result<()> {
         seed: args.seed,
         scenario,
         starting_cash: args.starting_cash,
+        clock: SimClock::flowing(args.start.unwrap_or(DEFAULT_START)),
         ..SimConfig::default()
     })
     .await?;

@@ -39,12 +39,17 @@ pub(crate) struct FillEffect {
     pub(crate) quantity: Decimal,
     pub(crate) price: Decimal,
     pub(crate) commission: Decimal,
+    /// When the fill happened (clock milliseconds).
+    pub(crate) at_ms: i64,
 }
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Book {
     pub(crate) cash: BTreeMap<String, Decimal>,
     pub(crate) holdings: BTreeMap<i64, Holding>,
+    /// Keep a closed position as a zero row instead of dropping it: CPGW's
+    /// cached positions do (reference server DECISIONS.md ADR-008).
+    pub(crate) keep_closed: bool,
 }
 
 /// Account figures in the base currency, as `/portfolio/{acct}/summary`
@@ -68,6 +73,13 @@ impl Book {
         let mut book = Book::default();
         book.cash.insert("USD".to_owned(), usd);
         book
+    }
+
+    /// The signed quantity held of a conid (zero when none).
+    pub(crate) fn held(&self, conid: i64) -> Decimal {
+        self.holdings
+            .get(&conid)
+            .map_or(Decimal::ZERO, |holding| holding.quantity)
     }
 
     pub(crate) fn apply(&mut self, fill: &FillEffect) {
@@ -97,14 +109,16 @@ impl Book {
             entry.avg_price = fill.price;
         }
         entry.quantity = new;
-        if new.is_zero() {
+        if new.is_zero() && !self.keep_closed {
             self.holdings.remove(&fill.conid);
         }
     }
 
+    /// Open positions (zero rows left out).
     pub(crate) fn positions(&self, market: &Market) -> Vec<SimPosition> {
         self.holdings
             .iter()
+            .filter(|(_, holding)| !holding.quantity.is_zero())
             .filter_map(|(conid, holding)| {
                 let listing = market.by_conid(*conid)?;
                 Some(SimPosition {

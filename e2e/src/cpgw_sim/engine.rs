@@ -3,20 +3,34 @@
 //!
 //! Fills happen at the touch: buys at the ask, sells at the bid (limit
 //! orders never worse than their limit). Orders are re-evaluated whenever a
-//! quote moves (snapshot tick, `set_price`), the scenario changes, or an
-//! order is placed; a partial fill advances one slice per status poll.
+//! quote moves (snapshot tick, `set_price`), the scenario or the clock
+//! changes, or an order is placed; a partial fill advances one slice per
+//! status poll. DAY orders expire at the next regular close on the clock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::book::{Book, FillEffect};
+use super::clock::{SessionPhase, next_regular_close};
 use super::market::{Market, SimQuote};
 use super::orders::{
-    OrderTicket, OrderType, Side, SimExecution, SimOrder, SimOrderStatus, TrailKind,
+    OrderTicket, OrderType, Side, SimExecution, SimOrder, SimOrderStatus, TrailKind, coid_taken,
 };
-use super::scenario::SimScenario;
+use super::scenario::{AccountType, SimScenario};
 use super::wire::{price_str, qty_str};
+
+/// `cOID` "must be unique for a 24h span" (IBKR order reference).
+const COID_UNIQUE_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What the engine needs to know about the world at one instant.
+#[derive(Clone, Copy)]
+pub(crate) struct Env<'a> {
+    pub(crate) market: &'a Market,
+    pub(crate) scenario: &'a SimScenario,
+    pub(crate) now_ms: i64,
+    pub(crate) phase: SessionPhase,
+}
 
 /// First order id handed out; real ids are ten-digit numbers too.
 const FIRST_ORDER_ID: u64 = 1_800_000_001;
@@ -45,6 +59,10 @@ pub(crate) struct Order {
     pub(crate) parent: Option<u64>,
     pub(crate) placed_ms: i64,
     pub(crate) last_execution_ms: Option<i64>,
+    /// Brokerage session the order was placed in.
+    pub(crate) epoch: u64,
+    /// When a DAY order expires (the next regular close after placement).
+    pub(crate) expires_ms: Option<i64>,
 }
 
 impl Order {
@@ -156,14 +174,19 @@ pub(crate) struct Trading {
     pub(crate) book: Book,
     /// What CPGW reports: fills arrive after the positions lag.
     pub(crate) reported: Book,
-    /// Fills not yet in `reported`, with the position requests still to wait.
-    unsettled: Vec<(u32, FillEffect)>,
-    pub(crate) orders_warmed: bool,
-    pub(crate) snapshot_warmed: HashSet<i64>,
+    /// Fills not yet in `reported`, each stamped with its time.
+    unsettled: Vec<FillEffect>,
+    /// `positions/invalidate` was called: the next positions read is fresh.
+    positions_invalidated: bool,
+    /// Per conid, the snapshot fields asked for so far in this brokerage
+    /// session (a field is delivered only once it was asked before).
+    pub(crate) snapshot_fields: HashMap<i64, HashSet<String>>,
 }
 
 impl Trading {
     pub(crate) fn new(starting_cash: Decimal) -> Self {
+        let mut reported = Book::with_cash(starting_cash);
+        reported.keep_closed = true;
         Trading {
             orders: Vec::new(),
             next_order_id: FIRST_ORDER_ID,
@@ -172,10 +195,10 @@ impl Trading {
             reply_log: Vec::new(),
             executions: Vec::new(),
             book: Book::with_cash(starting_cash),
-            reported: Book::with_cash(starting_cash),
+            reported,
             unsettled: Vec::new(),
-            orders_warmed: false,
-            snapshot_warmed: HashSet::new(),
+            positions_invalidated: false,
+            snapshot_fields: HashMap::new(),
         }
     }
 
@@ -188,32 +211,82 @@ impl Trading {
         self.orders.iter().position(|order| order.id == id)
     }
 
-    fn c_oid_taken(&self, c_oid: &str) -> bool {
-        self.orders
-            .iter()
-            .any(|order| order.ticket.c_oid.as_deref() == Some(c_oid))
+    /// A `cOID` used by an order placed in the last 24 hours.
+    fn c_oid_taken(&self, c_oid: &str, now_ms: i64) -> bool {
+        self.orders.iter().any(|order| {
+            order.ticket.c_oid.as_deref() == Some(c_oid)
+                && order.placed_ms > now_ms - COID_UNIQUE_MS
+        })
     }
 
-    /// Checks what needs the existing orders: unique `cOID`s and parents
-    /// that exist (earlier in the same submission, or already placed).
-    pub(crate) fn check_against_book(&self, tickets: &[OrderTicket]) -> Result<(), String> {
+    /// Checks what needs the existing orders and positions: `cOID`s unique
+    /// over 24 hours, parents that exist (earlier in the same submission, or
+    /// already placed), and no short the account may not hold.
+    pub(crate) fn check_against_book(
+        &self,
+        tickets: &[OrderTicket],
+        market: &Market,
+        scenario: &SimScenario,
+        now_ms: i64,
+    ) -> Result<(), String> {
         for (index, ticket) in tickets.iter().enumerate() {
             if let Some(c_oid) = &ticket.c_oid
-                && self.c_oid_taken(c_oid)
+                && self.c_oid_taken(c_oid, now_ms)
             {
-                return Err(format!("Local order ID={c_oid} is already registered."));
+                return Err(coid_taken(c_oid));
             }
             if let Some(parent) = &ticket.parent_c_oid {
                 let in_submission = tickets
                     .iter()
                     .take(index)
                     .any(|earlier| earlier.c_oid.as_ref() == Some(parent));
-                if !in_submission && !self.c_oid_taken(parent) {
+                let placed = self
+                    .orders
+                    .iter()
+                    .any(|order| order.ticket.c_oid.as_ref() == Some(parent));
+                if !in_submission && !placed {
                     return Err(format!("Parent order {parent} not found"));
+                }
+                // A child closes what its parent opens.
+                continue;
+            }
+            self.check_short(ticket, market, scenario)?;
+        }
+        Ok(())
+    }
+
+    /// IBKR Knowledge Base, "How do I sell a stock short?": "you must
+    /// maintain a "Margin" type account with net liquidating equity of at
+    /// least USD 2,000 for a short sale order to be accepted. Short sales are
+    /// not allowed in "Cash" type accounts." The refusal texts quote it; the
+    /// API's own wording is not public.
+    fn check_short(
+        &self,
+        ticket: &OrderTicket,
+        market: &Market,
+        scenario: &SimScenario,
+    ) -> Result<(), String> {
+        if ticket.side != Side::Sell {
+            return Ok(());
+        }
+        let Some(quantity) = ticket.quantity else {
+            return Ok(());
+        };
+        if self.book.held(ticket.conid) - quantity >= Decimal::ZERO {
+            return Ok(());
+        }
+        match scenario.account_type {
+            AccountType::Cash => {
+                Err("Short sales are not allowed in \"Cash\" type accounts.".to_owned())
+            }
+            AccountType::Margin => {
+                if self.book.figures(market).net_liquidation < Decimal::from(2_000) {
+                    Err("A short sale needs a \"Margin\" type account with net liquidating equity of at least USD 2,000.".to_owned())
+                } else {
+                    Ok(())
                 }
             }
         }
-        Ok(())
     }
 
     /// Records the orders and lets them work. Returns their indices.
@@ -221,29 +294,30 @@ impl Trading {
         &mut self,
         tickets: Vec<OrderTicket>,
         account: &str,
-        market: &Market,
-        scenario: &SimScenario,
-        now_ms: i64,
+        epoch: u64,
+        env: Env<'_>,
     ) -> Result<Vec<usize>, String> {
-        self.check_against_book(&tickets)?;
+        self.check_against_book(&tickets, env.market, env.scenario, env.now_ms)?;
         let mut placed = Vec::new();
         for ticket in tickets {
-            let Some(listing) = market.by_conid(ticket.conid) else {
+            let Some(listing) = env.market.by_conid(ticket.conid) else {
                 return Err(format!("No contract found for conid {}", ticket.conid));
             };
             let parent = ticket.parent_c_oid.as_ref().and_then(|parent| {
                 self.orders
                     .iter()
+                    .rev()
                     .find(|order| order.ticket.c_oid.as_ref() == Some(parent))
                     .map(|order| order.id)
             });
             let id = self.next_order_id;
             self.next_order_id += 1;
-            let status = if scenario.inactive_orders {
+            let status = if env.scenario.inactive_orders {
                 SimOrderStatus::Inactive
             } else {
                 SimOrderStatus::PendingSubmit
             };
+            let expires_ms = (ticket.tif == "DAY").then(|| next_regular_close(env.now_ms));
             self.orders.push(Order {
                 id,
                 account: account.to_owned(),
@@ -257,26 +331,47 @@ impl Trading {
                 triggered: false,
                 steps_left: 0,
                 parent,
-                placed_ms: now_ms,
+                placed_ms: env.now_ms,
                 last_execution_ms: None,
+                epoch,
+                expires_ms,
             });
             placed.push(self.orders.len() - 1);
         }
         for index in &placed {
-            self.step(*index, market, scenario, now_ms);
+            self.step(*index, env);
+            // IOC: whatever did not execute at once is cancelled.
+            if let Some(order) = self.orders.get_mut(*index)
+                && order.ticket.tif == "IOC"
+                && !order.status.is_terminal()
+                && order.steps_left == 0
+            {
+                order.status = SimOrderStatus::Cancelled;
+            }
         }
         Ok(placed)
     }
 
     /// Re-evaluates every working order.
-    pub(crate) fn evaluate_all(&mut self, market: &Market, scenario: &SimScenario, now_ms: i64) {
+    pub(crate) fn evaluate_all(&mut self, env: Env<'_>) {
         for index in 0..self.orders.len() {
-            self.step(index, market, scenario, now_ms);
+            self.step(index, env);
+        }
+    }
+
+    /// DAY orders still working at their close are cancelled, as CPGW's ack
+    /// text warns ("will be automatically canceled at ...").
+    pub(crate) fn expire(&mut self, now_ms: i64) {
+        for order in &mut self.orders {
+            if order.expires_ms.is_some_and(|at| at <= now_ms) && !order.status.is_terminal() {
+                order.status = SimOrderStatus::Cancelled;
+                order.steps_left = 0;
+            }
         }
     }
 
     /// Moves one order as far as the market and the scenario allow.
-    fn step(&mut self, index: usize, market: &Market, scenario: &SimScenario, now_ms: i64) {
+    fn step(&mut self, index: usize, env: Env<'_>) {
         let Some(order) = self.orders.get(index) else {
             return;
         };
@@ -299,11 +394,11 @@ impl Trading {
                 return;
             }
         }
-        if !scenario.market_open && !order.ticket.outside_rth {
+        if !env.phase.executes(order.ticket.outside_rth) {
             self.set_status(index, SimOrderStatus::PreSubmitted);
             return;
         }
-        let Some(quote) = market.quote(order.ticket.conid) else {
+        let Some(quote) = env.market.quote(order.ticket.conid) else {
             return;
         };
         let ticket = order.ticket.clone();
@@ -336,7 +431,7 @@ impl Trading {
             self.set_status(index, SimOrderStatus::Submitted);
             return;
         }
-        self.begin_execution(index, market, scenario, now_ms);
+        self.begin_execution(index, env);
     }
 
     fn set_status(&mut self, index: usize, status: SimOrderStatus) {
@@ -375,14 +470,8 @@ impl Trading {
     }
 
     /// The order is executable: fill it now, or start filling it in slices.
-    fn begin_execution(
-        &mut self,
-        index: usize,
-        market: &Market,
-        scenario: &SimScenario,
-        now_ms: i64,
-    ) {
-        let Some(price) = self.execution_price(index, market) else {
+    fn begin_execution(&mut self, index: usize, env: Env<'_>) {
+        let Some(price) = self.execution_price(index, env.market) else {
             return;
         };
         let Some(order) = self.orders.get_mut(index) else {
@@ -398,10 +487,10 @@ impl Trading {
             }
             order.target = Some(quantity);
         }
-        let steps = scenario.partial_fill_steps.max(1);
+        let steps = env.scenario.partial_fill_steps.max(1);
         if steps == 1 {
             let remaining = order.remaining();
-            self.execute(index, remaining, price, market, scenario, now_ms);
+            self.execute(index, remaining, price, env);
         } else {
             order.steps_left = steps;
             order.status = SimOrderStatus::Submitted;
@@ -428,28 +517,20 @@ impl Trading {
     }
 
     /// Records one execution and applies it to the books.
-    fn execute(
-        &mut self,
-        index: usize,
-        quantity: Decimal,
-        price: Decimal,
-        market: &Market,
-        scenario: &SimScenario,
-        now_ms: i64,
-    ) {
+    fn execute(&mut self, index: usize, quantity: Decimal, price: Decimal, env: Env<'_>) {
         if quantity <= Decimal::ZERO {
             return;
         }
         let Some(order) = self.orders.get_mut(index) else {
             return;
         };
-        let Some(listing) = market.by_conid(order.ticket.conid) else {
+        let Some(listing) = env.market.by_conid(order.ticket.conid) else {
             return;
         };
         let commission = commission(quantity, price);
         order.filled += quantity;
         order.notional += quantity * price;
-        order.last_execution_ms = Some(now_ms);
+        order.last_execution_ms = Some(env.now_ms);
         let complete = order.remaining().is_zero();
         order.status = if complete {
             order.steps_left = 0;
@@ -476,7 +557,7 @@ impl Trading {
             price,
             commission,
             order_ref,
-            time_ms: now_ms,
+            time_ms: env.now_ms,
         });
         let effect = FillEffect {
             conid,
@@ -485,22 +566,22 @@ impl Trading {
             quantity,
             price,
             commission,
+            at_ms: env.now_ms,
         };
         self.book.apply(&effect);
-        if scenario.positions_lag_requests == 0 {
+        if env.scenario.positions_lag.is_zero() {
             self.reported.apply(&effect);
         } else {
-            self.unsettled
-                .push((scenario.positions_lag_requests, effect));
+            self.unsettled.push(effect);
         }
         if complete {
-            self.on_filled(index, market, scenario, now_ms);
+            self.on_filled(index, env);
         }
     }
 
     /// Bracket logic: a filled parent releases its children; a filled child
     /// cancels its siblings (one-cancels-all).
-    fn on_filled(&mut self, index: usize, market: &Market, scenario: &SimScenario, now_ms: i64) {
+    fn on_filled(&mut self, index: usize, env: Env<'_>) {
         let Some(order) = self.orders.get(index) else {
             return;
         };
@@ -510,7 +591,7 @@ impl Trading {
             .filter(|i| self.orders.get(*i).is_some_and(|o| o.parent == Some(id)))
             .collect();
         for child in children {
-            self.step(child, market, scenario, now_ms);
+            self.step(child, env);
         }
         if let Some(parent) = parent {
             for sibling in &mut self.orders {
@@ -526,13 +607,7 @@ impl Trading {
     }
 
     /// A status poll: an order filling in slices gets its next slice.
-    pub(crate) fn poll(
-        &mut self,
-        index: usize,
-        market: &Market,
-        scenario: &SimScenario,
-        now_ms: i64,
-    ) {
+    pub(crate) fn poll(&mut self, index: usize, env: Env<'_>) {
         let Some(order) = self.orders.get(index) else {
             return;
         };
@@ -557,8 +632,8 @@ impl Trading {
         if let Some(order) = self.orders.get_mut(index) {
             order.steps_left = steps_left - 1;
         }
-        if let Some(price) = self.execution_price(index, market) {
-            self.execute(index, slice, price, market, scenario, now_ms);
+        if let Some(price) = self.execution_price(index, env.market) {
+            self.execute(index, slice, price, env);
         }
     }
 
@@ -603,13 +678,7 @@ impl Trading {
     }
 
     /// Fills whatever is left at the touch, whatever the conditions.
-    pub(crate) fn force_fill(
-        &mut self,
-        order_id: &str,
-        market: &Market,
-        scenario: &SimScenario,
-        now_ms: i64,
-    ) -> bool {
+    pub(crate) fn force_fill(&mut self, order_id: &str, env: Env<'_>) -> bool {
         let Some(index) = self.index_of(order_id) else {
             return false;
         };
@@ -619,7 +688,7 @@ impl Trading {
         if order.status.is_terminal() {
             return false;
         }
-        let Some(quote) = market.quote(order.ticket.conid) else {
+        let Some(quote) = env.market.quote(order.ticket.conid) else {
             return false;
         };
         let price = match order.ticket.side {
@@ -639,28 +708,38 @@ impl Trading {
                 order.status = SimOrderStatus::Cancelled;
                 return false;
             }
-            self.execute(index, remaining, price, market, scenario, now_ms);
+            self.execute(index, remaining, price, env);
             return true;
         }
         false
     }
 
-    /// One `/portfolio/{acct}/positions/{page}` request went by.
-    pub(crate) fn positions_request(&mut self) {
+    /// Applies to the reported book every fill older than the lag, or every
+    /// fill at all if positions were invalidated since the last read.
+    pub(crate) fn settle_due(&mut self, now_ms: i64, lag_ms: i64, read: bool) {
+        let everything = read && self.positions_invalidated;
+        if read {
+            self.positions_invalidated = false;
+        }
         let mut waiting = Vec::new();
-        for (countdown, effect) in std::mem::take(&mut self.unsettled) {
-            if countdown == 0 {
+        for effect in std::mem::take(&mut self.unsettled) {
+            if everything || effect.at_ms.saturating_add(lag_ms) <= now_ms {
                 self.reported.apply(&effect);
             } else {
-                waiting.push((countdown - 1, effect));
+                waiting.push(effect);
             }
         }
         self.unsettled = waiting;
     }
 
+    /// `POST /portfolio/{acct}/positions/invalidate`.
+    pub(crate) fn invalidate_positions(&mut self) {
+        self.positions_invalidated = true;
+    }
+
     /// Applies every pending fill to the reported book.
     pub(crate) fn settle(&mut self) {
-        for (_, effect) in std::mem::take(&mut self.unsettled) {
+        for effect in std::mem::take(&mut self.unsettled) {
             self.reported.apply(&effect);
         }
     }
@@ -683,7 +762,8 @@ fn stop_hit(side: Side, trigger: Option<Decimal>, last: Decimal) -> bool {
 }
 
 /// IBKR Pro fixed pricing: USD 0.005 a share, at least USD 1.00, at most 1%
-/// of the trade value; two decimals.
+/// of the trade value; two decimals. (The reference server's live what-if of
+/// a USD 2 cash buy shows a commission of "0.02 USD": the 1% cap.)
 pub(crate) fn commission(quantity: Decimal, price: Decimal) -> Decimal {
     let per_share = quantity * Decimal::new(5, 3);
     let cap = quantity * price / Decimal::ONE_HUNDRED;

@@ -12,19 +12,31 @@
 //! SHEL (LSE listed before NYSE). Quotes walk deterministically from
 //! [`SimConfig::seed`], one step per snapshot request; [`CpgwSimulator::set_price`]
 //! pins a quote for exact assertions. Money and quantities are exact
-//! decimals throughout. The CPGW quirks (warm-ups, confirmation rounds,
-//! 503 after landing, partial fills, positions lag, cancel answer shapes,
-//! idle lapse, competing sessions...) are knobs of [`SimScenario`].
+//! decimals throughout.
+//!
+//! The simulator is a witness, not an accomplice: each CPGW behaviour it
+//! reproduces cites its source (IBKR's documentation, or a public report
+//! from an IBKR client project), and where a source is unclear it takes the
+//! stricter plausible behaviour. docs/cpgw-simulator.md lists every quirk,
+//! its [`SimScenario`] knob and its source. Time comes from an injected
+//! [`SimClock`]: tests move it with [`CpgwSimulator::advance`].
 
 mod book;
+mod clock;
 mod engine;
 mod market;
+mod market_routes;
+mod order_routes;
 mod orders;
+mod pacing;
+mod portfolio_routes;
+mod questions;
 mod routes;
 mod scenario;
 mod state;
 mod tls;
 mod trading_routes;
+mod whatif;
 mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -40,10 +52,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use book::SimPosition;
+pub use clock::{DEFAULT_START, SessionPhase, SimClock, phase_at};
 pub use market::SimQuote;
 pub use orders::{SimExecution, SimOrder, SimOrderStatus};
+pub use pacing::PacingReport;
 pub use rust_decimal::Decimal;
-pub use scenario::{CancelAckShape, SimScenario};
+pub use scenario::{AccountType, CancelAckShape, MarketHours, PreflightShape, SimScenario};
 pub use state::{AuthState, IsPaperShape, LoggedRequest, SimAccount, SimCounters};
 use state::{SharedState, SimState};
 
@@ -70,11 +84,14 @@ pub struct SimConfig {
     pub scenario: SimScenario,
     /// Cash in the account at start, in USD.
     pub starting_cash: Decimal,
+    /// The simulator's clock. Keep a clone to move time from a test.
+    pub clock: SimClock,
 }
 
 impl Default for SimConfig {
     /// `127.0.0.1:0`, logged in, paper account `DU1234567` with 100 000 USD,
-    /// seed 0, [`SimScenario::default`].
+    /// seed 0, [`SimScenario::default`], a clock flowing at real speed from
+    /// [`DEFAULT_START`] (a weekday inside regular trading hours).
     fn default() -> Self {
         SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -83,6 +100,7 @@ impl Default for SimConfig {
             seed: 0,
             scenario: SimScenario::default(),
             starting_cash: Decimal::from(100_000),
+            clock: SimClock::default(),
         }
     }
 }
@@ -111,6 +129,7 @@ impl CpgwSimulator {
             config.seed,
             config.scenario,
             config.starting_cash,
+            config.clock,
         ));
         let app = routes::router(state.clone());
         let shutdown = CancellationToken::new();
@@ -145,8 +164,28 @@ impl CpgwSimulator {
     }
 
     /// Switches the session state; takes effect for the next request.
+    /// Logging back in opens a new brokerage session (pre-flights start over).
     pub fn set_auth_state(&self, state: AuthState) {
-        self.state.lock().auth_state = state;
+        self.state.lock().set_auth_state(state);
+    }
+
+    /// The simulator's clock (a shared handle).
+    pub fn clock(&self) -> SimClock {
+        self.state.lock().clock.clone()
+    }
+
+    /// Moves the clock forward and applies what the time did (expiry,
+    /// positions lag, lapses, session changes), as the next request would.
+    pub fn advance(&self, by: Duration) {
+        let mut guard = self.state.lock();
+        guard.clock.advance(by);
+        let now = guard.clock.now_ms();
+        guard.on_time(now);
+    }
+
+    /// What pacing refused so far, and the penalty box.
+    pub fn pacing(&self) -> PacingReport {
+        self.state.lock().pacer.report.clone()
     }
 
     /// The current session state (changed by `ssodh/init` as well).
@@ -197,16 +236,18 @@ impl CpgwSimulator {
     pub fn set_scenario(&self, scenario: SimScenario) {
         let mut guard = self.state.lock();
         guard.scenario = scenario;
-        guard.reevaluate(wire::now_ms());
+        let now = guard.clock.now_ms();
+        guard.reevaluate(now);
     }
 
     /// Changes some scenario knobs, e.g.
-    /// `sim.update_scenario(|s| s.market_open = false)`. Working orders are
+    /// `sim.update_scenario(|s| s.pacing = false)`. Working orders are
     /// re-evaluated afterwards.
     pub fn update_scenario(&self, change: impl FnOnce(&mut SimScenario)) {
         let mut guard = self.state.lock();
         change(&mut guard.scenario);
-        guard.reevaluate(wire::now_ms());
+        let now = guard.clock.now_ms();
+        guard.reevaluate(now);
     }
 
     /// The scenario now (counters such as `fail_with_503_after_landing`
@@ -234,7 +275,8 @@ impl CpgwSimulator {
         if !guard.market.set_quote(conid, SimQuote { last, bid, ask }) {
             return false;
         }
-        guard.reevaluate(wire::now_ms());
+        let now = guard.clock.now_ms();
+        guard.reevaluate(now);
         true
     }
 
@@ -264,7 +306,8 @@ impl CpgwSimulator {
         guard.trading.book.positions(&guard.market)
     }
 
-    /// The positions CPGW currently reports (behind by the positions lag).
+    /// The positions CPGW currently reports (behind by the positions lag;
+    /// zero rows left out).
     pub fn reported_positions(&self) -> Vec<SimPosition> {
         let guard = self.state.lock();
         guard.trading.reported.positions(&guard.market)
@@ -297,26 +340,29 @@ impl CpgwSimulator {
     /// for an unknown or finished order.
     pub fn fill(&self, order_id: &str) -> bool {
         let mut guard = self.state.lock();
+        let now = guard.clock.now_ms();
+        let phase = guard.phase(now);
         let state = &mut *guard;
-        state
-            .trading
-            .force_fill(order_id, &state.market, &state.scenario, wire::now_ms())
+        let env = engine::Env {
+            market: &state.market,
+            scenario: &state.scenario,
+            now_ms: now,
+            phase,
+        };
+        state.trading.force_fill(order_id, env)
     }
 
     /// Lapses the session now, to the scenario's `idle_lapse_state`, as if
     /// the idle timeout had passed. A logged-out session stays logged out.
     pub fn lapse_session(&self) {
-        let mut guard = self.state.lock();
-        if guard.auth_state == AuthState::LoggedIn {
-            guard.auth_state = guard.scenario.idle_lapse_state;
-        }
+        self.state.lock().lapse();
     }
 
-    /// Re-arms the snapshot (per conid) and orders-list warm-ups.
-    pub fn reset_warmups(&self) {
-        let mut guard = self.state.lock();
-        guard.trading.snapshot_warmed.clear();
-        guard.trading.orders_warmed = false;
+    /// Starts a new brokerage session as CPGW does after a re-login or a
+    /// restart: snapshot, orders and trades pre-flights start over and
+    /// finished orders of the old session leave the orders list.
+    pub fn restart_brokerage_session(&self) {
+        self.state.lock().begin_brokerage_session();
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded by a

@@ -283,11 +283,34 @@ const MAX_CASH: i64 = 10_000_000_000;
 const MAX_QUANTITY_DP: u32 = 4;
 const MAX_PRICE_DP: u32 = 4;
 
+/// The text of a reused `cOID`: ibind (`handle_questions`) and other client
+/// projects match on "Order couldn't be submitted: Local order ID=".
+pub(crate) fn coid_taken(c_oid: &str) -> String {
+    format!("Order couldn't be submitted: Local order ID={c_oid} is already registered.")
+}
+
+/// TWS API message 110, which IBKR also returns for Client Portal orders.
+pub(crate) const OFF_TICK: &str =
+    "The price does not conform to the minimum price variation for this contract.";
+
+/// The tick of an instrument trading at `price`: US stocks trade in cents
+/// from USD 1.00 and in hundredths of a cent below (SEC Reg NMS Rule 612).
+/// Other listings are held to cents as well (their exchanges' tick tables
+/// are not modelled).
+pub(crate) fn tick_at(price: Decimal, is_us: bool) -> Decimal {
+    if is_us && price < Decimal::ONE {
+        Decimal::new(1, 4)
+    } else {
+        Decimal::new(1, 2)
+    }
+}
+
 /// Parses and validates the `orders` array of a submission, all or nothing.
 pub(crate) fn parse_tickets(
     body: &[u8],
     account: &SimAccount,
     market: &Market,
+    reject_child_coid: bool,
 ) -> Result<Vec<OrderTicket>, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|_| "request body is not valid JSON".to_owned())?;
@@ -309,7 +332,16 @@ pub(crate) fn parse_tickets(
                 .take(index)
                 .any(|earlier| earlier.c_oid.as_ref() == Some(c_oid))
         {
-            return Err(format!("Local order ID={c_oid} is already registered."));
+            return Err(coid_taken(c_oid));
+        }
+        // IBKR's order reference for `cOID`: "Please do not set this value
+        // for child orders when placing a bracket order." The text of the
+        // refusal is not from a source.
+        if reject_child_coid && ticket.parent_c_oid.is_some() && ticket.c_oid.is_some() {
+            return Err(
+                "cOID must not be set on child orders when placing a bracket order; the child's parentId carries the parent's cOID"
+                    .to_owned(),
+            );
         }
     }
     Ok(tickets)
@@ -447,11 +479,9 @@ fn parse_ticket(
         _ => {}
     }
     if cash_qty.is_some() {
+        // Live rejection text (pedrobraiti/mcp-ibkr-agent DECISIONS.md ADR-007).
         if side == Side::Sell {
-            return Err(
-                "Cash quantity orders are not supported for SELL orders; sell by quantity"
-                    .to_owned(),
-            );
+            return Err("Cash order quantity can not be set for sell order".to_owned());
         }
         if !account.supports_cash_qty {
             return Err("This account does not support cash quantity orders".to_owned());
@@ -480,11 +510,9 @@ fn parse_ticket(
             }
         }
         OrderType::Stop => {
+            // Live rejection text (reference server DECISIONS.md ADR-011).
             if aux_price.is_some() {
-                return Err(
-                    "auxPrice is not accepted for STP orders: the stop trigger goes in price"
-                        .to_owned(),
-                );
+                return Err("Invalid order price fields".to_owned());
             }
             if price.is_none() {
                 return Err("price (the stop trigger) is required for STP orders".to_owned());
@@ -506,6 +534,21 @@ fn parse_ticket(
             {
                 return Err("trailingAmt must be below 100 percent".to_owned());
             }
+        }
+    }
+    // Prices sit on the tick of their own level; a trailing amount on the
+    // tick of the price it trails.
+    let is_us = listing.instrument.is_us;
+    let tick_checked = [
+        price.map(|p| (p, tick_at(p, is_us))),
+        aux_price.map(|p| (p, tick_at(p, is_us))),
+        trailing_amt
+            .filter(|_| trailing_type == Some(TrailKind::Amount))
+            .map(|amount| (amount, tick_at(listing.quote.last, is_us))),
+    ];
+    for (value, tick) in tick_checked.into_iter().flatten() {
+        if !(value % tick).is_zero() {
+            return Err(OFF_TICK.to_owned());
         }
     }
     Ok(OrderTicket {

@@ -44,12 +44,14 @@ fn api_routes() -> Router<SharedState> {
         .merge(trading_routes::routes())
 }
 
-/// Path of `/tickle` as the middleware sees it.
-const TICKLE_PATH: &str = "/v1/api/tickle";
+/// Every CPGW endpoint lives under this prefix.
+const API_PREFIX: &str = "/v1/api";
 
 /// Logs the request (with its body, so tests can assert what the product
-/// sent) and stamps the session cookie the real gateway sets on every answer:
-/// the product must never forward it, and tests check that it does not.
+/// sent), applies what the clock did since the last request (idle lapse,
+/// nightly reset, expiry, positions lag), enforces pacing, and stamps the
+/// session cookie the real gateway sets on every answer: the product must
+/// never forward it, and tests check that it does not.
 async fn record_and_set_cookie(
     State(state): State<SharedState>,
     request: Request,
@@ -62,20 +64,24 @@ async fn record_and_set_cookie(
             json!({"error": "request body too large"}),
         );
     };
-    let cookie = {
+    let (cookie, refused) = {
         let mut guard = state.lock();
-        let path = parts.uri.path();
-        if path == TICKLE_PATH {
-            guard.idle_requests = 0;
-        } else if path.starts_with("/v1/api/") {
-            // The session survives `n` requests without a tickle; the next
-            // one finds it lapsed.
-            guard.idle_requests += 1;
-            if let Some(limit) = guard.scenario.session_idle_lapse_requests
-                && guard.idle_requests > limit
-                && guard.auth_state == AuthState::LoggedIn
+        let mut refused = false;
+        if let Some(api_path) = parts.uri.path().strip_prefix(API_PREFIX) {
+            let now = guard.clock.now_ms();
+            // Time first: a request after the idle timeout finds the session
+            // lapsed, then counts as activity.
+            guard.on_time(now);
+            guard.last_request_ms = now;
+            let state = &mut *guard;
+            if let Err(why) =
+                state
+                    .pacer
+                    .admit(parts.method.as_str(), api_path, now, &state.scenario)
             {
-                guard.auth_state = guard.scenario.idle_lapse_state;
+                // Visible with RUST_LOG=e2e=info: which request tripped pacing.
+                tracing::info!(method = %parts.method, path = api_path, ?why, "cpgw simulator answered 429");
+                refused = true;
             }
         }
         guard.request_log.push(LoggedRequest {
@@ -84,18 +90,31 @@ async fn record_and_set_cookie(
             query: parts.uri.query().map(str::to_owned),
             body: (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned()),
         });
-        format!(
+        let cookie = format!(
             "x-sess-uuid={}; Path=/; Secure; HttpOnly",
             guard.cookie_value
-        )
+        );
+        (cookie, refused)
     };
-    let mut response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let mut response = if refused {
+        too_many_requests()
+    } else {
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    };
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+/// IBKR documents the status ("429 Too Many Requests") but not the body;
+/// this one is shaped like the gateway's other errors.
+fn too_many_requests() -> Response {
+    json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "Too Many Requests", "statusCode": 429}),
+    )
 }
 
 async fn auth_status(State(state): State<SharedState>) -> Response {
@@ -176,10 +195,12 @@ async fn ssodh_init(State(state): State<SharedState>, body: Bytes) -> Response {
                 json!({"authenticated": false, "connected": true, "competing": true}),
             );
         }
+        // Taking the session back from TWS or mobile opens a new brokerage
+        // session here.
         guard.scenario.competing = false;
+        guard.begin_brokerage_session();
     }
-    guard.idle_requests = 0;
-    guard.auth_state = AuthState::LoggedIn;
+    guard.set_auth_state(AuthState::LoggedIn);
     json_response(
         StatusCode::OK,
         json!({"authenticated": true, "connected": true, "competing": false}),
@@ -192,6 +213,7 @@ async fn accounts(State(state): State<SharedState>) -> Response {
     if !guard.session_usable() {
         return not_authenticated();
     }
+    guard.iserver_accounts_queried = true;
     json_response(StatusCode::OK, guard.accounts_json())
 }
 

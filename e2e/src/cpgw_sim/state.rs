@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::engine::Trading;
+use super::clock::{SessionPhase, SimClock, millis, next_local_time_after, phase_at};
+use super::engine::{Env, Trading};
 use super::market::Market;
-use super::scenario::SimScenario;
+use super::pacing::Pacer;
+use super::scenario::{MarketHours, SimScenario};
 
 /// Session state of the simulated CPGW, as the real gateway reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,38 @@ pub struct SimCounters {
     pub accounts: u64,
 }
 
+/// A session-scoped cache that must be primed by a first request (IBKR's
+/// "pre-flight") before it answers with data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListCache {
+    /// Nobody asked yet in this brokerage session.
+    Cold,
+    /// Primed; holds data from `ready_ms` on.
+    Filling { ready_ms: i64 },
+    /// Answers with data.
+    Warm,
+}
+
+impl ListCache {
+    /// One read at `now_ms`: whether it sees data. A cold cache starts
+    /// filling and answers empty.
+    pub(crate) fn read(&mut self, now_ms: i64, fill_delay_ms: i64) -> bool {
+        match *self {
+            ListCache::Cold => {
+                *self = ListCache::Filling {
+                    ready_ms: now_ms.saturating_add(fill_delay_ms),
+                };
+                false
+            }
+            ListCache::Filling { ready_ms } if now_ms < ready_ms => false,
+            ListCache::Filling { .. } | ListCache::Warm => {
+                *self = ListCache::Warm;
+                true
+            }
+        }
+    }
+}
+
 /// Everything the handlers read and mutate. Kept behind one mutex so a
 /// scenario switch is atomic with respect to the requests around it.
 #[derive(Debug)]
@@ -130,8 +164,24 @@ pub(crate) struct SimState {
     pub(crate) market: Market,
     /// Orders, executions and the books.
     pub(crate) trading: Trading,
-    /// `/v1/api` requests since the last `/tickle`, for the idle lapse.
-    pub(crate) idle_requests: u64,
+    /// The injected clock.
+    pub(crate) clock: SimClock,
+    /// Clock time of the last `/v1/api` request, for the idle lapse.
+    pub(crate) last_request_ms: i64,
+    /// Clock time time-driven effects were last applied at.
+    pub(crate) last_tick_ms: i64,
+    /// Brokerage session number: caches and pre-flights are per session.
+    pub(crate) epoch: u64,
+    /// `GET /iserver/account/orders` cache of this brokerage session.
+    pub(crate) orders_cache: ListCache,
+    /// `GET /iserver/account/trades` cache of this brokerage session.
+    pub(crate) trades_cache: ListCache,
+    /// Rate limits and the penalty box.
+    pub(crate) pacer: Pacer,
+    /// `GET /iserver/accounts` answered in this brokerage session.
+    pub(crate) iserver_accounts_queried: bool,
+    /// `GET /portfolio/accounts` answered in this brokerage session.
+    pub(crate) portfolio_accounts_queried: bool,
 }
 
 impl SimState {
@@ -141,7 +191,9 @@ impl SimState {
         seed: u64,
         scenario: SimScenario,
         starting_cash: Decimal,
+        clock: SimClock,
     ) -> Self {
+        let now = clock.now_ms();
         SimState {
             auth_state,
             ssodh_init_fails: false,
@@ -153,8 +205,83 @@ impl SimState {
             scenario,
             market: Market::new(seed),
             trading: Trading::new(starting_cash),
-            idle_requests: 0,
+            clock,
+            last_request_ms: now,
+            last_tick_ms: now,
+            epoch: 1,
+            orders_cache: ListCache::Cold,
+            trades_cache: ListCache::Cold,
+            pacer: Pacer::default(),
+            iserver_accounts_queried: false,
+            portfolio_accounts_queried: false,
         }
+    }
+
+    /// The session phase now, from the clock or the scenario's override.
+    pub(crate) fn phase(&self, now_ms: i64) -> SessionPhase {
+        match self.scenario.market {
+            MarketHours::FromClock => phase_at(now_ms),
+            MarketHours::Fixed(phase) => phase,
+        }
+    }
+
+    /// A new brokerage session: pre-flights, warm-ups and pending questions
+    /// start over, and orders finished in earlier sessions leave the list.
+    pub(crate) fn begin_brokerage_session(&mut self) {
+        self.epoch += 1;
+        self.orders_cache = ListCache::Cold;
+        self.trades_cache = ListCache::Cold;
+        self.trading.snapshot_fields.clear();
+        self.trading.pending.clear();
+        self.iserver_accounts_queried = false;
+        self.portfolio_accounts_queried = false;
+    }
+
+    /// Switches the session state; logging back in opens a new brokerage
+    /// session.
+    pub(crate) fn set_auth_state(&mut self, state: AuthState) {
+        if state == AuthState::LoggedIn && self.auth_state != AuthState::LoggedIn {
+            self.begin_brokerage_session();
+            // Logging in is activity: the idle timer starts over.
+            let now = self.clock.now_ms();
+            self.last_request_ms = now;
+            self.last_tick_ms = self.last_tick_ms.max(now);
+        }
+        self.auth_state = state;
+    }
+
+    /// Lapses a logged-in session to the scenario's `idle_lapse_state`.
+    pub(crate) fn lapse(&mut self) {
+        if self.auth_state == AuthState::LoggedIn {
+            self.auth_state = self.scenario.idle_lapse_state;
+        }
+    }
+
+    /// Applies what the passage of time does: the nightly reset, the idle
+    /// lapse, DAY-order expiry, session changes for working orders, and the
+    /// positions lag. Called before every request and after the clock moves.
+    pub(crate) fn on_time(&mut self, now_ms: i64) {
+        // IBKR Web API documentation, "Scheduled Server Maintenance":
+        // brokerage functionality is briefly unavailable each evening at
+        // about 01:00 local time (01:00 US/Eastern in North America).
+        if self.scenario.nightly_reset
+            && next_local_time_after(self.last_tick_ms, 1, 0, false) <= now_ms
+        {
+            self.lapse();
+        }
+        // IBKR's OpenAPI for /tickle: "If the gateway has not received any
+        // requests for several minutes an open session will automatically
+        // timeout."
+        if let Some(timeout) = self.scenario.session_idle_timeout
+            && now_ms.saturating_sub(self.last_request_ms) >= millis(timeout)
+        {
+            self.lapse();
+        }
+        self.trading.expire(now_ms);
+        self.reevaluate(now_ms);
+        let lag = millis(self.scenario.positions_lag);
+        self.trading.settle_due(now_ms, lag, false);
+        self.last_tick_ms = self.last_tick_ms.max(now_ms);
     }
 
     /// `(authenticated, connected, competing)` as `/iserver/auth/status`
@@ -170,10 +297,16 @@ impl SimState {
         self.auth_flags().0
     }
 
-    /// Re-evaluates working orders after quotes or the scenario changed.
+    /// Re-evaluates working orders after quotes, the scenario or the clock
+    /// changed.
     pub(crate) fn reevaluate(&mut self, now_ms: i64) {
-        self.trading
-            .evaluate_all(&self.market, &self.scenario, now_ms);
+        let env = Env {
+            market: &self.market,
+            scenario: &self.scenario,
+            now_ms,
+            phase: self.phase(now_ms),
+        };
+        self.trading.evaluate_all(env);
     }
 
     pub(crate) fn accounts_json(&self) -> Value {

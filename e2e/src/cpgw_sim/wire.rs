@@ -2,7 +2,6 @@
 //! positions, bars) and strings (prices, snapshot fields, what-if amounts).
 
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
 use serde_json::{Number, Value};
@@ -35,24 +34,54 @@ pub(crate) fn qty_str(value: Decimal) -> String {
     value.normalize().to_string()
 }
 
-/// What-if money: two decimals, thousands separated by commas, currency
-/// appended, e.g. `"1,892.60 USD"` (CPGW groups thousands like this).
-pub(crate) fn money(value: Decimal, currency: &str) -> String {
-    let rounded = format!("{:.2}", value.round_dp(2).abs());
-    let (whole, fraction) = rounded.split_once('.').unwrap_or((rounded.as_str(), "00"));
+/// Thousands separated by commas: `1234567` becomes `1,234,567`.
+fn group_thousands(digits: &str) -> String {
     let mut grouped = String::new();
-    for (index, digit) in whole.chars().enumerate() {
-        if index > 0 && (whole.len() - index) % 3 == 0 {
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
     }
-    let sign = if value.round_dp(2).is_sign_negative() && !value.round_dp(2).is_zero() {
+    grouped
+}
+
+/// What-if money as IBKR prints it: thousands separated, two decimals unless
+/// the amount is whole, currency appended: `"1,977.60 USD"`, `"1 USD"`,
+/// `"0.02 USD"` (IBKR's what-if example and the reference server's live
+/// capture).
+pub(crate) fn money(value: Decimal, currency: &str) -> String {
+    let rounded = value.round_dp(2);
+    let sign = if rounded.is_sign_negative() && !rounded.is_zero() {
         "-"
     } else {
         ""
     };
-    format!("{sign}{grouped}.{fraction} {currency}")
+    let magnitude = rounded.abs();
+    let text = if magnitude.fract().is_zero() {
+        group_thousands(&magnitude.trunc().to_string())
+    } else {
+        let fixed = format!("{magnitude:.2}");
+        let (whole, fraction) = fixed.split_once('.').unwrap_or((fixed.as_str(), "00"));
+        format!("{}.{fraction}", group_thousands(whole))
+    };
+    format!("{sign}{text} {currency}")
+}
+
+/// What-if equity and margin figures: whole units, thousands separated, no
+/// currency (`"215,415,594"`, `"-1"`), as in IBKR's what-if example.
+pub(crate) fn whole_money(value: Decimal) -> String {
+    let rounded =
+        value.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let sign = if rounded.is_sign_negative() && !rounded.is_zero() {
+        "-"
+    } else {
+        ""
+    };
+    format!(
+        "{sign}{}",
+        group_thousands(&rounded.abs().trunc().to_string())
+    )
 }
 
 /// Parses a decimal from text in plain or scientific notation.
@@ -76,14 +105,6 @@ pub(crate) fn decimal_field(object: &Value, key: &str) -> Result<Option<Decimal>
             .ok_or_else(|| format!("{key} is not a valid number")),
         Some(_) => Err(format!("{key} must be a number")),
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 /// `time::OffsetDateTime` for epoch milliseconds (the epoch if out of range).
@@ -136,13 +157,26 @@ mod tests {
     }
 
     #[test]
-    fn money_groups_thousands() {
+    fn money_groups_thousands_and_drops_zero_cents() {
+        // Every value printed by IBKR's example or the live capture.
         assert_eq!(money(d("2.02"), "USD"), "2.02 USD");
-        assert_eq!(money(d("1892.6"), "USD"), "1,892.60 USD");
+        assert_eq!(money(d("2"), "USD"), "2 USD");
+        assert_eq!(money(d("0.02"), "USD"), "0.02 USD");
+        assert_eq!(money(d("1"), "USD"), "1 USD");
+        assert_eq!(money(d("1977.6"), "USD"), "1,977.60 USD");
+        assert_eq!(money(d("1978.60"), "USD"), "1,978.60 USD");
         assert_eq!(money(d("1234567.891"), "USD"), "1,234,567.89 USD");
-        assert_eq!(money(d("-1"), "USD"), "-1.00 USD");
-        assert_eq!(money(d("-0.001"), "USD"), "0.00 USD");
-        assert_eq!(money(d("100"), "EUR"), "100.00 EUR");
+        assert_eq!(money(d("-1"), "USD"), "-1 USD");
+        assert_eq!(money(d("-0.001"), "USD"), "0 USD");
+        assert_eq!(money(d("100"), "EUR"), "100 EUR");
+    }
+
+    #[test]
+    fn whole_money_matches_the_whatif_example() {
+        assert_eq!(whole_money(d("215415594.2")), "215,415,594");
+        assert_eq!(whole_money(d("-1")), "-1");
+        assert_eq!(whole_money(d("652")), "652");
+        assert_eq!(whole_money(d("-0.4")), "0");
     }
 
     #[test]
