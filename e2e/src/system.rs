@@ -219,7 +219,7 @@ impl System {
         config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;
         config.sidecar.reconnect_initial_delay_ms = 50;
         config.sidecar.reconnect_max_delay_ms = 500;
-        config.sidecar.tickle_interval_seconds = 1;
+        config.sidecar.tickle_interval_seconds = ibkr_agent::config::MIN_TICKLE_INTERVAL_SECONDS;
         config.trading = self.options.trading.clone();
         config.alerts = self.options.alerts.clone();
         Ok(config)
@@ -326,7 +326,15 @@ impl System {
     }
 
     /// Stops everything gracefully.
+    /// Stops everything. Panics when the sidecar ever tripped the simulator's pacing limits
+    /// (a 429): with a real CPGW that is a penalty box of up to 15 minutes on every endpoint,
+    /// exits included, so every test that shuts a system down checks it never happened.
     pub async fn shutdown(mut self) {
+        let pacing = self.sim.pacing();
+        assert_eq!(
+            pacing.rejected_total, 0,
+            "the sidecar exceeded IBKR's pacing limits: {pacing:?}"
+        );
         if let Some(sidecar) = self.sidecar.take() {
             sidecar.stop().await;
         }

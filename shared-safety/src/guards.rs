@@ -7,22 +7,30 @@
 //! | 1 | `intent_shape` | `ORDER_INVALID` | symbol well formed (not checked for cancels); every given amount > 0; buys: exactly one of `quantity` / `cash_amount`, and `cash_amount` only on market entry buys; sells: `quantity` only (a `cash_amount` sell is invalid); exits and protective orders by `quantity`; market: no prices; limit: `limit_price` and `quantity`; stop: `stop_price`; stop-limit: both; trailing: exactly one of `trail_amount` / `trail_percent` (< 100); protective orders are stop, stop-limit or trailing |
 //! | 2 | `account` | `ORDER_ACCOUNT_UNVERIFIED` | the account type (paper/live) must be known |
 //! | 3 | `live_lock` | `ORDER_LIVE_TRADING_REFUSED` | a live account needs `allow_live` and the live scope, granted by both the caller's token and the local pairing |
-//! | 4 | `symbol_lists` | `ORDER_SYMBOL_NOT_ALLOWED` | case-insensitive; the deny list wins; a non-empty allow list admits only its symbols; applies to every role (a cancel whose symbol is unknown, i.e. empty, is not checked) |
+//! | 3a | `account_pin` | `ORDER_ACCOUNT_NOT_PINNED` | when `account_ids` is set, the selected account must be on it; a live account must always be on it |
+//! | 4 | `symbol_lists` | `ORDER_SYMBOL_NOT_ALLOWED` | case-insensitive; the deny list wins; a non-empty allow list admits only its symbols; not for cancels (a denylisted symbol's working orders must stay cancellable) |
 //! | 5 | `trading_hours` | `ORDER_OUTSIDE_TRADING_HOURS`, or `MARKET_CALENDAR_UNKNOWN` when the calendar cannot tell | entries need regular hours; exits are allowed outside with `exits_outside_regular_hours`; protective GTC orders with `gtc_protective_outside_regular_hours` (protective DAY orders count as exits); cancels with `cancels_outside_regular_hours`. An order allowed outside regular hours does not consult the calendar |
-//! | 6 | `short` | `ORDER_NAKED_SHORT_REFUSED` | a sell (any role) larger than the long position held, unless `allow_short` |
-//! | 7 | `exit_reduces` | `ORDER_INVALID` | an exit or protective order must reduce a position: it trades against the position's direction and is no larger than it (so an "exit" label cannot dodge the value cap or the trading hours) |
-//! | 8 | `stop_side` | `ORDER_STOP_WRONG_SIDE` | stop and stop-limit: a sell stop below the last price (or the bid), a buy stop above the last price (or the ask); not checked without a quote |
+//! | 6 | `short` | `ORDER_NAKED_SHORT_REFUSED`, `ORDER_EXCEEDS_SELLABLE` | unless `allow_short`, a sell (any role) must fit the *sellable* quantity: the long position held minus what our working, in-flight, unresolved or just-filled sells already commit; beyond the position it is a naked short, within it but beyond the sellable quantity it says what is committed |
+//! | 7 | `exit_reduces` | `ORDER_INVALID`, `ORDER_EXCEEDS_SELLABLE` | an exit or protective order must reduce a position: it trades against the position's direction and is no larger than what is free of it (position minus same-side commitments), so an "exit" label cannot dodge the value cap or the trading hours |
+//! | 8 | `stop_side` | `ORDER_STOP_WRONG_SIDE`, `MARKET_DATA_UNAVAILABLE` | stop and stop-limit: a sell stop below the last price (or the bid), a buy stop above the last price (or the ask); without a quote the order is refused, not waved through |
 //! | 9 | `value_cap` | `ORDER_VALUE_CAP_EXCEEDED`, or `MARKET_DATA_UNAVAILABLE` when the notional cannot be computed | buy entries only (exits and protective orders are never value-capped); notional per [`order_notional`] must be <= `max_order_value` |
 //! | 10 | `daily_cap` | `ORDER_DAILY_CAP_EXCEEDED` | buy entries only: `spent_today + notional <= max_daily_value` when set |
-//! | 11 | `duplicate` | `ORDER_DUPLICATE` | an identical order whose outcome is unknown, or (when the window is not 0) an identical order sent within `duplicate_window_seconds`; not for cancels |
+//! | 11 | `unresolved` | `ORDER_UNRESOLVED_PENDING` | an earlier order on the same instrument and side whose outcome is unknown (any size, any price); not for cancels |
+//! | 12 | `duplicate` | `ORDER_DUPLICATE` | (when the window is not 0) an identical order sent within `duplicate_window_seconds`; not for cancels |
+//!
+//! Brackets also pass [`check_bracket`] (`ORDER_BRACKET_LEVELS_INVALID`): take-profit above the
+//! entry and the market, stop-loss below the entry and the market.
 //!
 //! Dry-run is not a refusal: a passing order reports [`GuardPass::dry_run`] = `policy.dry_run`
 //! and the caller then sends nothing.
 //!
 //! Context the caller must supply (see [`GuardContext`]): the position *as it will be when the
-//! order can execute* (for the exits of a bracket, include the entry's quantity), today's spend
-//! from the journal (sent plus indeterminate buys; orders that failed before they could have
-//! landed do not count) and the duplicate lookups, keyed by [`order_fingerprint`].
+//! order can execute* (for the exits of a bracket, include the entry's quantity), read fresh
+//! from the broker; the quantity already committed on the same instrument and side; today's
+//! spend from the journal (placed, in-flight and unknown buys; orders that failed before they
+//! could have landed do not count); and the duplicate lookups, keyed by
+//! [`order_fingerprint`]. The caller takes these journal figures and writes the order's intent
+//! in one critical section, so parallel orders are checked as if they came one after another.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -151,6 +159,8 @@ pub const DEFAULT_ALLOWED_WARNING_IDS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TradingPolicy {
     pub allow_live: bool,
+    /// The accounts the sidecar may trade (upper case). Empty: any paper account, no live one.
+    pub account_ids: Vec<String>,
     pub dry_run: bool,
     pub max_order_value: Decimal,
     pub max_daily_value: Option<Decimal>,
@@ -168,6 +178,7 @@ impl Default for TradingPolicy {
     fn default() -> Self {
         TradingPolicy {
             allow_live: false,
+            account_ids: Vec::new(),
             dry_run: true,
             max_order_value: Decimal::ONE_HUNDRED,
             max_daily_value: None,
@@ -191,6 +202,8 @@ impl Default for TradingPolicy {
 pub struct GuardContext<'a> {
     /// From CPGW `/iserver/accounts` (`isPaper`, `DU...` account), verified against the config.
     pub account_mode: AccountMode,
+    /// The account CPGW has selected (`selectedAccount`).
+    pub account_id: &'a str,
     /// Whether both the token and the local pairing grant `ibkr:orders:live`.
     pub live_scope_granted: bool,
     /// [`crate::calendar::MarketCalendar::is_regular_hours`] at the current time.
@@ -198,14 +211,18 @@ pub struct GuardContext<'a> {
     /// The symbol's quote, if one is known.
     pub quote: Option<&'a MarketQuote>,
     /// Signed position in the symbol (negative = short, 0 if none), as it will be when the order
-    /// can execute.
+    /// can execute, read fresh from the broker.
     pub position_quantity: Decimal,
+    /// Quantity already committed on this instrument and the order's side: our working,
+    /// in-flight and unknown-outcome orders, fills the broker's positions may not show yet, and
+    /// working orders placed elsewhere (e.g. in TWS).
+    pub committed_same_side: Decimal,
     /// Today's buy value from the journal: sent plus indeterminate buys.
     pub spent_today: Decimal,
     /// An identical order (same [`order_fingerprint`]) was sent within the duplicate window.
     pub recent_identical_within_window: bool,
-    /// An identical order's outcome is still unknown (indeterminate in the journal).
-    pub identical_indeterminate_pending: bool,
+    /// An order on the same instrument and side has an unknown outcome.
+    pub unresolved_same_instrument_side: bool,
 }
 
 /// A refused order: its code, a human detail (never secrets) and the guard that refused.
@@ -251,6 +268,7 @@ pub struct GuardPass {
 pub const GUARD_INTENT_SHAPE: &str = "intent_shape";
 pub const GUARD_ACCOUNT: &str = "account";
 pub const GUARD_LIVE_LOCK: &str = "live_lock";
+pub const GUARD_ACCOUNT_PIN: &str = "account_pin";
 pub const GUARD_SYMBOL_LISTS: &str = "symbol_lists";
 pub const GUARD_TRADING_HOURS: &str = "trading_hours";
 pub const GUARD_SHORT: &str = "short";
@@ -258,13 +276,16 @@ pub const GUARD_EXIT_REDUCES: &str = "exit_reduces";
 pub const GUARD_STOP_SIDE: &str = "stop_side";
 pub const GUARD_VALUE_CAP: &str = "value_cap";
 pub const GUARD_DAILY_CAP: &str = "daily_cap";
+pub const GUARD_UNRESOLVED: &str = "unresolved";
 pub const GUARD_DUPLICATE: &str = "duplicate";
+pub const GUARD_BRACKET_LEVELS: &str = "bracket_levels";
 
 /// The order in which [`check_order`] runs its guards (the first refusal wins).
 pub const GUARD_ORDER: &[&str] = &[
     GUARD_INTENT_SHAPE,
     GUARD_ACCOUNT,
     GUARD_LIVE_LOCK,
+    GUARD_ACCOUNT_PIN,
     GUARD_SYMBOL_LISTS,
     GUARD_TRADING_HOURS,
     GUARD_SHORT,
@@ -272,6 +293,7 @@ pub const GUARD_ORDER: &[&str] = &[
     GUARD_STOP_SIDE,
     GUARD_VALUE_CAP,
     GUARD_DAILY_CAP,
+    GUARD_UNRESOLVED,
     GUARD_DUPLICATE,
 ];
 
@@ -287,6 +309,7 @@ pub fn check_order(
     check_shape(intent)?;
     check_account(context)?;
     check_live_lock(policy, context)?;
+    check_account_pin(policy, context)?;
     check_symbol_lists(intent, policy)?;
     check_trading_hours(intent, policy, context)?;
     if intent.role != OrderIntentRole::Cancel {
@@ -295,11 +318,41 @@ pub fn check_order(
         check_stop_side(intent, context)?;
     }
     let notional = check_caps(intent, policy, context)?;
+    check_unresolved(intent, context)?;
     check_duplicate(intent, policy, context)?;
     Ok(GuardPass {
         notional,
         dry_run: policy.dry_run,
     })
+}
+
+/// The guards that need nothing from the broker: the order's shape and the symbol lists. The
+/// caller runs them before it asks the broker anything, so a refused order costs no request;
+/// [`check_order`] runs them again with the rest.
+pub fn check_local(intent: &OrderIntent, policy: &TradingPolicy) -> Result<(), GuardRefusal> {
+    check_shape(intent)?;
+    check_symbol_lists(intent, policy)
+}
+
+/// The symbol lists alone, for an order whose shape is not known yet (a close, sized from the
+/// position).
+pub fn check_symbol_allowed(symbol: &str, policy: &TradingPolicy) -> Result<(), GuardRefusal> {
+    check_symbol_lists(
+        &OrderIntent {
+            symbol: symbol.to_string(),
+            side: Side::Sell,
+            kind: OrderKind::Market,
+            role: OrderIntentRole::Exit,
+            quantity: None,
+            cash_amount: None,
+            limit_price: None,
+            stop_price: None,
+            trail_amount: None,
+            trail_percent: None,
+            tif: Tif::Day,
+        },
+        policy,
+    )
 }
 
 fn invalid(detail: impl Into<String>) -> GuardRefusal {
@@ -446,14 +499,39 @@ fn check_shape(intent: &OrderIntent) -> Result<(), GuardRefusal> {
 }
 
 fn check_account(context: &GuardContext) -> Result<(), GuardRefusal> {
-    match context.account_mode {
-        AccountMode::Paper | AccountMode::Live => Ok(()),
-        AccountMode::Unknown => Err(GuardRefusal::new(
+    if context.account_mode == AccountMode::Unknown {
+        return Err(GuardRefusal::new(
             GUARD_ACCOUNT,
             ErrorCode::OrderAccountUnverified,
             "The account type (paper or live) is unknown.",
-        )),
+        ));
     }
+    Ok(())
+}
+
+fn check_account_pin(policy: &TradingPolicy, context: &GuardContext) -> Result<(), GuardRefusal> {
+    let account = context.account_id.trim().to_ascii_uppercase();
+    let pinned = policy
+        .account_ids
+        .iter()
+        .any(|id| id.trim().eq_ignore_ascii_case(&account));
+    if !account.is_empty() && pinned {
+        return Ok(());
+    }
+    if policy.account_ids.is_empty() && context.account_mode == AccountMode::Paper {
+        return Ok(());
+    }
+    Err(GuardRefusal::new(
+        GUARD_ACCOUNT_PIN,
+        ErrorCode::OrderAccountNotPinned,
+        if policy.account_ids.is_empty() {
+            format!(
+                "The selected account {account} is live, and live accounts must be named in trading.account_ids."
+            )
+        } else {
+            format!("The selected account {account} is not in trading.account_ids.")
+        },
+    ))
 }
 
 fn check_live_lock(policy: &TradingPolicy, context: &GuardContext) -> Result<(), GuardRefusal> {
@@ -481,10 +559,12 @@ fn normalize_symbol(symbol: &str) -> String {
 }
 
 fn check_symbol_lists(intent: &OrderIntent, policy: &TradingPolicy) -> Result<(), GuardRefusal> {
-    let symbol = normalize_symbol(&intent.symbol);
-    if intent.role == OrderIntentRole::Cancel && symbol.is_empty() {
+    // A cancel only ever reduces risk: a denylisted symbol's working orders must stay
+    // cancellable.
+    if intent.role == OrderIntentRole::Cancel {
         return Ok(());
     }
+    let symbol = normalize_symbol(&intent.symbol);
     let listed = |list: &[String]| list.iter().any(|s| normalize_symbol(s) == symbol);
     if listed(&policy.symbol_denylist) {
         return Err(GuardRefusal::new(
@@ -548,6 +628,30 @@ fn check_trading_hours(
     }
 }
 
+/// What of the position is free to sell (`Side::Sell`) or to cover (`Side::Buy`): the
+/// position in the order's reducing direction minus what same-side orders already commit.
+fn free_to_reduce(side: Side, context: &GuardContext) -> (Decimal, Decimal) {
+    let position = match side {
+        Side::Sell => context.position_quantity.max(Decimal::ZERO),
+        Side::Buy => (-context.position_quantity).max(Decimal::ZERO),
+    };
+    let free = (position - context.committed_same_side.max(Decimal::ZERO)).max(Decimal::ZERO);
+    (position, free)
+}
+
+fn exceeds_sellable(position: Decimal, free: Decimal, context: &GuardContext) -> GuardRefusal {
+    GuardRefusal::new(
+        GUARD_SHORT,
+        ErrorCode::OrderExceedsSellable,
+        format!(
+            "The position is {}, of which {} is committed to working, in-flight or unresolved orders or a fill not yet reflected; {} is free.",
+            to_decimal_string(position),
+            to_decimal_string(context.committed_same_side.max(Decimal::ZERO)),
+            to_decimal_string(free)
+        ),
+    )
+}
+
 fn check_short(
     intent: &OrderIntent,
     policy: &TradingPolicy,
@@ -556,9 +660,10 @@ fn check_short(
     if intent.side != Side::Sell || policy.allow_short {
         return Ok(());
     }
-    let held = context.position_quantity.max(Decimal::ZERO);
+    let (held, free) = free_to_reduce(Side::Sell, context);
     match intent.quantity {
-        Some(quantity) if quantity <= held => Ok(()),
+        Some(quantity) if quantity <= free => Ok(()),
+        Some(quantity) if quantity <= held => Err(exceeds_sellable(held, free, context)),
         _ => Err(GuardRefusal::new(
             GUARD_SHORT,
             ErrorCode::OrderNakedShortRefused,
@@ -574,13 +679,14 @@ fn check_exit_reduces(intent: &OrderIntent, context: &GuardContext) -> Result<()
     ) {
         return Ok(());
     }
-    let position = context.position_quantity;
-    let reducible = match intent.side {
-        Side::Sell => position.max(Decimal::ZERO),
-        Side::Buy => (-position).max(Decimal::ZERO),
-    };
+    let (reducible, free) = free_to_reduce(intent.side, context);
     match intent.quantity {
-        Some(quantity) if reducible > Decimal::ZERO && quantity <= reducible => Ok(()),
+        Some(quantity) if reducible > Decimal::ZERO && quantity <= free => Ok(()),
+        Some(quantity) if reducible > Decimal::ZERO && quantity <= reducible => {
+            let mut refusal = exceeds_sellable(reducible, free, context);
+            refusal.guard = GUARD_EXIT_REDUCES;
+            Err(refusal)
+        }
         _ => Err(GuardRefusal::new(
             GUARD_EXIT_REDUCES,
             ErrorCode::OrderInvalid,
@@ -602,8 +708,20 @@ fn check_stop_side(intent: &OrderIntent, context: &GuardContext) -> Result<(), G
     if !matches!(intent.kind, OrderKind::Stop | OrderKind::StopLimit) {
         return Ok(());
     }
-    let (Some(stop), Some(quote)) = (intent.stop_price, context.quote) else {
+    let Some(stop) = intent.stop_price else {
         return Ok(());
+    };
+    let reference = context.quote.and_then(|quote| match intent.side {
+        Side::Sell => positive(quote.last).or(positive(quote.bid)),
+        Side::Buy => positive(quote.last).or(positive(quote.ask)),
+    });
+    let Some(reference) = reference else {
+        // Without a price the stop could sit on the wrong side and fill at once.
+        return Err(GuardRefusal::new(
+            GUARD_STOP_SIDE,
+            ErrorCode::MarketDataUnavailable,
+            "No price is known for this symbol, so the stop price cannot be checked against the market.",
+        ));
     };
     let wrong = |reference: Decimal, word: &str| {
         Err(GuardRefusal::new(
@@ -617,14 +735,9 @@ fn check_stop_side(intent: &OrderIntent, context: &GuardContext) -> Result<(), G
         ))
     };
     match intent.side {
-        Side::Sell => match positive(quote.last).or(positive(quote.bid)) {
-            Some(reference) if stop >= reference => wrong(reference, "below"),
-            _ => Ok(()),
-        },
-        Side::Buy => match positive(quote.last).or(positive(quote.ask)) {
-            Some(reference) if stop <= reference => wrong(reference, "above"),
-            _ => Ok(()),
-        },
+        Side::Sell if stop >= reference => wrong(reference, "below"),
+        Side::Buy if stop <= reference => wrong(reference, "above"),
+        _ => Ok(()),
     }
 }
 
@@ -708,6 +821,84 @@ fn check_caps(
     Ok(Some(notional))
 }
 
+fn check_unresolved(intent: &OrderIntent, context: &GuardContext) -> Result<(), GuardRefusal> {
+    if intent.role == OrderIntentRole::Cancel || !context.unresolved_same_instrument_side {
+        return Ok(());
+    }
+    Err(GuardRefusal::new(
+        GUARD_UNRESOLVED,
+        ErrorCode::OrderUnresolvedPending,
+        format!(
+            "An earlier {} order on {} has an unknown outcome.",
+            intent.side.as_ibkr(),
+            normalize_symbol(&intent.symbol)
+        ),
+    ))
+}
+
+/// The levels of a buy bracket: `entry_limit` (`None` for a market entry), `take_profit` and
+/// `stop_loss`, against the market `quote`. The entry fills at about the market when it is a
+/// market order or a limit at or above the market, else at no more than its limit; the exits
+/// must sit on the right side of that price or one of them fills (or triggers) at once.
+/// Refuses, each with its own message: a take-profit not above a limit entry, a take-profit not
+/// above the price the entry fills at, a stop-loss not below a limit entry, a stop-loss not
+/// below the price the entry fills at, and any check that cannot be made for want of a price.
+pub fn check_bracket(
+    entry_limit: Option<Decimal>,
+    take_profit: Decimal,
+    stop_loss: Decimal,
+    quote: Option<&MarketQuote>,
+) -> Result<(), GuardRefusal> {
+    let refuse = |detail: String| {
+        Err(GuardRefusal::new(
+            GUARD_BRACKET_LEVELS,
+            ErrorCode::OrderBracketLevelsInvalid,
+            detail,
+        ))
+    };
+    let show = to_decimal_string;
+    let market = quote.and_then(|q| positive(q.last).or(positive(q.ask)));
+    let Some(market) = market else {
+        return Err(GuardRefusal::new(
+            GUARD_BRACKET_LEVELS,
+            ErrorCode::MarketDataUnavailable,
+            "No price is known for this symbol, so the bracket's levels cannot be checked against the market.",
+        ));
+    };
+    if let Some(limit) = entry_limit {
+        if take_profit <= limit {
+            return refuse(format!(
+                "take_profit {} must be above the entry limit {}.",
+                show(take_profit),
+                show(limit)
+            ));
+        }
+        if stop_loss >= limit {
+            return refuse(format!(
+                "stop_loss {} must be below the entry limit {}.",
+                show(stop_loss),
+                show(limit)
+            ));
+        }
+    }
+    let fills_at = entry_limit.map_or(market, |limit| limit.min(market));
+    if take_profit <= fills_at {
+        return refuse(format!(
+            "take_profit {} must be above {}, the price the entry fills at, or it fills at once.",
+            show(take_profit),
+            show(fills_at)
+        ));
+    }
+    if stop_loss >= fills_at {
+        return refuse(format!(
+            "stop_loss {} must be below {}, the price the entry fills at, or it triggers at once.",
+            show(stop_loss),
+            show(fills_at)
+        ));
+    }
+    Ok(())
+}
+
 fn check_duplicate(
     intent: &OrderIntent,
     policy: &TradingPolicy,
@@ -715,13 +906,6 @@ fn check_duplicate(
 ) -> Result<(), GuardRefusal> {
     if intent.role == OrderIntentRole::Cancel {
         return Ok(());
-    }
-    if context.identical_indeterminate_pending {
-        return Err(GuardRefusal::new(
-            GUARD_DUPLICATE,
-            ErrorCode::OrderDuplicate,
-            "An identical order's outcome is still unknown; reconcile it first.",
-        ));
     }
     if policy.duplicate_window_seconds > 0 && context.recent_identical_within_window {
         return Err(GuardRefusal::new(
@@ -736,10 +920,19 @@ fn check_duplicate(
     Ok(())
 }
 
-/// Whether a CPGW confirmation warning may be auto-accepted: its message id (trimmed,
-/// case-insensitive) is on `policy.allowed_warning_ids`. An empty id is never allowed.
-pub fn warning_allowed(policy: &TradingPolicy, message_id: &str) -> bool {
+/// The confirmation warning IBKR raises when a price deviates from the market by more than
+/// its percentage constraint (a fat-finger check).
+pub const PRICE_DEVIATION_WARNING: &str = "o163";
+
+/// Whether a CPGW confirmation warning may be auto-accepted for an order with this role: its
+/// message id (trimmed, case-insensitive) is on `policy.allowed_warning_ids`. An empty id is
+/// never allowed. The price-deviation warning is accepted only for buy entries, whose value the
+/// caps bound: for an exit or a protective order nothing else would stop a mistyped price.
+pub fn warning_allowed(policy: &TradingPolicy, message_id: &str, role: OrderIntentRole) -> bool {
     let id = message_id.trim();
+    if id.eq_ignore_ascii_case(PRICE_DEVIATION_WARNING) && role != OrderIntentRole::Entry {
+        return false;
+    }
     !id.is_empty()
         && policy
             .allowed_warning_ids
@@ -846,13 +1039,15 @@ mod tests {
     fn ctx(q: &MarketQuote) -> GuardContext<'_> {
         GuardContext {
             account_mode: AccountMode::Paper,
+            account_id: "DU1234567",
             live_scope_granted: false,
             market_open: Ok(true),
             quote: Some(q),
             position_quantity: dec("100"),
+            committed_same_side: Decimal::ZERO,
             spent_today: Decimal::ZERO,
             recent_identical_within_window: false,
-            identical_indeterminate_pending: false,
+            unresolved_same_instrument_side: false,
         }
     }
 
@@ -869,15 +1064,26 @@ mod tests {
         assert_eq!(p.duplicate_window_seconds, 5);
         assert!(!p.exits_outside_regular_hours);
         assert!(p.gtc_protective_outside_regular_hours && p.cancels_outside_regular_hours);
+        let entry = OrderIntentRole::Entry;
         for id in [
             "o354", "o163", "o10152", "o10164", "o10223", "o10151", "o10153",
         ] {
-            assert!(warning_allowed(&p, id), "{id}");
+            assert!(warning_allowed(&p, id, entry), "{id}");
         }
-        assert!(warning_allowed(&p, " O354 "));
-        assert!(!warning_allowed(&p, "o2137"));
-        assert!(!warning_allowed(&p, ""));
-        assert!(!warning_allowed(&p, "o35"));
+        assert!(warning_allowed(&p, " O354 ", entry));
+        assert!(!warning_allowed(&p, "o2137", entry));
+        assert!(!warning_allowed(&p, "", entry));
+        assert!(!warning_allowed(&p, "o35", entry));
+        // The price-deviation check stays on for what no cap bounds.
+        for role in [
+            OrderIntentRole::Exit,
+            OrderIntentRole::Protective,
+            OrderIntentRole::Cancel,
+        ] {
+            assert!(!warning_allowed(&p, "o163", role), "{role:?}");
+            assert!(!warning_allowed(&p, " O163", role), "{role:?}");
+            assert!(warning_allowed(&p, "o10152", role), "{role:?}");
+        }
     }
 
     #[test]
@@ -915,6 +1121,7 @@ mod tests {
                 "intent_shape",
                 "account",
                 "live_lock",
+                "account_pin",
                 "symbol_lists",
                 "trading_hours",
                 "short",
@@ -922,6 +1129,7 @@ mod tests {
                 "stop_side",
                 "value_cap",
                 "daily_cap",
+                "unresolved",
                 "duplicate"
             ]
         );
@@ -1195,7 +1403,12 @@ mod tests {
         assert!(r.detail.contains("allow_live"));
         let allow = TradingPolicy {
             allow_live: true,
+            account_ids: vec!["U7654321".into()],
             ..TradingPolicy::default()
+        };
+        let live = GuardContext {
+            account_id: "u7654321",
+            ..live
         };
         let r = refused(&buy_cash("5"), &allow, &live);
         assert_eq!(r.code, ErrorCode::OrderLiveTradingRefused);
@@ -1205,6 +1418,24 @@ mod tests {
             ..live.clone()
         };
         assert!(check_order(&buy_cash("5"), &allow, &scoped).is_ok());
+        // A live account must be named: without account_ids, or another account, refused.
+        let unnamed = TradingPolicy {
+            account_ids: Vec::new(),
+            ..allow.clone()
+        };
+        let r = refused(&buy_cash("5"), &unnamed, &scoped);
+        assert_eq!(
+            (r.code, r.guard),
+            (ErrorCode::OrderAccountNotPinned, GUARD_ACCOUNT_PIN)
+        );
+        let other = GuardContext {
+            account_id: "U1111111",
+            ..scoped.clone()
+        };
+        assert_eq!(
+            refused(&buy_cash("5"), &allow, &other).code,
+            ErrorCode::OrderAccountNotPinned
+        );
         // Scope without config is still refused.
         assert_eq!(
             refused(&buy_cash("5"), &TradingPolicy::default(), &scoped).code,
@@ -1252,7 +1483,7 @@ mod tests {
             refused(&msft, &both, &c).code,
             ErrorCode::OrderSymbolNotAllowed
         );
-        // A cancel whose symbol is unknown is not checked; a known one is.
+        // Cancels are never checked: a denied symbol's working orders stay cancellable.
         let cancel = OrderIntent {
             symbol: String::new(),
             role: OrderIntentRole::Cancel,
@@ -1263,10 +1494,8 @@ mod tests {
             role: OrderIntentRole::Cancel,
             ..buy_cash("5")
         };
-        assert_eq!(
-            refused(&cancel_aapl, &allow, &c).code,
-            ErrorCode::OrderSymbolNotAllowed
-        );
+        assert!(check_order(&cancel_aapl, &allow, &c).is_ok());
+        assert!(check_order(&cancel_aapl, &deny, &c).is_ok());
     }
 
     #[test]
@@ -1504,12 +1733,16 @@ mod tests {
             refused(&stop_limit, &p, &c).code,
             ErrorCode::OrderStopWrongSide
         );
-        // Unknown quote: not checked (a protective stop can still be placed).
+        // Unknown quote: refused, never waved through (the stop could fire at once).
         let c3 = GuardContext {
             quote: None,
             ..ctx(&q)
         };
-        assert!(check_order(&stop_sell("1", "10.5"), &p, &c3).is_ok());
+        let r = refused(&stop_sell("1", "9.5"), &p, &c3);
+        assert_eq!(
+            (r.code, r.guard),
+            (ErrorCode::MarketDataUnavailable, GUARD_STOP_SIDE)
+        );
     }
 
     #[test]
@@ -1707,20 +1940,30 @@ mod tests {
             ..p.clone()
         };
         assert!(check_order(&buy_cash("5"), &off, &recent).is_ok());
-        // ...but never for an unknown outcome.
+        // An unknown outcome on the instrument and side blocks whatever the window, the size
+        // or the price.
         let pending = GuardContext {
-            identical_indeterminate_pending: true,
+            unresolved_same_instrument_side: true,
             ..ctx(&q)
         };
-        let r = refused(&buy_cash("5"), &off, &pending);
-        assert_eq!(r.code, ErrorCode::OrderDuplicate);
-        assert!(r.detail.contains("unknown"));
-        // Cancels are not duplicates.
+        let repriced = OrderIntent {
+            kind: OrderKind::Limit,
+            limit_price: Some(dec("10.11")),
+            ..buy_qty("3")
+        };
+        let r = refused(&repriced, &off, &pending);
+        assert_eq!(
+            (r.code, r.guard),
+            (ErrorCode::OrderUnresolvedPending, GUARD_UNRESOLVED)
+        );
+        assert!(r.detail.contains("BUY") && r.detail.contains("AAPL"));
+        // Cancels are neither.
         let cancel = OrderIntent {
             role: OrderIntentRole::Cancel,
             ..buy_cash("5")
         };
         assert!(check_order(&cancel, &p, &pending).is_ok());
+        assert!(check_order(&cancel, &p, &recent).is_ok());
     }
 
     #[test]
@@ -1794,6 +2037,121 @@ mod tests {
         ] {
             assert!(GUARD_ORDER.contains(&r.guard));
         }
+    }
+
+    #[test]
+    fn sells_fit_what_is_free_of_the_position() {
+        let q = quote();
+        let p = TradingPolicy::default();
+        // 100 held, 60 committed to working sells: 40 free.
+        let c = GuardContext {
+            committed_same_side: dec("60"),
+            ..ctx(&q)
+        };
+        assert!(check_order(&sell("40", OrderIntentRole::Exit), &p, &c).is_ok());
+        let r = refused(&sell("41", OrderIntentRole::Exit), &p, &c);
+        assert_eq!(r.code, ErrorCode::OrderExceedsSellable);
+        assert!(
+            r.detail.contains("60") && r.detail.contains("40"),
+            "{}",
+            r.detail
+        );
+        // A protective stop counts the same way.
+        assert_eq!(
+            refused(&stop_sell("41", "9"), &p, &c).code,
+            ErrorCode::OrderExceedsSellable
+        );
+        // Beyond the position itself it is a naked short.
+        assert_eq!(
+            refused(&sell("101", OrderIntentRole::Exit), &p, &c).code,
+            ErrorCode::OrderNakedShortRefused
+        );
+        // Everything committed: nothing free, even for a close of the whole position.
+        let all = GuardContext {
+            committed_same_side: dec("100"),
+            ..ctx(&q)
+        };
+        assert_eq!(
+            refused(&sell("100", OrderIntentRole::Exit), &p, &all).code,
+            ErrorCode::OrderExceedsSellable
+        );
+        // Covers of a short: the same, on the buy side.
+        let short = GuardContext {
+            position_quantity: dec("-10"),
+            committed_same_side: dec("4"),
+            ..ctx(&q)
+        };
+        let cover = |quantity: &str| OrderIntent {
+            role: OrderIntentRole::Exit,
+            ..buy_qty(quantity)
+        };
+        assert!(check_order(&cover("6"), &p, &short).is_ok());
+        let r = refused(&cover("7"), &p, &short);
+        assert_eq!(
+            (r.code, r.guard),
+            (ErrorCode::OrderExceedsSellable, GUARD_EXIT_REDUCES)
+        );
+    }
+
+    #[test]
+    fn a_paper_account_can_be_pinned_too() {
+        let q = quote();
+        let pinned = TradingPolicy {
+            account_ids: vec!["DU7777777".into()],
+            ..TradingPolicy::default()
+        };
+        let r = refused(&buy_cash("5"), &pinned, &ctx(&q));
+        assert_eq!(
+            (r.code, r.guard),
+            (ErrorCode::OrderAccountNotPinned, GUARD_ACCOUNT_PIN)
+        );
+        assert!(r.detail.contains("DU1234567"));
+        let ours = GuardContext {
+            account_id: "DU7777777",
+            ..ctx(&q)
+        };
+        assert!(check_order(&buy_cash("5"), &pinned, &ours).is_ok());
+        // Without a list, any paper account.
+        assert!(check_order(&buy_cash("5"), &TradingPolicy::default(), &ctx(&q)).is_ok());
+    }
+
+    #[test]
+    fn bracket_levels_each_refused_with_their_own_message() {
+        let q = quote(); // last 10, bid 9.9, ask 10.1
+        let check = |entry: Option<&str>, tp: &str, sl: &str, quote: Option<&MarketQuote>| {
+            check_bracket(entry.map(dec), dec(tp), dec(sl), quote)
+        };
+        assert!(check(None, "11", "9", Some(&q)).is_ok());
+        assert!(check(Some("9.5"), "9.8", "9", Some(&q)).is_ok());
+        let message = |entry, tp, sl| {
+            let r = check(entry, tp, sl, Some(&q)).unwrap_err();
+            assert_eq!(
+                (r.code, r.guard),
+                (ErrorCode::OrderBracketLevelsInvalid, GUARD_BRACKET_LEVELS)
+            );
+            r.detail
+        };
+        let cases = [
+            // take-profit not above the limit entry
+            message(Some("9.5"), "9.5", "9"),
+            // stop-loss not below the limit entry
+            message(Some("9.5"), "9.8", "9.5"),
+            // take-profit below the market with a market entry: fills at once
+            message(None, "9.95", "9"),
+            // stop-loss above the market with a marketable limit entry: triggers at once
+            message(Some("10.5"), "11", "10.2"),
+        ];
+        assert!(cases[0].contains("take_profit") && cases[0].contains("entry limit"));
+        assert!(cases[1].contains("stop_loss") && cases[1].contains("entry limit"));
+        assert!(cases[2].contains("take_profit") && cases[2].contains("fills at once"));
+        assert!(cases[3].contains("stop_loss") && cases[3].contains("triggers at once"));
+        let distinct: std::collections::HashSet<_> = cases.iter().collect();
+        assert_eq!(distinct.len(), cases.len());
+        // No price: refused, not waved through.
+        assert_eq!(
+            check(Some("9.5"), "9.8", "9", None).unwrap_err().code,
+            ErrorCode::MarketDataUnavailable
+        );
     }
 
     #[test]
@@ -1941,9 +2299,10 @@ mod tests {
             let policy = TradingPolicy { max_order_value: cap, max_daily_value: Some(cap), ..TradingPolicy::default() };
             // The position the exit reduces.
             let position = match side { Side::Sell => quantity, Side::Buy => -quantity };
+            let no_quote = MarketQuote::default();
             let context = GuardContext {
                 quote: quote.as_ref(), spent_today: spent, position_quantity: position,
-                ..ctx(&MarketQuote::default())
+                ..ctx(&no_quote)
             };
             match check_order(&intent, &policy, &context) {
                 Ok(pass) => prop_assert_eq!(pass.notional, None),
@@ -1969,7 +2328,8 @@ mod tests {
                 ..buy_qty("1")
             };
             let policy = TradingPolicy { max_order_value: cap, ..TradingPolicy::default() };
-            let context = GuardContext { quote: quote.as_ref(), ..ctx(&MarketQuote::default()) };
+            let no_quote = MarketQuote::default();
+            let context = GuardContext { quote: quote.as_ref(), ..ctx(&no_quote) };
             let result = check_order(&intent, &policy, &context);
             match order_notional(&intent, quote.as_ref()) {
                 None => prop_assert_eq!(result.unwrap_err().code, ErrorCode::MarketDataUnavailable),
@@ -2010,10 +2370,11 @@ mod tests {
                 symbol: "AAPL".into(), side, kind, role, quantity, cash_amount: cash,
                 limit_price: price, stop_price: price, trail_amount: None, trail_percent: price, tif: Tif::Day,
             };
+            let no_quote = MarketQuote::default();
             let context = GuardContext {
                 account_mode: mode, market_open: Ok(open), quote: quote.as_ref(),
                 position_quantity: Decimal::from(position), recent_identical_within_window: dup,
-                ..ctx(&MarketQuote::default())
+                ..ctx(&no_quote)
             };
             if let Err(r) = check_order(&intent, &TradingPolicy::default(), &context) {
                 prop_assert!(GUARD_ORDER.contains(&r.guard));

@@ -217,6 +217,44 @@ pub fn parse_broker_amount(text: &str) -> Option<(Decimal, Option<String>)> {
     Some((parse_broker_number(number)?, currency))
 }
 
+/// An amount of a CPGW what-if answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhatIfAmount {
+    pub amount: Decimal,
+    pub currency: Option<String>,
+    /// The quantity the amount buys, when IBKR says (`"(0.0067 Shares)"`).
+    pub shares: Option<Decimal>,
+}
+
+/// Parses an amount of a CPGW what-if answer in the shapes IBKR's live answers use:
+/// `"1,892.60 USD (10 Shares)"`, `"2 USD (0.0067 Shares)"`, `"1 USD"`, `"2.02 USD"`, and the
+/// bare whole numbers of the margin sections (`"100,000"`, `"-1"`).
+pub fn parse_whatif_amount(text: &str) -> Option<WhatIfAmount> {
+    let text = text.trim();
+    if text.len() > MAX_TEXT_LEN {
+        return None;
+    }
+    let (head, shares) = match text.split_once('(') {
+        Some((head, tail)) => {
+            let inner = tail.strip_suffix(')')?.trim();
+            let mut words = inner.split_whitespace();
+            let quantity = parse_broker_number(words.next()?)?;
+            let unit = words.next()?;
+            if words.next().is_some() || !unit.eq_ignore_ascii_case("shares") {
+                return None;
+            }
+            (head.trim(), Some(quantity))
+        }
+        None => (text, None),
+    };
+    let (amount, currency) = parse_broker_amount(head)?;
+    Some(WhatIfAmount {
+        amount,
+        currency,
+        shares,
+    })
+}
+
 /// Where a CPGW last price came from, as told by its prefix letter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PricePrefix {
@@ -290,6 +328,33 @@ mod tests {
 
     fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn whatif_amounts_in_the_live_shapes() {
+        let parsed = parse_whatif_amount("1,892.60 USD (10 Shares)").unwrap();
+        assert_eq!(
+            (parsed.amount, parsed.currency.as_deref(), parsed.shares),
+            (dec("1892.6"), Some("USD"), Some(dec("10")))
+        );
+        let cash = parse_whatif_amount("2 USD (0.0067 Shares)").unwrap();
+        assert_eq!((cash.amount, cash.shares), (dec("2"), Some(dec("0.0067"))));
+        assert_eq!(parse_whatif_amount("1 USD").unwrap().amount, dec("1"));
+        assert_eq!(
+            parse_whatif_amount("100,000").unwrap().amount,
+            dec("100000")
+        );
+        assert_eq!(parse_whatif_amount("-1").unwrap().amount, dec("-1"));
+        for bad in [
+            "",
+            "USD",
+            "2 USD (0.0067)",
+            "2 USD (x Shares)",
+            "2 USD (1 Shares",
+            "1,00 USD",
+        ] {
+            assert_eq!(parse_whatif_amount(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 pub const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u64 = 500;
 pub const DEFAULT_RECONNECT_MAX_DELAY_MS: u64 = 30_000;
 pub const DEFAULT_TICKLE_INTERVAL_SECONDS: u64 = 60;
+/// Shortest keep-alive interval: IBKR paces `/tickle` at one request per second, and each round
+/// also asks `auth/status`.
+pub const MIN_TICKLE_INTERVAL_SECONDS: u64 = 2;
 
 /// Upper bound for `max_concurrent_requests`: the relay is a personal channel, and each request
 /// holds a CPGW connection.
@@ -358,11 +361,12 @@ impl SidecarConfig {
                 ),
             ));
         }
-        if s.tickle_interval_seconds == 0 || s.tickle_interval_seconds > 300 {
-            // CPGW drops an idle session after about six minutes.
+        if !(MIN_TICKLE_INTERVAL_SECONDS..=300).contains(&s.tickle_interval_seconds) {
+            // CPGW drops an idle session after about six minutes; IBKR paces /tickle at one
+            // request per second, and each keep-alive round also asks auth/status.
             return Err(invalid(
                 "sidecar.tickle_interval_seconds",
-                "must be between 1 and 300",
+                format!("must be between {MIN_TICKLE_INTERVAL_SECONDS} and 300"),
             ));
         }
         Ok(())

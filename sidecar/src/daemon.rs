@@ -73,7 +73,8 @@ pub async fn run_daemon(
     );
 
     let keepalive_stop = shutdown.child_token();
-    let keepalive = tokio::spawn(run_keepalive(
+    // Aborted with this future: a daemon that dies leaves no keep-alive behind.
+    let keepalive = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run_keepalive(
         Keepalive {
             client: context.cpgw.clone(),
             interval: context.config.tickle_interval(),
@@ -82,7 +83,7 @@ pub async fn run_daemon(
             alerts: context.alerts.clone(),
         },
         keepalive_stop.clone(),
-    ));
+    )));
     supervisor::run(context.clone(), shutdown.clone()).await;
     keepalive_stop.cancel();
     let _ = keepalive.await;

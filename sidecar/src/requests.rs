@@ -31,10 +31,15 @@ pub(crate) struct ConnectionInfo {
 /// stalling the tool).
 pub(crate) type ProgressSender = tokio::sync::mpsc::Sender<protocol::envelope::RelayProgress>;
 
+/// Time kept back from a call's deadline for its answer to travel back.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs one relayed call. `deadline`: when the gateway stops waiting for the answer.
 pub(crate) async fn handle(
     context: &DaemonContext,
     connection: &ConnectionInfo,
     request: &RelayRequest,
+    deadline: Instant,
 ) -> Outcome {
     // Re-read per request: a revoke or scope change from the CLI applies to the next call.
     let pairing = match context.store.pairing(
@@ -99,6 +104,10 @@ pub(crate) async fn handle(
         live_scope_granted: checked.live_scope_granted,
         progress: progress.as_ref(),
         market_clock: &context.market_clock,
+        deadline: deadline
+            .checked_sub(ANSWER_MARGIN)
+            .unwrap_or(deadline)
+            .max(Instant::now()),
     };
     match tools::run(&checked, &tool_context).await {
         Ok(value) => finalize(&value),

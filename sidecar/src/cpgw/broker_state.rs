@@ -15,6 +15,8 @@ pub enum BrokerState {
     Unreachable,
     /// Another session (TWS, the mobile app, another CPGW) competes for the brokerage session.
     Competing,
+    /// IBKR answered 429: requests are held back until its penalty period ends.
+    RateLimited,
     /// Not checked yet, or CPGW answered something we could not interpret.
     Unknown,
 }
@@ -27,6 +29,7 @@ impl BrokerState {
             BrokerState::LoginRequired => "login_required",
             BrokerState::Unreachable => "unreachable",
             BrokerState::Competing => "competing",
+            BrokerState::RateLimited => "rate_limited",
             BrokerState::Unknown => "unknown",
         }
     }
@@ -40,6 +43,7 @@ impl BrokerState {
             Err(CpgwError::NotAuthenticated) => BrokerState::LoginRequired,
             Err(CpgwError::Unreachable | CpgwError::Timeout) => BrokerState::Unreachable,
             Err(CpgwError::Http(_) | CpgwError::Malformed) => BrokerState::Unknown,
+            Err(CpgwError::RateLimited) => BrokerState::RateLimited,
         }
     }
 
@@ -59,6 +63,12 @@ impl BrokerState {
             BrokerState::Competing => Some(
                 "Another IBKR session (TWS, the mobile app or another Client Portal login) holds \
                  the brokerage session. Close it; the sidecar then reopens the session by itself."
+                    .to_string(),
+            ),
+            BrokerState::RateLimited => Some(
+                "IBKR answered 'too many requests': the sidecar holds every request to the Client \
+                 Portal Gateway back for up to 15 minutes. Check that no other program on the \
+                 laptop calls it in a loop."
                     .to_string(),
             ),
             BrokerState::Unknown => Some(format!(

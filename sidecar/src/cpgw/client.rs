@@ -8,7 +8,15 @@
 //!   it can never be forwarded.
 //! - Every request has a 10 s timeout and a bounded body; CPGW bodies and error texts are
 //!   never copied into errors.
+//! - Every request waits for its turn in the [`Pacer`] (IBKR's pacing limits, with margins),
+//!   and a 429 stops all requests for the penalty period instead of being retried.
+//! - A brokerage session must be *primed*: IBKR's `/iserver` endpoints answer 500 "Please query
+//!   /accounts first" until `GET /iserver/accounts` ran in the session, and `/portfolio/{acct}`
+//!   endpoints until `GET /portfolio/accounts` did. The client primes before the first such
+//!   request, again after a lost session, and once more (then retries once) when CPGW says so:
+//!   that answer means the request was not processed.
 
+use super::pacer::{Endpoint, Lane, Paced, Pacer};
 use super::types::{
     AccountsReply, AuthStatus, HistoryReply, PositionRow, SnapshotRow, StocksReply, SummaryReply,
     TickleReply,
@@ -17,6 +25,8 @@ use crate::error::SidecarError;
 use crate::net::{self, UrlKind};
 use serde::de::DeserializeOwned;
 use shared_safety::ErrorCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -39,6 +49,9 @@ pub enum CpgwError {
     Http(u16),
     #[error("the Client Portal Gateway's answer could not be read")]
     Malformed,
+    /// CPGW answered 429 recently: requests are held back until IBKR's penalty period ends.
+    #[error("the Client Portal Gateway is pacing this laptop's requests")]
+    RateLimited,
 }
 
 impl CpgwError {
@@ -48,6 +61,7 @@ impl CpgwError {
             CpgwError::Unreachable | CpgwError::Timeout => ErrorCode::BrokerUnreachable,
             CpgwError::NotAuthenticated => ErrorCode::BrokerSessionRequired,
             CpgwError::Http(_) | CpgwError::Malformed => ErrorCode::BrokerError,
+            CpgwError::RateLimited => ErrorCode::BrokerRateLimited,
         }
     }
 }
@@ -56,6 +70,79 @@ impl CpgwError {
 pub struct CpgwClient {
     pub(super) http: reqwest::Client,
     base: Url,
+    /// Shared by every clone: one laptop, one budget.
+    pacer: Arc<Pacer>,
+    priming: Arc<Priming>,
+    orders_cache: Arc<super::orders::OrdersListCache>,
+}
+
+/// Whether the current brokerage session was primed for each family of endpoints.
+#[derive(Debug, Default)]
+struct Priming {
+    iserver: AtomicBool,
+    portfolio: AtomicBool,
+}
+
+/// Which accounts query a path needs first, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Iserver,
+    Portfolio,
+}
+
+fn family_of(path: &str) -> Option<Family> {
+    let bare = path.split('?').next().unwrap_or(path);
+    if bare.starts_with("/iserver/")
+        && !matches!(
+            bare,
+            "/iserver/accounts" | "/iserver/auth/status" | "/iserver/auth/ssodh/init"
+        )
+    {
+        Some(Family::Iserver)
+    } else if bare.starts_with("/portfolio/") && bare != "/portfolio/accounts" {
+        Some(Family::Portfolio)
+    } else {
+        None
+    }
+}
+
+/// What one exchange with CPGW gave, before any interpretation.
+#[derive(Debug)]
+pub(super) struct RawAnswer {
+    pub status: reqwest::StatusCode,
+    pub body: Vec<u8>,
+    /// The body was longer than [`MAX_CPGW_BODY`] (or cut off after a 4xx) and is incomplete.
+    pub truncated: bool,
+}
+
+/// Why no answer came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RawFailure {
+    /// No connection was made: certainly not received.
+    Connect,
+    /// No answer in time, after connecting: it may have been received.
+    Timeout,
+    /// The connection broke, or the body was cut off: it may have been received.
+    Lost,
+    /// Held back by the pacer (a recent 429), or refused now with a 429: not received.
+    RateLimited,
+}
+
+/// CPGW's way of saying the session was not primed (and the request not processed).
+fn needs_priming(answer: &RawAnswer) -> bool {
+    answer.status == reqwest::StatusCode::INTERNAL_SERVER_ERROR
+        && String::from_utf8_lossy(&answer.body).contains("query /accounts first")
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 impl CpgwClient {
@@ -80,7 +167,177 @@ impl CpgwClient {
         let http = builder
             .build()
             .map_err(|_| SidecarError::internal("(cannot build the CPGW HTTP client)"))?;
-        Ok(CpgwClient { http, base })
+        Ok(CpgwClient {
+            http,
+            base,
+            pacer: Arc::new(Pacer::new()),
+            priming: Arc::new(Priming::default()),
+            orders_cache: Arc::default(),
+        })
+    }
+
+    /// The pacer every request of this client (and its clones) waits in.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    pub(super) fn orders_cache(&self) -> &super::orders::OrdersListCache {
+        &self.orders_cache
+    }
+
+    /// Primes the session's `/portfolio/{acct}` endpoints (`GET /portfolio/accounts`) if it was
+    /// not yet.
+    pub async fn prime_portfolio(&self) -> Result<(), CpgwError> {
+        self.prime(Family::Portfolio)
+            .await
+            .map_err(|failure| match failure {
+                RawFailure::Connect | RawFailure::Lost => CpgwError::Unreachable,
+                RawFailure::Timeout => CpgwError::Timeout,
+                RawFailure::RateLimited => CpgwError::RateLimited,
+            })
+    }
+
+    /// Forgets that the session was primed (it was lost or replaced).
+    pub fn session_changed(&self) {
+        self.priming.iserver.store(false, Ordering::Relaxed);
+        self.priming.portfolio.store(false, Ordering::Relaxed);
+    }
+
+    /// One paced exchange, no priming. A 429 starts the backoff and is reported as
+    /// [`RawFailure::RateLimited`].
+    async fn send_once(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        body: Option<&(String, &'static str)>,
+        lane: Lane,
+        timeout: Duration,
+    ) -> Result<RawAnswer, RawFailure> {
+        self.pacer
+            .acquire(Endpoint::of_path(path), lane)
+            .await
+            .map_err(|Paced::Backoff { .. }| RawFailure::RateLimited)?;
+        let mut request = self
+            .http
+            .request(method.clone(), self.url(path))
+            .timeout(timeout);
+        request = match body {
+            Some((text, content_type)) => request
+                .header(reqwest::header::CONTENT_TYPE, *content_type)
+                .body(text.clone()),
+            // An explicit empty body gives `Content-Length: 0`, which CPGW wants on POSTs.
+            None if *method != reqwest::Method::GET => request.body(Vec::new()),
+            None => request,
+        };
+        let work = async {
+            let mut response = request.send().await.map_err(|error| {
+                if error.is_connect() {
+                    RawFailure::Connect
+                } else if error.is_timeout() {
+                    RawFailure::Timeout
+                } else {
+                    RawFailure::Lost
+                }
+            })?;
+            let status = response.status();
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                self.pacer.rate_limited(retry_after(response.headers()));
+                return Err(RawFailure::RateLimited);
+            }
+            let mut bytes = Vec::new();
+            let mut truncated = false;
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if bytes.len() + chunk.len() > MAX_CPGW_BODY {
+                            truncated = true;
+                            break;
+                        }
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(_) if status.is_client_error() => {
+                        truncated = true;
+                        break;
+                    }
+                    Err(error) if error.is_timeout() => return Err(RawFailure::Timeout),
+                    Err(_) => return Err(RawFailure::Lost),
+                }
+            }
+            Ok(RawAnswer {
+                status,
+                body: bytes,
+                truncated,
+            })
+        };
+        // reqwest's timeout covers the request; this one also bounds the body loop.
+        tokio::time::timeout(timeout + Duration::from_secs(1), work)
+            .await
+            .unwrap_or(Err(RawFailure::Timeout))
+    }
+
+    /// Primes `family` if this session was not primed for it yet.
+    async fn prime(&self, family: Family) -> Result<(), RawFailure> {
+        let (flag, path) = match family {
+            Family::Iserver => (&self.priming.iserver, "/iserver/accounts"),
+            Family::Portfolio => (&self.priming.portfolio, "/portfolio/accounts"),
+        };
+        if flag.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let answer = self
+            .send_once(
+                &reqwest::Method::GET,
+                path,
+                None,
+                Lane::Trading,
+                CPGW_TIMEOUT,
+            )
+            .await?;
+        // Any answer counts as tried for this session: a failing priming query is not repeated
+        // before every request (it is paced at one per 6 s); CPGW's own "query /accounts
+        // first" answer brings it back.
+        if !answer.status.is_success() {
+            tracing::debug!(
+                status = answer.status.as_u16(),
+                "the accounts query that primes a session failed"
+            );
+        }
+        flag.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One exchange with pacing and priming: primes the session first when the path needs
+    /// it, and when CPGW says it was not primed (the request was not processed), primes and
+    /// sends once more.
+    pub(super) async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(String, &'static str)>,
+        lane: Lane,
+        timeout: Duration,
+    ) -> Result<RawAnswer, RawFailure> {
+        let family = family_of(path);
+        if let Some(family) = family {
+            self.prime(family).await?;
+        }
+        let answer = self
+            .send_once(&method, path, body.as_ref(), lane, timeout)
+            .await?;
+        if answer.status == reqwest::StatusCode::UNAUTHORIZED {
+            self.session_changed();
+        }
+        match family {
+            Some(family) if needs_priming(&answer) => {
+                tracing::info!("the brokerage session was not primed; querying accounts first");
+                self.session_changed();
+                self.prime(family).await?;
+                self.send_once(&method, path, body.as_ref(), lane, timeout)
+                    .await
+            }
+            _ => Ok(answer),
+        }
     }
 
     /// `scheme://host:port` of CPGW: where the person logs in.
@@ -98,42 +355,37 @@ impl CpgwClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, CpgwError> {
-        let is_post = method == reqwest::Method::POST;
-        let mut request = self.http.request(method, self.url(path));
-        request = match body {
-            Some(json) => request.json(&json),
-            // An explicit empty body gives `Content-Length: 0`, which CPGW wants on POSTs.
-            None if is_post => request.body(Vec::new()),
-            None => request,
-        };
-        let work = async {
-            let mut response = request.send().await.map_err(classify)?;
-            let status = response.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                return Err(CpgwError::NotAuthenticated);
-            }
-            if !status.is_success() {
-                return Err(CpgwError::Http(status.as_u16()));
-            }
-            let mut bytes = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(classify)? {
-                if bytes.len() + chunk.len() > MAX_CPGW_BODY {
-                    return Err(CpgwError::Malformed);
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed)
-        };
-        // reqwest's own timeout covers the request; this one also bounds the body loop.
-        tokio::time::timeout(CPGW_TIMEOUT + Duration::from_secs(1), work)
+        let body = body.map(|json| (json.to_string(), "application/json"));
+        let answer = self
+            .exchange(method, path, body, Lane::Read, CPGW_TIMEOUT)
             .await
-            .unwrap_or(Err(CpgwError::Timeout))
+            .map_err(|failure| match failure {
+                RawFailure::Connect | RawFailure::Lost => CpgwError::Unreachable,
+                RawFailure::Timeout => CpgwError::Timeout,
+                RawFailure::RateLimited => CpgwError::RateLimited,
+            })?;
+        if answer.status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(CpgwError::NotAuthenticated);
+        }
+        if !answer.status.is_success() {
+            return Err(CpgwError::Http(answer.status.as_u16()));
+        }
+        if answer.truncated {
+            return Err(CpgwError::Malformed);
+        }
+        serde_json::from_slice(&answer.body).map_err(|_| CpgwError::Malformed)
     }
 
-    /// `POST /iserver/auth/status`.
+    /// `POST /iserver/auth/status`. A session that is not authenticated will need priming
+    /// again once it is.
     pub async fn auth_status(&self) -> Result<AuthStatus, CpgwError> {
-        self.call(reqwest::Method::POST, "/iserver/auth/status", None)
-            .await
+        let status: AuthStatus = self
+            .call(reqwest::Method::POST, "/iserver/auth/status", None)
+            .await?;
+        if !status.authenticated {
+            self.session_changed();
+        }
+        Ok(status)
     }
 
     /// `POST /tickle`: keeps the session from lapsing when idle.
@@ -144,6 +396,8 @@ impl CpgwClient {
     /// `POST /iserver/auth/ssodh/init {"publish":true,"compete":true}`: reopens the brokerage
     /// session of an already logged-in CPGW. It needs no credentials and cannot log anyone in.
     pub async fn ssodh_init(&self) -> Result<AuthStatus, CpgwError> {
+        // A new brokerage session needs priming again.
+        self.session_changed();
         self.call(
             reqwest::Method::POST,
             "/iserver/auth/ssodh/init",
@@ -152,10 +406,13 @@ impl CpgwClient {
         .await
     }
 
-    /// `GET /iserver/accounts`.
+    /// `GET /iserver/accounts` (this also primes the session's `/iserver` endpoints).
     pub async fn accounts(&self) -> Result<AccountsReply, CpgwError> {
-        self.call(reqwest::Method::GET, "/iserver/accounts", None)
-            .await
+        let reply = self
+            .call(reqwest::Method::GET, "/iserver/accounts", None)
+            .await?;
+        self.priming.iserver.store(true, Ordering::Relaxed);
+        Ok(reply)
     }
 
     /// `GET /trsrv/stocks?symbols=..`.
@@ -258,18 +515,6 @@ pub(super) fn path_segment(account: &str) -> Result<&str, CpgwError> {
         Ok(account)
     } else {
         Err(CpgwError::Malformed)
-    }
-}
-
-fn classify(error: reqwest::Error) -> CpgwError {
-    if error.is_timeout() {
-        CpgwError::Timeout
-    } else if error.is_connect() {
-        CpgwError::Unreachable
-    } else if error.is_decode() || error.is_body() {
-        CpgwError::Malformed
-    } else {
-        CpgwError::Unreachable
     }
 }
 

@@ -93,6 +93,32 @@ pub async fn keepalive_round(client: &CpgwClient, monitor: &SessionMonitor) -> B
     BrokerState::from_auth(&status)
 }
 
+/// Prepares a brokerage session that just became ready, in the background: primes its
+/// `/iserver` and `/portfolio` endpoints, and sends the pre-flight reads IBKR documents for the
+/// orders list and the executions (their first answer in a session is empty while they fill).
+/// Without it, the first reconcile of a session would read a false-empty list. Every request
+/// is paced like any other; failures only mean the warm-up happens on first use instead.
+pub async fn warm_up_session(client: &CpgwClient) {
+    let account = match client.accounts().await {
+        Ok(reply) => reply.active_account().map(str::to_string),
+        Err(error) => {
+            tracing::debug!(%error, "session warm-up: accounts query failed");
+            return;
+        }
+    };
+    if let Err(error) = client.prime_portfolio().await {
+        tracing::debug!(%error, "session warm-up: portfolio accounts query failed");
+    }
+    if let Some(account) = account
+        && let Err(error) = client.live_orders_fresh(&account).await
+    {
+        tracing::debug!(%error, "session warm-up: orders list pre-flight failed");
+    }
+    if let Err(error) = client.trades(1).await {
+        tracing::debug!(%error, "session warm-up: executions pre-flight failed");
+    }
+}
+
 /// Publishes `state` if it differs from the current value; true if it changed.
 pub fn publish(sender: &watch::Sender<BrokerState>, state: BrokerState) -> bool {
     sender.send_if_modified(|current| {
@@ -118,6 +144,11 @@ pub fn alert_text(state: BrokerState, label: &str, location: &str) -> Option<Str
         )),
         BrokerState::Unreachable => Some(format!(
             "IBKR Client Portal Gateway on {label} does not answer at {location}: start it."
+        )),
+        BrokerState::RateLimited => Some(format!(
+            "IBKR answered 'too many requests' to {label}: every request to its Client Portal \
+             Gateway is held back for up to 15 minutes, exits and cancels included. Check that \
+             no other program on that laptop calls {location} in a loop."
         )),
         BrokerState::Ready | BrokerState::Unknown => None,
     }
@@ -157,6 +188,8 @@ pub async fn run_keepalive(keepalive: Keepalive, shutdown: CancellationToken) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let location = keepalive.client.portal_location();
     let mut outage = OutageTracker::default();
+    // Session warm-ups in flight: dropped (and so aborted) with this task.
+    let mut warm_ups = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -171,6 +204,11 @@ pub async fn run_keepalive(keepalive: Keepalive, shutdown: CancellationToken) {
                 broker_state = state.as_str(),
                 "local Client Portal Gateway state changed"
             );
+            if state == BrokerState::Ready {
+                let client = keepalive.client.clone();
+                while warm_ups.try_join_next().is_some() {}
+                warm_ups.spawn(async move { warm_up_session(&client).await });
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

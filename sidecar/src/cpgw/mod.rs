@@ -6,6 +6,9 @@
 //! - [`broker_state`]: the sidecar's summary of the CPGW session (`ready`, `login_required`, ...).
 //! - [`marketdata`]: symbol -> conid cache, snapshot quotes (warm-up retry, price prefixes).
 //! - [`portfolio`]: selected account, account summary, positions (paged).
+//! - [`orders`]: placing, confirming, cancelling; order status, the orders list, trades.
+//! - [`pacer`]: IBKR's pacing limits, applied to every request, with a lane kept free for
+//!   trading.
 //! - [`keepalive`]: tickles the session and reopens the brokerage session when it can, never
 //!   logging in.
 
@@ -14,6 +17,7 @@ pub mod client;
 pub mod keepalive;
 pub mod marketdata;
 pub mod orders;
+pub mod pacer;
 pub mod portfolio;
 pub mod types;
 

@@ -6,7 +6,8 @@
 //! have reached IBKR (timeout after connecting, 5xx, connection lost, unreadable answer).
 //! Read-only calls keep using [`CpgwError`].
 
-use super::client::{CpgwClient, CpgwError, MAX_CPGW_BODY, path_segment};
+use super::client::{CpgwClient, CpgwError, RawFailure, path_segment};
+use super::pacer::{Endpoint, Lane};
 use super::types::JsonText;
 use serde::Deserialize;
 use serde_json::Value;
@@ -285,83 +286,59 @@ pub fn order_id_segment(id: &str) -> Option<&str> {
 }
 
 impl CpgwClient {
-    /// Sends one order-changing request with a raw JSON body. Returns the HTTP status and body
-    /// of a 2xx or 4xx answer; everything else is classified.
+    /// Sends one order request with a raw JSON body, paced in `lane`. Returns the HTTP status
+    /// and body of a 2xx answer; everything else is classified by whether the request could
+    /// have been acted on.
     async fn order_request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<String>,
+        lane: Lane,
     ) -> Result<(u16, Vec<u8>), SendFailure> {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .timeout(ORDER_TIMEOUT);
-        request = match body {
-            Some(text) => request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(text),
-            None => request.body(Vec::new()),
-        };
-        let work = async {
-            let mut response = request.send().await.map_err(|error| {
-                if error.is_connect() {
-                    SendFailure::NotSent {
-                        reason: "the Client Portal Gateway is not reachable".into(),
-                    }
-                } else {
-                    SendFailure::Indeterminate {
-                        reason: if error.is_timeout() {
-                            "the Client Portal Gateway did not answer in time".into()
-                        } else {
-                            "the connection to the Client Portal Gateway was lost".into()
-                        },
-                    }
-                }
-            })?;
-            let status = response.status();
-            let mut bytes = Vec::new();
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if bytes.len() + chunk.len() > MAX_CPGW_BODY {
-                            break;
-                        }
-                        bytes.extend_from_slice(&chunk);
-                    }
-                    Ok(None) => break,
-                    Err(_) if status.is_client_error() => break,
-                    Err(_) => {
-                        return Err(SendFailure::Indeterminate {
-                            reason: "the broker's answer was cut off".into(),
-                        });
-                    }
-                }
-            }
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                return Err(SendFailure::NotAuthenticated);
-            }
-            if status.is_client_error() {
-                return Err(SendFailure::Rejected {
-                    reason: error_text(&bytes)
-                        .unwrap_or_else(|| format!("HTTP {}", status.as_u16())),
-                });
-            }
-            if !status.is_success() {
-                return Err(SendFailure::Indeterminate {
-                    reason: format!(
-                        "the Client Portal Gateway answered HTTP {}",
-                        status.as_u16()
-                    ),
-                });
-            }
-            Ok((status.as_u16(), bytes))
-        };
-        tokio::time::timeout(ORDER_TIMEOUT + Duration::from_secs(1), work)
+        let body = body.map(|text| (text, "application/json"));
+        let answer = self
+            .exchange(method, path, body, lane, ORDER_TIMEOUT)
             .await
-            .unwrap_or(Err(SendFailure::Indeterminate {
-                reason: "the Client Portal Gateway did not answer in time".into(),
-            }))
+            .map_err(|failure| match failure {
+                RawFailure::Connect => SendFailure::NotSent {
+                    reason: "the Client Portal Gateway is not reachable".into(),
+                },
+                RawFailure::RateLimited => SendFailure::NotSent {
+                    reason: "the Client Portal Gateway is pacing this laptop's requests (HTTP 429)"
+                        .into(),
+                },
+                RawFailure::Timeout => SendFailure::Indeterminate {
+                    reason: "the Client Portal Gateway did not answer in time".into(),
+                },
+                RawFailure::Lost => SendFailure::Indeterminate {
+                    reason: "the connection to the Client Portal Gateway was lost".into(),
+                },
+            })?;
+        let status = answer.status;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(SendFailure::NotAuthenticated);
+        }
+        if status.is_client_error() {
+            return Err(SendFailure::Rejected {
+                reason: error_text(&answer.body)
+                    .unwrap_or_else(|| format!("HTTP {}", status.as_u16())),
+            });
+        }
+        if !status.is_success() {
+            return Err(SendFailure::Indeterminate {
+                reason: format!(
+                    "the Client Portal Gateway answered HTTP {}",
+                    status.as_u16()
+                ),
+            });
+        }
+        if answer.truncated {
+            return Err(SendFailure::Indeterminate {
+                reason: "the broker's answer was cut off".into(),
+            });
+        }
+        Ok((status.as_u16(), answer.body))
     }
 
     /// `POST /iserver/account/{acct}/orders` with `body` = `{"orders":[...]}` as JSON text.
@@ -378,6 +355,7 @@ impl CpgwClient {
                 reqwest::Method::POST,
                 &format!("/iserver/account/{account}/orders"),
                 Some(body),
+                Lane::Trading,
             )
             .await?;
         parse_place_reply(&bytes)
@@ -391,6 +369,7 @@ impl CpgwClient {
                 reqwest::Method::POST,
                 &format!("/iserver/reply/{id}"),
                 Some(serde_json::json!({ "confirmed": confirmed }).to_string()),
+                Lane::Trading,
             )
             .await?;
         if !confirmed {
@@ -412,6 +391,7 @@ impl CpgwClient {
                 reqwest::Method::POST,
                 &format!("/iserver/account/{account}/orders/whatif"),
                 Some(body),
+                Lane::Read,
             )
             .await?;
         serde_json::from_slice(&bytes).map_err(|_| SendFailure::Indeterminate {
@@ -420,9 +400,11 @@ impl CpgwClient {
     }
 
     /// `GET /iserver/account/order/status/{id}`. `Ok(None)` when CPGW does not know the id.
+    /// `lane`: [`Lane::Trading`] when an order decision waits on it, [`Lane::Read`] for polling.
     pub async fn order_status(
         &self,
         order_id: &str,
+        lane: Lane,
     ) -> Result<Option<OrderStatusReply>, CpgwError> {
         let id = order_id_segment(order_id).ok_or(CpgwError::Malformed)?;
         match self
@@ -430,6 +412,7 @@ impl CpgwClient {
                 reqwest::Method::GET,
                 &format!("/iserver/account/order/status/{id}"),
                 None,
+                lane,
             )
             .await
         {
@@ -448,27 +431,47 @@ impl CpgwClient {
         }
     }
 
-    /// `GET /iserver/account/orders` once (the first call after a while may be a warm-up).
-    pub async fn live_orders(&self) -> Result<LiveOrdersReply, CpgwError> {
-        match self
-            .order_request(reqwest::Method::GET, "/iserver/account/orders", None)
-            .await
+    /// `GET /iserver/account/orders?accountId=..`: the broker's list of this session's orders.
+    ///
+    /// Evidence of presence only. IBKR documents a pre-flight (a new session's first read
+    /// answers an empty list while the list fills), the list is scoped to the brokerage session,
+    /// and client projects report false-empty and stale answers; `snapshot` is not a
+    /// completeness flag. So an order missing from this list is never taken as not placed or
+    /// not working. Paced at one read per 6 s: a read that would have to wait is served from
+    /// the last answer when that is younger than [`ORDERS_LIST_MAX_AGE`].
+    pub async fn live_orders(&self, account: &str) -> Result<LiveOrders, CpgwError> {
+        let checked = path_segment(account)?;
+        if let Some(cached) = self.orders_cache().fresh(checked, ORDERS_LIST_MAX_AGE)
+            && self.pacer().would_wait(Endpoint::OrdersList)
         {
-            Ok((_, bytes)) => serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed),
-            Err(failure) => Err(read_error(failure)),
+            return Ok(cached);
         }
+        self.live_orders_fresh(account).await
     }
 
-    /// `GET /iserver/account/orders`, asked twice when the first answer is a warm-up
-    /// (`snapshot` not true). Returns the list and whether it is known complete.
-    pub async fn live_orders_complete(&self) -> Result<(LiveOrdersReply, bool), CpgwError> {
-        let first = self.live_orders().await?;
-        if first.snapshot == Some(true) {
-            return Ok((first, true));
-        }
-        let second = self.live_orders().await?;
-        let complete = second.snapshot.unwrap_or(true);
-        Ok((second, complete))
+    /// [`CpgwClient::live_orders`] read now (waiting for the pacer), never from the cache: for
+    /// evidence that must postdate an order (reconciliation).
+    pub async fn live_orders_fresh(&self, account: &str) -> Result<LiveOrders, CpgwError> {
+        let account = path_segment(account)?;
+        let bytes = match self
+            .order_request(
+                reqwest::Method::GET,
+                &format!("/iserver/account/orders?accountId={account}"),
+                None,
+                Lane::Read,
+            )
+            .await
+        {
+            Ok((_, bytes)) => bytes,
+            Err(failure) => return Err(read_error(failure)),
+        };
+        let reply = parse_live_orders(&bytes)?;
+        let list = LiveOrders {
+            orders: reply.orders,
+            observed_at: tokio::time::Instant::now(),
+        };
+        self.orders_cache().store(account, list.clone());
+        Ok(list)
     }
 
     /// `DELETE /iserver/account/{acct}/order/{id}`.
@@ -488,6 +491,7 @@ impl CpgwClient {
                 reqwest::Method::DELETE,
                 &format!("/iserver/account/{account}/order/{id}"),
                 None,
+                Lane::Trading,
             )
             .await
         {
@@ -497,10 +501,18 @@ impl CpgwClient {
         }
     }
 
-    /// `GET /iserver/account/trades`.
-    pub async fn trades(&self) -> Result<Vec<TradeRow>, CpgwError> {
+    /// `GET /iserver/account/trades?days=..`: executions of the current New York day and up to
+    /// `days - 1` before it (IBKR: at most 7). Like the orders list it needs a pre-flight and
+    /// is evidence of presence only.
+    pub async fn trades(&self, days: u8) -> Result<Vec<TradeRow>, CpgwError> {
+        let days = days.clamp(1, 7);
         match self
-            .order_request(reqwest::Method::GET, "/iserver/account/trades", None)
+            .order_request(
+                reqwest::Method::GET,
+                &format!("/iserver/account/trades?days={days}"),
+                None,
+                Lane::Read,
+            )
             .await
         {
             Ok((_, bytes)) => serde_json::from_slice(&bytes).map_err(|_| CpgwError::Malformed),
@@ -531,9 +543,51 @@ pub fn parse_cancel_reply(bytes: &[u8]) -> CancelReply {
     }
 }
 
+/// The orders list in its shapes: `{"orders": [...], "snapshot": ..}`, and the bare `[]` or `{}`
+/// a pre-flight may answer.
+fn parse_live_orders(bytes: &[u8]) -> Result<LiveOrdersReply, CpgwError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| CpgwError::Malformed)?;
+    match value {
+        Value::Array(rows) if rows.is_empty() => Ok(LiveOrdersReply::default()),
+        Value::Object(map) if map.is_empty() => Ok(LiveOrdersReply::default()),
+        other => serde_json::from_value(other).map_err(|_| CpgwError::Malformed),
+    }
+}
+
+/// How old a cached orders list may be when a fresh read would have to wait for the pacer.
+pub const ORDERS_LIST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The orders list as read, and when.
+#[derive(Clone, Debug)]
+pub struct LiveOrders {
+    pub orders: Vec<LiveOrder>,
+    pub observed_at: tokio::time::Instant,
+}
+
+/// The last orders list read per account.
+#[derive(Debug, Default)]
+pub struct OrdersListCache {
+    last: std::sync::Mutex<Option<(String, LiveOrders)>>,
+}
+
+impl OrdersListCache {
+    fn fresh(&self, account: &str, max_age: std::time::Duration) -> Option<LiveOrders> {
+        let guard = self.last.lock().ok()?;
+        let (cached_account, list) = guard.as_ref()?;
+        (cached_account == account && list.observed_at.elapsed() < max_age).then(|| list.clone())
+    }
+
+    fn store(&self, account: &str, list: LiveOrders) {
+        if let Ok(mut guard) = self.last.lock() {
+            *guard = Some((account.to_string(), list));
+        }
+    }
+}
+
 fn read_error(failure: SendFailure) -> CpgwError {
     match failure {
         SendFailure::NotAuthenticated => CpgwError::NotAuthenticated,
+        SendFailure::NotSent { reason } if reason.contains("429") => CpgwError::RateLimited,
         SendFailure::NotSent { .. } => CpgwError::Unreachable,
         SendFailure::Indeterminate { reason } if reason.contains("in time") => CpgwError::Timeout,
         SendFailure::Indeterminate { .. } => CpgwError::Http(500),

@@ -139,18 +139,16 @@ fn position_of(row: &PositionRow) -> Option<Position> {
 }
 
 /// Every open position (zero quantities dropped), paging from 0 until `[]`. With `fresh`,
-/// asks CPGW to drop its position cache first (best effort). More than
-/// [`MAX_POSITION_PAGES`] pages is a broker error.
+/// CPGW must drop its position cache first (IBKR's positions lag fills by tens of seconds):
+/// an order decision never runs on a cache it could not refresh, so a failed invalidate is an
+/// error. More than [`MAX_POSITION_PAGES`] pages is a broker error.
 pub async fn positions(
     client: &CpgwClient,
     account: &str,
     fresh: bool,
 ) -> Result<Vec<Position>, CpgwError> {
-    if fresh && let Err(error) = client.invalidate_positions(account).await {
-        if error == CpgwError::NotAuthenticated {
-            return Err(error);
-        }
-        tracing::debug!(%error, "positions invalidate failed; reading cached positions");
+    if fresh {
+        client.invalidate_positions(account).await?;
     }
     let mut all = Vec::new();
     for page in 0..MAX_POSITION_PAGES {

@@ -418,7 +418,8 @@ impl Driver {
         let connection = self.connection.clone();
         let responses = self.responses_tx.clone();
         let task = tokio::spawn(async move {
-            let work = requests::handle(&context, &connection, &request);
+            let deadline_at = Instant::now() + deadline;
+            let work = requests::handle(&context, &connection, &request, deadline_at);
             let outcome = match tokio::time::timeout(deadline, work).await {
                 Ok(outcome) => outcome,
                 Err(_) => Outcome::Failed(ErrorCode::RequestTimeout.body(None)),
@@ -586,6 +587,16 @@ impl Driver {
             tracing::warn!(code = %error.code(), "could not record the session end");
         }
         tracing::info!(session = %self.session_id_hex, ?end, "relay session ended");
+    }
+}
+
+impl Drop for Driver {
+    /// A driver dropped without `finish` (its task was aborted: the daemon died) takes its
+    /// requests with it, as a dead process would.
+    fn drop(&mut self) {
+        for (_, handle) in self.inflight.drain() {
+            handle.abort();
+        }
     }
 }
 

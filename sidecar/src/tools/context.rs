@@ -34,6 +34,9 @@ pub struct ToolContext<'a> {
     pub live_scope_granted: bool,
     /// Sends progress frames for this request (long calls such as `ibkr_wait_for_fill`).
     pub progress: Option<&'a ProgressSink>,
+    /// When the answer must be on its way: the relay deadline, less the time the answer needs
+    /// to travel. A tool that waits never waits past it.
+    pub deadline: tokio::time::Instant,
 }
 
 pub type ToolResult = Result<Value, Outcome>;

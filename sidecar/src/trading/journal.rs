@@ -16,11 +16,14 @@
 //! Secrets never enter the journal: entries hold order fields, broker order ids, guard codes and
 //! bounded broker texts only (no tokens, cookies or session ids).
 
+pub use super::attempts::{Attempt, AttemptStatus};
+use super::attempts::{AttemptBook, Commitments};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use shared_safety::money::{Decimal, parse_decimal_text};
-use std::collections::BTreeMap;
+use shared_safety::guards::Side;
+use shared_safety::money::Decimal;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -69,113 +72,6 @@ pub fn entry_hash(entry: &Entry) -> String {
     hasher.update(b"\n");
     hasher.update(canonical.as_bytes());
     hex::encode(hasher.finalize())
-}
-
-/// The status of an attempt, from its latest outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptStatus {
-    /// Intent written, no outcome (crash or in flight); pending unless a dry run.
-    Unresolved,
-    Sent,
-    DryRun,
-    Blocked,
-    Declined,
-    Rejected,
-    Indeterminate,
-    ReconciledPlaced,
-    ReconciledNotPlaced,
-    Cancelled,
-}
-
-impl AttemptStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptStatus::Unresolved => "unresolved",
-            AttemptStatus::Sent => "sent",
-            AttemptStatus::DryRun => "dry_run",
-            AttemptStatus::Blocked => "blocked",
-            AttemptStatus::Declined => "declined",
-            AttemptStatus::Rejected => "rejected",
-            AttemptStatus::Indeterminate => "indeterminate",
-            AttemptStatus::ReconciledPlaced => "reconciled_placed",
-            AttemptStatus::ReconciledNotPlaced => "reconciled_not_placed",
-            AttemptStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// One attempt as the journal knows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Attempt {
-    pub id: u64,
-    pub at_ms: i64,
-    /// The intent entry's data.
-    pub intent: Value,
-    pub status: AttemptStatus,
-    /// The data of the first outcome entry (what an idempotent retry answers).
-    pub first_outcome: Option<(String, Value)>,
-    /// The data of the latest outcome entry.
-    pub last_outcome: Option<(String, Value)>,
-}
-
-impl Attempt {
-    fn text(&self, field: &str) -> Option<&str> {
-        self.intent.get(field).and_then(Value::as_str)
-    }
-    pub fn dry_run(&self) -> bool {
-        self.intent.get("dry_run").and_then(Value::as_bool) == Some(true)
-    }
-    pub fn fingerprint(&self) -> Option<&str> {
-        self.text("fingerprint")
-    }
-    pub fn idempotency_key(&self) -> Option<&str> {
-        self.text("idempotency_key")
-    }
-    pub fn coid(&self) -> Option<&str> {
-        self.text("coid")
-    }
-    /// The value counted toward the daily cap (buy entries only).
-    pub fn notional(&self) -> Option<Decimal> {
-        self.text("notional")
-            .and_then(|text| parse_decimal_text(text, "notional").ok())
-    }
-    /// Unknown outcome: it may have been placed (blocks identical retries, counts as spend).
-    pub fn pending(&self) -> bool {
-        match self.status {
-            AttemptStatus::Indeterminate => true,
-            AttemptStatus::Unresolved => !self.dry_run(),
-            _ => false,
-        }
-    }
-    /// Placed or possibly placed.
-    pub fn counts_as_spend(&self) -> bool {
-        self.pending()
-            || matches!(
-                self.status,
-                AttemptStatus::Sent | AttemptStatus::ReconciledPlaced | AttemptStatus::Cancelled
-            )
-    }
-}
-
-fn status_of(event: &str, data: &Value) -> Option<AttemptStatus> {
-    Some(match event {
-        "sent" => AttemptStatus::Sent,
-        "dry_run" => AttemptStatus::DryRun,
-        "blocked" => AttemptStatus::Blocked,
-        "declined" => AttemptStatus::Declined,
-        "rejected" => AttemptStatus::Rejected,
-        "indeterminate" => AttemptStatus::Indeterminate,
-        "reconciled" => {
-            if data.get("placed").and_then(Value::as_bool) == Some(true) {
-                AttemptStatus::ReconciledPlaced
-            } else {
-                AttemptStatus::ReconciledNotPlaced
-            }
-        }
-        "cancelled" => AttemptStatus::Cancelled,
-        _ => return None,
-    })
 }
 
 /// What `verify` found.
@@ -277,34 +173,46 @@ pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
 struct Inner {
     file: File,
     entries: Vec<Entry>,
-    attempts: BTreeMap<u64, Attempt>,
+    book: AttemptBook,
+    /// Attempts being placed by this process right now (their outcome is coming, not lost).
+    in_flight: HashSet<u64>,
     last_hash: String,
     next_seq: u64,
 }
 
-impl Inner {
-    fn apply(&mut self, entry: &Entry) {
-        if entry.event == "intent" {
-            self.attempts.insert(
-                entry.seq,
-                Attempt {
-                    id: entry.seq,
-                    at_ms: entry.at_ms,
-                    intent: entry.data.clone(),
-                    status: AttemptStatus::Unresolved,
-                    first_outcome: None,
-                    last_outcome: None,
-                },
-            );
-        } else if let Some(attempt) = self.attempts.get_mut(&entry.attempt)
-            && let Some(status) = status_of(&entry.event, &entry.data)
-        {
-            attempt.status = status;
-            if attempt.first_outcome.is_none() {
-                attempt.first_outcome = Some((entry.event.clone(), entry.data.clone()));
-            }
-            attempt.last_outcome = Some((entry.event.clone(), entry.data.clone()));
-        }
+/// What [`Journal::decide`] writes: an intent, and an outcome when the decision is already
+/// final (a refusal).
+#[derive(Debug)]
+pub struct Decision<T> {
+    pub intent: Value,
+    /// `(event, data)` written right after the intent, e.g. `("blocked", ...)`.
+    pub outcome: Option<(&'static str, Value)>,
+    /// Whether the attempt is now being placed (in flight) by the caller.
+    pub in_flight: bool,
+    pub value: T,
+}
+
+/// What the journal says, for a decision taken under its lock.
+pub struct JournalView<'a> {
+    book: &'a AttemptBook,
+    in_flight: &'a HashSet<u64>,
+}
+
+impl JournalView<'_> {
+    pub fn book(&self) -> &AttemptBook {
+        self.book
+    }
+    pub fn in_flight(&self, attempt: u64) -> bool {
+        self.in_flight.contains(&attempt)
+    }
+    pub fn spent_on_day(&self, utc_day: i64) -> Decimal {
+        self.book.spent_on_day(utc_day)
+    }
+    pub fn unresolved_on(&self, conid: i64, side: Side) -> Option<u64> {
+        self.book.unresolved_on(conid, side, self.in_flight)
+    }
+    pub fn commitments(&self, conid: i64, side: Side, now_ms: i64, lag_ms: i64) -> Commitments {
+        self.book.commitments(conid, side, now_ms, lag_ms)
     }
 }
 
@@ -312,6 +220,8 @@ impl Inner {
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// The sequence number of the last entry, for tasks waiting on an attempt's outcome.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -351,17 +261,26 @@ impl Journal {
         let mut inner = Inner {
             file,
             entries: Vec::new(),
-            attempts: BTreeMap::new(),
+            book: AttemptBook::default(),
+            in_flight: HashSet::new(),
             last_hash: loaded.report.last_hash.clone(),
             next_seq: loaded.report.entries + 1,
         };
         for entry in &loaded.entries {
-            inner.apply(entry);
+            inner.book.apply(
+                entry.seq,
+                entry.attempt,
+                entry.at_ms,
+                &entry.event,
+                &entry.data,
+            );
         }
         inner.entries = loaded.entries;
+        let (appended, _) = tokio::sync::watch::channel(loaded.report.entries);
         Ok(Journal {
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
+            appended,
         })
     }
 
@@ -401,18 +320,36 @@ impl Journal {
         inner.file.sync_data()?;
         inner.next_seq += 1;
         inner.last_hash = entry.hash.clone();
-        inner.apply(&entry);
+        inner.book.apply(
+            entry.seq,
+            entry.attempt,
+            entry.at_ms,
+            &entry.event,
+            &entry.data,
+        );
+        if entry.event != "intent" && entry.event != "observed" {
+            inner.in_flight.remove(&entry.attempt);
+        }
         inner.entries.push(entry.clone());
         Ok(entry)
     }
 
-    /// Writes an attempt's intent durably; returns the attempt id.
-    pub fn intent(&self, data: Value, at_ms: i64) -> Result<u64, JournalError> {
-        let mut inner = self.lock()?;
-        Journal::append_locked(&mut inner, None, "intent", data, at_ms).map(|entry| entry.seq)
+    /// Tells the tasks waiting on outcomes that the journal grew.
+    fn notify(&self, seq: u64) {
+        self.appended.send_replace(seq);
     }
 
-    /// Appends an outcome of `attempt`.
+    /// Writes an attempt's intent durably; returns the attempt id.
+    pub fn intent(&self, data: Value, at_ms: i64) -> Result<u64, JournalError> {
+        let seq = {
+            let mut inner = self.lock()?;
+            Journal::append_locked(&mut inner, None, "intent", data, at_ms)?.seq
+        };
+        self.notify(seq);
+        Ok(seq)
+    }
+
+    /// Appends an outcome of `attempt` (or an `observed` fact about its orders).
     pub fn outcome(
         &self,
         attempt: u64,
@@ -420,104 +357,115 @@ impl Journal {
         data: Value,
         at_ms: i64,
     ) -> Result<(), JournalError> {
-        let mut inner = self.lock()?;
-        Journal::append_locked(&mut inner, Some(attempt), event, data, at_ms).map(|_| ())
+        let seq = {
+            let mut inner = self.lock()?;
+            Journal::append_locked(&mut inner, Some(attempt), event, data, at_ms)?.seq
+        };
+        self.notify(seq);
+        Ok(())
+    }
+
+    /// Takes a decision on a consistent view of the journal and writes its intent (and
+    /// outcome, if final) before any other append can happen: parallel callers behave as if
+    /// they ran one after the other. `decide` returns `Err` to write nothing.
+    pub fn decide<T, E>(
+        &self,
+        at_ms: i64,
+        decide: impl FnOnce(&JournalView<'_>) -> Result<Decision<T>, E>,
+    ) -> Result<Result<(u64, T), E>, JournalError> {
+        let (attempt, value, seq) = {
+            let mut inner = self.lock()?;
+            let view = JournalView {
+                book: &inner.book,
+                in_flight: &inner.in_flight,
+            };
+            let decision = match decide(&view) {
+                Ok(decision) => decision,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let entry = Journal::append_locked(&mut inner, None, "intent", decision.intent, at_ms)?;
+            let mut seq = entry.seq;
+            if let Some((event, data)) = decision.outcome {
+                seq = Journal::append_locked(&mut inner, Some(entry.seq), event, data, at_ms)?.seq;
+            } else if decision.in_flight {
+                inner.in_flight.insert(entry.seq);
+            }
+            (entry.seq, decision.value, seq)
+        };
+        self.notify(seq);
+        Ok(Ok((attempt, value)))
+    }
+
+    /// The caller that was placing `attempt` stopped without writing its outcome (it failed,
+    /// or the task was dropped): from now on its outcome counts as unknown.
+    pub fn abandon(&self, attempt: u64) {
+        if let Ok(mut inner) = self.lock() {
+            inner.in_flight.remove(&attempt);
+        }
+        self.notify(self.appended.borrow().to_owned());
+    }
+
+    /// Waits until `attempt` has a decisive outcome or is no longer in flight here, or
+    /// `deadline` passes. Returns the attempt as it then is.
+    pub async fn wait_settled(
+        &self,
+        attempt: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<Attempt> {
+        let mut appended = self.appended.subscribe();
+        loop {
+            {
+                let inner = self.lock().ok()?;
+                let record = inner.book.get(attempt)?;
+                if record.status != AttemptStatus::Unresolved || !inner.in_flight.contains(&attempt)
+                {
+                    return Some(record.clone());
+                }
+            }
+            if tokio::time::timeout_at(deadline, appended.changed())
+                .await
+                .is_err()
+            {
+                return self.attempt(attempt);
+            }
+        }
     }
 
     /// A copy of one attempt.
     pub fn attempt(&self, id: u64) -> Option<Attempt> {
-        self.lock().ok()?.attempts.get(&id).cloned()
+        self.lock().ok()?.book.get(id).cloned()
+    }
+
+    /// Runs `read` on the journal's attempts.
+    pub fn with_book<T>(&self, read: impl FnOnce(&AttemptBook, &HashSet<u64>) -> T) -> Option<T> {
+        let inner = self.lock().ok()?;
+        Some(read(&inner.book, &inner.in_flight))
     }
 
     /// Buy value of attempts whose intent falls on `utc_day` (days since the Unix epoch) and
-    /// that were placed or may have been (sent, indeterminate, unresolved, reconciled placed).
+    /// that were placed or may have been.
     pub fn spent_on_day(&self, utc_day: i64) -> Decimal {
-        let Ok(inner) = self.lock() else {
-            // Fail closed: an unreadable journal means "budget exhausted".
-            return Decimal::MAX;
-        };
-        inner
-            .attempts
-            .values()
-            .filter(|attempt| attempt.at_ms.div_euclid(86_400_000) == utc_day)
-            .filter(|attempt| attempt.counts_as_spend())
-            .filter_map(Attempt::notional)
-            .fold(Decimal::ZERO, |total, value| {
-                total.checked_add(value).unwrap_or(Decimal::MAX)
-            })
+        // Fail closed: an unreadable journal means "budget exhausted".
+        self.with_book(|book, _| book.spent_on_day(utc_day))
+            .unwrap_or(Decimal::MAX)
     }
 
     /// Attempts whose outcome is unknown.
     pub fn pending(&self) -> Vec<Attempt> {
-        self.lock()
-            .map(|inner| {
-                inner
-                    .attempts
-                    .values()
-                    .filter(|attempt| attempt.pending())
-                    .cloned()
-                    .collect()
-            })
+        self.with_book(|book, in_flight| book.pending(in_flight).cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// (an identical order was sent within `window_ms` before `now_ms`, an identical order is
-    /// pending).
-    pub fn identical(&self, fingerprint: &str, now_ms: i64, window_ms: i64) -> (bool, bool) {
-        let Ok(inner) = self.lock() else {
-            return (true, true);
-        };
-        let mut recent = false;
-        let mut pending = false;
-        for attempt in inner.attempts.values() {
-            if attempt.fingerprint() != Some(fingerprint) {
-                continue;
-            }
-            if attempt.pending() {
-                pending = true;
-            }
-            if matches!(
-                attempt.status,
-                AttemptStatus::Sent | AttemptStatus::ReconciledPlaced
-            ) && now_ms.saturating_sub(attempt.at_ms) < window_ms
-            {
-                recent = true;
-            }
-        }
-        (recent, pending)
     }
 
     /// The attempts made with `idempotency_key`, oldest first.
     pub fn by_idempotency_key(&self, key: &str) -> Vec<Attempt> {
-        self.lock()
-            .map(|inner| {
-                inner
-                    .attempts
-                    .values()
-                    .filter(|attempt| attempt.idempotency_key() == Some(key))
-                    .cloned()
-                    .collect()
-            })
+        self.with_book(|book, _| book.by_idempotency_key(key).into_iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// The attempt that placed the order with broker id `order_id`, if any.
     pub fn by_order_id(&self, order_id: &str) -> Option<Attempt> {
-        let inner = self.lock().ok()?;
-        inner
-            .attempts
-            .values()
-            .find(|attempt| {
-                let mentions = |outcome: &Option<(String, Value)>| {
-                    outcome
-                        .as_ref()
-                        .and_then(|(_, data)| data.get("order_ids"))
-                        .and_then(Value::as_array)
-                        .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(order_id)))
-                };
-                mentions(&attempt.first_outcome) || mentions(&attempt.last_outcome)
-            })
-            .cloned()
+        self.with_book(|book, _| book.by_order_id(order_id).cloned())
+            .flatten()
     }
 
     /// The latest `limit` entries, newest first.
@@ -530,7 +478,7 @@ impl Journal {
     /// The latest `limit` attempts, newest first.
     pub fn recent_attempts(&self, limit: usize) -> Vec<Attempt> {
         self.lock()
-            .map(|inner| inner.attempts.values().rev().take(limit).cloned().collect())
+            .map(|inner| inner.book.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -571,7 +519,11 @@ mod tests {
         let _ = d;
         assert_eq!(journal.spent_on_day(20_000), Decimal::from(70));
         assert_eq!(journal.pending().len(), 1);
-        assert_eq!(journal.identical("fp1-x", day_ms + 10, 5_000), (true, true));
+        assert!(
+            journal
+                .with_book(|book, _| book.recent_identical("fp1-x", day_ms + 10, 5_000))
+                .unwrap()
+        );
         assert_eq!(journal.by_idempotency_key("k1").len(), 1);
         assert_eq!(journal.by_order_id("7").map(|a| a.id), Some(a));
         drop(journal);

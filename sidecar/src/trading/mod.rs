@@ -1,12 +1,16 @@
 //! Trading state the order tools share for the daemon's lifetime: the trade journal, the
 //! `trading:` policy, the market calendar and clock, and the posture derived from them.
 //!
-//! - [`journal`]: the hash-chained, fsync'd trade journal and its derived views.
+//! - [`journal`]: the hash-chained, fsync'd trade journal, and the one critical section in
+//!   which an order's guards are checked and its intent written.
+//! - [`attempts`]: order attempts and the views the guards need (spend, commitments,
+//!   unresolved outcomes).
 //! - [`policy`]: the `trading:` configuration section.
 //!
 //! This module knows nothing of tools or CPGW; the order tools (`crate::tools::orders`) build
 //! on it.
 
+pub mod attempts;
 pub mod journal;
 pub mod policy;
 
@@ -26,6 +30,9 @@ pub struct OrdersRuntime {
     pub calendar: MarketCalendar,
     /// The clock trading hours are judged by.
     pub clock: crate::market_clock::MarketClock,
+    /// How long a finished order's quantity still counts as committed
+    /// (`trading.position_lag_seconds`).
+    pub position_lag: std::time::Duration,
 }
 
 impl OrdersRuntime {
@@ -42,6 +49,7 @@ impl OrdersRuntime {
             policy,
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
+            position_lag: trading.position_lag(),
         })
     }
 
@@ -52,7 +60,13 @@ impl OrdersRuntime {
             policy,
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
+            position_lag: std::time::Duration::from_secs(policy::DEFAULT_POSITION_LAG_SECONDS),
         }
+    }
+
+    /// [`OrdersRuntime::position_lag`] in milliseconds.
+    pub fn position_lag_ms(&self) -> i64 {
+        i64::try_from(self.position_lag.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Whether regular trading hours are open now, on the runtime's market clock.

@@ -15,6 +15,8 @@ use shared_safety::money::{Decimal, parse_decimal_text, to_decimal_string};
 #[serde(default, deny_unknown_fields)]
 pub struct TradingSection {
     pub allow_live: bool,
+    /// The accounts the sidecar may trade. Empty: any paper account and no live one.
+    pub account_ids: Vec<String>,
     pub dry_run: bool,
     /// Per-order buy cap in USD (decimal string).
     pub max_order_value: String,
@@ -28,12 +30,17 @@ pub struct TradingSection {
     pub gtc_protective_outside_regular_hours: bool,
     pub cancels_outside_regular_hours: bool,
     pub allowed_warning_ids: Vec<String>,
+    /// How long after one of our orders is seen filled (or cancelled) its quantity still
+    /// counts as committed: IBKR's positions lag fills by tens of seconds, and a position read
+    /// in that window may not show the fill yet.
+    pub position_lag_seconds: u64,
 }
 
 impl Default for TradingSection {
     fn default() -> Self {
         TradingSection {
             allow_live: false,
+            account_ids: Vec::new(),
             dry_run: true,
             max_order_value: "100".into(),
             max_daily_value: None,
@@ -48,9 +55,16 @@ impl Default for TradingSection {
                 .iter()
                 .map(|id| id.to_string())
                 .collect(),
+            position_lag_seconds: DEFAULT_POSITION_LAG_SECONDS,
         }
     }
 }
+
+/// Default [`TradingSection::position_lag_seconds`]: IBKR's positions were seen lagging fills by
+/// "tens of seconds"; the reference server waits 45 s between closes of one position.
+pub const DEFAULT_POSITION_LAG_SECONDS: u64 = 60;
+/// Bounds of [`TradingSection::position_lag_seconds`].
+const POSITION_LAG_RANGE: std::ops::RangeInclusive<u64> = 10..=3_600;
 
 /// Largest duplicate window accepted (one day).
 const MAX_DUPLICATE_WINDOW_SECONDS: u64 = 86_400;
@@ -92,6 +106,11 @@ impl TradingSection {
         self.policy().map(|_| ())
     }
 
+    /// [`TradingSection::position_lag_seconds`] as a duration.
+    pub fn position_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.position_lag_seconds)
+    }
+
     /// The guards' policy.
     pub fn policy(&self) -> Result<TradingPolicy, SidecarError> {
         let max_order_value = amount("max_order_value", &self.max_order_value)?;
@@ -105,6 +124,27 @@ impl TradingSection {
                 format!("must be at most {MAX_DUPLICATE_WINDOW_SECONDS}"),
             ));
         }
+        if !POSITION_LAG_RANGE.contains(&self.position_lag_seconds) {
+            return Err(invalid(
+                "position_lag_seconds",
+                format!(
+                    "must be between {} and {} (the broker's positions lag fills by tens of seconds)",
+                    POSITION_LAG_RANGE.start(),
+                    POSITION_LAG_RANGE.end()
+                ),
+            ));
+        }
+        let mut account_ids = Vec::with_capacity(self.account_ids.len());
+        for id in &self.account_ids {
+            let id = id.trim();
+            if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(invalid(
+                    "account_ids",
+                    "holds an id that is not an IBKR account id such as U1234567 or DU1234567",
+                ));
+            }
+            account_ids.push(id.to_ascii_uppercase());
+        }
         for id in &self.allowed_warning_ids {
             let id = id.trim();
             if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -116,6 +156,7 @@ impl TradingSection {
         }
         Ok(TradingPolicy {
             allow_live: self.allow_live,
+            account_ids,
             dry_run: self.dry_run,
             max_order_value,
             max_daily_value,

@@ -51,8 +51,6 @@ struct Fake {
     next_id: u64,
     positions: Vec<Value>,
     status_script: VecDeque<Value>,
-    /// `GET /iserver/account/orders` answers a warm-up first.
-    warmed: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -168,11 +166,7 @@ fn router(fake: Shared) -> Router {
         .route(
             "/v1/api/iserver/account/orders",
             get(|State(fake): State<Shared>| async move {
-                let mut fake = fake.lock().unwrap();
-                if !fake.warmed {
-                    fake.warmed = true;
-                    return axum::Json(json!({"orders": [], "snapshot": false}));
-                }
+                let fake = fake.lock().unwrap();
                 axum::Json(json!({"orders": fake.live, "snapshot": true}))
             }),
         )
@@ -297,6 +291,7 @@ impl Harness {
             orders: Some(&self.runtime),
             live_scope_granted: false,
             progress,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(30),
         };
         orders::run(&request, &context).await
     }
@@ -486,14 +481,15 @@ async fn a_503_then_a_retry_with_the_same_key_places_exactly_one_order() {
         code(h.call("ibkr_buy", args.clone()).await),
         "ORDER_OUTCOME_UNKNOWN"
     );
-    // Indeterminate: counts toward the cap and blocks an identical retry without the key.
+    // Indeterminate: counts toward the cap and blocks any buy of the instrument without the
+    // key, whatever its size.
     assert_eq!(h.runtime.journal.spent_on_day(today()), Decimal::from(5));
     assert_eq!(
         code(
-            h.call("ibkr_buy", json!({"symbol": "AAPL", "cash_amount": "5"}))
+            h.call("ibkr_buy", json!({"symbol": "AAPL", "cash_amount": "6"}))
                 .await
         ),
-        "ORDER_DUPLICATE"
+        "ORDER_UNRESOLVED_PENDING"
     );
     let retried = h.call("ibkr_buy", args.clone()).await.unwrap();
     assert_eq!(retried["status"], "sent");
@@ -509,7 +505,7 @@ async fn a_503_then_a_retry_with_the_same_key_places_exactly_one_order() {
 }
 
 #[tokio::test]
-async fn a_lost_503_is_resent_once_with_the_same_client_order_id() {
+async fn a_lost_503_is_never_resent_until_the_owner_settles_it() {
     let h = Harness::new(live_policy()).await;
     h.fake
         .lock()
@@ -521,11 +517,33 @@ async fn a_lost_503_is_resent_once_with_the_same_client_order_id() {
         code(h.call("ibkr_buy", args.clone()).await),
         "ORDER_OUTCOME_UNKNOWN"
     );
-    let retried = h.call("ibkr_buy", args).await.unwrap();
+    // The broker shows nothing, which proves nothing: the retry is not sent.
+    assert_eq!(
+        code(h.call("ibkr_buy", args.clone()).await),
+        "ORDER_OUTCOME_UNKNOWN"
+    );
+    assert_eq!(h.posted(), 1);
+    assert_eq!(h.runtime.journal.spent_on_day(today()), Decimal::from(5));
+    // The owner settles it as not placed (journaled); then the retry places it, once, under a
+    // client order id of its own (the first one may be registered at IBKR for 24 hours).
+    let attempt = h.runtime.journal.pending()[0].id;
+    h.runtime
+        .journal
+        .outcome(
+            attempt,
+            "settled",
+            json!({"placed": false, "by": "owner", "via": "test"}),
+            0,
+        )
+        .unwrap();
+    assert_eq!(h.runtime.journal.spent_on_day(today()), Decimal::ZERO);
+    let retried = h.call("ibkr_buy", args.clone()).await.unwrap();
     assert_eq!(retried["status"], "sent");
+    let again = h.call("ibkr_buy", args).await.unwrap();
+    assert_eq!(again["replayed"], true);
     let fake = h.fake.lock().unwrap();
     assert_eq!(fake.posted.len(), 2);
-    assert_eq!(
+    assert_ne!(
         fake.posted[0]["orders"][0]["cOID"],
         fake.posted[1]["orders"][0]["cOID"]
     );

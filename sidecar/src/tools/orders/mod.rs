@@ -1,19 +1,26 @@
 //! Order tools: preview, buy, sell, close, stops, brackets, cancel, status, wait, lists,
 //! the trade history and reconciliation.
 //!
-//! - [`ticket`]: argument parsing into guard intents and the exact CPGW order JSON.
-//! - [`place`]: guards -> journal intent -> dry-run or send (confirm loop, idempotency).
-//! - [`read`]: status, wait for fill, lists, history, cancel, reconcile.
+//! - [`ticket`]: argument parsing into legs and guard intents, and the exact CPGW order JSON.
+//! - [`facts`]: what a decision needs from the broker (account, fresh position, quote, the
+//!   state of our open orders).
+//! - [`place`]: local checks -> broker facts -> one critical section from the guards to the
+//!   durable intent -> dry run or send; idempotency.
+//! - [`send`]: the send and its confirmation loop.
+//! - [`reconcile`]: unknown outcomes, settled only on evidence.
+//! - [`preview`]: the what-if.
+//! - [`read`]: status, wait for fill, lists, history, cancel.
 //!
-//! Every placing tool follows the same path: parse (exact decimals), resolve the US conid,
-//! read the account identity (paper/live), quote and position as needed, run
-//! `shared_safety::guards::check_order`, journal the intent durably, then dry-run (default:
-//! nothing is sent) or send. Failures are classified as *definitely not placed* or
-//! *indeterminate*; only the latter blocks identical retries and counts toward the daily cap
-//! until `ibkr_reconcile_pending` resolves it.
+//! Failures are classified as *definitely not placed* or *unknown*; an unknown outcome keeps
+//! counting toward the daily cap and blocks its instrument and side until it is proven placed
+//! or the laptop owner settles it.
 
+pub mod facts;
 pub mod place;
+pub mod preview;
 pub mod read;
+pub mod reconcile;
+pub mod send;
 pub mod ticket;
 
 use super::context::{ToolContext, ToolResult};
@@ -35,7 +42,7 @@ pub(crate) fn runtime<'a>(context: &ToolContext<'a>) -> Result<&'a OrdersRuntime
 pub async fn run(request: &CheckedRequest, context: &ToolContext<'_>) -> ToolResult {
     let arguments = &request.arguments;
     match request.tool.name {
-        "ibkr_order_preview" => place::preview(arguments, context).await,
+        "ibkr_order_preview" => preview::preview(arguments, context).await,
         "ibkr_buy"
         | "ibkr_sell"
         | "ibkr_close_position"
@@ -48,7 +55,7 @@ pub async fn run(request: &CheckedRequest, context: &ToolContext<'_>) -> ToolRes
         "ibkr_orders_list" => read::orders_list(context).await,
         "ibkr_executions_list" => read::executions_list(context).await,
         "ibkr_trade_history" => read::trade_history(arguments, context),
-        "ibkr_reconcile_pending" => read::reconcile_pending(context).await,
+        "ibkr_reconcile_pending" => reconcile::reconcile_pending(context).await,
         _ => Err(Outcome::Refused(ErrorCode::ToolUnknown.body(Some(
             "(this sidecar version does not implement the tool)",
         )))),

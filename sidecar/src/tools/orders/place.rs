@@ -1,320 +1,94 @@
-//! Placing orders: guards, journal, dry-run or send, confirmation loop, idempotency.
+//! Placing orders: `ibkr_buy`, `ibkr_sell`, `ibkr_close_position`, `ibkr_stop_order`,
+//! `ibkr_trailing_stop`, `ibkr_bracket_order`.
+//!
+//! 1. Local checks first (shape, symbol lists): nothing is asked of the broker for an order the
+//!    laptop refuses anyway.
+//! 2. The broker's facts: contract, account (paper/live, pinned), quote, and for anything that
+//!    sells or covers a position read after CPGW dropped its cache, plus the state of our own
+//!    open orders on the instrument.
+//! 3. One critical section ([`crate::trading::journal::Journal::decide`]) from the guards to the
+//!    durable intent: idempotency, unknown outcomes on the instrument and side, commitments,
+//!    today's spend and duplicates are read and the intent written with no other order in
+//!    between, so parallel calls behave as if serialized.
+//! 4. Dry run (the default: nothing is sent), or send with the confirmation loop
+//!    ([`super::send`]).
+//!
+//! Idempotency keys bind the tool and its arguments: a key reused for another order is
+//! refused (`IDEMPOTENCY_KEY_REUSED`); a placed or in-flight attempt is answered, never
+//! repeated; an unknown outcome is corroborated at the broker and otherwise stays unknown; only
+//! an attempt that certainly did not land may be tried again, under a new client order id.
 
-use super::ticket::{
-    Leg, decimal_arg, intent, intent_json, invalid, orders_body, side_arg, text_arg, tif_arg,
+use super::facts::{
+    AccountIdentity, account_identity, foreign_working_quantity, fresh_position,
+    observe_our_orders, quote_of,
 };
-use super::{OrdersRuntime, now_ms, runtime};
-use crate::cpgw::CpgwClient;
-use crate::cpgw::manual_login_action;
-use crate::cpgw::marketdata::{Contract, SNAPSHOT_BACKOFF, snapshot};
-use crate::cpgw::orders::{PlaceReply, SendFailure};
-use crate::cpgw::portfolio::positions;
-use crate::cpgw::types::{TradingMode, trading_mode};
-use crate::tools::context::{ToolContext, ToolResult, cpgw_failure};
-use crate::trading::journal::{Attempt, AttemptStatus};
+use super::reconcile::corroborate;
+use super::send::send;
+use super::ticket::{
+    Leg, assign_coids, intent_json, legs_for, orders_body, request_hash, text_arg,
+};
+use super::{now_ms, runtime};
+use crate::tools::context::{ToolContext, ToolResult};
+use crate::trading::OrdersRuntime;
+use crate::trading::attempts::{Attempt, AttemptStatus};
+use crate::trading::journal::{Decision, JournalView};
 use protocol::envelope::Outcome;
 use serde_json::{Map, Value, json};
 use shared_safety::ErrorCode;
 use shared_safety::guards::{
-    AccountMode, GuardContext, MarketQuote, OrderIntentRole, OrderKind, Side, Tif, check_order,
-    client_order_id, order_fingerprint, warning_allowed,
+    AccountMode, GuardContext, GuardRefusal, MarketQuote, OrderIntentRole, Side, check_bracket,
+    check_order, client_order_id, order_fingerprint,
 };
 use shared_safety::money::{Decimal, to_decimal_string};
-
-/// Most confirmation rounds answered before giving up (declining).
-pub const MAX_CONFIRM_ROUNDS: usize = 5;
-
-/// The account CPGW serves and whether it is paper.
-pub(crate) struct AccountIdentity {
-    pub account: String,
-    pub mode: AccountMode,
-}
-
-pub(crate) async fn account_identity(
-    context: &ToolContext<'_>,
-) -> Result<AccountIdentity, Outcome> {
-    let reply = context
-        .cpgw
-        .accounts()
-        .await
-        .map_err(|error| cpgw_failure(error, context.cpgw))?;
-    let account = reply.active_account().map(str::to_string).ok_or_else(|| {
-        Outcome::Refused(
-            ErrorCode::OrderAccountUnverified.body(Some("(CPGW names no selected account)")),
-        )
-    })?;
-    let mode = match trading_mode(reply.is_paper, &account) {
-        TradingMode::Paper => AccountMode::Paper,
-        TradingMode::Live => AccountMode::Live,
-        TradingMode::Unknown => AccountMode::Unknown,
-    };
-    Ok(AccountIdentity { account, mode })
-}
-
-async fn quote_of(context: &ToolContext<'_>, conid: i64) -> Option<MarketQuote> {
-    let quotes = snapshot(context.cpgw, &[conid], SNAPSHOT_BACKOFF)
-        .await
-        .ok()?;
-    let quote = quotes.get(&conid)?;
-    Some(MarketQuote {
-        last: quote.last,
-        bid: quote.bid,
-        ask: quote.ask,
-    })
-}
-
-async fn position_of(
-    context: &ToolContext<'_>,
-    account: &str,
-    conid: i64,
-) -> Result<Decimal, Outcome> {
-    let held = positions(context.cpgw, account, false)
-        .await
-        .map_err(|error| cpgw_failure(error, context.cpgw))?;
-    Ok(held
-        .iter()
-        .filter(|position| position.conid == conid)
-        .map(|position| position.quantity)
-        .fold(Decimal::ZERO, |total, quantity| total + quantity))
-}
-
-fn random_key() -> String {
-    let mut bytes = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-    hex::encode(bytes)
-}
 
 fn journal_failure() -> Outcome {
     Outcome::Refused(ErrorCode::JournalError.body(None))
 }
 
-/// The legs of a placing tool, before cOIDs are known (they are filled in later).
-fn legs_for(
-    tool: &str,
-    symbol: &str,
-    arguments: &Map<String, Value>,
-    held: Option<Decimal>,
-) -> Result<Vec<Leg>, Outcome> {
-    let leg = |label, intent| Leg {
-        label,
-        intent,
-        coid: String::new(),
-        parent_coid: None,
-    };
-    match tool {
-        "ibkr_buy" => {
-            let quantity = decimal_arg(arguments, "quantity")?;
-            let cash = decimal_arg(arguments, "cash_amount")?;
-            let limit = decimal_arg(arguments, "limit_price")?;
-            let kind = if limit.is_some() {
-                OrderKind::Limit
-            } else {
-                OrderKind::Market
-            };
-            if cash.is_some() && limit.is_some() {
-                return Err(invalid(
-                    "(cash_amount buys are market orders only; use quantity with limit_price)",
-                ));
-            }
-            let mut buy = intent(
-                symbol,
-                Side::Buy,
-                kind,
-                OrderIntentRole::Entry,
-                tif_arg(arguments, Tif::Day)?,
-            );
-            buy.quantity = quantity;
-            buy.cash_amount = cash;
-            buy.limit_price = limit;
-            Ok(vec![leg("order", buy)])
-        }
-        "ibkr_sell" => {
-            let limit = decimal_arg(arguments, "limit_price")?;
-            let mut sell = intent(
-                symbol,
-                Side::Sell,
-                if limit.is_some() {
-                    OrderKind::Limit
-                } else {
-                    OrderKind::Market
-                },
-                OrderIntentRole::Exit,
-                tif_arg(arguments, Tif::Day)?,
-            );
-            sell.quantity = decimal_arg(arguments, "quantity")?;
-            sell.limit_price = limit;
-            Ok(vec![leg("order", sell)])
-        }
-        "ibkr_close_position" => {
-            let held = held.unwrap_or(Decimal::ZERO);
-            if held.is_zero() {
-                return Err(Outcome::Refused(ErrorCode::PositionNotFound.body(None)));
-            }
-            let side = if held > Decimal::ZERO {
-                Side::Sell
-            } else {
-                Side::Buy
-            };
-            let mut close = intent(
-                symbol,
-                side,
-                OrderKind::Market,
-                OrderIntentRole::Exit,
-                Tif::Day,
-            );
-            close.quantity = Some(held.abs());
-            Ok(vec![leg("order", close)])
-        }
-        "ibkr_stop_order" => {
-            let limit = decimal_arg(arguments, "limit_price")?;
-            let mut stop = intent(
-                symbol,
-                side_arg(arguments)?,
-                if limit.is_some() {
-                    OrderKind::StopLimit
-                } else {
-                    OrderKind::Stop
-                },
-                OrderIntentRole::Protective,
-                tif_arg(arguments, Tif::Gtc)?,
-            );
-            stop.quantity = decimal_arg(arguments, "quantity")?;
-            stop.stop_price = decimal_arg(arguments, "stop_price")?;
-            stop.limit_price = limit;
-            Ok(vec![leg("order", stop)])
-        }
-        "ibkr_trailing_stop" => {
-            let mut trail = intent(
-                symbol,
-                side_arg(arguments)?,
-                OrderKind::TrailingStop,
-                OrderIntentRole::Protective,
-                tif_arg(arguments, Tif::Gtc)?,
-            );
-            trail.quantity = decimal_arg(arguments, "quantity")?;
-            trail.trail_amount = decimal_arg(arguments, "trail_amount")?;
-            trail.trail_percent = decimal_arg(arguments, "trail_percent")?;
-            Ok(vec![leg("order", trail)])
-        }
-        "ibkr_bracket_order" => {
-            let quantity = decimal_arg(arguments, "quantity")?;
-            let entry_limit = decimal_arg(arguments, "entry_limit_price")?;
-            let exits_tif = tif_arg(arguments, Tif::Gtc)?;
-            let mut entry = intent(
-                symbol,
-                Side::Buy,
-                if entry_limit.is_some() {
-                    OrderKind::Limit
-                } else {
-                    OrderKind::Market
-                },
-                OrderIntentRole::Entry,
-                Tif::Day,
-            );
-            entry.quantity = quantity;
-            entry.limit_price = entry_limit;
-            let mut take_profit = intent(
-                symbol,
-                Side::Sell,
-                OrderKind::Limit,
-                OrderIntentRole::Exit,
-                exits_tif,
-            );
-            take_profit.quantity = quantity;
-            take_profit.limit_price = decimal_arg(arguments, "take_profit")?;
-            let mut stop_loss = intent(
-                symbol,
-                Side::Sell,
-                OrderKind::Stop,
-                OrderIntentRole::Protective,
-                exits_tif,
-            );
-            stop_loss.quantity = quantity;
-            stop_loss.stop_price = decimal_arg(arguments, "stop_loss")?;
-            if let (Some(tp), Some(sl)) = (take_profit.limit_price, stop_loss.stop_price)
-                && tp <= sl
-            {
-                return Err(invalid("(take_profit must be above stop_loss)"));
-            }
-            Ok(vec![
-                leg("entry", entry),
-                leg("take_profit", take_profit),
-                leg("stop_loss", stop_loss),
-            ])
-        }
-        _ => Err(Outcome::Refused(ErrorCode::ToolUnknown.body(None))),
+/// The broker's facts one placement decides on.
+struct Facts {
+    identity: AccountIdentity,
+    conid: i64,
+    symbol: String,
+    quote: Option<MarketQuote>,
+    /// Signed position, fresh (only read when the order sells or covers).
+    position: Option<Decimal>,
+    /// Working quantity on the instrument placed outside this sidecar, per side.
+    foreign_sells: Decimal,
+    foreign_buys: Decimal,
+}
+
+/// What the critical section decided.
+enum Decided {
+    /// Placed before with this key and these arguments: answer what happened.
+    Replay(Box<Attempt>),
+    /// The same key's attempt is being placed right now.
+    InFlight(u64),
+    /// The same key's earlier attempt has an unknown outcome.
+    Unknown(Box<Attempt>),
+    /// Refused before anything was journaled (the order could not be built).
+    Refused(GuardRefusal),
+    /// Journaled: go on (dry run or send).
+    Go {
+        attempt: u64,
+        coid: String,
+        notional: Option<Decimal>,
+        body: String,
+        would_send: Value,
+    },
+}
+
+fn mode_text(mode: AccountMode) -> &'static str {
+    match mode {
+        AccountMode::Paper => "paper",
+        AccountMode::Live => "live",
+        AccountMode::Unknown => "unknown",
     }
 }
 
-/// What an idempotent retry answers from the journal.
-fn replay(attempt: &Attempt) -> Value {
-    let (event, data) = attempt
-        .first_outcome
-        .clone()
-        .unwrap_or_else(|| ("unresolved".into(), Value::Null));
-    json!({
-        "status": event,
-        "replayed": true,
-        "attempt": attempt.id,
-        "client_order_id": attempt.coid(),
-        "outcome": data,
-        "intent": attempt.intent.get("order"),
-    })
-}
-
-/// Looks for an attempt's orders at the broker. `Ok(Some(ids))`: found (placed);
-/// `Ok(None)`: absent from a complete list (not placed); `Err`: cannot tell yet.
-pub(crate) async fn find_at_broker(
-    client: &CpgwClient,
-    attempt: &Attempt,
-) -> Result<Option<Vec<String>>, Outcome> {
-    let coids: Vec<String> = attempt
-        .intent
-        .get("legs")
-        .and_then(Value::as_array)
-        .map(|legs| {
-            legs.iter()
-                .filter_map(|leg| leg.get("coid").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let (list, complete) = client
-        .live_orders_complete()
-        .await
-        .map_err(|error| cpgw_failure(error, client))?;
-    let found: Vec<String> = list
-        .orders
-        .iter()
-        .filter(|row| row.order_ref.as_ref().is_some_and(|r| coids.contains(r)))
-        .filter_map(|row| row.order_id.as_ref().map(|id| id.as_str().to_string()))
-        .collect();
-    if !found.is_empty() {
-        return Ok(Some(found));
-    }
-    if complete {
-        return Ok(None);
-    }
-    Err(Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(
-        "(the broker's order list is still warming up; try again in a few seconds)",
-    ))))
-}
-
-/// Resolves one pending attempt against the broker and journals the result.
-pub(crate) async fn reconcile_attempt(
-    runtime: &OrdersRuntime,
-    client: &CpgwClient,
-    attempt: &Attempt,
-) -> Result<Option<Vec<String>>, Outcome> {
-    let found = find_at_broker(client, attempt).await?;
-    let data = match &found {
-        Some(ids) => json!({"placed": true, "order_ids": ids}),
-        None => json!({"placed": false}),
-    };
-    runtime
-        .journal
-        .outcome(attempt.id, "reconciled", data, now_ms())
-        .map_err(|_| journal_failure())?;
-    Ok(found)
+/// The refusal an outcome of local parsing or checking becomes.
+fn refusal_outcome(refusal: &GuardRefusal) -> Outcome {
+    Outcome::Refused(refusal.body())
 }
 
 /// `ibkr_buy`, `ibkr_sell`, `ibkr_close_position`, `ibkr_stop_order`, `ibkr_trailing_stop`,
@@ -325,127 +99,373 @@ pub async fn place(
     context: &ToolContext<'_>,
 ) -> ToolResult {
     let runtime = runtime(context)?;
-    let policy = &runtime.policy;
     let symbol_arg = text_arg(arguments, "symbol").unwrap_or_default();
     let key = text_arg(arguments, "idempotency_key").map(str::to_string);
+    let hash = request_hash(tool, arguments);
 
-    // Idempotency: a retried key answers its first outcome and never places a second order.
-    if let Some(key) = &key {
-        let prior = runtime.journal.by_idempotency_key(key);
-        for attempt in &prior {
-            if attempt.pending() {
-                match reconcile_attempt(runtime, context.cpgw, attempt).await? {
-                    Some(ids) => {
-                        return Ok(json!({
-                            "status": "sent",
-                            "replayed": true,
-                            "reconciled": true,
-                            "attempt": attempt.id,
-                            "client_order_id": attempt.coid(),
-                            "order_ids": ids,
-                        }));
-                    }
-                    None => continue,
-                }
-            }
-            if attempt.status != AttemptStatus::ReconciledNotPlaced {
-                return Ok(replay(attempt));
-            }
+    // 1. Local checks: nothing reaches the broker for an order the laptop refuses anyway.
+    if tool != "ibkr_close_position" {
+        let legs = legs_for(tool, &symbol_arg.to_ascii_uppercase(), arguments, None)?;
+        for leg in &legs {
+            shared_safety::guards::check_local(&leg.intent, &runtime.policy)
+                .map_err(|refusal| refusal_outcome(&refusal))?;
         }
-    }
-
-    let contract: Contract = context.contracts.resolve_symbol(symbol_arg).await?;
-    let symbol = contract.symbol.clone();
-    let identity = account_identity(context).await?;
-
-    let needs_position = tool != "ibkr_buy";
-    let held = if needs_position {
-        Some(position_of(context, &identity.account, contract.conid).await?)
     } else {
-        None
-    };
-    let mut legs = legs_for(tool, &symbol, arguments, held)?;
-    let quote = quote_of(context, contract.conid).await;
+        shared_safety::guards::check_symbol_allowed(symbol_arg, &runtime.policy)
+            .map_err(|refusal| refusal_outcome(&refusal))?;
+    }
+    // A retry of a call that was placed is answered from the journal, without the broker.
+    if let Some(key) = &key
+        && let Some(answer) = replay_placed(runtime, key, &hash)
+    {
+        return answer;
+    }
 
-    // cOIDs: deterministic from the idempotency key, random otherwise.
-    let namespace = format!("{}|{}", context.sidecar_id, identity.account);
-    let base_coid = client_order_id(key.as_deref().unwrap_or(&random_key()), &namespace);
-    let parent = base_coid.clone();
-    for leg in legs.iter_mut() {
-        leg.coid = match leg.label {
-            "take_profit" => format!("{base_coid}-tp"),
-            "stop_loss" => format!("{base_coid}-sl"),
-            _ => base_coid.clone(),
-        };
-        if matches!(leg.label, "take_profit" | "stop_loss") {
-            leg.parent_coid = Some(parent.clone());
+    // 2. The broker's facts.
+    let facts = gather(tool, runtime, context, symbol_arg).await?;
+    let mut legs = legs_for(tool, &facts.symbol, arguments, facts.position)?;
+    let bracket = bracket_levels(tool, &legs, facts.quote.as_ref());
+
+    // 3. The critical section.
+    let namespace = format!("{}|{}", context.sidecar_id, facts.identity.account);
+    let now = now_ms();
+    let random = random_key();
+    let decided = runtime
+        .journal
+        .decide(now, |view| {
+            decide(DecideInput {
+                view,
+                runtime,
+                context,
+                tool,
+                key: key.as_deref(),
+                hash: &hash,
+                namespace: &namespace,
+                random: &random,
+                facts: &facts,
+                legs: &mut legs,
+                bracket: bracket.clone(),
+                now,
+            })
+        })
+        .map_err(|_| journal_failure())?;
+    let decided = match decided {
+        Ok((attempt, Some((coid, notional, body, would_send)))) => Decided::Go {
+            attempt,
+            coid,
+            notional,
+            body,
+            would_send,
+        },
+        Ok((attempt, None)) => {
+            // Journaled as blocked: the refusal is in its outcome.
+            let refusal = runtime
+                .journal
+                .attempt(attempt)
+                .and_then(|a| a.last_outcome)
+                .map(|(_, data)| data);
+            return Err(blocked_outcome(refusal));
+        }
+        Err(early) => early,
+    };
+
+    match decided {
+        Decided::Replay(attempt) => Ok(replay(&attempt)),
+        Decided::InFlight(attempt) => wait_for_in_flight(runtime, context, attempt).await,
+        Decided::Unknown(attempt) => settle_unknown(runtime, context, &facts, &attempt).await,
+        Decided::Refused(refusal) => Err(refusal_outcome(&refusal)),
+        Decided::Go {
+            attempt,
+            coid,
+            notional,
+            body,
+            would_send,
+        } => {
+            let base = json!({
+                "attempt": attempt,
+                "symbol": facts.symbol,
+                "conid": facts.conid,
+                "account_mode": mode_text(facts.identity.mode),
+                "client_order_id": coid,
+                "estimated_value": notional.map(to_decimal_string),
+            });
+            if runtime.policy.dry_run {
+                runtime
+                    .journal
+                    .outcome(attempt, "dry_run", json!({}), now_ms())
+                    .map_err(|_| journal_failure())?;
+                return Ok(merge(
+                    base,
+                    json!({"status": "dry_run", "would_send": would_send}),
+                ));
+            }
+            let role = legs
+                .first()
+                .map_or(OrderIntentRole::Entry, |leg| leg.intent.role);
+            send(
+                runtime,
+                context,
+                attempt,
+                &facts.identity.account,
+                role,
+                body,
+                base,
+            )
+            .await
+        }
+    }
+}
+
+/// The answer to a retried call whose first attempt was placed, if there is one.
+fn replay_placed(runtime: &OrdersRuntime, key: &str, hash: &str) -> Option<ToolResult> {
+    let attempts = runtime.journal.by_idempotency_key(key);
+    let last = attempts.last()?;
+    if last.request_hash() != Some(hash) {
+        // Refused under the lock, where the refusal is journaled.
+        return None;
+    }
+    last.status.placed().then(|| Ok(replay(last)))
+}
+
+async fn gather(
+    tool: &str,
+    runtime: &OrdersRuntime,
+    context: &ToolContext<'_>,
+    symbol_arg: &str,
+) -> Result<Facts, Outcome> {
+    let contract = context.contracts.resolve_symbol(symbol_arg).await?;
+    let identity = account_identity(context).await?;
+    let quote = quote_of(context, contract.conid).await;
+    // Anything that can sell or cover part of a position (every tool but a plain buy: stops
+    // may cover a short, a bracket's exits sell) is checked against a fresh position and what
+    // our own open orders already commit.
+    let (position, foreign_sells, foreign_buys) = if tool != "ibkr_buy" {
+        let position = fresh_position(context, &identity.account, contract.conid).await?;
+        observe_our_orders(runtime, context, contract.conid).await;
+        let sells = foreign_working_quantity(
+            runtime,
+            context,
+            &identity.account,
+            contract.conid,
+            Side::Sell,
+        )
+        .await;
+        let buys = foreign_working_quantity(
+            runtime,
+            context,
+            &identity.account,
+            contract.conid,
+            Side::Buy,
+        )
+        .await;
+        (Some(position), sells, buys)
+    } else {
+        (None, Decimal::ZERO, Decimal::ZERO)
+    };
+    Ok(Facts {
+        identity,
+        conid: contract.conid,
+        symbol: contract.symbol,
+        quote,
+        position,
+        foreign_sells,
+        foreign_buys,
+    })
+}
+
+/// A bracket's level check, ahead of the critical section (it needs only the quote).
+fn bracket_levels(
+    tool: &str,
+    legs: &[Leg],
+    quote: Option<&MarketQuote>,
+) -> Option<(&'static str, GuardRefusal)> {
+    if tool != "ibkr_bracket_order" {
+        return None;
+    }
+    let entry = legs.iter().find(|leg| leg.label == "entry")?;
+    let take_profit = legs
+        .iter()
+        .find(|leg| leg.label == "take_profit")
+        .and_then(|leg| leg.intent.limit_price)?;
+    let stop_loss = legs
+        .iter()
+        .find(|leg| leg.label == "stop_loss")
+        .and_then(|leg| leg.intent.stop_price)?;
+    check_bracket(entry.intent.limit_price, take_profit, stop_loss, quote)
+        .err()
+        .map(|refusal| ("bracket", refusal))
+}
+
+struct DecideInput<'a, 'c> {
+    view: &'a JournalView<'a>,
+    runtime: &'a OrdersRuntime,
+    context: &'a ToolContext<'c>,
+    tool: &'a str,
+    key: Option<&'a str>,
+    hash: &'a str,
+    namespace: &'a str,
+    random: &'a str,
+    facts: &'a Facts,
+    legs: &'a mut Vec<Leg>,
+    bracket: Option<(&'static str, GuardRefusal)>,
+    now: i64,
+}
+
+/// What the critical section journals: `Ok(Decision)` writes an intent (and `blocked`, when
+/// refused); `Err(Decided)` writes nothing.
+type Go = Option<(String, Option<Decimal>, String, Value)>;
+
+#[allow(clippy::result_large_err)]
+fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
+    let DecideInput {
+        view,
+        runtime,
+        context,
+        tool,
+        key,
+        hash,
+        namespace,
+        random,
+        facts,
+        legs,
+        bracket,
+        now,
+    } = input;
+    let book = view.book();
+    let policy = &runtime.policy;
+
+    // Idempotency, authoritative: under the lock no other call with this key can interleave.
+    let mut key_refusal = None;
+    let mut previous_attempts = 0usize;
+    if let Some(key) = key {
+        let prior = book.by_idempotency_key(key);
+        previous_attempts = prior.len();
+        if let Some(last) = prior.last() {
+            if last.request_hash() != Some(hash) {
+                key_refusal = Some(GuardRefusal {
+                    code: ErrorCode::IdempotencyKeyReused,
+                    detail: format!(
+                        "The key was used for attempt {} ({}).",
+                        last.id,
+                        last.tool().unwrap_or("another order")
+                    ),
+                    guard: "idempotency",
+                });
+            } else if last.status.placed() {
+                return Err(Decided::Replay(Box::new((*last).clone())));
+            } else if last.status == AttemptStatus::Unresolved && view.in_flight(last.id) {
+                return Err(Decided::InFlight(last.id));
+            } else if last.unknown_outcome(view.in_flight(last.id)) {
+                return Err(Decided::Unknown(Box::new((*last).clone())));
+            }
+            // Otherwise the last attempt certainly did not land: a new attempt may go.
         }
     }
 
-    // Guards, every leg. Bracket exits see the position as it will be after the entry.
-    let now = now_ms();
+    // Client order ids: from the key (and how many times it was tried), random otherwise.
+    let seed = match key {
+        Some(key) if previous_attempts == 0 => key.to_string(),
+        Some(key) => format!("{key}#{previous_attempts}"),
+        None => random.to_string(),
+    };
+    let coid = client_order_id(&seed, namespace);
+    assign_coids(legs, &coid);
+
+    // The guards, every leg, on figures read under the lock.
     let today = now.div_euclid(86_400_000);
     let window_ms = i64::try_from(policy.duplicate_window_seconds)
         .unwrap_or(i64::MAX)
         .saturating_mul(1000);
+    let lag_ms = runtime.position_lag_ms();
     let market_open = runtime.market_open();
-    let base_position = held.unwrap_or(Decimal::ZERO);
+    let base_position = facts.position.unwrap_or(Decimal::ZERO);
     let entry_quantity = legs
         .iter()
         .find(|leg| leg.label == "entry")
         .and_then(|leg| leg.intent.quantity)
         .unwrap_or(Decimal::ZERO);
+    let spent_today = view.spent_on_day(today);
     let mut notional = None;
-    let mut refusal = None;
-    for leg in &legs {
-        let fingerprint = order_fingerprint(&leg.intent);
-        let (recent, pending) = runtime.journal.identical(&fingerprint, now, window_ms);
-        let position = if matches!(leg.label, "take_profit" | "stop_loss") {
-            base_position + entry_quantity
-        } else {
-            base_position
-        };
-        let guard_context = GuardContext {
-            account_mode: identity.mode,
-            live_scope_granted: context.live_scope_granted,
-            market_open: market_open.clone(),
-            quote: quote.as_ref(),
-            position_quantity: position,
-            spent_today: runtime.journal.spent_on_day(today),
-            recent_identical_within_window: recent,
-            identical_indeterminate_pending: pending,
-        };
-        match check_order(&leg.intent, policy, &guard_context) {
-            Ok(pass) => {
-                if pass.notional.is_some() {
-                    notional = pass.notional;
+    let mut refusal: Option<(&str, GuardRefusal)> = key_refusal.map(|r| ("order", r));
+    if refusal.is_none() {
+        refusal = bracket;
+    }
+    if refusal.is_none() {
+        for leg in legs.iter() {
+            let side = leg.intent.side;
+            let commitments = view.commitments(facts.conid, side, now, lag_ms);
+            let foreign = match side {
+                Side::Sell => facts.foreign_sells,
+                Side::Buy => facts.foreign_buys,
+            };
+            // A bracket's exits see the position after its entry, and not each other (they
+            // are one-cancels-all).
+            let position = if leg.is_child() {
+                base_position + entry_quantity
+            } else {
+                base_position
+            };
+            let guard_context = GuardContext {
+                account_mode: facts.identity.mode,
+                account_id: &facts.identity.account,
+                live_scope_granted: context.live_scope_granted,
+                market_open: market_open.clone(),
+                quote: facts.quote.as_ref(),
+                position_quantity: position,
+                committed_same_side: commitments.quantity + foreign,
+                spent_today,
+                recent_identical_within_window: book.recent_identical(
+                    &order_fingerprint(&leg.intent),
+                    now,
+                    window_ms,
+                ),
+                unresolved_same_instrument_side: view.unresolved_on(facts.conid, side).is_some(),
+            };
+            match check_order(&leg.intent, policy, &guard_context) {
+                Ok(pass) => {
+                    if pass.notional.is_some() {
+                        notional = pass.notional;
+                    }
                 }
-            }
-            Err(refused) => {
-                refusal = Some((leg.label, refused));
-                break;
+                Err(mut refused) => {
+                    if refused.code == ErrorCode::OrderExceedsSellable
+                        && !commitments.order_ids.is_empty()
+                    {
+                        refused.detail = format!(
+                            "{} Orders that commit it: {}.",
+                            refused.detail,
+                            commitments.order_ids.join(", ")
+                        );
+                    }
+                    refusal = Some((leg.label, refused));
+                    break;
+                }
             }
         }
     }
 
-    let body = orders_body(contract.conid, &legs)?;
+    let body = orders_body(facts.conid, legs).map_err(|_| {
+        Decided::Refused(GuardRefusal {
+            code: ErrorCode::InternalError,
+            detail: "the order could not be encoded".into(),
+            guard: "encoding",
+        })
+    })?;
     let would_send: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let primary = legs.first().map(|leg| leg.intent.clone());
-    let intent_data = json!({
+    let intent = json!({
         "tool": tool,
-        "symbol": symbol,
-        "conid": contract.conid,
-        "account": identity.account,
-        "account_mode": match identity.mode {
-            AccountMode::Paper => "paper",
-            AccountMode::Live => "live",
-            AccountMode::Unknown => "unknown",
-        },
+        "symbol": facts.symbol,
+        "conid": facts.conid,
+        "account": facts.identity.account,
+        "account_mode": mode_text(facts.identity.mode),
         "idempotency_key": key,
-        "coid": base_coid,
+        "request_hash": hash,
+        "coid": coid,
         "fingerprint": primary.as_ref().map(order_fingerprint),
         "side": primary.as_ref().map(|i| i.side.as_ibkr()),
         "notional": notional.map(to_decimal_string),
+        "position_before": facts.position.map(to_decimal_string),
         "dry_run": policy.dry_run || refusal.is_some(),
         "legs": legs.iter().map(|leg| {
             let mut value = intent_json(&leg.intent);
@@ -459,242 +479,132 @@ pub async fn place(
         }).collect::<Vec<_>>(),
         "order": would_send,
     });
-    // The intent is durable before anything is sent.
-    let attempt = runtime
-        .journal
-        .intent(intent_data, now)
-        .map_err(|_| journal_failure())?;
-
     if let Some((label, refused)) = refusal {
-        let _ = runtime.journal.outcome(
-            attempt,
-            "blocked",
-            json!({"code": refused.code.code(), "guard": refused.guard, "leg": label,
-                   "detail": refused.detail}),
-            now_ms(),
-        );
-        return Err(Outcome::Refused(refused.body()));
+        return Ok(Decision {
+            intent,
+            outcome: Some((
+                "blocked",
+                json!({"code": refused.code.code(), "guard": refused.guard, "leg": label,
+                       "detail": refused.detail}),
+            )),
+            in_flight: false,
+            value: None,
+        });
     }
-
-    let base = json!({
-        "attempt": attempt,
-        "symbol": symbol,
-        "conid": contract.conid,
-        "account_mode": if identity.mode == AccountMode::Live { "live" } else { "paper" },
-        "client_order_id": base_coid,
-        "estimated_value": notional.map(to_decimal_string),
-    });
-    if policy.dry_run {
-        runtime
-            .journal
-            .outcome(attempt, "dry_run", json!({}), now_ms())
-            .map_err(|_| journal_failure())?;
-        return Ok(merge(
-            base,
-            json!({"status": "dry_run", "would_send": would_send}),
-        ));
-    }
-
-    send(runtime, context, attempt, &identity.account, body, base).await
+    Ok(Decision {
+        intent,
+        outcome: None,
+        in_flight: !policy.dry_run,
+        value: Some((coid, notional, body, would_send)),
+    })
 }
 
-fn merge(mut base: Value, extra: Value) -> Value {
+/// A journaled refusal, as the agent sees it.
+fn blocked_outcome(data: Option<Value>) -> Outcome {
+    let data = data.unwrap_or(Value::Null);
+    let code = data
+        .get("code")
+        .and_then(Value::as_str)
+        .and_then(ErrorCode::from_code)
+        .unwrap_or(ErrorCode::OrderInvalid);
+    let detail = data.get("detail").and_then(Value::as_str);
+    Outcome::Refused(code.body(detail))
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    hex::encode(bytes)
+}
+
+pub(crate) fn merge(mut base: Value, extra: Value) -> Value {
     if let (Value::Object(base_map), Value::Object(extra_map)) = (&mut base, extra) {
         base_map.extend(extra_map);
     }
     base
 }
 
-/// Sends and answers the confirmation questions; journals the outcome.
-async fn send(
+/// What an idempotent retry answers from the journal. `attempt_id` is the journal's sequence
+/// number of the attempt (for `ibkr_trade_history`), not a count of tries.
+pub(crate) fn replay(attempt: &Attempt) -> Value {
+    let (event, data) = attempt
+        .last_outcome
+        .clone()
+        .unwrap_or_else(|| ("unresolved".into(), Value::Null));
+    let status = if attempt.status.placed() {
+        "sent".to_string()
+    } else {
+        event
+    };
+    json!({
+        "status": status,
+        "replayed": true,
+        "attempt_id": attempt.id,
+        "client_order_id": attempt.coid(),
+        "order_ids": attempt.order_ids(),
+        "outcome": data,
+        "intent": attempt.intent.get("order"),
+    })
+}
+
+/// Another call with the same key is placing the order now: wait for its outcome (within this
+/// call's deadline) and answer it.
+async fn wait_for_in_flight(
     runtime: &OrdersRuntime,
     context: &ToolContext<'_>,
     attempt: u64,
-    account: &str,
-    body: String,
-    base: Value,
 ) -> ToolResult {
-    let journal = &runtime.journal;
-    let mut reply = context.cpgw.place_orders(account, body).await;
-    let mut rounds = 0usize;
-    let mut accepted_warnings: Vec<String> = Vec::new();
-    loop {
-        match reply {
-            Ok(PlaceReply::Acks(acks)) => {
-                let ids: Vec<String> = acks
-                    .iter()
-                    .map(|a| a.order_id.as_str().to_string())
-                    .collect();
-                let statuses: Vec<Option<String>> =
-                    acks.iter().map(|a| a.order_status.clone()).collect();
-                journal
-                    .outcome(
-                        attempt,
-                        "sent",
-                        json!({"order_ids": ids, "order_statuses": statuses,
-                               "accepted_warnings": accepted_warnings}),
-                        now_ms(),
-                    )
-                    .map_err(|_| journal_failure())?;
-                return Ok(merge(
-                    base,
-                    json!({
-                        "status": "sent",
-                        "order_id": ids.first(),
-                        "order_ids": ids,
-                        "order_status": statuses.first().cloned().flatten(),
-                        "accepted_warnings": accepted_warnings,
-                    }),
-                ));
-            }
-            Ok(PlaceReply::Question {
-                id,
-                messages,
-                message_ids,
-            }) => {
-                rounds += 1;
-                let allowed = !message_ids.is_empty()
-                    && message_ids
-                        .iter()
-                        .all(|message_id| warning_allowed(&runtime.policy, message_id));
-                if !allowed || rounds > MAX_CONFIRM_ROUNDS {
-                    let _ = context.cpgw.reply(&id, false).await;
-                    let _ = journal.outcome(
-                        attempt,
-                        "declined",
-                        json!({"message_ids": message_ids, "messages": messages}),
-                        now_ms(),
-                    );
-                    let detail = format!(
-                        "(warning ids: {}; message: {})",
-                        message_ids.join(", "),
-                        messages.join(" ")
-                    );
-                    return Err(Outcome::Refused(
-                        ErrorCode::OrderWarningDeclined.body(Some(&detail)),
-                    ));
-                }
-                accepted_warnings.extend(message_ids);
-                reply = context.cpgw.reply(&id, true).await;
-            }
-            Err(SendFailure::Indeterminate { reason }) => {
-                let _ = journal.outcome(
-                    attempt,
-                    "indeterminate",
-                    json!({"reason": reason}),
-                    now_ms(),
-                );
-                return Err(Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(
-                    &format!("({reason}; attempt {attempt}; run ibkr_reconcile_pending)"),
-                ))));
-            }
-            Err(SendFailure::Rejected { reason }) => {
-                let _ = journal.outcome(attempt, "rejected", json!({"reason": reason}), now_ms());
-                return Err(Outcome::Refused(
-                    ErrorCode::OrderRejected.body(Some(&format!("({reason})"))),
-                ));
-            }
-            Err(SendFailure::NotSent { reason }) => {
-                let _ = journal.outcome(
-                    attempt,
-                    "rejected",
-                    json!({"reason": reason, "not_sent": true}),
-                    now_ms(),
-                );
-                return Err(Outcome::Failed(
-                    ErrorCode::BrokerUnreachable.body(Some("(the order was not sent)")),
-                ));
-            }
-            Err(SendFailure::NotAuthenticated) => {
-                let _ = journal.outcome(
-                    attempt,
-                    "rejected",
-                    json!({"reason": "no authenticated CPGW session", "not_sent": true}),
-                    now_ms(),
-                );
-                return Err(Outcome::ManualActionRequired(manual_login_action(
-                    &context.cpgw.portal_location(),
-                )));
-            }
-        }
+    let settled = runtime
+        .journal
+        .wait_settled(attempt, context.deadline)
+        .await;
+    match settled {
+        Some(done) if done.status.placed() => Ok(replay(&done)),
+        Some(done) if done.status.definitely_not_placed() => Err(Outcome::Refused(
+            ErrorCode::OrderRejected.body(Some(&format!(
+                "(the first call with this idempotency_key ended {}; retry to try again)",
+                done.status.as_str()
+            ))),
+        )),
+        _ => Err(Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(
+            &format!(
+                "(attempt {attempt} with this idempotency_key is still being placed; call again \
+                 with the same key to learn its outcome)"
+            ),
+        )))),
     }
 }
 
-/// `ibkr_order_preview`: what-if; sends nothing to the market and journals nothing.
-pub async fn preview(arguments: &Map<String, Value>, context: &ToolContext<'_>) -> ToolResult {
-    let symbol_arg = text_arg(arguments, "symbol").unwrap_or_default();
-    let side = side_arg(arguments)?;
-    let contract = context.contracts.resolve_symbol(symbol_arg).await?;
-    let identity = account_identity(context).await?;
-    let limit = decimal_arg(arguments, "limit_price")?;
-    let mut order = intent(
-        &contract.symbol,
-        side,
-        if limit.is_some() {
-            OrderKind::Limit
-        } else {
-            OrderKind::Market
-        },
-        if side == Side::Buy {
-            OrderIntentRole::Entry
-        } else {
-            OrderIntentRole::Exit
-        },
-        Tif::Day,
-    );
-    order.quantity = decimal_arg(arguments, "quantity")?;
-    order.cash_amount = decimal_arg(arguments, "cash_amount")?;
-    order.limit_price = limit;
-    if order.cash_amount.is_some() && (side == Side::Sell || limit.is_some()) {
-        return Err(invalid("(cash_amount only on market buys)"));
+/// The same key's earlier attempt has an unknown outcome: look for it at the broker, and
+/// never place it again on absence.
+async fn settle_unknown(
+    runtime: &OrdersRuntime,
+    context: &ToolContext<'_>,
+    facts: &Facts,
+    attempt: &Attempt,
+) -> ToolResult {
+    corroborate(
+        runtime,
+        context,
+        &facts.identity.account,
+        std::slice::from_ref(attempt),
+    )
+    .await;
+    if let Some(done) = runtime.journal.attempt(attempt.id)
+        && done.status.placed()
+    {
+        let mut answer = replay(&done);
+        if let Value::Object(map) = &mut answer {
+            map.insert("reconciled".into(), json!(true));
+        }
+        return Ok(answer);
     }
-    let leg = Leg {
-        label: "order",
-        intent: order.clone(),
-        coid: client_order_id(&random_key(), "preview"),
-        parent_coid: None,
-    };
-    let body = orders_body(contract.conid, std::slice::from_ref(&leg))?;
-    let answer = match context.cpgw.whatif(&identity.account, body).await {
-        Ok(answer) => answer,
-        Err(SendFailure::Rejected { reason }) => {
-            return Err(Outcome::Refused(
-                ErrorCode::OrderRejected.body(Some(&format!("({reason})"))),
-            ));
-        }
-        Err(SendFailure::NotAuthenticated) => {
-            return Err(Outcome::ManualActionRequired(manual_login_action(
-                &context.cpgw.portal_location(),
-            )));
-        }
-        Err(_) => return Err(Outcome::Failed(ErrorCode::BrokerError.body(None))),
-    };
-    let amount = |section: &str, field: &str| -> Value {
-        answer
-            .get(section)
-            .and_then(|s| s.get(field))
-            .and_then(Value::as_str)
-            .and_then(shared_safety::money::parse_broker_amount)
-            .map_or(Value::Null, |(value, currency)| {
-                json!({"amount": to_decimal_string(value), "currency": currency})
-            })
-    };
-    let warning = answer
-        .get("warn")
-        .and_then(Value::as_str)
-        .map(|text| text.chars().take(300).collect::<String>());
-    Ok(json!({
-        "status": "preview",
-        "symbol": contract.symbol,
-        "conid": contract.conid,
-        "order": intent_json(&order),
-        "commission": amount("amount", "commission"),
-        "total": amount("amount", "total"),
-        "amount": amount("amount", "amount"),
-        "equity_change": amount("equity", "change"),
-        "initial_margin_change": amount("initial", "change"),
-        "maintenance_margin_change": amount("maintenance", "change"),
-        "warning": warning,
-        "error": answer.get("error").and_then(Value::as_str),
-    }))
+    Err(Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(
+        &format!(
+            "(attempt {} with this idempotency_key may have been placed and the broker has not \
+             shown it yet; it is not sent again. Run ibkr_reconcile_pending later; the laptop \
+             owner can settle it with `ibkr-agent sidecar orders settle --attempt {}`)",
+            attempt.id, attempt.id
+        ),
+    ))))
 }

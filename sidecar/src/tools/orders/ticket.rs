@@ -2,8 +2,10 @@
 //!
 //! Price conventions (CPGW): LMT `price`; STP `price` = trigger (never `auxPrice`);
 //! STOP_LIMIT `price` = limit and `auxPrice` = trigger; TRAIL `trailingAmt` + `trailingType`
-//! (`amt` or `%`); bracket children carry `parentId` = the parent's `cOID`; `cashQty` only on
-//! market buys. Numbers are written from their exact decimal text, never through `f64`.
+//! (`amt` or `%`); bracket children carry `parentId` = the parent's `cOID` and no `cOID` of their
+//! own (IBKR: "Please do not set this value for child orders when placing a bracket order");
+//! `cashQty` only on market buys. Numbers are written from their exact decimal text, never
+//! through `f64`.
 
 use protocol::envelope::Outcome;
 use serde_json::value::RawValue;
@@ -19,8 +21,195 @@ pub struct Leg {
     /// `order`, `entry`, `take_profit` or `stop_loss`.
     pub label: &'static str,
     pub intent: OrderIntent,
-    pub coid: String,
+    /// The client order id (`cOID`); `None` on bracket children.
+    pub coid: Option<String>,
     pub parent_coid: Option<String>,
+}
+
+impl Leg {
+    fn new(label: &'static str, intent: OrderIntent) -> Leg {
+        Leg {
+            label,
+            intent,
+            coid: None,
+            parent_coid: None,
+        }
+    }
+
+    /// Whether this leg is a bracket child (a take-profit or stop-loss).
+    pub fn is_child(&self) -> bool {
+        matches!(self.label, "take_profit" | "stop_loss")
+    }
+}
+
+/// Gives the legs their client order ids: the parent (or single order) `coid`, the children
+/// none and `parentId` = `coid`.
+pub fn assign_coids(legs: &mut [Leg], coid: &str) {
+    for leg in legs.iter_mut() {
+        if leg.is_child() {
+            leg.coid = None;
+            leg.parent_coid = Some(coid.to_string());
+        } else {
+            leg.coid = Some(coid.to_string());
+            leg.parent_coid = None;
+        }
+    }
+}
+
+/// The legs of a placing tool (client order ids come later: [`assign_coids`]). `held` is the
+/// signed position, needed by `ibkr_close_position` only.
+pub fn legs_for(
+    tool: &str,
+    symbol: &str,
+    arguments: &Map<String, Value>,
+    held: Option<Decimal>,
+) -> Result<Vec<Leg>, Outcome> {
+    match tool {
+        "ibkr_buy" => {
+            let quantity = decimal_arg(arguments, "quantity")?;
+            let cash = decimal_arg(arguments, "cash_amount")?;
+            let limit = decimal_arg(arguments, "limit_price")?;
+            if cash.is_some() && limit.is_some() {
+                return Err(invalid(
+                    "(cash_amount buys are market orders only; use quantity with limit_price)",
+                ));
+            }
+            let mut buy = intent(
+                symbol,
+                Side::Buy,
+                if limit.is_some() {
+                    OrderKind::Limit
+                } else {
+                    OrderKind::Market
+                },
+                OrderIntentRole::Entry,
+                tif_arg(arguments, Tif::Day)?,
+            );
+            buy.quantity = quantity;
+            buy.cash_amount = cash;
+            buy.limit_price = limit;
+            Ok(vec![Leg::new("order", buy)])
+        }
+        "ibkr_sell" => {
+            let limit = decimal_arg(arguments, "limit_price")?;
+            let mut sell = intent(
+                symbol,
+                Side::Sell,
+                if limit.is_some() {
+                    OrderKind::Limit
+                } else {
+                    OrderKind::Market
+                },
+                OrderIntentRole::Exit,
+                tif_arg(arguments, Tif::Day)?,
+            );
+            sell.quantity = decimal_arg(arguments, "quantity")?;
+            sell.limit_price = limit;
+            Ok(vec![Leg::new("order", sell)])
+        }
+        "ibkr_close_position" => {
+            let held = held.unwrap_or(Decimal::ZERO);
+            if held.is_zero() {
+                return Err(Outcome::Refused(ErrorCode::PositionNotFound.body(None)));
+            }
+            let side = if held > Decimal::ZERO {
+                Side::Sell
+            } else {
+                Side::Buy
+            };
+            let mut close = intent(
+                symbol,
+                side,
+                OrderKind::Market,
+                OrderIntentRole::Exit,
+                Tif::Day,
+            );
+            close.quantity = Some(held.abs());
+            Ok(vec![Leg::new("order", close)])
+        }
+        "ibkr_stop_order" => {
+            let limit = decimal_arg(arguments, "limit_price")?;
+            let mut stop = intent(
+                symbol,
+                side_arg(arguments)?,
+                if limit.is_some() {
+                    OrderKind::StopLimit
+                } else {
+                    OrderKind::Stop
+                },
+                OrderIntentRole::Protective,
+                tif_arg(arguments, Tif::Gtc)?,
+            );
+            stop.quantity = decimal_arg(arguments, "quantity")?;
+            stop.stop_price = decimal_arg(arguments, "stop_price")?;
+            stop.limit_price = limit;
+            Ok(vec![Leg::new("order", stop)])
+        }
+        "ibkr_trailing_stop" => {
+            let mut trail = intent(
+                symbol,
+                side_arg(arguments)?,
+                OrderKind::TrailingStop,
+                OrderIntentRole::Protective,
+                tif_arg(arguments, Tif::Gtc)?,
+            );
+            trail.quantity = decimal_arg(arguments, "quantity")?;
+            trail.trail_amount = decimal_arg(arguments, "trail_amount")?;
+            trail.trail_percent = decimal_arg(arguments, "trail_percent")?;
+            Ok(vec![Leg::new("order", trail)])
+        }
+        "ibkr_bracket_order" => {
+            let quantity = decimal_arg(arguments, "quantity")?;
+            let entry_limit = decimal_arg(arguments, "entry_limit_price")?;
+            let exits_tif = tif_arg(arguments, Tif::Gtc)?;
+            let mut entry = intent(
+                symbol,
+                Side::Buy,
+                if entry_limit.is_some() {
+                    OrderKind::Limit
+                } else {
+                    OrderKind::Market
+                },
+                OrderIntentRole::Entry,
+                Tif::Day,
+            );
+            entry.quantity = quantity;
+            entry.limit_price = entry_limit;
+            let mut take_profit = intent(
+                symbol,
+                Side::Sell,
+                OrderKind::Limit,
+                OrderIntentRole::Exit,
+                exits_tif,
+            );
+            take_profit.quantity = quantity;
+            take_profit.limit_price = decimal_arg(arguments, "take_profit")?;
+            let mut stop_loss = intent(
+                symbol,
+                Side::Sell,
+                OrderKind::Stop,
+                OrderIntentRole::Protective,
+                exits_tif,
+            );
+            stop_loss.quantity = quantity;
+            stop_loss.stop_price = decimal_arg(arguments, "stop_loss")?;
+            Ok(vec![
+                Leg::new("entry", entry),
+                Leg::new("take_profit", take_profit),
+                Leg::new("stop_loss", stop_loss),
+            ])
+        }
+        _ => Err(Outcome::Refused(ErrorCode::ToolUnknown.body(None))),
+    }
+}
+
+/// What an idempotency key binds: the tool and its arguments, the key itself left out, as a
+/// domain-separated hash of their canonical JSON.
+pub fn request_hash(tool: &str, arguments: &Map<String, Value>) -> String {
+    let mut bound = arguments.clone();
+    bound.remove("idempotency_key");
+    let canonical = protocol::canonical::canonicalize(&Value::Object(bound)).unwrap_or_default();
+    hex::encode(protocol::canonical::payload_hash(tool, &canonical))
 }
 
 pub(crate) fn invalid(detail: impl AsRef<str>) -> Outcome {
@@ -105,7 +294,9 @@ pub fn order_object(conid: i64, leg: &Leg) -> Result<Box<RawValue>, Outcome> {
     fields.insert("orderType", raw_text(intent.kind.as_ibkr())?);
     fields.insert("side", raw_text(intent.side.as_ibkr())?);
     fields.insert("tif", raw_text(intent.tif.as_ibkr())?);
-    fields.insert("cOID", raw_text(&leg.coid)?);
+    if let Some(coid) = &leg.coid {
+        fields.insert("cOID", raw_text(coid)?);
+    }
     if let Some(parent) = &leg.parent_coid {
         fields.insert("parentId", raw_text(parent)?);
     }
@@ -211,9 +402,55 @@ mod tests {
         Leg {
             label: "order",
             intent,
-            coid: "ia-1".into(),
+            coid: Some("ia-1".into()),
             parent_coid: None,
         }
+    }
+
+    #[test]
+    fn bracket_children_carry_the_parent_id_and_no_client_order_id_of_their_own() {
+        let arguments: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "symbol": "AAPL", "quantity": "2", "entry_limit_price": "10",
+            "take_profit": "11", "stop_loss": "9"}))
+        .unwrap();
+        let mut legs = legs_for("ibkr_bracket_order", "AAPL", &arguments, None).unwrap();
+        assign_coids(&mut legs, "ia-parent");
+        let body: Value = serde_json::from_str(&orders_body(1, &legs).unwrap()).unwrap();
+        let orders = body["orders"].as_array().unwrap();
+        assert_eq!(orders[0]["cOID"], "ia-parent");
+        assert!(orders[0].get("parentId").is_none());
+        for child in &orders[1..] {
+            assert!(child.get("cOID").is_none(), "{child}");
+            assert_eq!(child["parentId"], "ia-parent");
+        }
+    }
+
+    #[test]
+    fn the_request_hash_binds_tool_and_arguments_but_not_the_key() {
+        let args = |json: Value| -> Map<String, Value> { serde_json::from_value(json).unwrap() };
+        let a = request_hash(
+            "ibkr_buy",
+            &args(serde_json::json!({"symbol": "AAPL", "quantity": "1", "idempotency_key": "k"})),
+        );
+        let b = request_hash(
+            "ibkr_buy",
+            &args(serde_json::json!({"quantity": "1", "symbol": "AAPL", "idempotency_key": "z"})),
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            request_hash(
+                "ibkr_sell",
+                &args(serde_json::json!({"symbol": "AAPL", "quantity": "1"}))
+            )
+        );
+        assert_ne!(
+            a,
+            request_hash(
+                "ibkr_buy",
+                &args(serde_json::json!({"symbol": "AAPL", "quantity": "2"}))
+            )
+        );
     }
 
     #[test]

@@ -1,0 +1,404 @@
+//! Client-side pacing of every request to CPGW, so the sidecar never trips IBKR's limits.
+//!
+//! IBKR's Web API documentation ("Pacing Limitations") allows 10 requests per second through
+//! the Client Portal Gateway and less on some endpoints (`/iserver/account/orders` and
+//! `/iserver/account/trades` one per 5 s, `/portfolio/accounts` one per 5 s, `/tickle` one per
+//! second, market-data history 50 per minute), and answers a burst with 429 and possibly a
+//! *penalty box*: every endpoint refused for 10 to 15 minutes. A penalty box would also block
+//! the exits and cancels that protect a position, so the sidecar paces itself with margins:
+//!
+//! - every limit is a sliding window (stricter than fixed buckets), measured on the sidecar's
+//!   monotonic clock, with room for requests that bunch up on their way to CPGW;
+//! - [`Lane::Read`] requests may use at most [`READ_SHARE`] of the global window, so
+//!   [`Lane::Trading`] requests (orders, confirmations, cancels, the status of our orders)
+//!   always find room: reads cannot starve an exit;
+//! - a 429 is never retried: the pacer stops every request until [`PENALTY_BACKOFF`] has passed
+//!   (or CPGW's `Retry-After`, if longer), and they fail at once meanwhile;
+//! - a new pacer (a restarted daemon, a CLI command) starts as if each slow endpoint had just
+//!   been called: IBKR counts requests per client, not per process, and the previous process
+//!   may have called them a moment ago.
+//!
+//! The pacer makes a request wait for its turn; callers bound the wait (a tool's deadline).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Requests in any one second through CPGW (IBKR: 10; the margin absorbs bunching on the
+/// way and requests other programs on the laptop send).
+pub const GLOBAL_PER_SECOND: usize = 8;
+/// How much of [`GLOBAL_PER_SECOND`] reads may take.
+pub const READ_SHARE: usize = 6;
+/// After a 429, how long every request is held back (IBKR's penalty box: 10 to 15 minutes).
+pub const PENALTY_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// Which budget a request draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Market data, portfolio, lists: may wait, may be served from a short cache.
+    Read,
+    /// Placing, confirming and cancelling orders, and the status of orders we placed.
+    Trading,
+}
+
+/// The endpoints IBKR paces below the global rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /iserver/account/orders`.
+    OrdersList,
+    /// `GET /iserver/account/trades`.
+    Trades,
+    /// `GET /portfolio/accounts`.
+    PortfolioAccounts,
+    /// `POST /tickle`.
+    Tickle,
+    /// `GET /iserver/marketdata/history`.
+    History,
+    /// Everything else: the global rate only.
+    Other,
+}
+
+impl Endpoint {
+    /// Classifies a request path (relative to `/v1/api`, query string included).
+    pub fn of_path(path: &str) -> Endpoint {
+        let path = path.split('?').next().unwrap_or(path);
+        match path {
+            "/iserver/account/orders" => Endpoint::OrdersList,
+            "/iserver/account/trades" => Endpoint::Trades,
+            "/portfolio/accounts" => Endpoint::PortfolioAccounts,
+            "/tickle" => Endpoint::Tickle,
+            "/iserver/marketdata/history" => Endpoint::History,
+            _ => Endpoint::Other,
+        }
+    }
+
+    /// `(window, most requests in it)` for this endpoint, beyond the global rate.
+    fn limits(self) -> &'static [(Duration, usize)] {
+        // IBKR's figure, made stricter: 1 per 5 s -> 1 per 6 s; 1/s -> 1 per 1.5 s;
+        // 50/min -> 40/min.
+        const SLOW_LIST: &[(Duration, usize)] = &[(Duration::from_secs(6), 1)];
+        const TICKLE: &[(Duration, usize)] = &[(Duration::from_millis(1500), 1)];
+        const HISTORY: &[(Duration, usize)] = &[(Duration::from_secs(60), 40)];
+        match self {
+            Endpoint::OrdersList | Endpoint::Trades | Endpoint::PortfolioAccounts => SLOW_LIST,
+            Endpoint::Tickle => TICKLE,
+            Endpoint::History => HISTORY,
+            Endpoint::Other => &[],
+        }
+    }
+
+    /// The shortest gap between two requests of this endpoint (for caches that stand in for
+    /// a request the pacer would make wait).
+    pub fn min_gap(self) -> Duration {
+        self.limits()
+            .iter()
+            .map(|(window, count)| *window / u32::try_from(*count).unwrap_or(1).max(1))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Why a request may not be sent now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paced {
+    /// CPGW answered 429 recently: nothing is sent before `until`.
+    Backoff { until: Instant },
+}
+
+/// One sliding window: the send times of the last requests it counts.
+#[derive(Debug)]
+struct Window {
+    period: Duration,
+    sent: VecDeque<Instant>,
+}
+
+impl Window {
+    fn new(period: Duration) -> Window {
+        Window {
+            period,
+            sent: VecDeque::new(),
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|sent| now.duration_since(*sent) >= self.period)
+        {
+            self.sent.pop_front();
+        }
+    }
+
+    /// When a request may go out if at most `max` may be in the window: now, or when the
+    /// oldest request that keeps the window full leaves it.
+    fn ready_at(&self, now: Instant, max: usize) -> Instant {
+        if self.sent.len() < max {
+            return now;
+        }
+        let blocking = self.sent[self.sent.len() - max];
+        (blocking + self.period).max(now)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    global: Window,
+    endpoints: Vec<(Endpoint, Window, usize)>,
+    backoff_until: Option<Instant>,
+    /// 429s seen since start (reported by `ibkr_health`).
+    rate_limited: u64,
+}
+
+/// The pacer of one CPGW client (shared by its clones).
+#[derive(Debug)]
+pub struct Pacer {
+    state: Mutex<State>,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer::new()
+    }
+}
+
+impl Pacer {
+    pub fn new() -> Pacer {
+        let mut endpoints = Vec::new();
+        let now = Instant::now();
+        for endpoint in [
+            Endpoint::OrdersList,
+            Endpoint::Trades,
+            Endpoint::PortfolioAccounts,
+            Endpoint::Tickle,
+            Endpoint::History,
+        ] {
+            for (period, max) in endpoint.limits() {
+                let mut window = Window::new(*period);
+                if *max == 1 {
+                    // Another process of this laptop may have just called it.
+                    window.sent.push_back(now);
+                }
+                endpoints.push((endpoint, window, *max));
+            }
+        }
+        Pacer {
+            state: Mutex::new(State {
+                global: Window::new(Duration::from_secs(1)),
+                endpoints,
+                backoff_until: None,
+                rate_limited: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Plain counters and queues: still consistent after a panic elsewhere.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a slot now, or says when to ask again (`Ok(Some(at))`).
+    fn try_take(
+        &self,
+        endpoint: Endpoint,
+        lane: Lane,
+        now: Instant,
+    ) -> Result<Option<Instant>, Paced> {
+        let mut state = self.lock();
+        if let Some(until) = state.backoff_until {
+            if now < until {
+                return Err(Paced::Backoff { until });
+            }
+            state.backoff_until = None;
+        }
+        let global_max = match lane {
+            Lane::Read => READ_SHARE,
+            Lane::Trading => GLOBAL_PER_SECOND,
+        };
+        state.global.prune(now);
+        let mut ready = state.global.ready_at(now, global_max);
+        for (which, window, max) in &mut state.endpoints {
+            if *which == endpoint {
+                window.prune(now);
+                ready = ready.max(window.ready_at(now, *max));
+            }
+        }
+        if ready > now {
+            return Ok(Some(ready));
+        }
+        state.global.sent.push_back(now);
+        for (which, window, _) in &mut state.endpoints {
+            if *which == endpoint {
+                window.sent.push_back(now);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for this request's turn. Fails at once while backing off from a 429.
+    pub async fn acquire(&self, endpoint: Endpoint, lane: Lane) -> Result<(), Paced> {
+        loop {
+            match self.try_take(endpoint, lane, Instant::now())? {
+                None => return Ok(()),
+                Some(at) => tokio::time::sleep_until(at).await,
+            }
+        }
+    }
+
+    /// Whether a request of `endpoint` would go out at once (for callers that prefer a short
+    /// cache to waiting).
+    pub fn would_wait(&self, endpoint: Endpoint) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for (which, window, max) in &mut state.endpoints {
+            if *which == endpoint {
+                window.prune(now);
+                if window.ready_at(now, *max) > now {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// CPGW answered 429: hold every request back for `retry_after` (at least
+    /// [`PENALTY_BACKOFF`]).
+    pub fn rate_limited(&self, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let backoff = retry_after.unwrap_or(PENALTY_BACKOFF).max(PENALTY_BACKOFF);
+        let mut state = self.lock();
+        state.rate_limited = state.rate_limited.saturating_add(1);
+        let until = now + backoff;
+        state.backoff_until = Some(state.backoff_until.map_or(until, |old| old.max(until)));
+        tracing::error!(
+            backoff_seconds = backoff.as_secs(),
+            "the Client Portal Gateway answered 429 (too many requests): every request to it is held back"
+        );
+    }
+
+    /// When the current backoff ends, if one is running.
+    pub fn backoff_until(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.lock().backoff_until.filter(|until| *until > now)
+    }
+
+    /// 429s seen since start.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.lock().rate_limited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `count` requests as fast as the pacer allows and returns their send times,
+    /// relative to the start.
+    async fn send_all(
+        pacer: &Pacer,
+        endpoint: Endpoint,
+        lane: Lane,
+        count: usize,
+    ) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..count {
+            pacer.acquire(endpoint, lane).await.unwrap();
+            times.push(start.elapsed());
+        }
+        times
+    }
+
+    /// The most requests in any window of `period` among `times`.
+    fn busiest(times: &[Duration], period: Duration) -> usize {
+        times
+            .iter()
+            .map(|start| {
+                times
+                    .iter()
+                    .filter(|t| **t >= *start && **t < *start + period)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_stay_under_their_share_of_every_sliding_second() {
+        let pacer = Pacer::new();
+        let times = send_all(&pacer, Endpoint::Other, Lane::Read, 40).await;
+        assert_eq!(busiest(&times, Duration::from_secs(1)), READ_SHARE);
+        // Paced, not stalled: 40 reads in a little over 6 seconds.
+        assert!(times[39] < Duration::from_secs(7), "{times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_endpoints_keep_their_own_spacing() {
+        let pacer = Pacer::new();
+        let orders = send_all(&pacer, Endpoint::OrdersList, Lane::Read, 4).await;
+        assert!(
+            orders
+                .windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_secs(6))
+        );
+        let tickles = send_all(&pacer, Endpoint::Tickle, Lane::Read, 3).await;
+        assert!(
+            tickles
+                .windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_millis(1500))
+        );
+        assert_eq!(Endpoint::OrdersList.min_gap(), Duration::from_secs(6));
+        assert_eq!(
+            Endpoint::of_path("/iserver/account/orders?accountId=DU1&force=true"),
+            Endpoint::OrdersList
+        );
+        assert_eq!(
+            Endpoint::of_path("/iserver/account/DU1/orders"),
+            Endpoint::Other
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_cannot_starve_trading() {
+        let pacer = std::sync::Arc::new(Pacer::new());
+        // A flood of readers keeps the read share full.
+        for _ in 0..4 {
+            let pacer = pacer.clone();
+            tokio::spawn(async move {
+                loop {
+                    pacer.acquire(Endpoint::Other, Lane::Read).await.unwrap();
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        for _ in 0..2 {
+            pacer.acquire(Endpoint::Other, Lane::Trading).await.unwrap();
+        }
+        // Two trading requests go out at once, whatever the readers do.
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_holds_every_request_back_and_is_never_retried() {
+        let pacer = Pacer::new();
+        pacer.rate_limited(None);
+        let Err(Paced::Backoff { until }) = pacer.acquire(Endpoint::Other, Lane::Trading).await
+        else {
+            panic!("a request went out during the backoff");
+        };
+        assert_eq!(until - Instant::now(), PENALTY_BACKOFF);
+        assert_eq!(pacer.rate_limited_count(), 1);
+        tokio::time::advance(PENALTY_BACKOFF).await;
+        assert!(pacer.acquire(Endpoint::Other, Lane::Read).await.is_ok());
+        // A longer Retry-After wins.
+        pacer.rate_limited(Some(Duration::from_secs(3600)));
+        assert_eq!(
+            pacer.backoff_until().map(|until| until - Instant::now()),
+            Some(Duration::from_secs(3600))
+        );
+    }
+}

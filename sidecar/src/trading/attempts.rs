@@ -1,0 +1,636 @@
+//! Order attempts as the journal records them, and the views the order guards need.
+//!
+//! An attempt is an `intent` entry followed by outcome entries naming it. Its *status* is the
+//! latest decisive outcome; `observed` entries add what the broker later said about its orders
+//! (status and fills), and `settled` entries record the laptop owner's decision about an
+//! attempt whose outcome could not be proven.
+//!
+//! The rules that keep real money safe live here, in one place:
+//! - an attempt whose outcome is unknown (it may have been placed) counts as spend, blocks any
+//!   new order on the same instrument and side, and counts as an open commitment, until it is
+//!   proven placed (reconciled) or the owner settles it; absence from a broker list never
+//!   resolves it;
+//! - a placed order is an open commitment until every one of its orders on that side was seen
+//!   in a final state, and for [`crate::trading::OrdersRuntime`]'s position lag after that
+//!   (IBKR's positions lag fills by tens of seconds).
+
+use serde::Serialize;
+use serde_json::Value;
+use shared_safety::guards::Side;
+use shared_safety::money::{Decimal, parse_decimal_text};
+use std::collections::{BTreeMap, HashSet};
+
+/// The status of an attempt, from its latest decisive outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Intent written, no outcome yet (in flight, or the sidecar stopped while sending).
+    Unresolved,
+    Sent,
+    DryRun,
+    Blocked,
+    Declined,
+    Rejected,
+    /// The broker may or may not have the order.
+    Indeterminate,
+    /// Found at the broker after an unknown outcome.
+    ReconciledPlaced,
+    /// Written by an earlier version that concluded "not placed" from an order list; kept
+    /// readable, never written any more.
+    ReconciledNotPlaced,
+    /// The owner settled an unknown outcome as placed.
+    SettledPlaced,
+    /// The owner settled an unknown outcome as not placed.
+    SettledNotPlaced,
+    /// A cancel request was accepted by the broker (cancel attempts only).
+    Cancelled,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Unresolved => "unresolved",
+            AttemptStatus::Sent => "sent",
+            AttemptStatus::DryRun => "dry_run",
+            AttemptStatus::Blocked => "blocked",
+            AttemptStatus::Declined => "declined",
+            AttemptStatus::Rejected => "rejected",
+            AttemptStatus::Indeterminate => "indeterminate",
+            AttemptStatus::ReconciledPlaced => "reconciled_placed",
+            AttemptStatus::ReconciledNotPlaced => "reconciled_not_placed",
+            AttemptStatus::SettledPlaced => "settled_placed",
+            AttemptStatus::SettledNotPlaced => "settled_not_placed",
+            AttemptStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Certainly not at the broker: refused before sending, declined, rejected, a dry run, or
+    /// settled as not placed.
+    pub fn definitely_not_placed(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::DryRun
+                | AttemptStatus::Blocked
+                | AttemptStatus::Declined
+                | AttemptStatus::Rejected
+                | AttemptStatus::ReconciledNotPlaced
+                | AttemptStatus::SettledNotPlaced
+        )
+    }
+
+    /// At the broker: acknowledged, found, or settled as placed.
+    pub fn placed(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::Sent | AttemptStatus::ReconciledPlaced | AttemptStatus::SettledPlaced
+        )
+    }
+}
+
+/// The decisive outcome events and the status each gives.
+fn status_of(event: &str, data: &Value) -> Option<AttemptStatus> {
+    let placed = data.get("placed").and_then(Value::as_bool) == Some(true);
+    Some(match event {
+        "sent" => AttemptStatus::Sent,
+        "dry_run" => AttemptStatus::DryRun,
+        "blocked" => AttemptStatus::Blocked,
+        "declined" => AttemptStatus::Declined,
+        "rejected" => AttemptStatus::Rejected,
+        "indeterminate" => AttemptStatus::Indeterminate,
+        "reconciled" if placed => AttemptStatus::ReconciledPlaced,
+        "reconciled" => AttemptStatus::ReconciledNotPlaced,
+        "settled" if placed => AttemptStatus::SettledPlaced,
+        "settled" => AttemptStatus::SettledNotPlaced,
+        "cancelled" => AttemptStatus::Cancelled,
+        _ => return None,
+    })
+}
+
+/// What the broker last said about one order of an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub status: String,
+    pub side: Option<Side>,
+    pub filled: Option<Decimal>,
+    pub terminal: bool,
+    pub at_ms: i64,
+    /// When a final state was first seen.
+    pub first_terminal_at_ms: Option<i64>,
+}
+
+/// The final order states: filled, cancelled, rejected, inactive.
+pub fn is_terminal_status(status: &str) -> bool {
+    matches!(
+        status,
+        "Filled" | "Cancelled" | "ApiCancelled" | "Inactive" | "Rejected"
+    ) || status.to_ascii_lowercase().contains("reject")
+}
+
+/// One leg of an attempt as the intent recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegView {
+    pub label: String,
+    pub side: Side,
+    pub quantity: Option<Decimal>,
+    pub coid: Option<String>,
+}
+
+/// One attempt as the journal knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub id: u64,
+    pub at_ms: i64,
+    /// The intent entry's data.
+    pub intent: Value,
+    pub status: AttemptStatus,
+    /// The first decisive outcome (what an idempotent retry answers).
+    pub first_outcome: Option<(String, Value)>,
+    /// The latest decisive outcome.
+    pub last_outcome: Option<(String, Value)>,
+    /// Broker order id -> the latest observation of that order.
+    pub observations: BTreeMap<String, Observation>,
+}
+
+impl Attempt {
+    fn text(&self, field: &str) -> Option<&str> {
+        self.intent.get(field).and_then(Value::as_str)
+    }
+    pub fn tool(&self) -> Option<&str> {
+        self.text("tool")
+    }
+    pub fn dry_run(&self) -> bool {
+        self.intent.get("dry_run").and_then(Value::as_bool) == Some(true)
+    }
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.text("fingerprint")
+    }
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.text("idempotency_key")
+    }
+    /// The hash of the tool name and arguments an idempotency key was used with.
+    pub fn request_hash(&self) -> Option<&str> {
+        self.text("request_hash")
+    }
+    pub fn coid(&self) -> Option<&str> {
+        self.text("coid")
+    }
+    pub fn conid(&self) -> Option<i64> {
+        self.intent.get("conid").and_then(Value::as_i64)
+    }
+    pub fn account(&self) -> Option<&str> {
+        self.text("account")
+    }
+    /// The value counted toward the daily cap (buy entries only).
+    pub fn notional(&self) -> Option<Decimal> {
+        self.text("notional")
+            .and_then(|text| parse_decimal_text(text, "notional").ok())
+    }
+
+    /// The legs the intent recorded.
+    pub fn legs(&self) -> Vec<LegView> {
+        self.intent
+            .get("legs")
+            .and_then(Value::as_array)
+            .map(|legs| {
+                legs.iter()
+                    .filter_map(|leg| {
+                        let side = match leg.get("side").and_then(Value::as_str)? {
+                            "BUY" => Side::Buy,
+                            "SELL" => Side::Sell,
+                            _ => return None,
+                        };
+                        Some(LegView {
+                            label: leg
+                                .get("leg")
+                                .and_then(Value::as_str)
+                                .unwrap_or("order")
+                                .to_string(),
+                            side,
+                            quantity: leg
+                                .get("quantity")
+                                .and_then(Value::as_str)
+                                .and_then(|text| parse_decimal_text(text, "quantity").ok()),
+                            coid: leg.get("coid").and_then(Value::as_str).map(str::to_string),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every client order id the attempt's orders carry (children of a bracket carry none).
+    pub fn coids(&self) -> Vec<String> {
+        let mut coids: Vec<String> = self.legs().into_iter().filter_map(|leg| leg.coid).collect();
+        if coids.is_empty()
+            && let Some(coid) = self.coid()
+        {
+            coids.push(coid.to_string());
+        }
+        coids
+    }
+
+    /// The broker order ids the outcomes named.
+    pub fn order_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for outcome in [&self.first_outcome, &self.last_outcome] {
+            let named = outcome
+                .as_ref()
+                .and_then(|(_, data)| data.get("order_ids"))
+                .and_then(Value::as_array);
+            for id in named.into_iter().flatten().filter_map(Value::as_str) {
+                if !ids.iter().any(|known: &String| known == id) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    /// The outcome is unknown: it may have been placed. `in_flight`: the attempt is being sent
+    /// right now by this process (its outcome is coming, not lost).
+    pub fn unknown_outcome(&self, in_flight: bool) -> bool {
+        // A cancel whose outcome is unknown places nothing; the order it meant to cancel is
+        // followed on its own.
+        if self.tool() == Some("ibkr_order_cancel") {
+            return false;
+        }
+        match self.status {
+            AttemptStatus::Indeterminate => true,
+            AttemptStatus::Unresolved => !self.dry_run() && !in_flight,
+            _ => false,
+        }
+    }
+
+    /// Placed or possibly placed, so its value counts toward the daily cap.
+    pub fn counts_as_spend(&self) -> bool {
+        match self.status {
+            AttemptStatus::Unresolved => !self.dry_run(),
+            AttemptStatus::Indeterminate => true,
+            status => status.placed(),
+        }
+    }
+
+    /// The quantity this attempt's orders on `side` can still trade. The exits of a bracket
+    /// are one-cancels-all: they count once.
+    fn side_quantity(&self, side: Side) -> Decimal {
+        let legs = self.legs();
+        let exits = legs
+            .iter()
+            .filter(|leg| {
+                leg.side == side && matches!(leg.label.as_str(), "take_profit" | "stop_loss")
+            })
+            .filter_map(|leg| leg.quantity)
+            .max()
+            .unwrap_or(Decimal::ZERO);
+        let others: Decimal = legs
+            .iter()
+            .filter(|leg| {
+                leg.side == side && !matches!(leg.label.as_str(), "take_profit" | "stop_loss")
+            })
+            .filter_map(|leg| leg.quantity)
+            .sum();
+        others + exits
+    }
+
+    /// Whether the attempt has legs on `side`.
+    fn has_side(&self, side: Side) -> bool {
+        self.legs().iter().any(|leg| leg.side == side)
+    }
+
+    /// Whether every order of this attempt on `side` was seen in a final state, and when the
+    /// last of them first was. `None`: some order on that side may still work (or its side is
+    /// not known yet).
+    fn side_finished_at(&self, side: Side) -> Option<i64> {
+        let ids = self.order_ids();
+        if ids.is_empty() {
+            return None;
+        }
+        let mut latest = i64::MIN;
+        let mut seen_side = false;
+        for id in &ids {
+            let observation = self.observations.get(id)?;
+            match observation.side {
+                Some(observed) if observed != side => continue,
+                // Not known which side this order is on: it may be on ours.
+                None if !observation.terminal => return None,
+                _ => {}
+            }
+            if !observation.terminal {
+                return None;
+            }
+            seen_side = true;
+            latest = latest.max(
+                observation
+                    .first_terminal_at_ms
+                    .unwrap_or(observation.at_ms),
+            );
+        }
+        seen_side.then_some(latest)
+    }
+}
+
+/// The quantity committed to open orders of ours on one instrument and side.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Commitments {
+    pub quantity: Decimal,
+    /// The attempts that make it up (for the refusal's advice).
+    pub attempts: Vec<u64>,
+    /// Broker order ids known among them (what the agent could cancel).
+    pub order_ids: Vec<String>,
+}
+
+/// Every attempt of the journal, by id.
+#[derive(Debug, Default)]
+pub struct AttemptBook {
+    attempts: BTreeMap<u64, Attempt>,
+}
+
+impl AttemptBook {
+    /// Applies one journal entry.
+    pub fn apply(&mut self, seq: u64, attempt: u64, at_ms: i64, event: &str, data: &Value) {
+        if event == "intent" {
+            self.attempts.insert(
+                seq,
+                Attempt {
+                    id: seq,
+                    at_ms,
+                    intent: data.clone(),
+                    status: AttemptStatus::Unresolved,
+                    first_outcome: None,
+                    last_outcome: None,
+                    observations: BTreeMap::new(),
+                },
+            );
+            return;
+        }
+        let Some(record) = self.attempts.get_mut(&attempt) else {
+            return;
+        };
+        if event == "observed" {
+            let Some(order_id) = data.get("order_id").and_then(Value::as_str) else {
+                return;
+            };
+            let status = data
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let terminal = is_terminal_status(&status);
+            let previous = record.observations.get(order_id);
+            let first_terminal_at_ms = previous
+                .and_then(|p| p.first_terminal_at_ms)
+                .or(terminal.then_some(at_ms));
+            let side = match data.get("side").and_then(Value::as_str) {
+                Some("BUY" | "B") => Some(Side::Buy),
+                Some("SELL" | "S") => Some(Side::Sell),
+                _ => previous.and_then(|p| p.side),
+            };
+            let filled = data
+                .get("filled_quantity")
+                .and_then(Value::as_str)
+                .and_then(|text| parse_decimal_text(text, "filled").ok());
+            record.observations.insert(
+                order_id.to_string(),
+                Observation {
+                    status,
+                    side,
+                    filled,
+                    terminal,
+                    at_ms,
+                    first_terminal_at_ms,
+                },
+            );
+            return;
+        }
+        if let Some(status) = status_of(event, data) {
+            record.status = status;
+            if record.first_outcome.is_none() {
+                record.first_outcome = Some((event.to_string(), data.clone()));
+            }
+            record.last_outcome = Some((event.to_string(), data.clone()));
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Attempt> {
+        self.attempts.get(&id)
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Attempt> {
+        self.attempts.values()
+    }
+
+    /// Buy value of attempts whose intent falls on `utc_day` (days since the Unix epoch) and
+    /// that were placed or may have been.
+    pub fn spent_on_day(&self, utc_day: i64) -> Decimal {
+        self.iter()
+            .filter(|attempt| attempt.at_ms.div_euclid(86_400_000) == utc_day)
+            .filter(|attempt| attempt.counts_as_spend())
+            .filter_map(Attempt::notional)
+            .fold(Decimal::ZERO, |total, value| {
+                total.checked_add(value).unwrap_or(Decimal::MAX)
+            })
+    }
+
+    /// Attempts whose outcome is unknown.
+    pub fn pending<'a>(&'a self, in_flight: &'a HashSet<u64>) -> impl Iterator<Item = &'a Attempt> {
+        self.iter()
+            .filter(move |attempt| attempt.unknown_outcome(in_flight.contains(&attempt.id)))
+    }
+
+    /// An attempt with an unknown outcome on this instrument and side (any size, any price).
+    pub fn unresolved_on(&self, conid: i64, side: Side, in_flight: &HashSet<u64>) -> Option<u64> {
+        self.pending(in_flight)
+            .find(|attempt| attempt.conid() == Some(conid) && attempt.has_side(side))
+            .map(|attempt| attempt.id)
+    }
+
+    /// An identical order (same fingerprint) placed within `window_ms` before `now_ms`.
+    pub fn recent_identical(&self, fingerprint: &str, now_ms: i64, window_ms: i64) -> bool {
+        self.iter().any(|attempt| {
+            attempt.fingerprint() == Some(fingerprint)
+                && (attempt.status.placed() || attempt.status == AttemptStatus::Unresolved)
+                && !attempt.dry_run()
+                && now_ms.saturating_sub(attempt.at_ms) < window_ms
+        })
+    }
+
+    /// The attempts made with `key`, oldest first.
+    pub fn by_idempotency_key(&self, key: &str) -> Vec<&Attempt> {
+        self.iter()
+            .filter(|attempt| attempt.idempotency_key() == Some(key))
+            .collect()
+    }
+
+    /// The attempt that placed the order with broker id `order_id`, if any.
+    pub fn by_order_id(&self, order_id: &str) -> Option<&Attempt> {
+        self.iter()
+            .find(|attempt| attempt.order_ids().iter().any(|id| id == order_id))
+    }
+
+    /// What our own attempts have committed on `conid` and `side` as of `now_ms`: unknown
+    /// outcomes, placed orders that may still work, and orders that finished less than
+    /// `lag_ms` ago (the broker's positions may not show their fills yet).
+    pub fn commitments(&self, conid: i64, side: Side, now_ms: i64, lag_ms: i64) -> Commitments {
+        let mut result = Commitments::default();
+        for attempt in self.iter() {
+            if attempt.conid() != Some(conid)
+                || attempt.dry_run()
+                || !attempt.has_side(side)
+                || attempt.status.definitely_not_placed()
+                || attempt.status == AttemptStatus::Cancelled
+            {
+                continue;
+            }
+            let open = if attempt.status.placed() {
+                match attempt.side_finished_at(side) {
+                    None => true,
+                    Some(finished_at) => now_ms.saturating_sub(finished_at) < lag_ms,
+                }
+            } else {
+                // Unresolved (in flight or lost) or indeterminate.
+                true
+            };
+            if open {
+                result.quantity += attempt.side_quantity(side);
+                result.attempts.push(attempt.id);
+                result.order_ids.extend(attempt.order_ids());
+            }
+        }
+        result
+    }
+
+    /// Placed attempts on `conid` with orders not yet seen in a final state (whose status is
+    /// worth asking the broker), newest first.
+    pub fn live_orders_on(&self, conid: i64) -> Vec<(u64, String)> {
+        let mut ids = Vec::new();
+        for attempt in self.iter().rev() {
+            if attempt.conid() != Some(conid) || !attempt.status.placed() {
+                continue;
+            }
+            for id in attempt.order_ids() {
+                if !attempt.observations.get(&id).is_some_and(|o| o.terminal) {
+                    ids.push((attempt.id, id));
+                }
+            }
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sell_intent(conid: i64, quantity: &str) -> Value {
+        json!({"tool": "ibkr_sell", "conid": conid, "dry_run": false,
+               "legs": [{"leg": "order", "side": "SELL", "quantity": quantity, "coid": "ia-x"}]})
+    }
+
+    fn bracket_intent(conid: i64) -> Value {
+        json!({"tool": "ibkr_bracket_order", "conid": conid, "dry_run": false, "legs": [
+            {"leg": "entry", "side": "BUY", "quantity": "5", "coid": "ia-p"},
+            {"leg": "take_profit", "side": "SELL", "quantity": "5"},
+            {"leg": "stop_loss", "side": "SELL", "quantity": "5"}]})
+    }
+
+    #[test]
+    fn commitments_follow_the_order_until_its_fill_is_reflected() {
+        let mut book = AttemptBook::default();
+        let none: HashSet<u64> = HashSet::new();
+        book.apply(1, 1, 1_000, "intent", &sell_intent(7, "3"));
+        // In flight or lost: committed, and unknown once not in flight.
+        assert_eq!(
+            book.commitments(7, Side::Sell, 1_000, 60_000).quantity,
+            Decimal::from(3)
+        );
+        assert_eq!(book.unresolved_on(7, Side::Sell, &none), Some(1));
+        assert_eq!(book.unresolved_on(7, Side::Sell, &HashSet::from([1])), None);
+        book.apply(2, 1, 1_100, "sent", &json!({"order_ids": ["11"]}));
+        assert_eq!(
+            book.commitments(7, Side::Sell, 2_000, 60_000).quantity,
+            Decimal::from(3)
+        );
+        assert_eq!(book.live_orders_on(7), vec![(1, "11".to_string())]);
+        book.apply(
+            3,
+            1,
+            5_000,
+            "observed",
+            &json!({"order_id": "11", "status": "Submitted", "side": "S"}),
+        );
+        assert_eq!(
+            book.commitments(7, Side::Sell, 6_000, 60_000).quantity,
+            Decimal::from(3)
+        );
+        book.apply(
+            4,
+            1,
+            9_000,
+            "observed",
+            &json!({"order_id": "11", "status": "Filled", "side": "S", "filled_quantity": "3"}),
+        );
+        // Filled: still counted while positions may lag, then not.
+        assert_eq!(
+            book.commitments(7, Side::Sell, 68_999, 60_000).quantity,
+            Decimal::from(3)
+        );
+        assert_eq!(
+            book.commitments(7, Side::Sell, 69_000, 60_000).quantity,
+            Decimal::ZERO
+        );
+        assert!(book.live_orders_on(7).is_empty());
+        // Other instruments and sides are not affected.
+        assert_eq!(
+            book.commitments(8, Side::Sell, 2_000, 60_000).quantity,
+            Decimal::ZERO
+        );
+        assert_eq!(
+            book.commitments(7, Side::Buy, 2_000, 60_000).quantity,
+            Decimal::ZERO
+        );
+    }
+
+    #[test]
+    fn bracket_exits_count_once_and_failed_attempts_not_at_all() {
+        let mut book = AttemptBook::default();
+        book.apply(1, 1, 0, "intent", &bracket_intent(7));
+        book.apply(2, 1, 1, "sent", &json!({"order_ids": ["1", "2", "3"]}));
+        assert_eq!(
+            book.commitments(7, Side::Sell, 10, 60_000).quantity,
+            Decimal::from(5)
+        );
+        assert_eq!(
+            book.commitments(7, Side::Buy, 10, 60_000).quantity,
+            Decimal::from(5)
+        );
+        book.apply(3, 3, 20, "intent", &sell_intent(7, "9"));
+        book.apply(4, 3, 21, "rejected", &json!({"reason": "no"}));
+        assert_eq!(
+            book.commitments(7, Side::Sell, 30, 60_000).quantity,
+            Decimal::from(5)
+        );
+        // An unknown outcome the owner settled as not placed stops counting.
+        book.apply(5, 5, 40, "intent", &sell_intent(7, "2"));
+        book.apply(6, 5, 41, "indeterminate", &json!({"reason": "503"}));
+        assert_eq!(
+            book.commitments(7, Side::Sell, 50, 60_000).quantity,
+            Decimal::from(7)
+        );
+        book.apply(
+            7,
+            5,
+            60,
+            "settled",
+            &json!({"placed": false, "by": "owner"}),
+        );
+        assert_eq!(
+            book.commitments(7, Side::Sell, 70, 60_000).quantity,
+            Decimal::from(5)
+        );
+        assert_eq!(
+            book.get(5).map(|a| a.status),
+            Some(AttemptStatus::SettledNotPlaced)
+        );
+    }
+}
