@@ -94,6 +94,44 @@ pub enum SidecarCommand {
     Pair(PairArgs),
     /// Run the sidecar daemon (dials the paired gateway, serves relayed tool calls).
     Run(RunArgs),
+    /// Orders whose outcome is unknown: list them, and settle what the broker cannot prove.
+    Orders(OrdersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    #[command(subcommand)]
+    pub command: OrdersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Order attempts whose outcome is unknown (they count toward the daily cap and block their
+    /// instrument and side).
+    Pending,
+    /// Settle an attempt whose outcome the broker cannot prove, after checking in TWS, the
+    /// mobile app or the Client Portal what really happened. Journaled with who, when and how.
+    Settle(SettleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    /// The attempt id (from `orders pending` or the agent's ORDER_OUTCOME_UNKNOWN message).
+    #[arg(long, value_name = "ID")]
+    pub attempt: u64,
+    /// The order is at the broker (it keeps counting toward the daily cap).
+    #[arg(
+        long,
+        conflicts_with = "not_placed",
+        required_unless_present = "not_placed"
+    )]
+    pub placed: bool,
+    /// The order is not at the broker (it stops counting and blocking).
+    #[arg(long)]
+    pub not_placed: bool,
+    /// Why, for the journal (e.g. "checked in TWS: no such order").
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -385,7 +423,80 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         SidecarCommand::Status => Ok(status(&state_dir, json)?),
         SidecarCommand::Pair(args) => Ok(pair_command(&state_dir, &args, json)?),
         SidecarCommand::Run(args) => Ok(run_command(state_dir, &args)?),
+        SidecarCommand::Orders(orders) => match orders.command {
+            OrdersCommand::Pending => Ok(orders_pending(&state_dir, json)?),
+            OrdersCommand::Settle(args) => Ok(orders_settle(&state_dir, &args, json)?),
+        },
     }
+}
+
+/// `ibkr-agent sidecar orders pending`.
+fn orders_pending(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    use crate::trading::journal::{JOURNAL_FILE, read_attempts};
+    let book = read_attempts(&state_dir.join(JOURNAL_FILE))
+        .map_err(|error| SidecarError::new(ErrorCode::JournalError, format!("({error})")))?;
+    let none = std::collections::HashSet::new();
+    let pending: Vec<Value> = book
+        .pending(&none)
+        .map(|attempt| {
+            json!({
+                "attempt_id": attempt.id,
+                "at_ms": attempt.at_ms,
+                "tool": attempt.tool(),
+                "symbol": attempt.intent.get("symbol"),
+                "side": attempt.intent.get("side"),
+                "estimated_value": attempt.intent.get("notional"),
+                "client_order_id": attempt.coid(),
+                "status": attempt.status.as_str(),
+            })
+        })
+        .collect();
+    if json {
+        print_json(&json!({ "pending": pending }));
+    } else if pending.is_empty() {
+        println!("No order has an unknown outcome.");
+    } else {
+        println!(
+            "Orders whose outcome is unknown (they count toward the daily cap and block their instrument and side):"
+        );
+        for attempt in &pending {
+            println!(
+                "  attempt {}  {} {} {}  client order id {}",
+                attempt["attempt_id"],
+                attempt["tool"].as_str().unwrap_or("-"),
+                attempt["side"].as_str().unwrap_or("-"),
+                attempt["symbol"].as_str().unwrap_or("-"),
+                attempt["client_order_id"].as_str().unwrap_or("-"),
+            );
+        }
+        println!(
+            "Check each in TWS, the mobile app or the Client Portal (search by the client order id), then:\n  ibkr-agent sidecar orders settle --attempt <ID> --placed|--not-placed --note \"...\""
+        );
+    }
+    Ok(())
+}
+
+/// `ibkr-agent sidecar orders settle`.
+fn orders_settle(state_dir: &Path, args: &SettleArgs, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let request = crate::owner::OwnerRequest::Settle {
+        attempt: args.attempt,
+        placed: args.placed,
+        note: args.note.clone(),
+        by: crate::owner::current_user(),
+        via: "cli".into(),
+    };
+    let result = crate::owner::submit(state_dir, &store, &request)?;
+    if json {
+        print_json(&result);
+    } else {
+        println!(
+            "Attempt {} settled as {} (journaled).",
+            args.attempt,
+            if args.placed { "placed" } else { "not placed" }
+        );
+    }
+    Ok(())
 }
 
 /// `ibkr-agent journal verify`.

@@ -84,9 +84,14 @@ pub async fn run_daemon(
         },
         keepalive_stop.clone(),
     )));
+    let owner = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::owner::serve(
+        context.clone(),
+        keepalive_stop.clone(),
+    )));
     supervisor::run(context.clone(), shutdown.clone()).await;
     keepalive_stop.cancel();
     let _ = keepalive.await;
+    let _ = owner.await;
     tracing::info!("sidecar stopped");
     Ok(())
 }

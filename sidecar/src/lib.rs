@@ -18,6 +18,10 @@
 //! - [`gates`]: the per-request checks, shared by the daemon and `relay accept`;
 //!   [`requests`]: one call from envelope to outcome.
 //! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
+//! - [`owner`]: the owner's decisions from the command line (settling an unknown order outcome),
+//!   handed to the running daemon through the state store.
+//! - [`owner`]: the owner's decisions from the command line (settling an unknown order
+//!   outcome), handed to the running daemon through the state store.
 //! - [`net`]: the URL policy (plain text only to loopback); [`error`]: [`SidecarError`];
 //!   [`clock`]: wall-clock helpers for the store.
 #![forbid(unsafe_code)]
@@ -34,6 +38,7 @@ pub mod gates;
 pub mod identity;
 pub mod market_clock;
 pub mod net;
+pub mod owner;
 pub mod pairing_client;
 pub mod paths;
 pub mod primitives;

@@ -21,7 +21,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: requests from the laptop's owner to the running daemon.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -64,6 +65,31 @@ CREATE TABLE handshake_clock (
 const SCHEMA_V1_TO_V2: &str = "
 ALTER TABLE pairings ADD COLUMN gateway_pairing_id TEXT NULL;
 ";
+
+/// Version 2 -> 3: requests from the owner's commands to the daemon (see `crate::owner`).
+const SCHEMA_V2_TO_V3: &str = "
+CREATE TABLE owner_requests (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    result      TEXT NULL,
+    handled_at  INTEGER NULL
+);
+";
+
+/// One request from an owner's command to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRequestRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    pub created_at: i64,
+    /// `pending`, `taken` (the daemon is applying it), `done`, `refused` or `withdrawn`.
+    pub status: String,
+    pub result: Option<String>,
+}
 
 /// The sidecar's identity as recorded (the secret, if any, is in `identity.key`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +267,17 @@ fn pairing_from_row(row: &Row<'_>) -> rusqlite::Result<PairingRecord> {
     })
 }
 
+fn owner_request_from_row(row: &Row<'_>) -> rusqlite::Result<OwnerRequestRow> {
+    Ok(OwnerRequestRow {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        payload: row.get(2)?,
+        created_at: row.get(3)?,
+        status: row.get(4)?,
+        result: row.get(5)?,
+    })
+}
+
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<RelaySessionRecord> {
     Ok(RelaySessionRecord {
         session_id: row.get("session_id")?,
@@ -306,10 +343,16 @@ impl StateStore {
             0 => {
                 transaction.execute_batch(SCHEMA_V1)?;
                 transaction.execute_batch(SCHEMA_V1_TO_V2)?;
+                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             1 => {
                 transaction.execute_batch(SCHEMA_V1_TO_V2)?;
+                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
+                transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            2 => {
+                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -616,6 +659,78 @@ impl StateStore {
         )?;
         transaction.commit()?;
         u64::try_from(next).map_err(|_| SidecarError::state("(handshake clock negative)"))
+    }
+
+    // ---- owner requests -------------------------------------------------------------------
+
+    /// Leaves a request for the daemon; returns its id.
+    pub fn insert_owner_request(
+        &self,
+        kind: &str,
+        payload: &str,
+        now: i64,
+    ) -> Result<i64, SidecarError> {
+        let connection = self.lock()?;
+        connection.execute(
+            "INSERT INTO owner_requests (kind, payload, created_at, status) \
+             VALUES (?1, ?2, ?3, 'pending')",
+            params![kind, payload, now],
+        )?;
+        Ok(connection.last_insert_rowid())
+    }
+
+    /// Requests the daemon has not handled yet, oldest first.
+    pub fn pending_owner_requests(&self) -> Result<Vec<OwnerRequestRow>, SidecarError> {
+        let connection = self.lock()?;
+        let mut statement = connection.prepare_cached(
+            "SELECT id, kind, payload, created_at, status, result FROM owner_requests \
+             WHERE status = 'pending' ORDER BY id",
+        )?;
+        let rows = statement.query_map([], owner_request_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn owner_request(&self, id: i64) -> Result<Option<OwnerRequestRow>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                "SELECT id, kind, payload, created_at, status, result FROM owner_requests \
+                 WHERE id = ?1",
+                params![id],
+                owner_request_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The daemon takes a pending request before applying it, so a command that gives up
+    /// waiting can no longer withdraw it; false when it was withdrawn first.
+    pub fn take_owner_request(&self, id: i64, now: i64) -> Result<bool, SidecarError> {
+        let connection = self.lock()?;
+        let changed = connection.execute(
+            "UPDATE owner_requests SET status = 'taken', handled_at = ?2 \
+             WHERE id = ?1 AND status = 'pending'",
+            params![id, now],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Records how a request ended, if it is still in status `from` (`pending` for a command
+    /// withdrawing its own request, `taken` for the daemon); false when it was not.
+    pub fn finish_owner_request(
+        &self,
+        id: i64,
+        from: &str,
+        status: &str,
+        result: &str,
+        now: i64,
+    ) -> Result<bool, SidecarError> {
+        let connection = self.lock()?;
+        let changed = connection.execute(
+            "UPDATE owner_requests SET status = ?3, result = ?4, handled_at = ?5 \
+             WHERE id = ?1 AND status = ?2",
+            params![id, from, status, result, now],
+        )?;
+        Ok(changed > 0)
     }
 
     // ---- relay sessions -------------------------------------------------------------------

@@ -16,8 +16,9 @@
 //! Secrets never enter the journal: entries hold order fields, broker order ids, guard codes and
 //! bounded broker texts only (no tokens, cookies or session ids).
 
+pub use super::attempts::AttemptBook;
+use super::attempts::Commitments;
 pub use super::attempts::{Attempt, AttemptStatus};
-use super::attempts::{AttemptBook, Commitments};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -42,6 +43,9 @@ pub enum JournalError {
     Io(#[from] std::io::Error),
     #[error("the trade journal is corrupt at line {line}")]
     Corrupt { line: usize },
+    /// Another process holds the journal (a running sidecar daemon).
+    #[error("the trade journal is in use by another process (a running sidecar)")]
+    Locked,
 }
 
 /// One line of the journal.
@@ -165,6 +169,27 @@ fn load(path: &Path) -> Result<Loaded, JournalError> {
     })
 }
 
+/// The attempts of the journal at `path`, read without taking it (a running daemon may hold
+/// it): for commands that only look. A missing file is an empty journal; a broken chain is an
+/// error.
+pub fn read_attempts(path: &Path) -> Result<AttemptBook, JournalError> {
+    let loaded = load(path)?;
+    if let Some(line) = loaded.report.broken_at_line {
+        return Err(JournalError::Corrupt { line });
+    }
+    let mut book = AttemptBook::default();
+    for entry in &loaded.entries {
+        book.apply(
+            entry.seq,
+            entry.attempt,
+            entry.at_ms,
+            &entry.event,
+            &entry.data,
+        );
+    }
+    Ok(book)
+}
+
 /// Checks the chain of the journal at `path` (read only). A missing file is an empty journal.
 pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
     load(path).map(|loaded| loaded.report)
@@ -239,10 +264,6 @@ impl Journal {
     }
 
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let loaded = load(path)?;
-        if let Some(line) = loaded.report.broken_at_line {
-            return Err(JournalError::Corrupt { line });
-        }
         let file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -250,6 +271,17 @@ impl Journal {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
+        // One writer at a time: a second process appending would break the chain. The lock
+        // is the operating system's and goes with the file when the process ends.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
+            Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+        }
+        let loaded = load(path)?;
+        if let Some(line) = loaded.report.broken_at_line {
+            return Err(JournalError::Corrupt { line });
+        }
         if loaded.report.torn_tail {
             tracing::warn!(
                 entries = loaded.report.entries,

@@ -177,3 +177,93 @@ fn pair_refuses_plain_http_off_loopback() {
     assert_eq!(status, 2);
     assert_eq!(json["error"]["code"], "CONFIG_INVALID");
 }
+
+#[test]
+fn orders_pending_and_settle_from_the_command_line() {
+    use ibkr_agent::trading::journal::Journal;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let attempt = {
+        let journal = Journal::open_in(&state).unwrap();
+        let attempt = journal
+            .intent(
+                serde_json::json!({"tool": "ibkr_buy", "symbol": "AAPL", "side": "BUY",
+                    "role": "entry", "conid": 265598, "fingerprint": "fp-1", "notional": "50",
+                    "dry_run": false, "idempotency_key": null, "coid": "ia-cli-1"}),
+                1,
+            )
+            .unwrap();
+        journal
+            .outcome(
+                attempt,
+                "indeterminate",
+                serde_json::json!({"reason": "503"}),
+                2,
+            )
+            .unwrap();
+        attempt
+    };
+
+    let (status, json) = ibkr_agent(&state, &["sidecar", "orders", "pending", "--json"]);
+    assert_eq!(status, 0);
+    let pending = json["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["attempt_id"], attempt);
+    assert_eq!(pending[0]["client_order_id"], "ia-cli-1");
+    assert_eq!(pending[0]["symbol"], "AAPL");
+
+    // Neither or both of --placed / --not-placed: a usage error, nothing journaled.
+    let output = Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["sidecar", "orders", "settle", "--attempt", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+
+    let attempt_text = attempt.to_string();
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "orders",
+            "settle",
+            "--attempt",
+            &attempt_text,
+            "--not-placed",
+            "--note",
+            "checked in TWS: no such order",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["status"], "settled_not_placed");
+
+    let (status, json) = ibkr_agent(&state, &["sidecar", "orders", "pending", "--json"]);
+    assert_eq!(status, 0);
+    assert_eq!(json["pending"], serde_json::json!([]));
+
+    // A second settle of the same attempt is refused: its outcome is known now.
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "orders",
+            "settle",
+            "--attempt",
+            &attempt_text,
+            "--placed",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 3);
+    assert_eq!(json["error"]["code"], "ORDER_NOT_FOUND", "{json}");
+
+    // The journal still verifies, with the decision in it.
+    let (status, json) = ibkr_agent(&state, &["journal", "verify", "--json"]);
+    assert_eq!(status, 0);
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["entries"], 3);
+}
