@@ -74,6 +74,8 @@ pub struct CpgwClient {
     pacer: Arc<Pacer>,
     priming: Arc<Priming>,
     orders_cache: Arc<super::orders::OrdersListCache>,
+    /// The last accounts answer and when it arrived, for callers that overlap.
+    last_accounts: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, AccountsReply)>>>,
 }
 
 /// Whether the current brokerage session was primed for each family of endpoints.
@@ -173,6 +175,7 @@ impl CpgwClient {
             pacer: Arc::new(Pacer::new()),
             priming: Arc::new(Priming::default()),
             orders_cache: Arc::default(),
+            last_accounts: Arc::default(),
         })
     }
 
@@ -406,12 +409,22 @@ impl CpgwClient {
         .await
     }
 
-    /// `GET /iserver/accounts` (this also primes the session's `/iserver` endpoints).
+    /// `GET /iserver/accounts` (this also primes the session's `/iserver` endpoints). Calls
+    /// made at the same time share one request, and every caller gets an answer received
+    /// after it called: never an older one (an order must see the account as it is now).
     pub async fn accounts(&self) -> Result<AccountsReply, CpgwError> {
-        let reply = self
+        let called_at = tokio::time::Instant::now();
+        let mut last = self.last_accounts.lock().await;
+        if let Some((received_at, reply)) = last.as_ref()
+            && *received_at >= called_at
+        {
+            return Ok(reply.clone());
+        }
+        let reply: AccountsReply = self
             .call(reqwest::Method::GET, "/iserver/accounts", None)
             .await?;
         self.priming.iserver.store(true, Ordering::Relaxed);
+        *last = Some((tokio::time::Instant::now(), reply.clone()));
         Ok(reply)
     }
 

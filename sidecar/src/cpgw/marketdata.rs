@@ -102,6 +102,9 @@ pub struct ConidCache {
     ttl: Duration,
     max: usize,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Held while a miss is looked up, so fifty parallel orders for one new symbol cost one
+    /// `/trsrv/stocks` call (and one slot of the read pacing lane) instead of fifty.
+    lookup: tokio::sync::Mutex<()>,
 }
 
 impl ConidCache {
@@ -115,6 +118,7 @@ impl ConidCache {
             ttl,
             max: max.max(1),
             entries: Mutex::new(HashMap::new()),
+            lookup: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -179,6 +183,11 @@ impl ConidCache {
     /// non-US listings.
     pub async fn resolve_symbol(&self, symbol: &str) -> Result<Contract, Outcome> {
         let normalized = normalize_symbol(symbol)?;
+        if let Some(contract) = self.cached(&normalized) {
+            return Ok(contract);
+        }
+        let _lookup = self.lookup.lock().await;
+        // Another caller may have resolved it while this one waited.
         if let Some(contract) = self.cached(&normalized) {
             return Ok(contract);
         }

@@ -25,11 +25,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Requests in any one second through CPGW (IBKR: 10; the margin absorbs bunching on the
-/// way and requests other programs on the laptop send).
-pub const GLOBAL_PER_SECOND: usize = 8;
-/// How much of [`GLOBAL_PER_SECOND`] reads may take.
-pub const READ_SHARE: usize = 6;
+/// Requests in any one second through CPGW. IBKR allows 10; the margin absorbs requests that
+/// bunch up on their way (CPGW is one Java process on a busy laptop: requests sent a few
+/// hundred milliseconds apart can reach it together) and what the browser session itself sends.
+pub const GLOBAL_PER_SECOND: usize = 6;
+/// How much of [`GLOBAL_PER_SECOND`] reads may take; the rest is always free for trading.
+pub const READ_SHARE: usize = 4;
 /// After a 429, how long every request is held back (IBKR's penalty box: 10 to 15 minutes).
 pub const PENALTY_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
@@ -331,8 +332,8 @@ mod tests {
         let pacer = Pacer::new();
         let times = send_all(&pacer, Endpoint::Other, Lane::Read, 40).await;
         assert_eq!(busiest(&times, Duration::from_secs(1)), READ_SHARE);
-        // Paced, not stalled: 40 reads in a little over 6 seconds.
-        assert!(times[39] < Duration::from_secs(7), "{times:?}");
+        // Paced, not stalled: 40 reads in a little under 10 seconds.
+        assert!(times[39] < Duration::from_secs(10), "{times:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a request may run whatever deadline the gateway asks for.
 const MAX_REQUEST_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// How long a closing connection waits for its aborted request tasks to wind down.
+const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest `GoAway.retry_after_ms` honoured.
 const MAX_GO_AWAY: Duration = Duration::from_secs(3600);
 
@@ -79,6 +81,10 @@ struct Driver {
     /// Most calls in flight at once (`sidecar.max_concurrent_requests`).
     max_requests: usize,
     inflight: HashMap<RequestId, AbortHandle>,
+    /// The request tasks themselves: dropped (so aborted) with the driver, and waited for when
+    /// the connection ends, so a stopped daemon leaves nothing running (the trade journal's
+    /// lock included).
+    tasks: JoinSet<()>,
     responses_tx: mpsc::Sender<RelayResponse>,
     /// Wall and monotonic time at the last heartbeat tick, to notice a sleep: tokio's clock
     /// (like the OS monotonic clock) does not advance while the laptop sleeps.
@@ -145,6 +151,7 @@ pub(crate) async fn drive(
         renew_at: Some(renew_at),
         max_requests,
         inflight: HashMap::new(),
+        tasks: JoinSet::new(),
         responses_tx,
         last_tick: (std::time::SystemTime::now(), start),
     };
@@ -417,7 +424,9 @@ impl Driver {
         let context = self.context.clone();
         let connection = self.connection.clone();
         let responses = self.responses_tx.clone();
-        let task = tokio::spawn(async move {
+        // Reap what finished since the last call.
+        while self.tasks.try_join_next().is_some() {}
+        let task = self.tasks.spawn(async move {
             let deadline_at = Instant::now() + deadline;
             let work = requests::handle(&context, &connection, &request, deadline_at);
             let outcome = match tokio::time::timeout(deadline, work).await {
@@ -432,7 +441,7 @@ impl Driver {
                 })
                 .await;
         });
-        self.inflight.insert(request_id, task.abort_handle());
+        self.inflight.insert(request_id, task);
         None
     }
 
@@ -579,6 +588,11 @@ impl Driver {
         for (_, handle) in self.inflight.drain() {
             handle.abort();
         }
+        self.tasks.abort_all();
+        let _ = tokio::time::timeout(TASKS_STOP_TIMEOUT, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         if let Err(error) = self
             .context
             .store

@@ -704,3 +704,38 @@ async fn wait_for_fill_sends_progress_frames() {
     assert_eq!(seen[2].total, Some(2.0));
     assert_eq!(seen[2].message.as_deref(), Some("Filled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_parallel_buys_never_exceed_the_daily_cap_twenty_times_over() {
+    for round in 0..20 {
+        let h = Harness::new(TradingPolicy {
+            max_daily_value: Some(Decimal::from(100)),
+            ..live_policy()
+        })
+        .await;
+        let calls = (0..50).map(|n| {
+            h.call(
+                "ibkr_buy",
+                json!({"symbol": "AAPL", "cash_amount": format!("30.{n:02}")}),
+            )
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let sent = results.iter().filter(|result| result.is_ok()).count();
+        let spent: Decimal = h
+            .fake
+            .lock()
+            .unwrap()
+            .posted
+            .iter()
+            .filter_map(|body| body["orders"][0]["cashQty"].as_f64())
+            .map(|cash| Decimal::try_from(cash).unwrap())
+            .sum();
+        assert!(spent <= Decimal::from(100), "round {round}: {spent}");
+        assert_eq!(sent, 3, "round {round}");
+        assert_eq!(h.posted(), 3, "round {round}");
+        // Every refusal is the daily cap, journaled.
+        for result in results.iter().filter(|r| r.is_err()) {
+            assert_eq!(code(result.clone()), "ORDER_DAILY_CAP_EXCEEDED");
+        }
+    }
+}

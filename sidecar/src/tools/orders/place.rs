@@ -122,7 +122,7 @@ pub async fn place(
     }
 
     // 2. The broker's facts.
-    let facts = gather(tool, runtime, context, symbol_arg).await?;
+    let facts = gather(tool, arguments, runtime, context, symbol_arg).await?;
     let mut legs = legs_for(tool, &facts.symbol, arguments, facts.position)?;
     let bracket = bracket_levels(tool, &legs, facts.quote.as_ref());
 
@@ -229,13 +229,23 @@ fn replay_placed(runtime: &OrdersRuntime, key: &str, hash: &str) -> Option<ToolR
 
 async fn gather(
     tool: &str,
+    arguments: &Map<String, Value>,
     runtime: &OrdersRuntime,
     context: &ToolContext<'_>,
     symbol_arg: &str,
 ) -> Result<Facts, Outcome> {
     let contract = context.contracts.resolve_symbol(symbol_arg).await?;
     let identity = account_identity(context).await?;
-    let quote = quote_of(context, contract.conid).await;
+    // A market buy by cash amount is valued at its cash amount and has no price to check: it
+    // needs no quote (and spares a paced request).
+    let cash_market_buy = tool == "ibkr_buy"
+        && arguments.get("cash_amount").is_some_and(|v| !v.is_null())
+        && arguments.get("limit_price").is_none_or(Value::is_null);
+    let quote = if cash_market_buy {
+        None
+    } else {
+        quote_of(context, contract.conid).await
+    };
     // Anything that can sell or cover part of a position (every tool but a plain buy: stops
     // may cover a short, a bracket's exits sell) is checked against a fresh position and what
     // our own open orders already commit.
