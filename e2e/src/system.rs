@@ -63,6 +63,11 @@ pub struct SystemOptions {
     pub market_time: Option<time::OffsetDateTime>,
     /// The sidecar's `alerts:` section (None: alerts are only logged).
     pub alerts: Option<ibkr_agent::alerts::AlertsSection>,
+    /// How long the gateway waits for a relayed call (`sidecar.request_timeout_seconds`);
+    /// `None`: the gateway's default.
+    pub request_timeout_seconds: Option<u64>,
+    /// Calls in flight at once, on both halves; `None`: the defaults.
+    pub max_concurrent_calls: Option<usize>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -82,6 +87,8 @@ impl Default for SystemOptions {
             trading: ibkr_agent::trading::policy::TradingSection::default(),
             market_time: Some(SIMULATED_MARKET_TIME),
             alerts: None,
+            request_timeout_seconds: None,
+            max_concurrent_calls: None,
         }
     }
 }
@@ -146,6 +153,12 @@ impl System {
             config.sidecar.heartbeat_interval_seconds = options.heartbeat_interval_seconds;
             config.sidecar.heartbeat_timeout_seconds = options.heartbeat_timeout_seconds;
             config.sidecar.session_ttl_seconds = options.session_ttl_seconds;
+            if let Some(seconds) = options.request_timeout_seconds {
+                config.sidecar.request_timeout_seconds = seconds;
+            }
+            if let Some(calls) = options.max_concurrent_calls {
+                config.sidecar.max_in_flight_per_sidecar = calls;
+            }
             config
         };
         let gateway = ibkr_gateway::start(gateway_config_for(loopback(0)))
@@ -222,6 +235,9 @@ impl System {
         config.sidecar.tickle_interval_seconds = ibkr_agent::config::MIN_TICKLE_INTERVAL_SECONDS;
         config.trading = self.options.trading.clone();
         config.alerts = self.options.alerts.clone();
+        if let Some(calls) = self.options.max_concurrent_calls {
+            config.sidecar.max_concurrent_requests = calls;
+        }
         Ok(config)
     }
 

@@ -55,6 +55,14 @@ fn question(
 /// Places the tickets and answers with the ack (or the 503 the scenario
 /// asks for, although the orders are placed).
 fn place_and_ack(state: &mut SimState, tickets: Vec<OrderTicket>) -> Response {
+    if state.scenario.fail_with_503_before_landing > 0 {
+        // The same 503, but nothing was recorded (reference ADR-012: a client cannot tell).
+        state.scenario.fail_with_503_before_landing -= 1;
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "Service Unavailable", "statusCode": 503}),
+        );
+    }
     let now = state.clock.now_ms();
     let phase = state.phase(now);
     let SimState {

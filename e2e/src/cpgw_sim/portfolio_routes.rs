@@ -173,6 +173,8 @@ pub(crate) async fn invalidate(
     if let Some(refusal) = gate(&guard, Some(&acct), Prime::Portfolio) {
         return refusal;
     }
-    guard.trading.invalidate_positions();
+    if guard.scenario.positions_invalidate_refreshes {
+        guard.trading.invalidate_positions();
+    }
     json_response(StatusCode::OK, json!({"message": "success"}))
 }

@@ -98,6 +98,12 @@ pub struct SimScenario {
     /// How many of the next placements answer HTTP 503 although the order
     /// was recorded and is working. Decremented per placement.
     pub fail_with_503_after_landing: u32,
+    /// How many of the next placements answer HTTP 503 and were *not*
+    /// recorded (the 503 came before the order reached IBKR). The same
+    /// transient 503 the reference server saw (ADR-012); whether the order
+    /// landed behind it is exactly what a client cannot tell. Decremented per
+    /// placement, before `fail_with_503_after_landing`.
+    pub fail_with_503_before_landing: u32,
     /// Executable orders fill in this many slices. 1 (or 0) fills at once;
     /// K > 1 leaves the order `Submitted` and fills one slice per
     /// `GET /iserver/account/order/status/{id}` of that order.
@@ -106,6 +112,11 @@ pub struct SimScenario {
     /// long after it happened (on the clock), unless positions were
     /// invalidated since. Reference server ADR-008: "tens of seconds".
     pub positions_lag: Duration,
+    /// Whether `POST /portfolio/{acct}/positions/invalidate` makes the next
+    /// read fresh. IBKR documents that it does; the reference server still
+    /// saw the lag right after a fill although it invalidated first
+    /// (ADR-008). Off reproduces that: the lag holds whatever the client does.
+    pub positions_invalidate_refreshes: bool,
     /// A closed position keeps a row with `position: 0` (reference server
     /// ADR-008: stale "phantom" entries).
     pub positions_keep_closed_rows: bool,
@@ -175,8 +186,10 @@ impl Default for SimScenario {
             price_percentage_constraint: Decimal::from(3),
             warning_rounds: Vec::new(),
             fail_with_503_after_landing: 0,
+            fail_with_503_before_landing: 0,
             partial_fill_steps: 1,
             positions_lag: Duration::from_secs(60),
+            positions_invalidate_refreshes: true,
             positions_keep_closed_rows: true,
             positions_page_size: 100,
             orders_preflight: true,

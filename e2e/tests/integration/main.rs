@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
 mod mcp_revisions;
+mod order_safety;
 mod pairing;
 mod relay_gates;
 mod trading;
+mod trading_support;
 mod walking_skeleton;

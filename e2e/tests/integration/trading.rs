@@ -2,13 +2,14 @@
 //! guards and journal -> the CPGW simulator over HTTPS, asserting on the simulator's own order
 //! log.
 
+use crate::trading_support::*;
 use e2e::cpgw_sim::{AuthState, IsPaperShape, SimAccount};
-use e2e::system::{System, SystemOptions, WAIT_LIMIT};
+use e2e::system::{SystemOptions, WAIT_LIMIT};
 use ibkr_agent::trading::policy::TradingSection;
 use protocol::catalog::scopes;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
-    ProgressToken, RequestParamsMeta,
+    CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
+    RequestParamsMeta,
 };
 use rmcp::service::NotificationContext;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -16,113 +17,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-
-const TRADING_SCOPES: &[&str] = &[
-    scopes::HEALTH_READ,
-    scopes::MARKETDATA_READ,
-    scopes::ACCOUNTS_READ,
-    scopes::PORTFOLIO_READ,
-    scopes::POSITIONS_READ,
-    scopes::ORDERS_PREVIEW,
-    scopes::ORDERS_READ,
-    scopes::ORDERS_WRITE,
-    scopes::AUDIT_READ,
-];
-
-fn dec(text: &str) -> Decimal {
-    Decimal::from_str(text).unwrap()
-}
-
-/// A system whose laptop grants the non-live trading scopes locally, with the given policy.
-async fn trading_system(trading: TradingSection) -> System {
-    trading_system_with(SystemOptions {
-        trading,
-        ..SystemOptions::default()
-    })
-    .await
-}
-
-async fn trading_system_with(options: SystemOptions) -> System {
-    trading_system_granting(options, TRADING_SCOPES).await
-}
-
-/// A system whose laptop grants `granted` locally.
-async fn trading_system_granting(options: SystemOptions, granted: &[&str]) -> System {
-    let mut system = System::start(SystemOptions {
-        with_sidecar: false,
-        ..options
-    })
-    .await
-    .unwrap();
-    let pairing = system.pair_sidecar().await.unwrap();
-    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
-    store
-        .set_local_scopes(
-            &pairing.remote_instance_id,
-            &pairing.sidecar_id,
-            &shared_safety::scope::ScopeSet::from_list(granted),
-        )
-        .unwrap();
-    system.start_sidecar().await.unwrap();
-    system
-        .sim
-        .set_price("AAPL", dec("200.00"), dec("199.98"), dec("200.02"));
-    system
-}
-
-fn live_trading() -> TradingSection {
-    TradingSection {
-        dry_run: false,
-        ..TradingSection::default()
-    }
-}
-
-async fn call(system: &System, tool: &str, arguments: Value) -> CallToolResult {
-    call_as(system, TRADING_SCOPES, tool, arguments).await
-}
-
-/// A call with a token holding `token_scopes`.
-async fn call_as(
-    system: &System,
-    token_scopes: &[&str],
-    tool: &str,
-    arguments: Value,
-) -> CallToolResult {
-    let token = system.token(token_scopes).unwrap();
-    let client = system.mcp_client(&token).await.unwrap();
-    let mut params = CallToolRequestParams::new(tool.to_string());
-    if let Value::Object(map) = arguments {
-        params = params.with_arguments(map);
-    }
-    let result = client.call_tool(params).await.unwrap();
-    let _ = client.cancel().await;
-    result
-}
-
-fn ok(result: &CallToolResult) -> Value {
-    assert_ne!(
-        result.is_error,
-        Some(true),
-        "expected success, got {result:?}"
-    );
-    result.structured_content.clone().unwrap()
-}
-
-fn code(result: &CallToolResult) -> String {
-    assert_eq!(
-        result.is_error,
-        Some(true),
-        "expected a refusal, got {result:?}"
-    );
-    let structured = result.structured_content.as_ref().unwrap();
-    structured["error"]["code"]
-        .as_str()
-        .or_else(|| structured["code"].as_str())
-        .unwrap()
-        .to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_is_the_default_and_sends_nothing() {

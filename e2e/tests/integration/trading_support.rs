@@ -1,0 +1,116 @@
+//! What the trading tests share: a system whose laptop grants the trading scopes, calls
+//! through a real MCP client, and reading its answers.
+#![allow(dead_code)]
+
+use e2e::system::{System, SystemOptions};
+use ibkr_agent::trading::policy::TradingSection;
+use protocol::catalog::scopes;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::str::FromStr;
+
+pub const TRADING_SCOPES: &[&str] = &[
+    scopes::HEALTH_READ,
+    scopes::MARKETDATA_READ,
+    scopes::ACCOUNTS_READ,
+    scopes::PORTFOLIO_READ,
+    scopes::POSITIONS_READ,
+    scopes::ORDERS_PREVIEW,
+    scopes::ORDERS_READ,
+    scopes::ORDERS_WRITE,
+    scopes::AUDIT_READ,
+];
+
+pub fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}
+
+/// A system whose laptop grants the non-live trading scopes locally, with the given policy.
+pub async fn trading_system(trading: TradingSection) -> System {
+    trading_system_with(SystemOptions {
+        trading,
+        ..SystemOptions::default()
+    })
+    .await
+}
+
+pub async fn trading_system_with(options: SystemOptions) -> System {
+    trading_system_granting(options, TRADING_SCOPES).await
+}
+
+/// A system whose laptop grants `granted` locally.
+pub async fn trading_system_granting(options: SystemOptions, granted: &[&str]) -> System {
+    let mut system = System::start(SystemOptions {
+        with_sidecar: false,
+        ..options
+    })
+    .await
+    .unwrap();
+    let pairing = system.pair_sidecar().await.unwrap();
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
+    store
+        .set_local_scopes(
+            &pairing.remote_instance_id,
+            &pairing.sidecar_id,
+            &shared_safety::scope::ScopeSet::from_list(granted),
+        )
+        .unwrap();
+    system.start_sidecar().await.unwrap();
+    system
+        .sim
+        .set_price("AAPL", dec("200.00"), dec("199.98"), dec("200.02"));
+    system
+}
+
+pub fn live_trading() -> TradingSection {
+    TradingSection {
+        dry_run: false,
+        ..TradingSection::default()
+    }
+}
+
+pub async fn call(system: &System, tool: &str, arguments: Value) -> CallToolResult {
+    call_as(system, TRADING_SCOPES, tool, arguments).await
+}
+
+/// A call with a token holding `token_scopes`.
+pub async fn call_as(
+    system: &System,
+    token_scopes: &[&str],
+    tool: &str,
+    arguments: Value,
+) -> CallToolResult {
+    let token = system.token(token_scopes).unwrap();
+    let client = system.mcp_client(&token).await.unwrap();
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    if let Value::Object(map) = arguments {
+        params = params.with_arguments(map);
+    }
+    let result = client.call_tool(params).await.unwrap();
+    let _ = client.cancel().await;
+    result
+}
+
+pub fn ok(result: &CallToolResult) -> Value {
+    assert_ne!(
+        result.is_error,
+        Some(true),
+        "expected success, got {result:?}"
+    );
+    result.structured_content.clone().unwrap()
+}
+
+pub fn code(result: &CallToolResult) -> String {
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "expected a refusal, got {result:?}"
+    );
+    let structured = result.structured_content.as_ref().unwrap();
+    structured["error"]["code"]
+        .as_str()
+        .or_else(|| structured["code"].as_str())
+        .unwrap()
+        .to_string()
+}
