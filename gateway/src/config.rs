@@ -262,7 +262,10 @@ pub struct RemoteMcpSection {
     pub allowed_algorithms: Vec<JwtAlgorithm>,
     #[serde(default = "RemoteMcpSection::default_skew")]
     pub clock_skew_seconds: u64,
-    #[serde(default)]
+    /// Require the RFC 9068 header `typ: at+jwt` (or `application/at+jwt`), so that another
+    /// JWT of the same issuer and audience (an ID token, say) cannot pass as an access token.
+    /// On by default; turn off only for an issuer that cannot set it.
+    #[serde(default = "RemoteMcpSection::default_require_typ_at_jwt")]
     pub require_typ_at_jwt: bool,
     /// Concurrent HTTP connections (relay websockets have their own budget). When full, the
     /// longest-idle connection is evicted for a new one; only when every connection has a
@@ -318,6 +321,9 @@ impl RemoteMcpSection {
     fn default_skew() -> u64 {
         60
     }
+    fn default_require_typ_at_jwt() -> bool {
+        true
+    }
     fn default_max_connections() -> usize {
         1024
     }
@@ -355,7 +361,7 @@ impl Default for RemoteMcpSection {
             allowed_scopes: None,
             allowed_algorithms: Self::default_algorithms(),
             clock_skew_seconds: Self::default_skew(),
-            require_typ_at_jwt: false,
+            require_typ_at_jwt: Self::default_require_typ_at_jwt(),
             max_connections: Self::default_max_connections(),
             max_connections_per_peer: Self::default_max_connections_per_peer(),
             max_relay_connections: Self::default_max_relay_connections(),
@@ -1089,6 +1095,12 @@ audit:
         );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(resolved.allowed_scopes.len(), 2);
+        // The file opts out of the RFC 9068 `typ` check; left out, it is on.
+        assert!(!config.remote_mcp.require_typ_at_jwt);
+        let yaml = FULL_YAML.replace("  require_typ_at_jwt: false\n", "");
+        let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+        assert!(config.remote_mcp.require_typ_at_jwt);
+        assert!(dev().remote_mcp.require_typ_at_jwt);
         assert!(dev().validate().is_ok());
     }
 
