@@ -54,6 +54,12 @@ error_catalog! {
     RequestOriginRefused => ("REQUEST_ORIGIN_REFUSED", false,
         "This gateway does not serve requests addressed to this Host or sent from this browser Origin.",
         "Use the gateway's public URL. An operator can allow a proxy's Host in remote_mcp.allowed_hosts and a browser client's origin in remote_mcp.allowed_origins."),
+    GatewayConnectionLimit => ("GATEWAY_CONNECTION_LIMIT", true,
+        "The gateway is at its connection limit and cannot take this connection now.",
+        "Wait for the time given in Retry-After and try again. If it persists, tell the gateway operator: they can raise remote_mcp.max_connections (remote_mcp.max_relay_connections for sidecars) or look for a flood in ibkr_gateway_connections_rejected_total."),
+    PeerConnectionLimit => ("PEER_CONNECTION_LIMIT", true,
+        "Your network address already holds as many connections to the gateway (or, through its proxy, requests in progress) as one address may.",
+        "Close connections you do not use, reuse one keep-alive connection, and try again after Retry-After. If many clients share this address (an office NAT), ask the gateway operator to raise remote_mcp.max_connections_per_peer."),
 
     // Gate 1: remote MCP OAuth.
     AuthRequired => ("AUTH_REQUIRED", false,

@@ -10,6 +10,7 @@ mod audit_store;
 mod bad_tokens;
 mod common;
 mod config_table;
+mod connections;
 mod gates;
 mod isolation;
 mod oauth;
