@@ -8,7 +8,14 @@
 //! Responses: session material and local internals are removed before a result leaves the
 //! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
 
+mod keys;
+mod values;
+
 use serde_json::{Map, Value};
+
+use keys::key_words;
+pub use keys::sensitive_key;
+pub use values::sensitive_value;
 
 /// Why a request was refused. Carries the JSON path and the kind of material, never the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,193 +52,6 @@ impl std::fmt::Display for SensitiveMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} at {}", self.kind.as_str(), self.path)
     }
-}
-
-/// Splits a key into lowercase words: `X-Sess-UUID` -> [x, sess, uuid], `accessToken` ->
-/// [access, token].
-fn key_words(key: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for ch in key.chars() {
-        if !ch.is_alphanumeric() {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
-            previous_lower = false;
-            continue;
-        }
-        if ch.is_uppercase() && previous_lower && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        previous_lower = ch.is_lowercase() || ch.is_ascii_digit();
-        current.extend(ch.to_lowercase());
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
-}
-
-/// Classifies a key name as sensitive.
-pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
-    let words = key_words(key);
-    let joined: String = words.concat();
-    let has = |candidates: &[&str]| words.iter().any(|w| candidates.contains(&w.as_str()));
-    if has(&["cookie", "cookies"]) || joined == "setcookie" || joined == "xsessuuid" {
-        return Some(MaterialKind::Cookie);
-    }
-    if has(&["authorization", "bearer"]) || joined == "proxyauthorization" {
-        return Some(MaterialKind::Authorization);
-    }
-    if has(&[
-        "token",
-        "tokens",
-        "jwt",
-        "jsessionid",
-        "sessionid",
-        "session",
-        "sso",
-        "ssoid",
-    ]) {
-        return Some(MaterialKind::Token);
-    }
-    if has(&[
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "credential",
-        "credentials",
-        "username",
-        "login",
-        "otp",
-        "totp",
-    ]) {
-        return Some(MaterialKind::Credential);
-    }
-    if has(&["secret", "secrets", "apikey", "privatekey", "signature"])
-        || joined.contains("apikey")
-        || joined.contains("privatekey")
-    {
-        return Some(MaterialKind::Secret);
-    }
-    if has(&[
-        "path",
-        "file",
-        "filename",
-        "filepath",
-        "dir",
-        "directory",
-        "home",
-    ]) && !has(&["cursor"])
-    {
-        return Some(MaterialKind::LocalPath);
-    }
-    None
-}
-
-fn looks_like_jwt(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 && parts.len() != 5 {
-        return false;
-    }
-    let base64url = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    parts[0].starts_with("eyJ") && parts[..2].iter().all(|p| base64url(p)) && text.len() >= 24
-}
-
-/// Classifies a string value as sensitive, whatever key it sits under.
-pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
-    let trimmed = value.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    if lower.starts_with("bearer ")
-        || lower.starts_with("basic ")
-        || lower.starts_with("authorization:")
-    {
-        return Some(MaterialKind::Authorization);
-    }
-    if lower.starts_with("cookie:") || lower.starts_with("set-cookie:") {
-        return Some(MaterialKind::Cookie);
-    }
-    for marker in [
-        "x-sess-uuid=",
-        "jsessionid=",
-        "sessionid=",
-        "ssoid=",
-        "api=",
-        "user_session=",
-    ] {
-        if lower.contains(marker) {
-            return Some(MaterialKind::Cookie);
-        }
-    }
-    if lower.contains("-----begin ")
-        || lower.starts_with("ssh-rsa ")
-        || lower.starts_with("ssh-ed25519 ")
-    {
-        return Some(MaterialKind::Secret);
-    }
-    if trimmed.split_whitespace().any(looks_like_jwt) {
-        return Some(MaterialKind::Token);
-    }
-    if looks_like_local_path(trimmed) {
-        return Some(MaterialKind::LocalPath);
-    }
-    None
-}
-
-fn looks_like_local_path(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("file://") {
-        return true;
-    }
-    for token in
-        text.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '=' || c == ',')
-    {
-        if token.starts_with("~/") || token.starts_with("~\\") || token == "~" {
-            return true;
-        }
-        if token.starts_with("\\\\") {
-            return true;
-        }
-        let bytes = token.as_bytes();
-        if bytes.len() >= 3
-            && bytes[0].is_ascii_alphabetic()
-            && bytes[1] == b':'
-            && (bytes[2] == b'\\' || bytes[2] == b'/')
-        {
-            return true;
-        }
-        if let Some(rest) = token.strip_prefix('/') {
-            let first = rest.split('/').next().unwrap_or("");
-            if !rest.is_empty()
-                && matches!(
-                    first,
-                    "home"
-                        | "Users"
-                        | "root"
-                        | "etc"
-                        | "var"
-                        | "tmp"
-                        | "opt"
-                        | "usr"
-                        | "private"
-                        | "Volumes"
-                        | "mnt"
-                        | "proc"
-                        | "dev"
-                        | "srv"
-                )
-            {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// Walks a request payload and refuses the first sensitive key or value found.
