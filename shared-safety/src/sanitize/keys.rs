@@ -1,7 +1,19 @@
 //! Classifying JSON object keys: a key names what it holds (`cookie`, `accessToken`,
 //! `X-Sess-UUID`), so a sensitive key is refused or removed whatever its value.
 
+use std::borrow::Cow;
+
 use super::MaterialKind;
+use super::fold::{FoldTooLong, fold};
+
+/// Longer keys are not classified but refused (requests) or removed (responses): no tool
+/// argument or broker field has a key anywhere near this long.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// How much longer than its input a folded text may grow. NFKC grows UTF-8 text at most
+/// elevenfold (U+FDFA, 3 bytes, becomes 33), so this bound only stops a fold that would break
+/// that rule; it is there so that no input can make the fold allocate without limit.
+pub(super) const FOLD_GROWTH: usize = 12;
 
 /// Splits a key into lowercase words: `X-Sess-UUID` -> [x, sess, uuid], `accessToken` ->
 /// [access, token].
@@ -29,60 +41,173 @@ pub(super) fn key_words(key: &str) -> Vec<String> {
     words
 }
 
+/// Words that mark a key as sensitive, by kind, in the order kinds are reported when a key
+/// names several (`session_cookie` is a cookie).
+const KEY_WORDS: &[(MaterialKind, &[&str])] = &[
+    (MaterialKind::Cookie, &["cookie", "cookies"]),
+    (MaterialKind::Authorization, &["authorization", "bearer"]),
+    (
+        MaterialKind::Token,
+        &[
+            "token",
+            "tokens",
+            "jwt",
+            "jsessionid",
+            "sessionid",
+            "session",
+            "sso",
+            "ssoid",
+        ],
+    ),
+    (
+        MaterialKind::Credential,
+        &[
+            "password",
+            "passwd",
+            "pwd",
+            "passphrase",
+            "credential",
+            "credentials",
+            "username",
+            "login",
+            "otp",
+            "totp",
+        ],
+    ),
+    (
+        MaterialKind::Secret,
+        &["secret", "secrets", "apikey", "privatekey", "signature"],
+    ),
+    (
+        MaterialKind::LocalPath,
+        &[
+            "path",
+            "file",
+            "filename",
+            "filepath",
+            "dir",
+            "directory",
+            "home",
+        ],
+    ),
+];
+
+/// Keys whose words, run together, name a sensitive header or cookie.
+const JOINED: &[(&str, MaterialKind)] = &[
+    ("setcookie", MaterialKind::Cookie),
+    ("xsessuuid", MaterialKind::Cookie),
+    ("proxyauthorization", MaterialKind::Authorization),
+];
+
 /// Classifies a key name as sensitive.
+///
+/// The key is compared in its folded form (NFKC, without invisible characters and marks; see
+/// `fold`), so `ｃｏｏｋｉｅ` and `coo\u{200B}kie` are cookies. A key too long to fold within
+/// bounds is reported as [`MaterialKind::Uninspectable`].
 pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
+    match folded_key(key) {
+        Ok(folded) => classify_words(&folded),
+        Err(kind) => Some(kind),
+    }
+}
+
+/// Keys CPGW returns that are session material or local internals, removed from every result
+/// along with every key [`sensitive_key`] classifies.
+pub(super) fn removed_from_responses(key: &str) -> bool {
+    let folded = match folded_key(key) {
+        Ok(folded) => folded,
+        Err(_) => return true,
+    };
+    let joined: String = key_words(&folded).concat();
+    matches!(
+        joined.as_str(),
+        "mac"
+            | "serverinfo"
+            | "servername"
+            | "serverversion"
+            | "headers"
+            | "header"
+            | "setcookie"
+            | "hmds"
+    ) || classify_words(&folded).is_some()
+}
+
+/// The key as it is compared: folded, or the kind to report when it cannot be inspected.
+fn folded_key(key: &str) -> Result<Cow<'_, str>, MaterialKind> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(MaterialKind::Uninspectable);
+    }
+    match fold(key, MAX_KEY_BYTES * FOLD_GROWTH) {
+        Ok(Some(folded)) => Ok(Cow::Owned(folded)),
+        Ok(None) => Ok(Cow::Borrowed(key)),
+        Err(FoldTooLong) => Err(MaterialKind::Uninspectable),
+    }
+}
+
+/// The kind a (folded) key names, by its words: `accessToken` has the word `token`. Words run
+/// together count too, so separators sprinkled into a word (`c-o-o-k-i-e`, `pass.word`) do
+/// not hide it.
+fn classify_words(key: &str) -> Option<MaterialKind> {
     let words = key_words(key);
     let joined: String = words.concat();
-    let has = |candidates: &[&str]| words.iter().any(|w| candidates.contains(&w.as_str()));
-    if has(&["cookie", "cookies"]) || joined == "setcookie" || joined == "xsessuuid" {
-        return Some(MaterialKind::Cookie);
-    }
-    if has(&["authorization", "bearer"]) || joined == "proxyauthorization" {
-        return Some(MaterialKind::Authorization);
-    }
-    if has(&[
-        "token",
-        "tokens",
-        "jwt",
-        "jsessionid",
-        "sessionid",
-        "session",
-        "sso",
-        "ssoid",
-    ]) {
-        return Some(MaterialKind::Token);
-    }
-    if has(&[
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "credential",
-        "credentials",
-        "username",
-        "login",
-        "otp",
-        "totp",
-    ]) {
-        return Some(MaterialKind::Credential);
-    }
-    if has(&["secret", "secrets", "apikey", "privatekey", "signature"])
-        || joined.contains("apikey")
-        || joined.contains("privatekey")
-    {
-        return Some(MaterialKind::Secret);
-    }
-    if has(&[
-        "path",
-        "file",
-        "filename",
-        "filepath",
-        "dir",
-        "directory",
-        "home",
-    ]) && !has(&["cursor"])
-    {
-        return Some(MaterialKind::LocalPath);
+    let cursor = words.iter().any(|w| w == "cursor");
+    for (kind, candidates) in KEY_WORDS {
+        if *kind == MaterialKind::LocalPath && cursor {
+            continue;
+        }
+        let named = words.iter().any(|w| candidates.contains(&w.as_str()))
+            || candidates.contains(&joined.as_str())
+            || JOINED.iter().any(|(j, k)| k == kind && *j == joined)
+            || (*kind == MaterialKind::Secret
+                && (joined.contains("apikey") || joined.contains("privatekey")));
+        if named {
+            return Some(*kind);
+        }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_past_the_bound_are_uninspectable() {
+        assert_eq!(sensitive_key(&"k".repeat(MAX_KEY_BYTES)), None);
+        assert_eq!(
+            sensitive_key(&"k".repeat(MAX_KEY_BYTES + 1)),
+            Some(MaterialKind::Uninspectable)
+        );
+        assert!(removed_from_responses(&"k".repeat(MAX_KEY_BYTES + 1)));
+    }
+
+    #[test]
+    fn words_run_together_name_what_they_spell_and_nothing_more() {
+        assert_eq!(classify_words("c_o_o_k_i_e"), Some(MaterialKind::Cookie));
+        assert_eq!(classify_words("p.w.d"), Some(MaterialKind::Credential));
+        // Run together, ordinary argument names spell nothing sensitive.
+        for key in [
+            "symbol",
+            "order_id",
+            "take_profit",
+            "stop_loss",
+            "idempotency_key",
+            "cash_amount",
+            "limit_price",
+            "timeout_seconds",
+            "trail_percent",
+            "page_cursor",
+            "cursor_path",
+        ] {
+            assert_eq!(classify_words(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn internal_cpgw_keys_are_removed_in_any_form() {
+        for key in ["MAC", "ＭＡＣ", "server\u{200B}Info", "serverInfo", "hmds"] {
+            assert!(removed_from_responses(key), "{key:?}");
+        }
+        assert!(!removed_from_responses("symbol"));
+    }
 }

@@ -8,14 +8,14 @@
 //! Responses: session material and local internals are removed before a result leaves the
 //! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
 
+mod fold;
 mod keys;
 mod values;
 
 use serde_json::{Map, Value};
 
-use keys::key_words;
-pub use keys::sensitive_key;
-pub use values::sensitive_value;
+pub use keys::{MAX_KEY_BYTES, sensitive_key};
+pub use values::{MAX_VALUE_BYTES, sensitive_value};
 
 /// Why a request was refused. Carries the JSON path and the kind of material, never the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub enum MaterialKind {
     Credential,
     Secret,
     LocalPath,
+    /// A key or value the sanitizer could not inspect within its bounds: longer than
+    /// [`MAX_VALUE_BYTES`] or [`MAX_KEY_BYTES`], or folding past its growth bound. Refused
+    /// (requests) or removed (responses) rather than passed uninspected.
+    Uninspectable,
 }
 
 impl MaterialKind {
@@ -44,6 +48,7 @@ impl MaterialKind {
             MaterialKind::Credential => "credential",
             MaterialKind::Secret => "secret",
             MaterialKind::LocalPath => "local filesystem path",
+            MaterialKind::Uninspectable => "value too large or too deeply encoded to inspect",
         }
     }
 }
@@ -125,23 +130,6 @@ pub fn echo_safe_segment(key: &str) -> String {
     }
 }
 
-/// Keys CPGW returns that are session material or local internals, removed from every result.
-fn response_key_removed(key: &str) -> bool {
-    let words = key_words(key);
-    let joined: String = words.concat();
-    matches!(
-        joined.as_str(),
-        "mac"
-            | "serverinfo"
-            | "servername"
-            | "serverversion"
-            | "headers"
-            | "header"
-            | "setcookie"
-            | "hmds"
-    ) || sensitive_key(key).is_some()
-}
-
 /// Returns a copy of a broker response with session material and local internals removed.
 /// String values that look sensitive are replaced with `"[redacted]"`.
 pub fn sanitize_response(value: &Value) -> Value {
@@ -149,7 +137,7 @@ pub fn sanitize_response(value: &Value) -> Value {
         Value::Object(map) => {
             let mut clean = Map::new();
             for (key, item) in map {
-                if response_key_removed(key) {
+                if keys::removed_from_responses(key) {
                     continue;
                 }
                 clean.insert(key.clone(), sanitize_response(item));

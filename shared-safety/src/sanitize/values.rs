@@ -2,6 +2,13 @@
 //! keys and local filesystem paths, whatever key they sit under.
 
 use super::MaterialKind;
+use super::fold::fold;
+use super::keys::FOLD_GROWTH;
+
+/// Longer string values are not inspected but refused (requests) or redacted (responses). Tool
+/// arguments are at most 64 characters by their schemas, and broker strings (names, messages)
+/// a few hundred; the bound keeps the cost of inspecting one value small.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 fn looks_like_jwt(text: &str) -> bool {
     let parts: Vec<&str> = text.split('.').collect();
@@ -17,7 +24,25 @@ fn looks_like_jwt(text: &str) -> bool {
 }
 
 /// Classifies a string value as sensitive, whatever key it sits under.
+///
+/// The value is inspected as it is and in its folded form (NFKC, without invisible characters
+/// and marks; see `fold`), so `Ｂｅａｒｅｒ x` and `Bear\u{200B}er x` are authorization headers.
 pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Some(MaterialKind::Uninspectable);
+    }
+    if let Some(kind) = surface(value) {
+        return Some(kind);
+    }
+    match fold(value, value.len().saturating_mul(FOLD_GROWTH)) {
+        Ok(Some(folded)) => surface(&folded),
+        Ok(None) => None,
+        Err(_) => Some(MaterialKind::Uninspectable),
+    }
+}
+
+/// The shapes of sensitive material, checked on one form of a value.
+fn surface(value: &str) -> Option<MaterialKind> {
     let trimmed = value.trim();
     let lower = trimmed.to_ascii_lowercase();
     if lower.starts_with("bearer ")
