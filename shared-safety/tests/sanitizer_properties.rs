@@ -190,7 +190,9 @@ proptest! {
         let clean = sanitize_response(&tree);
         fn walk(value: &Value) -> bool {
             match value {
-                Value::Object(map) => map.iter().all(|(k, v)| sensitive_key(k).is_none() && walk(v)),
+                Value::Object(map) => map.iter().all(|(k, v)| {
+                    sensitive_key(k).is_none() && sensitive_value(k).is_none() && walk(v)
+                }),
                 Value::Array(items) => items.iter().all(walk),
                 Value::String(text) => sensitive_value(text).is_none(),
                 _ => true,

@@ -4,16 +4,11 @@
 use std::borrow::Cow;
 
 use super::MaterialKind;
-use super::fold::{FoldTooLong, fold};
+use super::decode::{self, Budget};
 
 /// Longer keys are not classified but refused (requests) or removed (responses): no tool
 /// argument or broker field has a key anywhere near this long.
 pub const MAX_KEY_BYTES: usize = 1024;
-
-/// How much longer than its input a folded text may grow. NFKC grows UTF-8 text at most
-/// elevenfold (U+FDFA, 3 bytes, becomes 33), so this bound only stops a fold that would break
-/// that rule; it is there so that no input can make the fold allocate without limit.
-pub(super) const FOLD_GROWTH: usize = 12;
 
 /// Splits a key into lowercase words: `X-Sess-UUID` -> [x, sess, uuid], `accessToken` ->
 /// [access, token].
@@ -101,12 +96,13 @@ const JOINED: &[(&str, MaterialKind)] = &[
 
 /// Classifies a key name as sensitive.
 ///
-/// The key is compared in its folded form (NFKC, without invisible characters and marks; see
-/// `fold`), so `ｃｏｏｋｉｅ` and `coo\u{200B}kie` are cookies. A key too long to fold within
+/// The key is compared in its decoded forms (see `decode::forms`): folded (NFKC, without
+/// invisible characters and marks), so `ｃｏｏｋｉｅ` and `coo\u{200B}kie` are cookies, and
+/// percent-decoded, so `access%5Ftoken` is a token. A key that cannot be inspected within
 /// bounds is reported as [`MaterialKind::Uninspectable`].
 pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
-    match folded_key(key) {
-        Ok(folded) => classify_words(&folded),
+    match key_forms(key) {
+        Ok(forms) => forms.iter().find_map(|form| classify_words(form)),
         Err(kind) => Some(kind),
     }
 }
@@ -114,34 +110,32 @@ pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
 /// Keys CPGW returns that are session material or local internals, removed from every result
 /// along with every key [`sensitive_key`] classifies.
 pub(super) fn removed_from_responses(key: &str) -> bool {
-    let folded = match folded_key(key) {
-        Ok(folded) => folded,
-        Err(_) => return true,
+    let Ok(forms) = key_forms(key) else {
+        return true;
     };
-    let joined: String = key_words(&folded).concat();
-    matches!(
-        joined.as_str(),
-        "mac"
-            | "serverinfo"
-            | "servername"
-            | "serverversion"
-            | "headers"
-            | "header"
-            | "setcookie"
-            | "hmds"
-    ) || classify_words(&folded).is_some()
+    forms.iter().any(|form| {
+        let joined: String = key_words(form).concat();
+        matches!(
+            joined.as_str(),
+            "mac"
+                | "serverinfo"
+                | "servername"
+                | "serverversion"
+                | "headers"
+                | "header"
+                | "setcookie"
+                | "hmds"
+        ) || classify_words(form).is_some()
+    })
 }
 
-/// The key as it is compared: folded, or the kind to report when it cannot be inspected.
-fn folded_key(key: &str) -> Result<Cow<'_, str>, MaterialKind> {
+/// The forms a key is compared in (as it is, folded, percent-decoded; see `decode::forms`),
+/// or the kind to report when it cannot be inspected.
+fn key_forms(key: &str) -> Result<Vec<Cow<'_, str>>, MaterialKind> {
     if key.len() > MAX_KEY_BYTES {
         return Err(MaterialKind::Uninspectable);
     }
-    match fold(key, MAX_KEY_BYTES * FOLD_GROWTH) {
-        Ok(Some(folded)) => Ok(Cow::Owned(folded)),
-        Ok(None) => Ok(Cow::Borrowed(key)),
-        Err(FoldTooLong) => Err(MaterialKind::Uninspectable),
-    }
+    decode::forms(key, &mut Budget::for_input(key.len())).map_err(|_| MaterialKind::Uninspectable)
 }
 
 /// The kind a (folded) key names, by its words: `accessToken` has the word `token`. Words run

@@ -8,6 +8,7 @@
 //! Responses: session material and local internals are removed before a result leaves the
 //! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
 
+mod decode;
 mod fold;
 mod keys;
 mod values;
@@ -34,8 +35,9 @@ pub enum MaterialKind {
     Secret,
     LocalPath,
     /// A key or value the sanitizer could not inspect within its bounds: longer than
-    /// [`MAX_VALUE_BYTES`] or [`MAX_KEY_BYTES`], or folding past its growth bound. Refused
-    /// (requests) or removed (responses) rather than passed uninspected.
+    /// [`MAX_VALUE_BYTES`] or [`MAX_KEY_BYTES`], percent-encoded more often than it decodes,
+    /// or needing more decoding work than its length allows. Refused (requests) or removed
+    /// (responses) rather than passed uninspected.
     Uninspectable,
 }
 
@@ -137,7 +139,8 @@ pub fn sanitize_response(value: &Value) -> Value {
         Value::Object(map) => {
             let mut clean = Map::new();
             for (key, item) in map {
-                if keys::removed_from_responses(key) {
+                // A key can itself be material: CPGW maps keyed by a cookie or a session id.
+                if keys::removed_from_responses(key) || sensitive_value(key).is_some() {
                     continue;
                 }
                 clean.insert(key.clone(), sanitize_response(item));

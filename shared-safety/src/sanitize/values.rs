@@ -2,8 +2,7 @@
 //! keys and local filesystem paths, whatever key they sit under.
 
 use super::MaterialKind;
-use super::fold::fold;
-use super::keys::FOLD_GROWTH;
+use super::decode::{self, Budget, Uninspectable};
 
 /// Longer string values are not inspected but refused (requests) or redacted (responses). Tool
 /// arguments are at most 64 characters by their schemas, and broker strings (names, messages)
@@ -25,20 +24,22 @@ fn looks_like_jwt(text: &str) -> bool {
 
 /// Classifies a string value as sensitive, whatever key it sits under.
 ///
-/// The value is inspected as it is and in its folded form (NFKC, without invisible characters
-/// and marks; see `fold`), so `Ｂｅａｒｅｒ x` and `Bear\u{200B}er x` are authorization headers.
+/// The value is inspected in each of its decoded forms (see `decode::forms`): as it is,
+/// folded (NFKC, without invisible characters and marks), and percent-decoded, so
+/// `Ｂｅａｒｅｒ x`, `Bear\u{200B}er x` and `Bearer%20x` are all authorization headers. A value
+/// that cannot be inspected within bounds is [`MaterialKind::Uninspectable`].
 pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
     if value.len() > MAX_VALUE_BYTES {
         return Some(MaterialKind::Uninspectable);
     }
-    if let Some(kind) = surface(value) {
-        return Some(kind);
-    }
-    match fold(value, value.len().saturating_mul(FOLD_GROWTH)) {
-        Ok(Some(folded)) => surface(&folded),
-        Ok(None) => None,
-        Err(_) => Some(MaterialKind::Uninspectable),
-    }
+    let mut budget = Budget::for_input(value.len());
+    inspect(value, &mut budget).unwrap_or(Some(MaterialKind::Uninspectable))
+}
+
+/// Classifies `text` in each of its forms.
+fn inspect(text: &str, budget: &mut Budget) -> Result<Option<MaterialKind>, Uninspectable> {
+    let forms = decode::forms(text, budget)?;
+    Ok(forms.iter().find_map(|form| surface(form)))
 }
 
 /// The shapes of sensitive material, checked on one form of a value.
