@@ -13,11 +13,25 @@
 
 use std::borrow::Cow;
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
 use super::fold::fold;
 
 /// Percent-decoding layers inspected. Double encoding (`%253D`) is common in URLs passed
 /// through another URL; three layers leave room for one more.
 pub(super) const MAX_PERCENT_LAYERS: usize = 3;
+
+/// The shortest run of base64 characters that is decoded (9 bytes). Shorter runs are most
+/// ordinary values (symbols, amounts, dates, order ids) and too short to hide a usable secret.
+pub(super) const MIN_BASE64_RUN: usize = 12;
+
+/// A decoding that is not text throughout is inspected in its printable ASCII stretches of at
+/// least this many characters, so material wrapped in a few binary bytes is still found while
+/// random bytes, whose printable stretches are short (one in 8 million random 16-byte
+/// stretches is printable), are not read as text.
+const MIN_TEXT_SEGMENT: usize = 16;
 
 /// Work allowed per input byte, counted in bytes produced or scanned. Ordinary values use a
 /// few units per byte (see the tests); only stacked encodings built to amplify work get near
@@ -143,6 +157,87 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
+/// Standard and URL-safe base64 alike (the URL-safe characters are mapped first), padding
+/// optional, trailing bits ignored: the sanitizer asks what a text could decode to, not
+/// whether it is canonical.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn is_base64_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'-' | b'_')
+}
+
+/// Decodes standard or URL-safe base64 without padding, dropping a last lone character (which
+/// no encoding produces). `None` if a byte is outside both alphabets.
+pub(super) fn decode_base64(encoded: &[u8]) -> Option<Vec<u8>> {
+    let usable = encoded.len() - usize::from(encoded.len() % 4 == 1);
+    let standard: Vec<u8> = encoded
+        .get(..usable)?
+        .iter()
+        .map(|byte| match byte {
+            b'-' => b'+',
+            b'_' => b'/',
+            other => *other,
+        })
+        .collect();
+    LENIENT.decode(standard).ok()
+}
+
+/// Maximal runs of base64 characters (either alphabet) at least [`MIN_BASE64_RUN`] long.
+/// Padding, dots, `=` and everything else end a run, so `token=<base64>` and the parts of a
+/// JWT are runs of their own.
+pub(super) fn base64_runs(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii() && is_base64_byte(c as u8)))
+        .filter(|run| run.len() >= MIN_BASE64_RUN)
+}
+
+/// The decodings of a run at each of the four alignments: base64 glued to other letters
+/// (`xYmVhcmVy...`) decodes correctly from one of them, after a few bytes of noise. Each
+/// alignment costs the run's length.
+pub(super) fn base64_decodings(
+    run: &str,
+    budget: &mut Budget,
+) -> Result<Vec<Vec<u8>>, Uninspectable> {
+    let mut decodings = Vec::with_capacity(4);
+    for offset in 0..4 {
+        let Some(body) = run.as_bytes().get(offset..) else {
+            break;
+        };
+        if body.len() < MIN_BASE64_RUN {
+            break;
+        }
+        budget.spend(body.len())?;
+        if let Some(decoded) = decode_base64(body) {
+            decodings.push(decoded);
+        }
+    }
+    Ok(decodings)
+}
+
+/// The text a decoding holds: all of it when it is text throughout (valid UTF-8 without
+/// control characters other than tab and line breaks), else each stretch of at least
+/// [`MIN_TEXT_SEGMENT`] printable ASCII characters (with tabs and line breaks). Random bytes
+/// decode to text throughout only when short and by chance, and hold long printable ASCII
+/// stretches almost never; material an attacker wraps in binary is ASCII and long enough.
+pub(super) fn text_segments(decoded: &[u8]) -> Vec<String> {
+    if let Ok(text) = std::str::from_utf8(decoded)
+        && !text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return vec![text.to_string()];
+    }
+    decoded
+        .split(|b| !((0x20..0x7F).contains(b) || matches!(b, b'\t' | b'\n' | b'\r')))
+        .filter(|segment| segment.len() >= MIN_TEXT_SEGMENT)
+        .map(|segment| String::from_utf8_lossy(segment).into_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +281,62 @@ mod tests {
         assert_eq!(all_forms("%EF%BD%83ookie"), ["%EF%BD%83ookie", "cookie"]);
         // Full-width percent signs are folded before decoding.
         assert_eq!(all_forms("a％3Db"), ["a％3Db", "a%3Db", "a=b"]);
+    }
+
+    #[test]
+    fn base64_decodes_either_alphabet_with_or_without_padding() {
+        assert_eq!(
+            decode_base64(b"QmVhcmVyIHg").as_deref(),
+            Some(&b"Bearer x"[..])
+        );
+        assert_eq!(
+            decode_base64(b"QmVhcmVyIHg=").as_deref(),
+            Some(&b"Bearer x"[..])
+        );
+        // `>>>?` is `Pj4-Pw` in the URL-safe alphabet and `Pj4+Pw` in the standard one.
+        assert_eq!(decode_base64(b"Pj4-Pw").as_deref(), Some(&b">>>?"[..]));
+        assert_eq!(decode_base64(b"Pj4+Pw").as_deref(), Some(&b">>>?"[..]));
+        assert_eq!(
+            decode_base64(b"QmVhcmVyIHgx"),
+            decode_base64(b"QmVhcmVyIHgxA")
+        );
+        assert_eq!(decode_base64(b"a.b"), None);
+    }
+
+    #[test]
+    fn base64_runs_are_long_runs_of_either_alphabet() {
+        let runs: Vec<&str> =
+            base64_runs("token=QmVhcmVyIGFiYw==;AAPL eyJhbGciOiJub25lIn0.e30.").collect();
+        assert_eq!(runs, ["QmVhcmVyIGFiYw", "eyJhbGciOiJub25lIn0"]);
+    }
+
+    #[test]
+    fn glued_base64_decodes_at_one_of_four_alignments() {
+        // base64("Bearer abc.def.ghi") glued behind one to four other letters.
+        for glue in ["x", "xy", "xyz", "wxyz"] {
+            let run = format!("{glue}QmVhcmVyIGFiYy5kZWYuZ2hp");
+            let mut budget = Budget::for_input(run.len());
+            let decodings = base64_decodings(&run, &mut budget).unwrap();
+            assert!(
+                decodings.iter().any(|d| text_segments(d)
+                    .iter()
+                    .any(|t| t.contains("Bearer abc.def.ghi"))),
+                "{run}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_segments_keep_text_and_long_readable_stretches_only() {
+        assert_eq!(text_segments(b"{\"page\":2}"), ["{\"page\":2}"]);
+        assert_eq!(text_segments("Société".as_bytes()), ["Société"]);
+        assert_eq!(
+            text_segments(b"\x00\x01\xffBearer abcdef123456\x00ok"),
+            ["Bearer abcdef123456"]
+        );
+        // Short stretches, and non-ASCII in a decoding that is not text throughout, are noise.
+        assert!(text_segments(b"\x00ab\x01cd\xfe").is_empty());
+        assert!(text_segments("\x00~/Т`ԃpGK=0_9ٓ".as_bytes()).is_empty());
     }
 
     #[test]

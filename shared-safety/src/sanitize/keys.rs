@@ -143,14 +143,55 @@ fn key_forms(key: &str) -> Result<Vec<Cow<'_, str>>, MaterialKind> {
 /// not hide it.
 fn classify_words(key: &str) -> Option<MaterialKind> {
     let words = key_words(key);
+    classify(&words, Where::Key)
+}
+
+/// Words too common in ordinary prose to mark a `name: value` pair inside a text (a broker
+/// message may say `session: closed` or `login: required`). As keys they still count.
+const TOO_GENERIC_IN_TEXT: &[&str] = &["session", "sso", "username", "login", "signature"];
+
+/// CPGW's session cookies, as names before `=` inside a text: names containing these...
+const CPGW_COOKIES: &[&str] = &["jsessionid", "sessionid", "xsessuuid", "usersession"];
+/// ...or ending in one of these words (too short to look for inside other words).
+const CPGW_COOKIE_WORDS: &[&str] = &["api", "ssoid"];
+
+/// Where a name was found: as a JSON key, or before `=`/`:` inside a text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Key,
+    Text,
+}
+
+/// The kind a name before `=` or `:` inside a text names (`token=...`, `JSESSIONID=...`,
+/// `"password": ...`). Stricter than for keys: words common in prose and path words do not
+/// count, since a broker message may well say `file: ...`.
+pub(super) fn assigned_name_kind(name: &str, separator: u8) -> Option<MaterialKind> {
+    let words = key_words(name);
+    if separator == b'=' {
+        let joined: String = words.concat();
+        let cpgw_cookie = CPGW_COOKIES.iter().any(|cookie| joined.contains(cookie))
+            || words
+                .last()
+                .is_some_and(|word| CPGW_COOKIE_WORDS.contains(&word.as_str()));
+        if cpgw_cookie {
+            return Some(MaterialKind::Cookie);
+        }
+    }
+    classify(&words, Where::Text)
+}
+
+fn classify(words: &[String], place: Where) -> Option<MaterialKind> {
+    let counts = |word: &str| place == Where::Key || !TOO_GENERIC_IN_TEXT.contains(&word);
     let joined: String = words.concat();
     let cursor = words.iter().any(|w| w == "cursor");
     for (kind, candidates) in KEY_WORDS {
-        if *kind == MaterialKind::LocalPath && cursor {
+        if *kind == MaterialKind::LocalPath && (cursor || place == Where::Text) {
             continue;
         }
-        let named = words.iter().any(|w| candidates.contains(&w.as_str()))
-            || candidates.contains(&joined.as_str())
+        let named = words
+            .iter()
+            .any(|w| counts(w) && candidates.contains(&w.as_str()))
+            || (counts(&joined) && candidates.contains(&joined.as_str()))
             || JOINED.iter().any(|(j, k)| k == kind && *j == joined)
             || (*kind == MaterialKind::Secret
                 && (joined.contains("apikey") || joined.contains("privatekey")));
@@ -194,6 +235,33 @@ mod tests {
             "cursor_path",
         ] {
             assert_eq!(classify_words(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn names_inside_text_are_held_to_specific_words() {
+        for (name, separator, kind) in [
+            ("jsessionid", b'=', Some(MaterialKind::Cookie)),
+            ("x-sess-uuid", b'=', Some(MaterialKind::Cookie)),
+            ("user_session", b'=', Some(MaterialKind::Cookie)),
+            ("ibkr.api", b'=', Some(MaterialKind::Cookie)),
+            ("access_token", b'=', Some(MaterialKind::Token)),
+            ("jsessionid", b':', Some(MaterialKind::Token)),
+            ("password", b':', Some(MaterialKind::Credential)),
+            ("client_secret", b'=', Some(MaterialKind::Secret)),
+            ("session_token", b':', Some(MaterialKind::Token)),
+            ("authorization", b':', Some(MaterialKind::Authorization)),
+            // Common in prose, or paths: these count as keys but not inside a text.
+            ("session", b':', None),
+            ("login", b':', None),
+            ("username", b'=', None),
+            ("file", b':', None),
+            ("path", b'=', None),
+            ("api", b':', None),
+            ("cursor", b':', None),
+            ("page", b'=', None),
+        ] {
+            assert_eq!(assigned_name_kind(name, separator), kind, "{name}");
         }
     }
 

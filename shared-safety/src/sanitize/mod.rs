@@ -11,6 +11,7 @@
 mod decode;
 mod fold;
 mod keys;
+mod shapes;
 mod values;
 
 use serde_json::{Map, Value};

@@ -1,133 +1,137 @@
 //! Classifying string values by their shape: authorization headers, cookies, JWTs, private
-//! keys and local filesystem paths, whatever key they sit under.
+//! keys and local filesystem paths, whatever key they sit under, and in whatever encoding.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
 
 use super::MaterialKind;
 use super::decode::{self, Budget, Uninspectable};
+use super::shapes;
 
 /// Longer string values are not inspected but refused (requests) or redacted (responses). Tool
 /// arguments are at most 64 characters by their schemas, and broker strings (names, messages)
 /// a few hundred; the bound keeps the cost of inspecting one value small.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-fn looks_like_jwt(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 && parts.len() != 5 {
-        return false;
-    }
-    let base64url = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    parts[0].starts_with("eyJ") && parts[..2].iter().all(|p| base64url(p)) && text.len() >= 24
-}
+/// Base64 inside base64 is decoded this deep (`base64(base64(secret))`); deeper text is
+/// inspected in its percent-decoded and folded forms only.
+const MAX_BASE64_DEPTH: usize = 2;
 
 /// Classifies a string value as sensitive, whatever key it sits under.
 ///
 /// The value is inspected in each of its decoded forms (see `decode::forms`): as it is,
 /// folded (NFKC, without invisible characters and marks), and percent-decoded, so
-/// `Ｂｅａｒｅｒ x`, `Bear\u{200B}er x` and `Bearer%20x` are all authorization headers. A value
-/// that cannot be inspected within bounds is [`MaterialKind::Uninspectable`].
+/// `Ｂｅａｒｅｒ x`, `Bear\u{200B}er x` and `Bearer%20x` are all authorization headers. Then
+/// every long run of base64 in those forms is decoded and its text inspected the same way,
+/// [`MAX_BASE64_DEPTH`] deep. A value that cannot be inspected within bounds is
+/// [`MaterialKind::Uninspectable`].
 pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
     if value.len() > MAX_VALUE_BYTES {
         return Some(MaterialKind::Uninspectable);
     }
     let mut budget = Budget::for_input(value.len());
-    inspect(value, &mut budget).unwrap_or(Some(MaterialKind::Uninspectable))
+    inspect(value, 0, &mut budget).unwrap_or(Some(MaterialKind::Uninspectable))
 }
 
-/// Classifies `text` in each of its forms.
-fn inspect(text: &str, budget: &mut Budget) -> Result<Option<MaterialKind>, Uninspectable> {
+/// Classifies `text` in each of its forms, then what its base64 runs decode to.
+fn inspect(
+    text: &str,
+    depth: usize,
+    budget: &mut Budget,
+) -> Result<Option<MaterialKind>, Uninspectable> {
     let forms = decode::forms(text, budget)?;
-    Ok(forms.iter().find_map(|form| surface(form)))
-}
-
-/// The shapes of sensitive material, checked on one form of a value.
-fn surface(value: &str) -> Option<MaterialKind> {
-    let trimmed = value.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    if lower.starts_with("bearer ")
-        || lower.starts_with("basic ")
-        || lower.starts_with("authorization:")
-    {
-        return Some(MaterialKind::Authorization);
+    if let Some(kind) = surface(&forms, depth > 0) {
+        return Ok(Some(kind));
     }
-    if lower.starts_with("cookie:") || lower.starts_with("set-cookie:") {
-        return Some(MaterialKind::Cookie);
+    if depth >= MAX_BASE64_DEPTH {
+        return Ok(None);
     }
-    for marker in [
-        "x-sess-uuid=",
-        "jsessionid=",
-        "sessionid=",
-        "ssoid=",
-        "api=",
-        "user_session=",
-    ] {
-        if lower.contains(marker) {
-            return Some(MaterialKind::Cookie);
+    // Forms often share their base64 runs (folding and percent-decoding leave them alone);
+    // each distinct run is decoded once.
+    let mut decoded_runs = HashSet::new();
+    for form in &forms {
+        for run in decode::base64_runs(form) {
+            if !decoded_runs.insert(run) {
+                continue;
+            }
+            for decoding in decode::base64_decodings(run, budget)? {
+                for text in decode::text_segments(&decoding) {
+                    if let Some(kind) = inspect(&text, depth + 1, budget)? {
+                        return Ok(Some(kind));
+                    }
+                }
+            }
         }
     }
-    if lower.contains("-----begin ")
-        || lower.starts_with("ssh-rsa ")
-        || lower.starts_with("ssh-ed25519 ")
+    Ok(None)
+}
+
+/// The shapes of sensitive material, each checked on every form before the next shape, so
+/// that an encoded value is reported as the same kind as the plain one (`Bearer%20eyJ...` is
+/// an authorization header, like `Bearer eyJ...`, though its raw form also holds a JWT).
+/// `decoded` is set for text decoded from base64 (see `shapes::local_path`).
+fn surface(forms: &[Cow<'_, str>], decoded: bool) -> Option<MaterialKind> {
+    let lowered: Vec<(&str, String)> = forms
+        .iter()
+        .map(|form| (form.as_ref(), form.to_ascii_lowercase()))
+        .collect();
+    let any =
+        |shape: &dyn Fn(&str, &str) -> bool| lowered.iter().any(|(text, lower)| shape(text, lower));
+    if any(&|text, lower| {
+        shapes::header_line(lower, "authorization:") || shapes::authorization_scheme(text, lower)
+    }) {
+        return Some(MaterialKind::Authorization);
+    }
+    if any(&|_, lower| shapes::header_line(lower, "cookie:")) {
+        return Some(MaterialKind::Cookie);
+    }
+    if let Some(kind) = lowered
+        .iter()
+        .find_map(|(_, lower)| shapes::assignment(lower))
     {
+        return Some(kind);
+    }
+    if any(&|_, lower| shapes::private_key(lower)) {
         return Some(MaterialKind::Secret);
     }
-    if trimmed.split_whitespace().any(looks_like_jwt) {
+    if any(&|text, _| shapes::contains_jwt(text)) {
         return Some(MaterialKind::Token);
     }
-    if looks_like_local_path(trimmed) {
+    if any(&|text, _| shapes::local_path(text, decoded)) {
         return Some(MaterialKind::LocalPath);
     }
     None
 }
 
-fn looks_like_local_path(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("file://") {
-        return true;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work spent inspecting `value`, as a multiple of its length.
+    fn work_per_byte(value: &str) -> usize {
+        let mut budget = Budget::for_input(value.len());
+        inspect(value, 0, &mut budget).unwrap();
+        budget.spent() / value.len().max(1)
     }
-    for token in
-        text.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '=' || c == ',')
-    {
-        if token.starts_with("~/") || token.starts_with("~\\") || token == "~" {
-            return true;
-        }
-        if token.starts_with("\\\\") {
-            return true;
-        }
-        let bytes = token.as_bytes();
-        if bytes.len() >= 3
-            && bytes[0].is_ascii_alphabetic()
-            && bytes[1] == b':'
-            && (bytes[2] == b'\\' || bytes[2] == b'/')
-        {
-            return true;
-        }
-        if let Some(rest) = token.strip_prefix('/') {
-            let first = rest.split('/').next().unwrap_or("");
-            if !rest.is_empty()
-                && matches!(
-                    first,
-                    "home"
-                        | "Users"
-                        | "root"
-                        | "etc"
-                        | "var"
-                        | "tmp"
-                        | "opt"
-                        | "usr"
-                        | "private"
-                        | "Volumes"
-                        | "mnt"
-                        | "proc"
-                        | "dev"
-                        | "srv"
-                )
-            {
-                return true;
-            }
+
+    #[test]
+    fn ordinary_values_cost_a_few_units_per_byte() {
+        for value in [
+            "AAPL",
+            "BRK B",
+            "189.50",
+            "2026-11-21T14:30:00Z",
+            "ia-0123456789abcdef01234567",
+            "cursor:eyJwYWdlIjoyfQ",
+            "rebalance-2026-11-21-aapl-001",
+            "3f2c9a4e-7b1d-4c8e-9f2a-5d6e7f8a9b0c",
+            "APPLE INC",
+        ] {
+            assert!(
+                work_per_byte(value) <= 12,
+                "{value}: {}",
+                work_per_byte(value)
+            );
         }
     }
-    false
 }
