@@ -335,6 +335,10 @@ fn prefixed_secrets_inside_longer_values_are_classified() {
                 MaterialKind::Authorization,
             ),
             (
+                "use Bearer kQzTrWxYvBnM then".to_string(),
+                MaterialKind::Authorization,
+            ),
+            (
                 "send Basic dXNlcjpwYXNz now".to_string(),
                 MaterialKind::Authorization,
             ),
@@ -403,6 +407,7 @@ fn look_alikes_of_each_class_pass() {
         // (A value that is exactly `Bearer <one word>` or `Basic <one word>` is still refused,
         // as it always was: it has the shape of a whole authorization header.)
         "BASIC ENERGY SERVICES INC",
+        "BASIC ENERGY-SERVICES INC",
         "TOKEN COMMUNITIES LTD",
         "Cookie Jar Holdings",
         "Société Générale",

@@ -42,13 +42,17 @@ fn is_token68_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
 }
 
-/// A credential that looks generated rather than like a word: long enough, and with a digit
-/// or a symbol in it (`Bearer Bonds` is a name; `Bearer 9f8e...` is not).
+/// A credential that looks generated rather than like a word: long enough, with a digit, a
+/// token symbol, or a capital right after a small letter (`Bearer Bonds` and
+/// `BASIC ENERGY-SERVICES` are names; `Bearer 9f8e...` and `Bearer aBcD...` are not).
 fn token_like(credential: &[u8]) -> bool {
     credential.len() >= 8
-        && credential
+        && (credential
             .iter()
-            .any(|b| b.is_ascii_digit() || !b.is_ascii_alphanumeric())
+            .any(|b| b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'='))
+            || credential
+                .windows(2)
+                .any(|pair| pair[0].is_ascii_lowercase() && pair[1].is_ascii_uppercase()))
 }
 
 /// Basic credentials: base64 of printable text with a colon (`user:password`).
