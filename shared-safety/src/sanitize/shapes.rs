@@ -144,6 +144,7 @@ pub(super) fn assignment(lower: &str) -> Option<MaterialKind> {
             b'=' | b':' => {
                 if let Some((start, end)) = name.take()
                     && end - start <= MAX_ASSIGNED_NAME
+                    && worth_looking_up(bytes.get(start..end).unwrap_or_default())
                     && value_follows(bytes, index + 1)
                     && let Some(kind) = lower
                         .get(start..end)
@@ -157,6 +158,12 @@ pub(super) fn assignment(lower: &str) -> Option<MaterialKind> {
         }
     }
     None
+}
+
+/// Every sensitive name has three letters or more (`api`, `pwd`, `jwt`, `token`, ...): names
+/// with fewer, such as the parts of a timestamp (`2026-11-21t14:00`), are not looked up.
+fn worth_looking_up(name: &[u8]) -> bool {
+    name.iter().filter(|b| b.is_ascii_alphabetic()).count() >= 3
 }
 
 /// Something follows a separator at `index` (after at most a few quotes and spaces).
@@ -222,8 +229,11 @@ fn json_header(segment: &str) -> Option<&str> {
 /// `decoded` is set for text decoded from base64, which may be noise that happens to be
 /// printable: there only the unmistakable forms count, a prefix followed by a name (`~/x`,
 /// `C:\x`, `\\host`), not a bare `~` or `C:/`.
-pub(super) fn local_path(text: &str, decoded: bool) -> bool {
-    let lower = text.to_ascii_lowercase();
+pub(super) fn local_path(text: &str, lower: &str, decoded: bool) -> bool {
+    // Every form below needs one of these; most values have none.
+    if !text.contains(['~', '/', '\\']) {
+        return false;
+    }
     if lower.contains("file://") {
         return true;
     }

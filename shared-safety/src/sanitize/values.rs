@@ -47,11 +47,11 @@ fn inspect(
         return Ok(None);
     }
     // Forms often share their base64 runs (folding and percent-decoding leave them alone);
-    // each distinct run is decoded once.
+    // each distinct run is decoded once. Most values have a single form and need no record.
     let mut decoded_runs = HashSet::new();
     for form in &forms {
         for run in decode::base64_runs(form) {
-            if !decoded_runs.insert(run) {
+            if forms.len() > 1 && !decoded_runs.insert(run) {
                 continue;
             }
             for decoding in decode::base64_decodings(run, budget)? {
@@ -97,7 +97,7 @@ fn surface(forms: &[Cow<'_, str>], decoded: bool) -> Option<MaterialKind> {
     if any(&|text, _| shapes::contains_jwt(text)) {
         return Some(MaterialKind::Token);
     }
-    if any(&|text, _| shapes::local_path(text, decoded)) {
+    if any(&|text, lower| shapes::local_path(text, lower, decoded)) {
         return Some(MaterialKind::LocalPath);
     }
     None
