@@ -33,6 +33,13 @@ pub(super) const MIN_BASE64_RUN: usize = 12;
 /// stretches is printable), are not read as text.
 const MIN_TEXT_SEGMENT: usize = 16;
 
+/// How much longer than its input a folded text may grow (plus [`FOLD_SLACK`]) before the input
+/// is uninspectable. Real text grows little under NFKC (`㍿` becomes `株式会社`, four times
+/// as long, but within a name); texts made of the few code points that expand most (U+FDFA
+/// becomes 18 letters) exist to make the fold slow, and are refused after twice their length.
+const MAX_FOLD_GROWTH: usize = 2;
+const FOLD_SLACK: usize = 64;
+
 /// Work allowed per input byte, counted in bytes produced or scanned. Ordinary values use a
 /// few units per byte (see the tests); only stacked encodings built to amplify work get near
 /// this.
@@ -109,9 +116,13 @@ pub(super) fn forms<'a>(
     Ok(forms)
 }
 
-/// [`fold`] limited to, and charged to, the budget.
+/// [`fold`] limited to, and charged to, the budget, and to [`MAX_FOLD_GROWTH`].
 fn fold_within(text: &str, budget: &mut Budget) -> Result<Option<String>, Uninspectable> {
-    let folded = fold(text, budget.remaining()).map_err(|_| Uninspectable)?;
+    let growth_bound = text
+        .len()
+        .saturating_mul(MAX_FOLD_GROWTH)
+        .saturating_add(FOLD_SLACK);
+    let folded = fold(text, budget.remaining().min(growth_bound)).map_err(|_| Uninspectable)?;
     if let Some(folded) = &folded {
         budget.spend(folded.len())?;
     }
@@ -364,11 +375,21 @@ mod tests {
         assert_eq!(budget.spend(WORK_PER_BYTE + WORK_BASE), Ok(()));
         assert_eq!(budget.spend(1), Err(Uninspectable));
         // Folding is charged too, and stops at what is left.
-        let expanding = "\u{FDFA}".repeat(1000);
         let mut small = Budget {
-            remaining: expanding.len() * 2,
+            remaining: 100,
             spent: 0,
         };
-        assert_eq!(forms(&expanding, &mut small).err(), Some(Uninspectable));
+        assert_eq!(
+            forms("\u{FDFA}".repeat(10).as_str(), &mut small).err(),
+            Some(Uninspectable)
+        );
+        // And at twice its input: U+FDFA grows elevenfold.
+        let expanding = "\u{FDFA}".repeat(1000);
+        let mut budget = Budget::for_input(expanding.len());
+        assert_eq!(forms(&expanding, &mut budget).err(), Some(Uninspectable));
+        assert!(budget.spent() < 3 * expanding.len(), "{}", budget.spent());
+        // Ordinary growth is inspected: `㍿` (3 bytes) folds to `株式会社` (12 bytes).
+        let name = "トヨタ自動車㍿";
+        assert_eq!(all_forms(name).len(), 2);
     }
 }
