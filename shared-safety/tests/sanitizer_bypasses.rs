@@ -223,28 +223,29 @@ fn encoded_cookies_and_session_ids_are_removed_from_responses() {
 
 #[test]
 fn uninspectable_values_are_refused_not_passed() {
+    use shared_safety::sanitize::{MAX_KEY_BYTES, MAX_RESPONSE_VALUE_BYTES, MAX_VALUE_BYTES};
     let mut four_layers = "JSESSIONID=abc".to_string();
     for _ in 0..4 {
         four_layers = four_layers.replace('%', "%25").replace('=', "%3D");
     }
+    assert_rows([(four_layers, MaterialKind::Uninspectable)], value_problem);
     assert_rows(
-        [
-            four_layers.as_str(),
-            &"A".repeat(shared_safety::sanitize::MAX_VALUE_BYTES + 1),
-        ]
-        .map(|value| (value, MaterialKind::Uninspectable)),
-        value_problem,
-    );
-    assert_rows(
-        [(
-            "k".repeat(shared_safety::sanitize::MAX_KEY_BYTES + 1),
-            MaterialKind::Uninspectable,
-        )],
+        [("k".repeat(MAX_KEY_BYTES + 1), MaterialKind::Uninspectable)],
         key_problem,
     );
-    // At the bound, an ordinary value is still inspected and passes.
-    let long = "A".repeat(shared_safety::sanitize::MAX_VALUE_BYTES);
+    // A request value past its bound is refused unread; at the bound it is read, and passes.
+    let refusal = check_request(&json!({ "symbol": "A".repeat(MAX_VALUE_BYTES + 1) }));
+    assert_eq!(
+        refusal.map_err(|r| r.kind),
+        Err(MaterialKind::Uninspectable)
+    );
+    let long = "A".repeat(MAX_VALUE_BYTES);
     assert_eq!(check_request(&json!({ "symbol": long })), Ok(()));
+    // A response string is read up to the largest relay frame, and redacted past it.
+    let frame = json!({ "note": "A".repeat(MAX_RESPONSE_VALUE_BYTES) });
+    assert_eq!(sanitize_response(&frame), frame);
+    let past = json!({ "note": "A".repeat(MAX_RESPONSE_VALUE_BYTES + 1) });
+    assert_eq!(sanitize_response(&past), json!({ "note": "[redacted]" }));
 }
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";

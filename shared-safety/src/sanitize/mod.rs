@@ -14,10 +14,12 @@ mod keys;
 mod shapes;
 mod values;
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 pub use keys::{MAX_KEY_BYTES, sensitive_key};
-pub use values::{MAX_VALUE_BYTES, sensitive_value};
+pub use values::{MAX_RESPONSE_VALUE_BYTES, MAX_VALUE_BYTES, sensitive_value};
 
 /// Why a request was refused. Carries the JSON path and the kind of material, never the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,9 +38,9 @@ pub enum MaterialKind {
     Secret,
     LocalPath,
     /// A key or value the sanitizer could not inspect within its bounds: longer than
-    /// [`MAX_VALUE_BYTES`] or [`MAX_KEY_BYTES`], percent-encoded more often than it decodes,
-    /// or needing more decoding work than its length allows. Refused (requests) or removed
-    /// (responses) rather than passed uninspected.
+    /// [`MAX_KEY_BYTES`] or [`MAX_VALUE_BYTES`] ([`MAX_RESPONSE_VALUE_BYTES`] in responses),
+    /// percent-encoded more often than it decodes, or needing more decoding work than its
+    /// length allows. Refused (requests) or removed (responses) rather than passed uninspected.
     Uninspectable,
 }
 
@@ -134,22 +136,46 @@ pub fn echo_safe_segment(key: &str) -> String {
 }
 
 /// Returns a copy of a broker response with session material and local internals removed.
-/// String values that look sensitive are replaced with `"[redacted]"`.
+/// String values that look sensitive are replaced with `"[redacted]"`, and so are strings
+/// longer than [`MAX_RESPONSE_VALUE_BYTES`], which are not inspected.
 pub fn sanitize_response(value: &Value) -> Value {
+    scrub(value, &mut HashMap::new())
+}
+
+/// Results are mostly arrays of objects with the same few keys (bars, positions, orders), so
+/// each distinct short key is judged once per response.
+const REMEMBERED_KEYS: usize = 256;
+const REMEMBERED_KEY_BYTES: usize = 64;
+
+fn scrub(value: &Value, removed_keys: &mut HashMap<String, bool>) -> Value {
     match value {
         Value::Object(map) => {
             let mut clean = Map::new();
             for (key, item) in map {
-                // A key can itself be material: CPGW maps keyed by a cookie or a session id.
-                if keys::removed_from_responses(key) || sensitive_value(key).is_some() {
-                    continue;
+                let removed = match removed_keys.get(key.as_str()) {
+                    Some(removed) => *removed,
+                    None => {
+                        // A key can itself be material: CPGW maps keyed by a cookie or a
+                        // session id.
+                        let removed =
+                            keys::removed_from_responses(key) || sensitive_value(key).is_some();
+                        if key.len() <= REMEMBERED_KEY_BYTES && removed_keys.len() < REMEMBERED_KEYS
+                        {
+                            removed_keys.insert(key.clone(), removed);
+                        }
+                        removed
+                    }
+                };
+                if !removed {
+                    clean.insert(key.clone(), scrub(item, removed_keys));
                 }
-                clean.insert(key.clone(), sanitize_response(item));
             }
             Value::Object(clean)
         }
-        Value::Array(items) => Value::Array(items.iter().map(sanitize_response).collect()),
-        Value::String(text) if sensitive_value(text).is_some() => {
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| scrub(item, removed_keys)).collect())
+        }
+        Value::String(text) if values::classify_value(text, MAX_RESPONSE_VALUE_BYTES).is_some() => {
             Value::String("[redacted]".into())
         }
         other => other.clone(),

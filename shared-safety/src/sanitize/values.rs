@@ -8,10 +8,15 @@ use super::MaterialKind;
 use super::decode::{self, Budget, Uninspectable};
 use super::shapes;
 
-/// Longer string values are not inspected but refused (requests) or redacted (responses). Tool
-/// arguments are at most 64 characters by their schemas, and broker strings (names, messages)
-/// a few hundred; the bound keeps the cost of inspecting one value small.
+/// Longer request values are not inspected but refused. Tool arguments are at most 64
+/// characters by their schemas; the bound keeps what one hostile value can cost small.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Longer response strings are not inspected but redacted. Responses come from the broker
+/// through the sidecar, not from the agent, and a result may legitimately carry a long text,
+/// so the bound is the largest relay frame: a string that fits in no frame never leaves the
+/// laptop anyway, and one that does is inspected whole (about 100 ms for 1 MiB).
+pub const MAX_RESPONSE_VALUE_BYTES: usize = protocol::limits::MAX_FRAME_PLAINTEXT;
 
 /// Base64 inside base64 is decoded this deep (`base64(base64(secret))`); deeper text is
 /// inspected in its percent-decoded and folded forms only.
@@ -23,10 +28,16 @@ const MAX_BASE64_DEPTH: usize = 2;
 /// folded (NFKC, without invisible characters and marks), and percent-decoded, so
 /// `Ｂｅａｒｅｒ x`, `Bear\u{200B}er x` and `Bearer%20x` are all authorization headers. Then
 /// every long run of base64 in those forms is decoded and its text inspected the same way,
-/// [`MAX_BASE64_DEPTH`] deep. A value that cannot be inspected within bounds is
+/// two levels deep. A value that cannot be inspected within bounds is
 /// [`MaterialKind::Uninspectable`].
 pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
-    if value.len() > MAX_VALUE_BYTES {
+    classify_value(value, MAX_VALUE_BYTES)
+}
+
+/// [`sensitive_value`] with the length bound given: [`MAX_VALUE_BYTES`] for requests,
+/// [`MAX_RESPONSE_VALUE_BYTES`] for responses.
+pub(super) fn classify_value(value: &str, max_bytes: usize) -> Option<MaterialKind> {
+    if value.len() > max_bytes {
         return Some(MaterialKind::Uninspectable);
     }
     let mut budget = Budget::for_input(value.len());
