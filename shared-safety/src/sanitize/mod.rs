@@ -1,12 +1,59 @@
-//! Sensitive-material sanitizer.
+//! Sensitive-material sanitizer: the second line of defence, not the first.
+//!
+//! **The primary controls are elsewhere.** Every tool's arguments must fit its closed JSON
+//! schema ([`crate::schema`]): no unknown fields, every string short and of a known kind (a
+//! symbol is at most 12 characters, an order id 32). The sidecar maps CPGW's replies to typed
+//! results that carry only the fields a tool names. Those controls keep cookies, tokens and
+//! paths out by construction. The sanitizer is a heuristic backstop behind them: it recognises
+//! known shapes of sensitive material in known encodings, and it cannot prove that a text
+//! carries none. An opaque random token under an ordinary key looks exactly like an
+//! idempotency key, and passes.
 //!
 //! Requests: anything that looks like a cookie, an authorization header, a token, a credential,
-//! a secret or a local filesystem path is refused before forwarding, detected both by the key
-//! it sits under and by the shape of the value. Ordinary trading values (a symbol such as
-//! `PATH`, a page cursor, a decimal amount) pass.
+//! a secret or a local filesystem path is refused, detected both by the key it sits under and by
+//! the shape of the value. The gateway refuses before forwarding; the sidecar checks again.
+//! Ordinary trading values (a symbol such as `PATH`, a page cursor, a decimal amount, a UUID
+//! or base64 idempotency key, a company name) pass.
 //!
 //! Responses: session material and local internals are removed before a result leaves the
-//! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
+//! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths), and
+//! the gateway scrubs again: keys that name or are material are dropped, values that are
+//! material become `"[redacted]"`.
+//!
+//! How a key or a value is read:
+//! 1. **Bounds.** A key over [`MAX_KEY_BYTES`] (1 KiB), a request value over
+//!    [`MAX_VALUE_BYTES`] (64 KiB) or a response string over [`MAX_RESPONSE_VALUE_BYTES`] (the
+//!    largest relay frame, 1 MiB) is not read but treated as [`MaterialKind::Uninspectable`]:
+//!    refused or removed.
+//! 2. **Forms** (`decode`): the text as it is; folded (`fold`: Unicode NFKC after dropping
+//!    default-ignorable, format and control characters and combining marks, so `ｃｏｏｋｉｅ`
+//!    and `coo\u{200B}kie` read `cookie`); and percent-decoded up to three layers, each layer
+//!    folded. Text still encoded after three layers is uninspectable.
+//! 3. **Keys** (`keys`) are split into words (`accessToken` is `access`, `token`) and compared
+//!    with the sensitive words, also run together (`c-o-o-k-i-e`).
+//! 4. **Value shapes** (`shapes`), on every form: `Authorization:`/`Cookie:` header lines
+//!    anywhere; `Bearer`/`Basic` with a credential (any, as the whole value; token-like, inside
+//!    text); `name=value` pairs with a sensitive name (`token=`, `JSESSIONID=`,
+//!    `"password":`); private keys; JWTs anywhere, recognised by a header that decodes to a
+//!    JSON object; local paths.
+//! 5. **Base64** (`values`): every run of 12 or more base64 or base64url characters in any
+//!    form is decoded at each of the four alignments (so a glued prefix does not hide it), and
+//!    what it decodes to is read like a value again, two levels deep. A decoding is read whole
+//!    when it is text throughout, else in its printable ASCII stretches of 16 or more, so random
+//!    identifiers (hex, UUIDs, base64 keys) do not read as text.
+//! 6. **Work budget**: every form and decoding spends from a budget of 32 units per input byte
+//!    (plus 4096), a fold may at most double a text, and every shape check is a single pass,
+//!    so inspection is linear in the input; an input that would need more is uninspectable
+//!    rather than partly inspected.
+//!
+//! Not recognised, by design or for now: material shorter than the base64 minimum once encoded
+//! (under 9 bytes); encodings other than percent and base64 (hex, HTML entities, UTF-16,
+//! compression); lookalike letters from other scripts (a Cyrillic `с` in `сookie`), which NFKC
+//! keeps apart; material split across several fields; base64 three levels deep. The closed
+//! schemas are what stop those.
+//!
+//! A refusal ([`SensitiveMaterial`]) carries the kind and the JSON path, never the value; a
+//! path segment is shown only when it is a short plain identifier that is not itself material.
 
 mod decode;
 mod fold;
