@@ -1,13 +1,17 @@
 //! Trading state the order tools share for the daemon's lifetime: the trade journal, the
 //! `trading:` policy, the market calendar and clock, and the posture derived from them.
 //!
-//! - [`journal`]: the hash-chained, fsync'd trade journal and its derived views.
+//! - [`journal`]: the hash-chained, fsync'd trade journal and its derived views;
+//!   [`journal_chain`]: its key, head checkpoint and verification; [`journal_tap`]: which
+//!   entry a relayed call wrote last.
 //! - [`policy`]: the `trading:` configuration section.
 //!
 //! This module knows nothing of tools or CPGW; the order tools (`crate::tools::orders`) build
 //! on it.
 
 pub mod journal;
+pub mod journal_chain;
+pub mod journal_tap;
 pub mod policy;
 
 use crate::error::SidecarError;
