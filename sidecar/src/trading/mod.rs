@@ -4,11 +4,13 @@
 //! - [`journal`]: the hash-chained, fsync'd trade journal and its derived views;
 //!   [`journal_chain`]: its key, head checkpoint and verification; [`journal_tap`]: which
 //!   entry a relayed call wrote last.
+//! - [`anchor`]: whether the journal still holds the entry the gateway has on record.
 //! - [`policy`]: the `trading:` configuration section.
 //!
 //! This module knows nothing of tools or CPGW; the order tools (`crate::tools::orders`) build
 //! on it.
 
+pub mod anchor;
 pub mod journal;
 pub mod journal_chain;
 pub mod journal_tap;
