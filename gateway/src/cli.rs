@@ -384,11 +384,8 @@ async fn open_audit(
     let state_dir = config.state_dir.clone();
     let variable = config.remote_mcp.token_id_hmac_secret_env.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
-        let key = crate::audit::AuditKey::load_existing(&variable, &state_dir)
-            .map_err(|e| format!("the audit HMAC secret: {e}"))?;
-        let conn = crate::store::connect(store.path()).map_err(|e| e.to_string())?;
-        Ok::<_, String>((conn, state_dir, key.chain_key()))
+        crate::audit::verify::open_trail(&state_dir, &variable)
+            .map(|(conn, key)| (conn, state_dir, key))
     })
     .await;
     opened_or_exit(opened)

@@ -15,6 +15,18 @@ use crate::store::{StoreError, write_transaction};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 
+/// Opens what `audit verify` and `audit reseal` work on: a connection to the store in
+/// `state_dir` (migrated like any open) and the chain key from the audit secret the gateway
+/// runs with: the environment variable `secret_env` when set, else `state_dir/audit_hmac.key`;
+/// never a new secret, which could verify nothing. Blocking.
+pub fn open_trail(state_dir: &Path, secret_env: &str) -> Result<(Connection, ChainKey), String> {
+    let store = crate::store::Store::open(state_dir).map_err(|e| e.to_string())?;
+    let key = super::AuditKey::load_existing(secret_env, state_dir)
+        .map_err(|e| format!("the audit HMAC secret: {e}"))?;
+    let conn = crate::store::connect(store.path()).map_err(|e| e.to_string())?;
+    Ok((conn, key.chain_key()))
+}
+
 /// The outcome of an operator's reseal, as stored in the marker record.
 pub const RESEALED: &str = "AUDIT_RESEALED";
 
