@@ -428,10 +428,12 @@ impl AuditLog {
     /// nothing). Blocking.
     pub fn begin_prune(&mut self, cutoff_ms: i64) -> Result<i64, AuditError> {
         let chain = self.chain()?.clone();
+        // In id order from the oldest, stopping at the first young row: the rows read are the
+        // ones about to go (the time index would read all the young ones instead).
         let first_young: Option<i64> = self
             .conn
             .query_row(
-                "SELECT id FROM audit WHERE time_ms >= ?1 ORDER BY id LIMIT 1",
+                "SELECT id FROM audit NOT INDEXED WHERE time_ms >= ?1 ORDER BY id LIMIT 1",
                 params![cutoff_ms],
                 |row| row.get(0),
             )

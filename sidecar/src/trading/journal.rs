@@ -15,8 +15,8 @@
 //! the intent is on disk before an order is sent; the head checkpoint is replaced after it. A
 //! crash can leave at most a torn last line: [`verify`] reports it, [`Journal::open`] logs a
 //! warning and cuts it off before appending (it was never acknowledged, so nothing depended on
-//! it). An intent without an outcome that was not
-//! a dry run reads as *pending* (the order may have been sent) until reconciled.
+//! it). An intent without an outcome that was not a dry run reads as *pending* (the order may
+//! have been sent) until reconciled.
 //!
 //! Secrets never enter the journal: entries hold order fields, broker order ids, guard codes and
 //! bounded broker texts only (no tokens, cookies or session ids).
