@@ -416,3 +416,59 @@ async fn an_order_calls_journal_entry_is_audited_and_sent_back_as_the_anchor_at_
     assert_eq!(hex::encode(next.server_hello.pairing_id), pairing_id);
     running.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_trail_cut_under_a_running_gateway_stops_order_calls_until_an_operator_acts() {
+    let mut running = Running::start().await;
+    let placed = call(&mut running.client, "ibkr_buy", buy()).await;
+    assert_eq!(placed["result"]["isError"], false, "{placed}");
+    assert!(running.handle.flush_audit().await);
+    rusqlite::Connection::open(running.state_dir.join("gateway.sqlite3"))
+        .unwrap()
+        .execute_batch("DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit);")
+        .unwrap();
+
+    // The writer notices at its next write: the call whose record that is gets refused, and
+    // so does every later order call, while reads go on.
+    let refused = call(&mut running.client, "ibkr_buy", buy()).await;
+    assert_eq!(error_code(&refused), "AUDIT_UNAVAILABLE");
+    let refused = call(
+        &mut running.client,
+        "ibkr_order_cancel",
+        serde_json::json!({"order_id": "1"}),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "AUDIT_UNAVAILABLE");
+    let read = call(
+        &mut running.client,
+        "ibkr_accounts_list",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(read["result"]["isError"], false, "{read}");
+    assert_eq!(running.next_tool_at_the_sidecar().await, "ibkr_buy");
+    assert_eq!(
+        running.next_tool_at_the_sidecar().await,
+        "ibkr_accounts_list"
+    );
+    assert_eq!(running.metric("ibkr_gateway_audit_refused_total"), 2);
+
+    let config_file = running.state_dir.parent().unwrap().join("gateway.yaml");
+    std::fs::write(
+        &config_file,
+        serde_yaml_ng::to_string(&dev_config("http://127.0.0.1:9", &running.state_dir)).unwrap(),
+    )
+    .unwrap();
+    let output = run_cli(vec![
+        "audit".into(),
+        "verify".into(),
+        "--config".into(),
+        config_file.into_os_string(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["truncated"], true, "{report}");
+    running.handle.shutdown().await;
+}
