@@ -35,8 +35,6 @@ pub(crate) struct DaemonContext {
     pub market_clock: crate::market_clock::MarketClock,
     /// Order tools' journal and policy; `None` when the journal could not be opened.
     pub orders: Option<crate::trading::OrdersRuntime>,
-    /// Whether the journal holds the gateway's anchor (checked at every handshake).
-    pub journal_anchor: crate::trading::anchor::AnchorCheck,
 }
 
 /// Sidecar build version as reported to the gateway (no paths, no account data).

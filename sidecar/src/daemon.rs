@@ -140,6 +140,5 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
                 None
             }
         },
-        journal_anchor: crate::trading::anchor::AnchorCheck::new(),
     })
 }

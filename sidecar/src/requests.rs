@@ -61,7 +61,10 @@ pub(crate) async fn handle(
         Err(outcome) => return outcome,
     };
     if checked.tool.changes_broker_state()
-        && let Some(behind) = context.journal_anchor.behind()
+        && let Some(behind) = context
+            .orders
+            .as_ref()
+            .and_then(|orders| orders.anchor.behind())
     {
         return Outcome::Refused(ErrorCode::JournalBehindGateway.body(Some(&format!(
             "(The gateway has entry {} on record; this journal ends at entry {}.)",

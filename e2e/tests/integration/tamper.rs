@@ -171,6 +171,12 @@ async fn a_journal_put_back_behind_the_gateways_anchor_refuses_order_tools_at_th
     );
     succeeded(&call(&system, "ibkr_accounts_list", json!({})).await);
     succeeded(&call(&system, "ibkr_trade_history", json!({})).await);
+    let status = succeeded(&call(&system, "ibkr_session_status", json!({})).await);
+    assert_eq!(
+        status["posture"]["journal_behind_gateway"], true,
+        "{status}"
+    );
+    assert_eq!(status["posture"]["safe_to_trade"], false, "{status}");
     assert!(system.sim.order_log().is_empty());
     // The person is told once.
     tokio::time::timeout(WAIT_LIMIT, alerted.notified())

@@ -201,10 +201,13 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
 }
 
 /// Before any call of this connection runs: does the journal still hold the entry the gateway
-/// has on record? If not, the order tools refuse from now on; say so once, loudly.
+/// has on record? If not, the order tools refuse from now on; say so once, loudly. (Without a
+/// journal the order tools refuse anyway, with `JOURNAL_ERROR`.)
 fn check_journal_anchor(context: &Arc<DaemonContext>, anchor: Option<JournalRef>) {
-    let journal = context.orders.as_ref().map(|orders| &orders.journal);
-    match context.journal_anchor.check(anchor, journal) {
+    let Some(orders) = context.orders.as_ref() else {
+        return;
+    };
+    match orders.anchor.check(anchor, &orders.journal) {
         AnchorChange::NowBehind(behind) => {
             let code = ErrorCode::JournalBehindGateway;
             tracing::error!(

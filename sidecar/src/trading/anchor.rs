@@ -40,11 +40,10 @@ impl AnchorCheck {
         AnchorCheck::default()
     }
 
-    /// Checks `anchor` (from the handshake) against `journal`. Without a journal (it could not
-    /// be opened) the order tools refuse anyway, with `JOURNAL_ERROR`, so nothing is recorded.
-    pub fn check(&self, anchor: Option<JournalRef>, journal: Option<&Journal>) -> AnchorChange {
-        let now = match (anchor, journal) {
-            (Some(anchor), Some(journal)) if !journal.holds(&anchor) => Some(Behind {
+    /// Checks `anchor` (from the handshake) against `journal`.
+    pub fn check(&self, anchor: Option<JournalRef>, journal: &Journal) -> AnchorChange {
+        let now = match anchor {
+            Some(anchor) if !journal.holds(&anchor) => Some(Behind {
                 anchor,
                 journal_last_seq: journal.last_seq(),
             }),
@@ -86,11 +85,8 @@ mod tests {
         .await;
         let held = written.unwrap();
         let check = AnchorCheck::new();
-        assert_eq!(check.check(None, Some(&journal)), AnchorChange::Unchanged);
-        assert_eq!(
-            check.check(Some(held), Some(&journal)),
-            AnchorChange::Unchanged
-        );
+        assert_eq!(check.check(None, &journal), AnchorChange::Unchanged);
+        assert_eq!(check.check(Some(held), &journal), AnchorChange::Unchanged);
         assert_eq!(check.behind(), None);
 
         let ahead = JournalRef {
@@ -102,31 +98,20 @@ mod tests {
             journal_last_seq: 1,
         };
         assert_eq!(
-            check.check(Some(ahead), Some(&journal)),
+            check.check(Some(ahead), &journal),
             AnchorChange::NowBehind(behind)
         );
         assert_eq!(check.behind(), Some(behind));
         // Still behind at the next handshake: nothing new to alert about.
-        assert_eq!(
-            check.check(Some(ahead), Some(&journal)),
-            AnchorChange::Unchanged
-        );
+        assert_eq!(check.check(Some(ahead), &journal), AnchorChange::Unchanged);
         // Same sequence number, another hash: a different history.
         let forked = JournalRef {
             seq: held.seq,
             hash: [0; 32],
         };
-        assert_eq!(
-            check.check(Some(forked), Some(&journal)),
-            AnchorChange::Unchanged
-        );
+        assert_eq!(check.check(Some(forked), &journal), AnchorChange::Unchanged);
         assert!(check.behind().is_some());
-        assert_eq!(
-            check.check(Some(held), Some(&journal)),
-            AnchorChange::Cleared
-        );
+        assert_eq!(check.check(Some(held), &journal), AnchorChange::Cleared);
         assert_eq!(check.behind(), None);
-        // No journal: the order tools refuse with JOURNAL_ERROR instead.
-        assert_eq!(check.check(Some(ahead), None), AnchorChange::Unchanged);
     }
 }
