@@ -325,6 +325,11 @@ impl System {
         &self.sidecar_state_dir
     }
 
+    /// The gateway's `state_dir` (store, keys, `audit.head`).
+    pub fn gateway_state_dir(&self) -> &Path {
+        &self.gateway_config.state_dir
+    }
+
     /// Stops everything gracefully.
     pub async fn shutdown(mut self) {
         if let Some(sidecar) = self.sidecar.take() {

@@ -501,7 +501,8 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
                     "audit HMAC secret not in the environment; using the one persisted in state_dir"
                 );
             }
-            let audit_log = AuditLog::open(&store).map_err(|e| StartError::Store(e.to_string()))?;
+            let audit_log =
+                AuditLog::open(&store, &audit_key).map_err(|e| StartError::Store(e.to_string()))?;
             Ok::<_, StartError>((store, keypair, instance_id, audit_key, audit_log))
         })
         .await
@@ -562,6 +563,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         audit_log,
         Arc::clone(&metrics),
         config.audit.retention(),
+        config.audit.ack_timeout(),
     );
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),

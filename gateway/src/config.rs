@@ -133,11 +133,25 @@ pub struct AuditSection {
     /// every record for ever.
     #[serde(default = "AuditSection::default_retention_days")]
     pub retention_days: u32,
+    /// How long an order call waits for its audit record to be stored before it is refused
+    /// with `AUDIT_UNAVAILABLE` (nothing is forwarded); also how long the audit writer waits
+    /// for the database's write lock before a batch counts as lost.
+    #[serde(default = "AuditSection::default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
 }
 
 impl AuditSection {
     fn default_retention_days() -> u32 {
         365
+    }
+
+    fn default_ack_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// See [`AuditSection::ack_timeout_ms`].
+    pub fn ack_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ack_timeout_ms)
     }
 
     /// How long records are kept; `None` for ever.
@@ -151,6 +165,7 @@ impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
             retention_days: Self::default_retention_days(),
+            ack_timeout_ms: Self::default_ack_timeout_ms(),
         }
     }
 }
@@ -964,6 +979,12 @@ impl GatewayConfiguration {
             u64::from(self.audit.retention_days),
             0,
             36_500,
+        )?;
+        check_range(
+            "audit.ack_timeout_ms",
+            self.audit.ack_timeout_ms,
+            50,
+            60_000,
         )?;
 
         Ok(Resolved {

@@ -159,6 +159,9 @@ error_catalog! {
     RelayOverloaded => ("RELAY_OVERLOADED", true,
         "Too many calls are in flight to this sidecar.",
         "Wait a moment and try again."),
+    AuditUnavailable => ("AUDIT_UNAVAILABLE", true,
+        "The gateway could not write its audit record of this order call, so the call was refused and nothing was sent to the laptop.",
+        "Try again shortly. If it persists, the gateway operator should check the audit trail and its store (ibkr-gateway audit verify)."),
     RelayProtocolError => ("RELAY_PROTOCOL_ERROR", true,
         "The encrypted relay channel failed and was closed.",
         "Try again; the sidecar reconnects by itself."),
@@ -235,6 +238,9 @@ error_catalog! {
     JournalError => ("JOURNAL_ERROR", false,
         "The trade journal could not be written, so no order was sent.",
         "Check free space and permissions in the sidecar state directory, then run `ibkr-agent journal verify`."),
+    JournalBehindGateway => ("JOURNAL_BEHIND_GATEWAY", false,
+        "The trade journal on the laptop lacks an entry the gateway has on record (it was cut back or replaced by an older copy), so order tools are refused: caps, duplicate checks and pending orders would be judged on an incomplete history. Read tools keep working.",
+        "Put the newest copy of journal.jsonl, journal.head and journal.key back into the sidecar state directory and restart `ibkr-agent sidecar run`, then run `ibkr-agent journal verify`. If the entries are lost for good, check ibkr_orders_list and ibkr_executions_list for what was placed, then pair the laptop again."),
 
     // Local primitives.
     IdentityMissing => ("IDENTITY_MISSING", false,

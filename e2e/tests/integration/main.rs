@@ -8,5 +8,6 @@
 mod mcp_revisions;
 mod pairing;
 mod relay_gates;
+mod tamper;
 mod trading;
 mod walking_skeleton;

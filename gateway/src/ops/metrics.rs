@@ -75,12 +75,13 @@ pub struct Metrics {
     connections_rejected_relay: AtomicU64,
     connections_evicted: AtomicU64,
     connections_silent: AtomicU64,
+    audit_refused: AtomicU64,
 }
 
 /// A tool-call outcome as a bounded label value.
 pub fn outcome_label(outcome: &str) -> String {
     match outcome {
-        "ok" | "manual_action_required" => outcome.to_string(),
+        "ok" | "manual_action_required" | "forwarding" => outcome.to_string(),
         code => match shared_safety::ErrorCode::from_code(code) {
             Some(code) => code.code().to_string(),
             None => "other".to_string(),
@@ -137,6 +138,15 @@ impl Metrics {
 
     pub fn audit_dropped_total(&self) -> u64 {
         self.audit_dropped.load(Ordering::Relaxed)
+    }
+
+    /// An order call refused because its audit record could not be stored.
+    pub fn audit_refused(&self) {
+        self.audit_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_refused_total(&self) -> u64 {
+        self.audit_refused.load(Ordering::Relaxed)
     }
 
     pub fn connection_rejected(&self, limit: ConnectionLimit) {
@@ -257,7 +267,7 @@ impl Metrics {
 
         writeln!(
             out,
-            "# HELP ibkr_gateway_audit_dropped_total Audit records dropped because the writer queue was full."
+            "# HELP ibkr_gateway_audit_dropped_total Audit records lost: the writer queue was full, the writer stopped, or the store did not take them within audit.ack_timeout_ms."
         )?;
         writeln!(out, "# TYPE ibkr_gateway_audit_dropped_total counter")?;
         writeln!(
@@ -275,6 +285,17 @@ impl Metrics {
             out,
             "ibkr_gateway_audit_written_total {}",
             self.audit_written.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_audit_refused_total Order calls refused (AUDIT_UNAVAILABLE) because their audit record could not be stored before forwarding."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_refused_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_refused_total {}",
+            self.audit_refused.load(Ordering::Relaxed)
         )?;
 
         writeln!(

@@ -71,7 +71,11 @@ fn malformed() -> GatewayError {
 /// Who the client is for the pairing limits: its address as the trusted-proxy rules resolve
 /// it, an IPv6 client grouped by /64 (as every per-client limit counts it).
 fn peer_key(state: &AppState, peer: &PeerAddr, headers: &HeaderMap) -> ClientKey {
-    ClientKey::of(client_ip(peer.0.ip(), headers, &state.resolved.trusted_proxies))
+    ClientKey::of(client_ip(
+        peer.0.ip(),
+        headers,
+        &state.resolved.trusted_proxies,
+    ))
 }
 
 pub(crate) async fn pair_start(
