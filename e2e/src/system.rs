@@ -341,6 +341,11 @@ impl System {
         &self.sidecar_state_dir
     }
 
+    /// The gateway's `state_dir` (store, keys, `audit.head`).
+    pub fn gateway_state_dir(&self) -> &Path {
+        &self.gateway_config.state_dir
+    }
+
     /// Stops everything gracefully.
     /// Stops everything. Panics when the sidecar ever tripped the simulator's pacing limits
     /// (a 429): with a real CPGW that is a penalty box of up to 15 minutes on every endpoint,

@@ -15,7 +15,8 @@ use crate::audit::log::AuditLog;
 use crate::audit::{Audit, AuditKey, AuditKeyError, KeySource};
 use crate::config::{ConfigError, GatewayConfiguration};
 use crate::error::{GatewayError, StartError};
-use crate::http::listener::{LimitedListener, PeerAddr};
+use crate::http::limits::{ConnectionLimits, LimitSettings, PeerAddr};
+use crate::http::listener::LimitedListener;
 use crate::http::rate_limit::RateLimiter;
 use crate::mcp::GatewayMcp;
 use crate::oauth::jwks::{JwksCache, REFRESH_COOLDOWN};
@@ -500,7 +501,8 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
                     "audit HMAC secret not in the environment; using the one persisted in state_dir"
                 );
             }
-            let audit_log = AuditLog::open(&store).map_err(|e| StartError::Store(e.to_string()))?;
+            let audit_log =
+                AuditLog::open(&store, &audit_key).map_err(|e| StartError::Store(e.to_string()))?;
             Ok::<_, StartError>((store, keypair, instance_id, audit_key, audit_log))
         })
         .await
@@ -561,6 +563,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         audit_log,
         Arc::clone(&metrics),
         config.audit.retention(),
+        config.audit.ack_timeout(),
     );
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
@@ -580,17 +583,25 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
     state.relay.spawn_revocation_poll();
 
     let app = build_router(Arc::clone(&state), &server_shutdown);
-    let listener = LimitedListener::new(
-        listener,
-        state.config.remote_mcp.max_connections,
+    let edge = &state.config.remote_mcp;
+    let limits = ConnectionLimits::new(
+        LimitSettings {
+            max_connections: edge.max_connections,
+            max_connections_per_peer: edge.max_connections_per_peer,
+            max_relay_connections: edge.max_relay_connections,
+            trusted_proxies: state.resolved.trusted_proxies.clone(),
+        },
         Arc::clone(&state.metrics),
     );
-    let header_read_timeout =
-        Duration::from_secs(state.config.remote_mcp.header_read_timeout_seconds);
+    let listener = LimitedListener::new(listener, limits);
+    let deadlines = crate::http::server::Deadlines {
+        first_byte: Duration::from_secs(edge.first_byte_timeout_seconds),
+        header_read: Duration::from_secs(edge.header_read_timeout_seconds),
+        drain: CONNECTION_DRAIN,
+    };
     let token = server_shutdown.clone();
     let server = tokio::spawn(async move {
-        crate::http::server::serve(listener, app, header_read_timeout, CONNECTION_DRAIN, token)
-            .await;
+        crate::http::server::serve(listener, app, deadlines, token).await;
     });
     tracing::info!(
         %local_addr,

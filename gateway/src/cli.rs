@@ -6,6 +6,8 @@
 //! ibkr-gateway pairing list   --config gateway.yaml [--json]
 //! ibkr-gateway pairing revoke --config gateway.yaml --sidecar-id <id>
 //! ibkr-gateway audit tail     --config gateway.yaml [--limit N] [--json]
+//! ibkr-gateway audit verify   --config gateway.yaml [--json]
+//! ibkr-gateway audit reseal   --config gateway.yaml [--json]
 //! ```
 //! Every command validates the whole configuration first; a bad one prints its code, key and
 //! message to stderr and exits 2 without binding or writing anything. The pairing commands
@@ -62,7 +64,28 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check every record against the keyed chain and audit.head: exits 3 when a record was
+    /// edited, removed or reordered, the tail was cut or an older copy of the database put back.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// After a break was investigated: append an operator record naming it and write a new
+    /// audit.head, so the gateway stores records (and serves order tools) again. Stop the
+    /// gateway first; records are never changed or removed.
+    Reseal {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// Exit code of `audit verify` when the trail does not verify.
+const EXIT_AUDIT_BROKEN: u8 = 3;
 
 #[derive(Debug, Subcommand)]
 pub enum PairingCommand {
@@ -217,13 +240,21 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
         Ok::<_, String>((store, keypair.public(), instance_id))
     })
     .await;
+    let (store, public_key, instance_id) = opened_or_exit(opened)?;
+    Ok(Opened {
+        config,
+        store,
+        instance_id,
+        public_key,
+    })
+}
+
+/// What a blocking startup task opened, or the error reported and the exit code.
+fn opened_or_exit<T>(
+    opened: Result<Result<T, String>, tokio::task::JoinError>,
+) -> Result<T, ExitCode> {
     match opened {
-        Ok(Ok((store, public_key, instance_id))) => Ok(Opened {
-            config,
-            store,
-            instance_id,
-            public_key,
-        }),
+        Ok(Ok(opened)) => Ok(opened),
         Ok(Err(message)) => {
             report_error(ErrorCode::StateStoreError, Some("state_dir"), &message);
             Err(ExitCode::FAILURE)
@@ -261,6 +292,8 @@ pub fn format_utc_ms(ms: i64) -> String {
 
 async fn audit(command: AuditCommand) -> ExitCode {
     match command {
+        AuditCommand::Verify { config, json } => audit_verify(&config, json).await,
+        AuditCommand::Reseal { config, json } => audit_reseal(&config, json).await,
         AuditCommand::Tail {
             config,
             limit,
@@ -329,6 +362,151 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The store's database connection and the chain key, for `audit verify` and `audit reseal`:
+/// the secret is the one the gateway runs with (environment, else `state_dir`), never a new
+/// one.
+async fn open_audit(
+    path: &std::path::Path,
+) -> Result<
+    (
+        rusqlite::Connection,
+        std::path::PathBuf,
+        crate::audit::chain::ChainKey,
+    ),
+    ExitCode,
+> {
+    let config = load_config(path)?;
+    init_logging(config.log_format, "warn");
+    let state_dir = config.state_dir.clone();
+    let variable = config.remote_mcp.token_id_hmac_secret_env.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        crate::audit::verify::open_trail(&state_dir, &variable)
+            .map(|(conn, key)| (conn, state_dir, key))
+    })
+    .await;
+    opened_or_exit(opened)
+}
+
+/// The human summary of a verify report (stdout).
+fn print_verify_report(report: &crate::audit::verify::VerifyReport) {
+    let range = match (report.first_id, report.last_id) {
+        (Some(first), Some(last)) => format!(" (records {first} to {last})"),
+        _ => String::new(),
+    };
+    if report.ok {
+        println!(
+            "Audit trail OK: {} records{range}; chain from record {}, audit.head at record {}, retention pruned through record {}.",
+            report.records,
+            report.chain_start.unwrap_or(1),
+            report.head_tip.unwrap_or(0),
+            report.pruned_through.unwrap_or(0),
+        );
+    } else {
+        let at = report
+            .broken_at_id
+            .map_or_else(String::new, |id| format!(" at record {id}"));
+        println!(
+            "Audit trail BROKEN{at}: {}",
+            report.problem.as_deref().unwrap_or("unknown problem")
+        );
+    }
+    if report.unchained_records > 0 {
+        println!(
+            "Note: {} records before the chain (written before it existed, or under an earlier audit secret) are not covered by it.",
+            report.unchained_records
+        );
+    }
+    for reseal in &report.reseals {
+        println!(
+            "Note: resealed by an operator at record {} on {}: {}",
+            reseal.id,
+            format_utc_ms(reseal.time_ms),
+            reseal.note.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+async fn audit_verify(path: &std::path::Path, json: bool) -> ExitCode {
+    let (mut conn, state_dir, key) = match open_audit(path).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::audit::verify::verify(&mut conn, &state_dir, &key)
+    })
+    .await;
+    let report = match checked {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            report_error(ErrorCode::InternalError, None, "verify task failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+    } else {
+        print_verify_report(&report);
+    }
+    if report.ok {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "error: the audit trail does not verify: {}",
+        report.problem.as_deref().unwrap_or("unknown problem")
+    );
+    eprintln!(
+        "what to do: keep a copy of state_dir for the investigation; restore the newest backup of gateway.sqlite3 with its audit.head if one holds the missing records; otherwise, once investigated, run `ibkr-gateway audit reseal` with the gateway stopped (docs/operations.md)."
+    );
+    ExitCode::from(EXIT_AUDIT_BROKEN)
+}
+
+async fn audit_reseal(path: &std::path::Path, json: bool) -> ExitCode {
+    let (mut conn, state_dir, key) = match open_audit(path).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let now = crate::clock::unix_ms();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::audit::verify::reseal(&mut conn, &state_dir, &key, now)
+    })
+    .await;
+    match done {
+        Ok(Ok(resealed)) => {
+            if json {
+                println!("{}", serde_json::to_value(&resealed).unwrap_or_default());
+            } else {
+                println!(
+                    "Resealed: operator record {} names what was found ({}); the {}. Start the gateway again.",
+                    resealed.marker_id,
+                    resealed.problem,
+                    if resealed.continued {
+                        "chain continues"
+                    } else {
+                        "chain starts a new segment there"
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(crate::audit::verify::ResealError::Intact)) => {
+            eprintln!("error: nothing to reseal: the audit trail verifies");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            report_error(ErrorCode::InternalError, None, "reseal task failed");
+            ExitCode::FAILURE
         }
     }
 }

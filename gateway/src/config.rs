@@ -133,11 +133,25 @@ pub struct AuditSection {
     /// every record for ever.
     #[serde(default = "AuditSection::default_retention_days")]
     pub retention_days: u32,
+    /// How long an order call waits for its audit record to be stored before it is refused
+    /// with `AUDIT_UNAVAILABLE` (nothing is forwarded); also how long the audit writer waits
+    /// for the database's write lock before a batch counts as lost.
+    #[serde(default = "AuditSection::default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
 }
 
 impl AuditSection {
     fn default_retention_days() -> u32 {
         365
+    }
+
+    fn default_ack_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// See [`AuditSection::ack_timeout_ms`].
+    pub fn ack_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ack_timeout_ms)
     }
 
     /// How long records are kept; `None` for ever.
@@ -151,6 +165,7 @@ impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
             retention_days: Self::default_retention_days(),
+            ack_timeout_ms: Self::default_ack_timeout_ms(),
         }
     }
 }
@@ -262,14 +277,31 @@ pub struct RemoteMcpSection {
     pub allowed_algorithms: Vec<JwtAlgorithm>,
     #[serde(default = "RemoteMcpSection::default_skew")]
     pub clock_skew_seconds: u64,
-    #[serde(default)]
+    /// Require the RFC 9068 header `typ: at+jwt` (or `application/at+jwt`), so that another
+    /// JWT of the same issuer and audience (an ID token, say) cannot pass as an access token.
+    /// On by default; turn off only for an issuer that cannot set it.
+    #[serde(default = "RemoteMcpSection::default_require_typ_at_jwt")]
     pub require_typ_at_jwt: bool,
+    /// Concurrent HTTP connections (relay websockets have their own budget). When full, the
+    /// longest-idle connection is evicted for a new one; only when every connection has a
+    /// request in progress is a new one refused.
     #[serde(default = "RemoteMcpSection::default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent connections per client address (an IPv4 address or an IPv6 /64), relay
+    /// websockets included. Behind a trusted proxy: requests in progress per forwarded client.
+    #[serde(default = "RemoteMcpSection::default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// Concurrent `/relay` websockets, apart from `max_connections`.
+    #[serde(default = "RemoteMcpSection::default_max_relay_connections")]
+    pub max_relay_connections: usize,
+    /// Time a new connection gets to send its first byte; then it is closed and its slot
+    /// freed.
+    #[serde(default = "RemoteMcpSection::default_first_byte_timeout")]
+    pub first_byte_timeout_seconds: u64,
     /// Time a connection gets to deliver a complete request head once it is ready for one
-    /// (just accepted, or idle between keep-alive requests); then it is closed and its slot
-    /// freed. Also the keep-alive idle timeout: keep it above a reverse proxy's upstream idle
-    /// timeout.
+    /// (from its first byte, or idle between keep-alive requests); then it is closed and its
+    /// slot freed. Also the keep-alive idle timeout: keep it above a reverse proxy's upstream
+    /// idle timeout.
     #[serde(default = "RemoteMcpSection::default_header_read_timeout")]
     pub header_read_timeout_seconds: u64,
     #[serde(default = "RemoteMcpSection::default_rate_subject")]
@@ -287,7 +319,8 @@ pub struct RemoteMcpSection {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Proxies (IPs or CIDR networks) whose `X-Forwarded-For` is believed for the per-peer
-    /// rate limit. Empty: the socket peer is the client.
+    /// rate and connection limits; their own addresses are not capped per peer. Empty: the
+    /// socket peer is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
 }
@@ -303,8 +336,20 @@ impl RemoteMcpSection {
     fn default_skew() -> u64 {
         60
     }
+    fn default_require_typ_at_jwt() -> bool {
+        true
+    }
     fn default_max_connections() -> usize {
         1024
+    }
+    fn default_max_connections_per_peer() -> usize {
+        64
+    }
+    fn default_max_relay_connections() -> usize {
+        1024
+    }
+    fn default_first_byte_timeout() -> u64 {
+        5
     }
     fn default_header_read_timeout() -> u64 {
         75
@@ -331,8 +376,11 @@ impl Default for RemoteMcpSection {
             allowed_scopes: None,
             allowed_algorithms: Self::default_algorithms(),
             clock_skew_seconds: Self::default_skew(),
-            require_typ_at_jwt: false,
+            require_typ_at_jwt: Self::default_require_typ_at_jwt(),
             max_connections: Self::default_max_connections(),
+            max_connections_per_peer: Self::default_max_connections_per_peer(),
+            max_relay_connections: Self::default_max_relay_connections(),
+            first_byte_timeout_seconds: Self::default_first_byte_timeout(),
             header_read_timeout_seconds: Self::default_header_read_timeout(),
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
             rate_limit_per_peer_per_minute: Self::default_rate_peer(),
@@ -823,6 +871,24 @@ impl GatewayConfiguration {
             1_000_000,
         )?;
         check_range(
+            "remote_mcp.max_connections_per_peer",
+            mcp.max_connections_per_peer as u64,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "remote_mcp.max_relay_connections",
+            mcp.max_relay_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "remote_mcp.first_byte_timeout_seconds",
+            mcp.first_byte_timeout_seconds,
+            1,
+            60,
+        )?;
+        check_range(
             "remote_mcp.header_read_timeout_seconds",
             mcp.header_read_timeout_seconds,
             1,
@@ -913,6 +979,12 @@ impl GatewayConfiguration {
             u64::from(self.audit.retention_days),
             0,
             36_500,
+        )?;
+        check_range(
+            "audit.ack_timeout_ms",
+            self.audit.ack_timeout_ms,
+            50,
+            60_000,
         )?;
 
         Ok(Resolved {
@@ -1014,6 +1086,9 @@ remote_mcp:
   clock_skew_seconds: 60
   require_typ_at_jwt: false
   max_connections: 1024
+  max_connections_per_peer: 64
+  max_relay_connections: 1024
+  first_byte_timeout_seconds: 5
   header_read_timeout_seconds: 75
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200
@@ -1041,6 +1116,12 @@ audit:
         );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(resolved.allowed_scopes.len(), 2);
+        // The file opts out of the RFC 9068 `typ` check; left out, it is on.
+        assert!(!config.remote_mcp.require_typ_at_jwt);
+        let yaml = FULL_YAML.replace("  require_typ_at_jwt: false\n", "");
+        let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+        assert!(config.remote_mcp.require_typ_at_jwt);
+        assert!(dev().remote_mcp.require_typ_at_jwt);
         assert!(dev().validate().is_ok());
     }
 

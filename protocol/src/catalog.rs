@@ -72,6 +72,15 @@ pub struct ToolSpec {
 }
 
 impl ToolSpec {
+    /// Whether a call can change state at the broker (place, cancel or resolve orders): every
+    /// tool under `ibkr:orders:write` and any tool not marked read-only. Both halves treat
+    /// these as the order tools of their tamper evidence: the gateway makes its audit record
+    /// durable before forwarding one, and a sidecar whose journal is behind the gateway's
+    /// anchor refuses them.
+    pub fn changes_broker_state(&self) -> bool {
+        !self.read_only || self.scope == scopes::ORDERS_WRITE
+    }
+
     /// The input schema parsed. The catalog's schemas are checked by a test, so parsing cannot
     /// fail at run time; an empty closed object is returned if it ever did.
     pub fn input_schema_json(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -497,6 +506,28 @@ pub fn find(name: &str) -> Option<&'static ToolSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tools_that_change_broker_state_are_the_order_writing_ones() {
+        let changing: Vec<&str> = CATALOG
+            .iter()
+            .filter(|tool| tool.changes_broker_state())
+            .map(|tool| tool.name)
+            .collect();
+        assert_eq!(
+            changing,
+            [
+                "ibkr_buy",
+                "ibkr_sell",
+                "ibkr_close_position",
+                "ibkr_stop_order",
+                "ibkr_trailing_stop",
+                "ibkr_bracket_order",
+                "ibkr_order_cancel",
+                "ibkr_reconcile_pending",
+            ]
+        );
+    }
 
     #[test]
     fn every_schema_is_a_closed_object_and_every_scope_is_known() {

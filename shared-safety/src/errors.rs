@@ -54,6 +54,12 @@ error_catalog! {
     RequestOriginRefused => ("REQUEST_ORIGIN_REFUSED", false,
         "This gateway does not serve requests addressed to this Host or sent from this browser Origin.",
         "Use the gateway's public URL. An operator can allow a proxy's Host in remote_mcp.allowed_hosts and a browser client's origin in remote_mcp.allowed_origins."),
+    GatewayConnectionLimit => ("GATEWAY_CONNECTION_LIMIT", true,
+        "The gateway is at its connection limit and cannot take this connection now.",
+        "Wait for the time given in Retry-After and try again. If it persists, tell the gateway operator: they can raise remote_mcp.max_connections (remote_mcp.max_relay_connections for sidecars) or look for a flood in ibkr_gateway_connections_rejected_total."),
+    PeerConnectionLimit => ("PEER_CONNECTION_LIMIT", true,
+        "Your network address already holds as many connections to the gateway (or, through its proxy, requests in progress) as one address may.",
+        "Close connections you do not use, reuse one keep-alive connection, and try again after Retry-After. If many clients share this address (an office NAT), ask the gateway operator to raise remote_mcp.max_connections_per_peer."),
 
     // Gate 1: remote MCP OAuth.
     AuthRequired => ("AUTH_REQUIRED", false,
@@ -156,6 +162,9 @@ error_catalog! {
     RelayOverloaded => ("RELAY_OVERLOADED", true,
         "Too many calls are in flight to this sidecar.",
         "Wait a moment and try again."),
+    AuditUnavailable => ("AUDIT_UNAVAILABLE", true,
+        "The gateway could not write its audit record of this order call, so the call was refused and nothing was sent to the laptop.",
+        "Try again shortly. If it persists, the gateway operator should check the audit trail and its store (ibkr-gateway audit verify)."),
     RelayProtocolError => ("RELAY_PROTOCOL_ERROR", true,
         "The encrypted relay channel failed and was closed.",
         "Try again; the sidecar reconnects by itself."),
@@ -250,6 +259,9 @@ error_catalog! {
     JournalError => ("JOURNAL_ERROR", false,
         "The trade journal could not be written, so no order was sent.",
         "Check free space and permissions in the sidecar state directory, then run `ibkr-agent journal verify`."),
+    JournalBehindGateway => ("JOURNAL_BEHIND_GATEWAY", false,
+        "The trade journal on the laptop lacks an entry the gateway has on record (it was cut back or replaced by an older copy), so order tools are refused: caps, duplicate checks and pending orders would be judged on an incomplete history. Read tools keep working.",
+        "Put the newest copy of journal.jsonl, journal.head and journal.key back into the sidecar state directory and restart `ibkr-agent sidecar run`, then run `ibkr-agent journal verify`. If the entries are lost for good, check ibkr_orders_list and ibkr_executions_list for what was placed, then pair the laptop again."),
 
     // Local primitives.
     IdentityMissing => ("IDENTITY_MISSING", false,

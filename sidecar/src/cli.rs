@@ -67,8 +67,9 @@ pub struct JournalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
-    /// Checks the journal's hash chain; exits non-zero when it is broken (tampering or
-    /// corruption). A torn last line (a crash while writing) is reported, not an error.
+    /// Checks the journal's keyed hash chain and its head checkpoint; exits non-zero when an
+    /// entry was edited, removed or reordered, the tail was cut or an older copy put back. A
+    /// torn last line (a crash while writing) is reported, not an error.
     Verify,
 }
 
@@ -312,6 +313,9 @@ struct Failure {
     relay: bool,
     /// Set when the CPGW gate asks for a person.
     manual_action: Option<Box<ManualAction>>,
+    /// With `--json`: the members printed beside `"error"` (the command's own report), so
+    /// stdout still holds exactly one object.
+    report: Option<Value>,
 }
 
 impl From<SidecarError> for Failure {
@@ -320,6 +324,7 @@ impl From<SidecarError> for Failure {
             error,
             relay: false,
             manual_action: None,
+            report: None,
         }
     }
 }
@@ -330,6 +335,7 @@ impl Failure {
             error,
             relay: true,
             manual_action: None,
+            report: None,
         }
     }
 
@@ -374,7 +380,8 @@ fn report_failure(failure: &Failure, json: bool) {
         body.user_action = format!("{} ({})", action.action, action.location);
     }
     if json {
-        let mut out = json!({ "error": error_json(&body) });
+        let mut out = failure.report.clone().unwrap_or_else(|| json!({}));
+        out["error"] = error_json(&body);
         if failure.relay {
             out["forwarded"] = json!(false);
         }
@@ -401,7 +408,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         TopCommand::Sidecar(sidecar) => sidecar,
         TopCommand::Journal(JournalArgs {
             command: JournalCommand::Verify,
-        }) => return Ok(journal_verify(&state_dir, json)?),
+        }) => return journal_verify(&state_dir, json),
     };
     match sidecar.command {
         SidecarCommand::Identity(identity) => match identity.command {
@@ -500,43 +507,62 @@ fn orders_settle(state_dir: &Path, args: &SettleArgs, json: bool) -> Result<(), 
 }
 
 /// `ibkr-agent journal verify`.
-fn journal_verify(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+fn journal_verify(state_dir: &Path, json: bool) -> Result<(), Failure> {
     use crate::trading::journal::{JOURNAL_FILE, verify};
     let path = state_dir.join(JOURNAL_FILE);
     let report = verify(&path)
         .map_err(|error| SidecarError::new(ErrorCode::JournalError, format!("({error})")))?;
-    if json {
-        print_json(&json!({
+    let report_json = json!({
             "ok": report.ok,
             "entries": report.entries,
             "broken_at_line": report.broken_at_line,
             "problem": report.problem,
             "torn_tail": report.torn_tail,
             "last_hash": report.last_hash,
-        }));
+            "keyed": report.keyed,
+            "keyed_from_seq": report.keyed_from_seq,
+            "head_seq": report.head_seq,
+            "truncated": report.truncated,
+    });
+    if json {
+        if report.ok {
+            print_json(&report_json);
+        }
     } else if report.ok {
+        let how = match (report.keyed, report.keyed_from_seq) {
+            (true, Some(1)) => "keyed chain intact".to_string(),
+            (true, Some(seq)) => format!("chain intact, keyed from entry {seq}"),
+            _ => "unkeyed chain intact (the daemon keys it at its next start)".to_string(),
+        };
         println!(
-            "Journal OK: {} entries, chain intact (last hash {}).",
-            report.entries, report.last_hash
+            "Journal OK: {} entries, {how}, head checkpoint {} (last hash {}).",
+            report.entries,
+            report.head_seq.map_or_else(
+                || "not written yet".to_string(),
+                |seq| format!("at entry {seq}")
+            ),
+            report.last_hash
         );
         if report.torn_tail {
             println!(
                 "Warning: the last line is incomplete (a crash while writing); it is ignored."
             );
         }
+    } else {
+        println!("Journal BROKEN: {} entries read.", report.entries);
     }
     if report.ok {
-        Ok(())
-    } else {
-        Err(SidecarError::new(
-            ErrorCode::JournalError,
-            format!(
-                "(chain broken at line {}: {})",
-                report.broken_at_line.unwrap_or(0),
-                report.problem.as_deref().unwrap_or("unknown problem")
-            ),
-        ))
+        return Ok(());
     }
+    let problem = report.problem.as_deref().unwrap_or("unknown problem");
+    let detail = match report.broken_at_line {
+        Some(line) => format!("(chain broken at line {line}: {problem})"),
+        None => format!("({problem})"),
+    };
+    Err(Failure {
+        report: Some(report_json),
+        ..Failure::from(SidecarError::new(ErrorCode::JournalError, detail))
+    })
 }
 
 // ---- JSON shapes (documented in docs/sidecar-cli.md) ----------------------------------------
@@ -924,6 +950,7 @@ fn probe_broker(base_url: &str) -> Result<(), Failure> {
             error: SidecarError::bare(ErrorCode::BrokerSessionRequired),
             relay: true,
             manual_action: Some(Box::new(action)),
+            report: None,
         }),
         Err(Outcome::Refused(body) | Outcome::Failed(body)) => {
             let code = ErrorCode::from_code(&body.code).unwrap_or(ErrorCode::BrokerError);

@@ -142,7 +142,7 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
                 Some(runtime)
             }
             Err(error) => {
-                tracing::error!(code = %error.code(), "trade journal unavailable; order tools refuse");
+                tracing::error!(code = %error.code(), %error, "trade journal unavailable; order tools refuse (run `ibkr-agent journal verify`)");
                 None
             }
         },

@@ -8,14 +8,13 @@
 use crate::clock::now_unix_seconds;
 use crate::error::SidecarError;
 use crate::paths::{IDENTITY_KEY_FILE, ensure_state_dir};
+use crate::secret_file::PrivateFileError;
 use crate::state::{IdentityRecord, StateStore};
 use protocol::identity::{PublicKey, StaticKeypair};
 use protocol::limits::MAX_SHORT_STRING;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 use shared_safety::ErrorCode;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -118,44 +117,13 @@ pub fn create_identity(
 /// Writes `bytes` to `dir/name`, mode 0600, atomically and without replacing an existing file.
 fn write_new_secret_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SidecarError> {
     ensure_state_dir(dir)?;
-    let final_path = dir.join(name);
-    let temp_path = dir.join(format!(".{name}.tmp-{:016x}", OsRng.next_u64()));
-    let io_error = |what: &str, error: std::io::Error| {
-        SidecarError::state(format!("(cannot {what} {name}: {})", error.kind()))
-    };
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp_path)
-            .map_err(|e| io_error("create", e))?;
-        file.write_all(bytes).map_err(|e| io_error("write", e))?;
-        file.sync_all().map_err(|e| io_error("sync", e))?;
-        drop(file);
-        // link(2) fails if the target exists, unlike rename(2): two concurrent `identity
-        // create` runs can never overwrite each other's key.
-        match std::fs::hard_link(&temp_path, &final_path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(SidecarError::bare(ErrorCode::IdentityExists))
-            }
-            Err(_) => {
-                // File systems without hard links: fall back to a checked rename.
-                if final_path.exists() {
-                    return Err(SidecarError::bare(ErrorCode::IdentityExists));
-                }
-                std::fs::rename(&temp_path, &final_path).map_err(|e| io_error("place", e))
-            }
+    crate::secret_file::create_new(dir, name, bytes).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            SidecarError::bare(ErrorCode::IdentityExists)
+        } else {
+            SidecarError::state(format!("(cannot create {name}: {})", error.kind()))
         }
-    })();
-    let _ = std::fs::remove_file(&temp_path);
-    result?;
-    if let Ok(directory) = std::fs::File::open(dir) {
-        // Make the new directory entry durable too.
-        let _ = directory.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// Loads the identity and its secret key for the daemon.
@@ -178,32 +146,15 @@ pub fn load_keypair(
         ));
     }
     let path = state_dir.join(IDENTITY_KEY_FILE);
-    let mut file = std::fs::File::open(&path).map_err(|error| {
-        SidecarError::new(
+    let bytes = crate::secret_file::read_private(&path, 32).map_err(|error| match error {
+        PrivateFileError::Missing(_) => SidecarError::new(
             ErrorCode::IdentityMissing,
-            format!("(cannot open identity.key: {})", error.kind()),
-        )
+            "(cannot open identity.key: not found)",
+        ),
+        other => SidecarError::state(format!("({other})")),
     })?;
-    let metadata = file
-        .metadata()
-        .map_err(|error| SidecarError::state(format!("(identity.key: {})", error.kind())))?;
-    if !metadata.is_file() {
-        return Err(SidecarError::state("(identity.key is not a regular file)"));
-    }
-    if metadata.mode() & 0o077 != 0 {
-        // Like ssh: a key others can read may already be compromised; refuse to use it.
-        return Err(SidecarError::state(
-            "(identity.key is accessible by other users; run chmod 600 on it)",
-        ));
-    }
-    if metadata.len() != 32 {
-        return Err(SidecarError::state(
-            "(identity.key must hold exactly 32 bytes)",
-        ));
-    }
     let mut secret = Zeroizing::new([0u8; 32]);
-    file.read_exact(&mut secret[..])
-        .map_err(|error| SidecarError::state(format!("(identity.key: {})", error.kind())))?;
+    secret.copy_from_slice(&bytes);
     let keypair = StaticKeypair::from_secret_bytes(*secret);
     if keypair.public() != identity.public_key {
         return Err(SidecarError::state(

@@ -13,7 +13,8 @@
 //!   (`docs/configuration-sidecar.md`).
 //! - [`paths`], [`state`]: the state directory and the SQLite state store (identity metadata,
 //!   pairing records, relay sessions, the handshake anti-replay clock).
-//! - [`identity`]: the key file and identity creation; [`pairing_client`]: the pairing exchange.
+//! - [`identity`]: the key file and identity creation; [`secret_file`]: key files and
+//!   checkpoints written whole; [`pairing_client`]: the pairing exchange.
 //! - [`relay`]: dial, handshake, connection driver, backoff, reconnect loop.
 //! - [`gates`]: the per-request checks, shared by the daemon and `relay accept`;
 //!   [`requests`]: one call from envelope to outcome.
@@ -44,6 +45,7 @@ pub mod paths;
 pub mod primitives;
 pub mod relay;
 pub mod requests;
+pub mod secret_file;
 pub mod session;
 pub mod state;
 pub mod tools;

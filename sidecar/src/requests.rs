@@ -1,5 +1,6 @@
-//! One relayed call, from envelope to sanitized outcome: gates a-e, gate f for broker tools,
-//! the tool itself, then the response sanitizer and the size bound.
+//! One relayed call, from envelope to sanitized outcome: gates a-e, the journal anchor for the
+//! tools that change broker state, gate f for broker tools, the tool itself, then the response
+//! sanitizer and the size bound.
 
 use crate::clock::now_unix_seconds;
 use crate::context::DaemonContext;
@@ -64,6 +65,17 @@ pub(crate) async fn handle(
         Ok(checked) => checked,
         Err(outcome) => return outcome,
     };
+    if checked.tool.changes_broker_state()
+        && let Some(behind) = context
+            .orders
+            .as_ref()
+            .and_then(|orders| orders.anchor.behind())
+    {
+        return Outcome::Refused(ErrorCode::JournalBehindGateway.body(Some(&format!(
+            "(The gateway has entry {} on record; this journal ends at entry {}.)",
+            behind.anchor.seq, behind.journal_last_seq
+        ))));
+    }
     let auth = if tools::needs_broker_session(checked.tool) {
         // Gate f: the keep-alive's observation while it is younger than one tickle interval
         // and says ready; otherwise one live `auth/status`.

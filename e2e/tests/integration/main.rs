@@ -9,6 +9,7 @@ mod mcp_revisions;
 mod order_safety;
 mod pairing;
 mod relay_gates;
+mod tamper;
 mod trading;
 mod trading_support;
 mod walking_skeleton;

@@ -392,15 +392,18 @@ async fn a_sidecar_killed_after_the_intent_is_journaled_recovers_by_reconcile() 
     .await;
     assert_eq!(code(&first), "ORDER_OUTCOME_UNKNOWN");
 
-    // Kill the sidecar and cut the journal back to the intent: exactly what a crash after the
-    // fsync of the intent, before the outcome, leaves on disk.
+    // Kill the sidecar with the outcome unknown. (Cutting the journal back to the intent, as
+    // a crash before the answer would leave it, cannot be staged here: the gateway heard this
+    // answer, recorded its journal entry, and a journal without it is refused as behind the
+    // gateway, see tamper.rs. An intent without any outcome is reconciled in the sidecar's own
+    // tests, `crash_between_intent_and_send_is_reconciled_and_counted_once`.)
     system.take_sidecar().unwrap().kill().await;
     let journal = system.sidecar_state_dir().join("journal.jsonl");
     let text = std::fs::read_to_string(&journal).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    assert!(lines.last().unwrap().contains("indeterminate"), "{text}");
-    lines.pop();
-    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    assert!(
+        text.lines().last().unwrap().contains("indeterminate"),
+        "{text}"
+    );
 
     system.start_sidecar().await.unwrap();
     let report = ibkr_agent::trading::journal::verify(&journal).unwrap();

@@ -8,16 +8,35 @@
 //! that is unset, one is generated once and persisted 0600 in `state_dir`
 //! ([`crate::store::keys::AUDIT_SECRET_FILE`]), so HMACs stay stable across restarts.
 //!
-//! Records are written off the request path: the handler hands the record to a bounded
-//! channel with `try_send` and never waits. A writer task drains it in batches (one
-//! transaction each) on its own database connection. When the channel is full the record is
-//! dropped, `ibkr_gateway_audit_dropped_total` counts it and a warning is logged; the call
-//! itself is never blocked or failed by auditing. The tracing event is emitted either way.
+//! Records are chained with a key derived from that secret and checkpointed in
+//! `state_dir/audit.head` ([`chain`]), so an edited, removed or reordered record, a cut tail
+//! or an older copy of the database is detected by `ibkr-gateway audit verify` ([`verify`]).
 //!
-//! The same task enforces `audit.retention_days`: at start and then every
-//! [`PRUNE_INTERVAL`] it deletes the records older than the retention period.
+//! Two ways in:
+//! - [`Audit::record`] (every call except the order calls' first record): the handler hands
+//!   the record to a bounded channel with `try_send` and never waits. When the channel is full,
+//!   the writer stopped or the store refuses the write, the record is lost:
+//!   `ibkr_gateway_audit_dropped_total` counts it and an error is logged. The call itself is
+//!   never blocked or failed by this.
+//! - [`Audit::record_durable`] (the tools that change broker state): waits, at most
+//!   `audit.ack_timeout_ms`, until the record is committed and the head replaced. The handler
+//!   writes the order call's `forwarding` record this way *before* forwarding it and refuses
+//!   the call (`AUDIT_UNAVAILABLE`) when it is not acknowledged in time, so no order call
+//!   reaches a sidecar unaudited; its outcome record (with the sidecar's journal anchor)
+//!   follows the same way.
+//!
+//! The writer ([`writer`]) drains the queue in batches, one transaction each, on its own
+//! database connection, whose busy timeout is the ack timeout: a batch that cannot get the
+//! write lock by then is lost (and counted), rather than stored long after its call was
+//! refused. Should a refused order call's `forwarding` record still land (the lock freed just
+//! as the handler gave up), its `AUDIT_UNAVAILABLE` record follows it. It also enforces `audit.retention_days`: at start
+//! and then every [`PRUNE_INTERVAL`] it deletes the oldest records past the retention period,
+//! recording the prune point in the head first. The tracing event is emitted either way.
 
+pub mod chain;
 pub mod log;
+pub mod verify;
+mod writer;
 
 use crate::ops::metrics::Metrics;
 use hmac::{Hmac, Mac};
@@ -28,14 +47,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use writer::Command;
+pub use writer::PRUNE_INTERVAL;
 use zeroize::Zeroizing;
 
-/// How often records past their retention are deleted (also once at start).
-pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Records waiting for the writer before new ones are dropped.
 pub const AUDIT_QUEUE: usize = 4096;
-/// Most records committed in one transaction.
-const AUDIT_BATCH: usize = 256;
 /// Shortest secret accepted from the environment.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -93,11 +110,38 @@ impl AuditKey {
         }
     }
 
+    /// The secret the gateway runs with, for checking the chain from the CLI: from the
+    /// environment variable when it is set, else the one in `state_dir`; never creates one
+    /// (a new secret could verify nothing).
+    pub fn load_existing(
+        variable: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<AuditKey, AuditKeyError> {
+        match std::env::var_os(variable) {
+            Some(_) => AuditKey::load(variable, state_dir).map(|(key, _)| key),
+            None => Ok(AuditKey {
+                secret: crate::store::keys::read_audit_secret(state_dir)?,
+            }),
+        }
+    }
+
+    /// A key from given bytes (tests).
+    pub fn from_secret(secret: &[u8]) -> AuditKey {
+        AuditKey {
+            secret: Zeroizing::new(secret.to_vec()),
+        }
+    }
+
     /// A random key (tests).
     pub fn random() -> AuditKey {
         let mut secret = Zeroizing::new(vec![0u8; 32]);
         OsRng.fill_bytes(&mut secret);
         AuditKey { secret }
+    }
+
+    /// The key of the audit chain, derived from this secret under its own label.
+    pub fn chain_key(&self) -> chain::ChainKey {
+        chain::ChainKey::derive(&self.secret)
     }
 
     fn mac(&self, domain: &[u8], value: &[u8]) -> Option<String> {
@@ -120,19 +164,13 @@ impl AuditKey {
     }
 }
 
-enum Command {
-    Record(Box<AuditRecord>),
-    /// Answered once every record queued before it is committed (or failed).
-    Flush(oneshot::Sender<()>),
-    /// Flush, then stop.
-    Stop(oneshot::Sender<()>),
-}
-
 /// The audit front end the handlers use.
 pub struct Audit {
     key: AuditKey,
     sender: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
+    /// How long an order call waits for its record to be stored.
+    ack_timeout: Duration,
 }
 
 impl std::fmt::Debug for Audit {
@@ -143,121 +181,47 @@ impl std::fmt::Debug for Audit {
     }
 }
 
-/// Deletes the records older than `retention`. Returns the log, or `None` if the blocking
-/// task died (then nothing more can be stored).
-async fn prune(mut log: AuditLog, retention: Duration) -> Option<AuditLog> {
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let cutoff_ms = crate::clock::unix_ms().saturating_sub(retention_ms);
-    let (log, result) = tokio::task::spawn_blocking(move || {
-        let result = log.prune_before(cutoff_ms);
-        (log, result)
-    })
-    .await
-    .ok()?;
-    match result {
-        Ok(0) => {}
-        Ok(deleted) => tracing::info!(deleted, "audit records past their retention deleted"),
-        // Keeping records longer than asked is the safe failure; the next round retries.
-        Err(error) => tracing::error!(%error, "could not delete audit records past retention"),
-    }
-    Some(log)
-}
-
-async fn writer(
-    mut log: AuditLog,
-    mut receiver: mpsc::Receiver<Command>,
-    metrics: Arc<Metrics>,
-    retention: Option<Duration>,
-) {
-    let mut batch: Vec<AuditRecord> = Vec::with_capacity(AUDIT_BATCH);
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut stop = false;
-    // The first tick completes at once: records past retention go at start.
-    let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
-    prune_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !stop {
-        let first = tokio::select! {
-            biased;
-            _ = prune_timer.tick(), if retention.is_some() => {
-                let Some(retention) = retention else { continue };
-                match prune(log, retention).await {
-                    Some(returned) => log = returned,
-                    None => {
-                        tracing::error!("audit writer task failed; audit records are no longer stored");
-                        return;
-                    }
-                }
-                continue;
-            }
-            received = receiver.recv() => match received {
-                Some(command) => command,
-                None => break,
-            },
-        };
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Record(record) => batch.push(*record),
-                Command::Flush(done) => waiters.push(done),
-                Command::Stop(done) => {
-                    waiters.push(done);
-                    stop = true;
-                    break;
-                }
-            }
-            if batch.len() >= AUDIT_BATCH {
-                break;
-            }
-            next = receiver.try_recv().ok();
-        }
-        if !batch.is_empty() {
-            let records = std::mem::take(&mut batch);
-            let count = records.len() as u64;
-            let (returned_log, result) = match tokio::task::spawn_blocking(move || {
-                let result = log.append(&records);
-                (log, result)
-            })
-            .await
-            {
-                Ok(done) => done,
-                Err(_) => {
-                    tracing::error!("audit writer task failed; audit records are no longer stored");
-                    return;
-                }
-            };
-            log = returned_log;
-            match result {
-                Ok(()) => metrics.audit_written(count),
-                Err(error) => {
-                    for _ in 0..count {
-                        metrics.audit_dropped();
-                    }
-                    tracing::error!(%error, records = count, "could not store audit records");
-                }
-            }
-        }
-        for done in waiters.drain(..) {
-            let _ = done.send(());
-        }
-    }
+/// The structured `audit` line of a record (never the token).
+fn trace(record: &AuditRecord) {
+    tracing::info!(
+        target: "audit",
+        subject = %record.subject,
+        token_id = record.token_id_hmac.as_deref().unwrap_or("-"),
+        client_id = record.client_id.as_deref().unwrap_or("-"),
+        tool = %record.tool,
+        scope = record.scope.as_deref().unwrap_or("-"),
+        request_id = record.request_id.as_deref().unwrap_or("-"),
+        payload_hash = record.payload_hash.as_deref().unwrap_or("-"),
+        sidecar_id = record.sidecar_id.as_deref().unwrap_or("-"),
+        outcome = %record.outcome,
+        latency_ms = u64::try_from(record.latency_ms).unwrap_or(0),
+        journal_seq = record.journal_seq.unwrap_or(0),
+        "tool call"
+    );
 }
 
 impl Audit {
     /// Starts the writer task on `log`; records older than `retention` are deleted at start
-    /// and then every [`PRUNE_INTERVAL`] (`None`: kept for ever).
+    /// and then every [`PRUNE_INTERVAL`] (`None`: kept for ever). `ack_timeout` bounds both
+    /// [`Audit::record_durable`] and the writer's wait for the database's write lock.
     pub fn start(
         key: AuditKey,
         log: AuditLog,
         metrics: Arc<Metrics>,
         retention: Option<Duration>,
+        ack_timeout: Duration,
     ) -> (Audit, JoinHandle<()>) {
+        if let Err(error) = log.set_busy_timeout(ack_timeout) {
+            tracing::warn!(%error, "could not set the audit writer's lock timeout");
+        }
         let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
-        let task = tokio::spawn(writer(log, receiver, Arc::clone(&metrics), retention));
+        let task = tokio::spawn(writer::run(log, receiver, Arc::clone(&metrics), retention));
         (
             Audit {
                 key,
                 sender,
                 metrics,
+                ack_timeout,
             },
             task,
         )
@@ -268,23 +232,13 @@ impl Audit {
     }
 
     /// Audits one call: the tracing event now, the durable record through the queue. Never
-    /// waits.
+    /// waits; a record that cannot be queued is counted as dropped.
     pub fn record(&self, record: AuditRecord) {
-        tracing::info!(
-            target: "audit",
-            subject = %record.subject,
-            token_id = record.token_id_hmac.as_deref().unwrap_or("-"),
-            client_id = record.client_id.as_deref().unwrap_or("-"),
-            tool = %record.tool,
-            scope = record.scope.as_deref().unwrap_or("-"),
-            request_id = record.request_id.as_deref().unwrap_or("-"),
-            payload_hash = record.payload_hash.as_deref().unwrap_or("-"),
-            sidecar_id = record.sidecar_id.as_deref().unwrap_or("-"),
-            outcome = %record.outcome,
-            latency_ms = u64::try_from(record.latency_ms).unwrap_or(0),
-            "tool call"
-        );
-        match self.sender.try_send(Command::Record(Box::new(record))) {
+        trace(&record);
+        match self
+            .sender
+            .try_send(Command::Record(Box::new(record), None))
+        {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.audit_dropped();
@@ -295,6 +249,30 @@ impl Audit {
                 tracing::warn!("audit writer stopped; an audit record was dropped");
             }
         }
+    }
+
+    /// Audits one call and waits, at most the ack timeout, until its record is committed and
+    /// the head replaced. Returns whether that happened; on `false` the record is not known
+    /// to be stored and the caller must not act as if it were.
+    pub async fn record_durable(&self, record: AuditRecord) -> bool {
+        trace(&record);
+        let (ack, acked) = oneshot::channel();
+        let stored = tokio::time::timeout(self.ack_timeout, async {
+            self.sender
+                .send(Command::Record(Box::new(record), Some(ack)))
+                .await
+                .is_ok()
+                && acked.await == Ok(true)
+        })
+        .await
+        .unwrap_or(false);
+        if !stored {
+            tracing::error!(
+                timeout_ms = u64::try_from(self.ack_timeout.as_millis()).unwrap_or(u64::MAX),
+                "an audit record could not be stored in time"
+            );
+        }
+        stored
     }
 
     /// Waits (bounded by `limit`) until every record queued so far is committed. Returns
@@ -328,16 +306,20 @@ mod tests {
         AuditRecord {
             time_ms: n,
             subject: "alice".into(),
-            token_id_hmac: None,
-            client_id: None,
             tool: "ibkr_health".into(),
             scope: Some("ibkr:health:read".into()),
-            request_id: None,
-            payload_hash: None,
-            sidecar_id: None,
             outcome: "ok".into(),
             latency_ms: 1,
+            ..AuditRecord::default()
         }
+    }
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    fn start(store: &Store, retention: Option<Duration>, ack: Duration) -> (Audit, JoinHandle<()>) {
+        let key = AuditKey::from_secret(b"a test secret of 32 bytes length");
+        let log = AuditLog::open(store, &key).unwrap();
+        Audit::start(key, log, Arc::new(Metrics::new()), retention, ack)
     }
 
     #[test]
@@ -361,6 +343,7 @@ mod tests {
         assert_eq!(source, KeySource::StateDir);
         let (second, _) = AuditKey::load(variable, dir.path()).unwrap();
         assert_eq!(first.token_id("x"), second.token_id("x"));
+        assert_eq!(first.chain_key().key_id(), second.chain_key().key_id());
         // (A short secret in the environment is refused at start: tests/integration/operations.rs runs
         // the binary with one, since tests cannot set variables in their own process.)
     }
@@ -369,23 +352,28 @@ mod tests {
     async fn records_reach_the_store_and_a_full_queue_drops_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let key = AuditKey::random();
         let metrics = Arc::new(Metrics::new());
         let (audit, task) = Audit::start(
             AuditKey::random(),
-            AuditLog::open(&store).unwrap(),
+            AuditLog::open(&store, &key).unwrap(),
             Arc::clone(&metrics),
             None,
+            LIMIT,
         );
         for n in 0..10 {
             audit.record(record(n));
         }
-        assert!(audit.flush(Duration::from_secs(10)).await);
-        assert_eq!(log::tail(&store, 100).await.unwrap().len(), 10);
-        assert!(audit.stop(Duration::from_secs(10)).await);
+        assert!(audit.record_durable(record(10)).await);
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(log::tail(&store, 100).await.unwrap().len(), 11);
+        assert!(audit.stop(LIMIT).await);
         task.await.unwrap();
-        // The writer is gone: records are counted as dropped, and recording never blocks.
+        // The writer is gone: records are counted as dropped, recording never blocks, and a
+        // durable record is refused.
         audit.record(record(11));
         assert_eq!(metrics.audit_dropped_total(), 1);
+        assert!(!audit.record_durable(record(12)).await);
 
         // A queue nobody drains fills up and drops.
         let (sender, _receiver) = mpsc::channel(2);
@@ -393,11 +381,37 @@ mod tests {
             key: AuditKey::random(),
             sender,
             metrics: Arc::clone(&metrics),
+            ack_timeout: LIMIT,
         };
         for n in 0..5 {
             stuck.record(record(n));
         }
         assert_eq!(metrics.audit_dropped_total(), 1 + 3);
+    }
+
+    #[tokio::test]
+    async fn a_durable_record_is_refused_while_another_connection_holds_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ack = Duration::from_millis(200);
+        let (audit, task) = start(&store, None, ack);
+        let holder = rusqlite::Connection::open(store.path()).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(!audit.record_durable(record(1)).await);
+        // Once the writer gave up on the batch it is lost, never stored late.
+        audit.record(record(2));
+        assert!(audit.flush(LIMIT).await);
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert!(audit.record_durable(record(3)).await);
+        let kept: Vec<i64> = log::tail(&store, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|stored| stored.record.time_ms)
+            .collect();
+        assert_eq!(kept, vec![3]);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -406,48 +420,60 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let day_ms = 86_400_000;
         let now = crate::clock::unix_ms();
-        let mut direct = AuditLog::open(&store).unwrap();
-        direct
-            .append(&[record(now - 3 * day_ms), record(now - day_ms / 2)])
-            .unwrap();
+        let times = |store: Store| async move {
+            log::tail(&store, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|stored| stored.record.time_ms)
+                .collect::<Vec<i64>>()
+        };
+        // Written while retention was off.
+        let (audit, task) = start(&store, None, LIMIT);
+        for time in [now - 3 * day_ms, now - day_ms / 2] {
+            audit.record(record(time));
+        }
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
 
-        let (audit, task) = Audit::start(
-            AuditKey::random(),
-            AuditLog::open(&store).unwrap(),
-            Arc::new(Metrics::new()),
-            Some(Duration::from_millis(2 * day_ms as u64)),
-        );
+        let retention = Some(Duration::from_millis(2 * day_ms as u64));
+        let (audit, task) = start(&store, retention, LIMIT);
         audit.record(record(now));
-        assert!(audit.flush(Duration::from_secs(10)).await);
-        let kept: Vec<i64> = log::tail(&store, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|stored| stored.record.time_ms)
-            .collect();
-        assert_eq!(kept, vec![now - day_ms / 2, now]);
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(times(store.clone()).await, vec![now - day_ms / 2, now]);
+        // The prune point is in the head, so verify tells retention from a removed prefix.
+        let head = chain::Head::read(dir.path()).unwrap().unwrap();
+        assert_eq!(head.pruned.map(|pruned| pruned.id), Some(1));
 
-        // A record that is already too old when it arrives goes at the next hourly round.
-        direct.append(&[record(now - 5 * day_ms)]).unwrap();
-        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 3);
+        // A shorter retention: the record of half a day ago goes at start too.
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+        let retention = Some(Duration::from_millis(day_ms as u64 / 4));
+        let (audit, task) = start(&store, retention, LIMIT);
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(times(store.clone()).await, vec![now]);
+        audit.record(record(now - 5 * day_ms));
         tokio::time::advance(PRUNE_INTERVAL).await;
-        assert!(audit.flush(Duration::from_secs(10)).await);
-        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 2);
+        assert!(audit.flush(LIMIT).await);
+        // Behind a younger record an old one stays: only a prefix is ever deleted.
+        assert_eq!(times(store.clone()).await, vec![now, now - 5 * day_ms]);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
 
         // Without a retention nothing is ever deleted.
-        assert!(audit.stop(Duration::from_secs(10)).await);
-        task.await.unwrap();
-        let (keeper, task) = Audit::start(
-            AuditKey::random(),
-            AuditLog::open(&store).unwrap(),
-            Arc::new(Metrics::new()),
-            None,
-        );
-        direct.append(&[record(0)]).unwrap();
+        let (keeper, task) = start(&store, None, LIMIT);
+        keeper.record(record(0));
         tokio::time::advance(PRUNE_INTERVAL).await;
-        assert!(keeper.flush(Duration::from_secs(10)).await);
-        assert_eq!(log::tail(&store, 10).await.unwrap().len(), 3);
-        assert!(keeper.stop(Duration::from_secs(10)).await);
+        assert!(keeper.flush(LIMIT).await);
+        assert_eq!(times(store.clone()).await.len(), 3);
+        assert!(keeper.stop(LIMIT).await);
         task.await.unwrap();
+
+        // What was kept still verifies.
+        let mut conn = rusqlite::Connection::open(store.path()).unwrap();
+        let key = AuditKey::from_secret(b"a test secret of 32 bytes length").chain_key();
+        let report = verify::verify(&mut conn, dir.path(), &key).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.pruned_through, Some(2));
     }
 }

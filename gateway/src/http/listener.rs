@@ -1,14 +1,16 @@
 //! The TCP listener: `TCP_NODELAY` on every accepted socket (headers and bodies are written
-//! separately; without it Nagle plus delayed ACK stalls each response by ~40 ms) and a cap on
-//! concurrent connections (`remote_mcp.max_connections`).
+//! separately; without it Nagle plus delayed ACK stalls each response by ~40 ms) and the
+//! accept-time connection limits of `http::limits` (per client address, and the general pool
+//! with its eviction of the longest-idle connection).
 //!
-//! At the cap, a new connection is accepted and answered `503 Service Unavailable` with
-//! `Retry-After` and a `RELAY_OVERLOADED` JSON body, then closed, so clients learn at once
-//! that the gateway is full instead of hanging in the kernel backlog. Those answers run in
-//! their own small tasks, at most [`MAX_REJECTIONS_IN_FLIGHT`] at a time (beyond that the
+//! A refused connection is accepted and answered at once (`429 PEER_CONNECTION_LIMIT` or
+//! `503 GATEWAY_CONNECTION_LIMIT`, with `Retry-After`), then closed, so clients learn that
+//! the gateway is full instead of hanging in the kernel backlog. Those answers run in their
+//! own small tasks, at most [`MAX_REJECTIONS_IN_FLIGHT`] at a time (beyond that the
 //! connection is simply closed), each bounded by [`REJECTION_TIMEOUT`].
 
-use crate::ops::metrics::Metrics;
+use crate::http::limits::{ConnectionLimits, Lease, raw_refusal};
+use crate::ops::metrics::ConnectionLimit;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,41 +19,54 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-/// Concurrent 503 answers at the connection cap.
+/// Concurrent answers to refused connections.
 pub const MAX_REJECTIONS_IN_FLIGHT: usize = 64;
-/// Bound on reading the request head and writing the 503.
+/// Bound on reading the request head and writing the refusal.
 pub const REJECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes of the request head read before answering.
 const REJECTION_READ_LIMIT: usize = 8 * 1024;
 
 pub struct LimitedListener {
     inner: TcpListener,
-    permits: Arc<Semaphore>,
+    limits: Arc<ConnectionLimits>,
     rejections: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
 }
 
 impl LimitedListener {
-    pub fn new(
-        inner: TcpListener,
-        max_connections: usize,
-        metrics: Arc<Metrics>,
-    ) -> LimitedListener {
+    pub fn new(inner: TcpListener, limits: Arc<ConnectionLimits>) -> LimitedListener {
         LimitedListener {
             inner,
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            limits,
             rejections: Arc::new(Semaphore::new(MAX_REJECTIONS_IN_FLIGHT)),
-            metrics,
         }
+    }
+
+    pub fn limits(&self) -> Arc<ConnectionLimits> {
+        Arc::clone(&self.limits)
     }
 }
 
-/// An accepted connection holding its slot until dropped.
+/// An accepted connection holding its [`Lease`] until dropped (an upgraded websocket owns
+/// its stream, and so keeps its lease).
 pub struct LimitedStream {
+    // Dropped first: the slot is free by the time the peer sees the connection close.
+    lease: Arc<Lease>,
     stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
+}
+
+impl LimitedStream {
+    pub fn lease(&self) -> Arc<Lease> {
+        Arc::clone(&self.lease)
+    }
+
+    /// Waits until the peer has sent something (without consuming it): `false` when it
+    /// closed first.
+    pub async fn first_byte(&self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        Ok(self.stream.peek(&mut byte).await? > 0)
+    }
 }
 
 fn is_connection_error(error: &io::Error) -> bool {
@@ -63,25 +78,9 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-/// The whole 503 response.
-fn rejection_response() -> Vec<u8> {
-    let error = crate::error::GatewayError::with_detail(
-        shared_safety::ErrorCode::RelayOverloaded,
-        "The gateway has reached its connection limit.",
-    );
-    let body = error.to_json().to_string();
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Reads the request head (bounded), answers 503 and closes. Reading first lets the client
-/// see the answer instead of a reset caused by unread data.
-async fn reject(mut stream: TcpStream) {
+/// Reads the request head (bounded), answers the refusal and closes. Reading first lets the
+/// client see the answer instead of a reset caused by unread data.
+async fn reject(mut stream: TcpStream, limit: ConnectionLimit) {
     let _ = tokio::time::timeout(REJECTION_TIMEOUT, async {
         let mut head = Vec::with_capacity(1024);
         let mut buffer = [0u8; 1024];
@@ -91,7 +90,7 @@ async fn reject(mut stream: TcpStream) {
                 Ok(read) => head.extend_from_slice(&buffer[..read]),
             }
         }
-        if stream.write_all(&rejection_response()).await.is_ok() {
+        if stream.write_all(&raw_refusal(limit)).await.is_ok() {
             let _ = stream.shutdown().await;
         }
     })
@@ -99,8 +98,8 @@ async fn reject(mut stream: TcpStream) {
 }
 
 impl LimitedListener {
-    /// The next connection that got a slot, with its peer address. Connections beyond the cap
-    /// are answered 503 here and never returned.
+    /// The next connection that was admitted, with its peer address. Refused connections are
+    /// answered here and never returned.
     pub async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
         loop {
             match self.inner.accept().await {
@@ -108,22 +107,22 @@ impl LimitedListener {
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
                     }
-                    match Arc::clone(&self.permits).try_acquire_owned() {
-                        Ok(permit) => {
+                    match self.limits.admit(addr) {
+                        Ok(lease) => {
                             return (
                                 LimitedStream {
+                                    lease: Arc::new(lease),
                                     stream,
-                                    _permit: permit,
                                 },
                                 addr,
                             );
                         }
-                        Err(_) => {
-                            self.metrics.connection_rejected();
-                            tracing::debug!("connection limit reached; answering 503");
+                        Err(limit) => {
+                            self.limits.metrics.connection_rejected(limit);
+                            tracing::debug!(peer = %addr, limit = limit.label(), "connection refused at a connection limit");
                             if let Ok(slot) = Arc::clone(&self.rejections).try_acquire_owned() {
                                 tokio::spawn(async move {
-                                    reject(stream).await;
+                                    reject(stream, limit).await;
                                     drop(slot);
                                 });
                             }
@@ -185,8 +184,3 @@ impl AsyncWrite for LimitedStream {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
-
-/// The socket peer of a request, put in its extensions as `ConnectInfo<PeerAddr>` by the
-/// server loop (`http::server`).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);

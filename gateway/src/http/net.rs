@@ -8,8 +8,8 @@
 //! `X-Forwarded-For` cannot move a request into another rate-limit bucket. Without trusted
 //! proxies the header is ignored entirely.
 //!
-//! **Rate-limit key.** IPv4 addresses are keyed as they are; IPv6 addresses by their /64,
-//! since one subscriber usually holds a whole /64.
+//! **Client key** ([`ClientKey`]). Rate limits and connection limits count IPv4 addresses as
+//! they are and IPv6 addresses by their /64, since one subscriber usually holds a whole /64.
 //!
 //! **Host and Origin.** `Host` must name an allowed authority (DNS-rebinding protection);
 //! a present `Origin` must be an allowed origin (browsers send it on cross-origin requests).
@@ -154,15 +154,53 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     current
 }
 
-/// The rate-limit bucket of a client address.
-pub fn rate_limit_key(ip: IpAddr) -> String {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+/// The unit a client is counted in, for rate limits and connection limits: an IPv4 address,
+/// or an IPv6 /64 (one subscriber usually holds a whole /64, so counting single IPv6 addresses
+/// would let one client appear as 2^64 clients). IPv4-mapped IPv6 addresses count as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    V4(std::net::Ipv4Addr),
+    /// The upper 64 bits of the address.
+    V6Prefix64(u64),
+}
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> ClientKey {
+        match canonical(ip) {
+            IpAddr::V4(v4) => ClientKey::V4(v4),
+            IpAddr::V6(v6) => ClientKey::V6Prefix64((u128::from(v6) >> 64) as u64),
         }
     }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::V4(v4) => write!(f, "{v4}"),
+            ClientKey::V6Prefix64(prefix) => {
+                let s = prefix.to_be_bytes();
+                let segment = |i: usize| u16::from_be_bytes([s[2 * i], s[2 * i + 1]]);
+                write!(
+                    f,
+                    "{:x}:{:x}:{:x}:{:x}::/64",
+                    segment(0),
+                    segment(1),
+                    segment(2),
+                    segment(3)
+                )
+            }
+        }
+    }
+}
+
+/// The rate-limit bucket of a client address.
+pub fn rate_limit_key(ip: IpAddr) -> String {
+    ClientKey::of(ip).to_string()
+}
+
+/// Whether `ip` is one of `trusted` (a configured proxy).
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    is_trusted(ip, trusted)
 }
 
 /// Whether a request carries any forwarding header (it came through a proxy).
@@ -375,6 +413,35 @@ mod tests {
             parse_forwarded_entry("192.0.2.1:80"),
             Some("192.0.2.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn clients_are_grouped_per_ipv4_address_and_per_ipv6_64() {
+        let key = |text: &str| ClientKey::of(text.parse().unwrap());
+        // One /64: any interface identifier, and any textual form.
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:0db8:0001:0002:0:0:0:9"));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            ClientKey::V6Prefix64(0x2001_0db8_0001_0002)
+        );
+        // Neighbouring /64s are different clients, in every one of the 64 prefix bits.
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("2001:db8:1:2::1"), key("3001:db8:1:2::1"));
+        assert_ne!(key("::1"), key("0:0:0:1::1"));
+        // IPv4 counts per address; IPv4-mapped IPv6 is the same IPv4 client.
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_eq!(
+            key("192.0.2.1"),
+            ClientKey::V4("192.0.2.1".parse().unwrap())
+        );
+        // IPv4 and IPv6 never collide.
+        assert_ne!(key("0.0.0.1"), key("::1"));
+        assert_eq!(key("2001:db8:a:b::7").to_string(), "2001:db8:a:b::/64");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   this is defence in depth), relays the call, maps the sidecar's outcome to a tool result
 //!   (structured content plus the same JSON as text), forwards progress notifications (all
 //!   of them before the result), and sends `Cancel` to the sidecar when the client cancels.
-//! - Every call is audited ([`record_call`]): a durable record and a tracing line.
+//! - Every call is audited ([`record_call`]): a durable record and a tracing line. A call that
+//!   can change broker state is forwarded only once its `forwarding` record is stored (else
+//!   `AUDIT_UNAVAILABLE`, nothing sent), and its outcome record, carrying the sidecar's journal
+//!   anchor, is waited for too (see `crate::audit`).
 //! - `ibkr_health` never fails for a missing sidecar: it reports the gateway and the relay
 //!   itself and merges in the sidecar's own answer when one is connected.
 
@@ -199,22 +202,15 @@ async fn drain(forwarder: Option<ProgressForwarder>) {
     }
 }
 
-/// Audits a call (durable record and tracing line) and counts it in the metrics.
-pub(crate) fn record_call(
-    state: &AppState,
+/// The audit record of a call as far as `trace` says it got.
+fn audit_record(
     auth: &AuthContext,
     tool: Option<&ToolSpec>,
     trace: &CallTrace,
     outcome: &str,
     elapsed: std::time::Duration,
-) {
-    let tool_name: &'static str = match tool {
-        Some(tool) => catalog::find(tool.name).map_or("unknown", |spec| spec.name),
-        None => "unknown",
-    };
-    state.metrics.tool_call(tool_name, outcome, elapsed);
-    let outcome = crate::ops::metrics::outcome_label(outcome);
-    state.audit.record(AuditRecord {
+) -> AuditRecord {
+    AuditRecord {
         time_ms: crate::clock::unix_ms(),
         subject: auth.subject.clone(),
         token_id_hmac: auth.token_id.clone(),
@@ -225,9 +221,45 @@ pub(crate) fn record_call(
         request_id: trace.request_id.map(|id| id.to_hex()),
         payload_hash: trace.payload_hash.map(hex::encode),
         sidecar_id: trace.sidecar_id.clone(),
-        outcome,
+        outcome: crate::ops::metrics::outcome_label(outcome),
         latency_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
-    });
+        pairing_id: trace.pairing_id.clone(),
+        journal_seq: trace
+            .journal
+            .and_then(|journal| i64::try_from(journal.seq).ok()),
+        journal_hash: trace.journal.map(|journal| hex::encode(journal.hash)),
+    }
+}
+
+/// Counts a finished call in the metrics and returns its audit record.
+fn finished_call(
+    state: &AppState,
+    auth: &AuthContext,
+    tool: Option<&ToolSpec>,
+    trace: &CallTrace,
+    outcome: &str,
+    elapsed: std::time::Duration,
+) -> AuditRecord {
+    let tool_name: &'static str = match tool {
+        Some(tool) => catalog::find(tool.name).map_or("unknown", |spec| spec.name),
+        None => "unknown",
+    };
+    state.metrics.tool_call(tool_name, outcome, elapsed);
+    audit_record(auth, tool, trace, outcome, elapsed)
+}
+
+/// Audits a call (durable record and tracing line, without waiting) and counts it in the
+/// metrics.
+pub(crate) fn record_call(
+    state: &AppState,
+    auth: &AuthContext,
+    tool: Option<&ToolSpec>,
+    trace: &CallTrace,
+    outcome: &str,
+    elapsed: std::time::Duration,
+) {
+    let record = finished_call(state, auth, tool, trace, outcome, elapsed);
+    state.audit.record(record);
 }
 
 impl GatewayMcp {
@@ -423,6 +455,28 @@ impl ServerHandler for GatewayMcp {
                 self.health(&auth, tool, &arguments, &context, &mut trace)
                     .await
             }
+            Route::Sidecar if tool.changes_broker_state() => {
+                let (result, outcome, forwarded) = self
+                    .order_call(&auth, tool, &arguments, &context, &mut trace, started)
+                    .await;
+                if forwarded {
+                    // Its outcome, with the journal entry the sidecar wrote, waits for the store
+                    // too; failing that the forwarding record stands and the loss is logged.
+                    let record = finished_call(
+                        &self.state,
+                        &auth,
+                        Some(tool),
+                        &trace,
+                        &outcome,
+                        started.elapsed(),
+                    );
+                    if !self.state.audit.record_durable(record).await {
+                        tracing::error!(tool = tool.name, request_id = ?trace.request_id.map(|id| id.to_hex()), "the outcome record of a forwarded order call could not be stored; its forwarding record stands");
+                    }
+                    return Ok(result.into());
+                }
+                (result, outcome)
+            }
             Route::Sidecar => {
                 let forwarder = ProgressForwarder::spawn(&context);
                 let called = self
@@ -453,6 +507,68 @@ impl ServerHandler for GatewayMcp {
 }
 
 impl GatewayMcp {
+    /// A call that can change broker state. Routed and prepared like any other, but before
+    /// anything is sent its `forwarding` record must be stored (acknowledged within
+    /// `audit.ack_timeout_ms`): otherwise it is refused with `AUDIT_UNAVAILABLE` and nothing
+    /// reaches the sidecar. Returns the result, its outcome name, and whether it was
+    /// forwarded.
+    async fn order_call(
+        &self,
+        auth: &AuthContext,
+        tool: &'static ToolSpec,
+        arguments: &Value,
+        context: &RequestContext<RoleServer>,
+        trace: &mut CallTrace,
+        started: Instant,
+    ) -> (CallToolResult, String, bool) {
+        let relay = &self.state.relay;
+        let refused = |error: GatewayError| {
+            (
+                error_result(&error.body()),
+                error.code.code().to_string(),
+                false,
+            )
+        };
+        let session = match relay.session_for_user(&auth.subject).await {
+            Ok(session) => session,
+            Err(error) => return refused(error),
+        };
+        let call = ToolCall {
+            tool,
+            arguments,
+            token_scopes: &auth.scopes,
+        };
+        let prepared = match relay.prepare(&session, call, trace) {
+            Ok(prepared) => prepared,
+            Err(error) => return refused(error),
+        };
+        let forwarding = audit_record(auth, Some(tool), trace, "forwarding", started.elapsed());
+        if !self.state.audit.record_durable(forwarding).await {
+            self.state.metrics.audit_refused();
+            tracing::error!(
+                tool = tool.name,
+                request_id = ?trace.request_id.map(|id| id.to_hex()),
+                "order call refused: its audit record could not be stored, so it was not forwarded"
+            );
+            return refused(GatewayError::new(ErrorCode::AuditUnavailable));
+        }
+        let forwarder = ProgressForwarder::spawn(context);
+        let called = relay
+            .forward(
+                prepared,
+                forwarder.as_ref().map(ProgressForwarder::sender),
+                &context.ct,
+                trace,
+            )
+            .await;
+        drain(forwarder).await;
+        let (result, outcome) = match called {
+            Ok(outcome) => outcome_result(&outcome.outcome),
+            Err(error) => (error_result(&error.body()), error.code.code().to_string()),
+        };
+        (result, outcome, true)
+    }
+
     fn audit(
         &self,
         auth: &AuthContext,

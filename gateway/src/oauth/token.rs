@@ -4,8 +4,12 @@
 //! header's `alg` must be on the list and the selected key must be of that algorithm's family
 //! (and curve). `iss` is compared exactly, `aud` must name one of the configured audiences
 //! (by default only the canonical resource URI), `exp` and `sub` are required, `nbf` is
-//! honoured, all with the configured skew. Every failure is reported to the client as the same
-//! `AUTH_INVALID_TOKEN` (no oracle); the precise reason is only logged at debug level.
+//! honoured, all with the configured skew. The header's `typ` must be `at+jwt` or
+//! `application/at+jwt` (RFC 9068 section 4; compared case-insensitively, RFC 7515 section
+//! 4.1.9) unless `remote_mcp.require_typ_at_jwt` is off, so that another JWT of the same issuer
+//! and audience (an OpenID Connect ID token, say) is not taken for an access token. Every
+//! failure is reported to the client as the same `AUTH_INVALID_TOKEN` (no oracle); the precise
+//! reason is only logged at debug level.
 
 use crate::oauth::jwks::{JwksCache, VerificationKey};
 use base64::Engine;
@@ -61,6 +65,7 @@ pub struct ValidatorSettings {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub clock_skew_seconds: u64,
+    /// Refuse tokens whose header `typ` is not `at+jwt` / `application/at+jwt`.
     pub require_typ_at_jwt: bool,
     pub allowed_scopes: Vec<String>,
 }

@@ -41,6 +41,27 @@ pub enum RateLimitScope {
     Subject,
 }
 
+/// Which connection limit refused a connection (or, behind a trusted proxy, a request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    /// `remote_mcp.max_connections`, every connection busy with a request.
+    Total,
+    /// `remote_mcp.max_connections_per_peer`.
+    Peer,
+    /// `remote_mcp.max_relay_connections`.
+    Relay,
+}
+
+impl ConnectionLimit {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionLimit::Total => "total",
+            ConnectionLimit::Peer => "peer",
+            ConnectionLimit::Relay => "relay",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     tool_calls: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -49,13 +70,18 @@ pub struct Metrics {
     rate_limited_subject: AtomicU64,
     audit_dropped: AtomicU64,
     audit_written: AtomicU64,
-    connections_rejected: AtomicU64,
+    connections_rejected_total: AtomicU64,
+    connections_rejected_peer: AtomicU64,
+    connections_rejected_relay: AtomicU64,
+    connections_evicted: AtomicU64,
+    connections_silent: AtomicU64,
+    audit_refused: AtomicU64,
 }
 
 /// A tool-call outcome as a bounded label value.
 pub fn outcome_label(outcome: &str) -> String {
     match outcome {
-        "ok" | "manual_action_required" => outcome.to_string(),
+        "ok" | "manual_action_required" | "forwarding" => outcome.to_string(),
         code => match shared_safety::ErrorCode::from_code(code) {
             Some(code) => code.code().to_string(),
             None => "other".to_string(),
@@ -114,8 +140,32 @@ impl Metrics {
         self.audit_dropped.load(Ordering::Relaxed)
     }
 
-    pub fn connection_rejected(&self) {
-        self.connections_rejected.fetch_add(1, Ordering::Relaxed);
+    /// An order call refused because its audit record could not be stored.
+    pub fn audit_refused(&self) {
+        self.audit_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_refused_total(&self) -> u64 {
+        self.audit_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_rejected(&self, limit: ConnectionLimit) {
+        match limit {
+            ConnectionLimit::Total => &self.connections_rejected_total,
+            ConnectionLimit::Peer => &self.connections_rejected_peer,
+            ConnectionLimit::Relay => &self.connections_rejected_relay,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection closed to make room for a new one.
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed because it sent nothing within `first_byte_timeout_seconds`.
+    pub fn connection_silent(&self) {
+        self.connections_silent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -217,7 +267,7 @@ impl Metrics {
 
         writeln!(
             out,
-            "# HELP ibkr_gateway_audit_dropped_total Audit records dropped because the writer queue was full."
+            "# HELP ibkr_gateway_audit_dropped_total Audit records lost: the writer queue was full, the writer stopped, or the store did not take them within audit.ack_timeout_ms."
         )?;
         writeln!(out, "# TYPE ibkr_gateway_audit_dropped_total counter")?;
         writeln!(
@@ -239,16 +289,56 @@ impl Metrics {
 
         writeln!(
             out,
-            "# HELP ibkr_gateway_connections_rejected_total Connections answered 503 at remote_mcp.max_connections."
+            "# HELP ibkr_gateway_audit_refused_total Order calls refused (AUDIT_UNAVAILABLE) because their audit record could not be stored before forwarding."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_refused_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_refused_total {}",
+            self.audit_refused.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_connections_rejected_total Connections (behind a trusted proxy: requests) refused at a connection limit: total (remote_mcp.max_connections, every connection busy), peer (remote_mcp.max_connections_per_peer), relay (remote_mcp.max_relay_connections)."
         )?;
         writeln!(
             out,
             "# TYPE ibkr_gateway_connections_rejected_total counter"
         )?;
+        for (limit, counter) in [
+            (ConnectionLimit::Total, &self.connections_rejected_total),
+            (ConnectionLimit::Peer, &self.connections_rejected_peer),
+            (ConnectionLimit::Relay, &self.connections_rejected_relay),
+        ] {
+            writeln!(
+                out,
+                "ibkr_gateway_connections_rejected_total{{limit=\"{}\"}} {}",
+                limit.label(),
+                counter.load(Ordering::Relaxed)
+            )?;
+        }
+
         writeln!(
             out,
-            "ibkr_gateway_connections_rejected_total {}",
-            self.connections_rejected.load(Ordering::Relaxed)
+            "# HELP ibkr_gateway_connections_evicted_total Idle connections closed to make room for a new one at remote_mcp.max_connections."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_connections_evicted_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_connections_evicted_total {}",
+            self.connections_evicted.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_connections_silent_total Connections closed for sending nothing within remote_mcp.first_byte_timeout_seconds."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_connections_silent_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_connections_silent_total {}",
+            self.connections_silent.load(Ordering::Relaxed)
         )?;
         Ok(())
     }
@@ -292,5 +382,12 @@ mod tests {
         assert!(text.contains("ibkr_gateway_rate_limited_total{scope=\"peer\"} 0\n"));
         assert!(text.contains("ibkr_gateway_jwks_refreshes_total{result=\"success\"} 1\n"));
         assert!(text.contains("ibkr_gateway_audit_dropped_total 0\n"));
+        assert!(text.contains("ibkr_gateway_connections_rejected_total{limit=\"peer\"} 0\n"));
+        metrics.connection_rejected(ConnectionLimit::Relay);
+        metrics.connection_evicted();
+        let text = metrics.render(Snapshot::default());
+        assert!(text.contains("ibkr_gateway_connections_rejected_total{limit=\"relay\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_connections_rejected_total{limit=\"total\"} 0\n"));
+        assert!(text.contains("ibkr_gateway_connections_evicted_total 1\n"));
     }
 }

@@ -3,8 +3,8 @@
 //! that tells a client whether trying again can help.
 
 use crate::error::GatewayError;
-use crate::http::listener::PeerAddr;
-use crate::http::net::{client_ip, rate_limit_key};
+use crate::http::limits::PeerAddr;
+use crate::http::net::{ClientKey, client_ip};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
@@ -68,11 +68,14 @@ fn malformed() -> GatewayError {
     )
 }
 
-/// The client's rate-limit key: its address as the trusted-proxy rules resolve it, an IPv6
-/// client grouped by /64.
-fn peer_key(state: &AppState, peer: &PeerAddr, headers: &HeaderMap) -> String {
-    let client = client_ip(peer.0.ip(), headers, &state.resolved.trusted_proxies);
-    rate_limit_key(client)
+/// Who the client is for the pairing limits: its address as the trusted-proxy rules resolve
+/// it, an IPv6 client grouped by /64 (as every per-client limit counts it).
+fn peer_key(state: &AppState, peer: &PeerAddr, headers: &HeaderMap) -> ClientKey {
+    ClientKey::of(client_ip(
+        peer.0.ip(),
+        headers,
+        &state.resolved.trusted_proxies,
+    ))
 }
 
 pub(crate) async fn pair_start(
@@ -87,7 +90,7 @@ pub(crate) async fn pair_start(
     };
     match state
         .pairing
-        .start(start, &peer_key(&state, &peer, &headers))
+        .start(start, peer_key(&state, &peer, &headers))
         .await
     {
         Ok(reply) => match protocol::pairing::encode(&reply) {
@@ -110,7 +113,7 @@ pub(crate) async fn pair_finish(
     };
     match state
         .pairing
-        .finish(finish, &peer_key(&state, &peer, &headers))
+        .finish(finish, peer_key(&state, &peer, &headers))
         .await
     {
         Ok(reply) => match protocol::pairing::encode(&reply) {

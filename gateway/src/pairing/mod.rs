@@ -19,6 +19,7 @@ pub(crate) mod http;
 
 use crate::clock::unix_ms;
 use crate::error::GatewayError;
+use crate::http::net::ClientKey;
 use crate::store::pairings::NewPairing;
 use crate::store::{CodeCheck, CodeState, CompleteOutcome, NewPairingCode, PairingId, Store};
 use protocol::identity::PublicKey;
@@ -140,8 +141,8 @@ struct Exchange {
     pake: GatewayPairing,
     code_id: String,
     kind: ExchangeKind,
-    /// The client address (rate-limit key) that started it.
-    peer: String,
+    /// The client that started it.
+    peer: ClientKey,
     started: Instant,
 }
 
@@ -159,7 +160,7 @@ pub struct PairingService {
     public_key: PublicKey,
     instance_id: String,
     exchanges: Mutex<HashMap<[u8; 16], Exchange>>,
-    peers: Mutex<HashMap<String, PeerFailures>>,
+    peers: Mutex<HashMap<ClientKey, PeerFailures>>,
 }
 
 impl std::fmt::Debug for PairingService {
@@ -204,11 +205,11 @@ impl PairingService {
 
     /// Refuses a client address that used up its failures in the current window (overall, or
     /// on `code_id`), or that cannot be tracked because too many addresses are.
-    fn check_peer(&self, peer: &str, code_id: Option<&str>) -> Result<(), GatewayError> {
+    fn check_peer(&self, peer: ClientKey, code_id: Option<&str>) -> Result<(), GatewayError> {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         peers.retain(|_, entry| now.duration_since(entry.window_start) < PEER_FAILURE_WINDOW);
-        let limited = match peers.get(peer) {
+        let limited = match peers.get(&peer) {
             Some(entry) => {
                 entry.failures >= MAX_FAILED_FINISHES_PER_PEER
                     || code_id.is_some_and(|id| {
@@ -224,10 +225,10 @@ impl PairingService {
         Ok(())
     }
 
-    fn record_failure(&self, peer: &str, code_id: &str) {
+    fn record_failure(&self, peer: ClientKey, code_id: &str) {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
-        let entry = peers.entry(peer.to_string()).or_insert(PeerFailures {
+        let entry = peers.entry(peer).or_insert(PeerFailures {
             window_start: now,
             failures: 0,
             per_code: HashMap::new(),
@@ -238,11 +239,11 @@ impl PairingService {
     }
 
     /// `/pair/start`: answers the PAKE, under the code's secret when the id is live and under
-    /// a decoy otherwise. Spends nothing. `peer` is the client's rate-limit key.
+    /// a decoy otherwise. Spends nothing. `peer`: who the client is for the pairing limits.
     pub async fn start(
         &self,
         start: PairStart,
-        peer: &str,
+        peer: ClientKey,
     ) -> Result<PairStartReply, GatewayError> {
         // A malformed id can never be live, so refusing it reveals nothing.
         if !PairingCode::is_code_id(&start.code_id) {
@@ -290,7 +291,7 @@ impl PairingService {
                 pake,
                 code_id: start.code_id,
                 kind,
-                peer: peer.to_string(),
+                peer,
                 started: Instant::now(),
             },
         );
@@ -302,7 +303,7 @@ impl PairingService {
     pub async fn finish(
         &self,
         finish: PairFinish,
-        peer: &str,
+        peer: ClientKey,
     ) -> Result<PairFinishReply, GatewayError> {
         // Single use: the exchange is gone whatever happens next.
         let exchange = lock(&self.exchanges).remove(&finish.exchange_id);

@@ -6,7 +6,8 @@
 //! 2. the sidecar key must have an active pairing (`SIDECAR_PAIRING_REQUIRED`), the hello must
 //!    name that pairing's sidecar id and this instance (`SIDECAR_SESSION_INVALID`), and its
 //!    timestamp must exceed the last one accepted for the key (`HANDSHAKE_REPLAYED`);
-//! 3. message 2 goes out;
+//! 3. message 2 goes out, naming the newest sidecar journal entry the audit trail holds for
+//!    the pairing (`journal_anchor`; a store that cannot say is `HANDSHAKE_FAILED`);
 //! 4. key confirmation: the first record must decrypt (only the live holder of the sidecar's
 //!    ephemeral key can produce it). Only then is the timestamp persisted and the session
 //!    registered, so a replayed message 1 can never evict a live session.
@@ -160,6 +161,17 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         }
     }
     let sidecar_version = pending.hello.sidecar_version.clone();
+    // The newest journal entry the audit trail holds for this pairing: the sidecar checks
+    // that its journal still holds it. Without it the check would silently not happen, so a
+    // store that cannot answer refuses the handshake like any other store failure.
+    let journal_anchor =
+        match crate::audit::log::journal_anchor(&relay.store, pairing.pairing_id.to_hex()).await {
+            Ok(anchor) => anchor,
+            Err(error) => {
+                tracing::error!(%error, "relay handshake: journal anchor lookup failed");
+                return Err(HandshakeEnd::Reject(ErrorCode::HandshakeFailed));
+            }
+        };
 
     let mut session_id = [0u8; 16];
     OsRng.fill_bytes(&mut session_id);
@@ -169,7 +181,7 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         instance_id: relay.instance_id.clone(),
         user_id_hash: user_id_hash(&pairing.user_id),
         pairing_id: pairing.pairing_id.0,
-        journal_anchor: None,
+        journal_anchor,
         session_ttl_ms: millis(settings.session_ttl),
         heartbeat_interval_ms: millis(settings.heartbeat.interval()),
         heartbeat_timeout_ms: millis(settings.heartbeat.timeout()),
@@ -290,8 +302,9 @@ async fn handle_frame(
         Frame::Ping { seq } => send_frame(socket, transport, &Frame::Pong { seq }).await,
         Frame::Pong { .. } => Ok(()),
         Frame::Response(response) => {
-            if !session.complete(response.request_id, response.outcome) {
-                tracing::debug!(request_id = %response.request_id, "late response ignored");
+            let request_id = response.request_id;
+            if !session.complete(response) {
+                tracing::debug!(%request_id, "late response ignored");
             }
             Ok(())
         }

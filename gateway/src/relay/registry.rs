@@ -12,7 +12,7 @@
 
 use crate::error::GatewayError;
 use crate::store::PairingId;
-use protocol::envelope::{Outcome, RelayProgress, RequestId};
+use protocol::envelope::{JournalRef, Outcome, RelayProgress, RelayResponse, RequestId};
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
 use protocol::identity::PublicKey;
 use shared_safety::ErrorCode;
@@ -82,8 +82,11 @@ pub struct LiveSidecar {
     pub broker_session: Option<String>,
 }
 
+/// A sidecar's answer: the outcome and the journal entry the call wrote last, if any.
+pub(crate) type Answer = (Outcome, Option<JournalRef>);
+
 pub(crate) struct PendingCall {
-    reply: oneshot::Sender<Result<Outcome, GatewayError>>,
+    reply: oneshot::Sender<Result<Answer, GatewayError>>,
     progress: Option<mpsc::Sender<RelayProgress>>,
 }
 
@@ -234,7 +237,7 @@ impl Session {
         request_id: RequestId,
         progress: Option<mpsc::Sender<RelayProgress>>,
         max_in_flight: usize,
-    ) -> Result<oneshot::Receiver<Result<Outcome, GatewayError>>, GatewayError> {
+    ) -> Result<oneshot::Receiver<Result<Answer, GatewayError>>, GatewayError> {
         let mut state = self.state();
         if let Some(code) = state.closed {
             return Err(GatewayError::new(code));
@@ -254,11 +257,11 @@ impl Session {
 
     /// Completes a call with the sidecar's answer. Unknown ids (late answers to calls that
     /// timed out or were cancelled) are ignored.
-    pub fn complete(&self, request_id: RequestId, outcome: Outcome) -> bool {
-        let call = self.state().pending.remove(&request_id);
+    pub fn complete(&self, response: RelayResponse) -> bool {
+        let call = self.state().pending.remove(&response.request_id);
         match call {
             Some(call) => {
-                let _ = call.reply.send(Ok(outcome));
+                let _ = call.reply.send(Ok((response.outcome, response.journal)));
                 true
             }
             None => false,

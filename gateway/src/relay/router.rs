@@ -16,7 +16,7 @@ use crate::error::GatewayError;
 use crate::relay::Relay;
 use crate::relay::registry::{DropReason, Session};
 use protocol::catalog::ToolSpec;
-use protocol::envelope::{Outcome, RelayProgress, RelayRequest, RequestId};
+use protocol::envelope::{JournalRef, Outcome, RelayProgress, RelayRequest, RequestId};
 use protocol::frame::{CloseReason, Frame};
 use protocol::limits::MAX_SHORT_STRING;
 use rand_core::OsRng;
@@ -34,6 +34,8 @@ pub struct CallOutcome {
     pub outcome: Outcome,
     pub sidecar_id: String,
     pub request_id: RequestId,
+    /// The sidecar journal entry the call wrote last (order tools).
+    pub journal: Option<JournalRef>,
 }
 
 /// How far a call got, for the audit line: filled in as the call proceeds, so a call that
@@ -45,6 +47,18 @@ pub struct CallTrace {
     pub request_id: Option<RequestId>,
     /// The canonical payload hash carried by the forwarded request.
     pub payload_hash: Option<[u8; 32]>,
+    /// The pairing the session was authenticated for (hex).
+    pub pairing_id: Option<String>,
+    /// The sidecar journal entry the call wrote last, from its answer.
+    pub journal: Option<JournalRef>,
+}
+
+/// A call whose request is built and traced but not sent yet: what lies between routing it
+/// and forwarding it (the order calls' durable audit record).
+pub(crate) struct PreparedCall {
+    session: Arc<Session>,
+    request: RelayRequest,
+    deadline: Duration,
 }
 
 /// Removes the pending entry when the call ends in any way other than an answer, and tells
@@ -170,7 +184,20 @@ impl Relay {
         cancel: &CancellationToken,
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
+        let prepared = self.prepare(session, call, trace)?;
+        self.forward(prepared, progress, cancel, trace).await
+    }
+
+    /// Builds the request for `call` on `session` (arguments checked again, idempotency key
+    /// read, request id and payload hash traced) without sending anything.
+    pub(crate) fn prepare(
+        &self,
+        session: &Arc<Session>,
+        call: ToolCall<'_>,
+        trace: &mut CallTrace,
+    ) -> Result<PreparedCall, GatewayError> {
         trace.sidecar_id = Some(session.sidecar_id.clone());
+        trace.pairing_id = Some(session.pairing_id.to_hex());
         let ToolCall {
             tool,
             arguments,
@@ -210,10 +237,30 @@ impl Relay {
         })?;
         trace.request_id = Some(request_id);
         trace.payload_hash = Some(request.payload_hash);
+        Ok(PreparedCall {
+            session: Arc::clone(session),
+            request,
+            deadline,
+        })
+    }
 
+    /// Sends a prepared call and waits for the answer (bounded by the request timeout).
+    pub(crate) async fn forward(
+        &self,
+        prepared: PreparedCall,
+        progress: Option<mpsc::Sender<RelayProgress>>,
+        cancel: &CancellationToken,
+        trace: &mut CallTrace,
+    ) -> Result<CallOutcome, GatewayError> {
+        let PreparedCall {
+            session,
+            request,
+            deadline,
+        } = prepared;
+        let request_id = request.request_id;
         let reply = session.begin_call(request_id, progress, self.settings.max_in_flight)?;
         let guard = PendingGuard {
-            session: Arc::clone(session),
+            session: Arc::clone(&session),
             request_id,
         };
         let started = Instant::now();
@@ -241,11 +288,15 @@ impl Relay {
         // Answered (or failed by the driver): nothing left to cancel.
         drop(guard);
         match answer {
-            Ok(Ok(outcome)) => Ok(CallOutcome {
-                outcome,
-                sidecar_id: session.sidecar_id.clone(),
-                request_id,
-            }),
+            Ok(Ok((outcome, journal))) => {
+                trace.journal = journal;
+                Ok(CallOutcome {
+                    outcome,
+                    sidecar_id: session.sidecar_id.clone(),
+                    request_id,
+                    journal,
+                })
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(GatewayError::new(ErrorCode::RelayProtocolError)),
         }

@@ -121,6 +121,13 @@ pub fn load_or_create_audit_secret(state_dir: &Path) -> Result<Zeroizing<Vec<u8>
             Err(other) => return Err(other),
         }
     }
+    read_audit_secret(state_dir)
+}
+
+/// The audit HMAC secret persisted in `state_dir`, never creating one (an error of kind
+/// `NotFound` when there is none): what the CLI checks the audit chain with.
+pub fn read_audit_secret(state_dir: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let path = state_dir.join(AUDIT_SECRET_FILE);
     check_private(&path)?;
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io_error(&path, e))?);
     let bytes = Zeroizing::new(

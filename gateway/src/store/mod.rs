@@ -32,8 +32,11 @@ use std::time::Duration;
 const DATABASE_FILE: &str = "gateway.sqlite3";
 /// 1: pairing codes, pairings, handshake timestamps. 2: + `audit`. 3: pairings get a
 /// `pairing_id` and at most one active row per sidecar id and per key (enforced by unique
-/// partial indexes); revoked rows are kept as history.
-const SCHEMA_VERSION: i64 = 3;
+/// partial indexes); revoked rows are kept as history. 4: audit rows are chained
+/// (`prev_hash`, `hash`) and carry the pairing and the sidecar journal entry of the call
+/// (`pairing_id`, `journal_seq`, `journal_hash`) and an operator `note`; rows from before stay
+/// unchained.
+const SCHEMA_VERSION: i64 = 4;
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -150,6 +153,17 @@ const AUDIT_TABLE: &str = "CREATE TABLE audit (
  );
  CREATE INDEX audit_by_time ON audit(time_ms);";
 
+/// Version 3 -> 4: the audit chain and journal anchor columns, and the index the handshake
+/// reads the newest anchor of a pairing through.
+const AUDIT_V3_TO_V4: &str = "ALTER TABLE audit ADD COLUMN pairing_id TEXT;
+ ALTER TABLE audit ADD COLUMN journal_seq INTEGER;
+ ALTER TABLE audit ADD COLUMN journal_hash TEXT;
+ ALTER TABLE audit ADD COLUMN note TEXT;
+ ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+ ALTER TABLE audit ADD COLUMN hash TEXT;
+ CREATE INDEX audit_journal_anchor ON audit(pairing_id, journal_seq)
+     WHERE journal_seq IS NOT NULL;";
+
 /// Version 2 -> 3: pairings keyed by a pairing id, with history kept. Version 2 allowed one
 /// row per sidecar id and retired other active rows of a key on every pairing, so the unique
 /// active indexes hold for the copied rows.
@@ -171,6 +185,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(PAIRINGS_TABLE_V3)?;
             tx.execute_batch(HANDSHAKES_TABLE)?;
             tx.execute_batch(AUDIT_TABLE)?;
+            tx.execute_batch(AUDIT_V3_TO_V4)?;
         }
         // Version 1 had no audit table; versions 0 (with tables: the very first builds) to 2
         // have the old pairings layout.
@@ -189,7 +204,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 [],
             )?;
             tx.execute_batch("DROP TABLE pairings_v2;")?;
+            tx.execute_batch(AUDIT_V3_TO_V4)?;
         }
+        (3, _) => tx.execute_batch(AUDIT_V3_TO_V4)?,
         (SCHEMA_VERSION, _) => {}
         _ => return Err(StoreError::Corrupt("unsupported schema version")),
     }
@@ -308,6 +325,42 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_version_three_store_keeps_its_audit_rows_unchained_and_chains_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch(V2_SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO audit (time_ms, subject, tool, outcome, latency_ms)
+                 VALUES (1, 'alice', 'ibkr_quote', 'ok', 2)",
+                [],
+            )
+            .unwrap();
+        }
+        // Through version 3 to 4 in one open, as a store two releases old would go.
+        let store = Store::open(dir.path()).unwrap();
+        let key = crate::audit::AuditKey::random();
+        let mut log = crate::audit::log::AuditLog::open(&store, &key).unwrap();
+        assert_eq!(log.broken(), None);
+        log.append(&[crate::audit::log::AuditRecord {
+            time_ms: 2,
+            subject: "alice".into(),
+            tool: "ibkr_buy".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        let rows = crate::audit::log::tail(&store, 10).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].id, rows[0].hash.is_none()), (1, true));
+        assert_eq!((rows[1].id, rows[1].hash.is_some()), (2, true));
+        let mut conn = connect(store.path()).unwrap();
+        let report = crate::audit::verify::verify(&mut conn, dir.path(), &key.chain_key()).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.unchained_records, report.chain_start), (1, Some(2)));
     }
 
     #[tokio::test]

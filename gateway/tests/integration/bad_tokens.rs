@@ -4,8 +4,8 @@
 //! Each row sends one `tools/call` (2026-07-28, stateless) and names the expected status, the
 //! exact `WWW-Authenticate` challenge and the error code. Every `invalid_token` answer is the
 //! same bytes whatever was wrong (no oracle). After the table: an unknown `kid` becomes valid
-//! once the issuer rotates its keys, without a restart; and `typ: at+jwt` is enforced when
-//! configured.
+//! once the issuer rotates its keys, without a restart; and `typ: at+jwt` is required by
+//! default, with an opt-out for issuers that cannot set it.
 
 use crate::common::*;
 use base64::Engine;
@@ -260,6 +260,7 @@ async fn every_bad_token_gets_its_status_and_challenge() {
         refused("RS256 header on an EC key id (algorithm/key confusion)", {
             let mut header = Header::new(Algorithm::RS256);
             header.kid = Some(issuer.key.kid.clone());
+            header.typ = Some("at+jwt".into());
             rsa.sign_with_header(header, &claims())
         }),
         refused("unknown kid", rotated_token.clone()),
@@ -311,64 +312,71 @@ async fn every_bad_token_gets_its_status_and_challenge() {
     handle.shutdown().await;
 }
 
+/// A token of the test issuer for `url` whose header carries `typ` (none when `None`).
+fn with_typ(issuer: &TestIssuer, url: &str, typ: Option<&str>) -> String {
+    let mut header = Header::new(issuer.key.alg);
+    header.kid = Some(issuer.key.kid.clone());
+    header.typ = typ.map(str::to_string);
+    issuer
+        .key
+        .sign_with_header(header, &issuer.claims("alice", url, &["ibkr:health:read"]))
+}
+
 #[tokio::test]
-async fn typ_at_jwt_is_enforced_when_configured() {
+async fn typ_at_jwt_is_required_by_default_and_can_be_turned_off() {
     let issuer = TestIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = dev_config(&issuer.url(), dir.path());
-    config.remote_mcp.require_typ_at_jwt = true;
-    let handle = ibkr_gateway::start(config).await.unwrap();
+    // The default configuration: nothing about typ is set.
+    let handle = start_gateway(&issuer, dir.path()).await;
     let url = handle.mcp_url();
-    let metadata = format!(
-        "{}/.well-known/oauth-protected-resource/mcp",
+    let invalid = format!(
+        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", error=\"invalid_token\"",
         handle.base_url()
     );
-    let claims = issuer.claims("alice", &url, &["ibkr:health:read"]);
-    let signed = |typ: Option<&str>| {
-        let mut header = Header::new(issuer.key.alg);
-        header.kid = Some(issuer.key.kid.clone());
-        header.typ = typ.map(str::to_string);
-        issuer.key.sign_with_header(header, &claims)
-    };
     let client = http();
     for (typ, status) in [
         (Some("at+jwt"), 200),
+        // RFC 7515 4.1.9: the full media type, and any case.
         (Some("application/at+jwt"), 200),
         (Some("AT+JWT"), 200),
+        (Some("Application/At+Jwt"), 200),
+        // What an OpenID Connect ID token (or any other JWT) of the same issuer carries.
         (Some("JWT"), 401),
         (None, 401),
+        (Some("at+jwt; charset=utf-8"), 401),
+        (Some("application/jwt"), 401),
+        (Some("id_token+jwt"), 401),
     ] {
         let row = Row {
             name: "typ",
-            presented: Presented::Header(signed(typ)),
+            presented: Presented::Header(with_typ(&issuer, &url, typ)),
             tool: "ibkr_health",
             status,
-            challenge: (status == 401).then(|| {
-                format!("Bearer resource_metadata=\"{metadata}\", error=\"invalid_token\"")
-            }),
+            challenge: (status == 401).then(|| invalid.clone()),
             code: (status == 401).then_some("AUTH_INVALID_TOKEN"),
         };
         let response = send(&client, &url, &row.presented, row.tool).await;
         check(&row, response).await;
     }
 
-    // Off by default: a plain JWT typ is accepted.
+    // An issuer that cannot set typ: the documented opt-out accepts its tokens.
     let dir = tempfile::tempdir().unwrap();
-    let lenient = start_gateway(&issuer, dir.path()).await;
-    let claims = issuer.claims("alice", &lenient.mcp_url(), &["ibkr:health:read"]);
-    let mut header = Header::new(issuer.key.alg);
-    header.kid = Some(issuer.key.kid.clone());
-    header.typ = Some("JWT".into());
-    let row = Row {
-        name: "typ JWT, not required",
-        presented: Presented::Header(issuer.key.sign_with_header(header, &claims)),
-        tool: "ibkr_health",
-        status: 200,
-        challenge: None,
-        code: None,
-    };
-    let response = send(&client, &lenient.mcp_url(), &row.presented, row.tool).await;
-    check(&row, response).await;
+    let mut config = dev_config(&issuer.url(), dir.path());
+    config.remote_mcp.require_typ_at_jwt = false;
+    let lenient = ibkr_gateway::start(config).await.unwrap();
+    let url = lenient.mcp_url();
+    for typ in [Some("JWT"), None, Some("at+jwt")] {
+        let row = Row {
+            name: "typ not required",
+            presented: Presented::Header(with_typ(&issuer, &url, typ)),
+            tool: "ibkr_health",
+            status: 200,
+            challenge: None,
+            code: None,
+        };
+        let response = send(&client, &url, &row.presented, row.tool).await;
+        check(&row, response).await;
+    }
 
     lenient.shutdown().await;
     handle.shutdown().await;

@@ -6,10 +6,12 @@
 //! binary of its own (`tests/audit_log.rs`): it captures process-wide `tracing` output.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
+mod audit_chain;
 mod audit_store;
 mod bad_tokens;
 mod common;
 mod config_table;
+mod connections;
 mod gates;
 mod isolation;
 mod oauth;

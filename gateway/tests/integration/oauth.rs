@@ -19,7 +19,7 @@ fn validator(issuer: &TestIssuer) -> TokenValidator {
             audiences: vec![RESOURCE.into()],
             algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
             clock_skew_seconds: 60,
-            require_typ_at_jwt: false,
+            require_typ_at_jwt: true,
             allowed_scopes: protocol::catalog::scopes::ALL
                 .iter()
                 .map(|s| s.to_string())
@@ -99,7 +99,7 @@ async fn invalid_tokens_are_refused() {
     };
     let unsigned = format!(
         "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&json!({"alg": "none", "typ": "at+jwt"})),
         b64(&issuer.claims("alice", RESOURCE, &[]))
     );
     assert_eq!(
@@ -110,6 +110,7 @@ async fn invalid_tokens_are_refused() {
     // HS256 with a guessed secret: the algorithm is not on the list.
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("key-1".into());
+    header.typ = Some("at+jwt".into());
     let hmac = jsonwebtoken::encode(
         &header,
         &issuer.claims("alice", RESOURCE, &[]),
@@ -139,6 +140,22 @@ async fn invalid_tokens_are_refused() {
             .is_err()
     );
 
+    // Another JWT of the same issuer and audience, such as an ID token (typ "JWT"), or one
+    // with no typ at all, is not an access token.
+    for typ in [Some("JWT"), None] {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("key-1".into());
+        header.typ = typ.map(str::to_string);
+        let token = issuer
+            .key
+            .sign_with_header(header, &issuer.claims("alice", RESOURCE, &[]));
+        assert_eq!(
+            validator.validate(&token).await,
+            Err(TokenError::WrongType),
+            "{typ:?}"
+        );
+    }
+
     // `crit` headers are not understood, so refused.
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("key-1".into());
@@ -146,7 +163,7 @@ async fn invalid_tokens_are_refused() {
         .key
         .sign_with_header(header, &issuer.claims("alice", RESOURCE, &[]));
     let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
-    parts[0] = b64(&json!({"alg": "ES256", "kid": "key-1", "crit": ["exp"]}));
+    parts[0] = b64(&json!({"alg": "ES256", "kid": "key-1", "typ": "at+jwt", "crit": ["exp"]}));
     assert_eq!(
         validator.validate(&parts.join(".")).await,
         Err(TokenError::Malformed)

@@ -1,18 +1,15 @@
-//! Rate limits and the connection cap over real loopback sockets.
+//! Rate limits over real loopback sockets.
 //!
 //! - Per peer, before authentication: 429 `AUTH_RATE_LIMITED` with `Retry-After`. The peer is
 //!   the socket address; `X-Forwarded-For` only counts when the socket peer is a configured
 //!   trusted proxy, and then only its right-most untrusted entry. A forged header never moves
 //!   a client into another bucket.
 //! - Per subject, after authentication (also 429 `AUTH_RATE_LIMITED`).
-//! - `remote_mcp.max_connections`: the next connection is answered 503 at once, and served
-//!   again as soon as a slot frees.
-//! - `remote_mcp.header_read_timeout_seconds`: a connection that sends nothing, or stops
-//!   half-way through a request head, is closed at the deadline and its slot freed.
+//!
+//! The connection limits are in `connections.rs`.
 
 use crate::common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An unauthenticated `/mcp` request (401 unless rate limited), optionally with an
 /// `X-Forwarded-For`.
@@ -159,171 +156,4 @@ async fn the_subject_limit_applies_after_authentication() {
             .contains("ibkr_gateway_rate_limited_total{scope=\"subject\"} 1\n")
     );
     handle.shutdown().await;
-}
-
-/// Sends a raw HTTP/1.1 request on a fresh connection and returns the whole answer.
-async fn raw_request(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    read_until_closed(&mut stream).await
-}
-
-#[tokio::test]
-async fn connections_beyond_the_cap_are_answered_503_at_once() {
-    let issuer = TestIssuer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = dev_config(&issuer.url(), dir.path());
-    config.remote_mcp.max_connections = 2;
-    let handle = ibkr_gateway::start(config).await.unwrap();
-    let addr = handle.local_addr();
-
-    // Two idle keep-alive connections hold both slots. A request on each proves the server
-    // accepted them (and so counts them) before the next one arrives.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buffer = [0u8; 1024];
-        let read = tokio::time::timeout(WAIT, stream.read(&mut buffer))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
-        held.push(stream);
-    }
-
-    let answer = raw_request(addr, "/healthz").await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("retry-after: 1"),
-        "{answer}"
-    );
-    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(body["error"]["code"], "RELAY_OVERLOADED");
-    assert!(
-        handle
-            .metrics_text()
-            .contains("ibkr_gateway_connections_rejected_total 1\n")
-    );
-
-    // A slot frees when a connection closes; the server then serves new ones again. The
-    // close is noticed asynchronously, so keep asking (each try is a real request) until
-    // the slot is back.
-    drop(held.pop());
-    let served = served_again(addr).await;
-    assert!(served.contains("\"ok\""));
-    drop(held);
-    handle.shutdown().await;
-}
-
-/// Reads until the server closes the connection; what it sent before closing.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("the server never closed the connection")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// Asks on fresh connections until one is served (a slot freed asynchronously).
-async fn served_again(addr: std::net::SocketAddr) -> String {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let answer = raw_request(addr, "/healthz").await;
-            if answer.starts_with("HTTP/1.1 200") {
-                return answer;
-            }
-            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the slot was never freed")
-}
-
-#[tokio::test]
-async fn silent_and_half_sent_requests_lose_their_slot_at_the_header_deadline() {
-    let issuer = TestIssuer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = dev_config(&issuer.url(), dir.path());
-    config.remote_mcp.max_connections = 1;
-    config.remote_mcp.header_read_timeout_seconds = 1;
-    let handle = ibkr_gateway::start(config).await.unwrap();
-    let addr = handle.local_addr();
-
-    // One served request proves the connection holds the only slot; then it starts a second
-    // request head and stops half-way, as a slow-loris client does.
-    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n");
-    stalled.write_all(request.as_bytes()).await.unwrap();
-    let mut buffer = [0u8; 1024];
-    let read = tokio::time::timeout(WAIT, stalled.read(&mut buffer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
-    let half_sent = std::time::Instant::now();
-    stalled
-        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
-        .await
-        .unwrap();
-    assert!(
-        raw_request(addr, "/healthz")
-            .await
-            .starts_with("HTTP/1.1 503")
-    );
-
-    // The server gives up on the head (no answer is served for it) and frees the slot.
-    let answer = read_until_closed(&mut stalled).await;
-    assert!(!answer.contains("200 OK"), "{answer}");
-    assert!(half_sent.elapsed() >= std::time::Duration::from_millis(500));
-    served_again(addr).await;
-
-    // A connection that never sends a byte is closed the same way.
-    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let answer = read_until_closed(&mut silent).await;
-    assert!(!answer.contains("200 OK"), "{answer}");
-    served_again(addr).await;
-    handle.shutdown().await;
-}
-
-#[tokio::test]
-async fn shutdown_refuses_new_connections_and_does_not_wait_for_stalled_ones() {
-    let issuer = TestIssuer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    // The default head deadline (75 s) is far longer than the shutdown drain.
-    let config = dev_config(&issuer.url(), dir.path());
-    let handle = ibkr_gateway::start(config).await.unwrap();
-    let addr = handle.local_addr();
-    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stalled
-        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
-        .await
-        .unwrap();
-    assert!(
-        raw_request(addr, "/healthz")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
-
-    let shutdown = tokio::spawn(handle.shutdown());
-    // New connections are refused at once, while the stalled one still holds the drain open.
-    tokio::time::timeout(WAIT, async {
-        while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the listener stayed open during shutdown");
-    assert!(!shutdown.is_finished());
-    // The stalled connection is dropped at the end of the drain, not at its head deadline.
-    let answer = read_until_closed(&mut stalled).await;
-    assert!(!answer.contains("200 OK"), "{answer}");
-    tokio::time::timeout(WAIT, shutdown)
-        .await
-        .expect("shutdown waited for a stalled request head")
-        .unwrap();
 }

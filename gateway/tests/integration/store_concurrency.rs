@@ -24,15 +24,10 @@ fn audit_record(n: i64) -> AuditRecord {
     AuditRecord {
         time_ms: n,
         subject: "alice".into(),
-        token_id_hmac: None,
-        client_id: None,
         tool: "ibkr_quote".into(),
-        scope: None,
-        request_id: None,
-        payload_hash: None,
-        sidecar_id: None,
         outcome: "ok".into(),
         latency_ms: 1,
+        ..AuditRecord::default()
     }
 }
 
@@ -40,7 +35,7 @@ async fn one_round() {
     let dir = tempfile::tempdir().unwrap();
     let server = Store::open(dir.path()).unwrap();
     let cli = Store::open(dir.path()).unwrap();
-    let mut audit = AuditLog::open(&server).unwrap();
+    let mut audit = AuditLog::open(&server, &ibkr_gateway::audit::AuditKey::random()).unwrap();
 
     // The CLI issues codes while the server completes pairings with them.
     let pairing = {

@@ -16,6 +16,7 @@ use crate::requests::{self, ConnectionInfo};
 use crate::session::Binding;
 use crate::session::{SessionSnapshot, SharedSession};
 use crate::state::RelaySessionRecord;
+use crate::trading::journal_tap::tapped;
 use futures_util::{SinkExt, StreamExt};
 use protocol::envelope::{Outcome, RelayRequest, RelayResponse, RequestId};
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
@@ -428,14 +429,19 @@ impl Driver {
         while self.tasks.try_join_next().is_some() {}
         let task = self.tasks.spawn(async move {
             let deadline_at = Instant::now() + deadline;
-            let work = requests::handle(&context, &connection, &request, deadline_at);
-            let outcome = match tokio::time::timeout(deadline, work).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::Failed(ErrorCode::RequestTimeout.body(None)),
-            };
+            // The tap covers the timeout too: entries written before the deadline are still
+            // named in the answer.
+            let (outcome, journal) = tapped(async {
+                let work = requests::handle(&context, &connection, &request, deadline_at);
+                match tokio::time::timeout(deadline, work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Failed(ErrorCode::RequestTimeout.body(None)),
+                }
+            })
+            .await;
             let _ = responses
                 .send(RelayResponse {
-                    journal: None,
+                    journal,
                     request_id,
                     outcome,
                 })
@@ -474,7 +480,8 @@ impl Driver {
                     return None;
                 };
                 let replacement = RelayResponse {
-                    journal: None,
+                    // The call's journal entries were written all the same.
+                    journal: original.journal,
                     request_id: original.request_id,
                     outcome: Outcome::Failed(ErrorCode::ResponseTooLarge.body(None)),
                 };

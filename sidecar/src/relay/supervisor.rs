@@ -15,7 +15,9 @@ use super::handshake::{self, HandshakeFailure};
 use crate::clock::{now_unix_millis, now_unix_seconds};
 use crate::context::{DaemonContext, SIDECAR_VERSION};
 use crate::session::Binding;
+use crate::trading::anchor::AnchorChange;
 use protocol::PROTOCOL_VERSION;
+use protocol::envelope::JournalRef;
 use protocol::handshake::ClientHello;
 use rand_core::{OsRng, RngCore};
 use shared_safety::ErrorCode;
@@ -181,6 +183,8 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
         }
     }
 
+    check_journal_anchor(context, server_hello.journal_anchor);
+
     let established = Established {
         transport,
         hello: server_hello,
@@ -194,6 +198,45 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
     let end = connection::drive(context.clone(), stream, established, shutdown.clone()).await;
     let healthy = started.elapsed() >= context.config.heartbeat_interval();
     Attempt::Ended { end, healthy }
+}
+
+/// Before any call of this connection runs: does the journal still hold the entry the gateway
+/// has on record? If not, the order tools refuse from now on; say so once, loudly. (Without a
+/// journal the order tools refuse anyway, with `JOURNAL_ERROR`.)
+fn check_journal_anchor(context: &Arc<DaemonContext>, anchor: Option<JournalRef>) {
+    let Some(orders) = context.orders.as_ref() else {
+        return;
+    };
+    match orders.anchor.check(anchor, &orders.journal) {
+        AnchorChange::NowBehind(behind) => {
+            let code = ErrorCode::JournalBehindGateway;
+            tracing::error!(
+                code = code.code(),
+                gateway_entry = behind.anchor.seq,
+                journal_last_entry = behind.journal_last_seq,
+                "{} {}",
+                code.message(),
+                code.user_action()
+            );
+            let text = format!(
+                "IBKR agent \"{}\": the trade journal lacks entry {} that the gateway has on \
+                 record (it was cut back or replaced by an older copy). Order tools are refused \
+                 until it is restored; read tools keep working. Run `ibkr-agent journal verify` \
+                 on the laptop.",
+                context.alerts.label(),
+                behind.anchor.seq
+            );
+            let alerts = context.alerts.clone();
+            // The webhook may take seconds; the connection does not wait for it.
+            tokio::spawn(async move { alerts.raise(&text).await });
+        }
+        AnchorChange::Cleared => {
+            tracing::info!(
+                "the trade journal holds the gateway's anchor again; order tools are served"
+            );
+        }
+        AnchorChange::Unchanged => {}
+    }
 }
 
 fn classify_handshake_failure(failure: HandshakeFailure) -> Attempt {

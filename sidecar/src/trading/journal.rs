@@ -1,17 +1,26 @@
 //! The trade journal: `<state_dir>/journal.jsonl`, append-only JSON lines, hash-chained.
 //!
 //! Each line is one [`Entry`]: `{seq, at_ms, attempt, event, data, prev_hash, hash}` where
-//! `hash` = hex SHA-256 of `prev_hash` + `"\n"` + the canonical JSON of the entry without
+//! `hash` is a keyed HMAC-SHA256 over `prev_hash` and the canonical JSON of the entry without
 //! `hash` (serde_json with sorted keys, no floats: amounts are decimal strings). The first entry
-//! chains from 64 zeros. An order attempt is an `intent` entry (its `seq` is the attempt id)
-//! followed by outcome entries naming that attempt: `sent`, `dry_run`, `blocked`, `declined`,
-//! `rejected`, `indeterminate`, `reconciled`, `cancelled`.
+//! chains from 64 zeros. The key lives apart from the data in `journal.key`, and a keyed head
+//! checkpoint in `journal.head` names the newest entry, so an edited, removed or reordered
+//! entry, a cut tail or an older copy of the file is detected: see [`super::journal_chain`]
+//! (which also explains how journals written before keying carry over). An order attempt is
+//! an `intent` entry (its `seq` is the attempt id) followed by outcome entries naming that
+//! attempt: `sent`, `dry_run`, `blocked`, `declined`, `rejected`, `indeterminate`,
+//! `reconciled`, `settled` (the laptop owner's decision), `cancelled`, and `observed` facts
+//! about its orders (status, fills) that change no outcome.
+//!
+//! One process writes the journal at a time: [`Journal::open`] takes an exclusive lock on the
+//! file ([`JournalError::Locked`] otherwise); commands that only look use [`read_attempts`].
 //!
 //! Durability: every append is written in one `write` and `fsync`'d before `append` returns, so
-//! the intent is on disk before an order is sent. A crash can leave at most a torn last line:
-//! [`verify`] reports it, [`Journal::open`] logs a warning and cuts it off before appending (it
-//! was never acknowledged, so nothing depended on it). An intent without an outcome that was not
-//! a dry run reads as *pending* (the order may have been sent) until reconciled.
+//! the intent is on disk before an order is sent; the head checkpoint is replaced after it. A
+//! crash can leave at most a torn last line: [`verify`] reports it, [`Journal::open`] logs a
+//! warning and cuts it off before appending (it was never acknowledged, so nothing depended on
+//! it). An intent without an outcome that was not a dry run reads as *pending* (the order may
+//! have been sent) until reconciled.
 //!
 //! Secrets never enter the journal: entries hold order fields, broker order ids, guard codes and
 //! bounded broker texts only (no tokens, cookies or session ids).
@@ -19,14 +28,16 @@
 pub use super::attempts::AttemptBook;
 use super::attempts::Commitments;
 pub use super::attempts::{Attempt, AttemptStatus};
+pub use super::journal_chain::VerifyReport;
+use super::journal_chain::{self, Head, JournalKey, KEYED_EVENT};
+use protocol::envelope::JournalRef;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
+use serde_json::{Value, json};
 use shared_safety::guards::Side;
 use shared_safety::money::Decimal;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,6 +57,12 @@ pub enum JournalError {
     /// Another process holds the journal (a running sidecar daemon).
     #[error("the trade journal is in use by another process (a running sidecar)")]
     Locked,
+    /// The journal as a whole cannot be trusted (cut tail, older copy, missing or foreign
+    /// head); the text says which.
+    #[error("the trade journal cannot be trusted: {0}")]
+    Untrusted(String),
+    #[error("the trade journal key cannot be used: {0}")]
+    Key(crate::secret_file::PrivateFileError),
 }
 
 /// One line of the journal.
@@ -61,121 +78,16 @@ pub struct Entry {
     pub hash: String,
 }
 
-/// The hash of an entry as it should be.
-pub fn entry_hash(entry: &Entry) -> String {
-    let mut object = Map::new();
-    object.insert("seq".into(), json!(entry.seq));
-    object.insert("at_ms".into(), json!(entry.at_ms));
-    object.insert("attempt".into(), json!(entry.attempt));
-    object.insert("event".into(), json!(entry.event));
-    object.insert("data".into(), entry.data.clone());
-    object.insert("prev_hash".into(), json!(entry.prev_hash));
-    let canonical = Value::Object(object).to_string();
-    let mut hasher = Sha256::new();
-    hasher.update(entry.prev_hash.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(canonical.as_bytes());
-    hex::encode(hasher.finalize())
-}
-
-/// What `verify` found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    pub path: String,
-    pub entries: u64,
-    pub ok: bool,
-    /// The first line (1-based) where the chain breaks.
-    pub broken_at_line: Option<usize>,
-    pub problem: Option<String>,
-    /// The last line is incomplete (a crash while writing); it is ignored.
-    pub torn_tail: bool,
-    pub last_hash: String,
-}
-
-struct Loaded {
-    entries: Vec<Entry>,
-    /// Byte length of the valid prefix (complete, chained lines).
-    valid_len: u64,
-    report: VerifyReport,
-}
-
-fn load(path: &Path) -> Result<Loaded, JournalError> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_end(&mut bytes)?;
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error.into()),
-    }
-    let mut report = VerifyReport {
-        path: path.display().to_string(),
-        ok: true,
-        last_hash: GENESIS_HASH.into(),
-        ..VerifyReport::default()
-    };
-    let mut entries = Vec::new();
-    let mut offset = 0usize;
-    let mut line_no = 0usize;
-    let mut valid_len = 0u64;
-    while offset < bytes.len() {
-        line_no += 1;
-        let rest = &bytes[offset..];
-        let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
-            Some(at) => (&rest[..at], true),
-            None => (rest, false),
-        };
-        let next = offset + line.len() + usize::from(complete);
-        let parsed: Option<Entry> = serde_json::from_slice(line).ok();
-        let problem = match &parsed {
-            None => Some("the line is not a journal entry"),
-            Some(entry) if entry.prev_hash != report.last_hash => {
-                Some("prev_hash does not match the previous entry")
-            }
-            Some(entry) if entry_hash(entry) != entry.hash => {
-                Some("the entry's hash does not match its content")
-            }
-            Some(entry) if entry.seq != report.entries + 1 => Some("sequence number out of order"),
-            Some(_) => None,
-        };
-        if let Some(problem) = problem {
-            if !complete {
-                // A torn last line: a crash while appending.
-                report.torn_tail = true;
-                break;
-            }
-            report.ok = false;
-            report.broken_at_line = Some(line_no);
-            report.problem = Some(problem.into());
-            break;
-        }
-        if let Some(entry) = parsed {
-            if !complete {
-                // Parsed and chained, just missing its newline: still torn.
-                report.torn_tail = true;
-                break;
-            }
-            report.entries += 1;
-            report.last_hash = entry.hash.clone();
-            entries.push(entry);
-        }
-        offset = next;
-        valid_len = offset as u64;
-    }
-    Ok(Loaded {
-        entries,
-        valid_len,
-        report,
-    })
-}
-
 /// The attempts of the journal at `path`, read without taking it (a running daemon may hold
-/// it): for commands that only look. A missing file is an empty journal; a broken chain is an
-/// error.
+/// it): for commands that only look. A missing file is an empty journal; a journal that does
+/// not verify is an error, as at open.
 pub fn read_attempts(path: &Path) -> Result<AttemptBook, JournalError> {
-    let loaded = load(path)?;
+    let (loaded, _, _) = journal_chain::load(path)?;
     if let Some(line) = loaded.report.broken_at_line {
         return Err(JournalError::Corrupt { line });
+    }
+    if let Some(problem) = &loaded.report.problem {
+        return Err(JournalError::Untrusted(problem.clone()));
     }
     let mut book = AttemptBook::default();
     for entry in &loaded.entries {
@@ -190,13 +102,15 @@ pub fn read_attempts(path: &Path) -> Result<AttemptBook, JournalError> {
     Ok(book)
 }
 
-/// Checks the chain of the journal at `path` (read only). A missing file is an empty journal.
+/// Checks the journal at `path` with the key and head next to it (read only). A missing file
+/// is an empty journal.
 pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
-    load(path).map(|loaded| loaded.report)
+    journal_chain::load(path).map(|(loaded, _, _)| loaded.report)
 }
 
 struct Inner {
     file: File,
+    key: JournalKey,
     entries: Vec<Entry>,
     book: AttemptBook,
     /// Attempts being placed by this process right now (their outcome is coming, not lost).
@@ -278,10 +192,20 @@ impl Journal {
             Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
             Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
         }
-        let loaded = load(path)?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let (loaded, key, head) = journal_chain::load(path)?;
         if let Some(line) = loaded.report.broken_at_line {
             return Err(JournalError::Corrupt { line });
         }
+        if let Some(problem) = &loaded.report.problem {
+            return Err(JournalError::Untrusted(problem.clone()));
+        }
+        // The check refuses a head or keyed entries without a key, so a journal reaching here
+        // without one is new or unkeyed: it gets its key now.
+        let key = match key {
+            Some(key) => key,
+            None => JournalKey::create(dir)?,
+        };
         if loaded.report.torn_tail {
             tracing::warn!(
                 entries = loaded.report.entries,
@@ -292,6 +216,7 @@ impl Journal {
         }
         let mut inner = Inner {
             file,
+            key,
             entries: Vec::new(),
             book: AttemptBook::default(),
             in_flight: HashSet::new(),
@@ -309,11 +234,38 @@ impl Journal {
         }
         inner.entries = loaded.entries;
         let (appended, _) = tokio::sync::watch::channel(loaded.report.entries);
-        Ok(Journal {
+        let journal = Journal {
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
             appended,
-        })
+        };
+        journal.seal(head.as_ref(), loaded.report.keyed)?;
+        Ok(journal)
+    }
+
+    /// Brings the head up to the newest entry, and keys an unkeyed journal: the head is
+    /// written before the first keyed entry (so it is never missing next to one), then a
+    /// `chain_keyed` entry seals the unkeyed chain.
+    fn seal(&self, head: Option<&Head>, keyed: bool) -> Result<(), JournalError> {
+        let mut inner = self.lock()?;
+        let tip = inner.next_seq - 1;
+        if head.is_none_or(|head| head.seq != tip) {
+            Head::new(&inner.key, tip, &inner.last_hash).write(self.dir())?;
+        }
+        if tip > 0 && !keyed {
+            tracing::info!(
+                entries = tip,
+                "keying the trade journal: a chain_keyed entry seals its unkeyed entries"
+            );
+            let data = json!({"sealed_seq": tip, "sealed_hash": inner.last_hash});
+            let at_ms = crate::trading::now_ms();
+            Journal::append_locked(&mut inner, self.dir(), None, KEYED_EVENT, data, at_ms)?;
+        }
+        Ok(())
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
     }
 
     pub fn path(&self) -> &Path {
@@ -326,8 +278,12 @@ impl Journal {
             .map_err(|_| JournalError::Io(std::io::Error::other("journal lock poisoned")))
     }
 
+    /// Appends one entry: one write, fsync'd, then the head replaced. The entry counts once
+    /// it is on disk; a head that cannot be replaced afterwards is logged (the entry stays
+    /// valid, only the tail's checkpoint lags until the next append).
     fn append_locked(
         inner: &mut Inner,
+        dir: &Path,
         attempt: Option<u64>,
         event: &str,
         data: Value,
@@ -343,7 +299,7 @@ impl Journal {
             prev_hash: inner.last_hash.clone(),
             hash: String::new(),
         };
-        entry.hash = entry_hash(&entry);
+        entry.hash = inner.key.entry_hash(&entry);
         let mut line = serde_json::to_vec(&entry)
             .map_err(|_| JournalError::Io(std::io::Error::other("cannot encode entry")))?;
         line.push(b'\n');
@@ -363,7 +319,28 @@ impl Journal {
             inner.in_flight.remove(&entry.attempt);
         }
         inner.entries.push(entry.clone());
+        super::journal_tap::wrote(&entry);
+        if let Err(error) = Head::new(&inner.key, entry.seq, &entry.hash).write(dir) {
+            tracing::error!(%error, seq = entry.seq, "could not replace journal.head after an append; a cut tail is detected only from the previous entry on");
+        }
         Ok(entry)
+    }
+
+    /// Whether the journal holds the entry `anchor` names (same sequence number and hash).
+    pub fn holds(&self, anchor: &JournalRef) -> bool {
+        let Ok(inner) = self.lock() else {
+            return false;
+        };
+        usize::try_from(anchor.seq)
+            .ok()
+            .and_then(|seq| seq.checked_sub(1))
+            .and_then(|index| inner.entries.get(index))
+            .is_some_and(|entry| entry.hash == hex::encode(anchor.hash))
+    }
+
+    /// The newest entry's sequence number (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().map(|inner| inner.next_seq - 1).unwrap_or(0)
     }
 
     /// Tells the tasks waiting on outcomes that the journal grew.
@@ -374,8 +351,9 @@ impl Journal {
     /// Writes an attempt's intent durably; returns the attempt id.
     pub fn intent(&self, data: Value, at_ms: i64) -> Result<u64, JournalError> {
         let seq = {
+            let dir = self.dir();
             let mut inner = self.lock()?;
-            Journal::append_locked(&mut inner, None, "intent", data, at_ms)?.seq
+            Journal::append_locked(&mut inner, dir, None, "intent", data, at_ms)?.seq
         };
         self.notify(seq);
         Ok(seq)
@@ -390,8 +368,9 @@ impl Journal {
         at_ms: i64,
     ) -> Result<(), JournalError> {
         let seq = {
+            let dir = self.dir();
             let mut inner = self.lock()?;
-            Journal::append_locked(&mut inner, Some(attempt), event, data, at_ms)?.seq
+            Journal::append_locked(&mut inner, dir, Some(attempt), event, data, at_ms)?.seq
         };
         self.notify(seq);
         Ok(())
@@ -406,6 +385,7 @@ impl Journal {
         decide: impl FnOnce(&JournalView<'_>) -> Result<Decision<T>, E>,
     ) -> Result<Result<(u64, T), E>, JournalError> {
         let (attempt, value, seq) = {
+            let dir = self.dir();
             let mut inner = self.lock()?;
             let view = JournalView {
                 book: &inner.book,
@@ -415,10 +395,12 @@ impl Journal {
                 Ok(decision) => decision,
                 Err(refusal) => return Ok(Err(refusal)),
             };
-            let entry = Journal::append_locked(&mut inner, None, "intent", decision.intent, at_ms)?;
+            let entry =
+                Journal::append_locked(&mut inner, dir, None, "intent", decision.intent, at_ms)?;
             let mut seq = entry.seq;
             if let Some((event, data)) = decision.outcome {
-                seq = Journal::append_locked(&mut inner, Some(entry.seq), event, data, at_ms)?.seq;
+                seq = Journal::append_locked(&mut inner, dir, Some(entry.seq), event, data, at_ms)?
+                    .seq;
             } else if decision.in_flight {
                 inner.in_flight.insert(entry.seq);
             }

@@ -5,13 +5,19 @@
 //!   which an order's guards are checked and its intent written.
 //! - [`attempts`]: order attempts and the views the guards need (spend, commitments,
 //!   unresolved outcomes).
+//! - [`journal_chain`]: the journal's key, head checkpoint and verification;
+//!   [`journal_tap`]: which entry a relayed call wrote last.
+//! - [`anchor`]: whether the journal still holds the entry the gateway has on record.
 //! - [`policy`]: the `trading:` configuration section.
 //!
 //! This module knows nothing of tools or CPGW; the order tools (`crate::tools::orders`) build
 //! on it.
 
+pub mod anchor;
 pub mod attempts;
 pub mod journal;
+pub mod journal_chain;
+pub mod journal_tap;
 pub mod policy;
 
 use crate::error::SidecarError;
@@ -33,6 +39,8 @@ pub struct OrdersRuntime {
     /// How long a finished order's quantity still counts as committed
     /// (`trading.position_lag_seconds`).
     pub position_lag: std::time::Duration,
+    /// Whether the journal holds the gateway's anchor (checked at every handshake).
+    pub anchor: anchor::AnchorCheck,
 }
 
 impl OrdersRuntime {
@@ -50,6 +58,7 @@ impl OrdersRuntime {
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
             position_lag: trading.position_lag(),
+            anchor: anchor::AnchorCheck::new(),
         })
     }
 
@@ -61,6 +70,7 @@ impl OrdersRuntime {
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
             position_lag: std::time::Duration::from_secs(policy::DEFAULT_POSITION_LAG_SECONDS),
+            anchor: anchor::AnchorCheck::new(),
         }
     }
 
@@ -86,8 +96,8 @@ pub fn now_ms() -> i64 {
 /// `live_trading_allowed` is for this caller: `trading.allow_live` and `ibkr:orders:live`
 /// granted by both the caller's token and the local pairing (`live_scope_granted`).
 /// `safe_to_trade`: authenticated session, a paper account (or a live one with live trading
-/// allowed), a readable journal and no unresolved orders; an unknown account type is never
-/// safe.
+/// allowed), a readable journal that holds the gateway's anchor (`journal_behind_gateway`
+/// false) and no unresolved orders; an unknown account type is never safe.
 pub fn posture(
     runtime: Option<&OrdersRuntime>,
     session_ok: bool,
@@ -111,6 +121,7 @@ pub fn posture(
         .map(|cap| to_decimal_string((cap - spent).max(Decimal::ZERO)));
     let unresolved = runtime.journal.pending().len();
     let live_allowed = policy.allow_live && live_scope_granted;
+    let behind = runtime.anchor.behind().is_some();
     json!({
         "dry_run": policy.dry_run,
         "live_trading_allowed": live_allowed,
@@ -120,6 +131,10 @@ pub fn posture(
         "remaining_daily_budget": remaining,
         "unresolved_orders": unresolved,
         "journal_available": true,
-        "safe_to_trade": session_ok && (is_paper || (is_live && live_allowed)) && unresolved == 0,
+        "journal_behind_gateway": behind,
+        "safe_to_trade": session_ok
+            && (is_paper || (is_live && live_allowed))
+            && unresolved == 0
+            && !behind,
     })
 }

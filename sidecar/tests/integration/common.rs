@@ -51,6 +51,8 @@ pub struct FakeGateway {
     pub session_byte: std::sync::atomic::AtomicU8,
     /// The user the ServerHello names ([`USER_ID`] unless a test changes it).
     pub named_user: Mutex<String>,
+    /// The journal anchor the ServerHello names (none unless a test sets one).
+    pub journal_anchor: Mutex<Option<protocol::envelope::JournalRef>>,
 }
 
 pub struct GatewayConnection {
@@ -68,6 +70,7 @@ impl FakeGateway {
             session_ttl_ms: 3_600_000,
             session_byte: std::sync::atomic::AtomicU8::new(0x5a),
             named_user: Mutex::new(USER_ID.to_string()),
+            journal_anchor: Mutex::new(None),
         }
     }
 
@@ -99,7 +102,7 @@ impl FakeGateway {
                 instance_id: INSTANCE_ID.into(),
                 user_id_hash: user_id_hash(&self.named_user.lock().unwrap()),
                 pairing_id: PAIRING_ID,
-                journal_anchor: None,
+                journal_anchor: *self.journal_anchor.lock().unwrap(),
                 session_ttl_ms: self.session_ttl_ms,
                 heartbeat_interval_ms: 15_000,
                 heartbeat_timeout_ms: 45_000,

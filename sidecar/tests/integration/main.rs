@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod config;
 mod cpgw_data;
+mod journal;
 mod orders;
 mod pairing;
 mod primitives;

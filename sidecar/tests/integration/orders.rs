@@ -270,6 +270,18 @@ impl Harness {
         arguments: Value,
         progress: Option<&ProgressSink>,
     ) -> Result<Value, Outcome> {
+        self.call_within(tool, arguments, progress, Duration::from_secs(30))
+            .await
+    }
+
+    /// A call whose relay deadline is `within` from now.
+    async fn call_within(
+        &self,
+        tool: &str,
+        arguments: Value,
+        progress: Option<&ProgressSink>,
+        within: Duration,
+    ) -> Result<Value, Outcome> {
         let spec = protocol::catalog::find(tool).unwrap();
         shared_safety::schema::validate_arguments(spec, &arguments).unwrap();
         let arguments: Map<String, Value> = arguments.as_object().unwrap().clone();
@@ -291,7 +303,7 @@ impl Harness {
             orders: Some(&self.runtime),
             live_scope_granted: false,
             progress,
-            deadline: tokio::time::Instant::now() + Duration::from_secs(30),
+            deadline: tokio::time::Instant::now() + within,
         };
         orders::run(&request, &context).await
     }
@@ -606,6 +618,38 @@ async fn crash_between_intent_and_send_is_reconciled_and_counted_once() {
     assert_eq!(result["still_pending"], 0);
     assert_eq!(h.runtime.journal.spent_on_day(today()), Decimal::from(7));
     assert!(verify(&h.state_dir.join(JOURNAL_FILE)).unwrap().ok);
+}
+
+#[tokio::test]
+async fn a_reconcile_answers_within_its_deadline_with_what_it_could_prove() {
+    let h = Harness::new(live_policy()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let coid = shared_safety::guards::client_order_id("lost", "sc-test|DU123");
+    h.runtime
+        .journal
+        .intent(
+            json!({"tool": "ibkr_buy", "symbol": "AAPL", "side": "BUY", "notional": "7",
+                   "dry_run": false, "coid": coid, "fingerprint": "fp1-lost",
+                   "legs": [{"coid": coid}]}),
+            now,
+        )
+        .unwrap();
+    // A new client paces the order list and trades as if just read (one per 6 s): their first
+    // read waits longer than this call may take.
+    let within = Duration::from_secs(2);
+    let answer = tokio::time::timeout(
+        within + Duration::from_secs(2),
+        h.call_within("ibkr_reconcile_pending", json!({}), None, within),
+    )
+    .await
+    .expect("the reconcile answers by its deadline")
+    .unwrap();
+    assert_eq!(answer["reconciled"][0]["placed"], Value::Null, "{answer}");
+    assert_eq!(answer["still_pending"], 1);
+    assert_eq!(h.runtime.journal.pending().len(), 1, "still counted");
 }
 
 #[tokio::test]

@@ -669,3 +669,80 @@ async fn a_gateway_that_names_another_user_or_pairing_is_not_served() {
     );
     running.stop(&mut connection).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_behind_the_gateways_anchor_refuses_order_tools_and_serves_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let cpgw = FakeCpgw::start(Login::LoggedIn).await;
+    let scopes =
+        ScopeSet::from_list(&["ibkr:accounts:read", "ibkr:orders:write", "ibkr:audit:read"]);
+    provision(dir.path(), &gateway, scopes);
+    // The gateway has entry 3 on record; this laptop's journal is empty.
+    *gateway.journal_anchor.lock().unwrap() = Some(protocol::envelope::JournalRef {
+        seq: 3,
+        hash: [7; 32],
+    });
+    let running = start(dir.path(), config(&gateway, &cpgw.base_url, 8));
+
+    let mut connection = gateway.accept().await;
+    let buy = connection
+        .call(
+            1,
+            "ibkr_buy",
+            "ibkr:orders:write",
+            json!({"symbol": "AAPL", "cash_amount": "5"}),
+        )
+        .await;
+    assert_eq!(refusal_code(&buy), "JOURNAL_BEHIND_GATEWAY");
+    assert_eq!(buy.journal, None, "a refused call writes no journal entry");
+    let cancel = connection
+        .call(
+            2,
+            "ibkr_order_cancel",
+            "ibkr:orders:write",
+            json!({"order_id": "1"}),
+        )
+        .await;
+    assert_eq!(refusal_code(&cancel), "JOURNAL_BEHIND_GATEWAY");
+    let accounts = connection
+        .call(3, "ibkr_accounts_list", "ibkr:accounts:read", json!({}))
+        .await;
+    assert_eq!(
+        result_json(&accounts)["accounts"][0]["account_id"],
+        "DU1234567"
+    );
+    let history = connection
+        .call(4, "ibkr_trade_history", "ibkr:audit:read", json!({}))
+        .await;
+    assert!(
+        matches!(history.outcome, Outcome::Result { .. }),
+        "{history:?}"
+    );
+
+    // A handshake without an anchor the journal lacks lifts the refusal.
+    *gateway.journal_anchor.lock().unwrap() = None;
+    connection
+        .send(&Frame::GoAway {
+            retry_after_ms: 0,
+            reason: CloseReason::Replaced,
+        })
+        .await;
+    let mut connection = gateway.accept().await;
+    let cancel = connection
+        .call(
+            5,
+            "ibkr_order_cancel",
+            "ibkr:orders:write",
+            json!({"order_id": "1"}),
+        )
+        .await;
+    // Served (a dry run by default), and the answer names the journal entry it wrote.
+    assert_eq!(result_json(&cancel)["status"], "dry_run");
+    let written = cancel.journal.expect("the answer names its journal entry");
+    let journal = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+    assert_eq!(json!(written.seq), last["seq"]);
+    assert_eq!(json!(hex::encode(written.hash)), last["hash"]);
+    running.stop(&mut connection).await;
+}

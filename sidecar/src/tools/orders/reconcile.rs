@@ -59,10 +59,19 @@ pub(crate) async fn corroborate(
             .iter()
             .any(|(_, evidence)| *evidence == Evidence::NotFound)
     };
+    // Every broker read is bounded by the call's deadline: past it, what was found so far is
+    // answered and the rest stays unresolved (a late answer would reach nobody, and a reconcile
+    // that times out proves nothing to the agent).
+    let deadline = context.deadline;
     // 1. Order ids the broker gave before the outcome was lost (rare: an ack then a failure).
-    for (attempt, result) in attempts.iter().zip(results.iter_mut()) {
+    'ids: for (attempt, result) in attempts.iter().zip(results.iter_mut()) {
         for id in attempt.order_ids() {
-            if let Ok(Some(_)) = context.cpgw.order_status(&id, Lane::Trading).await {
+            let status =
+                tokio::time::timeout_at(deadline, context.cpgw.order_status(&id, Lane::Trading));
+            let Ok(status) = status.await else {
+                break 'ids;
+            };
+            if let Ok(Some(_)) = status {
                 *result = (
                     attempt.id,
                     Evidence::Found {
@@ -79,11 +88,15 @@ pub(crate) async fn corroborate(
         if !missing(&results) {
             break;
         }
-        if round > 0 && tokio::time::Instant::now() + round_length >= context.deadline {
+        if round > 0 && tokio::time::Instant::now() + round_length >= deadline {
             break;
         }
         // 2. Executions, by client order id.
-        if let Ok(trades) = context.cpgw.trades(TRADE_DAYS).await {
+        let Ok(trades) = tokio::time::timeout_at(deadline, context.cpgw.trades(TRADE_DAYS)).await
+        else {
+            break;
+        };
+        if let Ok(trades) = trades {
             match_rows(
                 attempts,
                 &mut results,
@@ -94,9 +107,15 @@ pub(crate) async fn corroborate(
             );
         }
         // 3. The orders list, by client order id, read after the attempt.
-        if missing(&results)
-            && let Ok(list) = context.cpgw.live_orders_fresh(account).await
-        {
+        if !missing(&results) {
+            break;
+        }
+        let Ok(list) =
+            tokio::time::timeout_at(deadline, context.cpgw.live_orders_fresh(account)).await
+        else {
+            break;
+        };
+        if let Ok(list) = list {
             match_rows(
                 attempts,
                 &mut results,

@@ -1,14 +1,72 @@
-//! Sensitive-material sanitizer.
+//! Sensitive-material sanitizer: the second line of defence, not the first.
+//!
+//! **The primary controls are elsewhere.** Every tool's arguments must fit its closed JSON
+//! schema ([`crate::schema`]): no unknown fields, every string short and of a known kind (a
+//! symbol is at most 12 characters, an order id 32). The sidecar maps CPGW's replies to typed
+//! results that carry only the fields a tool names. Those controls keep cookies, tokens and
+//! paths out by construction. The sanitizer is a heuristic backstop behind them: it recognises
+//! known shapes of sensitive material in known encodings, and it cannot prove that a text
+//! carries none. An opaque random token under an ordinary key looks exactly like an
+//! idempotency key, and passes.
 //!
 //! Requests: anything that looks like a cookie, an authorization header, a token, a credential,
-//! a secret or a local filesystem path is refused before forwarding, detected both by the key
-//! it sits under and by the shape of the value. Ordinary trading values (a symbol such as
-//! `PATH`, a page cursor, a decimal amount) pass.
+//! a secret or a local filesystem path is refused, detected both by the key it sits under and by
+//! the shape of the value. The gateway refuses before forwarding; the sidecar checks again.
+//! Ordinary trading values (a symbol such as `PATH`, a page cursor, a decimal amount, a UUID
+//! or base64 idempotency key, a company name) pass.
 //!
 //! Responses: session material and local internals are removed before a result leaves the
-//! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths).
+//! laptop (cookies, raw headers, session ids, CPGW's `MAC` and `serverInfo`, local paths), and
+//! the gateway scrubs again: keys that name or are material are dropped, values that are
+//! material become `"[redacted]"`.
+//!
+//! How a key or a value is read:
+//! 1. **Bounds.** A key over [`MAX_KEY_BYTES`] (1 KiB), a request value over
+//!    [`MAX_VALUE_BYTES`] (64 KiB) or a response string over [`MAX_RESPONSE_VALUE_BYTES`] (the
+//!    largest relay frame, 1 MiB) is not read but treated as [`MaterialKind::Uninspectable`]:
+//!    refused or removed.
+//! 2. **Forms** (`decode`): the text as it is; folded (`fold`: Unicode NFKC after dropping
+//!    default-ignorable, format and control characters and combining marks, so `ｃｏｏｋｉｅ`
+//!    and `coo\u{200B}kie` read `cookie`); and percent-decoded up to three layers, each layer
+//!    folded. Text still encoded after three layers is uninspectable.
+//! 3. **Keys** (`keys`) are split into words (`accessToken` is `access`, `token`) and compared
+//!    with the sensitive words, also run together (`c-o-o-k-i-e`).
+//! 4. **Value shapes** (`shapes`), on every form: `Authorization:`/`Cookie:` header lines
+//!    anywhere; `Bearer`/`Basic` with a credential (any, as the whole value; token-like, inside
+//!    text); `name=value` pairs with a sensitive name (`token=`, `JSESSIONID=`,
+//!    `"password":`); private keys; JWTs anywhere, recognised by a header that decodes to a
+//!    JSON object; local paths.
+//! 5. **Base64** (`values`): every run of 12 or more base64 or base64url characters in any
+//!    form is decoded at each of the four alignments (so a glued prefix does not hide it), and
+//!    what it decodes to is read like a value again, two levels deep. A decoding is read whole
+//!    when it is text throughout, else in its printable ASCII stretches of 16 or more, so random
+//!    identifiers (hex, UUIDs, base64 keys) do not read as text.
+//! 6. **Work budget**: every form and decoding spends from a budget of 32 units per input byte
+//!    (plus 4096), a fold may at most double a text, and every shape check is a single pass,
+//!    so inspection is linear in the input; an input that would need more is uninspectable
+//!    rather than partly inspected.
+//!
+//! Not recognised, by design or for now: material shorter than the base64 minimum once encoded
+//! (under 9 bytes); encodings other than percent and base64 (hex, HTML entities, UTF-16,
+//! compression); lookalike letters from other scripts (a Cyrillic `с` in `сookie`), which NFKC
+//! keeps apart; material split across several fields; base64 three levels deep. The closed
+//! schemas are what stop those.
+//!
+//! A refusal ([`SensitiveMaterial`]) carries the kind and the JSON path, never the value; a
+//! path segment is shown only when it is a short plain identifier that is not itself material.
+
+mod decode;
+mod fold;
+mod keys;
+mod shapes;
+mod values;
+
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
+
+pub use keys::{MAX_KEY_BYTES, sensitive_key};
+pub use values::{MAX_RESPONSE_VALUE_BYTES, MAX_VALUE_BYTES, sensitive_value};
 
 /// Why a request was refused. Carries the JSON path and the kind of material, never the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +84,11 @@ pub enum MaterialKind {
     Credential,
     Secret,
     LocalPath,
+    /// A key or value the sanitizer could not inspect within its bounds: longer than
+    /// [`MAX_KEY_BYTES`] or [`MAX_VALUE_BYTES`] ([`MAX_RESPONSE_VALUE_BYTES`] in responses),
+    /// percent-encoded more often than it decodes, or needing more decoding work than its
+    /// length allows. Refused (requests) or removed (responses) rather than passed uninspected.
+    Uninspectable,
 }
 
 impl MaterialKind {
@@ -37,6 +100,7 @@ impl MaterialKind {
             MaterialKind::Credential => "credential",
             MaterialKind::Secret => "secret",
             MaterialKind::LocalPath => "local filesystem path",
+            MaterialKind::Uninspectable => "value too large or too deeply encoded to inspect",
         }
     }
 }
@@ -45,193 +109,6 @@ impl std::fmt::Display for SensitiveMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} at {}", self.kind.as_str(), self.path)
     }
-}
-
-/// Splits a key into lowercase words: `X-Sess-UUID` -> [x, sess, uuid], `accessToken` ->
-/// [access, token].
-fn key_words(key: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for ch in key.chars() {
-        if !ch.is_alphanumeric() {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
-            previous_lower = false;
-            continue;
-        }
-        if ch.is_uppercase() && previous_lower && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        previous_lower = ch.is_lowercase() || ch.is_ascii_digit();
-        current.extend(ch.to_lowercase());
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
-}
-
-/// Classifies a key name as sensitive.
-pub fn sensitive_key(key: &str) -> Option<MaterialKind> {
-    let words = key_words(key);
-    let joined: String = words.concat();
-    let has = |candidates: &[&str]| words.iter().any(|w| candidates.contains(&w.as_str()));
-    if has(&["cookie", "cookies"]) || joined == "setcookie" || joined == "xsessuuid" {
-        return Some(MaterialKind::Cookie);
-    }
-    if has(&["authorization", "bearer"]) || joined == "proxyauthorization" {
-        return Some(MaterialKind::Authorization);
-    }
-    if has(&[
-        "token",
-        "tokens",
-        "jwt",
-        "jsessionid",
-        "sessionid",
-        "session",
-        "sso",
-        "ssoid",
-    ]) {
-        return Some(MaterialKind::Token);
-    }
-    if has(&[
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "credential",
-        "credentials",
-        "username",
-        "login",
-        "otp",
-        "totp",
-    ]) {
-        return Some(MaterialKind::Credential);
-    }
-    if has(&["secret", "secrets", "apikey", "privatekey", "signature"])
-        || joined.contains("apikey")
-        || joined.contains("privatekey")
-    {
-        return Some(MaterialKind::Secret);
-    }
-    if has(&[
-        "path",
-        "file",
-        "filename",
-        "filepath",
-        "dir",
-        "directory",
-        "home",
-    ]) && !has(&["cursor"])
-    {
-        return Some(MaterialKind::LocalPath);
-    }
-    None
-}
-
-fn looks_like_jwt(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 && parts.len() != 5 {
-        return false;
-    }
-    let base64url = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    parts[0].starts_with("eyJ") && parts[..2].iter().all(|p| base64url(p)) && text.len() >= 24
-}
-
-/// Classifies a string value as sensitive, whatever key it sits under.
-pub fn sensitive_value(value: &str) -> Option<MaterialKind> {
-    let trimmed = value.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    if lower.starts_with("bearer ")
-        || lower.starts_with("basic ")
-        || lower.starts_with("authorization:")
-    {
-        return Some(MaterialKind::Authorization);
-    }
-    if lower.starts_with("cookie:") || lower.starts_with("set-cookie:") {
-        return Some(MaterialKind::Cookie);
-    }
-    for marker in [
-        "x-sess-uuid=",
-        "jsessionid=",
-        "sessionid=",
-        "ssoid=",
-        "api=",
-        "user_session=",
-    ] {
-        if lower.contains(marker) {
-            return Some(MaterialKind::Cookie);
-        }
-    }
-    if lower.contains("-----begin ")
-        || lower.starts_with("ssh-rsa ")
-        || lower.starts_with("ssh-ed25519 ")
-    {
-        return Some(MaterialKind::Secret);
-    }
-    if trimmed.split_whitespace().any(looks_like_jwt) {
-        return Some(MaterialKind::Token);
-    }
-    if looks_like_local_path(trimmed) {
-        return Some(MaterialKind::LocalPath);
-    }
-    None
-}
-
-fn looks_like_local_path(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("file://") {
-        return true;
-    }
-    for token in
-        text.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '=' || c == ',')
-    {
-        if token.starts_with("~/") || token.starts_with("~\\") || token == "~" {
-            return true;
-        }
-        if token.starts_with("\\\\") {
-            return true;
-        }
-        let bytes = token.as_bytes();
-        if bytes.len() >= 3
-            && bytes[0].is_ascii_alphabetic()
-            && bytes[1] == b':'
-            && (bytes[2] == b'\\' || bytes[2] == b'/')
-        {
-            return true;
-        }
-        if let Some(rest) = token.strip_prefix('/') {
-            let first = rest.split('/').next().unwrap_or("");
-            if !rest.is_empty()
-                && matches!(
-                    first,
-                    "home"
-                        | "Users"
-                        | "root"
-                        | "etc"
-                        | "var"
-                        | "tmp"
-                        | "opt"
-                        | "usr"
-                        | "private"
-                        | "Volumes"
-                        | "mnt"
-                        | "proc"
-                        | "dev"
-                        | "srv"
-                )
-            {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// Walks a request payload and refuses the first sensitive key or value found.
@@ -305,39 +182,47 @@ pub fn echo_safe_segment(key: &str) -> String {
     }
 }
 
-/// Keys CPGW returns that are session material or local internals, removed from every result.
-fn response_key_removed(key: &str) -> bool {
-    let words = key_words(key);
-    let joined: String = words.concat();
-    matches!(
-        joined.as_str(),
-        "mac"
-            | "serverinfo"
-            | "servername"
-            | "serverversion"
-            | "headers"
-            | "header"
-            | "setcookie"
-            | "hmds"
-    ) || sensitive_key(key).is_some()
+/// Returns a copy of a broker response with session material and local internals removed.
+/// String values that look sensitive are replaced with `"[redacted]"`, and so are strings
+/// longer than [`MAX_RESPONSE_VALUE_BYTES`], which are not inspected.
+pub fn sanitize_response(value: &Value) -> Value {
+    scrub(value, &mut HashMap::new())
 }
 
-/// Returns a copy of a broker response with session material and local internals removed.
-/// String values that look sensitive are replaced with `"[redacted]"`.
-pub fn sanitize_response(value: &Value) -> Value {
+/// Results are mostly arrays of objects with the same few keys (bars, positions, orders), so
+/// each distinct short key is judged once per response.
+const REMEMBERED_KEYS: usize = 256;
+const REMEMBERED_KEY_BYTES: usize = 64;
+
+fn scrub(value: &Value, removed_keys: &mut HashMap<String, bool>) -> Value {
     match value {
         Value::Object(map) => {
             let mut clean = Map::new();
             for (key, item) in map {
-                if response_key_removed(key) {
-                    continue;
+                let removed = match removed_keys.get(key.as_str()) {
+                    Some(removed) => *removed,
+                    None => {
+                        // A key can itself be material: CPGW maps keyed by a cookie or a
+                        // session id.
+                        let removed =
+                            keys::removed_from_responses(key) || sensitive_value(key).is_some();
+                        if key.len() <= REMEMBERED_KEY_BYTES && removed_keys.len() < REMEMBERED_KEYS
+                        {
+                            removed_keys.insert(key.clone(), removed);
+                        }
+                        removed
+                    }
+                };
+                if !removed {
+                    clean.insert(key.clone(), scrub(item, removed_keys));
                 }
-                clean.insert(key.clone(), sanitize_response(item));
             }
             Value::Object(clean)
         }
-        Value::Array(items) => Value::Array(items.iter().map(sanitize_response).collect()),
-        Value::String(text) if sensitive_value(text).is_some() => {
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| scrub(item, removed_keys)).collect())
+        }
+        Value::String(text) if values::classify_value(text, MAX_RESPONSE_VALUE_BYTES).is_some() => {
             Value::String("[redacted]".into())
         }
         other => other.clone(),
