@@ -156,8 +156,9 @@ fn memory() -> BenchResult<Memory> {
 
 // ---- idle relay sessions: the measuring process ------------------------------------------
 
-/// A gateway configuration on loopback whose per-peer rate limit and connection cap let one
-/// local client open `sessions` relay connections (every sidecar here shares 127.0.0.1).
+/// A gateway configuration on loopback whose per-peer rate limit and connection caps (global,
+/// relay and per peer) let one local client open `sessions` relay connections (every sidecar
+/// here shares 127.0.0.1).
 fn idle_gateway_config(
     issuer_url: &str,
     state_dir: &Path,
@@ -168,6 +169,12 @@ fn idle_gateway_config(
     config.sidecar.heartbeat_timeout_seconds = IDLE_HEARTBEAT_TIMEOUT_SECONDS;
     config.remote_mcp.rate_limit_per_peer_per_minute = 1_000_000;
     config.remote_mcp.max_connections = config.remote_mcp.max_connections.max(sessions + 64);
+    config.remote_mcp.max_relay_connections =
+        config.remote_mcp.max_relay_connections.max(sessions + 64);
+    config.remote_mcp.max_connections_per_peer = config
+        .remote_mcp
+        .max_connections_per_peer
+        .max(sessions + 64);
     config
 }
 
