@@ -21,9 +21,10 @@ use crate::gates;
 use crate::identity::create_identity;
 use crate::pairing_client::pair;
 use crate::paths::{IDENTITY_KEY_FILE, resolve_state_dir};
-use crate::primitives::{self, AcceptRequest, Accepted, PairingCreate};
+use crate::primitives::{self, AcceptRequest, Accepted, PairingCreate, ScopeChange, ScopeEdit};
 use crate::state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore};
 use clap::{Args, Parser, Subcommand};
+use protocol::catalog;
 use protocol::envelope::{ManualAction, Outcome, RequestId};
 use serde_json::{Value, json};
 use shared_safety::ErrorCode;
@@ -176,6 +177,34 @@ pub enum PairingCommand {
     List,
     /// Revoke a pairing (the daemon refuses its next call) and close its relay sessions.
     Revoke(PairingIdsArgs),
+    /// Grant local scopes to a pairing (by default the one `sidecar pair` made), e.g. the
+    /// order scopes; a running daemon applies the change at its next call.
+    Grant(PairingScopeArgs),
+    /// Take local scopes back from a pairing; a running daemon refuses the next call that needs
+    /// them.
+    RevokeScope(PairingScopeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PairingScopeArgs {
+    /// The scope to grant or take back (repeatable, or comma-separated).
+    #[arg(
+        long = "scope",
+        alias = "scopes",
+        value_name = "SCOPE",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub scopes: Vec<String>,
+    /// Required to grant `ibkr:orders:live` (orders with real money on a live account).
+    #[arg(long)]
+    pub confirm_live: bool,
+    /// The pairing's remote instance id (with --sidecar-id). Default: the active pairing made
+    /// by `sidecar pair`.
+    #[arg(long, value_name = "ID", requires = "sidecar_id")]
+    pub remote_instance_id: Option<String>,
+    #[arg(long, value_name = "ID", requires = "remote_instance_id")]
+    pub sidecar_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +324,18 @@ pub struct PairArgs {
     /// The sidecar id to pair (must be this state directory's identity).
     #[arg(long)]
     pub sidecar_id: Option<String>,
+    /// Grant a local scope on top of the read-only default (repeatable, or comma-separated),
+    /// e.g. `--scope ibkr:orders:preview,ibkr:orders:write`. Checked before the code is used.
+    #[arg(
+        long = "scope",
+        alias = "scopes",
+        value_name = "SCOPE",
+        value_delimiter = ','
+    )]
+    pub scopes: Vec<String>,
+    /// Required to grant `ibkr:orders:live` (orders with real money on a live account).
+    #[arg(long)]
+    pub confirm_live: bool,
 }
 
 #[derive(Debug, Args)]
@@ -344,7 +385,9 @@ impl Failure {
             return self.error.exit_code();
         }
         match self.error.code() {
-            ErrorCode::ConfigInvalid | ErrorCode::ConfigSidecarForbidden => 2,
+            ErrorCode::ConfigInvalid
+            | ErrorCode::ConfigSidecarForbidden
+            | ErrorCode::CliArgumentInvalid => 2,
             ErrorCode::StateStoreError | ErrorCode::InternalError => 1,
             _ => 3,
         }
@@ -353,7 +396,21 @@ impl Failure {
 
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run(Cli::parse())
+}
+
+/// Runs one command line (`args[0]` is the program name), exactly as `main` would: the demo
+/// uses it to run the documented commands in its own process. Parser errors exit the process,
+/// as they do for `main`.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Cli::parse_from(args))
+}
+
+fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -418,6 +475,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             PairingCommand::Create(args) => Ok(pairing_create(&state_dir, &args, json)?),
             PairingCommand::List => Ok(pairing_list(&state_dir, json)?),
             PairingCommand::Revoke(args) => Ok(pairing_revoke(&state_dir, &args, json)?),
+            PairingCommand::Grant(args) => {
+                Ok(pairing_scopes(&state_dir, &args, ScopeEdit::Grant, json)?)
+            }
+            PairingCommand::RevokeScope(args) => {
+                Ok(pairing_scopes(&state_dir, &args, ScopeEdit::Revoke, json)?)
+            }
         },
         SidecarCommand::Session(session) => match session.command {
             SessionCommand::Create(args) => Ok(session_create(&state_dir, &args, json)?),
@@ -796,6 +859,75 @@ fn pairing_revoke(state_dir: &Path, args: &PairingIdsArgs, json: bool) -> Result
     Ok(())
 }
 
+fn pairing_scopes(
+    state_dir: &Path,
+    args: &PairingScopeArgs,
+    edit: ScopeEdit,
+    json: bool,
+) -> Result<(), SidecarError> {
+    // Flags first: a bad scope is reported before the state store is even opened.
+    primitives::validate_scope_flags(&args.scopes, edit, args.confirm_live)?;
+    let store = StateStore::open(state_dir)?;
+    let now = now_unix_seconds();
+    let ids = args
+        .remote_instance_id
+        .as_deref()
+        .zip(args.sidecar_id.as_deref());
+    let (remote_instance_id, sidecar_id) = primitives::scope_target(&store, ids, now)?;
+    let change = primitives::change_local_scopes(
+        &store,
+        (&remote_instance_id, &sidecar_id),
+        edit,
+        &args.scopes,
+        args.confirm_live,
+        now,
+    )?;
+    print_scope_change(&change, now, json);
+    Ok(())
+}
+
+fn print_scope_change(change: &ScopeChange, now: i64, json: bool) {
+    let record = &change.record;
+    if json {
+        let mut out = pairing_json(record, now);
+        out["added"] = json!(change.added);
+        out["removed"] = json!(change.removed);
+        print_json(&out);
+        return;
+    }
+    println!(
+        "Pairing {} / {} (user {}):",
+        record.remote_instance_id, record.sidecar_id, record.user_id
+    );
+    if change.added.is_empty() && change.removed.is_empty() {
+        println!("  nothing changed");
+    }
+    if !change.added.is_empty() {
+        println!("  granted:      {}", change.added.join(" "));
+    }
+    if !change.removed.is_empty() {
+        println!("  taken back:   {}", change.removed.join(" "));
+    }
+    println!("  local scopes: {}", record.local_scope_list().join(" "));
+    if change
+        .added
+        .iter()
+        .any(|scope| scope == catalog::scopes::ORDERS_LIVE)
+    {
+        println!("  LIVE TRADING: {}.", primitives::LIVE_GRANT_WARNING);
+    }
+    if change
+        .added
+        .iter()
+        .any(|scope| scope == catalog::scopes::ORDERS_WRITE)
+    {
+        println!(
+            "  Orders stay dry-run until trading.dry_run is false in the sidecar configuration."
+        );
+    }
+    println!("  A running sidecar applies this at its next call; no restart needed.");
+}
+
 // ---- sessions -------------------------------------------------------------------------------
 
 fn session_create(
@@ -880,7 +1012,7 @@ fn relay_accept(state_dir: &Path, args: &RelayAcceptArgs, json: bool) -> Result<
     let config = optional_config(args.config.as_deref(), state_dir).map_err(Failure::relay)?;
     let request_id = match &args.request_id {
         Some(text) => Some(RequestId::from_hex(text.trim()).ok_or_else(|| {
-            Failure::relay(SidecarError::config(
+            Failure::relay(SidecarError::flag(
                 "(--request-id must be 32 hex characters)",
             ))
         })?),
@@ -1050,11 +1182,15 @@ fn read_code(argument: &str) -> Result<Zeroizing<String>, SidecarError> {
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(|_| SidecarError::config("(could not read the pairing code from stdin)"))?;
+        .map_err(|_| SidecarError::flag("(could not read the pairing code from stdin)"))?;
     Ok(Zeroizing::new(line.trim().to_string()))
 }
 
 fn pair_command(state_dir: &Path, args: &PairArgs, json: bool) -> Result<(), SidecarError> {
+    // A bad --scope must not spend the one-time code.
+    if !args.scopes.is_empty() {
+        primitives::validate_scope_flags(&args.scopes, ScopeEdit::Grant, args.confirm_live)?;
+    }
     let code = read_code(&args.code)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1066,6 +1202,20 @@ fn pair_command(state_dir: &Path, args: &PairArgs, json: bool) -> Result<(), Sid
         &code,
         args.sidecar_id.as_deref(),
     ))?;
+    let record = if args.scopes.is_empty() {
+        record
+    } else {
+        let store = StateStore::open(state_dir)?;
+        primitives::change_local_scopes(
+            &store,
+            (&record.remote_instance_id, &record.sidecar_id),
+            ScopeEdit::Grant,
+            &args.scopes,
+            args.confirm_live,
+            now_unix_seconds(),
+        )?
+        .record
+    };
     // The pairing is recorded; the configuration file is a convenience written once.
     let config_written = match &record.relay_url {
         Some(relay_url) => config::write_default_config_if_absent(state_dir, relay_url)?,
@@ -1088,9 +1238,14 @@ fn pair_command(state_dir: &Path, args: &PairArgs, json: bool) -> Result<(), Sid
             println!("  relay URL:           {relay}");
         }
         println!(
-            "  local scopes:        {} (read-only by default)",
+            "  local scopes:        {}",
             record.local_scope_list().join(" ")
         );
+        if args.scopes.is_empty() {
+            println!(
+                "                       (read-only; to allow orders: ibkr-agent sidecar pairing grant --scope ibkr:orders:preview,ibkr:orders:write)"
+            );
+        }
         println!("  state dir:           {}", state_dir.display());
         let config_path = state_dir.join(CONFIG_FILE);
         if config_written {

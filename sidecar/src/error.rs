@@ -54,6 +54,12 @@ impl SidecarError {
         SidecarError::new(ErrorCode::ConfigInvalid, detail)
     }
 
+    /// A command-line flag with a bad or missing value (CLI_ARGUMENT_INVALID, exit 2): the
+    /// detail names the flag.
+    pub(crate) fn flag(detail: impl Into<String>) -> Self {
+        SidecarError::new(ErrorCode::CliArgumentInvalid, detail)
+    }
+
     pub(crate) fn internal(detail: impl Into<String>) -> Self {
         SidecarError::new(ErrorCode::InternalError, detail)
     }
@@ -62,7 +68,9 @@ impl SidecarError {
 /// See [`SidecarError::exit_code`].
 pub fn exit_code_for(code: ErrorCode) -> u8 {
     match code {
-        ErrorCode::ConfigInvalid | ErrorCode::ConfigSidecarForbidden => 2,
+        ErrorCode::ConfigInvalid
+        | ErrorCode::ConfigSidecarForbidden
+        | ErrorCode::CliArgumentInvalid => 2,
         ErrorCode::StateStoreError
         | ErrorCode::InternalError
         | ErrorCode::BrokerUnreachable

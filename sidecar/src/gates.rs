@@ -197,7 +197,10 @@ pub fn check_tool_call(
     if !local_scopes.contains(tool.scope) {
         return Err(SidecarError::new(
             ErrorCode::ScopeNotGrantedLocally,
-            format!("(scope {} is not granted locally)", tool.scope),
+            format!(
+                "(scope {scope} is not granted locally; grant it with `ibkr-agent sidecar pairing grant --scope {scope}`)",
+                scope = tool.scope
+            ),
         ));
     }
     if let Err(material) = sanitize::check_request(arguments) {

@@ -34,7 +34,7 @@ pub fn validate_sidecar_id(id: &str) -> Result<(), SidecarError> {
     if ok {
         Ok(())
     } else {
-        Err(SidecarError::config(
+        Err(SidecarError::flag(
             "(--sidecar-id must be 1-64 characters of letters, digits, '-', '_' or '.')",
         ))
     }
@@ -47,7 +47,7 @@ fn validate_display_name(name: &str) -> Result<(), SidecarError> {
     if ok {
         Ok(())
     } else {
-        Err(SidecarError::config(format!(
+        Err(SidecarError::flag(format!(
             "(--display-name must be 1-{MAX_SHORT_STRING} printable characters)"
         )))
     }
@@ -72,7 +72,7 @@ pub fn create_identity(
     let external = public_key
         .map(|hex| {
             PublicKey::from_hex(hex).map_err(|_| {
-                SidecarError::config("(--public-key must be 64 hex characters of an x25519 key)")
+                SidecarError::flag("(--public-key must be 64 hex characters of an x25519 key)")
             })
         })
         .transpose()?;
@@ -236,7 +236,7 @@ mod tests {
                 create_identity(dir.path(), name, id, key)
                     .unwrap_err()
                     .code(),
-                ErrorCode::ConfigInvalid
+                ErrorCode::CliArgumentInvalid
             );
         }
     }

@@ -148,7 +148,7 @@ pub async fn pair(
     sidecar_id: Option<&str>,
 ) -> Result<PairingRecord, SidecarError> {
     let base = net::checked_url(gateway_base_url, UrlKind::Http)
-        .map_err(|why| SidecarError::config(format!("(--gateway {why})")))?;
+        .map_err(|why| SidecarError::flag(format!("(--gateway {why})")))?;
     let code = PairingCode::parse(code).map_err(map_pairing_error)?;
     if let Some(id) = sidecar_id {
         validate_sidecar_id(id)?;
@@ -168,7 +168,7 @@ pub async fn pair(
         ));
     }
     let relay_url = net::relay_url_for_gateway(&base)
-        .ok_or_else(|| SidecarError::config("(--gateway must be an http or https URL)"))?;
+        .ok_or_else(|| SidecarError::flag("(--gateway must be an http or https URL)"))?;
     let client = http_client(&base)?;
 
     let (pending, start) = SidecarPairing::start(&code, &mut OsRng);

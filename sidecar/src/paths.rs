@@ -38,7 +38,7 @@ fn resolve_from_env(
     if let Some(home) = non_empty("HOME") {
         return Ok(PathBuf::from(home).join(".config").join("ibkr-agent"));
     }
-    Err(SidecarError::config(
+    Err(SidecarError::flag(
         "(no state directory: pass --state-dir or set IBKR_AGENT_HOME)",
     ))
 }

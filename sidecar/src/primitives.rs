@@ -40,7 +40,7 @@ pub fn validate_id(flag: &str, value: &str) -> Result<(), SidecarError> {
     if ok {
         Ok(())
     } else {
-        Err(SidecarError::config(format!(
+        Err(SidecarError::flag(format!(
             "({flag} must be 1-64 characters of letters, digits, '-', '_' or '.')"
         )))
     }
@@ -53,7 +53,7 @@ fn validate_user_id(value: &str) -> Result<(), SidecarError> {
     if ok {
         Ok(())
     } else {
-        Err(SidecarError::config(format!(
+        Err(SidecarError::flag(format!(
             "(--user-id must be 1-{MAX_SHORT_STRING} printable characters)"
         )))
     }
@@ -61,12 +61,12 @@ fn validate_user_id(value: &str) -> Result<(), SidecarError> {
 
 fn ttl(flag: &str, seconds: u64, max: u64, now: i64) -> Result<i64, SidecarError> {
     if seconds == 0 || seconds > max {
-        return Err(SidecarError::config(format!(
+        return Err(SidecarError::flag(format!(
             "({flag} must be between 1 and {max})"
         )));
     }
-    let seconds = i64::try_from(seconds)
-        .map_err(|_| SidecarError::config(format!("({flag} is too large)")))?;
+    let seconds =
+        i64::try_from(seconds).map_err(|_| SidecarError::flag(format!("({flag} is too large)")))?;
     Ok(now.saturating_add(seconds))
 }
 
@@ -111,7 +111,7 @@ pub fn create_pairing(
     for scope in &request.extra_scopes {
         let scope = scope.trim();
         if !scopes::is_known(scope) {
-            return Err(SidecarError::config(format!(
+            return Err(SidecarError::flag(format!(
                 "(--scope {} is not a known scope; known scopes: {})",
                 shown(scope),
                 scopes::ALL.join(" ")
@@ -134,6 +134,167 @@ pub fn create_pairing(
     };
     let write = store.create_local_pairing(&record, now)?;
     Ok((record, write))
+}
+
+// ---- local scope grants ---------------------------------------------------------------------
+
+/// Whether a scope change adds or removes scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScopeEdit {
+    /// `pairing grant` (and `sidecar pair --scope`).
+    Grant,
+    /// `pairing revoke-scope`.
+    Revoke,
+}
+
+/// What a scope change did to a pairing's local grant.
+#[derive(Clone, Debug)]
+pub struct ScopeChange {
+    /// The pairing after the change.
+    pub record: PairingRecord,
+    /// Scopes that were not granted before and are now.
+    pub added: Vec<String>,
+    /// Scopes that were granted before and are not any more.
+    pub removed: Vec<String>,
+}
+
+/// What granting `ibkr:orders:live` enables, printed by the CLI and put in its refusal.
+pub const LIVE_GRANT_WARNING: &str = "ibkr:orders:live lets agents holding a token with that scope \
+     place, modify and cancel orders with real money on a live (non-paper) account, within the \
+     sidecar's trading guards";
+
+/// Checks `--scope` values for a grant: each known, `ibkr:orders:live` only with
+/// `confirm_live`. Runs before anything changes (`sidecar pair --scope` checks them before the
+/// one-time code is spent).
+pub fn validate_scope_flags(
+    requested: &[String],
+    edit: ScopeEdit,
+    confirm_live: bool,
+) -> Result<Vec<&'static str>, SidecarError> {
+    if requested.is_empty() {
+        return Err(SidecarError::flag("(--scope: name at least one scope)"));
+    }
+    let mut known = Vec::with_capacity(requested.len());
+    for scope in requested {
+        let scope = scope.trim();
+        let Some(found) = scopes::ALL.iter().find(|known| **known == scope) else {
+            return Err(SidecarError::flag(format!(
+                "(--scope {} is not a known scope; known scopes: {})",
+                shown(scope),
+                scopes::ALL.join(" ")
+            )));
+        };
+        known.push(*found);
+    }
+    if edit == ScopeEdit::Grant && known.contains(&scopes::ORDERS_LIVE) && !confirm_live {
+        return Err(SidecarError::flag(format!(
+            "(--scope {}: {LIVE_GRANT_WARNING}; add --confirm-live to grant it)",
+            scopes::ORDERS_LIVE
+        )));
+    }
+    Ok(known)
+}
+
+/// Which pairing a scope change applies to: the ids given, or else the pairing the daemon
+/// dials (the one `sidecar pair` made for this identity).
+pub fn scope_target(
+    store: &StateStore,
+    ids: Option<(&str, &str)>,
+    now: i64,
+) -> Result<(String, String), SidecarError> {
+    if let Some((remote_instance_id, sidecar_id)) = ids {
+        validate_id("--remote-instance-id", remote_instance_id)?;
+        validate_id("--sidecar-id", sidecar_id)?;
+        return Ok((remote_instance_id.to_string(), sidecar_id.to_string()));
+    }
+    let identity = store.identity()?.ok_or_else(|| {
+        SidecarError::new(
+            ErrorCode::IdentityMissing,
+            "(no identity in this state directory: run `ibkr-agent sidecar identity create` and `sidecar pair`)",
+        )
+    })?;
+    match store.dialable_pairing(&identity.sidecar_id, now)? {
+        Some(record) => Ok((record.remote_instance_id, record.sidecar_id)),
+        None => Err(SidecarError::new(
+            ErrorCode::SidecarPairingRequired,
+            "(this identity has no active pairing made by `sidecar pair`; for a record made by \
+             `pairing create`, pass --remote-instance-id and --sidecar-id)",
+        )),
+    }
+}
+
+/// `pairing grant` / `pairing revoke-scope`: adds or removes local scopes of one pairing, in
+/// one store transaction. A running daemon reads the pairing on every request, so the change
+/// holds from its next call.
+///
+/// - A grant needs an active pairing (SIDECAR_PAIRING_REQUIRED otherwise), and
+///   `ibkr:orders:live` needs `ibkr:orders:write` granted too (it only adds to it).
+/// - Revoking `ibkr:orders:write` also revokes `ibkr:orders:live`, which means nothing without
+///   it.
+pub fn change_local_scopes(
+    store: &StateStore,
+    target: (&str, &str),
+    edit: ScopeEdit,
+    requested: &[String],
+    confirm_live: bool,
+    now: i64,
+) -> Result<ScopeChange, SidecarError> {
+    let requested = validate_scope_flags(requested, edit, confirm_live)?;
+    let (remote_instance_id, sidecar_id) = target;
+    let changed = store.update_local_scopes(remote_instance_id, sidecar_id, |record| {
+        let mut granted: Vec<&str> = record.local_scopes.iter().collect();
+        match edit {
+            ScopeEdit::Grant => {
+                gates::pairing_gate(Some(record), now)?;
+                for scope in &requested {
+                    if !granted.contains(scope) {
+                        granted.push(scope);
+                    }
+                }
+                if granted.contains(&scopes::ORDERS_LIVE) && !granted.contains(&scopes::ORDERS_WRITE)
+                {
+                    return Err(SidecarError::flag(format!(
+                        "(--scope {live} only adds to {write}: grant both, e.g. --scope {write} --scope {live} --confirm-live)",
+                        live = scopes::ORDERS_LIVE,
+                        write = scopes::ORDERS_WRITE
+                    )));
+                }
+            }
+            ScopeEdit::Revoke => {
+                granted.retain(|scope| !requested.contains(scope));
+                if !granted.contains(&scopes::ORDERS_WRITE) {
+                    granted.retain(|scope| *scope != scopes::ORDERS_LIVE);
+                }
+            }
+        }
+        Ok(ScopeSet::from_list(&granted))
+    })?;
+    let Some((before, after)) = changed else {
+        return Err(SidecarError::new(
+            ErrorCode::SidecarPairingRequired,
+            "(there is no pairing for this remote instance and sidecar id)",
+        ));
+    };
+    let added = after
+        .iter()
+        .filter(|scope| !before.local_scopes.contains(scope))
+        .map(str::to_string)
+        .collect();
+    let removed = before
+        .local_scopes
+        .iter()
+        .filter(|scope| !after.contains(scope))
+        .map(str::to_string)
+        .collect();
+    let record = PairingRecord {
+        local_scopes: after,
+        ..before
+    };
+    Ok(ScopeChange {
+        record,
+        added,
+        removed,
+    })
 }
 
 /// `pairing revoke`: marks the pairing revoked and closes the relay sessions bound to it.
@@ -484,13 +645,13 @@ mod tests {
         };
         assert_eq!(
             create_pairing(&store, &request, NOW).unwrap_err().code(),
-            ErrorCode::ConfigInvalid
+            ErrorCode::CliArgumentInvalid
         );
         request.ttl_seconds = 300;
         request.extra_scopes = vec!["ibkr:everything".into()];
         assert_eq!(
             create_pairing(&store, &request, NOW).unwrap_err().code(),
-            ErrorCode::ConfigInvalid
+            ErrorCode::CliArgumentInvalid
         );
         request.extra_scopes = vec!["ibkr:orders:write".into()];
         let (record, _) = create_pairing(&store, &request, NOW).unwrap();
@@ -500,7 +661,7 @@ mod tests {
             create_session(&store, "remote-1", "sidecar-example", 0, NOW)
                 .unwrap_err()
                 .code(),
-            ErrorCode::ConfigInvalid
+            ErrorCode::CliArgumentInvalid
         );
     }
 
@@ -648,5 +809,193 @@ mod tests {
                 .code(),
             ErrorCode::SidecarPairingRequired
         );
+    }
+
+    /// A record as `sidecar pair` writes it: the gateway's key pinned, read-only scopes.
+    fn pinned(store: &StateStore, remote: &str) {
+        store
+            .upsert_pairing(&PairingRecord {
+                remote_instance_id: remote.into(),
+                sidecar_id: "sidecar-abcdef12".into(),
+                user_id: "user-1".into(),
+                gateway_url: Some("https://gateway.example".into()),
+                relay_url: Some("wss://gateway.example/relay".into()),
+                gateway_public_key: Some(StaticKeypair::from_secret_bytes([3; 32]).public()),
+                gateway_pairing_id: Some([7; 16]),
+                local_scopes: ScopeSet::read_only_default(),
+                created_at: NOW - 5,
+                expires_at: None,
+                revoked_at: None,
+            })
+            .unwrap();
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn grants_and_revocations_change_only_what_they_name() {
+        let (_dir, store) = store();
+        pinned(&store, "gw-1");
+        let target = scope_target(&store, None, NOW).unwrap();
+        assert_eq!(target, ("gw-1".to_string(), "sidecar-abcdef12".to_string()));
+        let ids = (target.0.as_str(), target.1.as_str());
+
+        let change = change_local_scopes(
+            &store,
+            ids,
+            ScopeEdit::Grant,
+            &strings(&[
+                "ibkr:orders:preview",
+                "ibkr:orders:write",
+                "ibkr:health:read",
+            ]),
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            change.added,
+            strings(&["ibkr:orders:preview", "ibkr:orders:write"])
+        );
+        assert!(change.removed.is_empty());
+        let stored = store.pairing("gw-1", "sidecar-abcdef12").unwrap().unwrap();
+        assert_eq!(stored.local_scopes, change.record.local_scopes);
+        assert!(stored.local_scopes.contains("ibkr:orders:write"));
+        assert!(stored.local_scopes.contains("ibkr:accounts:read"));
+        // The pinned key and the pairing id are untouched.
+        assert!(stored.gateway_public_key.is_some());
+        assert_eq!(stored.gateway_pairing_id, Some([7; 16]));
+
+        // Live needs its confirmation flag, and nothing changes without it.
+        let refused = change_local_scopes(
+            &store,
+            ids,
+            ScopeEdit::Grant,
+            &strings(&["ibkr:orders:live"]),
+            false,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::CliArgumentInvalid);
+        assert!(refused.detail().unwrap().contains("--confirm-live"));
+        let stored = store.pairing("gw-1", "sidecar-abcdef12").unwrap().unwrap();
+        assert!(!stored.local_scopes.contains("ibkr:orders:live"));
+        change_local_scopes(
+            &store,
+            ids,
+            ScopeEdit::Grant,
+            &strings(&["ibkr:orders:live"]),
+            true,
+            NOW,
+        )
+        .unwrap();
+
+        // Taking write back takes live with it: live alone would mean nothing.
+        let change = change_local_scopes(
+            &store,
+            ids,
+            ScopeEdit::Revoke,
+            &strings(&["ibkr:orders:write"]),
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            change.removed,
+            strings(&["ibkr:orders:live", "ibkr:orders:write"])
+        );
+        let stored = store.pairing("gw-1", "sidecar-abcdef12").unwrap().unwrap();
+        assert!(!stored.local_scopes.contains("ibkr:orders:write"));
+        assert!(!stored.local_scopes.contains("ibkr:orders:live"));
+        assert!(stored.local_scopes.contains("ibkr:orders:preview"));
+    }
+
+    #[test]
+    fn grants_are_refused_where_they_would_be_wrong() {
+        let (_dir, store) = store();
+        // No pairing made by `sidecar pair`: the default target does not exist.
+        assert_eq!(
+            scope_target(&store, None, NOW).unwrap_err().code(),
+            ErrorCode::SidecarPairingRequired
+        );
+        pinned(&store, "gw-1");
+        let ids = ("gw-1", "sidecar-abcdef12");
+        for (requested, confirm, why) in [
+            (strings(&[]), false, "at least one"),
+            (strings(&["ibkr:everything"]), false, "not a known scope"),
+            (strings(&["ibkr:orders:live"]), true, "only adds to"),
+        ] {
+            let error =
+                change_local_scopes(&store, ids, ScopeEdit::Grant, &requested, confirm, NOW)
+                    .unwrap_err();
+            assert_eq!(error.code(), ErrorCode::CliArgumentInvalid, "{requested:?}");
+            assert_eq!(error.exit_code(), 2);
+            assert!(error.detail().unwrap().contains(why), "{error}");
+        }
+        // Unknown ids, and a revoked pairing, cannot be granted anything.
+        assert_eq!(
+            change_local_scopes(
+                &store,
+                ("gw-2", "sidecar-abcdef12"),
+                ScopeEdit::Grant,
+                &strings(&["ibkr:orders:write"]),
+                false,
+                NOW
+            )
+            .unwrap_err()
+            .code(),
+            ErrorCode::SidecarPairingRequired
+        );
+        store
+            .revoke_pairing("gw-1", "sidecar-abcdef12", NOW)
+            .unwrap();
+        assert_eq!(
+            change_local_scopes(
+                &store,
+                ids,
+                ScopeEdit::Grant,
+                &strings(&["ibkr:orders:write"]),
+                false,
+                NOW + 1
+            )
+            .unwrap_err()
+            .code(),
+            ErrorCode::SidecarPairingRequired
+        );
+        let stored = store.pairing("gw-1", "sidecar-abcdef12").unwrap().unwrap();
+        assert!(!stored.local_scopes.contains("ibkr:orders:write"));
+    }
+
+    #[test]
+    fn parallel_grants_lose_nothing() {
+        let (dir, store) = store();
+        pinned(&store, "gw-1");
+        drop(store);
+        let scopes = ["ibkr:orders:preview", "ibkr:orders:write"];
+        std::thread::scope(|threads| {
+            for scope in scopes {
+                let path = dir.path();
+                threads.spawn(move || {
+                    // Each grant on its own connection, as two CLI processes would.
+                    let store = StateStore::open(path).unwrap();
+                    change_local_scopes(
+                        &store,
+                        ("gw-1", "sidecar-abcdef12"),
+                        ScopeEdit::Grant,
+                        &strings(&[scope]),
+                        false,
+                        NOW,
+                    )
+                    .unwrap();
+                });
+            }
+        });
+        let store = StateStore::open(dir.path()).unwrap();
+        let stored = store.pairing("gw-1", "sidecar-abcdef12").unwrap().unwrap();
+        for scope in scopes {
+            assert!(stored.local_scopes.contains(scope), "{scope} lost");
+        }
     }
 }

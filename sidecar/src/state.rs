@@ -267,6 +267,23 @@ fn pairing_from_row(row: &Row<'_>) -> rusqlite::Result<PairingRecord> {
     })
 }
 
+fn select_pairing(
+    connection: &Connection,
+    remote_instance_id: &str,
+    sidecar_id: &str,
+) -> Result<Option<PairingRecord>, SidecarError> {
+    Ok(connection
+        .query_row(
+            &format!(
+                "SELECT {PAIRING_COLUMNS} FROM pairings \
+                 WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
+            ),
+            params![remote_instance_id, sidecar_id],
+            pairing_from_row,
+        )
+        .optional()?)
+}
+
 fn owner_request_from_row(row: &Row<'_>) -> rusqlite::Result<OwnerRequestRow> {
     Ok(OwnerRequestRow {
         id: row.get(0)?,
@@ -438,16 +455,7 @@ impl StateStore {
         sidecar_id: &str,
     ) -> Result<Option<PairingRecord>, SidecarError> {
         let connection = self.lock()?;
-        Ok(connection
-            .query_row(
-                &format!(
-                    "SELECT {PAIRING_COLUMNS} FROM pairings \
-                     WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
-                ),
-                params![remote_instance_id, sidecar_id],
-                pairing_from_row,
-            )
-            .optional()?)
+        select_pairing(&connection, remote_instance_id, sidecar_id)
     }
 
     /// Every pairing record, newest first.
@@ -532,6 +540,33 @@ impl StateStore {
         Ok(changed > 0)
     }
 
+    /// Changes the scopes granted locally to a pairing in one write transaction, so two grant
+    /// commands at once cannot lose each other's change: `change` gets the current record and
+    /// returns the new set, or an error that leaves the record as it was. `Ok(None)`: no such
+    /// pairing.
+    pub fn update_local_scopes<F>(
+        &self,
+        remote_instance_id: &str,
+        sidecar_id: &str,
+        change: F,
+    ) -> Result<Option<(PairingRecord, ScopeSet)>, SidecarError>
+    where
+        F: FnOnce(&PairingRecord) -> Result<ScopeSet, SidecarError>,
+    {
+        let mut connection = self.lock()?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(before) = select_pairing(&transaction, remote_instance_id, sidecar_id)? else {
+            return Ok(None);
+        };
+        let scopes = change(&before)?;
+        transaction.execute(
+            "UPDATE pairings SET local_scopes = ?3 WHERE remote_instance_id = ?1 AND sidecar_id = ?2",
+            params![remote_instance_id, sidecar_id, scopes.to_oauth()],
+        )?;
+        transaction.commit()?;
+        Ok(Some((before, scopes)))
+    }
+
     /// Writes an explicit local pairing record (`ibkr-agent sidecar pairing create`) for the
     /// local identity, in one transaction:
     ///
@@ -592,11 +627,11 @@ impl StateStore {
             && existing.is_active(now)
             && existing.gateway_public_key.is_some()
         {
-            return Err(SidecarError::config(format!(
+            return Err(SidecarError::flag(format!(
                 "(remote instance {} already has an active pairing made with `ibkr-agent sidecar \
-                 pair` that pins the gateway's key; `pairing create` would drop that key. Revoke \
-                 it first with `ibkr-agent sidecar pairing revoke`, or use another \
-                 --remote-instance-id)",
+                 pair` that pins the gateway's key; `pairing create` would drop that key. To \
+                 change what it may do, use `ibkr-agent sidecar pairing grant --scope ...` or \
+                 `pairing revoke-scope --scope ...`)",
                 record.remote_instance_id
             )));
         }
@@ -1046,7 +1081,7 @@ mod tests {
         let error = store
             .create_local_pairing(&local("remote-1", "sidecar-1"), 200)
             .unwrap_err();
-        assert_eq!(error.code(), ErrorCode::ConfigInvalid);
+        assert_eq!(error.code(), ErrorCode::CliArgumentInvalid);
         assert!(
             store
                 .pairing("remote-1", "sidecar-1")

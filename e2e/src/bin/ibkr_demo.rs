@@ -161,15 +161,28 @@ async fn run(args: Args) -> DemoResult<()> {
         );
     }
 
-    // The laptop owner decides what remote agents may do: order scopes are granted locally to
-    // this pairing (orders still stay dry-run, the sidecar's default).
-    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir())?;
-    store.set_local_scopes(
-        &record.remote_instance_id,
-        &record.sidecar_id,
-        &shared_safety::scope::ScopeSet::from_list(&agent_scopes()),
+    // The laptop owner decides what remote agents may do: the non-live order scopes are granted
+    // to this pairing with the documented command (orders still stay dry-run, the sidecar's
+    // default). It runs in this process, exactly as the `ibkr-agent` binary would.
+    let grant = [
+        "sidecar",
+        "pairing",
+        "grant",
+        "--scope",
+        "ibkr:orders:preview,ibkr:orders:write",
+    ];
+    println!("    laptop:   ibkr-agent {}", grant.join(" "));
+    let state_dir = system.sidecar_state_dir().display().to_string();
+    let argv: Vec<String> = ["ibkr-agent", "--state-dir", state_dir.as_str()]
+        .iter()
+        .chain(grant.iter())
+        .map(|arg| arg.to_string())
+        .collect();
+    let status = tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv)).await?;
+    expect(
+        status == std::process::ExitCode::SUCCESS,
+        "the laptop owner's grant succeeds",
     )?;
-    println!("    laptop grants this pairing the non-live trading scopes (orders stay dry-run)");
 
     step(
         4,

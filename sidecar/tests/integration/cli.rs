@@ -175,7 +175,7 @@ fn pair_refuses_plain_http_off_loopback() {
         ],
     );
     assert_eq!(status, 2);
-    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+    assert_eq!(json["error"]["code"], "CLI_ARGUMENT_INVALID");
 }
 
 #[test]
@@ -266,4 +266,201 @@ fn orders_pending_and_settle_from_the_command_line() {
     assert_eq!(status, 0);
     assert_eq!(json["ok"], true);
     assert_eq!(json["entries"], 3);
+}
+
+/// A state directory as `sidecar pair` leaves it: an identity and a pairing that pins the
+/// gateway's key, with the read-only default grant.
+fn paired_state(dir: &std::path::Path) -> std::path::PathBuf {
+    use ibkr_agent::state::{IdentityRecord, PairingRecord};
+    use protocol::identity::StaticKeypair;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let store = ibkr_agent::StateStore::open(&state).unwrap();
+    store
+        .insert_identity(&IdentityRecord {
+            sidecar_id: "sidecar-cli".into(),
+            display_name: "laptop".into(),
+            public_key: StaticKeypair::from_secret_bytes([4; 32]).public(),
+            has_secret: false,
+            created_at: 1,
+        })
+        .unwrap();
+    store
+        .upsert_pairing(&PairingRecord {
+            remote_instance_id: "gw-1".into(),
+            sidecar_id: "sidecar-cli".into(),
+            user_id: "user-1".into(),
+            gateway_url: Some("https://gateway.example".into()),
+            relay_url: Some("wss://gateway.example/relay".into()),
+            gateway_public_key: Some(StaticKeypair::from_secret_bytes([5; 32]).public()),
+            gateway_pairing_id: Some([9; 16]),
+            local_scopes: shared_safety::scope::ScopeSet::read_only_default(),
+            created_at: 2,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .unwrap();
+    state
+}
+
+fn local_scopes(json: &serde_json::Value) -> Vec<String> {
+    json["local_scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|scope| scope.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn pairing_grant_and_revoke_scope_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = paired_state(dir.path());
+
+    // The documented grant, on the pairing `sidecar pair` made, without naming it.
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "pairing",
+            "grant",
+            "--scope",
+            "ibkr:orders:preview,ibkr:orders:write",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["remote_instance_id"], "gw-1");
+    assert_eq!(
+        json["added"],
+        serde_json::json!(["ibkr:orders:preview", "ibkr:orders:write"])
+    );
+    assert!(local_scopes(&json).contains(&"ibkr:orders:write".to_string()));
+
+    // `status` shows the grant.
+    let (status, json) = ibkr_agent(&state, &["sidecar", "status", "--json"]);
+    assert_eq!(status, 0);
+    let pairing = &json["pairings"][0];
+    assert!(local_scopes(pairing).contains(&"ibkr:orders:write".to_string()));
+
+    // Live without its confirmation: a flag error naming the flag, exit 2, nothing changed.
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "pairing",
+            "grant",
+            "--scope",
+            "ibkr:orders:live",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 2);
+    assert_eq!(json["error"]["code"], "CLI_ARGUMENT_INVALID");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--confirm-live")
+    );
+    assert!(
+        !json["error"]["user_action"]
+            .as_str()
+            .unwrap()
+            .contains("configuration file")
+    );
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "pairing",
+            "grant",
+            "--scope",
+            "ibkr:orders:live",
+            "--confirm-live",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(json["added"], serde_json::json!(["ibkr:orders:live"]));
+
+    // Taking write back takes live with it.
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "pairing",
+            "revoke-scope",
+            "--scope",
+            "ibkr:orders:write",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 0, "{json}");
+    assert_eq!(
+        json["removed"],
+        serde_json::json!(["ibkr:orders:live", "ibkr:orders:write"])
+    );
+    let scopes = local_scopes(&json);
+    assert!(scopes.contains(&"ibkr:orders:preview".to_string()));
+    assert!(
+        !scopes
+            .iter()
+            .any(|scope| scope.starts_with("ibkr:orders:w"))
+    );
+
+    // An unknown pairing named explicitly.
+    let (status, json) = ibkr_agent(
+        &state,
+        &[
+            "sidecar",
+            "pairing",
+            "grant",
+            "--scope",
+            "ibkr:orders:write",
+            "--remote-instance-id",
+            "gw-2",
+            "--sidecar-id",
+            "sidecar-cli",
+            "--json",
+        ],
+    );
+    assert_eq!(status, 3);
+    assert_eq!(json["error"]["code"], "SIDECAR_PAIRING_REQUIRED");
+}
+
+#[test]
+fn pair_checks_its_scopes_before_it_spends_the_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A gateway that does not exist: had the code been sent, this would be a network error.
+    for (scope, expected) in [
+        ("ibkr:everything", "not a known scope"),
+        ("ibkr:orders:live", "--confirm-live"),
+    ] {
+        let (status, json) = ibkr_agent(
+            &state,
+            &[
+                "sidecar",
+                "pair",
+                "--gateway",
+                "http://127.0.0.1:9",
+                "--code",
+                "K7QM-3XW9-PT4R",
+                "--scope",
+                scope,
+                "--json",
+            ],
+        );
+        assert_eq!(status, 2, "{json}");
+        assert_eq!(json["error"]["code"], "CLI_ARGUMENT_INVALID");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{json}"
+        );
+    }
 }

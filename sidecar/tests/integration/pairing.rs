@@ -171,7 +171,7 @@ async fn local_preconditions_are_checked_before_any_request() {
     )
     .await
     .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::ConfigInvalid);
+    assert_eq!(error.code(), ErrorCode::CliArgumentInvalid);
     // A malformed code.
     let error = ibkr_agent::pair(dir.path(), "http://127.0.0.1:9", "nope", None)
         .await
@@ -290,12 +290,12 @@ async fn the_pair_command_writes_a_complete_configuration_once() {
     .collect();
     let (status, json) = agent(dir.path(), create, "").await;
     assert_eq!(status, 2, "{json}");
-    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+    assert_eq!(json["error"]["code"], "CLI_ARGUMENT_INVALID");
     assert!(
         json["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("pairing revoke")
+            .contains("pairing grant --scope")
     );
 
     // Pairing again leaves the file as it is.

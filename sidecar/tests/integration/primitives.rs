@@ -542,7 +542,7 @@ fn every_gate_refuses_with_its_code() {
     let (status, json) = agent(dir.path(), &accept_args("{}", &["--request-id", "xyz"]));
     assert_eq!(status, 2);
     assert_eq!(json["forwarded"], false);
-    assert_eq!(json["error"]["code"], "CONFIG_INVALID");
+    assert_eq!(json["error"]["code"], "CLI_ARGUMENT_INVALID");
 }
 
 #[test]
@@ -588,7 +588,7 @@ fn sessions_and_pairings_are_validated_and_listed() {
     );
     assert_eq!(
         (status, json["error"]["code"].as_str()),
-        (2, Some("CONFIG_INVALID"))
+        (2, Some("CLI_ARGUMENT_INVALID"))
     );
     let (status, json) = agent(
         dir.path(),
@@ -630,7 +630,7 @@ fn sessions_and_pairings_are_validated_and_listed() {
     );
     assert_eq!(
         (status, json["error"]["code"].as_str()),
-        (2, Some("CONFIG_INVALID"))
+        (2, Some("CLI_ARGUMENT_INVALID"))
     );
     // Once the identity has a pairing, its sidecar id is fixed.
     let (status, json) = agent(

@@ -1,0 +1,109 @@
+//! The laptop owner turns order tools on and off with the documented commands
+//! (`ibkr-agent sidecar pairing grant|revoke-scope`), against a running daemon, no restart.
+
+use crate::trading_support::{TRADING_SCOPES, call, code, ok};
+use e2e::system::{System, SystemOptions};
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Runs one `ibkr-agent` command line, in this process, exactly as the binary would.
+async fn ibkr_agent(state_dir: &Path, args: &[&str]) -> ExitCode {
+    let mut argv = vec![
+        "ibkr-agent".to_string(),
+        "--state-dir".to_string(),
+        state_dir.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|arg| arg.to_string()));
+    tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv))
+        .await
+        .unwrap()
+}
+
+fn message(result: &rmcp::model::CallToolResult) -> String {
+    let structured = result.structured_content.as_ref().unwrap();
+    structured["error"]["message"]
+        .as_str()
+        .or_else(|| structured["message"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_scopes_are_granted_and_taken_back_on_the_laptop_without_a_restart() {
+    let mut system = System::start(SystemOptions {
+        with_sidecar: false,
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap();
+    let pairing = system.pair_sidecar().await.unwrap();
+    assert!(
+        !pairing.local_scopes.contains("ibkr:orders:write"),
+        "pairing starts read-only"
+    );
+    system.start_sidecar().await.unwrap();
+    let buy = json!({"symbol": "AAPL", "cash_amount": "50"});
+
+    // Read-only by default: the refusal names the exact command that fixes it.
+    let refused = call(&system, "ibkr_buy", buy.clone()).await;
+    assert_eq!(code(&refused), "SCOPE_NOT_GRANTED_LOCALLY");
+    assert!(
+        message(&refused).contains("ibkr-agent sidecar pairing grant --scope ibkr:orders:write"),
+        "{}",
+        message(&refused)
+    );
+
+    // The documented command, while the daemon runs.
+    let state_dir = system.sidecar_state_dir().to_path_buf();
+    let status = ibkr_agent(
+        &state_dir,
+        &[
+            "sidecar",
+            "pairing",
+            "grant",
+            "--scope",
+            "ibkr:orders:preview,ibkr:orders:write",
+        ],
+    )
+    .await;
+    assert_eq!(status, ExitCode::SUCCESS);
+    let placed = ok(&call(&system, "ibkr_buy", buy.clone()).await);
+    assert_eq!(placed["status"], "dry_run", "{placed}");
+    assert!(
+        system.sim.order_log().is_empty(),
+        "a dry run reached the broker"
+    );
+
+    // Taken back: the very next order call is refused by the same daemon.
+    let status = ibkr_agent(
+        &state_dir,
+        &[
+            "sidecar",
+            "pairing",
+            "revoke-scope",
+            "--scope",
+            "ibkr:orders:write",
+        ],
+    )
+    .await;
+    assert_eq!(status, ExitCode::SUCCESS);
+    let refused = call(
+        &system,
+        "ibkr_buy",
+        json!({"symbol": "AAPL", "cash_amount": "60"}),
+    )
+    .await;
+    assert_eq!(code(&refused), "SCOPE_NOT_GRANTED_LOCALLY");
+    // The token still holds the scope: the laptop alone took it back.
+    assert!(TRADING_SCOPES.contains(&"ibkr:orders:write"));
+    // The preview scope it kept still works, and reads never stopped.
+    ok(&call(
+        &system,
+        "ibkr_order_preview",
+        json!({"symbol": "AAPL", "side": "BUY", "quantity": "1"}),
+    )
+    .await);
+    ok(&call(&system, "ibkr_accounts_list", json!({})).await);
+    system.shutdown().await;
+}
