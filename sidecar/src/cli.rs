@@ -97,6 +97,8 @@ pub enum SidecarCommand {
     Run(RunArgs),
     /// Orders whose outcome is unknown: list them, and settle what the broker cannot prove.
     Orders(OrdersArgs),
+    /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
+    Service(crate::service::ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +436,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             OrdersCommand::Pending => Ok(orders_pending(&state_dir, json)?),
             OrdersCommand::Settle(args) => Ok(orders_settle(&state_dir, &args, json)?),
         },
+        SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
     }
 }
 
