@@ -276,6 +276,20 @@ error_catalog! {
     StateStoreError => ("STATE_STORE_ERROR", false,
         "The local state store could not be read or written.",
         "Check permissions and free space in the state directory."),
+
+    // Running the sidecar as a per-user service (`ibkr-agent sidecar service`).
+    ServiceUnsupported => ("SERVICE_UNSUPPORTED", false,
+        "Installing the sidecar as a service is supported on Linux (a systemd user unit) and macOS (a launchd agent) only.",
+        "Start `ibkr-agent sidecar run` yourself, for example from your desktop session's autostart."),
+    ServiceFileForeign => ("SERVICE_FILE_FOREIGN", false,
+        "A service file of that name exists but was not written by `ibkr-agent sidecar service install`, so it was left as it is.",
+        "Look at the file (`ibkr-agent sidecar service status` names it); move it away yourself, or pass --force to replace or remove it."),
+    ServiceManagerFailed => ("SERVICE_MANAGER_FAILED", false,
+        "A service manager command (systemctl or launchctl) failed or could not be run.",
+        "Run the command named in the message by hand to see why, then run the same `ibkr-agent sidecar service` command again."),
+    ServiceFileError => ("SERVICE_FILE_ERROR", false,
+        "The service file or its log directory could not be read, written or removed.",
+        "Check permissions and free space in the directory named in the message."),
 }
 
 impl ErrorCode {

@@ -98,6 +98,8 @@ pub enum SidecarCommand {
     Run(RunArgs),
     /// Orders whose outcome is unknown: list them, and settle what the broker cannot prove.
     Orders(OrdersArgs),
+    /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
+    Service(crate::service::ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -497,6 +499,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             OrdersCommand::Pending => Ok(orders_pending(&state_dir, json)?),
             OrdersCommand::Settle(args) => Ok(orders_settle(&state_dir, &args, json)?),
         },
+        SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
     }
 }
 
@@ -1270,6 +1273,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: the journal and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -78,7 +78,9 @@ pub fn exit_code_for(code: ErrorCode) -> u8 {
         | ErrorCode::RequestTimeout
         | ErrorCode::SidecarUnavailable
         | ErrorCode::HandshakeFailed
-        | ErrorCode::RelayProtocolError => 1,
+        | ErrorCode::RelayProtocolError
+        | ErrorCode::ServiceManagerFailed
+        | ErrorCode::ServiceFileError => 1,
         _ => 3,
     }
 }
@@ -118,6 +120,22 @@ mod tests {
         assert_eq!(
             SidecarError::bare(ErrorCode::StateStoreError).exit_code(),
             1
+        );
+        assert_eq!(
+            SidecarError::bare(ErrorCode::ServiceManagerFailed).exit_code(),
+            1
+        );
+        assert_eq!(
+            SidecarError::bare(ErrorCode::ServiceFileError).exit_code(),
+            1
+        );
+        assert_eq!(
+            SidecarError::bare(ErrorCode::ServiceFileForeign).exit_code(),
+            3
+        );
+        assert_eq!(
+            SidecarError::bare(ErrorCode::ServiceUnsupported).exit_code(),
+            3
         );
     }
 

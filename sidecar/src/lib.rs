@@ -23,6 +23,8 @@
 //!   handed to the running daemon through the state store.
 //! - [`owner`]: the owner's decisions from the command line (settling an unknown order
 //!   outcome), handed to the running daemon through the state store.
+//! - [`service`]: `sidecar service install|uninstall|status`, the daemon as a systemd user unit
+//!   or a launchd agent.
 //! - [`net`]: the URL policy (plain text only to loopback); [`error`]: [`SidecarError`];
 //!   [`clock`]: wall-clock helpers for the store.
 #![forbid(unsafe_code)]
@@ -46,6 +48,7 @@ pub mod primitives;
 pub mod relay;
 pub mod requests;
 pub mod secret_file;
+pub mod service;
 pub mod session;
 pub mod state;
 pub mod tools;

@@ -464,3 +464,72 @@ fn pair_checks_its_scopes_before_it_spends_the_code() {
         );
     }
 }
+
+/// Under a service manager stderr is a pipe into the journal or a log file: the daemon's log
+/// lines carry no terminal colour codes there.
+#[tokio::test]
+async fn daemon_logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    use crate::common::{FakeGateway, dead_cpgw_url, provision};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    provision(
+        dir.path(),
+        &gateway,
+        shared_safety::scope::ScopeSet::read_only_default(),
+    );
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        format!(
+            "sidecar:\n  enabled: true\n  remote_relay_url: {}\n  \
+             local_client_portal_base_url: {}\n  heartbeat_interval_seconds: 15\n  \
+             heartbeat_timeout_seconds: 45\nsafety:\n  sidecar_enabled: true\n",
+            gateway.relay_url(),
+            dead_cpgw_url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ibkr-agent"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["sidecar", "run"])
+        .env_remove("IBKR_AGENT_HOME")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen
+        .iter()
+        .any(|line: &String| line.contains("sidecar starting"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        seen.iter().any(|line| line.contains("sidecar starting")),
+        "the daemon did not log its start: {seen:?}"
+    );
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+    }
+}

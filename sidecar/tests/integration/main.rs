@@ -14,3 +14,4 @@ mod orders;
 mod pairing;
 mod primitives;
 mod relay;
+mod service;
