@@ -158,7 +158,7 @@ pub struct IdentityCreateArgs {
     /// Sidecar id (default: sidecar- followed by 8 hex characters of the key's SHA-256).
     #[arg(long)]
     pub sidecar_id: Option<String>,
-    /// Record an externally held public key (64 hex characters) instead of generating one. No
+    /// Record an externally held public key (64 hex characters, or base64) instead of generating one. No
     /// secret is stored, so `sidecar run` cannot use this identity: this is for operator and
     /// integration workflows that manage pairing records and relay primitives only.
     #[arg(long, value_name = "HEX")]

@@ -53,10 +53,36 @@ fn validate_display_name(name: &str) -> Result<(), SidecarError> {
     }
 }
 
+/// `--public-key`: an x25519 public key as 64 hex characters (what `sidecar identity` prints)
+/// or as base64 of its 32 bytes (44 characters, padded or not; standard or URL-safe alphabet),
+/// the form WireGuard-style tools print. A low-order key is refused either way.
+pub fn parse_public_key(text: &str) -> Result<PublicKey, SidecarError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let refused = || {
+        SidecarError::flag(
+            "(--public-key must be an x25519 public key: 64 hex characters, or its 32 bytes in \
+             base64)",
+        )
+    };
+    let text = text.trim();
+    if text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return PublicKey::from_hex(text).map_err(|_| refused());
+    }
+    let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .ok_or_else(refused)?;
+    if bytes.len() != 32 {
+        return Err(refused());
+    }
+    PublicKey::from_hex(&hex::encode(bytes)).map_err(|_| refused())
+}
+
 /// Creates the sidecar identity in `state_dir`.
 ///
 /// Without `public_key`, generates a key pair and writes `identity.key` (0600). With
-/// `public_key` (64 hex characters), records an externally held public key and writes no key
+/// `public_key` (hex or base64, see [`parse_public_key`]), records an externally held public key and writes no key
 /// file: that serves operator workflows (pairing records, relay primitives), but the daemon
 /// cannot run without the secret. IDENTITY_EXISTS if an identity or a key file already exists.
 pub fn create_identity(
@@ -69,13 +95,7 @@ pub fn create_identity(
     if let Some(id) = sidecar_id {
         validate_sidecar_id(id)?;
     }
-    let external = public_key
-        .map(|hex| {
-            PublicKey::from_hex(hex).map_err(|_| {
-                SidecarError::flag("(--public-key must be 64 hex characters of an x25519 key)")
-            })
-        })
-        .transpose()?;
+    let external = public_key.map(parse_public_key).transpose()?;
 
     let store = StateStore::open(state_dir)?;
     let key_path = state_dir.join(IDENTITY_KEY_FILE);
@@ -170,6 +190,39 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn public_keys_are_accepted_in_hex_and_base64() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let key = protocol::identity::StaticKeypair::from_secret_bytes([6; 32]).public();
+        let hex_form = key.to_hex();
+        let bytes = hex::decode(&hex_form).unwrap();
+        for text in [
+            hex_form.clone(),
+            hex_form.to_uppercase(),
+            format!("  {hex_form}\n"),
+            STANDARD.encode(&bytes),
+            STANDARD.encode(&bytes).trim_end_matches('=').to_string(),
+            URL_SAFE_NO_PAD.encode(&bytes),
+        ] {
+            assert_eq!(parse_public_key(&text).unwrap(), key, "{text:?}");
+        }
+        for text in [
+            String::new(),
+            "abcd".to_string(),
+            STANDARD.encode([1u8; 31]),
+            STANDARD.encode([1u8; 33]),
+            // All zeros is a low-order point, in either form.
+            "00".repeat(32),
+            STANDARD.encode([0u8; 32]),
+            "not base64 at all!".to_string(),
+        ] {
+            let error = parse_public_key(&text).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::CliArgumentInvalid, "{text:?}");
+            assert!(error.detail().unwrap().contains("--public-key"));
+        }
+    }
+
+    #[test]
     fn create_writes_an_owner_only_key_and_refuses_a_second_identity() {
         let dir = tempfile::tempdir().unwrap();
         let record = create_identity(dir.path(), "laptop", None, None).unwrap();
@@ -224,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_inputs_are_config_errors() {
+    fn bad_inputs_are_flag_errors() {
         let dir = tempfile::tempdir().unwrap();
         for (name, id, key) in [
             ("", None, None),
