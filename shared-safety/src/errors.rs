@@ -228,7 +228,7 @@ error_catalog! {
         "Use a new idempotency_key for a new order; reuse a key only to retry exactly the same call."),
     OrderOutsideTradingHours => ("ORDER_OUTSIDE_TRADING_HOURS", false,
         "The market is outside regular trading hours (NYSE calendar, holidays and half days included).",
-        "Wait for the next open (see ibkr_market_status). Only exits, protective GTC orders and cancels can be allowed outside regular hours, in the sidecar config; the message says which setting applies."),
+        "Wait for the next regular session (see ibkr_market_status). The message says whether a sidecar setting could allow this kind of order outside regular hours; a buy or an order that adds to a position never can."),
     OrderSymbolNotAllowed => ("ORDER_SYMBOL_NOT_ALLOWED", false,
         "This symbol is not allowed by the sidecar's symbol allow or deny list.",
         "Trade another symbol, or change trading.symbol_allowlist / symbol_denylist on the laptop."),

@@ -607,7 +607,7 @@ fn check_trading_hours(
             ErrorCode::OrderOutsideTradingHours,
             match intent.role {
                 OrderIntentRole::Entry => {
-                    "Orders that open or add to a position need regular hours."
+                    "Orders that open or add to a position are placed only in regular hours; no setting changes that."
                 }
                 OrderIntentRole::Exit => {
                     "Exits outside regular hours need trading.exits_outside_regular_hours."
@@ -1521,10 +1521,21 @@ mod tests {
             ..p.clone()
         };
         assert!(check_order(&sell("1", OrderIntentRole::Exit), &exits, &closed).is_ok());
-        // Entries stay refused even with exits allowed.
-        assert_eq!(
-            refused(&buy_cash("5"), &exits, &closed).code,
-            ErrorCode::OrderOutsideTradingHours
+        // Entries stay refused even with exits allowed, and their advice names no setting:
+        // none would allow them.
+        let entry = refused(&buy_cash("5"), &exits, &closed);
+        assert_eq!(entry.code, ErrorCode::OrderOutsideTradingHours);
+        assert!(!entry.detail.contains("trading."), "{}", entry.detail);
+        assert!(
+            !ErrorCode::OrderOutsideTradingHours
+                .user_action()
+                .contains("exits_outside"),
+        );
+        // Each other role's refusal names the setting that would allow it.
+        assert!(
+            refused(&sell("1", OrderIntentRole::Exit), &p, &closed)
+                .detail
+                .contains("trading.exits_outside_regular_hours")
         );
         // Protective GTC allowed by default; protective DAY is an exit.
         assert!(check_order(&stop_sell("1", "9"), &p, &closed).is_ok());
