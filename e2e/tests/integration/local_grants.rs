@@ -70,6 +70,10 @@ async fn order_scopes_are_granted_and_taken_back_on_the_laptop_without_a_restart
     assert_eq!(status, ExitCode::SUCCESS);
     let placed = ok(&call(&system, "ibkr_buy", buy.clone()).await);
     assert_eq!(placed["status"], "dry_run", "{placed}");
+    // The journal id of this order attempt, under the name every order result and the owner's
+    // `orders settle --attempt` use.
+    assert!(placed["attempt_id"].as_u64().is_some(), "{placed}");
+    assert!(placed.get("attempt").is_none(), "{placed}");
     assert!(
         system.sim.order_log().is_empty(),
         "a dry run reached the broker"

@@ -182,7 +182,7 @@ pub async fn place(
             would_send,
         } => {
             let base = json!({
-                "attempt": attempt,
+                "attempt_id": attempt,
                 "symbol": facts.symbol,
                 "conid": facts.conid,
                 "account_mode": mode_text(facts.identity.mode),
