@@ -190,8 +190,11 @@ pub struct SidecarSection {
     /// The URL sidecars dial (advertised to operators and in pairing output).
     #[serde(default)]
     pub remote_relay_url: Option<String>,
-    /// What paired sidecars are expected to use for the local Client Portal Gateway.
-    #[serde(default)]
+    /// Ignored: the gateway never calls the Client Portal Gateway; each sidecar names its own
+    /// in its configuration. Accepted, unchecked, so files written when it was required still
+    /// load; [`crate::start`] logs a warning when it is set (see
+    /// [`GatewayConfiguration::ignored_keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_client_portal_base_url: Option<String>,
     #[serde(default = "SidecarSection::default_heartbeat_interval")]
     pub heartbeat_interval_seconds: u64,
@@ -601,7 +604,6 @@ impl GatewayConfiguration {
             sidecar: SidecarSection {
                 enabled: true,
                 remote_relay_url: Some(format!("ws://{origin}/relay")),
-                local_client_portal_base_url: Some("https://localhost:5000/v1/api".to_string()),
                 ..SidecarSection::default()
             },
             safety: SafetySection {
@@ -617,6 +619,19 @@ impl GatewayConfiguration {
             metrics: MetricsSection::default(),
             audit: AuditSection::default(),
         }
+    }
+
+    /// Keys that are set but have no effect (accepted so older files still load), each with
+    /// the reason, for a warning at start.
+    pub fn ignored_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut keys = Vec::new();
+        if self.sidecar.local_client_portal_base_url.is_some() {
+            keys.push((
+                "sidecar.local_client_portal_base_url",
+                "the gateway never calls the Client Portal Gateway; each sidecar sets its own",
+            ));
+        }
+        keys
     }
 
     /// Checks everything; returns the first problem found, with its key.
@@ -714,18 +729,6 @@ impl GatewayConfiguration {
             ));
         }
         let relay_url = Some(url.as_str().to_string());
-        let text = sidecar.local_client_portal_base_url.as_deref().ok_or_else(|| {
-            ConfigError::invalid(
-                "sidecar.local_client_portal_base_url",
-                "must be set to the Client Portal Gateway URL on the laptop, e.g. https://localhost:5000/v1/api",
-            )
-        })?;
-        parse_url(
-            "sidecar.local_client_portal_base_url",
-            text,
-            "https",
-            "http",
-        )?;
         check_range(
             "sidecar.heartbeat_interval_seconds",
             sidecar.heartbeat_interval_seconds,
@@ -1065,7 +1068,6 @@ log_format: json
 sidecar:
   enabled: true
   remote_relay_url: "ws://127.0.0.1:8080/relay"
-  local_client_portal_base_url: "https://localhost:5000/v1/api"
   heartbeat_interval_seconds: 15
   heartbeat_timeout_seconds: 45
   session_ttl_seconds: 3600
@@ -1221,6 +1223,40 @@ audit:
     }
 
     #[test]
+    fn the_client_portal_url_is_optional_and_ignored() {
+        // Left out (as in every current file): loads, nothing to warn about.
+        let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
+        assert_eq!(config.sidecar.local_client_portal_base_url, None);
+        assert!(config.ignored_keys().is_empty());
+        assert!(dev().ignored_keys().is_empty());
+        // A file from when it was required still loads, whatever it says; it is named for
+        // the start-up warning and not written back out.
+        for value in ["\"https://localhost:5000/v1/api\"", "\"localhost:5000\""] {
+            let yaml = FULL_YAML.replace(
+                "  heartbeat_interval_seconds: 15\n",
+                &format!(
+                    "  local_client_portal_base_url: {value}\n  heartbeat_interval_seconds: 15\n"
+                ),
+            );
+            let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+            let ignored: Vec<&str> = config.ignored_keys().iter().map(|(key, _)| *key).collect();
+            assert_eq!(ignored, vec!["sidecar.local_client_portal_base_url"]);
+            assert_eq!(
+                config.resolve().unwrap(),
+                GatewayConfiguration::from_yaml_str(FULL_YAML)
+                    .unwrap()
+                    .resolve()
+                    .unwrap()
+            );
+        }
+        let written = serde_yaml_ng::to_string(&dev()).unwrap();
+        assert!(
+            !written.contains("local_client_portal_base_url"),
+            "{written}"
+        );
+    }
+
+    #[test]
     fn heartbeat_timeout_must_exceed_interval() {
         let mut config = dev();
         config.sidecar.heartbeat_timeout_seconds = config.sidecar.heartbeat_interval_seconds;
@@ -1295,13 +1331,6 @@ audit:
         assert_eq!(
             config.validate().unwrap_err().key,
             "sidecar.remote_relay_url"
-        );
-
-        let mut config = dev();
-        config.sidecar.local_client_portal_base_url = None;
-        assert_eq!(
-            config.validate().unwrap_err().key,
-            "sidecar.local_client_portal_base_url"
         );
 
         let mut config = dev();
