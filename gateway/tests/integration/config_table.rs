@@ -278,6 +278,26 @@ fn rows() -> Vec<Row> {
             key: "remote_mcp.allowed_scopes",
         },
         Row {
+            name: "challenge_scopes empty",
+            yaml: &[Set("remote_mcp.challenge_scopes", "[]")],
+            programmatic: Some(|c| c.remote_mcp.challenge_scopes = Some(vec![])),
+            code: INVALID,
+            key: "remote_mcp.challenge_scopes",
+        },
+        Row {
+            name: "challenge_scopes names a scope allowed_scopes leaves out",
+            yaml: &[Set(
+                "remote_mcp.challenge_scopes",
+                "[\"ibkr:health:read\", \"ibkr:orders:write\"]",
+            )],
+            programmatic: Some(|c| {
+                c.remote_mcp.challenge_scopes =
+                    Some(vec!["ibkr:health:read".into(), "ibkr:orders:write".into()])
+            }),
+            code: INVALID,
+            key: "remote_mcp.challenge_scopes",
+        },
+        Row {
             name: "token_id_hmac_secret_env empty",
             yaml: &[Set("remote_mcp.token_id_hmac_secret_env", "\"\"")],
             programmatic: Some(|c| c.remote_mcp.token_id_hmac_secret_env = String::new()),
@@ -482,12 +502,18 @@ fn the_example_is_a_valid_relaying_deployment_and_validation_fetches_nothing() {
     apply(&mut doc, Delete("remote_mcp.audiences"));
     apply(&mut doc, Delete("remote_mcp.resource"));
     apply(&mut doc, Delete("remote_mcp.allowed_scopes"));
+    apply(&mut doc, Delete("remote_mcp.challenge_scopes"));
     apply(&mut doc, Delete("instance_id"));
     let minimal =
         GatewayConfiguration::from_yaml_str(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
     let resolved = minimal.resolve().unwrap();
     assert_eq!(resolved.jwks_url, None);
     assert_eq!(resolved.audiences, vec!["https://gateway.example.com/mcp"]);
+    // The example spells out the default baseline: the read scopes.
+    assert_eq!(
+        resolved.challenge_scopes,
+        config.resolve().unwrap().challenge_scopes
+    );
 }
 
 #[test]
