@@ -385,6 +385,17 @@ pub async fn wait_registered(
     .await?
 }
 
+/// The tool names `tools/list` shows a client (every page), in order.
+pub async fn tool_names(client: &rmcp::Peer<RoleClient>) -> Result<Vec<String>, SystemError> {
+    let tools = within("tools/list", client.list_all_tools())
+        .await?
+        .map_err(|e| SystemError::Mcp(e.to_string()))?;
+    Ok(tools
+        .into_iter()
+        .map(|tool| tool.name.to_string())
+        .collect())
+}
+
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }

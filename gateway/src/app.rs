@@ -444,6 +444,12 @@ impl Drop for GatewayHandle {
 pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartError> {
     // Nothing is bound or written before the configuration is known to be good.
     let resolved = config.resolve()?;
+    for (key, reason) in config.ignored_keys() {
+        tracing::warn!(
+            key,
+            "configuration key {key} is ignored ({reason}); remove it from the file"
+        );
+    }
 
     // Secrets named by the configuration must be usable before anything is written.
     let metrics_token = match &config.metrics.bearer_token_env {

@@ -190,8 +190,11 @@ pub struct SidecarSection {
     /// The URL sidecars dial (advertised to operators and in pairing output).
     #[serde(default)]
     pub remote_relay_url: Option<String>,
-    /// What paired sidecars are expected to use for the local Client Portal Gateway.
-    #[serde(default)]
+    /// Ignored: the gateway never calls the Client Portal Gateway; each sidecar names its own
+    /// in its configuration. Accepted, unchecked, so files written when it was required still
+    /// load; [`crate::start`] logs a warning when it is set (see
+    /// [`GatewayConfiguration::ignored_keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_client_portal_base_url: Option<String>,
     #[serde(default = "SidecarSection::default_heartbeat_interval")]
     pub heartbeat_interval_seconds: u64,
@@ -273,6 +276,13 @@ pub struct RemoteMcpSection {
     /// Defaults to every catalog scope; token scopes outside this list are ignored.
     #[serde(default)]
     pub allowed_scopes: Option<Vec<String>>,
+    /// The baseline a `401` from `/mcp` asks for in its `scope` parameter (RFC 6750 section 3,
+    /// MCP authorization): what a client requests when it first signs in. Defaults to the
+    /// read-only catalog scopes among `allowed_scopes`; anything more is asked for by the `403
+    /// insufficient_scope` step-up when a tool needs it. Each entry must be in
+    /// `allowed_scopes`.
+    #[serde(default)]
+    pub challenge_scopes: Option<Vec<String>>,
     #[serde(default = "RemoteMcpSection::default_algorithms")]
     pub allowed_algorithms: Vec<JwtAlgorithm>,
     #[serde(default = "RemoteMcpSection::default_skew")]
@@ -374,6 +384,7 @@ impl Default for RemoteMcpSection {
             jwks_url: None,
             audiences: None,
             allowed_scopes: None,
+            challenge_scopes: None,
             allowed_algorithms: Self::default_algorithms(),
             clock_skew_seconds: Self::default_skew(),
             require_typ_at_jwt: Self::default_require_typ_at_jwt(),
@@ -506,6 +517,16 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// The catalog scopes `keep` selects, in catalog order, once each.
+fn in_catalog_order(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    scopes::ALL
+        .iter()
+        .copied()
+        .filter(|scope| keep(scope))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The key a YAML reading error is about: the path serde reached, plus the field name for a
 /// missing field (serde reports those at the enclosing section).
 fn serde_error_key(path: &str, message: &str) -> String {
@@ -540,6 +561,8 @@ pub struct Resolved {
     pub jwks_url: Option<String>,
     pub audiences: Vec<String>,
     pub allowed_scopes: Vec<String>,
+    /// The `scope` of the `401` challenge, in catalog order; empty: the challenge names none.
+    pub challenge_scopes: Vec<String>,
     /// `public_base_url`'s origin as `scheme://host:port`.
     pub public_origin: String,
     /// `Host` values `/mcp` accepts.
@@ -601,7 +624,6 @@ impl GatewayConfiguration {
             sidecar: SidecarSection {
                 enabled: true,
                 remote_relay_url: Some(format!("ws://{origin}/relay")),
-                local_client_portal_base_url: Some("https://localhost:5000/v1/api".to_string()),
                 ..SidecarSection::default()
             },
             safety: SafetySection {
@@ -617,6 +639,19 @@ impl GatewayConfiguration {
             metrics: MetricsSection::default(),
             audit: AuditSection::default(),
         }
+    }
+
+    /// Keys that are set but have no effect (accepted so older files still load), each with
+    /// the reason, for a warning at start.
+    pub fn ignored_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut keys = Vec::new();
+        if self.sidecar.local_client_portal_base_url.is_some() {
+            keys.push((
+                "sidecar.local_client_portal_base_url",
+                "the gateway never calls the Client Portal Gateway; each sidecar sets its own",
+            ));
+        }
+        keys
     }
 
     /// Checks everything; returns the first problem found, with its key.
@@ -714,18 +749,6 @@ impl GatewayConfiguration {
             ));
         }
         let relay_url = Some(url.as_str().to_string());
-        let text = sidecar.local_client_portal_base_url.as_deref().ok_or_else(|| {
-            ConfigError::invalid(
-                "sidecar.local_client_portal_base_url",
-                "must be set to the Client Portal Gateway URL on the laptop, e.g. https://localhost:5000/v1/api",
-            )
-        })?;
-        parse_url(
-            "sidecar.local_client_portal_base_url",
-            text,
-            "https",
-            "http",
-        )?;
         check_range(
             "sidecar.heartbeat_interval_seconds",
             sidecar.heartbeat_interval_seconds,
@@ -852,6 +875,36 @@ impl GatewayConfiguration {
             }
             allowed_scopes = list.clone();
         }
+        let challenge_scopes = match &mcp.challenge_scopes {
+            None => in_catalog_order(|scope| {
+                scopes::READ_ONLY.contains(&scope) && allowed_scopes.iter().any(|a| a == scope)
+            }),
+            Some(list) => {
+                const KEY: &str = "remote_mcp.challenge_scopes";
+                if list.is_empty() {
+                    return Err(ConfigError::invalid(
+                        KEY,
+                        "must list at least one scope, or be left out to ask for the read scopes",
+                    ));
+                }
+                if let Some(unknown) = list.iter().find(|s| !scopes::is_known(s)) {
+                    return Err(ConfigError::invalid(
+                        KEY,
+                        format!("unknown scope {unknown:?}; see the tool catalog for valid scopes"),
+                    ));
+                }
+                if let Some(ignored) = list.iter().find(|s| !allowed_scopes.contains(s)) {
+                    return Err(ConfigError::invalid(
+                        KEY,
+                        format!(
+                            "scope {ignored:?} is not in remote_mcp.allowed_scopes, so a token \
+                             carrying it would have it ignored"
+                        ),
+                    ));
+                }
+                in_catalog_order(|scope| list.iter().any(|listed| listed == scope))
+            }
+        };
         if mcp.allowed_algorithms.is_empty() {
             return Err(ConfigError::invalid(
                 "remote_mcp.allowed_algorithms",
@@ -999,6 +1052,7 @@ impl GatewayConfiguration {
             jwks_url,
             audiences,
             allowed_scopes,
+            challenge_scopes,
             public_origin,
             allowed_hosts,
             allowed_origins,
@@ -1065,7 +1119,6 @@ log_format: json
 sidecar:
   enabled: true
   remote_relay_url: "ws://127.0.0.1:8080/relay"
-  local_client_portal_base_url: "https://localhost:5000/v1/api"
   heartbeat_interval_seconds: 15
   heartbeat_timeout_seconds: 45
   session_ttl_seconds: 3600
@@ -1082,6 +1135,7 @@ remote_mcp:
   jwks_url: "https://issuer.example/jwks.json"
   audiences: ["http://127.0.0.1:8080/mcp"]
   allowed_scopes: ["ibkr:health:read", "ibkr:accounts:read"]
+  challenge_scopes: ["ibkr:health:read"]
   allowed_algorithms: [RS256, ES256, EdDSA]
   clock_skew_seconds: 60
   require_typ_at_jwt: false
@@ -1116,6 +1170,7 @@ audit:
         );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(resolved.allowed_scopes.len(), 2);
+        assert_eq!(resolved.challenge_scopes, vec!["ibkr:health:read"]);
         // The file opts out of the RFC 9068 `typ` check; left out, it is on.
         assert!(!config.remote_mcp.require_typ_at_jwt);
         let yaml = FULL_YAML.replace("  require_typ_at_jwt: false\n", "");
@@ -1221,6 +1276,100 @@ audit:
     }
 
     #[test]
+    fn the_challenge_asks_for_the_read_scopes_unless_configured() {
+        let challenge = |allowed: Option<&[&str]>, configured: Option<&[&str]>| {
+            let list = |scopes: &[&str]| scopes.iter().map(|s| s.to_string()).collect();
+            let mut config = dev();
+            config.remote_mcp.allowed_scopes = allowed.map(list);
+            config.remote_mcp.challenge_scopes = configured.map(list);
+            config.resolve().unwrap().challenge_scopes
+        };
+        // Default: the catalog's read-only scopes, in catalog order.
+        assert_eq!(challenge(None, None), scopes::READ_ONLY);
+        // Only those the deployment honours.
+        assert_eq!(
+            challenge(
+                Some(&[
+                    "ibkr:orders:write",
+                    "ibkr:marketdata:read",
+                    "ibkr:health:read"
+                ]),
+                None
+            ),
+            ["ibkr:health:read", "ibkr:marketdata:read"]
+        );
+        // None of them read-only: the challenge names no scope.
+        assert!(challenge(Some(&["ibkr:orders:preview"]), None).is_empty());
+        // Configured: catalog order, once each, whatever order and repeats the file has.
+        assert_eq!(
+            challenge(
+                None,
+                Some(&[
+                    "ibkr:orders:preview",
+                    "ibkr:health:read",
+                    "ibkr:orders:preview"
+                ])
+            ),
+            ["ibkr:health:read", "ibkr:orders:preview"]
+        );
+
+        let refused = |edit: fn(&mut GatewayConfiguration)| {
+            let mut config = dev();
+            edit(&mut config);
+            let error = config.validate().unwrap_err();
+            assert_eq!(error.code, ErrorCode::ConfigInvalid);
+            assert_eq!(error.key, "remote_mcp.challenge_scopes");
+            error.message
+        };
+        assert!(refused(|c| c.remote_mcp.challenge_scopes = Some(vec![])).contains("at least"));
+        assert!(
+            refused(|c| c.remote_mcp.challenge_scopes = Some(vec!["ibkr:everything".into()]))
+                .contains("unknown scope")
+        );
+        assert!(
+            refused(|c| {
+                c.remote_mcp.allowed_scopes = Some(vec!["ibkr:health:read".into()]);
+                c.remote_mcp.challenge_scopes = Some(vec!["ibkr:accounts:read".into()]);
+            })
+            .contains("allowed_scopes")
+        );
+    }
+
+    #[test]
+    fn the_client_portal_url_is_optional_and_ignored() {
+        // Left out (as in every current file): loads, nothing to warn about.
+        let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
+        assert_eq!(config.sidecar.local_client_portal_base_url, None);
+        assert!(config.ignored_keys().is_empty());
+        assert!(dev().ignored_keys().is_empty());
+        // A file from when it was required still loads, whatever it says; it is named for
+        // the start-up warning and not written back out.
+        for value in ["\"https://localhost:5000/v1/api\"", "\"localhost:5000\""] {
+            let yaml = FULL_YAML.replace(
+                "  heartbeat_interval_seconds: 15\n",
+                &format!(
+                    "  local_client_portal_base_url: {value}\n  heartbeat_interval_seconds: 15\n"
+                ),
+            );
+            let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+            let ignored: Vec<&str> = config.ignored_keys().iter().map(|(key, _)| *key).collect();
+            assert_eq!(ignored, vec!["sidecar.local_client_portal_base_url"]);
+            assert_eq!(
+                config.resolve().unwrap(),
+                GatewayConfiguration::from_yaml_str(FULL_YAML)
+                    .unwrap()
+                    .resolve()
+                    .unwrap()
+            );
+        }
+        let written = serde_yaml_ng::to_string(&dev()).unwrap();
+        assert!(
+            !written.contains("local_client_portal_base_url"),
+            "{written}"
+        );
+    }
+
+    #[test]
     fn heartbeat_timeout_must_exceed_interval() {
         let mut config = dev();
         config.sidecar.heartbeat_timeout_seconds = config.sidecar.heartbeat_interval_seconds;
@@ -1295,13 +1444,6 @@ audit:
         assert_eq!(
             config.validate().unwrap_err().key,
             "sidecar.remote_relay_url"
-        );
-
-        let mut config = dev();
-        config.sidecar.local_client_portal_base_url = None;
-        assert_eq!(
-            config.validate().unwrap_err().key,
-            "sidecar.local_client_portal_base_url"
         );
 
         let mut config = dev();

@@ -96,6 +96,29 @@ impl ToolSpec {
     }
 }
 
+/// The JSON Schema 2020-12 keywords the catalog's input schemas use, and all the argument
+/// validator (`shared_safety::schema`) implements: it refuses a schema with any other keyword,
+/// so a schema can never silently mean less than it says.
+pub const SCHEMA_KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "enum",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "items",
+    "minItems",
+    "maxItems",
+    "anyOf",
+    "description",
+    "title",
+    "default",
+    "examples",
+];
+
 const NO_ARGUMENTS: &str = r#"{"type":"object","properties":{},"additionalProperties":false}"#;
 
 /// Schema fragments shared by several tools (JSON text, spliced into the schemas below).
@@ -104,12 +127,16 @@ macro_rules! symbol {
         r#""symbol":{"type":"string","minLength":1,"maxLength":12,"description":"Ticker symbol, e.g. AAPL. US listings are preferred; a foreign-only symbol is refused."}"#
     };
 }
+/// A decimal argument: a string (exact; at most 32 characters) or a JSON number. Written as
+/// `anyOf` with one `type` per branch rather than `"type": ["string", "number"]`, which strict
+/// schema checkers (MCP Inspector's among them) flag and single-type schema dialects reject;
+/// `maxLength` sits on the string branch, the only one it constrains.
 macro_rules! decimal {
     ($name:literal, $description:literal) => {
         concat!(
             r#"""#,
             $name,
-            r#"":{"type":["string","number"],"maxLength":32,"description":""#,
+            r#"":{"anyOf":[{"type":"string","maxLength":32},{"type":"number"}],"description":""#,
             $description,
             r#" Decimal; send a string such as \"12.50\" to avoid float rounding."}"#
         )
@@ -551,6 +578,220 @@ mod tests {
         }
     }
 
+    /// Keywords that constrain only one JSON type, and that type.
+    fn applies_to(keyword: &str) -> Option<&'static [&'static str]> {
+        Some(match keyword {
+            "minLength" | "maxLength" => &["string"],
+            "minimum" | "maximum" => &["number", "integer"],
+            "items" | "minItems" | "maxItems" => &["array"],
+            "properties" | "required" | "additionalProperties" => &["object"],
+            _ => return None,
+        })
+    }
+
+    /// Checks one schema node as a strict client does (MCP Inspector's strict mode, validators
+    /// of single-type dialects): every `type` a single known type name, only known keywords
+    /// with well-formed values, type-specific keywords only next to their `type`, and `anyOf`
+    /// as the only way to admit more than one type. Returns every problem found.
+    fn strict_problems(path: &str, node: &serde_json::Value) -> Vec<String> {
+        use serde_json::Value;
+        let mut problems = Vec::new();
+        let Some(map) = node.as_object() else {
+            return vec![format!("{path}: a schema must be an object")];
+        };
+        let non_negative = |key: &str| map.get(key).map(Value::as_u64);
+        for key in map.keys() {
+            if !SCHEMA_KEYWORDS.contains(&key.as_str()) {
+                problems.push(format!("{path}: unknown keyword `{key}`"));
+            }
+        }
+        let kind = map.get("type");
+        match (kind, map.get("anyOf")) {
+            (Some(Value::String(kind)), None) => {
+                if ![
+                    "object", "array", "string", "number", "integer", "boolean", "null",
+                ]
+                .contains(&kind.as_str())
+                {
+                    problems.push(format!("{path}: unknown type `{kind}`"));
+                }
+            }
+            (Some(other), None) => {
+                problems.push(format!("{path}: `type` must be one type name, not {other}"));
+            }
+            (None, Some(Value::Array(branches))) if !branches.is_empty() => {
+                for (index, branch) in branches.iter().enumerate() {
+                    problems.extend(strict_problems(&format!("{path}/anyOf/{index}"), branch));
+                }
+            }
+            (None, Some(_)) => problems.push(format!("{path}: `anyOf` must be a non-empty array")),
+            (Some(_), Some(_)) => {
+                problems.push(format!("{path}: `type` and `anyOf` on one node"));
+            }
+            (None, None) => problems.push(format!("{path}: no `type`")),
+        }
+        let kind = kind.and_then(Value::as_str);
+        for key in map.keys() {
+            if let Some(types) = applies_to(key)
+                && !kind.is_some_and(|kind| types.contains(&kind))
+            {
+                problems.push(format!(
+                    "{path}: `{key}` constrains only {} values, but the node's type is {kind:?}",
+                    types.join("/")
+                ));
+            }
+        }
+        for (low, high) in [("minLength", "maxLength"), ("minItems", "maxItems")] {
+            for key in [low, high] {
+                if non_negative(key) == Some(None) {
+                    problems.push(format!("{path}: `{key}` must be a non-negative integer"));
+                }
+            }
+            if let (Some(Some(low)), Some(Some(high))) = (non_negative(low), non_negative(high))
+                && low > high
+            {
+                problems.push(format!("{path}: `{low}` above `{high}`"));
+            }
+        }
+        let number = |key: &str| map.get(key).map(Value::as_f64);
+        for key in ["minimum", "maximum"] {
+            if number(key) == Some(None) {
+                problems.push(format!("{path}: `{key}` must be a number"));
+            }
+        }
+        if let (Some(Some(low)), Some(Some(high))) = (number("minimum"), number("maximum"))
+            && low > high
+        {
+            problems.push(format!("{path}: `minimum` above `maximum`"));
+        }
+        for key in ["description", "title"] {
+            if map.get(key).is_some_and(|value| !value.is_string()) {
+                problems.push(format!("{path}: `{key}` must be a string"));
+            }
+        }
+        if let Some(options) = map.get("enum") {
+            match options.as_array() {
+                Some(options) if !options.is_empty() => {
+                    for (index, option) in options.iter().enumerate() {
+                        if options[..index].contains(option) {
+                            problems.push(format!("{path}: `enum` repeats {option}"));
+                        }
+                        if kind == Some("string") && !option.is_string() {
+                            problems.push(format!("{path}: `enum` value {option} is not a string"));
+                        }
+                    }
+                }
+                _ => problems.push(format!("{path}: `enum` must be a non-empty array")),
+            }
+        }
+        let properties = map.get("properties").map(Value::as_object);
+        match properties {
+            Some(Some(properties)) => {
+                for (name, child) in properties {
+                    problems.extend(strict_problems(&format!("{path}/properties/{name}"), child));
+                }
+            }
+            Some(None) => problems.push(format!("{path}: `properties` must be an object")),
+            None => {}
+        }
+        if let Some(required) = map.get("required") {
+            match required.as_array() {
+                Some(names) => {
+                    for (index, name) in names.iter().enumerate() {
+                        let known = name.as_str().is_some_and(|name| {
+                            properties.flatten().is_some_and(|p| p.contains_key(name))
+                        });
+                        if !known || names[..index].contains(name) {
+                            problems.push(format!(
+                                "{path}: `required` entry {name} is not a distinct property"
+                            ));
+                        }
+                    }
+                }
+                None => problems.push(format!("{path}: `required` must be an array")),
+            }
+        }
+        match map.get("additionalProperties") {
+            None | Some(Value::Bool(_)) => {}
+            Some(child @ Value::Object(_)) => {
+                problems.extend(strict_problems(
+                    &format!("{path}/additionalProperties"),
+                    child,
+                ));
+            }
+            Some(_) => problems.push(format!("{path}: `additionalProperties` must be a schema")),
+        }
+        // 2020-12: `items` is one schema (the array form is `prefixItems`).
+        if let Some(items) = map.get("items") {
+            problems.extend(strict_problems(&format!("{path}/items"), items));
+        }
+        problems
+    }
+
+    #[test]
+    fn every_schema_passes_a_strict_json_schema_2020_12_check() {
+        let mut problems = Vec::new();
+        for tool in CATALOG {
+            let schema: serde_json::Value = serde_json::from_str(tool.input_schema)
+                .unwrap_or_else(|e| panic!("{} schema: {e}", tool.name));
+            problems.extend(strict_problems(tool.name, &schema));
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+        // Money arguments still admit both a decimal string and a number.
+        let buy: serde_json::Value =
+            serde_json::from_str(find("ibkr_buy").map(|t| t.input_schema).unwrap_or("{}")).unwrap();
+        assert_eq!(
+            buy["properties"]["cash_amount"]["anyOf"],
+            serde_json::json!([{"type": "string", "maxLength": 32}, {"type": "number"}])
+        );
+    }
+
+    #[test]
+    fn the_strict_check_catches_what_strict_clients_reject() {
+        let problems = |schema: serde_json::Value| strict_problems("t", &schema);
+        let closed = |property: serde_json::Value| serde_json::json!({"type": "object", "properties": {"p": property}, "additionalProperties": false});
+        for (bad, expected) in [
+            (
+                closed(serde_json::json!({"type": ["string", "number"]})),
+                "one type name",
+            ),
+            (
+                closed(serde_json::json!({"type": "string", "pattern": "^a"})),
+                "unknown keyword `pattern`",
+            ),
+            (
+                closed(serde_json::json!({"type": "number", "maxLength": 3})),
+                "`maxLength` constrains only string",
+            ),
+            (
+                closed(
+                    serde_json::json!({"anyOf": [{"type": "string"}, {"type": "number"}], "maxLength": 3}),
+                ),
+                "`maxLength` constrains only string",
+            ),
+            (closed(serde_json::json!({"anyOf": []})), "non-empty"),
+            (
+                closed(serde_json::json!({"type": "array", "items": [{"type": "string"}]})),
+                "must be an object",
+            ),
+            (
+                closed(serde_json::json!({"type": "string", "minLength": 3, "maxLength": 2})),
+                "above",
+            ),
+            (closed(serde_json::json!({"description": "x"})), "no `type`"),
+            (
+                serde_json::json!({"type": "object", "properties": {}, "required": ["p"]}),
+                "not a distinct property",
+            ),
+        ] {
+            let found = problems(bad.clone());
+            assert!(
+                found.iter().any(|problem| problem.contains(expected)),
+                "{bad}: {found:?}"
+            );
+        }
+    }
+
     #[test]
     fn find_knows_only_catalog_tools() {
         assert_eq!(
@@ -558,6 +799,18 @@ mod tests {
             Some(scopes::HEALTH_READ)
         );
         assert!(find("ibkr_launch_rockets").is_none());
+    }
+}
+
+/// The JSON types a schema node admits, for the docs: its `type`, or the types of its `anyOf`
+/// branches.
+fn type_names(schema: &serde_json::Value) -> Vec<String> {
+    match (schema.get("type"), schema.get("anyOf")) {
+        (Some(serde_json::Value::String(kind)), _) => vec![kind.clone()],
+        (_, Some(serde_json::Value::Array(branches))) => {
+            branches.iter().flat_map(type_names).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -605,15 +858,7 @@ pub fn render_markdown() -> String {
             Some(properties) if !properties.is_empty() => {
                 out.push_str("| argument | type | required | notes |\n|---|---|---|---|\n");
                 for (name, property) in properties {
-                    let kind = match property.get("type") {
-                        Some(serde_json::Value::Array(kinds)) => kinds
-                            .iter()
-                            .filter_map(serde_json::Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(" or "),
-                        Some(serde_json::Value::String(kind)) => kind.clone(),
-                        _ => String::new(),
-                    };
+                    let kind = type_names(property).join(" or ");
                     let mut notes = property
                         .get("description")
                         .and_then(serde_json::Value::as_str)

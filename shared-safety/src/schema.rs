@@ -1,13 +1,14 @@
 //! Validation of tool arguments against the catalog's closed JSON schemas.
 //!
-//! The catalog uses a small, fixed subset of JSON Schema, and this validator implements exactly
-//! that subset and refuses any schema keyword it does not know (so a schema can never silently
+//! The catalog uses a small, fixed subset of JSON Schema ([`SCHEMA_KEYWORDS`]), and this
+//! validator implements exactly that subset and refuses any schema keyword it does not know (so a schema can never silently
 //! mean less than it says): `type`, `properties`, `required`, `additionalProperties` (must be
 //! `false` on objects), `enum`, `minLength`, `maxLength`, `minimum`, `maximum`, `items`,
-//! `minItems`, `maxItems`, and the annotations `description`, `title`, `default`, `examples`.
-//! (`pattern` is deliberately absent: no regex engine runs on agent input.)
+//! `minItems`, `maxItems`, `anyOf` (the value must match one branch; how the catalog admits a
+//! decimal as a string or a number), and the annotations `description`, `title`, `default`,
+//! `examples`. (`pattern` is deliberately absent: no regex engine runs on agent input.)
 
-use protocol::catalog::ToolSpec;
+use protocol::catalog::{SCHEMA_KEYWORDS, ToolSpec};
 use serde_json::{Map, Value};
 
 /// Why arguments were refused. Carries the JSON path and the rule, never the value.
@@ -31,25 +32,6 @@ impl std::fmt::Display for SchemaViolation {
         )
     }
 }
-
-const KNOWN_KEYWORDS: &[&str] = &[
-    "type",
-    "properties",
-    "required",
-    "additionalProperties",
-    "enum",
-    "minLength",
-    "maxLength",
-    "minimum",
-    "maximum",
-    "items",
-    "minItems",
-    "maxItems",
-    "description",
-    "title",
-    "default",
-    "examples",
-];
 
 /// Validates `arguments` (absent arguments count as `{}`) against a tool's input schema.
 pub fn validate_arguments(tool: &ToolSpec, arguments: &Value) -> Result<(), SchemaViolation> {
@@ -84,7 +66,7 @@ pub fn validate(schema: &Value, value: &Value, path: &mut String) -> Result<(), 
     };
     if let Some(unknown) = schema
         .keys()
-        .find(|key| !KNOWN_KEYWORDS.contains(&key.as_str()))
+        .find(|key| !SCHEMA_KEYWORDS.contains(&key.as_str()))
     {
         return Err(violation(
             path,
@@ -103,6 +85,9 @@ pub fn validate(schema: &Value, value: &Value, path: &mut String) -> Result<(), 
                 format!("expected {}", allowed.join(" or ")),
             ));
         }
+    }
+    if let Some(branches) = schema.get("anyOf") {
+        validate_any_of(branches, value, path)?;
     }
     if let Some(Value::Array(options)) = schema.get("enum")
         && !options.contains(value)
@@ -142,6 +127,41 @@ pub fn validate(schema: &Value, value: &Value, path: &mut String) -> Result<(), 
         _ => {}
     }
     Ok(())
+}
+
+/// `anyOf`: the value must satisfy at least one branch. When none does, the refusal is the one
+/// of the first branch whose `type` the value has (so a 40-character decimal string is "longer
+/// than 32 characters", as a one-type schema would say), else "expected" every branch's type.
+fn validate_any_of(
+    branches: &Value,
+    value: &Value,
+    path: &mut String,
+) -> Result<(), SchemaViolation> {
+    let Some(branches) = branches.as_array().filter(|branches| !branches.is_empty()) else {
+        return Err(violation(path, "bad `anyOf` in schema"));
+    };
+    let mut first_of_its_type = None;
+    let mut types = Vec::new();
+    for branch in branches {
+        let saved = path.len();
+        let outcome = validate(branch, value, path);
+        path.truncate(saved);
+        let Err(refusal) = outcome else {
+            return Ok(());
+        };
+        let branch_type = branch.get("type").and_then(Value::as_str);
+        match branch_type {
+            Some(kind) if type_matches(kind, value) => {
+                first_of_its_type.get_or_insert(refusal);
+            }
+            Some(kind) => types.push(kind),
+            None => {
+                first_of_its_type.get_or_insert(refusal);
+            }
+        }
+    }
+    Err(first_of_its_type
+        .unwrap_or_else(|| violation(path, format!("expected {}", types.join(" or ")))))
 }
 
 fn validate_object(
@@ -302,6 +322,40 @@ mod tests {
         assert!(validate(&open, &json!({}), &mut String::new()).is_err());
         let regex = json!({"type": "string", "pattern": "^A"});
         assert!(validate(&regex, &json!("A"), &mut String::new()).is_err());
+    }
+
+    #[test]
+    fn decimal_arguments_take_a_string_or_a_number_as_before() {
+        let buy = protocol::catalog::find("ibkr_buy").unwrap();
+        let with = |value: Value| json!({"symbol": "AAPL", "cash_amount": value});
+        for accepted in [
+            json!("12.50"),
+            json!(12.5),
+            json!(12),
+            json!(-3),
+            json!("x".repeat(32)),
+        ] {
+            validate_arguments(buy, &with(accepted.clone()))
+                .unwrap_or_else(|error| panic!("{accepted}: {error}"));
+        }
+        for (refused, rule) in [
+            (json!("1".repeat(33)), "longer than 32 characters"),
+            (json!(true), "expected string or number"),
+            (Value::Null, "expected string or number"),
+            (json!(["12.50"]), "expected string or number"),
+            (json!({"amount": "12.50"}), "expected string or number"),
+        ] {
+            let error = validate_arguments(buy, &with(refused.clone())).unwrap_err();
+            assert_eq!(
+                (error.path.as_str(), error.rule.as_str()),
+                ("/cash_amount", rule),
+                "{refused}"
+            );
+        }
+        // A malformed `anyOf` is a schema error, never a pass.
+        for bad in [json!({"anyOf": []}), json!({"anyOf": {"type": "string"}})] {
+            assert!(validate(&bad, &json!("a"), &mut String::new()).is_err());
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod mcp_revisions;
 mod order_safety;
 mod pairing;
 mod relay_gates;
+mod scope_challenge;
 mod tamper;
 mod trading;
 mod trading_support;

@@ -2,7 +2,7 @@
 //! and sessions) and the stateless 2026-07-28 (server/discover, no session). Each lists and
 //! calls tools end to end, and a read-only token sees no order tools in either.
 
-use e2e::system::{System, SystemOptions};
+use e2e::system::{System, SystemOptions, tool_names};
 use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
@@ -60,13 +60,7 @@ async fn both_revisions_list_and_call_tools_and_hide_order_tools_from_read_only_
             .peer_info()
             .map(|info| info.protocol_version.to_string());
         assert_eq!(negotiated.as_deref(), Some(revision), "negotiated revision");
-        let names: Vec<String> = session
-            .list_all_tools()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.name.to_string())
-            .collect();
+        let names = tool_names(&session).await.unwrap();
         assert_eq!(names.len(), 25, "{revision}: {names:?}");
         let result = session
             .call_tool(CallToolRequestParams::new("ibkr_accounts_list"))
@@ -81,13 +75,7 @@ async fn both_revisions_list_and_call_tools_and_hide_order_tools_from_read_only_
         let _ = session.cancel().await;
 
         let session = client(&system, &read_only, stateless).await;
-        let names: Vec<String> = session
-            .list_all_tools()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.name.to_string())
-            .collect();
+        let names = tool_names(&session).await.unwrap();
         for order_tool in ORDER_TOOLS {
             assert!(
                 !names.iter().any(|n| n == order_tool),

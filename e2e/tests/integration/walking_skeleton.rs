@@ -2,7 +2,7 @@
 //! -> the gateway -> the encrypted relay -> the sidecar daemon -> the CPGW simulator over HTTPS.
 
 use e2e::cpgw_sim::AuthState;
-use e2e::system::{System, SystemOptions, WAIT_LIMIT, wait_registered};
+use e2e::system::{System, SystemOptions, WAIT_LIMIT, tool_names, wait_registered};
 use ibkr_gateway::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
 use protocol::frame::Frame;
@@ -46,13 +46,7 @@ async fn pair_connect_and_call_a_tool_through_a_real_mcp_client() {
     let token = system.token(READ_SCOPES).unwrap();
 
     let client = system.mcp_client(&token).await.unwrap();
-    let tools: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|tool| tool.name.to_string())
-        .collect();
+    let tools = tool_names(&client).await.unwrap();
     assert_eq!(
         tools,
         ["ibkr_health", "ibkr_session_status", "ibkr_accounts_list"]
@@ -203,13 +197,7 @@ async fn token_without_the_scope_is_403_insufficient_scope() {
 
     // tools/list hides what the token cannot call.
     let client = system.mcp_client(&token).await.unwrap();
-    let names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let names = tool_names(&client).await.unwrap();
     assert!(
         !names.contains(&"ibkr_accounts_list".to_string()),
         "{names:?}"

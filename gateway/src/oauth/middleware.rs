@@ -4,12 +4,15 @@
 //! 1. a query-string `access_token` is refused outright (and never read): tokens in URLs end
 //!    up in logs and referrers;
 //! 2. exactly one `Authorization: Bearer` header, else 401 with the RFC 9728
-//!    `resource_metadata` pointer so the client can discover the authorization server;
-//! 3. the JWT is validated (401 `invalid_token` otherwise);
+//!    `resource_metadata` pointer so the client can discover the authorization server, and
+//!    the RFC 6750 `scope` a client should ask for to begin with
+//!    (`remote_mcp.challenge_scopes`, the read scopes by default);
+//! 3. the JWT is validated (401 `invalid_token` otherwise, with the same pointer and scope);
 //! 4. the per-subject rate limit (429 with `Retry-After`);
 //! 5. for `POST`, the body (bounded in size and time) is peeked: a `tools/call` for a tool
-//!    whose scope the token lacks gets 403 `insufficient_scope` naming every scope the call
-//!    needs (step-up), before rmcp ever sees it; the refused call is audited. The buffered
+//!    whose scope the token lacks gets 403 `insufficient_scope` naming exactly the scopes the
+//!    token lacks for that call (step-up; the client keeps what it holds and adds these),
+//!    before rmcp ever sees it; the refused call is audited. The buffered
 //!    body is then handed on unchanged.
 //!
 //! 6. an `Mcp-Session-Id` must belong to the same subject (see
@@ -58,12 +61,19 @@ fn json_error(status: StatusCode, error: &GatewayError) -> Response {
     response
 }
 
-/// 401 with the challenge. `error` is the RFC 6750 error code when a token was presented.
+/// 401 with the challenge: where the metadata is, and the baseline scopes to ask for (none
+/// when the baseline is empty). `error` is the RFC 6750 error code when a token was presented.
 pub(crate) fn unauthorized(state: &AppState, code: ErrorCode, error: Option<&str>) -> Response {
     let mut challenge = format!(
         "Bearer resource_metadata=\"{}\"",
         state.resolved.resource_metadata_url
     );
+    if !state.resolved.challenge_scopes.is_empty() {
+        challenge.push_str(&format!(
+            ", scope=\"{}\"",
+            state.resolved.challenge_scopes.join(" ")
+        ));
+    }
     if let Some(error) = error {
         challenge.push_str(&format!(", error=\"{error}\""));
     }
@@ -76,7 +86,8 @@ pub(crate) fn unauthorized(state: &AppState, code: ErrorCode, error: Option<&str
     response
 }
 
-/// 403 with the step-up challenge; `scope` is every scope the call needs (space-separated).
+/// 403 with the step-up challenge; `scope` is what the token lacks for the call
+/// (space-separated).
 fn insufficient_scope(state: &AppState, scope: &str, tool: &str) -> Response {
     let challenge = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{}\"",
@@ -171,23 +182,22 @@ fn called_tools(message: &serde_json::Value) -> Vec<&'static ToolSpec> {
     }
 }
 
-/// When the token lacks a scope some called tool needs: every scope the call needs (sorted,
-/// for the challenge) and the refused tools.
+/// When the token lacks a scope some called tool needs: exactly the scopes it lacks (sorted,
+/// for the challenge; RFC 6750 section 3.1 names what the request needs beyond the token, and
+/// MCP clients add it to what they already hold) and the refused tools.
 fn missing_tool_scope(
     message: &serde_json::Value,
     scopes: &ScopeSet,
 ) -> Option<(String, Vec<&'static ToolSpec>)> {
-    let called = called_tools(message);
-    let refused: Vec<&'static ToolSpec> = called
-        .iter()
-        .copied()
+    let refused: Vec<&'static ToolSpec> = called_tools(message)
+        .into_iter()
         .filter(|tool| !scopes.allows(tool))
         .collect();
     if refused.is_empty() {
         return None;
     }
-    let needed: std::collections::BTreeSet<&str> = called.iter().map(|tool| tool.scope).collect();
-    Some((needed.into_iter().collect::<Vec<_>>().join(" "), refused))
+    let missing: std::collections::BTreeSet<&str> = refused.iter().map(|tool| tool.scope).collect();
+    Some((missing.into_iter().collect::<Vec<_>>().join(" "), refused))
 }
 
 pub(crate) async fn require_bearer(
@@ -396,18 +406,28 @@ mod tests {
         );
         let list = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
         assert_eq!(names(missing_tool_scope(&list, &scopes)), None);
-        // A batch names every scope the whole call needs, granted ones included.
+        // A batch names exactly the scopes the token lacks, each once: not the granted
+        // ones, nor any scope no refused tool needs.
         let batch = serde_json::json!([
             call("ibkr_health"),
             call("ibkr_quote"),
-            call("ibkr_accounts_list")
+            call("ibkr_accounts_list"),
+            call("ibkr_quotes")
         ]);
         assert_eq!(
             names(missing_tool_scope(&batch, &scopes)),
             Some((
-                "ibkr:accounts:read ibkr:health:read ibkr:marketdata:read".into(),
-                vec!["ibkr_quote", "ibkr_accounts_list"]
+                "ibkr:accounts:read ibkr:marketdata:read".into(),
+                vec!["ibkr_quote", "ibkr_accounts_list", "ibkr_quotes"]
             ))
+        );
+        // A write tool asks for the write scope alone, not the preview or live scope.
+        assert_eq!(
+            names(missing_tool_scope(
+                &call("ibkr_buy"),
+                &ScopeSet::from_list(protocol::catalog::scopes::READ_ONLY)
+            )),
+            Some(("ibkr:orders:write".into(), vec!["ibkr_buy"]))
         );
     }
 }

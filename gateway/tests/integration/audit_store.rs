@@ -168,6 +168,13 @@ async fn one_record_per_call_and_never_the_token() {
     }
     assert_eq!(records[1]["request_id"], Value::Null);
     assert_eq!(records[3]["scope"], "ibkr:marketdata:read");
+    // What a record lacks is null in JSON, never the text form's `-` (docs/operations.md);
+    // only an unknown tool's name is stored as `-`.
+    let unknown = &records[2];
+    for field in ["scope", "request_id", "payload_hash", "sidecar_id"] {
+        assert_eq!(unknown[field], Value::Null, "{field}: {unknown}");
+    }
+    assert_eq!(unknown["tool"], "-");
 
     // The text form, too, carries no token.
     let output = run_cli(vec![
@@ -180,6 +187,16 @@ async fn one_record_per_call_and_never_the_token() {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(text.lines().count(), 5, "{text}");
     assert!(text.contains("ibkr_accounts_list\tok"), "{text}");
+    // The same unknown-tool record in text: `-` where JSON has null.
+    let line: Vec<&str> = text.lines().nth(2).unwrap().split('\t').collect();
+    assert_eq!(line[1..4], ["alice", "-", "TOOL_UNKNOWN"], "{line:?}");
+    assert!(line[4].ends_with("ms"), "{line:?}");
+    assert_eq!(
+        line[5..9],
+        ["scope=-", "sidecar=-", "request=-", "payload=-"],
+        "{line:?}"
+    );
+    assert_eq!(line[9], format!("token={token_id}"));
 
     let address = handle.local_addr();
     handle.shutdown().await;

@@ -113,9 +113,11 @@ async fn every_bad_token_gets_its_status_and_challenge() {
     let url = handle.mcp_url();
     let base = handle.base_url();
     let metadata = format!("{base}/.well-known/oauth-protected-resource/mcp");
-    let required = format!("Bearer resource_metadata=\"{metadata}\"");
-    let invalid = format!("Bearer resource_metadata=\"{metadata}\", error=\"invalid_token\"");
-    let bad_request = format!("Bearer resource_metadata=\"{metadata}\", error=\"invalid_request\"");
+    let pointer =
+        format!("Bearer resource_metadata=\"{metadata}\", scope=\"{READ_SCOPES_CHALLENGE}\"");
+    let required = pointer.clone();
+    let invalid = format!("{pointer}, error=\"invalid_token\"");
+    let bad_request = format!("{pointer}, error=\"invalid_request\"");
     let scopes = ["ibkr:health:read"];
     let now = now_secs();
 
@@ -330,7 +332,7 @@ async fn typ_at_jwt_is_required_by_default_and_can_be_turned_off() {
     let handle = start_gateway(&issuer, dir.path()).await;
     let url = handle.mcp_url();
     let invalid = format!(
-        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", error=\"invalid_token\"",
+        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", scope=\"{READ_SCOPES_CHALLENGE}\", error=\"invalid_token\"",
         handle.base_url()
     );
     let client = http();

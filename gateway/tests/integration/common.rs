@@ -32,6 +32,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The `scope` of a `401` challenge with the default `remote_mcp.challenge_scopes`: the
+/// catalog's read-only scopes, in catalog order.
+pub const READ_SCOPES_CHALLENGE: &str = "ibkr:health:read ibkr:marketdata:read \
+    ibkr:accounts:read ibkr:portfolio:read ibkr:positions:read ibkr:orders:read ibkr:audit:read";
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -336,6 +341,16 @@ impl McpClient {
         assert!(response.status().is_success());
         result
     }
+}
+
+/// The tool names of a `tools/list` result, in order.
+pub fn tool_names(result: &Value) -> Vec<String> {
+    result["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {result}"))
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Reads an SSE (or JSON) response until the JSON-RPC message with `id` arrives.

@@ -125,25 +125,6 @@ fn rows() -> Vec<Row> {
             key: "sidecar.remote_relay_url",
         },
         Row {
-            name: "sidecar.local_client_portal_base_url missing",
-            yaml: &[Delete("sidecar.local_client_portal_base_url")],
-            programmatic: Some(|c| c.sidecar.local_client_portal_base_url = None),
-            code: INVALID,
-            key: "sidecar.local_client_portal_base_url",
-        },
-        Row {
-            name: "sidecar.local_client_portal_base_url not a URL",
-            yaml: &[Set(
-                "sidecar.local_client_portal_base_url",
-                "localhost:5000",
-            )],
-            programmatic: Some(|c| {
-                c.sidecar.local_client_portal_base_url = Some("localhost:5000".into())
-            }),
-            code: INVALID,
-            key: "sidecar.local_client_portal_base_url",
-        },
-        Row {
             name: "heartbeat timeout equal to the interval",
             yaml: &[Set("sidecar.heartbeat_timeout_seconds", "15")],
             programmatic: Some(|c| c.sidecar.heartbeat_timeout_seconds = 15),
@@ -295,6 +276,26 @@ fn rows() -> Vec<Row> {
             }),
             code: INVALID,
             key: "remote_mcp.allowed_scopes",
+        },
+        Row {
+            name: "challenge_scopes empty",
+            yaml: &[Set("remote_mcp.challenge_scopes", "[]")],
+            programmatic: Some(|c| c.remote_mcp.challenge_scopes = Some(vec![])),
+            code: INVALID,
+            key: "remote_mcp.challenge_scopes",
+        },
+        Row {
+            name: "challenge_scopes names a scope allowed_scopes leaves out",
+            yaml: &[Set(
+                "remote_mcp.challenge_scopes",
+                "[\"ibkr:health:read\", \"ibkr:orders:write\"]",
+            )],
+            programmatic: Some(|c| {
+                c.remote_mcp.challenge_scopes =
+                    Some(vec!["ibkr:health:read".into(), "ibkr:orders:write".into()])
+            }),
+            code: INVALID,
+            key: "remote_mcp.challenge_scopes",
         },
         Row {
             name: "token_id_hmac_secret_env empty",
@@ -501,12 +502,18 @@ fn the_example_is_a_valid_relaying_deployment_and_validation_fetches_nothing() {
     apply(&mut doc, Delete("remote_mcp.audiences"));
     apply(&mut doc, Delete("remote_mcp.resource"));
     apply(&mut doc, Delete("remote_mcp.allowed_scopes"));
+    apply(&mut doc, Delete("remote_mcp.challenge_scopes"));
     apply(&mut doc, Delete("instance_id"));
     let minimal =
         GatewayConfiguration::from_yaml_str(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
     let resolved = minimal.resolve().unwrap();
     assert_eq!(resolved.jwks_url, None);
     assert_eq!(resolved.audiences, vec!["https://gateway.example.com/mcp"]);
+    // The example spells out the default baseline: the read scopes.
+    assert_eq!(
+        resolved.challenge_scopes,
+        config.resolve().unwrap().challenge_scopes
+    );
 }
 
 #[test]
@@ -630,15 +637,17 @@ async fn the_binary_exits_2_naming_code_and_key_without_binding_or_writing() {
     }
 }
 
-#[tokio::test]
-async fn control_the_unmodified_example_binds_and_writes() {
+/// Runs `ibkr-gateway serve` on the example with `edits` until it logs that it listens (or
+/// gives up); returns whether it did, whether the port was bound and `state_dir` created, and
+/// the log lines up to then.
+async fn serve_example(edits: &[Edit]) -> (bool, bool, bool, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     let port = free_port();
     // Loopback issuer and JWKS on a closed port: the initial key fetch fails at once (the
     // gateway starts anyway and refuses tokens until keys arrive). Nothing leaves the host.
     let closed = free_port();
-    let mut doc: Yaml = serde_yaml_ng::from_str(&yaml_text(&[], port, &state_dir)).unwrap();
+    let mut doc: Yaml = serde_yaml_ng::from_str(&yaml_text(edits, port, &state_dir)).unwrap();
     let issuer = format!("http://127.0.0.1:{closed}");
     let jwks = format!("http://127.0.0.1:{closed}/jwks.json");
     let mcp = doc.get_mut("remote_mcp").unwrap().as_mapping_mut().unwrap();
@@ -659,9 +668,12 @@ async fn control_the_unmodified_example_binds_and_writes() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
     let listening = tokio::time::timeout(PROCESS_LIMIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("gateway listening") {
+            let listening = line.contains("gateway listening");
+            seen.push(line);
+            if listening {
                 return true;
             }
         }
@@ -672,7 +684,49 @@ async fn control_the_unmodified_example_binds_and_writes() {
     let bound = !port_is_free(port);
     let created = state_dir.is_dir();
     child.kill().await.unwrap();
-    assert!(listening, "the valid example did not start");
+    (listening, bound, created, seen)
+}
+
+#[tokio::test]
+async fn control_the_unmodified_example_binds_and_writes() {
+    let (listening, bound, created, lines) = serve_example(&[]).await;
+    assert!(listening, "the valid example did not start: {lines:#?}");
     assert!(bound, "the valid example did not bind its port");
     assert!(created, "the valid example did not create state_dir");
+    assert!(
+        !lines.iter().any(|line| line.contains("is ignored")),
+        "{lines:#?}"
+    );
+}
+
+/// `sidecar.local_client_portal_base_url` was once required here although the gateway never
+/// calls the Client Portal Gateway: a file that still sets it (to anything) starts, with a
+/// warning that names the key.
+#[tokio::test]
+async fn a_file_that_still_names_the_client_portal_url_starts_with_a_warning() {
+    for value in ["https://localhost:5000/v1/api", "localhost:5000"] {
+        let mut doc = example_doc();
+        apply(&mut doc, Set("sidecar.local_client_portal_base_url", value));
+        let config =
+            GatewayConfiguration::from_yaml_str(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(
+            config.resolve().unwrap(),
+            GatewayConfiguration::from_yaml_str(EXAMPLE)
+                .unwrap()
+                .resolve()
+                .unwrap()
+        );
+    }
+    let (listening, bound, created, lines) = serve_example(&[Set(
+        "sidecar.local_client_portal_base_url",
+        "https://localhost:5000/v1/api",
+    )])
+    .await;
+    assert!(listening && bound && created, "{lines:#?}");
+    assert!(
+        lines.iter().any(|line| line.contains("WARN")
+            && line.contains("sidecar.local_client_portal_base_url")
+            && line.contains("is ignored")),
+        "no warning about the ignored key: {lines:#?}"
+    );
 }

@@ -240,7 +240,8 @@ async fn protected_resource_metadata_and_challenges() {
     let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
 
-    // No token: 401 with the metadata pointer and no error code.
+    // No token: 401 with the metadata pointer, the read scopes to start with, and no error
+    // code.
     let response = client
         .post(handle.mcp_url())
         .header("accept", "application/json, text/event-stream")
@@ -255,7 +256,7 @@ async fn protected_resource_metadata_and_challenges() {
         .to_string();
     assert_eq!(
         challenge,
-        format!("Bearer resource_metadata=\"{metadata_url}\"")
+        format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"{READ_SCOPES_CHALLENGE}\"")
     );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "AUTH_REQUIRED");
@@ -270,8 +271,12 @@ async fn protected_resource_metadata_and_challenges() {
         .unwrap();
     assert_eq!(response.status(), 401);
     let challenge = response.headers()["www-authenticate"].to_str().unwrap();
-    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
-    assert!(challenge.contains(&metadata_url));
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer resource_metadata=\"{metadata_url}\", scope=\"{READ_SCOPES_CHALLENGE}\", error=\"invalid_token\""
+        )
+    );
 
     // A token for another audience (e.g. the issuer's other resource) is refused.
     let foreign = issuer.token("alice", "http://127.0.0.1:1/mcp", &["ibkr:health:read"]);
@@ -311,13 +316,10 @@ async fn tools_are_filtered_by_scope_and_missing_scope_steps_up() {
         "{init}"
     );
     let tools = client.request("tools/list", json!({})).await;
-    let names: Vec<&str> = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|tool| tool["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, vec!["ibkr_health", "ibkr_session_status"]);
+    assert_eq!(
+        tool_names(&tools["result"]),
+        ["ibkr_health", "ibkr_session_status"]
+    );
     assert_eq!(
         tools["result"]["tools"][0]["annotations"]["readOnlyHint"],
         json!(true)
@@ -378,6 +380,108 @@ async fn tools_are_filtered_by_scope_and_missing_scope_steps_up() {
     assert_eq!(structured["sidecar"], serde_json::Value::Null);
     assert!(structured["next_step"].as_str().unwrap().contains("pair"));
 
+    handle.shutdown().await;
+}
+
+/// A deployment that asks new clients for less than the read scopes: the 401 names exactly
+/// its baseline, a token with just that baseline sees just its tools, and each tool beyond it
+/// is answered 403 asking for exactly the scope that tool needs, nothing the token holds and
+/// nothing else the catalog has.
+#[tokio::test]
+async fn the_401_asks_for_the_configured_baseline_and_the_403_for_exactly_what_is_missing() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = dev_config(&issuer.url(), dir.path());
+    config.remote_mcp.challenge_scopes = Some(vec![
+        "ibkr:marketdata:read".into(),
+        "ibkr:health:read".into(),
+    ]);
+    let handle = ibkr_gateway::start(config).await.unwrap();
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        handle.base_url()
+    );
+    let baseline = "ibkr:health:read ibkr:marketdata:read";
+    let client = http();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let post = |token: Option<&str>, body: &serde_json::Value| {
+        let mut request = client
+            .post(handle.mcp_url())
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let challenge = |response: &reqwest::Response| {
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let response = post(None, &list).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        challenge(&response),
+        format!("Bearer resource_metadata=\"{metadata}\", scope=\"{baseline}\"")
+    );
+    let response = post(Some("a.b.c"), &list).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        challenge(&response),
+        format!(
+            "Bearer resource_metadata=\"{metadata}\", scope=\"{baseline}\", error=\"invalid_token\""
+        )
+    );
+
+    // A client that asked for the baseline and got it.
+    let token = issuer.token(
+        "alice",
+        &handle.mcp_url(),
+        &["ibkr:health:read", "ibkr:marketdata:read"],
+    );
+    let mut session = McpClient::new(&handle.mcp_url(), &token);
+    session.initialize().await;
+    let tools = session.request("tools/list", json!({})).await;
+    assert_eq!(
+        tool_names(&tools["result"]),
+        [
+            "ibkr_health",
+            "ibkr_session_status",
+            "ibkr_market_status",
+            "ibkr_contracts_search",
+            "ibkr_quote",
+            "ibkr_quotes",
+            "ibkr_historical_bars"
+        ]
+    );
+    for (tool, arguments, missing) in [
+        (
+            "ibkr_buy",
+            json!({"symbol": "AAPL", "cash_amount": "10"}),
+            "ibkr:orders:write",
+        ),
+        (
+            "ibkr_order_preview",
+            json!({"symbol": "AAPL", "side": "BUY", "quantity": 1}),
+            "ibkr:orders:preview",
+        ),
+        ("ibkr_accounts_list", json!({}), "ibkr:accounts:read"),
+    ] {
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        let response = post(Some(&token), &call).await.unwrap();
+        assert_eq!(response.status(), 403, "{tool}");
+        assert_eq!(
+            challenge(&response),
+            format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{missing}\", resource_metadata=\"{metadata}\""
+            ),
+            "{tool}"
+        );
+    }
     handle.shutdown().await;
 }
 

@@ -29,15 +29,6 @@ fn assert_private(response: &reqwest::Response) {
     );
 }
 
-fn tool_names(result: &Value) -> Vec<String> {
-    result["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tools in {result}"))
-        .iter()
-        .map(|tool| tool["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn one_endpoint_serves_the_session_and_the_stateless_revision() {
     let issuer = TestIssuer::start().await;
@@ -600,7 +591,10 @@ async fn behind_a_tls_terminating_proxy_the_public_url_is_canonical() {
         assert_eq!(response.status(), 401);
         assert_eq!(
             response.headers()["www-authenticate"],
-            format!("Bearer resource_metadata=\"{public_metadata}\"").as_str()
+            format!(
+                "Bearer resource_metadata=\"{public_metadata}\", scope=\"{READ_SCOPES_CHALLENGE}\""
+            )
+            .as_str()
         );
     }
 
