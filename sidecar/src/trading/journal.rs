@@ -416,7 +416,10 @@ impl Journal {
         if let Ok(mut inner) = self.lock() {
             inner.in_flight.remove(&attempt);
         }
-        self.notify(self.appended.borrow().to_owned());
+        // Wakes the waiters without a new value. (Reading the current value inside the call
+        // that replaces it would hold the watch's read lock while taking its write lock: a
+        // deadlock.)
+        self.appended.send_modify(|_| {});
     }
 
     /// Waits until `attempt` has a decisive outcome or is no longer in flight here, or
@@ -505,6 +508,32 @@ mod tests {
         json!({"tool": "ibkr_buy", "symbol": "AAPL", "side": "BUY", "role": "entry",
                "fingerprint": "fp1-x", "notional": notional, "dry_run": false,
                "idempotency_key": key, "coid": "ia-1"})
+    }
+
+    /// `abandon` runs when a placing task fails or is dropped, under load: it once read the
+    /// watch's value inside the call that replaced it and deadlocked the sidecar's order path.
+    #[tokio::test]
+    async fn abandoning_an_attempt_returns_and_wakes_its_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(Journal::open(&dir.path().join(JOURNAL_FILE)).unwrap());
+        let attempt = journal.intent(buy_intent(None, "5"), 1).unwrap();
+        let mut appended = journal.appended.subscribe();
+        appended.borrow_and_update();
+        let abandoning = std::sync::Arc::clone(&journal);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            abandoning.abandon(attempt);
+            let _ = done_tx.send(());
+        });
+        // A deadlock shows as no wake-up: bounded so the test fails instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(30), appended.changed())
+            .await
+            .expect("abandon deadlocked: its waiters were never woken")
+            .unwrap();
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("abandon did not return");
+        assert_eq!(*appended.borrow(), attempt);
     }
 
     #[test]
