@@ -88,6 +88,22 @@ pub struct PairingCreate {
     pub extra_scopes: Vec<String>,
 }
 
+/// A `--scope` value as the catalog's scope, or CLI_ARGUMENT_INVALID listing the known ones.
+fn known_scope(scope: &str) -> Result<&'static str, SidecarError> {
+    let scope = scope.trim();
+    scopes::ALL
+        .iter()
+        .find(|known| **known == scope)
+        .copied()
+        .ok_or_else(|| {
+            SidecarError::flag(format!(
+                "(--scope {} is not a known scope; known scopes: {})",
+                shown(scope),
+                scopes::ALL.join(" ")
+            ))
+        })
+}
+
 /// Writes the explicit local pairing record: valid until `now + ttl_seconds`, read-only local
 /// scopes plus `extra_scopes`, no pinned gateway key and no relay URL (so the daemon cannot dial
 /// with it; the gates treat it like any other pairing). See
@@ -109,15 +125,7 @@ pub fn create_pairing(
     )?;
     let mut granted: Vec<&str> = scopes::READ_ONLY.to_vec();
     for scope in &request.extra_scopes {
-        let scope = scope.trim();
-        if !scopes::is_known(scope) {
-            return Err(SidecarError::flag(format!(
-                "(--scope {} is not a known scope; known scopes: {})",
-                shown(scope),
-                scopes::ALL.join(" ")
-            )));
-        }
-        granted.push(scope);
+        granted.push(known_scope(scope)?);
     }
     let record = PairingRecord {
         remote_instance_id: request.remote_instance_id.clone(),
@@ -174,18 +182,10 @@ pub fn validate_scope_flags(
     if requested.is_empty() {
         return Err(SidecarError::flag("(--scope: name at least one scope)"));
     }
-    let mut known = Vec::with_capacity(requested.len());
-    for scope in requested {
-        let scope = scope.trim();
-        let Some(found) = scopes::ALL.iter().find(|known| **known == scope) else {
-            return Err(SidecarError::flag(format!(
-                "(--scope {} is not a known scope; known scopes: {})",
-                shown(scope),
-                scopes::ALL.join(" ")
-            )));
-        };
-        known.push(*found);
-    }
+    let known = requested
+        .iter()
+        .map(|scope| known_scope(scope))
+        .collect::<Result<Vec<_>, _>>()?;
     if edit == ScopeEdit::Grant && known.contains(&scopes::ORDERS_LIVE) && !confirm_live {
         return Err(SidecarError::flag(format!(
             "(--scope {}: {LIVE_GRANT_WARNING}; add --confirm-live to grant it)",
