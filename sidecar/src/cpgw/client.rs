@@ -76,6 +76,10 @@ pub struct CpgwClient {
     orders_cache: Arc<super::orders::OrdersListCache>,
     /// The last accounts answer and when it arrived, for callers that overlap.
     last_accounts: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, AccountsReply)>>>,
+    /// The lane this handle's reads (account, quote, positions, lists) wait in:
+    /// [`Lane::Read`], or [`Lane::Trading`] on the handle an order decision uses
+    /// ([`CpgwClient::for_orders`]).
+    read_lane: Lane,
 }
 
 /// Whether the current brokerage session was primed for each family of endpoints.
@@ -176,7 +180,24 @@ impl CpgwClient {
             priming: Arc::new(Priming::default()),
             orders_cache: Arc::default(),
             last_accounts: Arc::default(),
+            read_lane: Lane::Read,
         })
+    }
+
+    /// The same client (same pacer, caches and session), whose reads wait in the trading lane:
+    /// the facts an order is decided on (its account, quote, fresh position and the working
+    /// orders it must not double) are part of placing it, and a burst of agent reads must not
+    /// hold an exit back past its deadline.
+    pub fn for_orders(&self) -> CpgwClient {
+        CpgwClient {
+            read_lane: Lane::Trading,
+            ..self.clone()
+        }
+    }
+
+    /// The lane this handle's reads wait in.
+    pub fn read_lane(&self) -> Lane {
+        self.read_lane
     }
 
     /// The pacer every request of this client (and its clones) waits in.
@@ -360,7 +381,7 @@ impl CpgwClient {
     ) -> Result<T, CpgwError> {
         let body = body.map(|json| (json.to_string(), "application/json"));
         let answer = self
-            .exchange(method, path, body, Lane::Read, CPGW_TIMEOUT)
+            .exchange(method, path, body, self.read_lane, CPGW_TIMEOUT)
             .await
             .map_err(|failure| match failure {
                 RawFailure::Connect | RawFailure::Lost => CpgwError::Unreachable,
@@ -534,6 +555,17 @@ pub(super) fn path_segment(account: &str) -> Result<&str, CpgwError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_order_handle_reads_in_the_trading_lane_and_shares_the_budget() {
+        let client = CpgwClient::new("https://localhost:5000/v1/api").unwrap();
+        let orders = client.for_orders();
+        assert_eq!(client.read_lane(), Lane::Read);
+        assert_eq!(orders.read_lane(), Lane::Trading);
+        // One laptop, one budget: the order handle must not get a pacer of its own.
+        assert!(Arc::ptr_eq(&client.pacer, &orders.pacer));
+        assert!(Arc::ptr_eq(&client.orders_cache, &orders.orders_cache));
+    }
 
     #[test]
     fn location_is_the_origin_and_bad_urls_are_config_errors() {

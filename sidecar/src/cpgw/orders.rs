@@ -391,7 +391,7 @@ impl CpgwClient {
                 reqwest::Method::POST,
                 &format!("/iserver/account/{account}/orders/whatif"),
                 Some(body),
-                Lane::Read,
+                self.read_lane(),
             )
             .await?;
         serde_json::from_slice(&bytes).map_err(|_| SendFailure::Indeterminate {
@@ -458,7 +458,7 @@ impl CpgwClient {
                 reqwest::Method::GET,
                 &format!("/iserver/account/orders?accountId={account}"),
                 None,
-                Lane::Read,
+                self.read_lane(),
             )
             .await
         {
@@ -511,7 +511,7 @@ impl CpgwClient {
                 reqwest::Method::GET,
                 &format!("/iserver/account/trades?days={days}"),
                 None,
-                Lane::Read,
+                self.read_lane(),
             )
             .await
         {

@@ -39,6 +39,26 @@ pub struct ToolContext<'a> {
     pub deadline: tokio::time::Instant,
 }
 
+impl<'a> ToolContext<'a> {
+    /// This context with another CPGW handle (see [`CpgwClient::for_orders`]).
+    pub fn with_cpgw<'b>(&'b self, cpgw: &'b CpgwClient) -> ToolContext<'b> {
+        ToolContext {
+            market_clock: self.market_clock,
+            cpgw,
+            broker: self.broker,
+            sidecar_id: self.sidecar_id,
+            contracts: self.contracts,
+            accounts: self.accounts,
+            connected_for: self.connected_for,
+            auth: self.auth,
+            orders: self.orders,
+            live_scope_granted: self.live_scope_granted,
+            progress: self.progress,
+            deadline: self.deadline,
+        }
+    }
+}
+
 pub type ToolResult = Result<Value, Outcome>;
 
 /// Progress reporting for one request.

@@ -48,8 +48,14 @@ pub async fn run(request: &CheckedRequest, context: &ToolContext<'_>) -> ToolRes
         | "ibkr_close_position"
         | "ibkr_stop_order"
         | "ibkr_trailing_stop"
-        | "ibkr_bracket_order" => place::place(request.tool.name, arguments, context).await,
-        "ibkr_order_cancel" => read::cancel(arguments, context).await,
+        | "ibkr_bracket_order" => {
+            let trading = context.cpgw.for_orders();
+            place::place(request.tool.name, arguments, &context.with_cpgw(&trading)).await
+        }
+        "ibkr_order_cancel" => {
+            let trading = context.cpgw.for_orders();
+            read::cancel(arguments, &context.with_cpgw(&trading)).await
+        }
         "ibkr_order_status" => read::status(arguments, context).await,
         "ibkr_wait_for_fill" => read::wait_for_fill(arguments, context).await,
         "ibkr_orders_list" => read::orders_list(context).await,
