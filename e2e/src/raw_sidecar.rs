@@ -43,6 +43,8 @@ pub enum Handshake {
 pub struct RawSidecar {
     socket: Socket,
     transport: Transport,
+    /// When the last record left this side: the gateway cannot have heard from us since.
+    last_sent_at: Option<std::time::Instant>,
 }
 
 impl RawSidecar {
@@ -95,6 +97,7 @@ impl RawSidecar {
                 Ok(Handshake::Accepted(Box::new(RawSidecar {
                     socket,
                     transport,
+                    last_sent_at: None,
                 })))
             }
             WireMessage::HandshakeRejected { code } => Ok(Handshake::Rejected { code }),
@@ -116,7 +119,9 @@ impl RawSidecar {
             .transport
             .seal(frame)
             .map_err(|e| RawSidecarError::Protocol(e.to_string()))?;
-        send(&mut self.socket, WireMessage::Record(record)).await
+        send(&mut self.socket, WireMessage::Record(record)).await?;
+        self.last_sent_at = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Answers pings and nothing else (never renews the session, never answers requests),
@@ -141,6 +146,7 @@ impl RawSidecar {
     pub fn freeze(self) -> FrozenSidecar {
         FrozenSidecar {
             _socket: self.socket,
+            last_sent_at: self.last_sent_at,
         }
     }
 }
@@ -148,6 +154,15 @@ impl RawSidecar {
 /// Holds the socket open; dropping it closes the connection.
 pub struct FrozenSidecar {
     _socket: Socket,
+    last_sent_at: Option<std::time::Instant>,
+}
+
+impl FrozenSidecar {
+    /// When the frozen sidecar last sent anything (`None`: never). The gateway's silence
+    /// clock can only have started after this instant.
+    pub fn last_sent_at(&self) -> Option<std::time::Instant> {
+        self.last_sent_at
+    }
 }
 
 async fn send(socket: &mut Socket, message: WireMessage) -> Result<(), RawSidecarError> {

@@ -68,6 +68,10 @@ pub struct SystemOptions {
     pub request_timeout_seconds: Option<u64>,
     /// Calls in flight at once, on both halves; `None`: the defaults.
     pub max_concurrent_calls: Option<usize>,
+    /// The gateway's open connections per client address (`remote_mcp.max_connections_per_peer`);
+    /// `None`: the default. Every test client dials from 127.0.0.1, so a test that stands for
+    /// many agents on many hosts raises it.
+    pub max_connections_per_peer: Option<usize>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -89,6 +93,7 @@ impl Default for SystemOptions {
             alerts: None,
             request_timeout_seconds: None,
             max_concurrent_calls: None,
+            max_connections_per_peer: None,
         }
     }
 }
@@ -158,6 +163,9 @@ impl System {
             }
             if let Some(calls) = options.max_concurrent_calls {
                 config.sidecar.max_in_flight_per_sidecar = calls;
+            }
+            if let Some(connections) = options.max_connections_per_peer {
+                config.remote_mcp.max_connections_per_peer = connections;
             }
             config
         };
