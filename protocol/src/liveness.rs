@@ -3,6 +3,12 @@
 //! Time is a `Duration` since any fixed point the caller chooses (e.g. a `tokio::time::Instant`
 //! taken at connection start). Only frames that authenticated count as signs of life, and the
 //! peer's own timestamps are never trusted.
+//!
+//! Silence counts only while this side was running. The driver polls at least once per
+//! interval (see [`Liveness::next_deadline`]); a poll that comes later than that means this
+//! side's own task did not run (a stalled process, a loaded machine, a paused VM), and during
+//! that time it could not have read the peer's frames either. That lateness is not charged to
+//! the peer: a stall of our own must not end a healthy session.
 
 use std::time::Duration;
 
@@ -57,6 +63,8 @@ pub struct Liveness {
     config: HeartbeatConfig,
     last_received: Duration,
     last_ping_sent: Duration,
+    /// When [`Liveness::poll`] last ran.
+    last_polled: Duration,
     next_seq: u64,
 }
 
@@ -66,6 +74,7 @@ impl Liveness {
             config,
             last_received: now,
             last_ping_sent: now,
+            last_polled: now,
             next_seq: 0,
         }
     }
@@ -88,6 +97,14 @@ impl Liveness {
     }
 
     pub fn poll(&mut self, now: Duration) -> LivenessAction {
+        // Polled later than the interval allows: this side was not running for the excess.
+        let late = now
+            .saturating_sub(self.last_polled)
+            .saturating_sub(self.config.interval);
+        self.last_polled = self.last_polled.max(now);
+        if !late.is_zero() {
+            self.last_received = (self.last_received + late).min(now);
+        }
         if !self.is_alive(now) {
             return LivenessAction::PeerDead;
         }
@@ -132,8 +149,48 @@ mod tests {
         assert_eq!(liveness.poll(secs(15)), LivenessAction::Wait);
         assert_eq!(liveness.poll(secs(20)), LivenessAction::SendPing { seq: 1 });
         liveness.on_authentic_frame(secs(21));
-        assert_eq!(liveness.poll(secs(50)), LivenessAction::SendPing { seq: 2 });
+        assert_eq!(liveness.poll(secs(30)), LivenessAction::SendPing { seq: 2 });
+        assert_eq!(liveness.poll(secs(40)), LivenessAction::SendPing { seq: 3 });
+        assert_eq!(liveness.poll(secs(50)), LivenessAction::SendPing { seq: 4 });
         assert_eq!(liveness.poll(secs(51)), LivenessAction::PeerDead);
         assert_eq!(liveness.next_deadline(), secs(51));
+    }
+
+    #[test]
+    fn a_stall_of_our_own_is_not_charged_to_the_peer() {
+        let config = HeartbeatConfig::new(secs(1), secs(3)).unwrap();
+        let mut liveness = Liveness::new(config, secs(0));
+        assert_eq!(liveness.poll(secs(1)), LivenessAction::SendPing { seq: 0 });
+        liveness.on_authentic_frame(secs(1));
+        // Our task did not run from 1 s to 6 s: 5 s of "silence", 4 s of it ours.
+        assert_eq!(liveness.poll(secs(6)), LivenessAction::SendPing { seq: 1 });
+        // The peer answers the ping: the session lives on.
+        liveness.on_authentic_frame(secs(6));
+        assert_eq!(liveness.poll(secs(7)), LivenessAction::SendPing { seq: 2 });
+    }
+
+    #[test]
+    fn a_dead_peer_is_still_found_after_a_stall_of_our_own() {
+        let config = HeartbeatConfig::new(secs(1), secs(3)).unwrap();
+        let mut liveness = Liveness::new(config, secs(0));
+        assert_eq!(liveness.poll(secs(1)), LivenessAction::SendPing { seq: 0 });
+        // Stalled from 1 s to 11 s, and the peer never speaks again.
+        assert_eq!(liveness.poll(secs(11)), LivenessAction::SendPing { seq: 1 });
+        // Three seconds of silence while we could listen: 0-1 s, the one interval a poll may
+        // take, and 11-12 s.
+        assert_eq!(liveness.poll(secs(12)), LivenessAction::PeerDead);
+    }
+
+    #[test]
+    fn polls_on_time_never_extend_the_timeout() {
+        let config = HeartbeatConfig::new(secs(1), secs(3)).unwrap();
+        let mut liveness = Liveness::new(config, secs(0));
+        for now in 1..3 {
+            assert!(matches!(
+                liveness.poll(secs(now)),
+                LivenessAction::SendPing { .. }
+            ));
+        }
+        assert_eq!(liveness.poll(secs(3)), LivenessAction::PeerDead);
     }
 }
