@@ -249,6 +249,26 @@ impl System {
         Ok(config)
     }
 
+    /// Writes [`System::sidecar_config`] to `sidecar.yaml` in the sidecar's state directory,
+    /// where `ibkr-agent sidecar pair` puts it, so commands that read it (`sidecar doctor`,
+    /// `sidecar run`) see what the running daemon uses.
+    pub fn write_sidecar_config(&self) -> Result<std::path::PathBuf, SystemError> {
+        let text = self
+            .sidecar_config()?
+            .to_yaml()
+            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        let path = self.sidecar_state_dir.join(ibkr_agent::config::CONFIG_FILE);
+        std::fs::write(&path, text).map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// Stops the gateway (graceful) and leaves it stopped.
+    pub async fn stop_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+
     /// Starts the sidecar daemon and waits until the gateway has registered its session.
     pub async fn start_sidecar(&mut self) -> Result<(), SystemError> {
         let mut events = self.gateway()?.subscribe_sessions();

@@ -100,6 +100,20 @@ pub enum SidecarCommand {
     Orders(OrdersArgs),
     /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
     Service(crate::service::ServiceArgs),
+    /// Check, in order, everything trading needs (configuration, keys, pairing, grants, the
+    /// gateway, the daemon's session, the Client Portal login, the account, a balance and a
+    /// quote) and name the fix for each failure. Exits 3 when something blocks trading.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Sidecar configuration (YAML). Default: <state_dir>/sidecar.yaml.
+    #[arg(long, value_name = "YAML")]
+    pub config: Option<PathBuf>,
+    /// The symbol to quote.
+    #[arg(long, default_value = crate::doctor::DEFAULT_QUOTE_SYMBOL)]
+    pub symbol: String,
 }
 
 #[derive(Debug, Args)]
@@ -500,6 +514,44 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             OrdersCommand::Settle(args) => Ok(orders_settle(&state_dir, &args, json)?),
         },
         SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
+        SidecarCommand::Doctor(args) => doctor_command(state_dir, &args, json),
+    }
+}
+
+/// `ibkr-agent sidecar doctor`.
+fn doctor_command(state_dir: PathBuf, args: &DoctorArgs, json: bool) -> Result<(), Failure> {
+    let options = crate::doctor::DoctorOptions {
+        state_dir,
+        config: args.config.clone(),
+        symbol: args.symbol.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| SidecarError::internal("(cannot start the async runtime)"))?;
+    let report = runtime.block_on(crate::doctor::run(&options));
+    let report_json = serde_json::to_value(&report)
+        .map_err(|_| SidecarError::internal("(cannot encode the report)"))?;
+    match crate::doctor::outcome(&report) {
+        Ok(()) if json => {
+            print_json(&report_json);
+            Ok(())
+        }
+        Ok(()) => {
+            print!("{}", crate::doctor::render(&report, &options.state_dir));
+            Ok(())
+        }
+        Err(error) => {
+            if !json {
+                print!("{}", crate::doctor::render(&report, &options.state_dir));
+            }
+            Err(Failure {
+                error,
+                relay: false,
+                manual_action: None,
+                report: Some(report_json),
+            })
+        }
     }
 }
 
@@ -1073,7 +1125,7 @@ fn relay_accept(state_dir: &Path, args: &RelayAcceptArgs, json: bool) -> Result<
 /// The CPGW gate, on request only: BROKER_SESSION_REQUIRED (a manual login, never automated)
 /// or BROKER_UNREACHABLE / BROKER_ERROR.
 fn probe_broker(base_url: &str) -> Result<(), Failure> {
-    let client = CpgwClient::new(base_url).map_err(Failure::relay)?;
+    let client = CpgwClient::beside_daemon(base_url).map_err(Failure::relay)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -263,6 +263,13 @@ impl SidecarConfig {
         Ok(config)
     }
 
+    /// The whole configuration as YAML that [`SidecarConfig::from_yaml_str`] reads back as is
+    /// (every checklist item stated): for writing a configuration built in code to a file.
+    pub fn to_yaml(&self) -> Result<String, SidecarError> {
+        serde_yaml_ng::to_string(self)
+            .map_err(|_| SidecarError::internal("(cannot encode the configuration as YAML)"))
+    }
+
     /// Reads, parses and validates a YAML file.
     pub fn load(path: &Path) -> Result<Self, SidecarError> {
         let text = std::fs::read_to_string(path).map_err(|error| {
@@ -475,6 +482,20 @@ safety:
     fn refusal(result: Result<SidecarConfig, SidecarError>) -> (ErrorCode, String) {
         let error = result.unwrap_err();
         (error.code(), error.body().message)
+    }
+
+    #[test]
+    fn a_configuration_written_as_yaml_reads_back_the_same() {
+        let mut config = SidecarConfig::from_yaml_str(FULL).unwrap();
+        config.trading.account_ids = vec!["DU1234567".into()];
+        config.trading.dry_run = false;
+        config.trading.max_daily_value = Some("250".into());
+        let text = config.to_yaml().unwrap();
+        assert_eq!(
+            SidecarConfig::from_yaml_str(&text).unwrap(),
+            config,
+            "{text}"
+        );
     }
 
     #[test]

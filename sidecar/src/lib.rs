@@ -19,8 +19,7 @@
 //! - [`gates`]: the per-request checks, shared by the daemon and `relay accept`;
 //!   [`requests`]: one call from envelope to outcome.
 //! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
-//! - [`owner`]: the owner's decisions from the command line (settling an unknown order outcome),
-//!   handed to the running daemon through the state store.
+//! - [`doctor`]: `sidecar doctor`, the ordered readiness checklist with a fix per failure.
 //! - [`owner`]: the owner's decisions from the command line (settling an unknown order
 //!   outcome), handed to the running daemon through the state store.
 //! - [`service`]: `sidecar service install|uninstall|status`, the daemon as a systemd user unit
@@ -36,6 +35,7 @@ pub mod config;
 pub mod context;
 pub mod cpgw;
 pub mod daemon;
+pub mod doctor;
 pub mod error;
 pub mod gates;
 pub mod identity;

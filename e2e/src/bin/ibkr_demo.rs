@@ -40,6 +40,19 @@ fn agent_scopes() -> Vec<&'static str> {
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Prints and runs one `ibkr-agent` command line for the laptop, in this process, exactly as
+/// the binary would.
+async fn ibkr_agent_command(system: &System, args: &[&str]) -> DemoResult<ExitCode> {
+    println!("    laptop:   ibkr-agent {}", args.join(" "));
+    let state_dir = system.sidecar_state_dir().display().to_string();
+    let argv: Vec<String> = ["ibkr-agent", "--state-dir", state_dir.as_str()]
+        .iter()
+        .chain(args.iter())
+        .map(|arg| arg.to_string())
+        .collect();
+    Ok(tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv)).await?)
+}
+
 fn step(number: usize, text: &str) {
     println!("\n[{number}] {text}");
 }
@@ -171,14 +184,7 @@ async fn run(args: Args) -> DemoResult<()> {
         "--scope",
         "ibkr:orders:preview,ibkr:orders:write",
     ];
-    println!("    laptop:   ibkr-agent {}", grant.join(" "));
-    let state_dir = system.sidecar_state_dir().display().to_string();
-    let argv: Vec<String> = ["ibkr-agent", "--state-dir", state_dir.as_str()]
-        .iter()
-        .chain(grant.iter())
-        .map(|arg| arg.to_string())
-        .collect();
-    let status = tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv)).await?;
+    let status = ibkr_agent_command(&system, &grant).await?;
     expect(
         status == std::process::ExitCode::SUCCESS,
         "the laptop owner's grant succeeds",
@@ -241,6 +247,17 @@ async fn run(args: Args) -> DemoResult<()> {
 
     step(
         9,
+        "The laptop owner checks the whole setup, in order, with the fix for each failure",
+    );
+    system.write_sidecar_config()?;
+    let status = ibkr_agent_command(&system, &["sidecar", "doctor"]).await?;
+    expect(
+        status == std::process::ExitCode::SUCCESS,
+        "the doctor finds nothing that blocks trading",
+    )?;
+
+    step(
+        10,
         "ibkr_buy AAPL for 25 USD (fractional, cashQty): every guard runs, dry-run sends nothing",
     );
     let buy = call(
@@ -257,13 +274,13 @@ async fn run(args: Args) -> DemoResult<()> {
         "the dry run reached no broker",
     )?;
 
-    step(10, "ibkr_trade_history: what did my agent do?");
+    step(11, "ibkr_trade_history: what did my agent do?");
     let history = call(&system, &token, "ibkr_trade_history", json!({"limit": 5})).await?;
     show("result", &structured(&history));
     expect(history.is_error != Some(true), "trade history succeeds")?;
 
     step(
-        11,
+        12,
         "The CPGW session lapses: the agent is told to ask for a manual login, nothing logs in",
     );
     system.sim.set_auth_state(AuthState::LoggedOut);
@@ -276,7 +293,7 @@ async fn run(args: Args) -> DemoResult<()> {
     system.sim.set_auth_state(AuthState::LoggedIn);
 
     step(
-        12,
+        13,
         "A prompt-injected call smuggling a cookie is refused before it leaves the gateway",
     );
     let refused = call(
@@ -289,7 +306,7 @@ async fn run(args: Args) -> DemoResult<()> {
     show("result", &structured(&refused));
     expect(refused.is_error == Some(true), "cookie refused")?;
 
-    step(13, "A read-only token does not even see the order tools");
+    step(14, "A read-only token does not even see the order tools");
     let narrow = system.token(protocol::catalog::scopes::READ_ONLY)?;
     let client = system.mcp_client(&narrow).await?;
     let narrow_tools: Vec<String> = client

@@ -5,6 +5,7 @@
 //! the build's disk use and link time for no gain in isolation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
+mod doctor;
 mod local_grants;
 mod mcp_revisions;
 mod order_safety;

@@ -184,6 +184,25 @@ impl CpgwClient {
         })
     }
 
+    /// A client for a command that may run while the daemon does: a small request budget and
+    /// none of the per-endpoint paced endpoints (see [`Pacer::beside_daemon`]). It does not
+    /// prime the portfolio endpoints (that query is paced per endpoint); the daemon does.
+    pub fn beside_daemon(base_url: &str) -> Result<Self, SidecarError> {
+        Ok(CpgwClient {
+            pacer: Arc::new(Pacer::beside_daemon()),
+            ..CpgwClient::new(base_url)?
+        })
+    }
+
+    /// Whether this client may send `family`'s priming query itself.
+    fn can_prime(&self, family: Family) -> bool {
+        let path = match family {
+            Family::Iserver => "/iserver/accounts",
+            Family::Portfolio => "/portfolio/accounts",
+        };
+        !self.pacer.reserves_slow_endpoints() || Endpoint::of_path(path) == Endpoint::Other
+    }
+
     /// The same client (same pacer, caches and session), whose reads wait in the trading lane:
     /// the facts an order is decided on (its account, quote, fresh position and the working
     /// orders it must not double) are part of placing it, and a burst of agent reads must not
@@ -240,7 +259,9 @@ impl CpgwClient {
         self.pacer
             .acquire(Endpoint::of_path(path), lane)
             .await
-            .map_err(|Paced::Backoff { .. }| RawFailure::RateLimited)?;
+            // `Reserved` cannot come from this client's own paths (priming checks first); held
+            // back like a 429 all the same, as the failure that sends nothing.
+            .map_err(|_: Paced| RawFailure::RateLimited)?;
         let mut request = self
             .http
             .request(method.clone(), self.url(path))
@@ -306,7 +327,7 @@ impl CpgwClient {
             Family::Iserver => (&self.priming.iserver, "/iserver/accounts"),
             Family::Portfolio => (&self.priming.portfolio, "/portfolio/accounts"),
         };
-        if flag.load(Ordering::Relaxed) {
+        if flag.load(Ordering::Relaxed) || !self.can_prime(family) {
             return Ok(());
         }
         let answer = self
@@ -353,7 +374,7 @@ impl CpgwClient {
             self.session_changed();
         }
         match family {
-            Some(family) if needs_priming(&answer) => {
+            Some(family) if needs_priming(&answer) && self.can_prime(family) => {
                 tracing::info!("the brokerage session was not primed; querying accounts first");
                 self.session_changed();
                 self.prime(family).await?;

@@ -18,6 +18,12 @@
 //!   been called: IBKR counts requests per client, not per process, and the previous process
 //!   may have called them a moment ago.
 //!
+//! - a command that runs beside the daemon (`sidecar doctor`, `relay accept --probe-broker`)
+//!   gets [`Pacer::beside_daemon`]: at most [`BESIDE_DAEMON_PER_SECOND`] requests a second (the
+//!   daemon's [`GLOBAL_PER_SECOND`] plus this stay under IBKR's 10), and none at all to the
+//!   endpoints IBKR paces per endpoint: two processes cannot share one such window without
+//!   coordinating, and a collision costs the penalty box. Those stay the daemon's.
+//!
 //! The pacer makes a request wait for its turn; callers bound the wait (a tool's deadline).
 
 use std::collections::VecDeque;
@@ -31,6 +37,10 @@ use tokio::time::Instant;
 pub const GLOBAL_PER_SECOND: usize = 6;
 /// How much of [`GLOBAL_PER_SECOND`] reads may take; the rest is always free for trading.
 pub const READ_SHARE: usize = 4;
+/// Requests in any one second from a command running beside the daemon.
+pub const BESIDE_DAEMON_PER_SECOND: usize = 2;
+// With the daemon's whole budget, still under IBKR's 10 a second.
+const _: () = assert!(GLOBAL_PER_SECOND + BESIDE_DAEMON_PER_SECOND < 10);
 /// After a 429, how long every request is held back (IBKR's penalty box: 10 to 15 minutes).
 pub const PENALTY_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
@@ -61,6 +71,15 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoints with limits of their own (every one but [`Endpoint::Other`]).
+    pub const PACED_ONE_BY_ONE: [Endpoint; 5] = [
+        Endpoint::OrdersList,
+        Endpoint::Trades,
+        Endpoint::PortfolioAccounts,
+        Endpoint::Tickle,
+        Endpoint::History,
+    ];
+
     /// Classifies a request path (relative to `/v1/api`, query string included).
     pub fn of_path(path: &str) -> Endpoint {
         let path = path.split('?').next().unwrap_or(path);
@@ -105,6 +124,8 @@ impl Endpoint {
 pub enum Paced {
     /// CPGW answered 429 recently: nothing is sent before `until`.
     Backoff { until: Instant },
+    /// This pacer runs beside the daemon and leaves the per-endpoint paced endpoints to it.
+    Reserved,
 }
 
 /// One sliding window: the send times of the last requests it counts.
@@ -150,6 +171,11 @@ struct State {
     backoff_until: Option<Instant>,
     /// 429s seen since start (reported by `ibkr_health`).
     rate_limited: u64,
+    /// Whole budget per second (`Lane::Trading`) and the reads' share of it.
+    global_max: usize,
+    read_max: usize,
+    /// Beside the daemon: the per-endpoint paced endpoints are refused.
+    reserve_slow: bool,
 }
 
 /// The pacer of one CPGW client (shared by its clones).
@@ -168,13 +194,7 @@ impl Pacer {
     pub fn new() -> Pacer {
         let mut endpoints = Vec::new();
         let now = Instant::now();
-        for endpoint in [
-            Endpoint::OrdersList,
-            Endpoint::Trades,
-            Endpoint::PortfolioAccounts,
-            Endpoint::Tickle,
-            Endpoint::History,
-        ] {
+        for endpoint in Endpoint::PACED_ONE_BY_ONE {
             for (period, max) in endpoint.limits() {
                 let mut window = Window::new(*period);
                 if *max == 1 {
@@ -190,8 +210,28 @@ impl Pacer {
                 endpoints,
                 backoff_until: None,
                 rate_limited: 0,
+                global_max: GLOBAL_PER_SECOND,
+                read_max: READ_SHARE,
+                reserve_slow: false,
             }),
         }
+    }
+
+    /// The pacer of a command that may run while the daemon does (see the module docs).
+    pub fn beside_daemon() -> Pacer {
+        let pacer = Pacer::new();
+        {
+            let mut state = pacer.lock();
+            state.global_max = BESIDE_DAEMON_PER_SECOND;
+            state.read_max = BESIDE_DAEMON_PER_SECOND;
+            state.reserve_slow = true;
+        }
+        pacer
+    }
+
+    /// Whether this pacer leaves the per-endpoint paced endpoints to the daemon.
+    pub fn reserves_slow_endpoints(&self) -> bool {
+        self.lock().reserve_slow
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -215,9 +255,12 @@ impl Pacer {
             }
             state.backoff_until = None;
         }
+        if state.reserve_slow && endpoint != Endpoint::Other {
+            return Err(Paced::Reserved);
+        }
         let global_max = match lane {
-            Lane::Read => READ_SHARE,
-            Lane::Trading => GLOBAL_PER_SECOND,
+            Lane::Read => state.read_max,
+            Lane::Trading => state.global_max,
         };
         state.global.prune(now);
         let mut ready = state.global.ready_at(now, global_max);
@@ -334,6 +377,26 @@ mod tests {
         assert_eq!(busiest(&times, Duration::from_secs(1)), READ_SHARE);
         // Paced, not stalled: 40 reads in a little under 10 seconds.
         assert!(times[39] < Duration::from_secs(10), "{times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_beside_the_daemon_stays_small_and_leaves_slow_endpoints_alone() {
+        let pacer = Pacer::beside_daemon();
+        assert!(pacer.reserves_slow_endpoints());
+        assert!(!Pacer::new().reserves_slow_endpoints());
+        for lane in [Lane::Read, Lane::Trading] {
+            let times = send_all(&pacer, Endpoint::Other, lane, 12).await;
+            assert_eq!(
+                busiest(&times, Duration::from_secs(1)),
+                BESIDE_DAEMON_PER_SECOND
+            );
+        }
+        for endpoint in Endpoint::PACED_ONE_BY_ONE {
+            assert!(matches!(
+                pacer.acquire(endpoint, Lane::Trading).await,
+                Err(Paced::Reserved)
+            ));
+        }
     }
 
     #[tokio::test(start_paused = true)]
