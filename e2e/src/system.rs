@@ -271,11 +271,24 @@ impl System {
 
     /// Starts the sidecar daemon and waits until the gateway has registered its session.
     pub async fn start_sidecar(&mut self) -> Result<(), SystemError> {
+        let config = self.sidecar_config()?;
+        self.start_sidecar_with(config).await
+    }
+
+    /// Starts the sidecar daemon from `sidecar.yaml` in its state directory, as `ibkr-agent
+    /// sidecar run` does, and waits until the gateway has registered its session.
+    pub async fn start_sidecar_from_file(&mut self) -> Result<(), SystemError> {
+        let path = self.sidecar_state_dir.join(ibkr_agent::config::CONFIG_FILE);
+        let config = SidecarConfig::load(&path).map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        self.start_sidecar_with(config).await
+    }
+
+    async fn start_sidecar_with(&mut self, config: SidecarConfig) -> Result<(), SystemError> {
         let mut events = self.gateway()?.subscribe_sessions();
         let shutdown = CancellationToken::new();
         let options = DaemonOptions {
             state_dir: self.sidecar_state_dir.clone(),
-            config: self.sidecar_config()?,
+            config,
             frame_observer: self.options.frame_observer.clone(),
             market_clock: match self.options.market_time {
                 Some(at) => ibkr_agent::market_clock::MarketClock::simulated_at(at),

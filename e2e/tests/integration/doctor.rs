@@ -2,7 +2,7 @@
 //! it passes on a working setup without disturbing the daemon, and for each way a setup breaks
 //! it names the failed check, its code and the fix.
 
-use crate::trading_support::{call, ok, trading_system, trading_system_granting};
+use crate::trading_support::{call, ibkr_agent, ok, trading_system, trading_system_granting};
 use e2e::cpgw_sim::AuthState;
 use e2e::system::{System, SystemOptions};
 use ibkr_agent::doctor::{CheckStatus, DoctorOptions, DoctorReport};
@@ -22,19 +22,7 @@ async fn doctor(system: &System) -> DoctorReport {
 
 /// `ibkr-agent --json sidecar doctor`, in this process, exactly as the binary runs it.
 async fn doctor_command(system: &System) -> ExitCode {
-    let state_dir = system.sidecar_state_dir().display().to_string();
-    tokio::task::spawn_blocking(move || {
-        ibkr_agent::cli::main_from([
-            "ibkr-agent",
-            "--state-dir",
-            &state_dir,
-            "--json",
-            "sidecar",
-            "doctor",
-        ])
-    })
-    .await
-    .unwrap()
+    ibkr_agent(system.sidecar_state_dir(), &["--json", "sidecar", "doctor"]).await
 }
 
 /// The statuses in check order, for readable failures.

@@ -1,24 +1,10 @@
 //! The laptop owner turns order tools on and off with the documented commands
 //! (`ibkr-agent sidecar pairing grant|revoke-scope`), against a running daemon, no restart.
 
-use crate::trading_support::{TRADING_SCOPES, call, code, ok};
+use crate::trading_support::{TRADING_SCOPES, call, code, ibkr_agent, ok};
 use e2e::system::{System, SystemOptions};
 use serde_json::json;
-use std::path::Path;
 use std::process::ExitCode;
-
-/// Runs one `ibkr-agent` command line, in this process, exactly as the binary would.
-async fn ibkr_agent(state_dir: &Path, args: &[&str]) -> ExitCode {
-    let mut argv = vec![
-        "ibkr-agent".to_string(),
-        "--state-dir".to_string(),
-        state_dir.display().to_string(),
-    ];
-    argv.extend(args.iter().map(|arg| arg.to_string()));
-    tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv))
-        .await
-        .unwrap()
-}
 
 fn message(result: &rmcp::model::CallToolResult) -> String {
     let structured = result.structured_content.as_ref().unwrap();

@@ -16,3 +16,4 @@ mod tamper;
 mod trading;
 mod trading_support;
 mod walking_skeleton;
+mod walkthrough;

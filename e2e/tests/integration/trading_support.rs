@@ -8,6 +8,8 @@ use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use std::path::Path;
+use std::process::ExitCode;
 use std::str::FromStr;
 
 pub const TRADING_SCOPES: &[&str] = &[
@@ -113,4 +115,17 @@ pub fn code(result: &CallToolResult) -> String {
         .or_else(|| structured["code"].as_str())
         .unwrap()
         .to_string()
+}
+
+/// Runs one `ibkr-agent` command line, in this process, exactly as the binary would.
+pub async fn ibkr_agent(state_dir: &Path, args: &[&str]) -> ExitCode {
+    let mut argv = vec![
+        "ibkr-agent".to_string(),
+        "--state-dir".to_string(),
+        state_dir.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|arg| arg.to_string()));
+    tokio::task::spawn_blocking(move || ibkr_agent::cli::main_from(argv))
+        .await
+        .unwrap()
 }
