@@ -524,6 +524,7 @@ fn doctor_command(state_dir: PathBuf, args: &DoctorArgs, json: bool) -> Result<(
         state_dir,
         config: args.config.clone(),
         symbol: args.symbol.clone(),
+        market_clock: crate::market_clock::MarketClock::system(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,7 +7,8 @@
 //! the Client Portal Gateway and its login, the account, a balance and a quote. A check whose
 //! inputs are missing is `skipped`, so the first failure is the one to fix.
 //!
-//! The doctor changes nothing anywhere. In particular it never displaces a running daemon: it
+//! The doctor changes nothing but the laptop's handshake clock (the counter every handshake
+//! draws its timestamp from). In particular it never displaces a running daemon: it
 //! proves the gateway's key with a relay handshake it abandons before the key confirmation,
 //! and the gateway registers a session only on that confirmation. Its CPGW requests go through
 //! a pacer for commands beside the daemon ([`crate::cpgw::pacer::Pacer::beside_daemon`]): a
@@ -30,12 +31,15 @@ use crate::paths::IDENTITY_KEY_FILE;
 use crate::relay::dial;
 use crate::relay::handshake::{self, HandshakeFailure, Pinned};
 use crate::state::{PairingRecord, StateStore};
+use crate::trading::journal::{JOURNAL_FILE, verify_with_anchor};
 use protocol::PROTOCOL_VERSION;
 use protocol::catalog::scopes;
+use protocol::envelope::JournalRef;
 use protocol::handshake::ClientHello;
 use protocol::identity::StaticKeypair;
 use serde::Serialize;
 use shared_safety::ErrorCode;
+use shared_safety::calendar::MarketCalendar;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,7 +67,8 @@ pub enum CheckStatus {
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
     /// Stable name: `config`, `key_files`, `pairing`, `local_grants`, `trading_policy`,
-    /// `gateway`, `relay_session`, `client_portal`, `account`, `balance`, `quote`.
+    /// `gateway`, `relay_session`, `journal`, `market_hours`, `client_portal`, `account`,
+    /// `balance`, `quote`.
     pub name: &'static str,
     pub status: CheckStatus,
     /// What was found.
@@ -171,6 +176,8 @@ pub struct DoctorOptions {
     pub config: Option<PathBuf>,
     /// The symbol to quote.
     pub symbol: String,
+    /// The clock trading hours are judged by (the system clock, except in simulations).
+    pub market_clock: crate::market_clock::MarketClock,
 }
 
 /// Runs every check.
@@ -214,15 +221,19 @@ pub async fn run(options: &DoctorOptions) -> DoctorReport {
 
     match (&config, &keypair, &pairing, &store) {
         (Some(config), Some(keypair), Some(pairing), Ok(store)) => {
-            checks.push(gateway(config, keypair, pairing, store).await);
+            let (check, anchor) = gateway(config, keypair, pairing, store).await;
+            checks.push(check);
             checks.push(relay_session(config, pairing, store));
+            checks.push(journal(&options.state_dir, anchor));
         }
         _ => {
             let because = "the configuration, key or pairing above is not usable";
             checks.push(Check::skipped("gateway", because));
             checks.push(Check::skipped("relay_session", because));
+            checks.push(journal(&options.state_dir, None));
         }
     }
+    checks.push(market_hours(&options.market_clock));
 
     let Some(config) = &config else {
         for name in ["client_portal", "account", "balance", "quote"] {
@@ -253,8 +264,12 @@ fn key_files(
                 format!("{name} can be read by other users of this machine (mode {mode:o})"),
                 format!(
                     "Run `chmod 600 {name}` in the state directory. A key others could read may \
-                     already be copied: if the machine is shared, also revoke the pairing and \
-                     pair again."
+                     already be copied: on a shared machine, {}",
+                    if name == IDENTITY_KEY_FILE {
+                        "also revoke the pairing and pair again with a new identity."
+                    } else {
+                        "treat the journal's tamper evidence as weakened from then on."
+                    }
                 ),
             ));
             return None;
@@ -392,34 +407,37 @@ fn local_grants(
 
 /// Dials the configured relay URL and runs the handshake up to the gateway's proof of its key,
 /// then hangs up: the gateway registers nothing, so a running daemon keeps its session.
+/// With the check, the journal entry the gateway has on record (`Some` only when the probe
+/// got that far), for [`journal`].
 async fn gateway(
     config: &SidecarConfig,
     keypair: &StaticKeypair,
     pairing: &PairingRecord,
     store: &StateStore,
-) -> Check {
+) -> (Check, Option<Option<JournalRef>>) {
     const NAME: &str = "gateway";
+    let check = |check: Check| (check, None);
     let Some(url) = config.relay_url() else {
-        return Check::fail(
+        return check(Check::fail(
             NAME,
             Some(ErrorCode::ConfigInvalid),
             "sidecar.remote_relay_url is not set",
             format!("Set sidecar.remote_relay_url in {CONFIG_FILE} (the pairing printed it)."),
-        );
+        ));
     };
     let Some(gateway_key) = pairing.gateway_public_key else {
-        return Check::fail(
+        return check(Check::fail(
             NAME,
             Some(ErrorCode::SidecarPairingRequired),
             "the pairing has no pinned gateway key",
             "Pair again (`ibkr-agent sidecar pair --gateway <URL> --code -`).",
-        );
+        ));
     };
     let timestamp_ms = match store.next_handshake_timestamp(&pairing.sidecar_id, now_unix_millis())
     {
         Ok(timestamp) => timestamp,
         Err(error) => {
-            return Check::store_failed(NAME, &error);
+            return check(Check::store_failed(NAME, &error));
         }
     };
     let hello = ClientHello {
@@ -440,20 +458,38 @@ async fn gateway(
         let result = handshake::perform(&mut stream, keypair, &hello, &pinned).await;
         // Hang up before the key confirmation: nothing was registered.
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.close(None)).await;
-        result.map(|_| ()).map_err(ProbeFailure::Handshake)
+        result
+            .map(|(_, hello)| hello.journal_anchor)
+            .map_err(ProbeFailure::Handshake)
     };
     let outcome = tokio::time::timeout(GATEWAY_PROBE_TIMEOUT, probe)
         .await
         .unwrap_or(Err(ProbeFailure::Handshake(HandshakeFailure::Timeout)));
     match outcome {
-        Ok(()) => Check::ok(
-            NAME,
-            format!(
-                "{url} answers, proves the key pinned at pairing ({}) and serves this pairing",
-                gateway_key.fingerprint()
+        Ok(anchor) => (
+            Check::ok(
+                NAME,
+                format!(
+                    "{url} answers, proves the key pinned at pairing ({}) and serves this pairing",
+                    gateway_key.fingerprint()
+                ),
             ),
+            Some(anchor),
         ),
-        Err(ProbeFailure::Dial(dial::DialError::Policy(why))) => Check::fail(
+        Err(failure) => (probe_failure(url, &gateway_key, pairing, failure), None),
+    }
+}
+
+/// What a failed gateway probe means, and what to do.
+fn probe_failure(
+    url: &str,
+    gateway_key: &protocol::identity::PublicKey,
+    pairing: &PairingRecord,
+    failure: ProbeFailure,
+) -> Check {
+    const NAME: &str = "gateway";
+    match failure {
+        ProbeFailure::Dial(dial::DialError::Policy(why)) => Check::fail(
             NAME,
             Some(ErrorCode::ConfigInvalid),
             format!("sidecar.remote_relay_url {why}"),
@@ -461,26 +497,38 @@ async fn gateway(
                 "Fix sidecar.remote_relay_url in {CONFIG_FILE} (wss://, or ws:// to this machine only)."
             ),
         ),
-        Err(ProbeFailure::Dial(error)) => Check::fail(
+        ProbeFailure::Dial(error) => Check::fail(
             NAME,
             Some(ErrorCode::SidecarUnavailable),
             format!("cannot reach the gateway at {url}: {error}"),
             "Check the network and that the gateway is up (its operator can check \
              `/healthz`); check sidecar.remote_relay_url if the gateway moved.",
         ),
-        // The gateway could not read message 1, which is sealed to the pinned key: whatever
-        // answers does not hold it.
-        Err(ProbeFailure::Handshake(HandshakeFailure::Rejected(code)))
+        // Either the gateway could not read message 1 (sealed to the pinned key: whatever
+        // answers does not hold it), or its store failed while looking this pairing up. The
+        // refusal is unauthenticated and cannot tell which, so no destructive advice on it alone.
+        ProbeFailure::Handshake(HandshakeFailure::Rejected(code))
             if code == ErrorCode::HandshakeFailed.code() =>
         {
-            wrong_gateway(
-                url,
-                &gateway_key,
-                pairing,
-                "it could not read the handshake",
+            Check::fail(
+                NAME,
+                Some(ErrorCode::HandshakeFailed),
+                format!(
+                    "the gateway at {url} refused the handshake: either it does not hold the key \
+                     pinned at pairing ({}; a wrong URL or a re-keyed gateway), or it could not \
+                     look this pairing up",
+                    gateway_key.fingerprint()
+                ),
+                format!(
+                    "Run the doctor again in a minute. If it persists, check \
+                     sidecar.remote_relay_url and compare the gateway's fingerprint with the \
+                     operator's; if they differ, revoke the old pairing (`ibkr-agent sidecar \
+                     pairing revoke --remote-instance-id {} --sidecar-id {}`) and pair again.",
+                    pairing.remote_instance_id, pairing.sidecar_id
+                ),
             )
         }
-        Err(ProbeFailure::Handshake(HandshakeFailure::Rejected(code))) => {
+        ProbeFailure::Handshake(HandshakeFailure::Rejected(code)) => {
             let action = ErrorCode::from_code(&code)
                 .map(ErrorCode::user_action)
                 .unwrap_or("Ask the gateway operator.");
@@ -491,16 +539,17 @@ async fn gateway(
                 action,
             )
         }
-        Err(ProbeFailure::Handshake(
+        ProbeFailure::Handshake(
             failure @ (HandshakeFailure::Network(_) | HandshakeFailure::Timeout),
-        )) => Check::fail(
+        ) => Check::fail(
             NAME,
             Some(ErrorCode::SidecarUnavailable),
             format!("the gateway at {url} did not complete the handshake: {failure}"),
             "Try again; if it persists, ask the gateway operator to check the gateway.",
         ),
-        Err(ProbeFailure::Handshake(failure)) => {
-            wrong_gateway(url, &gateway_key, pairing, &failure.to_string())
+        // Authenticated: the answer proved another key, instance, user or pairing.
+        ProbeFailure::Handshake(failure) => {
+            wrong_gateway(url, gateway_key, pairing, &failure.to_string())
         }
     }
 }
@@ -535,6 +584,94 @@ fn wrong_gateway(
 enum ProbeFailure {
     Dial(dial::DialError),
     Handshake(HandshakeFailure),
+}
+
+/// The trade journal: intact, and holding the entry the gateway has on record (a journal put
+/// back from an older copy makes every order tool refuse with JOURNAL_BEHIND_GATEWAY).
+fn journal(state_dir: &Path, anchor: Option<Option<JournalRef>>) -> Check {
+    const NAME: &str = "journal";
+    let path = state_dir.join(JOURNAL_FILE);
+    let gateway_anchor = anchor.flatten();
+    match verify_with_anchor(&path, gateway_anchor.as_ref()) {
+        Err(error) => Check::fail(
+            NAME,
+            Some(ErrorCode::JournalError),
+            format!("the trade journal cannot be read: {error}"),
+            "Run `ibkr-agent journal verify` and follow what it says; order tools refuse until \
+             the journal can be read.",
+        ),
+        Ok((report, _)) if !report.ok => Check::fail(
+            NAME,
+            Some(ErrorCode::JournalError),
+            format!(
+                "the trade journal's chain is broken{}",
+                report
+                    .broken_at_line
+                    .map(|line| format!(" at line {line}"))
+                    .unwrap_or_default()
+            ),
+            "Run `ibkr-agent journal verify`; restore the journal from a backup of this laptop.",
+        ),
+        Ok((report, false)) => Check::fail(
+            NAME,
+            Some(ErrorCode::JournalBehindGateway),
+            format!(
+                "the trade journal ({} entries) lacks entry {} that the gateway has on record",
+                report.entries,
+                gateway_anchor.map(|anchor| anchor.seq).unwrap_or_default()
+            ),
+            ErrorCode::JournalBehindGateway.user_action(),
+        ),
+        Ok((report, _)) => Check::ok(
+            NAME,
+            format!(
+                "{} entries, keyed chain intact{}",
+                report.entries,
+                match (anchor, gateway_anchor) {
+                    (Some(_), Some(anchor)) =>
+                        format!("; holds the gateway's entry {}", anchor.seq),
+                    (Some(_), None) => "; the gateway has no entry on record yet".to_string(),
+                    (None, _) => "; the gateway's record was not checked".to_string(),
+                }
+            ),
+        ),
+    }
+}
+
+/// Regular hours: entries (buys, new positions) are refused outside them, dry runs included.
+fn market_hours(clock: &crate::market_clock::MarketClock) -> Check {
+    const NAME: &str = "market_hours";
+    match MarketCalendar::nyse_shared().status(clock.now()) {
+        Err(error) => Check::fail(
+            NAME,
+            Some(error.code()),
+            error.to_string(),
+            error.code().user_action(),
+        ),
+        Ok(status) if status.is_open => Check::ok(
+            NAME,
+            format!(
+                "regular hours (now {}, close {})",
+                status.now_et,
+                status.next_close.as_deref().unwrap_or("-")
+            ),
+        ),
+        Ok(status) => Check::warn(
+            NAME,
+            format!(
+                "the market is closed (now {}{}); next open {}",
+                status.now_et,
+                status
+                    .holiday
+                    .as_deref()
+                    .map(|name| format!(", {name}"))
+                    .unwrap_or_default(),
+                status.next_open.as_deref().unwrap_or("-")
+            ),
+            "Buys and other entries, dry runs included, are refused until the regular session \
+             opens; exits follow trading.exits_outside_regular_hours.",
+        ),
+    }
 }
 
 /// Whether a daemon holds a live relay session for this pairing (it records one per
@@ -753,6 +890,9 @@ fn account(
         support(props.supports_fractions)
     );
     let pinned = &config.trading.account_ids;
+    let is_pinned = pinned
+        .iter()
+        .any(|id| id.trim().eq_ignore_ascii_case(&account));
     let check = if mode == TradingMode::Unknown {
         Check::fail(
             NAME,
@@ -760,14 +900,18 @@ fn account(
             format!("{detail}: whether it is paper or live cannot be told, so orders are refused"),
             "Check the account in the Client Portal; paper accounts start with DU.",
         )
-    } else if !pinned.is_empty() && !pinned.iter().any(|id| id == &account) {
+    } else if (!pinned.is_empty() || mode == TradingMode::Live) && !is_pinned {
         Check::fail(
             NAME,
             Some(ErrorCode::OrderAccountNotPinned),
-            format!(
-                "{detail}: not in trading.account_ids ({})",
-                pinned.join(", ")
-            ),
+            if pinned.is_empty() {
+                format!("{detail}: a live account is traded only when trading.account_ids names it")
+            } else {
+                format!(
+                    "{detail}: not in trading.account_ids ({})",
+                    pinned.join(", ")
+                )
+            },
             format!(
                 "Select a pinned account in the Client Portal, or add {account} to \
                  trading.account_ids in {CONFIG_FILE} and restart the daemon."
@@ -846,5 +990,66 @@ pub fn outcome(report: &DoctorReport) -> Result<(), SidecarError> {
             ErrorCode::SetupIncomplete,
             format!("(first failed check: {})", first.name),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpgw::types::AccountProps;
+
+    fn accounts(account: &str, is_paper: bool) -> AccountsReply {
+        AccountsReply {
+            accounts: vec![account.to_string()],
+            selected_account: Some(account.to_string()),
+            is_paper: Some(is_paper),
+            acct_props: [(account.to_string(), AccountProps::default())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn config(pins: &[&str], allow_live: bool) -> SidecarConfig {
+        let mut config = SidecarConfig::default();
+        config.trading.account_ids = pins.iter().map(|pin| pin.to_string()).collect();
+        config.trading.allow_live = allow_live;
+        config
+    }
+
+    #[test]
+    fn a_live_account_must_be_pinned_even_when_no_account_is() {
+        let (check, _) = account(&accounts("U7654321", false), &config(&[], true), None);
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert_eq!(check.code, Some("ORDER_ACCOUNT_NOT_PINNED"));
+        assert!(check.fix.unwrap().contains("U7654321"));
+        // A paper account needs no pin.
+        let (check, _) = account(&accounts("DU1234567", true), &config(&[], false), None);
+        assert_eq!(check.status, CheckStatus::Ok, "{check:?}");
+    }
+
+    #[test]
+    fn pins_match_as_the_guard_matches_them() {
+        let (check, _) = account(
+            &accounts("DU1234567", true),
+            &config(&[" du1234567 "], false),
+            None,
+        );
+        assert_eq!(check.status, CheckStatus::Ok, "{check:?}");
+        let (check, _) = account(&accounts("DU1234567", true), &config(&["DU7"], false), None);
+        assert_eq!(check.code, Some("ORDER_ACCOUNT_NOT_PINNED"));
+    }
+
+    #[test]
+    fn market_hours_warn_when_closed_and_fail_beyond_the_calendar() {
+        use crate::market_clock::MarketClock;
+        let open = MarketClock::simulated_at(time::macros::datetime!(2026-11-24 15:00 UTC));
+        assert_eq!(market_hours(&open).status, CheckStatus::Ok);
+        let saturday = MarketClock::simulated_at(time::macros::datetime!(2026-11-28 15:00 UTC));
+        let check = market_hours(&saturday);
+        assert_eq!(check.status, CheckStatus::Warn, "{check:?}");
+        let beyond = MarketClock::simulated_at(time::macros::datetime!(2199-06-02 15:00 UTC));
+        let check = market_hours(&beyond);
+        assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+        assert_eq!(check.code, Some("MARKET_CALENDAR_UNKNOWN"));
     }
 }

@@ -16,6 +16,9 @@ async fn doctor(system: &System) -> DoctorReport {
         state_dir: system.sidecar_state_dir().to_path_buf(),
         config: None,
         symbol: "AAPL".into(),
+        market_clock: ibkr_agent::market_clock::MarketClock::simulated_at(
+            e2e::system::SIMULATED_MARKET_TIME,
+        ),
     })
     .await
 }
@@ -70,6 +73,8 @@ async fn a_working_setup_passes_and_the_running_daemon_keeps_its_session() {
         ("trading_policy", CheckStatus::Warn),
         ("gateway", CheckStatus::Ok),
         ("relay_session", CheckStatus::Ok),
+        ("journal", CheckStatus::Ok),
+        ("market_hours", CheckStatus::Ok),
         ("client_portal", CheckStatus::Ok),
         ("account", CheckStatus::Ok),
         ("balance", CheckStatus::Ok),
@@ -170,7 +175,7 @@ async fn a_gateway_without_the_pinned_key_is_not_trusted() {
             .check("gateway")
             .unwrap()
             .detail
-            .contains("not the gateway this laptop paired with"),
+            .contains("does not hold the key pinned at pairing"),
         "{report:#?}"
     );
     system.shutdown().await;

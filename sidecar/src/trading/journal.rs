@@ -108,6 +108,24 @@ pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
     journal_chain::load(path).map(|(loaded, _, _)| loaded.report)
 }
 
+/// Reads the journal at `path` (without its lock: a running daemon keeps it) and says whether
+/// it is intact and holds the entry `anchor` names, as [`Journal::holds`] would at the next
+/// connection. `anchor: None` (the gateway has no entry on record) is always held.
+pub fn verify_with_anchor(
+    path: &Path,
+    anchor: Option<&JournalRef>,
+) -> Result<(VerifyReport, bool), JournalError> {
+    let (loaded, _, _) = journal_chain::load(path)?;
+    let held = anchor.is_none_or(|anchor| {
+        usize::try_from(anchor.seq)
+            .ok()
+            .and_then(|seq| seq.checked_sub(1))
+            .and_then(|index| loaded.entries.get(index))
+            .is_some_and(|entry| entry.hash == hex::encode(anchor.hash))
+    });
+    Ok((loaded.report, held))
+}
+
 struct Inner {
     file: File,
     key: JournalKey,
