@@ -35,6 +35,13 @@ pub(crate) struct DaemonContext {
     pub market_clock: crate::market_clock::MarketClock,
     /// Order tools' journal and policy; `None` when the journal could not be opened.
     pub orders: Option<crate::trading::OrdersRuntime>,
+    /// Calls that can change broker state, detached from their relay connection: they finish
+    /// and journal their outcome even when the connection drops, and a graceful stop waits for
+    /// them.
+    pub order_work: tokio_util::task::TaskTracker,
+    /// Cancelled only when the daemon dies without a graceful stop (its future dropped): order
+    /// work then stops as it would in a crash.
+    pub order_work_killed: tokio_util::sync::CancellationToken,
 }
 
 /// Sidecar build version as reported to the gateway (no paths, no account data).

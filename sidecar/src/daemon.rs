@@ -65,6 +65,8 @@ pub async fn run_daemon(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let context = Arc::new(prepare(options)?);
+    // Dropped with this future: a daemon that dies takes its order work with it.
+    let _kill_order_work = context.order_work_killed.clone().drop_guard();
     dial::ensure_crypto_provider();
     tracing::info!(
         sidecar_id = %context.identity.sidecar_id,
@@ -89,12 +91,32 @@ pub async fn run_daemon(
         keepalive_stop.clone(),
     )));
     supervisor::run(context.clone(), shutdown.clone()).await;
+    // A graceful stop lets orders being placed finish and journal their outcome.
+    context.order_work.close();
+    if !context.order_work.is_empty() {
+        tracing::info!(
+            orders = context.order_work.len(),
+            "waiting for order calls in flight to finish before stopping"
+        );
+        if tokio::time::timeout(ORDER_WORK_GRACE, context.order_work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "order calls still running at the stop; their outcomes stay unknown until reconciled"
+            );
+        }
+    }
     keepalive_stop.cancel();
     let _ = keepalive.await;
     let _ = owner.await;
     tracing::info!("sidecar stopped");
     Ok(())
 }
+
+/// Longest a graceful stop waits for order calls in flight (each is bounded by its own
+/// deadline, the gateway's request timeout).
+const ORDER_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// All local checks, in the order a person would fix them.
 fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
@@ -136,6 +158,8 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         broker,
         frame_observer: options.frame_observer,
         market_clock: options.market_clock.clone(),
+        order_work: tokio_util::task::TaskTracker::new(),
+        order_work_killed: tokio_util::sync::CancellationToken::new(),
         orders: match crate::trading::OrdersRuntime::open(&options.state_dir, &trading) {
             Ok(mut runtime) => {
                 runtime.clock = options.market_clock.clone();

@@ -107,6 +107,38 @@ impl Default for SimConfig {
 
 /// A running simulator. Dropping it stops the server without waiting; call
 /// [`CpgwSimulator::shutdown`] to stop gracefully.
+/// A hold on order answers (see [`CpgwSimulator::hold_order_answers`]).
+#[derive(Clone, Debug)]
+pub struct OrderAnswerHold {
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl OrderAnswerHold {
+    fn new() -> OrderAnswerHold {
+        OrderAnswerHold {
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+            held: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    pub(crate) async fn wait_for_release(&self) {
+        let mut released = self.released.subscribe();
+        self.held.send_modify(|count| *count += 1);
+        let _ = released.wait_for(|released| *released).await;
+    }
+
+    /// Waits until `count` answers are held (their orders have landed).
+    pub async fn wait_held(&self, count: usize) {
+        let _ = self.held.subscribe().wait_for(|held| *held >= count).await;
+    }
+
+    /// Lets every held answer (and any later one) go.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+}
+
 pub struct CpgwSimulator {
     local_addr: SocketAddr,
     certificate_der: Vec<u8>,
@@ -191,6 +223,23 @@ impl CpgwSimulator {
     /// The current session state (changed by `ssodh/init` as well).
     pub fn auth_state(&self) -> AuthState {
         self.state.lock().auth_state
+    }
+
+    /// Holds the answer to every order placement (the orders land at once) until the returned
+    /// hold is released or dropped. A test control, not a CPGW behaviour: it stands for a slow
+    /// network or CPGW between landing and answering, the moment a relay or a process can be
+    /// cut with an order in flight.
+    pub fn hold_order_answers(&self) -> OrderAnswerHold {
+        let hold = OrderAnswerHold::new();
+        self.state.lock().answer_hold = Some(hold.clone());
+        hold
+    }
+
+    /// Ends a hold from [`CpgwSimulator::hold_order_answers`]: held answers go out.
+    pub fn release_order_answers(&self) {
+        if let Some(hold) = self.state.lock().answer_hold.take() {
+            hold.release();
+        }
     }
 
     /// Makes `ssodh/init` answer HTTP 500 `{"error":"no bridge"}` while true.

@@ -71,6 +71,7 @@ fn place_and_ack(state: &mut SimState, tickets: Vec<OrderTicket>) -> Response {
         scenario,
         account,
         epoch,
+        answer_hold,
         ..
     } = state;
     let env = Env {
@@ -98,14 +99,19 @@ fn place_and_ack(state: &mut SimState, tickets: Vec<OrderTicket>) -> Response {
             ack
         })
         .collect();
-    if scenario.fail_with_503_after_landing > 0 {
+    let mut answer = if scenario.fail_with_503_after_landing > 0 {
         scenario.fail_with_503_after_landing -= 1;
-        return json_response(
+        json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "Service Unavailable", "statusCode": 503}),
-        );
+        )
+    } else {
+        json_response(StatusCode::OK, Value::Array(acks))
+    };
+    if let Some(hold) = answer_hold {
+        answer.extensions_mut().insert(hold.clone());
     }
-    json_response(StatusCode::OK, Value::Array(acks))
+    answer
 }
 
 pub(crate) async fn place_orders(
@@ -113,14 +119,18 @@ pub(crate) async fn place_orders(
     Path(acct): Path<String>,
     body: Bytes,
 ) -> Response {
+    held(place_orders_now(&state, &acct, &body)).await
+}
+
+fn place_orders_now(state: &SharedState, acct: &str, body: &Bytes) -> Response {
     let mut guard = state.lock();
-    if let Some(refusal) = gate(&guard, Some(&acct), Prime::Iserver) {
+    if let Some(refusal) = gate(&guard, Some(acct), Prime::Iserver) {
         return refusal;
     }
     let now = guard.clock.now_ms();
     let state = &mut *guard;
     let tickets = match parse_tickets(
-        &body,
+        body,
         &state.account,
         &state.market,
         state.scenario.reject_child_coid,
@@ -145,6 +155,16 @@ pub(crate) async fn place_orders(
         return answer;
     }
     place_and_ack(state, tickets)
+}
+
+/// The answer, after the test's hold on it (if any) is released. The orders have landed by
+/// then.
+async fn held(answer: Response) -> Response {
+    let hold = answer.extensions().get::<super::OrderAnswerHold>().cloned();
+    if let Some(hold) = hold {
+        hold.wait_for_release().await;
+    }
+    answer
 }
 
 /// The questions a submission is asked, one per round: the scenario's forced
@@ -177,7 +197,11 @@ pub(crate) async fn reply(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(confirmed) = serde_json::from_slice::<Value>(&body)
+    held(reply_now(&state, &id, &body)).await
+}
+
+fn reply_now(state: &SharedState, id: &str, body: &Bytes) -> Response {
+    let Some(confirmed) = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|value| value.get("confirmed").and_then(Value::as_bool))
     else {
@@ -187,8 +211,8 @@ pub(crate) async fn reply(
     if let Some(refusal) = gate(&guard, None, Prime::Iserver) {
         return refusal;
     }
-    guard.trading.reply_log.push((id.clone(), confirmed));
-    let Some(mut pending) = guard.trading.pending.remove(&id) else {
+    guard.trading.reply_log.push((id.to_string(), confirmed));
+    let Some(mut pending) = guard.trading.pending.remove(id) else {
         return bad_request("Reply ID not found or expired");
     };
     let asked = pending.rounds.pop_front().unwrap_or_default();

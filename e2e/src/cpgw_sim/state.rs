@@ -182,6 +182,8 @@ pub(crate) struct SimState {
     pub(crate) iserver_accounts_queried: bool,
     /// `GET /portfolio/accounts` answered in this brokerage session.
     pub(crate) portfolio_accounts_queried: bool,
+    /// A test's hold on order answers (see [`super::OrderAnswerHold`]).
+    pub(crate) answer_hold: Option<super::OrderAnswerHold>,
 }
 
 impl SimState {
@@ -214,6 +216,7 @@ impl SimState {
             pacer: Pacer::default(),
             iserver_accounts_queried: false,
             portfolio_accounts_queried: false,
+            answer_hold: None,
         }
     }
 

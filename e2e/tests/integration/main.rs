@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
 mod doctor;
+mod faults;
 mod local_grants;
 mod mcp_revisions;
 mod order_safety;

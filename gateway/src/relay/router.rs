@@ -258,6 +258,8 @@ impl Relay {
             deadline,
         } = prepared;
         let request_id = request.request_id;
+        let changes_broker_state =
+            protocol::catalog::find(&request.tool_name).is_some_and(ToolSpec::changes_broker_state);
         let reply = session.begin_call(request_id, progress, self.settings.max_in_flight)?;
         let guard = PendingGuard {
             session: Arc::clone(&session),
@@ -278,7 +280,10 @@ impl Relay {
             answer = reply => answer,
             _ = tokio::time::sleep(remaining) => {
                 tracing::info!(%request_id, sidecar_id = %session.sidecar_id, "relay call timed out");
-                return Err(GatewayError::new(ErrorCode::RequestTimeout));
+                return Err(handed_over_failure(
+                    changes_broker_state,
+                    GatewayError::new(ErrorCode::RequestTimeout),
+                ));
             }
             _ = cancel.cancelled() => {
                 tracing::info!(%request_id, sidecar_id = %session.sidecar_id, "relay call cancelled by the client");
@@ -297,8 +302,11 @@ impl Relay {
                     journal,
                 })
             }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(GatewayError::new(ErrorCode::RelayProtocolError)),
+            Ok(Err(error)) => Err(handed_over_failure(changes_broker_state, error)),
+            Err(_) => Err(handed_over_failure(
+                changes_broker_state,
+                GatewayError::new(ErrorCode::RelayProtocolError),
+            )),
         }
     }
 
@@ -306,6 +314,39 @@ impl Relay {
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout
     }
+}
+
+/// How a call that was handed to the sidecar and then lost is reported. For a tool that can
+/// change broker state, losing the session or the deadline says nothing about the order: the
+/// sidecar may have sent it, and finishes and journals it even without the connection. So the
+/// agent hears ORDER_OUTCOME_UNKNOWN (do not resend blindly; reconcile, or retry with the same
+/// idempotency key), never a plain "try again". Failures that mean nothing reached the sidecar
+/// (a request too large to relay) and read tools keep their own codes.
+fn handed_over_failure(changes_broker_state: bool, error: GatewayError) -> GatewayError {
+    let lost = matches!(
+        error.code,
+        ErrorCode::RequestTimeout
+            | ErrorCode::RelayProtocolError
+            | ErrorCode::SidecarHeartbeatStale
+            | ErrorCode::SidecarSessionExpired
+            | ErrorCode::SidecarPairingRequired
+            | ErrorCode::SidecarUnavailable
+    );
+    if !changes_broker_state || !lost {
+        return error;
+    }
+    GatewayError::with_detail(
+        ErrorCode::OrderOutcomeUnknown,
+        format!(
+            "(the order was handed to the laptop, then {} before its answer came back; the \
+             laptop finishes and journals it on its own)",
+            match error.code {
+                ErrorCode::RequestTimeout => "the deadline passed",
+                ErrorCode::SidecarPairingRequired => "the pairing was revoked",
+                _ => "the connection to the laptop was lost",
+            }
+        ),
+    )
 }
 
 /// One tool call as the gateway forwards it: the tool, its arguments, and the scopes of the

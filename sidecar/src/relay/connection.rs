@@ -18,6 +18,7 @@ use crate::session::{SessionSnapshot, SharedSession};
 use crate::state::RelaySessionRecord;
 use crate::trading::journal_tap::tapped;
 use futures_util::{SinkExt, StreamExt};
+use protocol::catalog;
 use protocol::envelope::{Outcome, RelayRequest, RelayResponse, RequestId};
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
 use protocol::handshake::ServerHello;
@@ -81,7 +82,7 @@ struct Driver {
     renew_at: Option<Instant>,
     /// Most calls in flight at once (`sidecar.max_concurrent_requests`).
     max_requests: usize,
-    inflight: HashMap<RequestId, AbortHandle>,
+    inflight: HashMap<RequestId, InFlight>,
     /// The request tasks themselves: dropped (so aborted) with the driver, and waited for when
     /// the connection ends, so a stopped daemon leaves nothing running (the trade journal's
     /// lock included).
@@ -90,6 +91,25 @@ struct Driver {
     /// Wall and monotonic time at the last heartbeat tick, to notice a sleep: tokio's clock
     /// (like the OS monotonic clock) does not advance while the laptop sleeps.
     last_tick: (std::time::SystemTime, Instant),
+}
+
+/// A call being served.
+enum InFlight {
+    /// Read work: stopped when the caller gives up or the connection ends.
+    Abortable(AbortHandle),
+    /// Work that can change broker state (placing, confirming, cancelling an order): it runs to
+    /// its end and journals its outcome whatever happens to the connection or the caller, in
+    /// the daemon's order-work tracker. Stopping it halfway would leave an order the broker
+    /// may hold and the journal cannot settle.
+    Detached,
+}
+
+impl InFlight {
+    fn stop(self) {
+        if let InFlight::Abortable(handle) = self {
+            handle.abort();
+        }
+    }
 }
 
 fn ttl_instants(now: Instant, ttl: Duration) -> (Instant, Instant) {
@@ -353,9 +373,9 @@ impl Driver {
             Frame::Pong { .. } => None,
             Frame::Request(request) => self.start_request(request).await,
             Frame::Cancel { request_id } => {
-                // The caller gave up: stop the work and answer nothing.
-                if let Some(handle) = self.inflight.remove(&request_id) {
-                    handle.abort();
+                // The caller gave up: stop read work and answer nothing (order work finishes).
+                if let Some(work) = self.inflight.remove(&request_id) {
+                    work.stop();
                 }
                 None
             }
@@ -425,9 +445,9 @@ impl Driver {
         let context = self.context.clone();
         let connection = self.connection.clone();
         let responses = self.responses_tx.clone();
-        // Reap what finished since the last call.
-        while self.tasks.try_join_next().is_some() {}
-        let task = self.tasks.spawn(async move {
+        let changes_broker_state = catalog::find(&request.tool_name)
+            .is_some_and(protocol::catalog::ToolSpec::changes_broker_state);
+        let work = async move {
             let deadline_at = Instant::now() + deadline;
             // The tap covers the timeout too: entries written before the deadline are still
             // named in the answer.
@@ -439,6 +459,7 @@ impl Driver {
                 }
             })
             .await;
+            // Without the connection (order work outliving it) nobody listens: dropped.
             let _ = responses
                 .send(RelayResponse {
                     journal,
@@ -446,8 +467,23 @@ impl Driver {
                     outcome,
                 })
                 .await;
-        });
-        self.inflight.insert(request_id, task);
+        };
+        // Reap what finished since the last call.
+        while self.tasks.try_join_next().is_some() {}
+        let in_flight = if changes_broker_state {
+            let killed = self.context.order_work_killed.clone();
+            self.context.order_work.spawn(async move {
+                // Only a daemon that dies (its task dropped) stops order work, as a crash would.
+                tokio::select! {
+                    _ = killed.cancelled() => {}
+                    _ = work => {}
+                }
+            });
+            InFlight::Detached
+        } else {
+            InFlight::Abortable(self.tasks.spawn(work))
+        };
+        self.inflight.insert(request_id, in_flight);
         None
     }
 
@@ -592,8 +628,18 @@ impl Driver {
         self.connection
             .session
             .update(|snapshot| snapshot.closed = true);
-        for (_, handle) in self.inflight.drain() {
-            handle.abort();
+        let mut orders_left = 0;
+        for (_, work) in self.inflight.drain() {
+            if matches!(work, InFlight::Detached) {
+                orders_left += 1;
+            }
+            work.stop();
+        }
+        if orders_left > 0 {
+            tracing::info!(
+                orders = orders_left,
+                "order calls in flight finish without the connection; their outcomes go to the journal"
+            );
         }
         self.tasks.abort_all();
         let _ = tokio::time::timeout(TASKS_STOP_TIMEOUT, async {
@@ -613,10 +659,11 @@ impl Driver {
 
 impl Drop for Driver {
     /// A driver dropped without `finish` (its task was aborted: the daemon died) takes its
-    /// requests with it, as a dead process would.
+    /// read requests with it, as a dead process would; the daemon's own drop stops its order
+    /// work (`DaemonContext::order_work_killed`).
     fn drop(&mut self) {
-        for (_, handle) in self.inflight.drain() {
-            handle.abort();
+        for (_, work) in self.inflight.drain() {
+            work.stop();
         }
     }
 }
