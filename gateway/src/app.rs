@@ -440,6 +440,46 @@ impl Drop for GatewayHandle {
     }
 }
 
+/// The gateway's static key, created on first start, and checked against the key its active
+/// pairings were made with before anything uses it (see `Store::check_gateway_key`). Blocking.
+pub(crate) fn load_gateway_key(
+    store: &Store,
+    state_dir: &std::path::Path,
+) -> Result<protocol::identity::StaticKeypair, StartError> {
+    let now = crate::clock::unix_ms() / 1000;
+    if !keys::key_file_exists(state_dir) {
+        refuse_changed_key(store.check_gateway_key(None, now))?;
+    }
+    let keypair =
+        keys::load_or_create_keypair(state_dir).map_err(|e| StartError::Keys(e.to_string()))?;
+    refuse_changed_key(store.check_gateway_key(Some(&keypair.public()), now))?;
+    Ok(keypair)
+}
+
+/// Turns a broken key continuity into the start error that says what happened.
+fn refuse_changed_key(
+    checked: Result<crate::store::KeyContinuity, crate::store::StoreError>,
+) -> Result<(), StartError> {
+    match checked.map_err(|e| StartError::Store(e.to_string()))? {
+        crate::store::KeyContinuity::Broken {
+            recorded_fingerprint,
+            active_pairings,
+            key_file_missing,
+        } => Err(StartError::KeyChanged(format!(
+            "{active_pairings} active pairing(s) were made with the gateway key {recorded_fingerprint}, \
+             and gateway.key in state_dir {}. Restore it from a backup; to replace the key on \
+             purpose run `ibkr-gateway key rotate --config <file> --confirm` (it revokes every \
+             pairing; each laptop then pairs again).",
+            if key_file_missing {
+                "is missing"
+            } else {
+                "holds another key"
+            }
+        ))),
+        crate::store::KeyContinuity::Same | crate::store::KeyContinuity::Recorded => Ok(()),
+    }
+}
+
 /// Validates the configuration, opens the store, binds and serves.
 pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartError> {
     // Nothing is bound or written before the configuration is known to be good.
@@ -486,8 +526,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
     let (store, keypair, instance_id, audit_key, audit_log) =
         tokio::task::spawn_blocking(move || {
             let store = Store::open(&state_dir).map_err(|e| StartError::Store(e.to_string()))?;
-            let keypair = keys::load_or_create_keypair(&state_dir)
-                .map_err(|e| StartError::Keys(e.to_string()))?;
+            let keypair = load_gateway_key(&store, &state_dir)?;
             let instance_id =
                 keys::load_or_create_instance_id(&state_dir, configured_instance.as_deref())
                     .map_err(|e| StartError::Keys(e.to_string()))?;

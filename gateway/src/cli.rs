@@ -49,6 +49,25 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The gateway's static key (what every laptop pinned at pairing).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace the static key on purpose: revokes every active pairing (they pinned the old
+    /// key), keeps the old key file as gateway.key.retired-<time>, creates a new key. Stop the
+    /// gateway first; each laptop then pairs again with a new code.
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+        /// Required when active pairings exist (they are all revoked).
+        #[arg(long)]
+        confirm: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +186,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve { config } => serve(&config).await,
         Command::Pairing { command } => pairing(command).await,
         Command::Audit { command } => audit(command).await,
+        Command::Key {
+            command: KeyCommand::Rotate { config, confirm },
+        } => key_rotate(&config, confirm).await,
     }
 }
 
@@ -233,7 +255,7 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
     let opened = tokio::task::spawn_blocking(move || {
         let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
         let keypair =
-            crate::store::keys::load_or_create_keypair(&state_dir).map_err(|e| e.to_string())?;
+            crate::app::load_gateway_key(&store, &state_dir).map_err(|e| e.to_string())?;
         let instance_id =
             crate::store::keys::load_or_create_instance_id(&state_dir, configured.as_deref())
                 .map_err(|e| e.to_string())?;
@@ -247,6 +269,85 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
         instance_id,
         public_key,
     })
+}
+
+/// `ibkr-gateway key rotate`. Revokes first, then replaces the key: a crash in between leaves
+/// the old key with no pairing to contradict it, never a new key under old pairings.
+async fn key_rotate(path: &std::path::Path, confirm: bool) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_logging(config.log_format, "warn");
+    let state_dir = config.state_dir.clone();
+    let opened = tokio::task::spawn_blocking({
+        let state_dir = state_dir.clone();
+        move || Store::open(&state_dir).map_err(|e| e.to_string())
+    })
+    .await;
+    let store = match opened_or_exit(opened) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let active: Vec<_> = match store.list_pairings().await {
+        Ok(pairings) => pairings.into_iter().filter(|p| p.is_active()).collect(),
+        Err(error) => {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    if !active.is_empty() && !confirm {
+        report_error(
+            ErrorCode::CliArgumentInvalid,
+            Some("--confirm"),
+            &format!(
+                "{} active pairing(s) pinned the current key and will be revoked; pass --confirm \
+                 to rotate anyway",
+                active.len()
+            ),
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for pairing in &active {
+        if let Err(error) = store
+            .revoke_pairing(pairing.sidecar_id.clone(), crate::clock::unix_ms())
+            .await
+        {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            return ExitCode::FAILURE;
+        }
+    }
+    let rotated = tokio::task::spawn_blocking(move || {
+        let now = crate::clock::unix_ms() / 1000;
+        let retired = if crate::store::keys::key_file_exists(&state_dir) {
+            Some(crate::store::keys::retire_key_file(&state_dir, now).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let keypair =
+            crate::app::load_gateway_key(&store, &state_dir).map_err(|e| e.to_string())?;
+        Ok::<_, String>((retired, keypair.public().fingerprint()))
+    })
+    .await;
+    let (retired, fingerprint) = match opened_or_exit(rotated) {
+        Ok(done) => done,
+        Err(code) => return code,
+    };
+    println!("New gateway key: fingerprint {fingerprint}");
+    if let Some(retired) = retired {
+        println!("The old key is kept as {retired} in state_dir (0600); delete it when done.");
+    }
+    println!("Revoked {} pairing(s):", active.len());
+    for pairing in &active {
+        println!("  {} (user {})", pairing.sidecar_id, pairing.user_id);
+    }
+    println!(
+        "Start the gateway, then give each user a new code (ibkr-gateway pairing code --config \
+         <file> --user-id <subject>); on each laptop: ibkr-agent sidecar pairing revoke \
+         --remote-instance-id <id> --sidecar-id <id>, then ibkr-agent sidecar pair --gateway \
+         <URL> --code -, and compare the new fingerprint above."
+    );
+    ExitCode::SUCCESS
 }
 
 /// What a blocking startup task opened, or the error reported and the exit code.

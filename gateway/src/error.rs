@@ -72,6 +72,9 @@ pub enum StartError {
     Store(String),
     #[error("gateway key: {0}")]
     Keys(String),
+    /// The key is not the one the active pairings were made with.
+    #[error("GATEWAY_KEY_CHANGED: {0}")]
+    KeyChanged(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -84,6 +87,7 @@ impl StartError {
         match self {
             StartError::Config(error) => error.code,
             StartError::Store(_) | StartError::Keys(_) => ErrorCode::StateStoreError,
+            StartError::KeyChanged(_) => ErrorCode::GatewayKeyChanged,
             StartError::Bind { .. } => ErrorCode::ConfigInvalid,
         }
     }
@@ -93,7 +97,9 @@ impl StartError {
         match self {
             StartError::Config(error) => Some(&error.key),
             StartError::Bind { .. } => Some("listen"),
-            StartError::Store(_) | StartError::Keys(_) => Some("state_dir"),
+            StartError::Store(_) | StartError::Keys(_) | StartError::KeyChanged(_) => {
+                Some("state_dir")
+            }
         }
     }
 

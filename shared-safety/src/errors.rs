@@ -56,6 +56,10 @@ error_catalog! {
         "Relaying to a sidecar is not allowed by this configuration.",
         "Set both sidecar.enabled and safety.sidecar_enabled to true, and enable remote MCP OAuth (remote_mcp.enabled and safety.remote_mcp_enabled) with a valid issuer."),
 
+    GatewayKeyChanged => ("GATEWAY_KEY_CHANGED", false,
+        "The gateway's static key is missing or differs from the one its active pairings were made with, so every paired laptop would be refused.",
+        "Restore gateway.key from a backup of the state directory. To replace the key on purpose, run `ibkr-gateway key rotate --config <file> --confirm`: it revokes every pairing, and each laptop then pairs again."),
+
     // The HTTP edge, before authentication.
     RequestOriginRefused => ("REQUEST_ORIGIN_REFUSED", false,
         "This gateway does not serve requests addressed to this Host or sent from this browser Origin.",

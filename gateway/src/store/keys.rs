@@ -75,6 +75,23 @@ fn check_private(path: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Whether the key file exists in `state_dir`.
+pub fn key_file_exists(state_dir: &Path) -> bool {
+    state_dir.join(KEY_FILE).exists()
+}
+
+/// Moves the key file aside as `gateway.key.retired-<unix seconds>` (kept 0600, for the
+/// record), so the next [`load_or_create_keypair`] creates a new key. Returns the new name.
+pub fn retire_key_file(state_dir: &Path, now_unix: i64) -> Result<String, KeyError> {
+    let path = state_dir.join(KEY_FILE);
+    let name = format!("{KEY_FILE}.retired-{now_unix}");
+    let target = state_dir.join(&name);
+    // hard_link refuses to replace an existing file: nothing retired is ever overwritten.
+    std::fs::hard_link(&path, &target).map_err(|e| io_error(&target, e))?;
+    std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+    Ok(name)
+}
+
 /// Loads the gateway key from `state_dir`, creating it on first start.
 pub fn load_or_create_keypair(state_dir: &Path) -> Result<StaticKeypair, KeyError> {
     ensure_state_dir(state_dir).map_err(|e| io_error(state_dir, e))?;

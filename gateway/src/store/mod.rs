@@ -24,7 +24,7 @@ pub mod pairings;
 pub use pairing_codes::{CodeCheck, CodeState, NewPairingCode};
 pub use pairings::{CompleteOutcome, PairingId, PairingRecord};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ const DATABASE_FILE: &str = "gateway.sqlite3";
 /// (`prev_hash`, `hash`) and carry the pairing and the sidecar journal entry of the call
 /// (`pairing_id`, `journal_seq`, `journal_hash`) and an operator `note`; rows from before stay
 /// unchained.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,6 +171,13 @@ const PAIRINGS_V2_TO_V3: &str = "ALTER TABLE pairings RENAME TO pairings_v2;
  DROP INDEX IF EXISTS pairings_by_key;
  DROP INDEX IF EXISTS pairings_by_user;";
 
+/// Version 4 -> 5: the public key the gateway's pairings were made with (one row).
+const GATEWAY_KEY_TABLE: &str = "CREATE TABLE gateway_key (
+     id          INTEGER PRIMARY KEY CHECK (id = 1),
+     public_key  TEXT NOT NULL,
+     recorded_at INTEGER NOT NULL
+ );";
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = write_transaction(conn)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -186,6 +193,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(HANDSHAKES_TABLE)?;
             tx.execute_batch(AUDIT_TABLE)?;
             tx.execute_batch(AUDIT_V3_TO_V4)?;
+            tx.execute_batch(GATEWAY_KEY_TABLE)?;
         }
         // Version 1 had no audit table; versions 0 (with tables: the very first builds) to 2
         // have the old pairings layout.
@@ -205,14 +213,34 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             )?;
             tx.execute_batch("DROP TABLE pairings_v2;")?;
             tx.execute_batch(AUDIT_V3_TO_V4)?;
+            tx.execute_batch(GATEWAY_KEY_TABLE)?;
         }
-        (3, _) => tx.execute_batch(AUDIT_V3_TO_V4)?,
+        (3, _) => {
+            tx.execute_batch(AUDIT_V3_TO_V4)?;
+            tx.execute_batch(GATEWAY_KEY_TABLE)?;
+        }
+        (4, _) => tx.execute_batch(GATEWAY_KEY_TABLE)?,
         (SCHEMA_VERSION, _) => {}
         _ => return Err(StoreError::Corrupt("unsupported schema version")),
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// What [`Store::check_gateway_key`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyContinuity {
+    /// The key is the one the pairings were made with.
+    Same,
+    /// Nothing contradicted it; it is recorded now.
+    Recorded,
+    /// Active pairings were made with another key (or the key file is gone).
+    Broken {
+        recorded_fingerprint: String,
+        active_pairings: u64,
+        key_file_missing: bool,
+    },
 }
 
 impl Store {
@@ -249,6 +277,56 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Join)?
+    }
+
+    /// Key continuity, checked at start before the key is used: the pairings were made with
+    /// the recorded public key, and a gateway that would answer them with another one (its
+    /// key file deleted, replaced or edited) must not start, or every paired laptop would
+    /// fail its handshake with nothing but HANDSHAKE_FAILED to go on. Records `current` when
+    /// there is nothing to contradict (no record yet, or no active pairing). Blocking.
+    pub fn check_gateway_key(
+        &self,
+        current: Option<&protocol::identity::PublicKey>,
+        now_unix: i64,
+    ) -> Result<KeyContinuity, StoreError> {
+        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = write_transaction(&mut guard)?;
+        let recorded: Option<String> = tx
+            .query_row(
+                "SELECT public_key FROM gateway_key WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let active: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM pairings WHERE revoked_at IS NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        let current_hex = current.map(protocol::identity::PublicKey::to_hex);
+        let verdict = match (&recorded, &current_hex) {
+            (Some(recorded), Some(current)) if recorded == current => KeyContinuity::Same,
+            (Some(recorded), _) if active > 0 => {
+                return Ok(KeyContinuity::Broken {
+                    recorded_fingerprint: protocol::identity::PublicKey::from_hex(recorded)
+                        .map(|key| key.fingerprint())
+                        .unwrap_or_else(|_| recorded.clone()),
+                    active_pairings: u64::try_from(active).unwrap_or(0),
+                    key_file_missing: current.is_none(),
+                });
+            }
+            _ => KeyContinuity::Recorded,
+        };
+        if let (KeyContinuity::Recorded, Some(current)) = (&verdict, &current_hex) {
+            tx.execute(
+                "INSERT INTO gateway_key (id, public_key, recorded_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key,
+                                               recorded_at = excluded.recorded_at",
+                rusqlite::params![current, now_unix],
+            )?;
+        }
+        tx.commit()?;
+        Ok(verdict)
     }
 
     /// A cheap round trip to the database (for `/readyz`).

@@ -14,6 +14,7 @@ mod config_table;
 mod connections;
 mod gates;
 mod isolation;
+mod key_continuity;
 mod oauth;
 mod operations;
 mod pairing;
