@@ -8,7 +8,8 @@
 //! inputs are missing is `skipped`, so the first failure is the one to fix.
 //!
 //! The doctor changes nothing but the laptop's handshake clock (the counter every handshake
-//! draws its timestamp from). In particular it never displaces a running daemon: it
+//! draws its timestamp from) and, like every command that opens the state store, the mode of a
+//! state file others could read (made 0600). In particular it never displaces a running daemon: it
 //! proves the gateway's key with a relay handshake it abandons before the key confirmation,
 //! and the gateway registers a session only on that confirmation. Its CPGW requests go through
 //! a pacer for commands beside the daemon ([`crate::cpgw::pacer::Pacer::beside_daemon`]): a

@@ -12,6 +12,29 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use zeroize::Zeroizing;
 
+/// Makes an existing data file readable by its owner only (0600), when group or others could
+/// read it (copied in, restored from a backup, created under a loose umask by an older build).
+/// Returns whether it had to. Trade history and pairing records are private to the laptop's
+/// owner; repairing beats refusing, since the owner cannot do more than chmod either.
+pub fn restrict_to_owner(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    if metadata.mode() & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::warn!(
+        file = %file_name(path),
+        was = format!("{:o}", metadata.mode() & 0o777),
+        "a state file was readable by other users; it is 0600 now"
+    );
+    Ok(true)
+}
+
 /// Why a private file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFileError {

@@ -328,6 +328,11 @@ impl StateStore {
             .map_err(|error| {
                 SidecarError::state(format!("(cannot create state.db: {})", error.kind()))
             })?;
+        for file in [STATE_DB_FILE, "state.db-wal", "state.db-shm"] {
+            crate::secret_file::restrict_to_owner(&state_dir.join(file)).map_err(|error| {
+                SidecarError::state(format!("(cannot make {file} private: {})", error.kind()))
+            })?;
+        }
         let connection = Connection::open(&path)?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -884,6 +889,18 @@ mod tests {
     use super::*;
     use protocol::identity::StaticKeypair;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_database_others_can_read_is_made_private_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(StateStore::open(dir.path()).unwrap());
+        let path = dir.path().join(STATE_DB_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(store.pairings().unwrap().is_empty(), "the data is intact");
+    }
 
     fn pairing(remote: &str, created_at: i64) -> PairingRecord {
         PairingRecord {

@@ -203,6 +203,7 @@ impl Journal {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
+        crate::secret_file::restrict_to_owner(path)?;
         // One writer at a time: a second process appending would break the chain. The lock
         // is the operating system's and goes with the file when the process ends.
         match file.try_lock() {
@@ -521,6 +522,21 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_others_can_read_is_made_private_at_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let journal = Journal::open(&path).unwrap();
+        journal.intent(buy_intent(None, "10"), 1).unwrap();
+        drop(journal);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let journal = Journal::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(journal.last_seq(), 1, "the entries are intact");
+    }
 
     fn buy_intent(key: Option<&str>, notional: &str) -> Value {
         json!({"tool": "ibkr_buy", "symbol": "AAPL", "side": "BUY", "role": "entry",
