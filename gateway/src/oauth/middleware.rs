@@ -106,6 +106,46 @@ fn insufficient_scope(state: &AppState, scope: &str, tool: &str) -> Response {
     response
 }
 
+/// Whether the request says its body is JSON.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// One JSON-RPC message, or the JSON-RPC error code and message to refuse it with: -32700
+/// (parse error) for a body that is not JSON in UTF-8, -32600 (invalid request) for a batch or
+/// anything that is not a JSON-RPC 2.0 message.
+fn jsonrpc_message(bytes: &[u8]) -> Result<serde_json::Value, (i64, &'static str)> {
+    let message: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|_| (-32700, "Parse error: the request body is not JSON (UTF-8)."))?;
+    if message.is_array() {
+        return Err((
+            -32600,
+            "Invalid Request: JSON-RPC batches are not supported; send one message per request.",
+        ));
+    }
+    if <rmcp::model::ClientJsonRpcMessage as serde::Deserialize>::deserialize(&message).is_err() {
+        return Err((
+            -32600,
+            "Invalid Request: not a JSON-RPC 2.0 message this server understands.",
+        ));
+    }
+    Ok(message)
+}
+
+/// A 400 carrying a JSON-RPC error (the request had no usable id).
+fn jsonrpc_refusal((code, message): (i64, &'static str)) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
 pub(crate) fn too_many_requests(retry_after: Duration) -> Response {
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -294,9 +334,19 @@ pub(crate) async fn require_bearer(
                 );
             }
         };
-        // Malformed JSON is left for rmcp to answer with a JSON-RPC parse error.
-        if let Ok(message) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some((scope, refused)) = missing_tool_scope(&message, &context.scopes)
+        // A JSON body that is not one JSON-RPC message gets the JSON-RPC error it deserves
+        // (rmcp would answer 415, as if the media type were wrong). Other media types are
+        // rmcp's to refuse.
+        let message = if is_json(&parts.headers) {
+            match jsonrpc_message(&bytes) {
+                Ok(message) => Some(message),
+                Err(refusal) => return jsonrpc_refusal(refusal),
+            }
+        } else {
+            None
+        };
+        if let Some(message) = &message
+            && let Some((scope, refused)) = missing_tool_scope(message, &context.scopes)
         {
             for tool in &refused {
                 tracing::info!(subject = %context.subject, tool = tool.name, scope = tool.scope, "tool call refused: insufficient scope");

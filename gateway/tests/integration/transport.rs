@@ -626,3 +626,55 @@ async fn behind_a_tls_terminating_proxy_the_public_url_is_canonical() {
     assert_eq!(response.status(), 401);
     handle.shutdown().await;
 }
+
+/// A body that is not one JSON-RPC message is a client error with the JSON-RPC code that says
+/// why (not 415, which blames the media type): not JSON or not UTF-8 (-32700), a batch, or an
+/// object that is no JSON-RPC message (-32600). A well-formed request still gets through.
+#[tokio::test]
+async fn malformed_bodies_get_400_with_the_json_rpc_error() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = start_gateway(&issuer, dir.path()).await;
+    let url = handle.mcp_url();
+    let token = issuer.token("alice", &url, &["ibkr:health:read"]);
+    let client = http();
+    let send = |body: Vec<u8>| {
+        client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: [(&[u8], i64); 5] = [
+        (b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\"", -32700),
+        (
+            b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\xff\"}",
+            -32700,
+        ),
+        (b"", -32700),
+        (
+            b"[{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\"}]",
+            -32600,
+        ),
+        (b"{\"hello\": \"world\"}", -32600),
+    ];
+    for (body, code) in cases {
+        let response = send(body.to_vec()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            400,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["jsonrpc"], "2.0");
+        assert_eq!(answer["id"], Value::Null);
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+    let mut mcp = McpClient::new(&url, &token);
+    let initialized = mcp.initialize().await;
+    assert!(initialized.get("result").is_some(), "{initialized}");
+    handle.shutdown().await;
+}
