@@ -102,6 +102,8 @@ impl Default for SystemOptions {
 pub struct RunningSidecar {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ibkr_agent::DaemonError>>,
+    /// Cancelled when the daemon's last task let go of its state (journal lock included).
+    released: CancellationToken,
 }
 
 impl RunningSidecar {
@@ -109,12 +111,17 @@ impl RunningSidecar {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(WAIT_LIMIT, self.task).await;
+        let _ = tokio::time::timeout(WAIT_LIMIT, self.released.cancelled()).await;
     }
 
-    /// Abrupt stop, as if the process were killed: the task is dropped mid-flight.
+    /// Abrupt stop, as if the process were killed: the task is dropped mid-flight. Returns
+    /// once everything it held is released (a process exit releases the journal's lock at
+    /// once; tasks aborted in this process let go a moment later), so a daemon started next
+    /// finds the journal free.
     pub async fn kill(self) {
         self.task.abort();
         let _ = self.task.await;
+        let _ = tokio::time::timeout(WAIT_LIMIT, self.released.cancelled()).await;
     }
 }
 
@@ -286,17 +293,23 @@ impl System {
     async fn start_sidecar_with(&mut self, config: SidecarConfig) -> Result<(), SystemError> {
         let mut events = self.gateway()?.subscribe_sessions();
         let shutdown = CancellationToken::new();
+        let released = CancellationToken::new();
         let options = DaemonOptions {
             state_dir: self.sidecar_state_dir.clone(),
             config,
             frame_observer: self.options.frame_observer.clone(),
+            released: Some(released.clone()),
             market_clock: match self.options.market_time {
                 Some(at) => ibkr_agent::market_clock::MarketClock::simulated_at(at),
                 None => ibkr_agent::market_clock::MarketClock::system(),
             },
         };
         let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
-        self.sidecar = Some(RunningSidecar { shutdown, task });
+        self.sidecar = Some(RunningSidecar {
+            shutdown,
+            task,
+            released,
+        });
         wait_registered(&mut events).await
     }
 

@@ -42,6 +42,8 @@ pub(crate) struct DaemonContext {
     /// Cancelled only when the daemon dies without a graceful stop (its future dropped): order
     /// work then stops as it would in a crash.
     pub order_work_killed: tokio_util::sync::CancellationToken,
+    /// Cancels [`crate::DaemonOptions::released`] when the last holder of the context lets go.
+    pub _released: Option<tokio_util::sync::DropGuard>,
 }
 
 /// Sidecar build version as reported to the gateway (no paths, no account data).

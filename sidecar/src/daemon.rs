@@ -36,6 +36,10 @@ pub struct DaemonOptions {
     pub frame_observer: Option<FrameObserver>,
     /// The clock trading hours are judged by: the system clock, except in simulations.
     pub market_clock: crate::market_clock::MarketClock,
+    /// Cancelled once everything the daemon holds (the trade journal's lock included) is
+    /// released, even when its future was dropped rather than stopped: what a process exit
+    /// gives for free, for a daemon that runs as a task (tests, the demo).
+    pub released: Option<CancellationToken>,
 }
 
 impl DaemonOptions {
@@ -45,6 +49,7 @@ impl DaemonOptions {
             config,
             frame_observer: None,
             market_clock: crate::market_clock::MarketClock::system(),
+            released: None,
         }
     }
 }
@@ -157,6 +162,7 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         cpgw,
         broker,
         frame_observer: options.frame_observer,
+        _released: options.released.map(CancellationToken::drop_guard),
         market_clock: options.market_clock.clone(),
         order_work: tokio_util::task::TaskTracker::new(),
         order_work_killed: tokio_util::sync::CancellationToken::new(),

@@ -41,6 +41,7 @@ fn start(dir: &Path, config: SidecarConfig) -> Running {
             sink.lock().unwrap().push(frame.clone());
         })),
         market_clock: ibkr_agent::market_clock::MarketClock::system(),
+        released: None,
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(run_daemon(options, shutdown.clone()));
