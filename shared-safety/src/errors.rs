@@ -267,7 +267,7 @@ error_catalog! {
         "No order with this id was found.",
         "Check the order id with ibkr_orders_list or ibkr_trade_history."),
     JournalError => ("JOURNAL_ERROR", false,
-        "The trade journal could not be written, so no order was sent.",
+        "The trade journal could not be read or written, so this call was refused and nothing was sent.",
         "Check free space and permissions in the sidecar state directory, then run `ibkr-agent journal verify`."),
     JournalBehindGateway => ("JOURNAL_BEHIND_GATEWAY", false,
         "The trade journal on the laptop lacks an entry the gateway has on record (it was cut back or replaced by an older copy), so order tools are refused: caps, duplicate checks and pending orders would be judged on an incomplete history. Read tools keep working.",
