@@ -356,9 +356,7 @@ impl System {
 
     /// Stops the gateway (graceful) and starts a new one on the same address and state.
     pub async fn restart_gateway(&mut self) -> Result<(), SystemError> {
-        if let Some(gateway) = self.gateway.take() {
-            gateway.shutdown().await;
-        }
+        self.stop_gateway().await;
         let gateway = ibkr_gateway::start(self.gateway_config.clone())
             .await
             .map_err(|e| SystemError::Gateway(e.to_string()))?;

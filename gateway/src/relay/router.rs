@@ -59,6 +59,8 @@ pub(crate) struct PreparedCall {
     session: Arc<Session>,
     request: RelayRequest,
     deadline: Duration,
+    /// The call can change broker state (see [`handed_over_failure`]).
+    changes_broker_state: bool,
 }
 
 /// Removes the pending entry when the call ends in any way other than an answer, and tells
@@ -241,6 +243,7 @@ impl Relay {
             session: Arc::clone(session),
             request,
             deadline,
+            changes_broker_state: tool.changes_broker_state(),
         })
     }
 
@@ -256,10 +259,9 @@ impl Relay {
             session,
             request,
             deadline,
+            changes_broker_state,
         } = prepared;
         let request_id = request.request_id;
-        let changes_broker_state =
-            protocol::catalog::find(&request.tool_name).is_some_and(ToolSpec::changes_broker_state);
         let reply = session.begin_call(request_id, progress, self.settings.max_in_flight)?;
         let guard = PendingGuard {
             session: Arc::clone(&session),

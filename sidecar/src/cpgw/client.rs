@@ -96,6 +96,16 @@ enum Family {
     Portfolio,
 }
 
+impl Family {
+    /// The accounts query that primes this family's endpoints.
+    fn priming_path(self) -> &'static str {
+        match self {
+            Family::Iserver => "/iserver/accounts",
+            Family::Portfolio => "/portfolio/accounts",
+        }
+    }
+}
+
 fn family_of(path: &str) -> Option<Family> {
     let bare = path.split('?').next().unwrap_or(path);
     if bare.starts_with("/iserver/")
@@ -196,11 +206,8 @@ impl CpgwClient {
 
     /// Whether this client may send `family`'s priming query itself.
     fn can_prime(&self, family: Family) -> bool {
-        let path = match family {
-            Family::Iserver => "/iserver/accounts",
-            Family::Portfolio => "/portfolio/accounts",
-        };
-        !self.pacer.reserves_slow_endpoints() || Endpoint::of_path(path) == Endpoint::Other
+        !self.pacer.reserves_slow_endpoints()
+            || Endpoint::of_path(family.priming_path()) == Endpoint::Other
     }
 
     /// The same client (same pacer, caches and session), whose reads wait in the trading lane:
@@ -323,10 +330,11 @@ impl CpgwClient {
 
     /// Primes `family` if this session was not primed for it yet.
     async fn prime(&self, family: Family) -> Result<(), RawFailure> {
-        let (flag, path) = match family {
-            Family::Iserver => (&self.priming.iserver, "/iserver/accounts"),
-            Family::Portfolio => (&self.priming.portfolio, "/portfolio/accounts"),
+        let flag = match family {
+            Family::Iserver => &self.priming.iserver,
+            Family::Portfolio => &self.priming.portfolio,
         };
+        let path = family.priming_path();
         if flag.load(Ordering::Relaxed) || !self.can_prime(family) {
             return Ok(());
         }
