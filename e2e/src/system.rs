@@ -269,6 +269,16 @@ impl System {
         Ok(path)
     }
 
+    /// Writes the gateway's configuration to `gateway.yaml` in its state directory, for the
+    /// `ibkr-gateway` commands an operator runs with `--config`.
+    pub fn write_gateway_config(&self) -> Result<PathBuf, SystemError> {
+        let path = self.gateway_config.state_dir.join("gateway.yaml");
+        let text = serde_yaml_ng::to_string(&self.gateway_config)
+            .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| SystemError::Gateway(e.to_string()))?;
+        Ok(path)
+    }
+
     /// Stops the gateway (graceful) and leaves it stopped.
     pub async fn stop_gateway(&mut self) {
         if let Some(gateway) = self.gateway.take() {

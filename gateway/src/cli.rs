@@ -308,14 +308,12 @@ async fn key_rotate(path: &std::path::Path, confirm: bool) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    for pairing in &active {
-        if let Err(error) = store
-            .revoke_pairing(pairing.sidecar_id.clone(), crate::clock::unix_ms())
-            .await
-        {
-            report_error(ErrorCode::StateStoreError, None, &error.to_string());
-            return ExitCode::FAILURE;
-        }
+    if let Err(error) = store
+        .revoke_all_for_key_rotation(crate::clock::unix_ms())
+        .await
+    {
+        report_error(ErrorCode::StateStoreError, None, &error.to_string());
+        return ExitCode::FAILURE;
     }
     let rotated = tokio::task::spawn_blocking(move || {
         let now = crate::clock::unix_ms() / 1000;

@@ -22,7 +22,9 @@ use crate::identity::create_identity;
 use crate::pairing_client::pair;
 use crate::paths::{IDENTITY_KEY_FILE, resolve_state_dir};
 use crate::primitives::{self, AcceptRequest, Accepted, PairingCreate, ScopeChange, ScopeEdit};
-use crate::state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore};
+use crate::state::{
+    IdentityRecord, PairingRecord, RelaySessionRecord, RelayStatusRecord, StateStore,
+};
 use clap::{Args, Parser, Subcommand};
 use protocol::catalog;
 use protocol::envelope::{ManualAction, Outcome, RequestId};
@@ -1152,6 +1154,36 @@ fn probe_broker(base_url: &str) -> Result<(), Failure> {
 
 // ---- status ---------------------------------------------------------------------------------
 
+/// The daemon's last recorded relay outcome. It is the daemon's record, not a live probe: a
+/// daemon that was killed leaves its last word (`doctor` probes the gateway live).
+fn relay_status_json(record: &RelayStatusRecord, now: i64) -> Value {
+    json!({
+        "connected": record.connected,
+        "code": record.code,
+        "detail": record.detail,
+        "user_action": record
+            .code
+            .as_deref()
+            .and_then(ErrorCode::from_code)
+            .map(ErrorCode::user_action),
+        "recorded_seconds_ago": now.saturating_sub(record.updated_at).max(0),
+        "last_connected_at": record.connected_at,
+    })
+}
+
+fn print_relay_status_human(record: &RelayStatusRecord, now: i64) {
+    let age = now.saturating_sub(record.updated_at).max(0);
+    if record.connected {
+        println!("Relay: connected (recorded by the daemon {age} s ago)");
+        return;
+    }
+    match record.code.as_deref() {
+        Some(code) => println!("Relay: NOT connected, {code} (recorded by the daemon {age} s ago)"),
+        None => println!("Relay: not connected (recorded by the daemon {age} s ago)"),
+    }
+    println!("  {}", record.detail);
+}
+
 fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
     let store = StateStore::open(state_dir)?;
     let now = now_unix_seconds();
@@ -1162,6 +1194,10 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
         .into_iter()
         .filter(|session| session.is_open(now))
         .collect();
+    let relay = match &identity {
+        Some(record) => store.relay_status(&record.sidecar_id)?,
+        None => None,
+    };
     let config_path = state_dir.join(CONFIG_FILE);
     let config_present = config_path.exists();
     let config_check = config_present.then(|| SidecarConfig::load(&config_path));
@@ -1179,6 +1215,7 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
             "identity": identity.as_ref().map(identity_json),
             "pairings": pairings.iter().map(|p| pairing_json(p, now)).collect::<Vec<_>>(),
             "open_sessions": open.iter().map(|s| session_json(s, now)).collect::<Vec<_>>(),
+            "relay": relay.as_ref().map(|r| relay_status_json(r, now)),
             "daemon_config": daemon_config,
         }));
         return Ok(());
@@ -1213,6 +1250,10 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
         for record in &open {
             print_session_human(record, now);
         }
+    }
+    match &relay {
+        None => println!("Relay: no attempt recorded yet (start `ibkr-agent sidecar run`)"),
+        Some(record) => print_relay_status_human(record, now),
     }
     match &config_check {
         None => println!(

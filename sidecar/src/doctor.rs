@@ -505,9 +505,28 @@ fn probe_failure(
             "Check the network and that the gateway is up (its operator can check \
              `/healthz`); check sidecar.remote_relay_url if the gateway moved.",
         ),
-        // Either the gateway could not read message 1 (sealed to the pinned key: whatever
-        // answers does not hold it), or its store failed while looking this pairing up. The
-        // refusal is unauthenticated and cannot tell which, so no destructive advice on it alone.
+        // The gateway could not decrypt message 1, which was sealed to the pinned key: what
+        // answers at this URL holds another key (a rotation, or another gateway). The refusal
+        // is unauthenticated, so the advice is to confirm with the operator, not to re-pair
+        // on its word alone.
+        ProbeFailure::Handshake(HandshakeFailure::Rejected(code))
+            if code == ErrorCode::GatewayKeyMismatch.code() =>
+        {
+            Check::fail(
+                NAME,
+                Some(ErrorCode::GatewayKeyMismatch),
+                format!(
+                    "the gateway at {url} no longer holds the key this laptop paired with                      (pinned fingerprint {}): its key was rotated or replaced, or the URL now                      leads to another gateway",
+                    gateway_key.fingerprint()
+                ),
+                format!(
+                    "Ask the gateway operator whether they rotated the key and for the new                      fingerprint. If they did: revoke the old pairing (`ibkr-agent sidecar                      pairing revoke --remote-instance-id {} --sidecar-id {}`) and pair again                      with a new code, checking that the fingerprint matches. If they did not,                      do not pair: check sidecar.remote_relay_url.",
+                    pairing.remote_instance_id, pairing.sidecar_id
+                ),
+            )
+        }
+        // The gateway's store failed while looking this pairing up, or message 1 was
+        // malformed.
         ProbeFailure::Handshake(HandshakeFailure::Rejected(code))
             if code == ErrorCode::HandshakeFailed.code() =>
         {
@@ -515,9 +534,8 @@ fn probe_failure(
                 NAME,
                 Some(ErrorCode::HandshakeFailed),
                 format!(
-                    "the gateway at {url} refused the handshake: either it does not hold the key \
-                     pinned at pairing ({}; a wrong URL or a re-keyed gateway), or it could not \
-                     look this pairing up",
+                    "the gateway at {url} refused the handshake (pinned key {}): it could not \
+                     look this pairing up, or an older gateway could not read the handshake",
                     gateway_key.fingerprint()
                 ),
                 format!(

@@ -21,8 +21,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
-/// 3: requests from the laptop's owner to the running daemon.
-const SCHEMA_VERSION: i64 = 3;
+/// 3: requests from the laptop's owner to the running daemon. 4: the relay's last outcome, so
+/// `status` can say why the daemon is not connected.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -78,6 +79,32 @@ CREATE TABLE owner_requests (
     handled_at  INTEGER NULL
 );
 ";
+
+/// Version 3 -> 4: what the daemon's relay loop last came to (see [`RelayStatusRecord`]).
+const SCHEMA_V3_TO_V4: &str = "
+CREATE TABLE relay_status (
+    sidecar_id      TEXT PRIMARY KEY NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    connected       INTEGER NOT NULL,
+    code            TEXT NULL,
+    detail          TEXT NOT NULL,
+    connected_at    INTEGER NULL
+);
+";
+
+/// What the daemon's relay loop last came to, as it recorded it: connected, or why not (a
+/// refusal code such as `GATEWAY_KEY_MISMATCH` and what to do). A daemon that was killed
+/// leaves its last record, so `updated_at` says how old it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStatusRecord {
+    pub sidecar_id: String,
+    pub updated_at: i64,
+    pub connected: bool,
+    pub code: Option<String>,
+    pub detail: String,
+    /// When a relay session was last established.
+    pub connected_at: Option<i64>,
+}
 
 /// One request from an owner's command to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,19 +389,17 @@ impl StateStore {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         match version {
-            0 => {
-                transaction.execute_batch(SCHEMA_V1)?;
-                transaction.execute_batch(SCHEMA_V1_TO_V2)?;
-                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
-                transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            1 => {
-                transaction.execute_batch(SCHEMA_V1_TO_V2)?;
-                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
-                transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            2 => {
-                transaction.execute_batch(SCHEMA_V2_TO_V3)?;
+            0..=3 => {
+                if version == 0 {
+                    transaction.execute_batch(SCHEMA_V1)?;
+                }
+                if version <= 1 {
+                    transaction.execute_batch(SCHEMA_V1_TO_V2)?;
+                }
+                if version <= 2 {
+                    transaction.execute_batch(SCHEMA_V2_TO_V3)?;
+                }
+                transaction.execute_batch(SCHEMA_V3_TO_V4)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -701,6 +726,55 @@ impl StateStore {
         u64::try_from(next).map_err(|_| SidecarError::state("(handshake clock negative)"))
     }
 
+    // ---- relay status ---------------------------------------------------------------------
+
+    /// Records what the relay loop came to. `connected` also stamps `connected_at`.
+    pub fn record_relay_outcome(
+        &self,
+        sidecar_id: &str,
+        now: i64,
+        connected: bool,
+        code: Option<&str>,
+        detail: &str,
+    ) -> Result<(), SidecarError> {
+        let connection = self.lock()?;
+        connection
+            .prepare_cached(
+                "INSERT INTO relay_status (sidecar_id, updated_at, connected, code, detail, \
+                 connected_at) VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?3 THEN ?2 END) \
+                 ON CONFLICT(sidecar_id) DO UPDATE SET updated_at = excluded.updated_at, \
+                 connected = excluded.connected, code = excluded.code, detail = excluded.detail, \
+                 connected_at = COALESCE(excluded.connected_at, relay_status.connected_at)",
+            )?
+            .execute(params![sidecar_id, now, connected, code, detail])?;
+        Ok(())
+    }
+
+    /// The relay loop's last recorded outcome for `sidecar_id`.
+    pub fn relay_status(
+        &self,
+        sidecar_id: &str,
+    ) -> Result<Option<RelayStatusRecord>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .query_row(
+                "SELECT sidecar_id, updated_at, connected, code, detail, connected_at \
+                 FROM relay_status WHERE sidecar_id = ?1",
+                params![sidecar_id],
+                |row| {
+                    Ok(RelayStatusRecord {
+                        sidecar_id: row.get(0)?,
+                        updated_at: row.get(1)?,
+                        connected: row.get(2)?,
+                        code: row.get(3)?,
+                        detail: row.get(4)?,
+                        connected_at: row.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     // ---- owner requests -------------------------------------------------------------------
 
     /// Leaves a request for the daemon; returns its id.
@@ -889,6 +963,25 @@ mod tests {
     use super::*;
     use protocol::identity::StaticKeypair;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_relay_status_keeps_when_it_last_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.relay_status("s").unwrap(), None);
+        store
+            .record_relay_outcome("s", 10, true, None, "connected")
+            .unwrap();
+        store
+            .record_relay_outcome("s", 20, false, Some("GATEWAY_KEY_MISMATCH"), "re-keyed")
+            .unwrap();
+        let record = store.relay_status("s").unwrap().unwrap();
+        assert!(!record.connected);
+        assert_eq!(record.code.as_deref(), Some("GATEWAY_KEY_MISMATCH"));
+        assert_eq!(record.detail, "re-keyed");
+        assert_eq!((record.updated_at, record.connected_at), (20, Some(10)));
+        assert_eq!(store.relay_status("other").unwrap(), None);
+    }
 
     #[test]
     fn a_state_database_others_can_read_is_made_private_at_open() {

@@ -7,6 +7,7 @@
 
 mod doctor;
 mod faults;
+mod key_rotation;
 mod local_grants;
 mod mcp_revisions;
 mod order_safety;

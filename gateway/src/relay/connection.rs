@@ -2,7 +2,8 @@
 //!
 //! Handshake (Noise IK, see `protocol::handshake`), each step fail-closed:
 //! 1. the first message must be `HandshakeInit` within the handshake timeout; one that does
-//!    not decrypt gets `HandshakeRejected{HANDSHAKE_FAILED}`;
+//!    does not decrypt (sealed to another static key) gets
+//!    `HandshakeRejected{GATEWAY_KEY_MISMATCH}`, any other unreadable one `HANDSHAKE_FAILED`;
 //! 2. the sidecar key must have an active pairing (`SIDECAR_PAIRING_REQUIRED`), the hello must
 //!    name that pairing's sidecar id and this instance (`SIDECAR_SESSION_INVALID`), and its
 //!    timestamp must exceed the last one accepted for the key (`HANDSHAKE_REPLAYED`);
@@ -21,7 +22,7 @@ use crate::relay::registry::{DropReason, Session, SessionEvent, SessionIdentity}
 use axum::extract::ws::{Message, WebSocket};
 use protocol::PROTOCOL_VERSION;
 use protocol::frame::{CloseReason, Frame, SidecarStatus};
-use protocol::handshake::{ResponderHandshake, ServerHello, user_id_hash};
+use protocol::handshake::{HandshakeError, ResponderHandshake, ServerHello, user_id_hash};
 use protocol::liveness::{Liveness, LivenessAction};
 use protocol::transport::{Transport, TransportError};
 use protocol::wire::WireMessage;
@@ -126,7 +127,14 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
     let pending =
         ResponderHandshake::read_init(&relay.keypair, &init, &mut OsRng).map_err(|error| {
             tracing::info!(%error, "relay handshake refused: message 1 unreadable");
-            HandshakeEnd::Reject(ErrorCode::HandshakeFailed)
+            // A well-formed message 1 that does not decrypt was, in practice, sealed to
+            // another static key: a sidecar still pinned to the key this gateway had before
+            // a rotation, or one pointed at the wrong gateway. Saying so (an unauthenticated
+            // hint, like every refusal here) lets the laptop tell its owner what happened.
+            HandshakeEnd::Reject(match error {
+                HandshakeError::DecryptFailed => ErrorCode::GatewayKeyMismatch,
+                _ => ErrorCode::HandshakeFailed,
+            })
         })?;
     let key = pending.remote_static;
     let fingerprint = key.fingerprint();

@@ -127,7 +127,21 @@ impl Relay {
             }
         }
         if pairings.is_empty() {
-            return Err(GatewayError::new(ErrorCode::SidecarPairingRequired));
+            // Rare path: say why when a key rotation ended the pairing, so the user knows
+            // to pair again rather than hunt for a revoke they did not make.
+            let rotated = self
+                .store
+                .pairing_ended_by_key_rotation(user_id.to_string())
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "pairing history lookup failed");
+                    None
+                });
+            return Err(GatewayError::new(if rotated.is_some() {
+                ErrorCode::GatewayKeyRotated
+            } else {
+                ErrorCode::SidecarPairingRequired
+            }));
         }
         if candidates.is_empty() {
             let remembered = pairings

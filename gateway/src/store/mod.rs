@@ -36,7 +36,9 @@ const DATABASE_FILE: &str = "gateway.sqlite3";
 /// (`prev_hash`, `hash`) and carry the pairing and the sidecar journal entry of the call
 /// (`pairing_id`, `journal_seq`, `journal_hash`) and an operator `note`; rows from before stay
 /// unchained.
-const SCHEMA_VERSION: i64 = 5;
+/// 5: `gateway_key` records the key the pairings were made with. 6: a pairing ended by a
+/// gateway key rotation says so (`revoked_reason`), so its user is told why.
+const SCHEMA_VERSION: i64 = 6;
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,6 +174,8 @@ const PAIRINGS_V2_TO_V3: &str = "ALTER TABLE pairings RENAME TO pairings_v2;
  DROP INDEX IF EXISTS pairings_by_user;";
 
 /// Version 4 -> 5: the public key the gateway's pairings were made with (one row).
+const PAIRINGS_V5_TO_V6: &str = "ALTER TABLE pairings ADD COLUMN revoked_reason TEXT;";
+
 const GATEWAY_KEY_TABLE: &str = "CREATE TABLE gateway_key (
      id          INTEGER PRIMARY KEY CHECK (id = 1),
      public_key  TEXT NOT NULL,
@@ -194,6 +198,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(AUDIT_TABLE)?;
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
+            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
         }
         // Version 1 had no audit table; versions 0 (with tables: the very first builds) to 2
         // have the old pairings layout.
@@ -214,12 +219,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch("DROP TABLE pairings_v2;")?;
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
+            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
         }
         (3, _) => {
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
+            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
         }
-        (4, _) => tx.execute_batch(GATEWAY_KEY_TABLE)?,
+        (4, _) => {
+            tx.execute_batch(GATEWAY_KEY_TABLE)?;
+            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+        }
+        (5, _) => tx.execute_batch(PAIRINGS_V5_TO_V6)?,
         (SCHEMA_VERSION, _) => {}
         _ => return Err(StoreError::Corrupt("unsupported schema version")),
     }

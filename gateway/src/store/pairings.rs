@@ -13,6 +13,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 use std::fmt;
 
+/// `revoked_reason` of a pairing ended by `ibkr-gateway key rotate`.
+const REVOKED_FOR_KEY_ROTATION: &str = "gateway_key_rotated";
+
 /// The gateway's id of one pairing (16 random bytes; hex in the database and in output).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PairingId(pub [u8; 16]);
@@ -280,6 +283,45 @@ impl Store {
         .await
     }
 
+    /// Revokes every active pairing because the gateway's key is being replaced, in one
+    /// transaction, and records that reason so each user is told why. Returns how many.
+    pub async fn revoke_all_for_key_rotation(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            let tx = write_transaction(conn)?;
+            let changed = tx.execute(
+                "UPDATE pairings SET revoked_at = ?1, revoked_reason = ?2 WHERE revoked_at IS NULL",
+                params![now_ms, REVOKED_FOR_KEY_ROTATION],
+            )?;
+            tx.commit()?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// When the user has no active pairing: the time their newest pairing was revoked, if a
+    /// gateway key rotation revoked it (a later operator revoke or pairing supersedes it).
+    pub async fn pairing_ended_by_key_rotation(
+        &self,
+        user_id: String,
+    ) -> Result<Option<i64>, StoreError> {
+        self.run(move |conn| {
+            let newest: Option<(Option<i64>, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT revoked_at, revoked_reason FROM pairings WHERE user_id = ?1
+                     ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                )?
+                .query_row(params![user_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(match newest {
+                Some((Some(revoked_at), Some(reason))) if reason == REVOKED_FOR_KEY_ROTATION => {
+                    Some(revoked_at)
+                }
+                _ => None,
+            })
+        })
+        .await
+    }
+
     /// For the revocation poll: when the database changed since `seen_version` (another
     /// connection committed: the `pairing` CLI, the audit writer), the ids of the active
     /// pairings. Returns the new version either way.
@@ -350,6 +392,51 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_rotation_is_remembered_as_the_reason_until_the_user_pairs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        pair(&store, "AAAA", "laptop-a", key(1), 1).await;
+        issue(&store, "BBBB", "bob", 2).await;
+        pair(&store, "BBBB", "laptop-b", key(2), 3).await;
+        store.revoke_pairing("laptop-b".into(), 4).await.unwrap();
+        assert_eq!(store.revoke_all_for_key_rotation(5).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .pairing_ended_by_key_rotation("alice".into())
+                .await
+                .unwrap(),
+            Some(5)
+        );
+        // Bob's pairing was revoked by the operator before the rotation: no rotation story.
+        assert_eq!(
+            store
+                .pairing_ended_by_key_rotation("bob".into())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .pairing_ended_by_key_rotation("nobody".into())
+                .await
+                .unwrap(),
+            None
+        );
+        // A new pairing, even one later revoked by hand, supersedes the rotation.
+        issue(&store, "CCCC", "alice", 6).await;
+        pair(&store, "CCCC", "laptop-a2", key(3), 7).await;
+        store.revoke_pairing("laptop-a2".into(), 8).await.unwrap();
+        assert_eq!(
+            store
+                .pairing_ended_by_key_rotation("alice".into())
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

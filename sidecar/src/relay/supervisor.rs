@@ -19,6 +19,7 @@ use crate::trading::anchor::AnchorChange;
 use protocol::PROTOCOL_VERSION;
 use protocol::envelope::JournalRef;
 use protocol::handshake::ClientHello;
+use protocol::identity::PublicKey;
 use rand_core::{OsRng, RngCore};
 use shared_safety::ErrorCode;
 use std::sync::Arc;
@@ -36,7 +37,10 @@ enum Attempt {
         healthy: bool,
     },
     /// Needs a person: retry slowly.
-    NeedsAttention(String),
+    NeedsAttention {
+        code: ErrorCode,
+        message: String,
+    },
     /// Transient: retry with backoff.
     Failed(String),
 }
@@ -52,6 +56,7 @@ pub(crate) async fn run(context: Arc<DaemonContext>, shutdown: CancellationToken
             return;
         }
         let attempt = connect_once(&context, &shutdown).await;
+        record_outcome(&context, &attempt);
         let delay = match attempt {
             Attempt::Shutdown => return,
             Attempt::Ended { end, healthy } => {
@@ -82,8 +87,8 @@ pub(crate) async fn run(context: Arc<DaemonContext>, shutdown: CancellationToken
                     }
                 }
             }
-            Attempt::NeedsAttention(message) => {
-                tracing::error!("{message}");
+            Attempt::NeedsAttention { code, message } => {
+                tracing::error!(code = code.code(), "{message}");
                 backoff.max()
             }
             Attempt::Failed(reason) => {
@@ -108,25 +113,34 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
     {
         Ok(Some(pairing)) => pairing,
         Ok(None) => {
-            return Attempt::NeedsAttention(format!(
-                "{}: {} {}",
+            return Attempt::needs_attention(
                 ErrorCode::SidecarPairingRequired,
-                ErrorCode::SidecarPairingRequired.message(),
-                ErrorCode::SidecarPairingRequired.user_action()
-            ));
+                format!(
+                    "{}: {} {}",
+                    ErrorCode::SidecarPairingRequired,
+                    ErrorCode::SidecarPairingRequired.message(),
+                    ErrorCode::SidecarPairingRequired.user_action()
+                ),
+            );
         }
         Err(error) => return Attempt::Failed(error.to_string()),
     };
     let Some(gateway_key) = pairing.gateway_public_key else {
-        return Attempt::NeedsAttention("the pairing has no pinned gateway key; pair again".into());
+        return Attempt::needs_attention(
+            ErrorCode::SidecarPairingRequired,
+            "the pairing has no pinned gateway key; pair again",
+        );
     };
     // The configured URL is what is dialed (validated at startup); the pinned key protects
     // against a wrong one.
     let Some(url) = context.config.relay_url().map(str::to_string) else {
-        return Attempt::NeedsAttention(format!(
-            "{}: sidecar.remote_relay_url is not set",
-            ErrorCode::ConfigInvalid
-        ));
+        return Attempt::needs_attention(
+            ErrorCode::ConfigInvalid,
+            format!(
+                "{}: sidecar.remote_relay_url is not set",
+                ErrorCode::ConfigInvalid
+            ),
+        );
     };
 
     let stream = tokio::select! {
@@ -136,10 +150,10 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
     let mut stream = match stream {
         Ok(stream) => stream,
         Err(DialError::Policy(why)) => {
-            return Attempt::NeedsAttention(format!(
-                "{}: relay URL {why}",
-                ErrorCode::ConfigInvalid
-            ));
+            return Attempt::needs_attention(
+                ErrorCode::ConfigInvalid,
+                format!("{}: relay URL {why}", ErrorCode::ConfigInvalid),
+            );
         }
         Err(error) => return Attempt::Failed(error.to_string()),
     };
@@ -170,7 +184,7 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
     };
     let (transport, server_hello) = match result {
         Ok(done) => done,
-        Err(failure) => return classify_handshake_failure(failure),
+        Err(failure) => return classify_handshake_failure(failure, &gateway_key),
     };
     if pairing.gateway_pairing_id.is_none() {
         // Made before pairing ids existed: pin the one this authenticated gateway names.
@@ -194,6 +208,15 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
             gateway_public_key: gateway_key,
         },
     };
+    if let Err(error) = context.store.record_relay_outcome(
+        &established.binding.sidecar_id,
+        now_unix_seconds(),
+        true,
+        None,
+        "connected",
+    ) {
+        tracing::warn!(%error, "could not record the relay status");
+    }
     let started = Instant::now();
     let end = connection::drive(context.clone(), stream, established, shutdown.clone()).await;
     let healthy = started.elapsed() >= context.config.heartbeat_interval();
@@ -239,29 +262,91 @@ fn check_journal_anchor(context: &Arc<DaemonContext>, anchor: Option<JournalRef>
     }
 }
 
-fn classify_handshake_failure(failure: HandshakeFailure) -> Attempt {
+fn classify_handshake_failure(failure: HandshakeFailure, gateway_key: &PublicKey) -> Attempt {
     match failure {
+        HandshakeFailure::Rejected(code) if code == ErrorCode::GatewayKeyMismatch.code() => {
+            let code = ErrorCode::GatewayKeyMismatch;
+            Attempt::needs_attention(
+                code,
+                format!(
+                    "{code}: the gateway could not read the handshake sealed to the key this \
+                     laptop paired with (fingerprint {}): its key was rotated or replaced, or \
+                     the relay URL leads to another gateway. {} Retrying slowly.",
+                    gateway_key.fingerprint(),
+                    code.user_action()
+                ),
+            )
+        }
         HandshakeFailure::Rejected(code)
             if code == ErrorCode::SidecarPairingRequired.code()
                 || code == ErrorCode::SidecarSessionInvalid.code() =>
         {
-            let action = ErrorCode::from_code(&code)
-                .map(|c| c.user_action())
-                .unwrap_or("");
-            Attempt::NeedsAttention(format!(
-                "the gateway refused this sidecar with {code}; {action} Retrying slowly."
-            ))
+            let known = ErrorCode::from_code(&code).unwrap_or(ErrorCode::SidecarPairingRequired);
+            Attempt::needs_attention(
+                known,
+                format!(
+                    "the gateway refused this sidecar with {code}; {} Retrying slowly.",
+                    known.user_action()
+                ),
+            )
         }
-        HandshakeFailure::WrongInstance => Attempt::NeedsAttention(format!(
-            "{}: the gateway answered as a different instance than the one paired; pair again",
-            ErrorCode::SidecarSessionInvalid
-        )),
-        HandshakeFailure::WrongUserOrPairing => Attempt::NeedsAttention(format!(
-            "{}: {} {} Not serving it; retrying slowly.",
+        HandshakeFailure::WrongInstance => Attempt::needs_attention(
+            ErrorCode::SidecarSessionInvalid,
+            format!(
+                "{}: the gateway answered as a different instance than the one paired; pair again",
+                ErrorCode::SidecarSessionInvalid
+            ),
+        ),
+        HandshakeFailure::WrongUserOrPairing => Attempt::needs_attention(
             ErrorCode::SidecarGatewayMismatch,
-            ErrorCode::SidecarGatewayMismatch.message(),
-            ErrorCode::SidecarGatewayMismatch.user_action()
-        )),
+            format!(
+                "{}: {} {} Not serving it; retrying slowly.",
+                ErrorCode::SidecarGatewayMismatch,
+                ErrorCode::SidecarGatewayMismatch.message(),
+                ErrorCode::SidecarGatewayMismatch.user_action()
+            ),
+        ),
         other => Attempt::Failed(other.to_string()),
+    }
+}
+
+impl Attempt {
+    fn needs_attention(code: ErrorCode, message: impl Into<String>) -> Self {
+        Attempt::NeedsAttention {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Keeps the relay loop's outcome in the state store, where `ibkr-agent sidecar status` (a
+/// separate process) reads it. Connected is recorded when the session is established.
+fn record_outcome(context: &DaemonContext, attempt: &Attempt) {
+    let (code, detail) = match attempt {
+        Attempt::Shutdown => (None, "the daemon stopped".to_string()),
+        Attempt::Ended { end, .. } => (
+            None,
+            match end {
+                ConnectionEnd::Shutdown => "the daemon stopped".to_string(),
+                ConnectionEnd::GoAway { retry_after } => format!(
+                    "the gateway asked to reconnect in {} s",
+                    retry_after.as_secs()
+                ),
+                ConnectionEnd::PairingGone => "the pairing ended; pair again".to_string(),
+                ConnectionEnd::Woke => "the laptop slept; reconnecting".to_string(),
+                ConnectionEnd::Closed { reason } => format!("the relay session ended: {reason}"),
+            },
+        ),
+        Attempt::NeedsAttention { code, message } => (Some(code.code()), message.clone()),
+        Attempt::Failed(reason) => (None, format!("connection attempt failed: {reason}")),
+    };
+    if let Err(error) = context.store.record_relay_outcome(
+        &context.identity.sidecar_id,
+        now_unix_seconds(),
+        false,
+        code,
+        &detail,
+    ) {
+        tracing::warn!(%error, "could not record the relay status");
     }
 }
