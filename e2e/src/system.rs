@@ -72,6 +72,9 @@ pub struct SystemOptions {
     /// `None`: the default. Every test client dials from 127.0.0.1, so a test that stands for
     /// many agents on many hosts raises it.
     pub max_connections_per_peer: Option<usize>,
+    /// MCP sessions one user may hold (`remote_mcp.max_sessions_per_user`); tests that play
+    /// many agents of one user at once raise it.
+    pub max_sessions_per_user: Option<usize>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -94,6 +97,7 @@ impl Default for SystemOptions {
             request_timeout_seconds: None,
             max_concurrent_calls: None,
             max_connections_per_peer: None,
+            max_sessions_per_user: None,
         }
     }
 }
@@ -170,6 +174,9 @@ impl System {
             }
             if let Some(calls) = options.max_concurrent_calls {
                 config.sidecar.max_in_flight_per_sidecar = calls;
+            }
+            if let Some(sessions) = options.max_sessions_per_user {
+                config.remote_mcp.max_sessions_per_user = sessions;
             }
             if let Some(connections) = options.max_connections_per_peer {
                 config.remote_mcp.max_connections_per_peer = connections;

@@ -22,6 +22,7 @@ use crate::mcp::GatewayMcp;
 use crate::oauth::jwks::{JwksCache, REFRESH_COOLDOWN};
 use crate::oauth::metadata::protected_resource;
 use crate::oauth::middleware::{MAX_MCP_BODY_BYTES, require_bearer, too_many_requests};
+use crate::oauth::session_binding::McpSessions;
 use crate::oauth::token::{TokenValidator, ValidatorSettings};
 use crate::ops::metrics::{Metrics, RateLimitScope, Snapshot};
 use crate::pairing::PairingService;
@@ -232,7 +233,7 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
         let factory_state = Arc::clone(&state);
         let service = StreamableHttpService::new(
             move || Ok(GatewayMcp::new(Arc::clone(&factory_state))),
-            Arc::new(LocalSessionManager::default()),
+            state.mcp_sessions.manager(),
             config,
         );
         // Outermost first: Host/Origin, cache headers (on every answer, refusals included),
@@ -613,7 +614,11 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),
-        session_owners: crate::oauth::session_binding::SessionOwners::new(),
+        mcp_sessions: Arc::new(McpSessions::new(
+            mcp_session_manager(&config),
+            config.remote_mcp.max_sessions_per_user,
+            Duration::from_secs(config.remote_mcp.session_idle_timeout_seconds),
+        )),
         pairing: PairingService::new(store.clone(), public_key, instance_id.clone()),
         resolved,
         store,
@@ -626,6 +631,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         config,
     });
     state.relay.spawn_revocation_poll();
+    state.mcp_sessions.spawn_sweeper(server_shutdown.clone());
 
     let app = build_router(Arc::clone(&state), &server_shutdown);
     let edge = &state.config.remote_mcp;
@@ -679,4 +685,15 @@ fn spawn_key_retry(jwks: Arc<JwksCache>, shutdown: CancellationToken) {
             let _ = jwks.keys().await;
         }
     });
+}
+
+/// rmcp's session manager. Its own keep-alive only stops an idle session's worker (the entry
+/// stays in its map), so the gateway's sweeper closes idle sessions; rmcp's timer is a
+/// backstop a minute later.
+fn mcp_session_manager(config: &GatewayConfiguration) -> Arc<LocalSessionManager> {
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(Duration::from_secs(
+        config.remote_mcp.session_idle_timeout_seconds + 60,
+    ));
+    Arc::new(manager)
 }

@@ -314,6 +314,15 @@ pub struct RemoteMcpSection {
     /// idle timeout.
     #[serde(default = "RemoteMcpSection::default_header_read_timeout")]
     pub header_read_timeout_seconds: u64,
+    /// Open MCP sessions (2025-11-25 `Mcp-Session-Id` sessions) one user may hold at once;
+    /// an `initialize` beyond it is refused with `MCP_SESSION_LIMIT`. Sessions the client
+    /// deleted or that sat idle for `session_idle_timeout_seconds` do not count.
+    #[serde(default = "RemoteMcpSection::default_max_sessions_per_user")]
+    pub max_sessions_per_user: usize,
+    /// An MCP session that receives no request for this long is closed (its client gets 404
+    /// and initializes a new one, as the MCP specification has clients do).
+    #[serde(default = "RemoteMcpSection::default_session_idle_timeout")]
+    pub session_idle_timeout_seconds: u64,
     #[serde(default = "RemoteMcpSection::default_rate_subject")]
     pub rate_limit_per_subject_per_minute: u32,
     #[serde(default = "RemoteMcpSection::default_rate_peer")]
@@ -364,6 +373,12 @@ impl RemoteMcpSection {
     fn default_header_read_timeout() -> u64 {
         75
     }
+    fn default_max_sessions_per_user() -> usize {
+        16
+    }
+    fn default_session_idle_timeout() -> u64 {
+        300
+    }
     fn default_rate_subject() -> u32 {
         600
     }
@@ -393,6 +408,8 @@ impl Default for RemoteMcpSection {
             max_relay_connections: Self::default_max_relay_connections(),
             first_byte_timeout_seconds: Self::default_first_byte_timeout(),
             header_read_timeout_seconds: Self::default_header_read_timeout(),
+            max_sessions_per_user: Self::default_max_sessions_per_user(),
+            session_idle_timeout_seconds: Self::default_session_idle_timeout(),
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
             rate_limit_per_peer_per_minute: Self::default_rate_peer(),
             token_id_hmac_secret_env: Self::default_hmac_env(),
@@ -936,6 +953,18 @@ impl GatewayConfiguration {
             1_000_000,
         )?;
         check_range(
+            "remote_mcp.max_sessions_per_user",
+            mcp.max_sessions_per_user as u64,
+            1,
+            10_000,
+        )?;
+        check_range(
+            "remote_mcp.session_idle_timeout_seconds",
+            mcp.session_idle_timeout_seconds,
+            30,
+            86_400,
+        )?;
+        check_range(
             "remote_mcp.first_byte_timeout_seconds",
             mcp.first_byte_timeout_seconds,
             1,
@@ -1144,6 +1173,8 @@ remote_mcp:
   max_relay_connections: 1024
   first_byte_timeout_seconds: 5
   header_read_timeout_seconds: 75
+  max_sessions_per_user: 16
+  session_idle_timeout_seconds: 300
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200
   token_id_hmac_secret_env: "IBKR_GATEWAY_TOKEN_ID_HMAC_SECRET"

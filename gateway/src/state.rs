@@ -3,7 +3,7 @@
 use crate::audit::Audit;
 use crate::config::{GatewayConfiguration, Resolved};
 use crate::http::rate_limit::RateLimiter;
-use crate::oauth::session_binding::SessionOwners;
+use crate::oauth::session_binding::McpSessions;
 use crate::oauth::token::TokenValidator;
 use crate::ops::metrics::Metrics;
 use crate::pairing::PairingService;
@@ -25,7 +25,7 @@ pub(crate) struct AppState {
     pub metrics_token: Option<zeroize::Zeroizing<String>>,
     pub subject_limiter: RateLimiter,
     pub peer_limiter: RateLimiter,
-    pub session_owners: SessionOwners,
+    pub mcp_sessions: Arc<McpSessions>,
     pub relay: Arc<Relay>,
     pub pairing: PairingService,
 }

@@ -169,13 +169,13 @@ async fn a_gateway_without_the_pinned_key_is_not_trusted() {
     drop(store);
 
     let report = doctor(&system).await;
-    assert_failed(&report, "gateway", "HANDSHAKE_FAILED", "pair again");
+    assert_failed(&report, "gateway", "GATEWAY_KEY_MISMATCH", "pair again");
     assert!(
         report
             .check("gateway")
             .unwrap()
             .detail
-            .contains("does not hold the key pinned at pairing"),
+            .contains("no longer holds the key this laptop paired with"),
         "{report:#?}"
     );
     system.shutdown().await;

@@ -242,6 +242,8 @@ async fn fifty_parallel_buys_never_take_the_day_above_its_cap() {
         // Fifty agents, each with its own MCP client (a POST and an event stream apiece), all
         // from 127.0.0.1: room for them all, so the race under test is the cap's.
         max_connections_per_peer: Some(256),
+        // Each parallel agent holds its own MCP session.
+        max_sessions_per_user: Some(256),
         ..SystemOptions::default()
     })
     .await;
@@ -460,6 +462,8 @@ async fn a_burst_of_reads_and_a_reconcile_of_ten_stay_within_pacing_and_an_exit_
         max_concurrent_calls: Some(64),
         // Thirty-two MCP clients from 127.0.0.1 (see the fifty-buys test).
         max_connections_per_peer: Some(256),
+        // Each parallel agent holds its own MCP session.
+        max_sessions_per_user: Some(256),
         ..SystemOptions::default()
     })
     .await;

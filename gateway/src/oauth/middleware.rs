@@ -22,6 +22,7 @@
 //! the token itself goes no further than this function.
 
 use crate::error::GatewayError;
+use crate::oauth::session_binding::SessionLimit;
 use crate::ops::metrics::RateLimitScope;
 use crate::state::AppState;
 use axum::Json;
@@ -147,10 +148,31 @@ fn jsonrpc_refusal((code, message): (i64, &'static str)) -> Response {
 }
 
 pub(crate) fn too_many_requests(retry_after: Duration) -> Response {
-    let mut response = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        &GatewayError::new(ErrorCode::AuthRateLimited),
-    );
+    refused_for_a_while(GatewayError::new(ErrorCode::AuthRateLimited), retry_after)
+}
+
+/// A new MCP session refused at its user's (or the gateway's) cap.
+fn session_limit(limit: SessionLimit) -> Response {
+    match limit {
+        SessionLimit::PerUser { limit, retry_after } => refused_for_a_while(
+            GatewayError::with_detail(
+                ErrorCode::McpSessionLimit,
+                format!("(this user holds {limit} open sessions, the most allowed)"),
+            ),
+            retry_after,
+        ),
+        SessionLimit::Gateway { retry_after } => refused_for_a_while(
+            GatewayError::with_detail(
+                ErrorCode::McpSessionLimit,
+                "(the gateway holds as many sessions as it allows in all)",
+            ),
+            retry_after,
+        ),
+    }
+}
+
+fn refused_for_a_while(error: GatewayError, retry_after: Duration) -> Response {
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, &error);
     let seconds = retry_after.as_secs().max(1);
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -294,7 +316,7 @@ pub(crate) async fn require_bearer(
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     if let Some(session_id) = &session_id
-        && !state.session_owners.permit(session_id, &context.subject)
+        && !state.mcp_sessions.permit(session_id, &context.subject)
     {
         tracing::warn!(subject = %context.subject, "MCP session used under another subject");
         return json_error(
@@ -307,6 +329,7 @@ pub(crate) async fn require_bearer(
     }
     let subject = context.subject.clone();
     let method = parts.method.clone();
+    let mut reservation = None;
     let body = if parts.method == Method::POST {
         let read = tokio::time::timeout(
             BODY_READ_TIMEOUT,
@@ -362,6 +385,22 @@ pub(crate) async fn require_bearer(
             let names: Vec<&str> = refused.iter().map(|tool| tool.name).collect();
             return insufficient_scope(&state, &scope, &names.join(", "));
         }
+        // An `initialize` outside a session creates one: it needs a slot under the cap.
+        if session_id.is_none()
+            && message
+                .as_ref()
+                .and_then(|m| m.get("method"))
+                .and_then(|m| m.as_str())
+                == Some("initialize")
+        {
+            match state.mcp_sessions.reserve(&subject) {
+                Ok(slot) => reservation = Some(slot),
+                Err(limit) => {
+                    tracing::info!(%subject, "MCP session refused: at the session limit");
+                    return session_limit(limit);
+                }
+            }
+        }
         Body::from(bytes)
     } else {
         body
@@ -374,23 +413,22 @@ pub(crate) async fn require_bearer(
         *response.status_mut() = StatusCode::NO_CONTENT;
     }
     match &session_id {
-        // A new session was created for this subject.
+        // A new session was created for this subject (a reservation that created none is
+        // freed when dropped).
         None => {
             if let Some(created) = response
                 .headers()
                 .get(MCP_SESSION_ID)
                 .and_then(|value| value.to_str().ok())
             {
-                state.session_owners.bind(created, &subject);
+                match reservation.take() {
+                    Some(slot) => slot.bind(created),
+                    None => state.mcp_sessions.bind_unreserved(created, &subject),
+                }
             }
         }
         Some(session_id) if method == Method::DELETE && response.status().is_success() => {
-            state.session_owners.forget(session_id);
-        }
-        // A session the map did not know (forgotten after an overflow) that rmcp served:
-        // it belongs to the subject that just used it successfully.
-        Some(session_id) if response.status().is_success() => {
-            state.session_owners.bind_if_unknown(session_id, &subject);
+            state.mcp_sessions.forget(session_id);
         }
         Some(_) => {}
     }

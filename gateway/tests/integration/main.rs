@@ -20,5 +20,6 @@ mod operations;
 mod pairing;
 mod rate_limits;
 mod relay;
+mod sessions;
 mod store_concurrency;
 mod transport;

@@ -136,7 +136,7 @@ async fn handshake_gates_refuse_unpaired_misbound_and_replayed() {
     )
     .unwrap();
     match send_init(&mut socket, msg1, initiator).await {
-        Handshake::Rejected(code) => assert_eq!(code, "HANDSHAKE_FAILED"),
+        Handshake::Rejected(code) => assert_eq!(code, "GATEWAY_KEY_MISMATCH"),
         _ => panic!("undecryptable message 1 was not refused"),
     }
 

@@ -707,7 +707,13 @@ fn sessions_and_pairings_are_validated_and_listed() {
     assert_eq!(status, 0);
     assert_eq!(
         keys(&json),
-        sorted(&["identity", "pairings", "open_sessions", "daemon_config"])
+        sorted(&[
+            "identity",
+            "pairings",
+            "open_sessions",
+            "relay",
+            "daemon_config"
+        ])
     );
     assert_eq!(json["identity"]["sidecar_id"], "sidecar-example");
     assert_eq!(json["pairings"].as_array().unwrap().len(), 2);
