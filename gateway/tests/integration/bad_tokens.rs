@@ -140,7 +140,12 @@ async fn every_bad_token_gets_its_status_and_challenge() {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("rsa-1".into());
         header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret)).unwrap()
+        jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
     };
     let rsa_pem = rsa.public_pem.clone().unwrap();
     let impostor = SigningKey::es256(&issuer.key.kid);

@@ -114,7 +114,7 @@ async fn invalid_tokens_are_refused() {
     let hmac = jsonwebtoken::encode(
         &header,
         &issuer.claims("alice", RESOURCE, &[]),
-        &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        &jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap(),
     )
     .unwrap();
     assert_eq!(
