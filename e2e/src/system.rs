@@ -213,8 +213,119 @@ impl System {
             .ok_or_else(|| SystemError::Gateway("gateway is stopped".into()))
     }
 
+    /// The gateway's MCP endpoint: the in-process gateway's, or, while the gateway runs as a
+    /// separate process on the same configuration, the one its configuration names.
     pub fn mcp_url(&self) -> Result<String, SystemError> {
-        Ok(self.gateway()?.mcp_url())
+        match &self.gateway {
+            Some(gateway) => Ok(gateway.mcp_url()),
+            None => Ok(format!(
+                "{}/mcp",
+                self.gateway_config.public_base_url.trim_end_matches('/')
+            )),
+        }
+    }
+
+    /// Replaces the in-process gateway with the `ibkr-gateway serve` binary on the same
+    /// configuration, address and state, and returns once it answers `/healthz`. Its output
+    /// goes to `gateway.log` in its state directory.
+    pub async fn start_gateway_process(
+        &mut self,
+    ) -> Result<crate::processes::ChildProcess, SystemError> {
+        self.stop_gateway().await;
+        let config = self.write_gateway_config()?;
+        let binary = crate::processes::workspace_binary("ibkr-gateway")
+            .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        let log = self.gateway_config.state_dir.join("gateway.log");
+        let config = config.display().to_string();
+        let child = crate::processes::ChildProcess::spawn(
+            "ibkr-gateway",
+            &binary,
+            &["serve", "--config", &config],
+            &[],
+            &log,
+        )
+        .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        let health = format!(
+            "{}/healthz",
+            self.gateway_config.public_base_url.trim_end_matches('/')
+        );
+        let http = reqwest::Client::new();
+        let answered = within("the gateway process to answer /healthz", async {
+            loop {
+                // Another process: nothing to subscribe to, so ask until it answers.
+                if let Ok(response) = http.get(&health).send().await
+                    && response.status().is_success()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if answered.is_err() {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(SystemError::Gateway(format!(
+                "the gateway process did not come up: {output}"
+            )));
+        }
+        Ok(child)
+    }
+
+    /// Waits until the user's sidecar is connected, as `ibkr_health` reports it (for a
+    /// gateway in another process, whose session events this process cannot subscribe to).
+    pub async fn wait_sidecar_connected(&self) -> Result<(), SystemError> {
+        let token = self.token(&["ibkr:health:read"])?;
+        within("the sidecar to connect", async {
+            loop {
+                if let Ok(client) = self.mcp_client(&token).await {
+                    let called = client
+                        .call_tool(rmcp::model::CallToolRequestParams::new("ibkr_health"))
+                        .await;
+                    let _ = client.cancel().await;
+                    if let Ok(result) = called
+                        && result
+                            .structured_content
+                            .as_ref()
+                            .is_some_and(|body| body["relay"]["connected"] == true)
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// Replaces the in-process sidecar with the `ibkr-agent sidecar run` binary on the same
+    /// state directory and configuration (written to `sidecar.yaml`), and returns once the
+    /// gateway has registered its session. Output goes to `sidecar.log` in its state
+    /// directory. Its market clock is the real one.
+    pub async fn start_sidecar_process(
+        &mut self,
+    ) -> Result<crate::processes::ChildProcess, SystemError> {
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.stop().await;
+        }
+        self.write_sidecar_config()?;
+        let mut events = self.gateway()?.subscribe_sessions();
+        let binary = crate::processes::workspace_binary("ibkr-agent")
+            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        let log = self.sidecar_state_dir.join("sidecar.log");
+        let state_dir = self.sidecar_state_dir.display().to_string();
+        let child = crate::processes::ChildProcess::spawn(
+            "ibkr-agent",
+            &binary,
+            &["--state-dir", &state_dir, "sidecar", "run"],
+            &[],
+            &log,
+        )
+        .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        if let Err(error) = wait_registered(&mut events).await {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(SystemError::Sidecar(format!("{error}: {output}")));
+        }
+        Ok(child)
     }
 
     /// Issues a code for the system's user and pairs the sidecar with it.
