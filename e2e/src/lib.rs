@@ -6,6 +6,7 @@ pub mod cpgw_sim;
 pub mod dev_issuer;
 pub mod processes;
 pub mod raw_sidecar;
+pub mod small_disk;
 pub mod system;
 
 /// Logging for the demo and the benchmark: errors only (unless `RUST_LOG` says otherwise), on

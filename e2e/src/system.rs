@@ -432,13 +432,25 @@ impl System {
                 None => ibkr_agent::market_clock::MarketClock::system(),
             },
         };
-        let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
+        let mut task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
+        // A daemon that refuses to start says why at once, rather than as a registration
+        // timeout.
+        let registered = tokio::select! {
+            registered = wait_registered(&mut events) => registered,
+            ended = &mut task => {
+                return Err(SystemError::Sidecar(match ended {
+                    Ok(Ok(())) => "the daemon stopped before registering".to_string(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(join) => join.to_string(),
+                }));
+            }
+        };
         self.sidecar = Some(RunningSidecar {
             shutdown,
             task,
             released,
         });
-        wait_registered(&mut events).await
+        registered
     }
 
     /// Stops the real daemon and puts a hand-driven sidecar with the same paired key in its

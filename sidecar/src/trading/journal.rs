@@ -322,6 +322,10 @@ impl Journal {
         let mut line = serde_json::to_vec(&entry)
             .map_err(|_| JournalError::Io(std::io::Error::other("cannot encode entry")))?;
         line.push(b'\n');
+        #[cfg(feature = "fault-injection")]
+        if faults::take(dir) {
+            return Err(JournalError::Io(std::io::Error::from_raw_os_error(28)));
+        }
         inner.file.seek(SeekFrom::End(0))?;
         inner.file.write_all(&line)?;
         inner.file.sync_data()?;
@@ -516,6 +520,42 @@ impl Journal {
         self.lock()
             .map(|inner| inner.book.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// Fault injection for the end-to-end tests (feature `fault-injection`, never in the
+/// product's builds): the next appends to the journal in a state directory fail as on a full
+/// disk, before anything is written.
+#[cfg(feature = "fault-injection")]
+pub mod faults {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static ARMED: Mutex<Option<HashMap<PathBuf, u32>>> = Mutex::new(None);
+
+    /// Makes the next `count` appends to the journal in `state_dir` fail with ENOSPC.
+    pub fn fail_next_appends(state_dir: &Path, count: u32) {
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        armed
+            .get_or_insert_with(HashMap::new)
+            .insert(state_dir.to_path_buf(), count);
+    }
+
+    pub(super) fn take(dir: &Path) -> bool {
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(left) = armed.as_mut().and_then(|map| map.get_mut(dir)) else {
+            return false;
+        };
+        if *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        true
     }
 }
 
