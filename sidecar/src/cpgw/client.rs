@@ -279,8 +279,10 @@ impl CpgwClient {
         lane: Lane,
         timeout: Duration,
     ) -> Result<RawAnswer, RawFailure> {
-        self.pacer
-            .acquire(Endpoint::of_path(path), lane)
+        let endpoint = Endpoint::of_path(path);
+        let sent_at = self
+            .pacer
+            .acquire_slot(endpoint, lane)
             .await
             // `Reserved` cannot come from this client's own paths (priming checks first); held
             // back like a 429 all the same, as the failure that sends nothing.
@@ -339,9 +341,13 @@ impl CpgwClient {
             })
         };
         // reqwest's timeout covers the request; this one also bounds the body loop.
-        tokio::time::timeout(timeout + Duration::from_secs(1), work)
+        let result = tokio::time::timeout(timeout + Duration::from_secs(1), work)
             .await
-            .unwrap_or(Err(RawFailure::Timeout))
+            .unwrap_or(Err(RawFailure::Timeout));
+        // CPGW may have got the request at any moment until now.
+        self.pacer
+            .finished(endpoint, sent_at, tokio::time::Instant::now());
+        result
     }
 
     /// Primes `family` if this session was not primed for it yet.
