@@ -4,6 +4,7 @@
 
 use crate::cpgw_sim::{AuthState, CpgwSimulator, SimConfig};
 use crate::dev_issuer::{DevIssuer, TokenRequest};
+use crate::fault_proxy::FaultProxy;
 use ibkr_agent::{DaemonOptions, SidecarConfig};
 use ibkr_gateway::{GatewayConfiguration, GatewayHandle, SessionEvent};
 use protocol::frame::Frame;
@@ -75,6 +76,11 @@ pub struct SystemOptions {
     /// MCP sessions one user may hold (`remote_mcp.max_sessions_per_user`); tests that play
     /// many agents of one user at once raise it.
     pub max_sessions_per_user: Option<usize>,
+    /// Put a [`FaultProxy`] between the sidecar and the CPGW simulator ([`System::proxy`]), so
+    /// a test can take CPGW down, slow it or reset its connections.
+    pub cpgw_through_proxy: bool,
+    /// The sidecar's `sidecar.client_portal_timeout_seconds`; `None`: its default (10 s).
+    pub client_portal_timeout_seconds: Option<u64>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -98,6 +104,8 @@ impl Default for SystemOptions {
             max_concurrent_calls: None,
             max_connections_per_peer: None,
             max_sessions_per_user: None,
+            cpgw_through_proxy: false,
+            client_portal_timeout_seconds: None,
         }
     }
 }
@@ -132,6 +140,8 @@ impl RunningSidecar {
 pub struct System {
     pub options: SystemOptions,
     pub sim: CpgwSimulator,
+    /// Between the sidecar and the simulator when `SystemOptions::cpgw_through_proxy`.
+    proxy: Option<FaultProxy>,
     pub issuer: DevIssuer,
     gateway: Option<GatewayHandle>,
     gateway_config: GatewayConfiguration,
@@ -158,6 +168,11 @@ impl System {
             ..SimConfig::default()
         })
         .await?;
+        let proxy = if options.cpgw_through_proxy {
+            Some(FaultProxy::start(sim.local_addr()).await?)
+        } else {
+            None
+        };
         let issuer = DevIssuer::start(loopback(0)).await?;
 
         let gateway_config_for = |listen: SocketAddr| {
@@ -193,6 +208,7 @@ impl System {
         let mut system = System {
             options,
             sim,
+            proxy,
             issuer,
             gateway: Some(gateway),
             gateway_config,
@@ -205,6 +221,13 @@ impl System {
             system.start_sidecar().await?;
         }
         Ok(system)
+    }
+
+    /// The fault proxy between the sidecar and CPGW (`SystemOptions::cpgw_through_proxy`).
+    pub fn proxy(&self) -> Result<&FaultProxy, SystemError> {
+        self.proxy
+            .as_ref()
+            .ok_or_else(|| SystemError::Sidecar("this system has no CPGW proxy".into()))
     }
 
     pub fn gateway(&self) -> Result<&GatewayHandle, SystemError> {
@@ -360,7 +383,13 @@ impl System {
         config.sidecar.enabled = true;
         config.safety.sidecar_enabled = true;
         config.sidecar.remote_relay_url = Some(self.gateway()?.relay_url());
-        config.sidecar.local_client_portal_base_url = self.sim.base_url();
+        config.sidecar.local_client_portal_base_url = match &self.proxy {
+            Some(proxy) => proxy.cpgw_base_url(),
+            None => self.sim.base_url(),
+        };
+        if let Some(seconds) = self.options.client_portal_timeout_seconds {
+            config.sidecar.client_portal_timeout_seconds = seconds;
+        }
         config.sidecar.heartbeat_interval_seconds = self.options.heartbeat_interval_seconds;
         config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;
         config.sidecar.reconnect_initial_delay_ms = 50;
@@ -555,6 +584,9 @@ impl System {
             gateway.shutdown().await;
         }
         self.issuer.shutdown().await;
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown().await;
+        }
         self.sim.shutdown().await;
     }
 }

@@ -44,6 +44,11 @@ pub const DEFAULT_TICKLE_INTERVAL_SECONDS: u64 = 60;
 /// Shortest keep-alive interval: IBKR paces `/tickle` at one request per second, and each round
 /// also asks `auth/status`.
 pub const MIN_TICKLE_INTERVAL_SECONDS: u64 = 2;
+/// How long one request to the Client Portal Gateway may take (connecting included).
+pub const DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS: u64 = 10;
+/// Longest `client_portal_timeout_seconds` accepted: a relayed call waits 30 s by default, and
+/// one tool may need several CPGW requests.
+pub const MAX_CLIENT_PORTAL_TIMEOUT_SECONDS: u64 = 60;
 
 /// Upper bound for `max_concurrent_requests`: the relay is a personal channel, and each request
 /// holds a CPGW connection.
@@ -90,6 +95,14 @@ pub struct SidecarSection {
     pub reconnect_initial_delay_ms: u64,
     pub reconnect_max_delay_ms: u64,
     pub tickle_interval_seconds: u64,
+    /// How long one CPGW request may take, connecting included, before it counts as failed
+    /// (for an order: an unknown outcome once the request may have been sent).
+    #[serde(default = "default_client_portal_timeout_seconds")]
+    pub client_portal_timeout_seconds: u64,
+}
+
+fn default_client_portal_timeout_seconds() -> u64 {
+    DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +124,7 @@ impl Default for SidecarSection {
             reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             tickle_interval_seconds: DEFAULT_TICKLE_INTERVAL_SECONDS,
+            client_portal_timeout_seconds: DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS,
         }
     }
 }
@@ -138,6 +152,7 @@ struct FileSidecar {
     reconnect_initial_delay_ms: Option<u64>,
     reconnect_max_delay_ms: Option<u64>,
     tickle_interval_seconds: Option<u64>,
+    client_portal_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +246,9 @@ impl FileConfig {
                 tickle_interval_seconds: sidecar
                     .tickle_interval_seconds
                     .unwrap_or(DEFAULT_TICKLE_INTERVAL_SECONDS),
+                client_portal_timeout_seconds: sidecar
+                    .client_portal_timeout_seconds
+                    .unwrap_or(DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS),
             },
             safety: SafetySection {
                 sidecar_enabled: safety_enabled,
@@ -376,6 +394,12 @@ impl SidecarConfig {
                 format!("must be between {MIN_TICKLE_INTERVAL_SECONDS} and 300"),
             ));
         }
+        if !(1..=MAX_CLIENT_PORTAL_TIMEOUT_SECONDS).contains(&s.client_portal_timeout_seconds) {
+            return Err(invalid(
+                "sidecar.client_portal_timeout_seconds",
+                format!("must be between 1 and {MAX_CLIENT_PORTAL_TIMEOUT_SECONDS}"),
+            ));
+        }
         Ok(())
     }
 
@@ -394,6 +418,11 @@ impl SidecarConfig {
 
     pub fn tickle_interval(&self) -> Duration {
         Duration::from_secs(self.sidecar.tickle_interval_seconds)
+    }
+
+    /// How long one CPGW request may take.
+    pub fn client_portal_timeout(&self) -> Duration {
+        Duration::from_secs(self.sidecar.client_portal_timeout_seconds)
     }
 
     pub fn reconnect_initial_delay(&self) -> Duration {
@@ -422,6 +451,7 @@ pub fn default_config_yaml(remote_relay_url: &str) -> String {
          \x20 reconnect_initial_delay_ms: {DEFAULT_RECONNECT_INITIAL_DELAY_MS}\n\
          \x20 reconnect_max_delay_ms: {DEFAULT_RECONNECT_MAX_DELAY_MS}\n\
          \x20 tickle_interval_seconds: {DEFAULT_TICKLE_INTERVAL_SECONDS}\n\
+         \x20 client_portal_timeout_seconds: {DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS}\n\
          safety:\n\
          \x20 sidecar_enabled: true\n"
     )
@@ -508,6 +538,8 @@ safety:
         assert_eq!(config.sidecar.reconnect_initial_delay_ms, 500);
         assert_eq!(config.sidecar.reconnect_max_delay_ms, 30_000);
         assert_eq!(config.sidecar.tickle_interval_seconds, 60);
+        assert_eq!(config.sidecar.client_portal_timeout_seconds, 10);
+        assert_eq!(config.client_portal_timeout(), Duration::from_secs(10));
     }
 
     #[test]
@@ -585,6 +617,16 @@ safety:
                 "sidecar.tickle_interval_seconds",
                 "tickle_interval_seconds",
                 "301",
+            ),
+            (
+                "sidecar.client_portal_timeout_seconds",
+                "client_portal_timeout_seconds",
+                "0",
+            ),
+            (
+                "sidecar.client_portal_timeout_seconds",
+                "client_portal_timeout_seconds",
+                "61",
             ),
         ] {
             let yaml = FULL.replace("safety:", &format!("  {line}: {bad}\nsafety:"));

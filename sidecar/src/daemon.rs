@@ -146,7 +146,10 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
             SidecarError::bare(ErrorCode::SidecarPairingRequired)
         });
     }
-    let cpgw = CpgwClient::new(&options.config.sidecar.local_client_portal_base_url)?;
+    let cpgw = CpgwClient::with_timeout(
+        &options.config.sidecar.local_client_portal_base_url,
+        options.config.client_portal_timeout(),
+    )?;
     let (broker, _) = watch::channel(BrokerState::Unknown);
     let alerts = AlertSink::new(&identity.display_name, options.config.alerts.as_ref())?;
     let trading = options.config.trading.clone();

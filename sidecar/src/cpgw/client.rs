@@ -6,7 +6,8 @@
 //! - No cookie store: CPGW sets a session cookie on every answer, and the sidecar neither
 //!   needs nor keeps it (CPGW authenticates local callers by the browser login it holds), so
 //!   it can never be forwarded.
-//! - Every request has a 10 s timeout and a bounded body; CPGW bodies and error texts are
+//! - Every request has a timeout (`sidecar.client_portal_timeout_seconds`, 10 s by default)
+//!   and a bounded body; CPGW bodies and error texts are
 //!   never copied into errors.
 //! - Every request waits for its turn in the [`Pacer`] (IBKR's pacing limits, with margins),
 //!   and a 429 stops all requests for the penalty period instead of being retried.
@@ -30,8 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
 
-/// Per-request timeout towards CPGW.
-pub const CPGW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default per-request timeout towards CPGW (`sidecar.client_portal_timeout_seconds`).
+pub const CPGW_TIMEOUT: Duration =
+    Duration::from_secs(crate::config::DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS);
 /// Largest CPGW answer read (portfolio pages and history are far smaller).
 pub(super) const MAX_CPGW_BODY: usize = 4 * 1024 * 1024;
 
@@ -80,6 +82,8 @@ pub struct CpgwClient {
     /// [`Lane::Read`], or [`Lane::Trading`] on the handle an order decision uses
     /// ([`CpgwClient::for_orders`]).
     read_lane: Lane,
+    /// How long one request may take, connecting included.
+    timeout: Duration,
 }
 
 /// Whether the current brokerage session was primed for each family of endpoints.
@@ -162,15 +166,21 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 impl CpgwClient {
-    /// Builds a client for `base_url` (e.g. `https://localhost:5000/v1/api`).
+    /// Builds a client for `base_url` (e.g. `https://localhost:5000/v1/api`) with the default
+    /// request timeout ([`CPGW_TIMEOUT`]).
     pub fn new(base_url: &str) -> Result<Self, SidecarError> {
+        Self::with_timeout(base_url, CPGW_TIMEOUT)
+    }
+
+    /// Builds a client whose every request (connecting included) may take `timeout`.
+    pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, SidecarError> {
         let base = net::checked_url(base_url, UrlKind::Http).map_err(|why| {
             SidecarError::config(format!("(sidecar.local_client_portal_base_url {why})"))
         })?;
         let loopback = net::is_loopback_host(&base);
         let mut builder = reqwest::Client::builder()
-            .timeout(CPGW_TIMEOUT)
-            .connect_timeout(CPGW_TIMEOUT)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             // CPGW refuses requests without a User-Agent.
@@ -191,7 +201,13 @@ impl CpgwClient {
             orders_cache: Arc::default(),
             last_accounts: Arc::default(),
             read_lane: Lane::Read,
+            timeout,
         })
+    }
+
+    /// How long one request may take, connecting included.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A client for a command that may run while the daemon does: a small request budget and
@@ -263,8 +279,10 @@ impl CpgwClient {
         lane: Lane,
         timeout: Duration,
     ) -> Result<RawAnswer, RawFailure> {
-        self.pacer
-            .acquire(Endpoint::of_path(path), lane)
+        let endpoint = Endpoint::of_path(path);
+        let sent_at = self
+            .pacer
+            .acquire_slot(endpoint, lane)
             .await
             // `Reserved` cannot come from this client's own paths (priming checks first); held
             // back like a 429 all the same, as the failure that sends nothing.
@@ -323,9 +341,13 @@ impl CpgwClient {
             })
         };
         // reqwest's timeout covers the request; this one also bounds the body loop.
-        tokio::time::timeout(timeout + Duration::from_secs(1), work)
+        let result = tokio::time::timeout(timeout + Duration::from_secs(1), work)
             .await
-            .unwrap_or(Err(RawFailure::Timeout))
+            .unwrap_or(Err(RawFailure::Timeout));
+        // CPGW may have got the request at any moment until now.
+        self.pacer
+            .finished(endpoint, sent_at, tokio::time::Instant::now());
+        result
     }
 
     /// Primes `family` if this session was not primed for it yet.
@@ -344,7 +366,7 @@ impl CpgwClient {
                 path,
                 None,
                 Lane::Trading,
-                CPGW_TIMEOUT,
+                self.timeout,
             )
             .await?;
         // Any answer counts as tried for this session: a failing priming query is not repeated
@@ -410,7 +432,7 @@ impl CpgwClient {
     ) -> Result<T, CpgwError> {
         let body = body.map(|json| (json.to_string(), "application/json"));
         let answer = self
-            .exchange(method, path, body, self.read_lane, CPGW_TIMEOUT)
+            .exchange(method, path, body, self.read_lane, self.timeout)
             .await
             .map_err(|failure| match failure {
                 RawFailure::Connect | RawFailure::Lost => CpgwError::Unreachable,

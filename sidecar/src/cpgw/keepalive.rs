@@ -20,6 +20,7 @@ use super::broker_state::BrokerState;
 use super::client::{CpgwClient, CpgwError};
 use super::types::AuthStatus;
 use crate::alerts::AlertSink;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub struct SessionMonitor {
     last: Mutex<Option<(Instant, AuthStatus)>>,
+    /// The last keep-alive round sent a request that got no answer (timed out, or the
+    /// connection broke or was refused): CPGW may still have it queued.
+    unanswered: AtomicBool,
 }
 
 impl SessionMonitor {
@@ -50,6 +54,16 @@ impl SessionMonitor {
         let (at, status) = (*last)?;
         (at.elapsed() < max_age).then_some(status)
     }
+
+    /// Whether the last keep-alive round went without an answer from CPGW.
+    pub fn last_round_unanswered(&self) -> bool {
+        self.unanswered.load(Ordering::SeqCst)
+    }
+}
+
+/// True when a request got no answer: it may still be queued at CPGW (or never reached it).
+fn no_answer<T>(result: &Result<T, CpgwError>) -> bool {
+    matches!(result, Err(CpgwError::Timeout | CpgwError::Unreachable))
 }
 
 /// What the keep-alive needs.
@@ -72,9 +86,17 @@ pub struct OutageTracker {
 /// One keep-alive round; returns the broker state it observed. `monitor` records the final
 /// `auth/status`.
 pub async fn keepalive_round(client: &CpgwClient, monitor: &SessionMonitor) -> BrokerState {
-    // The tickle's own answer is not trusted for the state: auth/status is the reference.
-    let _ = client.tickle().await;
+    // No tickle after a round CPGW did not answer: its tickle may still be queued there (a
+    // stalled CPGW works through its backlog at once when it resumes), and two tickles within a
+    // second trip IBKR's one-per-second limit, whose 429 holds every request back for 15
+    // minutes, exits included. The auth/status below keeps the session active all the same.
+    let mut unanswered = false;
+    if !monitor.last_round_unanswered() {
+        // The tickle's own answer is not trusted for the state: auth/status is the reference.
+        unanswered |= no_answer(&client.tickle().await);
+    }
     let mut status = client.auth_status().await;
+    unanswered |= no_answer(&status);
     if let Ok(current) = &status
         && current.connected
         && !current.authenticated
@@ -88,8 +110,10 @@ pub async fn keepalive_round(client: &CpgwClient, monitor: &SessionMonitor) -> B
             }
         }
         status = client.auth_status().await;
+        unanswered |= no_answer(&status);
     }
     monitor.record(&status);
+    monitor.unanswered.store(unanswered, Ordering::SeqCst);
     BrokerState::from_auth(&status)
 }
 

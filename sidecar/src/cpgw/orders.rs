@@ -11,10 +11,7 @@ use super::pacer::{Endpoint, Lane};
 use super::types::JsonText;
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::Duration;
 
-/// Timeout for one order request (placement, reply, cancel).
-pub const ORDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest broker text kept from a rejection (it is shown to the caller).
 const MAX_REASON_LEN: usize = 300;
 
@@ -298,7 +295,7 @@ impl CpgwClient {
     ) -> Result<(u16, Vec<u8>), SendFailure> {
         let body = body.map(|text| (text, "application/json"));
         let answer = self
-            .exchange(method, path, body, lane, ORDER_TIMEOUT)
+            .exchange(method, path, body, lane, self.request_timeout())
             .await
             .map_err(|failure| match failure {
                 RawFailure::Connect => SendFailure::NotSent {

@@ -9,6 +9,10 @@
 //!
 //! - every limit is a sliding window (stricter than fixed buckets), measured on the sidecar's
 //!   monotonic clock, with room for requests that bunch up on their way to CPGW;
+//! - IBKR counts a request when CPGW gets it, which can be long after it was sent (a stalled
+//!   CPGW, a slow laptop): an endpoint with a limit of its own counts each request from when
+//!   its exchange ended ([`Pacer::finished`]), the latest moment CPGW can have acted on it, so
+//!   the next one keeps its distance however late the last one arrived;
 //! - [`Lane::Read`] requests may use at most [`READ_SHARE`] of the global window, so
 //!   [`Lane::Trading`] requests (orders, confirmations, cancels, the status of our orders)
 //!   always find room: reads cannot starve an exit;
@@ -284,10 +288,36 @@ impl Pacer {
 
     /// Waits for this request's turn. Fails at once while backing off from a 429.
     pub async fn acquire(&self, endpoint: Endpoint, lane: Lane) -> Result<(), Paced> {
+        self.acquire_slot(endpoint, lane).await.map(|_| ())
+    }
+
+    /// [`Pacer::acquire`], returning when the slot was taken, for [`Pacer::finished`].
+    pub async fn acquire_slot(&self, endpoint: Endpoint, lane: Lane) -> Result<Instant, Paced> {
         loop {
-            match self.try_take(endpoint, lane, Instant::now())? {
-                None => return Ok(()),
+            let now = Instant::now();
+            match self.try_take(endpoint, lane, now)? {
+                None => return Ok(now),
                 Some(at) => tokio::time::sleep_until(at).await,
+            }
+        }
+    }
+
+    /// The exchange of a request sent at `sent_at` (from [`Pacer::acquire_slot`]) ended at
+    /// `now`, answered or not. For an endpoint with a limit of its own, the request now counts
+    /// from `now`: CPGW may have received it any time before (a request held up on its way
+    /// arrives late, and the next one sent on time would reach IBKR right behind it).
+    pub fn finished(&self, endpoint: Endpoint, sent_at: Instant, now: Instant) {
+        if endpoint == Endpoint::Other || now <= sent_at {
+            return;
+        }
+        let mut state = self.lock();
+        for (which, window, _) in &mut state.endpoints {
+            if *which == endpoint
+                && let Some(position) = window.sent.iter().position(|sent| *sent == sent_at)
+            {
+                window.sent.remove(position);
+                // Every entry was taken at or before `now`: the queue stays in order.
+                window.sent.push_back(now);
             }
         }
     }
@@ -423,6 +453,39 @@ mod tests {
             Endpoint::of_path("/iserver/account/DU1/orders"),
             Endpoint::Other
         );
+    }
+
+    /// A tickle that took a second to be answered may have reached CPGW only then: the next
+    /// one keeps IBKR's distance from its answer, not from when it was sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_endpoint_counts_a_request_from_when_its_exchange_ended() {
+        let pacer = Pacer::new();
+        // A new pacer starts as if each slow endpoint had just been called.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let sent_at = pacer
+            .acquire_slot(Endpoint::Tickle, Lane::Read)
+            .await
+            .unwrap();
+        assert_eq!(sent_at, Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let answered = Instant::now();
+        pacer.finished(Endpoint::Tickle, sent_at, answered);
+        pacer.acquire(Endpoint::Tickle, Lane::Read).await.unwrap();
+        assert_eq!(
+            Instant::now() - answered,
+            Duration::from_millis(1500),
+            "the next tickle waits from the answer"
+        );
+        // Endpoints without a limit of their own are not held back by it.
+        let before = Instant::now();
+        let other = pacer
+            .acquire_slot(Endpoint::Other, Lane::Read)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        pacer.finished(Endpoint::Other, other, Instant::now());
+        pacer.acquire(Endpoint::Other, Lane::Read).await.unwrap();
+        assert_eq!(Instant::now() - before, Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

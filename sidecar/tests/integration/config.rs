@@ -496,6 +496,7 @@ fn the_documented_example_loads_and_names_every_key() {
         "sidecar.reconnect_initial_delay_ms",
         "sidecar.reconnect_max_delay_ms",
         "sidecar.tickle_interval_seconds",
+        "sidecar.client_portal_timeout_seconds",
         "safety.sidecar_enabled",
     ] {
         assert!(

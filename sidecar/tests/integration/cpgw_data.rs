@@ -31,6 +31,8 @@ struct Sim {
     competing: bool,
     /// What ssodh/init does: true -> authenticates, false -> HTTP 500.
     ssodh_works: bool,
+    /// `/tickle` never answers (a stalled CPGW).
+    tickle_hangs: bool,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -129,6 +131,9 @@ async fn auth_status(State(shared): State<Shared>) -> Response {
 
 async fn tickle(State(shared): State<Shared>) -> Response {
     bump(&shared, "tickle");
+    if shared.lock().unwrap().tickle_hangs {
+        std::future::pending::<()>().await;
+    }
     Json(json!({"session": "secret-session"})).into_response()
 }
 
@@ -303,6 +308,37 @@ async fn keepalive_reopens_a_connected_session_once_per_round() {
     // Ready: no more ssodh.
     assert_eq!(keepalive_round(&client, &monitor).await, BrokerState::Ready);
     assert_eq!(count(&shared, "ssodh"), 2);
+}
+
+/// A tickle CPGW did not answer may still be queued there; the next round must not tickle
+/// again before CPGW answered something, or a resuming CPGW would send IBKR two tickles within
+/// its one-per-second limit (429, then 15 minutes of refusals).
+#[tokio::test]
+async fn no_tickle_after_a_round_cpgw_did_not_answer() {
+    let (client, shared) = start(Sim {
+        connected: true,
+        authenticated: true,
+        tickle_hangs: true,
+        ..Sim::default()
+    })
+    .await;
+    let client = CpgwClient::with_timeout(
+        &format!("{}/v1/api", client.portal_location()),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let monitor = SessionMonitor::new();
+    assert_eq!(keepalive_round(&client, &monitor).await, BrokerState::Ready);
+    assert_eq!(count(&shared, "tickle"), 1);
+    assert!(monitor.last_round_unanswered());
+    // The tickle timed out: this round only asks auth/status, which CPGW answers.
+    shared.lock().unwrap().tickle_hangs = false;
+    assert_eq!(keepalive_round(&client, &monitor).await, BrokerState::Ready);
+    assert_eq!(count(&shared, "tickle"), 1);
+    assert!(!monitor.last_round_unanswered());
+    // CPGW answered: tickles resume.
+    assert_eq!(keepalive_round(&client, &monitor).await, BrokerState::Ready);
+    assert_eq!(count(&shared, "tickle"), 2);
 }
 
 #[tokio::test]
