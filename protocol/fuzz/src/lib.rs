@@ -18,6 +18,7 @@ use protocol::pairing::{
 };
 use protocol::transport::Transport;
 use protocol::wire::WireMessage;
+use std::sync::OnceLock;
 
 /// Fills every byte with the same value: the fuzzer, not the RNG, supplies the variety.
 pub struct FixedRng(pub u8);
@@ -40,9 +41,20 @@ impl rand_core::RngCore for FixedRng {
 
 impl rand_core::CryptoRng for FixedRng {}
 
-/// The gateway's static key in every target.
+/// The gateway's static key in every target. Deriving a public key is a scalar multiplication,
+/// so keys are derived once per process, not once per run.
 pub fn gateway_key() -> StaticKeypair {
-    StaticKeypair::from_secret_bytes([0x62; 32])
+    static KEY: OnceLock<StaticKeypair> = OnceLock::new();
+    KEY.get_or_init(|| StaticKeypair::from_secret_bytes([0x62; 32]))
+        .clone()
+}
+
+/// The sidecar key `[byte; 32]`, derived once per process.
+fn sidecar_key(byte: u8) -> StaticKeypair {
+    static KEYS: [OnceLock<StaticKeypair>; 256] = [const { OnceLock::new() }; 256];
+    KEYS[usize::from(byte)]
+        .get_or_init(|| StaticKeypair::from_secret_bytes([byte; 32]))
+        .clone()
 }
 
 fn server_hello() -> ServerHello {
@@ -59,9 +71,26 @@ fn server_hello() -> ServerHello {
     }
 }
 
-/// A completed Noise IK handshake: (sidecar transport, gateway transport).
+/// A completed Noise IK handshake: (sidecar transport, gateway transport). A fuzz build
+/// performs the handshake once and starts every run from a copy of its result (the handshake
+/// has its own target); the ordinary test build, which has no way to copy a transport, performs
+/// it each time.
 pub fn established() -> (Transport, Transport) {
-    let sidecar = StaticKeypair::from_secret_bytes([0x51; 32]);
+    #[cfg(fuzzing)]
+    {
+        static PAIR: OnceLock<(Transport, Transport)> = OnceLock::new();
+        let (sidecar, gateway) = PAIR.get_or_init(handshake);
+        (
+            sidecar.duplicate_for_fuzzing(),
+            gateway.duplicate_for_fuzzing(),
+        )
+    }
+    #[cfg(not(fuzzing))]
+    handshake()
+}
+
+fn handshake() -> (Transport, Transport) {
+    let sidecar = sidecar_key(0x51);
     let gateway = gateway_key();
     let hello = ClientHello {
         protocol_version: protocol::PROTOCOL_VERSION,
@@ -215,7 +244,7 @@ pub fn handshake_responder(data: &[u8]) {
         timestamp_ms: u64::from_le_bytes(timestamp),
         sidecar_version: text(next()),
     };
-    let sidecar = StaticKeypair::from_secret_bytes([mode; 32]);
+    let sidecar = sidecar_key(mode);
     let Ok((_, msg1)) =
         InitiatorHandshake::start(&sidecar, &gateway.public(), &hello, &mut FixedRng(4))
     else {
