@@ -149,8 +149,9 @@ fn user_of(index: usize) -> String {
     format!("bench-user-{index:05}")
 }
 
-/// Which user each agent works for: two per laptop user, then the relay-peer users, a quarter
-/// of whom have two agents (two agents of one user must not get each other's answers).
+/// Which user each agent works for: two per laptop user, then the relay-peer agents over
+/// three users for every four agents, so a third of those users have two agents (two agents of
+/// one user must not get each other's answers).
 fn plan_agents(
     clients: usize,
     laptops: &[(usize, String)],
@@ -372,10 +373,15 @@ async fn wait_all_live(
         .wait_for(
             SESSIONS_LIMIT,
             "every session to be registered",
-            |tracker| tracker.live() >= sidecars,
+            |tracker| tracker.live() >= sidecars || tracker.missed() > 0,
         )
         .await
         .map_err(bench_error)?;
+    if tracker.missed() > 0 {
+        return Err(bench_error(
+            "the gateway's session events lagged: the soak cannot follow the sessions",
+        ));
+    }
     let live = gateway.lock().await.live().await?;
     if live != sidecars {
         return Err(bench_error(format!(
@@ -500,6 +506,7 @@ pub(crate) async fn run(args: SoakArgs) -> BenchResult<()> {
         total_load.as_secs(),
         args.warm_up.as_secs()
     );
+    let load_average_start = report::load_average();
     let load_start = Instant::now();
     let load_end = load_start + total_load;
     let stats = Arc::new(Stats::new(load_start, args.interval));
@@ -556,6 +563,7 @@ pub(crate) async fn run(args: SoakArgs) -> BenchResult<()> {
     );
     tokio::time::sleep_until(tokio::time::Instant::from_std(load_end)).await;
     let memory_end = reading(&gateway).await?;
+    let load_average_end = report::load_average();
     eprintln!(
         "  end: gateway VmRSS {:.2} MiB, {} sessions",
         memory_end.0.rss as f64 / (1024.0 * 1024.0),
@@ -637,7 +645,7 @@ pub(crate) async fn run(args: SoakArgs) -> BenchResult<()> {
             "cargo run --release -p e2e --bin ibkr-bench -- {}",
             command_line.join(" ")
         ),
-        machine: Machine::describe(),
+        machine: Machine::describe((load_average_start, load_average_end)),
         settings: vec![
             ("MCP clients".into(), format!("{agent_count} (half 2025-11-25 with sessions, half stateless 2026-07-28); {AGENTS_PER_LAPTOP} per laptop user, the rest over {peer_users} relay-peer users")),
             ("connected sidecars".into(), format!("{sidecars}: {} relay peers (helper process) + {laptop_count} real daemons with a CPGW simulator each", sidecars - laptop_count)),

@@ -21,10 +21,26 @@ pub(super) struct Machine {
     pub os: String,
     pub rustc: String,
     pub profile: &'static str,
+    /// `/proc/loadavg` (1, 5 and 15 minutes) when the load started and when it ended: the
+    /// machine is shared, and what else ran shows here.
+    pub load_average: (String, String),
+}
+
+/// The 1, 5 and 15 minute load averages, now.
+pub(super) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 impl Machine {
-    pub(super) fn describe() -> Machine {
+    pub(super) fn describe(load_average: (String, String)) -> Machine {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let cpuinfo = read("/proc/cpuinfo");
         let cpu_model = cpuinfo
@@ -70,6 +86,7 @@ impl Machine {
             } else {
                 "release"
             },
+            load_average,
         }
     }
 }
@@ -264,8 +281,18 @@ impl Report {
         writeln!(out, "```sh\n{}\n```\n", self.command)?;
         writeln!(
             out,
-            "Machine: {} vCPUs (\"{}\"), {} RAM, Linux {}, {}, {}, {} profile.\n",
-            m.cpus, m.cpu_model, m.memory, m.kernel, m.os, m.rustc, m.profile
+            "Machine: {} vCPUs (\"{}\"), {} RAM, Linux {}, {}, {}, {} profile. Load average \
+             (1, 5, 15 min, from `/proc/loadavg`; the machine is shared) when the load started: \
+             {}; when it ended: {}.\n",
+            m.cpus,
+            m.cpu_model,
+            m.memory,
+            m.kernel,
+            m.os,
+            m.rustc,
+            m.profile,
+            m.load_average.0,
+            m.load_average.1
         )?;
 
         writeln!(out, "### Result\n")?;

@@ -166,6 +166,12 @@ impl Tracker {
 
     pub(super) fn lagged(&self, missed: u64) {
         self.state().lagged += missed;
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// Session events the gateway helper could not deliver.
+    pub(super) fn missed(&self) -> u64 {
+        self.state().lagged
     }
 
     /// Sidecars with a registered session.
