@@ -58,6 +58,9 @@ pub(super) struct Laptop {
     daemon: Option<Daemon>,
     /// Daemon restarts done during the soak.
     pub restarts: u64,
+    /// When each restarted daemon was started, on the simulator's clock (epoch ms), to set
+    /// a pacing refusal beside.
+    restarted_at_ms: Vec<i64>,
 }
 
 /// Orders at one laptop's broker, traced back to the keys the agents sent.
@@ -82,6 +85,8 @@ pub(super) struct LaptopAudit {
     pub orders_per_key: BTreeMap<String, usize>,
     /// What the simulator's pacing limits refused (must be 0: a real CPGW would lock out).
     pub pacing_rejections: u64,
+    /// The refusals by endpoint, the penalty boxes and the first refusal, when there were any.
+    pub pacing_detail: Option<String>,
     /// Orders with a cash quantity other than the amount the key was sent with.
     pub amount_mismatches: usize,
 }
@@ -132,6 +137,7 @@ impl Laptop {
             relay_url: relay_url.to_string(),
             daemon: None,
             restarts: 0,
+            restarted_at_ms: Vec::new(),
         };
         laptop.start_daemon();
         Ok(laptop)
@@ -202,6 +208,7 @@ impl Laptop {
     /// A daemon restart: graceful stop, then a new daemon on the same state.
     pub(super) async fn restart_daemon(&mut self) -> BenchResult<()> {
         self.stop_daemon().await?;
+        self.restarted_at_ms.push(self.sim.clock().now_ms());
         self.start_daemon();
         self.restarts += 1;
         Ok(())
@@ -223,9 +230,19 @@ impl Laptop {
         } else {
             None
         };
+        let pacing = self.sim.pacing();
         let mut audit = LaptopAudit {
             user: self.user.clone(),
-            pacing_rejections: self.sim.pacing().rejected_total,
+            pacing_rejections: pacing.rejected_total,
+            pacing_detail: (pacing.rejected_total > 0).then(|| {
+                format!(
+                    "{} penalty box(es); refused: {:?}; first: {}; daemons restarted at {:?} ms",
+                    pacing.penalty_boxes,
+                    pacing.rejected,
+                    pacing.first_refusal.as_deref().unwrap_or("-"),
+                    self.restarted_at_ms
+                )
+            }),
             ..LaptopAudit::default()
         };
         if let Some(book) = &book {

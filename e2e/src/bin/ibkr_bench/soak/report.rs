@@ -559,6 +559,16 @@ impl Report {
             )?;
         }
 
+        for row in &self.laptop_rows {
+            if let Some(detail) = &row.audit.pacing_detail {
+                writeln!(
+                    out,
+                    "\nCPGW pacing at the simulator of {}: {detail}.",
+                    row.audit.user
+                )?;
+            }
+        }
+
         writeln!(out, "\n### Configuration\n")?;
         writeln!(out, "| soak | |\n|---|---|")?;
         for (key, value) in &self.settings {
