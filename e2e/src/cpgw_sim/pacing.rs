@@ -94,6 +94,10 @@ pub struct PacingReport {
     pub penalty_boxes: u64,
     /// Epoch milliseconds at which the current penalty box ends, if any.
     pub penalty_until_ms: Option<i64>,
+    /// The first request refused for its rate (not for the penalty box): which limit, which
+    /// endpoint, how many requests the gateway had admitted in the second before, and when
+    /// (epoch milliseconds). What put the client in the box.
+    pub first_refusal: Option<String>,
 }
 
 impl PacingReport {
@@ -166,6 +170,12 @@ impl Pacer {
             None
         };
         if let Some(refusal) = refusal {
+            if self.report.first_refusal.is_none() {
+                self.report.first_refusal = Some(format!(
+                    "{refusal:?} limit on {key}: {} requests admitted in the second before, at {now_ms} ms",
+                    self.global.len()
+                ));
+            }
             self.count_rejection(key);
             self.violations += 1;
             if self.violations >= scenario.penalty_box_after_violations.max(1) {

@@ -20,7 +20,12 @@
 //!   (or CPGW's `Retry-After`, if longer), and they fail at once meanwhile;
 //! - a new pacer (a restarted daemon, a CLI command) starts as if each slow endpoint had just
 //!   been called: IBKR counts requests per client, not per process, and the previous process
-//!   may have called them a moment ago.
+//!   may have called them a moment ago. The daemon's pacer also starts as if the whole budget
+//!   of the last second had just been used, for the same reason: a daemon restarted while
+//!   agents are calling would otherwise send its own budget in the second its predecessor
+//!   used up, twice [`GLOBAL_PER_SECOND`] in one second, past IBKR's 10 (seen in the soak:
+//!   a 429 a few hundred milliseconds after a restart, then the penalty box). So its first
+//!   request waits for that second to pass.
 //!
 //! - a command that runs beside the daemon (`sidecar doctor`, `relay accept --probe-broker`)
 //!   gets [`Pacer::beside_daemon`]: at most [`BESIDE_DAEMON_PER_SECOND`] requests a second (the
@@ -208,9 +213,15 @@ impl Pacer {
                 endpoints.push((endpoint, window, *max));
             }
         }
+        // The daemon this one replaces may have used the whole budget of the second that just
+        // ended (see the module docs).
+        let mut global = Window::new(Duration::from_secs(1));
+        global
+            .sent
+            .extend(std::iter::repeat_n(now, GLOBAL_PER_SECOND));
         Pacer {
             state: Mutex::new(State {
-                global: Window::new(Duration::from_secs(1)),
+                global,
                 endpoints,
                 backoff_until: None,
                 rate_limited: 0,
@@ -229,6 +240,9 @@ impl Pacer {
             state.global_max = BESIDE_DAEMON_PER_SECOND;
             state.read_max = BESIDE_DAEMON_PER_SECOND;
             state.reserve_slow = true;
+            // Its budget is sized to share every second with a daemon's whole budget, so it
+            // has no second to leave to a predecessor.
+            state.global.sent.clear();
         }
         pacer
     }
@@ -400,9 +414,38 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A daemon's pacer past the second it leaves to the daemon before it.
+    async fn settled_pacer() -> Pacer {
+        let pacer = Pacer::new();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pacer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_daemon_and_the_one_before_it_share_every_sliding_second() {
+        let origin = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..2 {
+            // Each daemon sends as much as it may, then the next one starts at once.
+            let pacer = Pacer::new();
+            for lane in [Lane::Trading, Lane::Read] {
+                for _ in 0..GLOBAL_PER_SECOND {
+                    pacer.acquire(Endpoint::Other, lane).await.unwrap();
+                    times.push(origin.elapsed());
+                }
+            }
+        }
+        assert_eq!(busiest(&times, Duration::from_secs(1)), GLOBAL_PER_SECOND);
+        // A command beside the daemon shares the daemon's seconds by design: no wait.
+        let beside = Pacer::beside_daemon();
+        let start = Instant::now();
+        beside.acquire(Endpoint::Other, Lane::Read).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn reads_stay_under_their_share_of_every_sliding_second() {
-        let pacer = Pacer::new();
+        let pacer = settled_pacer().await;
         let times = send_all(&pacer, Endpoint::Other, Lane::Read, 40).await;
         assert_eq!(busiest(&times, Duration::from_secs(1)), READ_SHARE);
         // Paced, not stalled: 40 reads in a little under 10 seconds.
@@ -490,7 +533,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reads_cannot_starve_trading() {
-        let pacer = std::sync::Arc::new(Pacer::new());
+        let pacer = std::sync::Arc::new(settled_pacer().await);
         // A flood of readers keeps the read share full.
         for _ in 0..4 {
             let pacer = pacer.clone();

@@ -10,7 +10,12 @@
 //! 2. Tool call latency: sequential `ibkr_accounts_list` calls through a real MCP client ->
 //!    gateway -> encrypted relay -> sidecar daemon -> CPGW simulator (HTTPS), one MCP session.
 //! 3. Throughput: the same call from several MCP sessions at once.
+//!
+//! `ibkr-bench soak` is a separate run: hundreds of MCP clients and a thousand connected
+//! sidecars for minutes, with reconnects and cancellations (see the `soak` module).
 #![forbid(unsafe_code)]
+
+mod soak;
 
 use clap::{Parser, Subcommand};
 use e2e::dev_issuer::DevIssuer;
@@ -81,12 +86,22 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=16))]
     concurrency: u32,
     #[command(subcommand)]
-    helper: Option<Helper>,
+    command: Option<Helper>,
 }
 
-/// The helper processes of the idle-session run (started by the benchmark itself).
+/// The soak, and the helper processes of the runs (started by the benchmark itself).
 #[derive(Subcommand, Debug)]
 enum Helper {
+    /// Hundreds of MCP clients and a thousand connected sidecars for minutes, with sidecars
+    /// reconnecting and calls cancelled throughout: counts lost, misrouted and duplicated
+    /// answers and follows the gateway's memory and latency over time.
+    Soak(soak::SoakArgs),
+    /// The soak's gateway, alone in its process.
+    #[command(hide = true)]
+    SoakGateway(soak::GatewayHelperArgs),
+    /// The soak's relay peers.
+    #[command(hide = true)]
+    SoakPeers(soak::PeersHelperArgs),
     /// Pairs `count` sidecars (one directory each under `sidecars_dir`) with a gateway on
     /// `gateway_state_dir`, then stops it. Prints `PAIRED <count> <microseconds>`.
     #[command(hide = true)]
@@ -135,19 +150,24 @@ fn status_field_bytes(status: &str, field: &str) -> BenchResult<u64> {
     let line = status
         .lines()
         .find(|line| line.starts_with(field))
-        .ok_or_else(|| bench_error(format!("/proc/self/status has no {field}")))?;
+        .ok_or_else(|| bench_error(format!("the process status has no {field}")))?;
     let kib: u64 = line
         .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .map_err(|_| bench_error(format!("cannot read {field} in /proc/self/status")))?;
+        .map_err(|_| bench_error(format!("cannot read {field} in the process status")))?;
     Ok(kib * 1024)
 }
 
 fn memory() -> BenchResult<Memory> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+    memory_of("/proc/self/status")
+}
+
+/// Resident memory of a process, from its `status` file under `/proc`.
+fn memory_of(status_path: &str) -> BenchResult<Memory> {
+    let status = std::fs::read_to_string(status_path)?;
     Ok(Memory {
         rss: status_field_bytes(&status, "VmRSS:")?,
         anon: status_field_bytes(&status, "RssAnon:")?,
@@ -1074,7 +1094,7 @@ async fn run(args: Args) -> BenchResult<()> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     e2e::log_errors_to_stderr();
-    let outcome = match args.helper {
+    let outcome = match args.command {
         Some(Helper::PairSidecars {
             gateway_state_dir,
             sidecars_dir,
@@ -1086,6 +1106,9 @@ async fn main() -> ExitCode {
             count,
             tungstenite_defaults,
         }) => hold_sessions(&relay_url, &sidecars_dir, count, tungstenite_defaults).await,
+        Some(Helper::Soak(soak_args)) => soak::run(soak_args).await,
+        Some(Helper::SoakGateway(helper_args)) => soak::gateway_helper(helper_args).await,
+        Some(Helper::SoakPeers(helper_args)) => soak::peers_helper(helper_args).await,
         None => run(args).await,
     };
     match outcome {
