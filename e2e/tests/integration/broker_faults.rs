@@ -113,25 +113,30 @@ async fn a_hung_cpgw_times_out_within_the_relay_deadline() {
     let proxy = system.proxy().unwrap();
     proxy.set_mode(ProxyMode::Hold).await.unwrap();
 
-    let started = Instant::now();
-    let read = call(&system, "ibkr_quote", json!({"symbol": "AAPL"})).await;
-    let took = started.elapsed();
-    assert_eq!(code(&read), "BROKER_UNREACHABLE", "{read:?}");
-    assert!(retryable(&read));
+    a_quote_times_out_within_bounds(&system).await;
     assert!(
         proxy.counters().held > 0,
         "nothing was held: {:?}",
         proxy.counters()
     );
-    // At most two CPGW requests in a row (the session check, the quote), each bounded.
+    proxy.set_mode(ProxyMode::Pass).await.unwrap();
+    ok(&call(&system, "ibkr_quote", json!({"symbol": "AAPL"})).await);
+    system.shutdown().await;
+}
+
+/// A quote against a CPGW that does not answer in time: BROKER_UNREACHABLE, retryable, and
+/// bounded by the sidecar's CPGW timeout (at most two CPGW requests in a row, the session check
+/// and the quote, each bounded), well inside the relay's deadline.
+async fn a_quote_times_out_within_bounds(system: &System) {
+    let started = Instant::now();
+    let read = call(system, "ibkr_quote", json!({"symbol": "AAPL"})).await;
+    let took = started.elapsed();
+    assert_eq!(code(&read), "BROKER_UNREACHABLE", "{read:?}");
+    assert!(retryable(&read));
     assert!(
         took < Duration::from_secs(3 * CPGW_TIMEOUT_SECONDS + 2),
         "the read took {took:?}"
     );
-
-    proxy.set_mode(ProxyMode::Pass).await.unwrap();
-    ok(&call(&system, "ibkr_quote", json!({"symbol": "AAPL"})).await);
-    system.shutdown().await;
 }
 
 /// CPGW answers, but slower than the sidecar's CPGW timeout: the read answers BROKER_UNREACHABLE
@@ -149,16 +154,7 @@ async fn a_slow_cpgw_answers_a_timeout_within_the_relay_deadline() {
         .await
         .unwrap();
 
-    let started = Instant::now();
-    let read = call(&system, "ibkr_quote", json!({"symbol": "AAPL"})).await;
-    let took = started.elapsed();
-    assert_eq!(code(&read), "BROKER_UNREACHABLE", "{read:?}");
-    assert!(retryable(&read));
-    assert!(
-        took < Duration::from_secs(3 * CPGW_TIMEOUT_SECONDS + 2),
-        "the read took {took:?}"
-    );
-
+    a_quote_times_out_within_bounds(&system).await;
     proxy.set_mode(ProxyMode::Pass).await.unwrap();
     ok(&call(&system, "ibkr_quote", json!({"symbol": "AAPL"})).await);
     system.shutdown().await;

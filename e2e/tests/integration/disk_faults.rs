@@ -7,7 +7,7 @@
 //! Each test mounts a small tmpfs over the state directory (root only; see
 //! `e2e::small_disk`).
 
-use crate::trading_support::{call, code, live_trading, ok, trading_system};
+use crate::trading_support::{call, code, live_trading, ok, trading_system, until_order_held};
 use e2e::small_disk;
 use serde_json::json;
 
@@ -47,11 +47,8 @@ async fn a_full_laptop_disk_refuses_orders_before_sending_and_never_places_one_t
     let hold = system.sim.hold_order_answers();
     let placed = {
         let pending = call(&system, "ibkr_buy", buy("full-3", 32));
-        tokio::pin!(pending);
-        tokio::select! {
-            answered = &mut pending => panic!("answered before it reached the broker: {answered:?}"),
-            () = hold.wait_held(1) => {}
-        }
+        let mut pending = std::pin::pin!(pending);
+        until_order_held(&mut pending, &hold).await;
         disk.fill().unwrap();
         system.sim.release_order_answers();
         ok(&pending.await)
@@ -101,11 +98,8 @@ async fn a_journal_write_failing_after_the_send_reports_the_placed_order_and_nev
     let hold = system.sim.hold_order_answers();
     let placed = {
         let pending = call(&system, "ibkr_buy", buy("after-1", 40));
-        tokio::pin!(pending);
-        tokio::select! {
-            answered = &mut pending => panic!("answered before it reached the broker: {answered:?}"),
-            () = hold.wait_held(1) => {}
-        }
+        let mut pending = std::pin::pin!(pending);
+        until_order_held(&mut pending, &hold).await;
         ibkr_agent::trading::journal::faults::fail_next_appends(system.sidecar_state_dir(), 1);
         system.sim.release_order_answers();
         ok(&pending.await)

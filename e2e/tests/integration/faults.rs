@@ -1,6 +1,6 @@
 //! Faults at the worst moment of an order, and what each side says about them.
 
-use crate::trading_support::{call, code, live_trading, ok, trading_system};
+use crate::trading_support::{call, code, live_trading, ok, trading_system, until_order_held};
 use ibkr_agent::trading::journal::{JOURNAL_FILE, read_attempts};
 use ibkr_gateway as gateway;
 use serde_json::json;
@@ -184,11 +184,8 @@ async fn a_gateway_killed_mid_order_comes_back_and_the_retry_gets_the_placed_ord
     // trying to resume the stream, so the test stops waiting for it.)
     {
         let pending = client.call_tool(params);
-        tokio::pin!(pending);
-        tokio::select! {
-            answered = &mut pending => panic!("the call answered before the order did: {answered:?}"),
-            () = hold.wait_held(1) => {}
-        }
+        let mut pending = std::pin::pin!(pending);
+        until_order_held(&mut pending, &hold).await;
         gateway.kill().unwrap();
     }
     drop(client);

@@ -129,3 +129,19 @@ pub async fn ibkr_agent(state_dir: &Path, args: &[&str]) -> ExitCode {
         .await
         .unwrap()
 }
+
+/// Drives `pending` (a call placing one order) until the simulator holds that order's answer:
+/// the order is at the broker and the call still waits. Panics if the call answers first.
+/// The caller then breaks something and finishes or drops the call.
+pub async fn until_order_held<F>(
+    pending: &mut std::pin::Pin<&mut F>,
+    hold: &e2e::cpgw_sim::OrderAnswerHold,
+) where
+    F: std::future::Future,
+    F::Output: std::fmt::Debug,
+{
+    tokio::select! {
+        answered = pending.as_mut() => panic!("answered before the order reached the broker: {answered:?}"),
+        () = hold.wait_held(1) => {}
+    }
+}
