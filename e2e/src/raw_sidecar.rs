@@ -81,6 +81,7 @@ impl RawSidecar {
                 )
                 .map_err(state)?,
             sidecar_version: "raw-test-sidecar".into(),
+            max_concurrent_requests: 32,
         };
         let (mut socket, _) = tokio_tungstenite::connect_async(relay_url)
             .await

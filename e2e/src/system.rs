@@ -69,6 +69,9 @@ pub struct SystemOptions {
     pub request_timeout_seconds: Option<u64>,
     /// Calls in flight at once, on both halves; `None`: the defaults.
     pub max_concurrent_calls: Option<usize>,
+    /// The sidecar's own `sidecar.max_concurrent_requests` (wins over `max_concurrent_calls`
+    /// on the sidecar); `None`: as `max_concurrent_calls`.
+    pub sidecar_max_concurrent_requests: Option<usize>,
     /// The gateway's open connections per client address (`remote_mcp.max_connections_per_peer`);
     /// `None`: the default. Every test client dials from 127.0.0.1, so a test that stands for
     /// many agents on many hosts raises it.
@@ -102,6 +105,7 @@ impl Default for SystemOptions {
             alerts: None,
             request_timeout_seconds: None,
             max_concurrent_calls: None,
+            sidecar_max_concurrent_requests: None,
             max_connections_per_peer: None,
             max_sessions_per_user: None,
             cpgw_through_proxy: false,
@@ -397,7 +401,11 @@ impl System {
         config.sidecar.tickle_interval_seconds = ibkr_agent::config::MIN_TICKLE_INTERVAL_SECONDS;
         config.trading = self.options.trading.clone();
         config.alerts = self.options.alerts.clone();
-        if let Some(calls) = self.options.max_concurrent_calls {
+        if let Some(calls) = self
+            .options
+            .sidecar_max_concurrent_requests
+            .or(self.options.max_concurrent_calls)
+        {
             config.sidecar.max_concurrent_requests = calls;
         }
         Ok(config)

@@ -617,6 +617,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         mcp_sessions: Arc::new(McpSessions::new(
             mcp_session_manager(&config),
             config.remote_mcp.max_sessions_per_user,
+            config.remote_mcp.max_sessions,
             Duration::from_secs(config.remote_mcp.session_idle_timeout_seconds),
         )),
         pairing: PairingService::new(store.clone(), public_key, instance_id.clone()),

@@ -319,6 +319,11 @@ pub struct RemoteMcpSection {
     /// deleted or that sat idle for `session_idle_timeout_seconds` do not count.
     #[serde(default = "RemoteMcpSection::default_max_sessions_per_user")]
     pub max_sessions_per_user: usize,
+    /// Open MCP sessions the whole gateway holds at once, every user's together; an
+    /// `initialize` beyond it is refused with `MCP_SESSION_LIMIT` rather than memory grown
+    /// without bound.
+    #[serde(default = "RemoteMcpSection::default_max_sessions")]
+    pub max_sessions: usize,
     /// An MCP session that receives no request for this long is closed (its client gets 404
     /// and initializes a new one, as the MCP specification has clients do).
     #[serde(default = "RemoteMcpSection::default_session_idle_timeout")]
@@ -374,7 +379,10 @@ impl RemoteMcpSection {
         75
     }
     fn default_max_sessions_per_user() -> usize {
-        16
+        64
+    }
+    fn default_max_sessions() -> usize {
+        10_000
     }
     fn default_session_idle_timeout() -> u64 {
         300
@@ -409,6 +417,7 @@ impl Default for RemoteMcpSection {
             first_byte_timeout_seconds: Self::default_first_byte_timeout(),
             header_read_timeout_seconds: Self::default_header_read_timeout(),
             max_sessions_per_user: Self::default_max_sessions_per_user(),
+            max_sessions: Self::default_max_sessions(),
             session_idle_timeout_seconds: Self::default_session_idle_timeout(),
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
             rate_limit_per_peer_per_minute: Self::default_rate_peer(),
@@ -959,6 +968,12 @@ impl GatewayConfiguration {
             10_000,
         )?;
         check_range(
+            "remote_mcp.max_sessions",
+            mcp.max_sessions as u64,
+            1,
+            1_000_000,
+        )?;
+        check_range(
             "remote_mcp.session_idle_timeout_seconds",
             mcp.session_idle_timeout_seconds,
             30,
@@ -1173,7 +1188,8 @@ remote_mcp:
   max_relay_connections: 1024
   first_byte_timeout_seconds: 5
   header_read_timeout_seconds: 75
-  max_sessions_per_user: 16
+  max_sessions_per_user: 64
+  max_sessions: 10000
   session_idle_timeout_seconds: 300
   rate_limit_per_subject_per_minute: 600
   rate_limit_per_peer_per_minute: 1200

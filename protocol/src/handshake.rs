@@ -35,6 +35,10 @@ pub struct ClientHello {
     /// Unix time in milliseconds, strictly increasing per sidecar key (anti-replay).
     pub timestamp_ms: u64,
     pub sidecar_version: String,
+    /// How many calls the sidecar runs at once on this session (at least 1). The gateway
+    /// sends no more than this and queues the rest, so a busy sidecar never has to refuse
+    /// a call the gateway could have held back.
+    pub max_concurrent_requests: u16,
 }
 
 /// Payload of message 2 (encrypted to the sidecar's static and ephemeral keys).
@@ -146,6 +150,9 @@ impl InitiatorHandshake {
     ) -> Result<(InitiatorHandshake, Vec<u8>), HandshakeError> {
         check_short(&hello.sidecar_id)?;
         check_short(&hello.remote_instance_id)?;
+        if hello.max_concurrent_requests == 0 {
+            return Err(HandshakeError::BadField);
+        }
         if gateway.is_low_order() {
             return Err(HandshakeError::BadPeerKey);
         }
@@ -247,6 +254,9 @@ impl ResponderHandshake {
         }
         check_short(&hello.sidecar_id)?;
         check_short(&hello.remote_instance_id)?;
+        if hello.max_concurrent_requests == 0 {
+            return Err(HandshakeError::BadField);
+        }
         let remote: [u8; 32] = state
             .get_remote_static()
             .and_then(|bytes| bytes.try_into().ok())
@@ -298,6 +308,7 @@ mod tests {
             remote_instance_id: "remote-1".into(),
             timestamp_ms: 1_800_000_000_000,
             sidecar_version: "0.1.0".into(),
+            max_concurrent_requests: 32,
         }
     }
     fn server_hello() -> ServerHello {
@@ -458,5 +469,41 @@ mod tests {
         let (mut msg2, _) = pending.accept(&server_hello()).unwrap();
         msg2[40] ^= 1;
         assert!(initiator.finish(&msg2).is_err());
+    }
+
+    #[test]
+    fn a_hello_that_announces_no_concurrency_is_refused_on_both_sides() {
+        let mut hello = client_hello();
+        hello.max_concurrent_requests = 0;
+        let gateway = gateway_key();
+        assert_eq!(
+            InitiatorHandshake::start_with_ephemeral(
+                &sidecar_key(),
+                &gateway.public(),
+                &hello,
+                [7; 32]
+            )
+            .err(),
+            Some(HandshakeError::BadField)
+        );
+        // A peer that skips its own check still meets the gateway's: build msg1 by hand.
+        let params = NOISE_PARAMS.parse().unwrap();
+        let gateway_public = gateway.public();
+        let prologue = prologue();
+        let sidecar = sidecar_key();
+        let mut state = snow::Builder::with_resolver(params, Box::new(RelayResolver::new([7; 32])))
+            .local_private_key(sidecar.secret_bytes())
+            .and_then(|b| b.remote_public_key(&gateway_public.0))
+            .and_then(|b| b.prologue(&prologue))
+            .and_then(|b| b.build_initiator())
+            .unwrap();
+        let payload = postcard::to_stdvec(&hello).unwrap();
+        let mut message = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+        let length = state.write_message(&payload, &mut message).unwrap();
+        assert_eq!(
+            ResponderHandshake::read_init_with_ephemeral(&gateway, &message[..length], [8; 32])
+                .err(),
+            Some(HandshakeError::BadField)
+        );
     }
 }

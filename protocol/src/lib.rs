@@ -34,7 +34,7 @@ mod noise;
 
 /// Version of the relay protocol. Bound into the pairing transcript, the Noise prologue and the
 /// handshake payloads, so two builds that disagree on it cannot complete a handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Label bound into every key derivation and hash of this protocol (domain separation). It
 /// names the protocol family; the version number is bound separately (version 2 kept the label

@@ -37,7 +37,9 @@ pub const DEFAULT_CLIENT_PORTAL_BASE_URL: &str = "https://localhost:5000/v1/api"
 /// heartbeat keys).
 pub const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u64 = 15;
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u64 = 45;
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
+/// The gateway's default `sidecar.max_in_flight_per_sidecar` is the same: the two halves agree
+/// out of the box, and the gateway never sends more than the sidecar announces at the handshake.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 32;
 pub const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u64 = 500;
 pub const DEFAULT_RECONNECT_MAX_DELAY_MS: u64 = 30_000;
 pub const DEFAULT_TICKLE_INTERVAL_SECONDS: u64 = 60;
@@ -534,7 +536,7 @@ safety:
         assert_eq!(config.relay_url(), Some("ws://127.0.0.1:8080/relay"));
         assert_eq!(config.sidecar.heartbeat_interval_seconds, 15);
         assert_eq!(config.sidecar.heartbeat_timeout_seconds, 45);
-        assert_eq!(config.sidecar.max_concurrent_requests, 8);
+        assert_eq!(config.sidecar.max_concurrent_requests, 32);
         assert_eq!(config.sidecar.reconnect_initial_delay_ms, 500);
         assert_eq!(config.sidecar.reconnect_max_delay_ms, 30_000);
         assert_eq!(config.sidecar.tickle_interval_seconds, 60);

@@ -447,6 +447,8 @@ async fn gateway(
         remote_instance_id: pairing.remote_instance_id.clone(),
         timestamp_ms,
         sidecar_version: crate::context::SIDECAR_VERSION.to_string(),
+        // The probe sends no call.
+        max_concurrent_requests: 1,
     };
     let pinned = Pinned {
         gateway_key: &gateway_key,

@@ -10,6 +10,7 @@ mod corrupt_state;
 mod disk_faults;
 mod doctor;
 mod faults;
+mod flow_control;
 mod key_rotation;
 mod local_grants;
 mod mcp_revisions;

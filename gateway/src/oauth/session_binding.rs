@@ -22,10 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Sessions the whole gateway holds at most (every user's together): beyond it new sessions
-/// are refused rather than memory grown without bound.
-const MAX_SESSIONS: usize = 100_000;
-
 /// Why a new session was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionLimit {
@@ -99,6 +95,7 @@ pub struct McpSessions {
     inner: Mutex<Inner>,
     manager: Arc<LocalSessionManager>,
     max_per_subject: usize,
+    max_total: usize,
     idle_timeout: Duration,
 }
 
@@ -140,12 +137,14 @@ impl McpSessions {
     pub fn new(
         manager: Arc<LocalSessionManager>,
         max_per_subject: usize,
+        max_total: usize,
         idle_timeout: Duration,
     ) -> McpSessions {
         McpSessions {
             inner: Mutex::new(Inner::default()),
             manager,
             max_per_subject,
+            max_total,
             idle_timeout,
         }
     }
@@ -204,7 +203,7 @@ impl McpSessions {
                 retry_after: expires_in + self.sweep_interval(),
             });
         }
-        if inner.sessions.len() + inner.reserved_total >= MAX_SESSIONS {
+        if inner.sessions.len() + inner.reserved_total >= self.max_total {
             return Err(SessionLimit::Gateway {
                 retry_after: self.sweep_interval(),
             });
@@ -298,6 +297,7 @@ mod tests {
         McpSessions::new(
             Arc::new(LocalSessionManager::default()),
             max,
+            1_000,
             Duration::from_secs(60),
         )
     }

@@ -169,6 +169,7 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         }
     }
     let sidecar_version = pending.hello.sidecar_version.clone();
+    let pending_hello_concurrency = pending.hello.max_concurrent_requests;
     // The newest journal entry the audit trail holds for this pairing: the sidecar checks
     // that its journal still holds it. Without it the check would silently not happen, so a
     // store that cannot answer refuses the handshake like any other store failure.
@@ -237,7 +238,12 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
     }
 
     let now = Instant::now();
-    let (outbound, outbound_rx) = mpsc::channel(settings.max_in_flight + 16);
+    // The sidecar's concurrency, never above the gateway's own bound.
+    let slots = usize::from(pending_hello_concurrency).min(settings.max_in_flight);
+    // Room for every slot's request and its cancel, plus the driver's own frames: a cancel
+    // (try_send) never finds the queue full, so a slot is never freed here while the sidecar
+    // still runs its call.
+    let (outbound, outbound_rx) = mpsc::channel(2 * settings.max_in_flight + 16);
     let (session, close_rx) = Session::new(
         SessionIdentity {
             session_id,
@@ -249,6 +255,7 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
         now,
         now + settings.session_ttl,
         outbound,
+        slots,
     );
     let session = Arc::new(session);
     relay.registry.register(Arc::clone(&session));

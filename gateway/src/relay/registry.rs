@@ -17,10 +17,16 @@ use protocol::frame::{CloseReason, Frame, SidecarStatus};
 use protocol::identity::PublicKey;
 use shared_safety::ErrorCode;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Calls that may wait for a slot on one session at once; beyond it a call is refused at once
+/// (`RELAY_OVERLOADED`) rather than queued without bound.
+pub const MAX_QUEUED_PER_SESSION: usize = 4096;
 
 /// Why a session left the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +131,23 @@ pub(crate) struct Session {
     pub outbound: mpsc::Sender<Frame>,
     close: watch::Sender<Option<CloseReason>>,
     state: Mutex<SessionState>,
+    /// One permit per call the sidecar runs at once (what it announced at the handshake,
+    /// bounded by the gateway's own limit). A call holds its permit from before its request
+    /// is queued until its answer arrives or its cancel is queued, so the sidecar never sees
+    /// more calls than it said it can run; the rest wait here, in arrival order.
+    slots: Arc<Semaphore>,
+    slot_count: usize,
+    /// Calls waiting for a slot now.
+    queued: AtomicUsize,
+}
+
+/// Decrements the queue length when a waiting call gets its slot or gives up.
+struct QueuedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -142,7 +165,9 @@ impl Session {
         now: Instant,
         expires_at: Instant,
         outbound: mpsc::Sender<Frame>,
+        slot_count: usize,
     ) -> (Session, watch::Receiver<Option<CloseReason>>) {
+        let slot_count = slot_count.max(1);
         let (close, close_rx) = watch::channel(None);
         let SessionIdentity {
             session_id,
@@ -169,6 +194,9 @@ impl Session {
                     draining: false,
                     closed: None,
                 }),
+                slots: Arc::new(Semaphore::new(slot_count)),
+                slot_count,
+                queued: AtomicUsize::new(0),
             },
             close_rx,
         )
@@ -223,6 +251,8 @@ impl Session {
 
     pub fn set_draining(&self) {
         self.state().draining = true;
+        // Calls waiting for a slot will not get one here.
+        self.slots.close();
     }
 
     /// Whether new calls may be routed here.
@@ -231,12 +261,76 @@ impl Session {
         state.closed.is_none() && !state.draining
     }
 
-    /// Registers a call; refuses when the session is closed or `max_in_flight` are pending.
+    /// Calls waiting for a slot now.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Why new calls cannot use this session, if they cannot.
+    fn refusal(&self) -> Option<GatewayError> {
+        let state = self.state();
+        if let Some(code) = state.closed {
+            return Some(GatewayError::new(code));
+        }
+        if state.draining {
+            return Some(GatewayError::new(ErrorCode::SidecarUnavailable));
+        }
+        None
+    }
+
+    /// Waits for a slot: at once when one is free, else in arrival order for at most `wait`.
+    /// `RELAY_OVERLOADED` (nothing was sent) when the wait runs out or [`MAX_QUEUED_PER_SESSION`]
+    /// calls already wait; the session's end code when it ends meanwhile.
+    pub async fn acquire_slot(
+        &self,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<OwnedSemaphorePermit, GatewayError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_PER_SESSION {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(GatewayError::with_detail(
+                ErrorCode::RelayOverloaded,
+                format!(
+                    "{MAX_QUEUED_PER_SESSION} calls already wait for this sidecar; nothing was sent."
+                ),
+            ));
+        }
+        let _queued = QueuedGuard(&self.queued);
+        tokio::select! {
+            acquired = tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()) => match acquired {
+                Ok(Ok(permit)) => match self.refusal() {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(permit),
+                },
+                // Closed: the session ended while the call waited.
+                Ok(Err(_)) => Err(self
+                    .refusal()
+                    .unwrap_or_else(|| GatewayError::new(ErrorCode::SidecarUnavailable))),
+                Err(_) => Err(GatewayError::with_detail(
+                    ErrorCode::RelayOverloaded,
+                    format!(
+                        "The sidecar stayed busy with {} calls for {} ms; nothing was sent.",
+                        self.slot_count,
+                        wait.as_millis()
+                    ),
+                )),
+            },
+            _ = cancel.cancelled() => Err(GatewayError::new(ErrorCode::Cancelled)),
+        }
+    }
+
+    /// Registers a call (its caller holds a slot); refuses when the session is closed.
     pub fn begin_call(
         &self,
         request_id: RequestId,
         progress: Option<mpsc::Sender<RelayProgress>>,
-        max_in_flight: usize,
     ) -> Result<oneshot::Receiver<Result<Answer, GatewayError>>, GatewayError> {
         let mut state = self.state();
         if let Some(code) = state.closed {
@@ -245,7 +339,8 @@ impl Session {
         if state.draining {
             return Err(GatewayError::new(ErrorCode::SidecarUnavailable));
         }
-        if state.pending.len() >= max_in_flight {
+        // Slots bound the pending calls; this only guards against a caller without one.
+        if state.pending.len() >= self.slot_count {
             return Err(GatewayError::new(ErrorCode::RelayOverloaded));
         }
         let (reply, receiver) = oneshot::channel();
@@ -301,6 +396,8 @@ impl Session {
             state.closed = Some(code);
             state.pending.drain().map(|(_, call)| call).collect()
         };
+        // Wakes the calls waiting for a slot; they answer with `code`.
+        self.slots.close();
         for call in pending {
             let _ = call.reply.send(Err(GatewayError::new(code)));
         }

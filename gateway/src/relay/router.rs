@@ -96,7 +96,7 @@ impl Relay {
     /// 3. heartbeat fresh (`SIDECAR_HEARTBEAT_STALE`);
     /// 4. session unexpired (`SIDECAR_SESSION_EXPIRED`).
     ///
-    /// The in-flight bound (`RELAY_OVERLOADED`) is applied when the call is registered.
+    /// The slot (queue, `RELAY_OVERLOADED`) is taken when the call is forwarded.
     pub(crate) async fn session_for_user(
         &self,
         user_id: &str,
@@ -276,12 +276,15 @@ impl Relay {
             changes_broker_state,
         } = prepared;
         let request_id = request.request_id;
-        let reply = session.begin_call(request_id, progress, self.settings.max_in_flight)?;
+        let started = Instant::now();
+        // Declared before the guard so it is released after the guard has queued the cancel:
+        // the sidecar frees the slot on that cancel, before it can see the next call's request.
+        let _slot = session.acquire_slot(queue_wait(deadline), cancel).await?;
+        let reply = session.begin_call(request_id, progress)?;
         let guard = PendingGuard {
             session: Arc::clone(&session),
             request_id,
         };
-        let started = Instant::now();
         let sent = tokio::select! {
             sent = tokio::time::timeout(deadline, session.outbound.send(Frame::Request(request))) => sent,
             _ = cancel.cancelled() => return Err(GatewayError::new(ErrorCode::Cancelled)),
@@ -330,6 +333,14 @@ impl Relay {
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout
     }
+}
+
+/// How long a call may wait for one of its sidecar's slots: half its deadline, so a call that
+/// starts still has at least half of it to run (an order sent with only moments left would
+/// come back ORDER_OUTCOME_UNKNOWN). A call still waiting then is refused with
+/// `RELAY_OVERLOADED`, and nothing was sent.
+fn queue_wait(deadline: Duration) -> Duration {
+    deadline / 2
 }
 
 /// How a call that was handed to the sidecar and then lost is reported. For a tool that can
@@ -483,6 +494,7 @@ mod tests {
             now,
             now + relay.settings.session_ttl,
             outbound,
+            relay.settings.max_in_flight,
         );
         let session = Arc::new(session);
         relay.registry.register(Arc::clone(&session));
@@ -544,13 +556,105 @@ mod tests {
             Err(ErrorCode::SidecarHeartbeatStale)
         );
 
-        // 5. In-flight bound, applied when the call is registered.
+        // 5. Slots: one call at a time here (the fixture's sidecar runs one); the next waits
+        // for half its deadline and is then refused with nothing sent.
         session.touch(Instant::now());
         session.set_expires_at(Instant::now() + Duration::from_secs(60));
-        let first = session.begin_call(RequestId::from_rng(&mut OsRng), None, 1);
+        let cancel = CancellationToken::new();
+        let first = session.acquire_slot(Duration::from_secs(1), &cancel).await;
         assert!(first.is_ok());
-        let second = session.begin_call(RequestId::from_rng(&mut OsRng), None, 1);
+        let second = session.acquire_slot(Duration::from_secs(1), &cancel).await;
         assert_eq!(second.unwrap_err().code, ErrorCode::RelayOverloaded);
+        assert_eq!(session.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_beyond_the_sidecars_slots_wait_in_arrival_order() {
+        let fixture = fixture();
+        let relay = &fixture.relay;
+        let key = pair(relay, "alice", "laptop-1").await;
+        let (session, _close, _outbound) = register(relay, "alice", "laptop-1", key, 1);
+        let cancel = CancellationToken::new();
+        let held = session
+            .acquire_slot(Duration::from_secs(10), &cancel)
+            .await
+            .unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for index in 0..3 {
+            let waiter = Arc::clone(&session);
+            let order = Arc::clone(&order);
+            let cancel = cancel.clone();
+            waiters.push(tokio::spawn(async move {
+                let slot = waiter.acquire_slot(Duration::from_secs(10), &cancel).await;
+                order.lock().unwrap().push(index);
+                drop(slot);
+            }));
+            // Each waiter queues before the next starts.
+            while session.queued() < index + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(session.queued(), 3);
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(session.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_for_a_slot_hears_why_the_session_ended_or_that_it_was_cancelled() {
+        let fixture = fixture();
+        let relay = &fixture.relay;
+        let key = pair(relay, "alice", "laptop-1").await;
+        let (session, _close, _outbound) = register(relay, "alice", "laptop-1", key, 1);
+        let cancel = CancellationToken::new();
+        let _held = session
+            .acquire_slot(Duration::from_secs(10), &cancel)
+            .await
+            .unwrap();
+
+        let own_cancel = CancellationToken::new();
+        let waiting = {
+            let session = Arc::clone(&session);
+            let own_cancel = own_cancel.clone();
+            tokio::spawn(async move {
+                session
+                    .acquire_slot(Duration::from_secs(10), &own_cancel)
+                    .await
+                    .map(drop)
+            })
+        };
+        while session.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        own_cancel.cancel();
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err().code,
+            ErrorCode::Cancelled
+        );
+
+        let waiting = {
+            let session = Arc::clone(&session);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                session
+                    .acquire_slot(Duration::from_secs(10), &cancel)
+                    .await
+                    .map(drop)
+            })
+        };
+        while session.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        session.close_and_fail_all(ErrorCode::SidecarHeartbeatStale);
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err().code,
+            ErrorCode::SidecarHeartbeatStale
+        );
+        assert_eq!(session.queued(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -516,6 +516,7 @@ pub fn hello(sidecar_id: &str, instance_id: &str, timestamp_ms: u64) -> ClientHe
         remote_instance_id: instance_id.into(),
         timestamp_ms,
         sidecar_version: "test".into(),
+        max_concurrent_requests: 32,
     }
 }
 

@@ -98,6 +98,7 @@ fn handshake() -> (Transport, Transport) {
         remote_instance_id: "g".into(),
         timestamp_ms: 1,
         sidecar_version: "fuzz".into(),
+        max_concurrent_requests: 8,
     };
     let (initiator, msg1) =
         InitiatorHandshake::start(&sidecar, &gateway.public(), &hello, &mut FixedRng(1)).unwrap();
@@ -243,6 +244,7 @@ pub fn handshake_responder(data: &[u8]) {
         remote_instance_id: text(next()),
         timestamp_ms: u64::from_le_bytes(timestamp),
         sidecar_version: text(next()),
+        max_concurrent_requests: u16::from_le_bytes([version[1], version[0]]),
     };
     let sidecar = sidecar_key(mode);
     let Ok((_, msg1)) =

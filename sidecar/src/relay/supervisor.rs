@@ -171,6 +171,9 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
         remote_instance_id: pairing.remote_instance_id.clone(),
         timestamp_ms,
         sidecar_version: SIDECAR_VERSION.to_string(),
+        max_concurrent_requests: concurrency_for_handshake(
+            context.config.sidecar.max_concurrent_requests,
+        ),
     };
     let pinned = handshake::Pinned {
         gateway_key: &gateway_key,
@@ -226,6 +229,12 @@ async fn connect_once(context: &Arc<DaemonContext>, shutdown: &CancellationToken
 /// Before any call of this connection runs: does the journal still hold the entry the gateway
 /// has on record? If not, the order tools refuse from now on; say so once, loudly. (Without a
 /// journal the order tools refuse anyway, with `JOURNAL_ERROR`.)
+/// The concurrency the handshake announces: the configured bound (validated to 1..=256, so
+/// the conversion cannot fail; the fallback keeps the announcement truthful regardless).
+fn concurrency_for_handshake(configured: usize) -> u16 {
+    u16::try_from(configured.max(1)).unwrap_or(u16::MAX)
+}
+
 fn check_journal_anchor(context: &Arc<DaemonContext>, anchor: Option<JournalRef>) {
     let Some(orders) = context.orders.as_ref() else {
         return;

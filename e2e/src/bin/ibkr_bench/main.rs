@@ -612,6 +612,7 @@ fn load_credentials(state_dir: &Path) -> BenchResult<Credentials> {
             remote_instance_id: pairing.remote_instance_id,
             timestamp_ms,
             sidecar_version: "ibkr-bench".into(),
+            max_concurrent_requests: 32,
         },
     })
 }
