@@ -76,6 +76,9 @@ pub struct SystemOptions {
     /// `None`: the default. Every test client dials from 127.0.0.1, so a test that stands for
     /// many agents on many hosts raises it.
     pub max_connections_per_peer: Option<usize>,
+    /// The gateway's per-subject and per-peer rate limits (requests a minute); `None`: the
+    /// defaults. A benchmark that stands for many agents of one user on one host raises them.
+    pub rate_limit_per_minute: Option<u32>,
     /// MCP sessions one user may hold (`remote_mcp.max_sessions_per_user`); tests that play
     /// many agents of one user at once raise it.
     pub max_sessions_per_user: Option<usize>,
@@ -107,6 +110,7 @@ impl Default for SystemOptions {
             max_concurrent_calls: None,
             sidecar_max_concurrent_requests: None,
             max_connections_per_peer: None,
+            rate_limit_per_minute: None,
             max_sessions_per_user: None,
             cpgw_through_proxy: false,
             client_portal_timeout_seconds: None,
@@ -197,6 +201,10 @@ impl System {
             if let Some(sessions) = options.max_sessions_per_user {
                 config.remote_mcp.max_sessions_per_user = sessions;
             }
+            if let Some(per_minute) = options.rate_limit_per_minute {
+                config.remote_mcp.rate_limit_per_subject_per_minute = per_minute;
+                config.remote_mcp.rate_limit_per_peer_per_minute = per_minute;
+            }
             if let Some(connections) = options.max_connections_per_peer {
                 config.remote_mcp.max_connections_per_peer = connections;
             }
@@ -258,20 +266,27 @@ impl System {
     pub async fn start_gateway_process(
         &mut self,
     ) -> Result<crate::processes::ChildProcess, SystemError> {
-        self.stop_gateway().await;
-        let config = self.write_gateway_config()?;
         let binary = crate::processes::workspace_binary("ibkr-gateway")
             .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        self.start_gateway_process_with(&binary, &[]).await
+    }
+
+    /// [`System::start_gateway_process`] with another program that takes the gateway's
+    /// command line after `leading_args` (a benchmark that runs the gateway's CLI itself).
+    pub async fn start_gateway_process_with(
+        &mut self,
+        program: &Path,
+        leading_args: &[&str],
+    ) -> Result<crate::processes::ChildProcess, SystemError> {
+        self.stop_gateway().await;
+        let config = self.write_gateway_config()?;
         let log = self.gateway_config.state_dir.join("gateway.log");
         let config = config.display().to_string();
-        let child = crate::processes::ChildProcess::spawn(
-            "ibkr-gateway",
-            &binary,
-            &["serve", "--config", &config],
-            &[],
-            &log,
-        )
-        .map_err(|e| SystemError::Gateway(e.to_string()))?;
+        let mut args = leading_args.to_vec();
+        args.extend(["serve", "--config", &config]);
+        let child =
+            crate::processes::ChildProcess::spawn("ibkr-gateway", program, &args, &[], &log)
+                .map_err(|e| SystemError::Gateway(e.to_string()))?;
         let health = format!(
             "{}/healthz",
             self.gateway_config.public_base_url.trim_end_matches('/')
@@ -331,23 +346,29 @@ impl System {
     pub async fn start_sidecar_process(
         &mut self,
     ) -> Result<crate::processes::ChildProcess, SystemError> {
+        let binary = crate::processes::workspace_binary("ibkr-agent")
+            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        self.start_sidecar_process_with(&binary, &[]).await
+    }
+
+    /// [`System::start_sidecar_process`] with another program that takes the sidecar's
+    /// command line after `leading_args`.
+    pub async fn start_sidecar_process_with(
+        &mut self,
+        program: &Path,
+        leading_args: &[&str],
+    ) -> Result<crate::processes::ChildProcess, SystemError> {
         if let Some(sidecar) = self.sidecar.take() {
             sidecar.stop().await;
         }
         self.write_sidecar_config()?;
         let mut events = self.gateway()?.subscribe_sessions();
-        let binary = crate::processes::workspace_binary("ibkr-agent")
-            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
         let log = self.sidecar_state_dir.join("sidecar.log");
         let state_dir = self.sidecar_state_dir.display().to_string();
-        let child = crate::processes::ChildProcess::spawn(
-            "ibkr-agent",
-            &binary,
-            &["--state-dir", &state_dir, "sidecar", "run"],
-            &[],
-            &log,
-        )
-        .map_err(|e| SystemError::Sidecar(e.to_string()))?;
+        let mut args = leading_args.to_vec();
+        args.extend(["--state-dir", &state_dir, "sidecar", "run"]);
+        let child = crate::processes::ChildProcess::spawn("ibkr-agent", program, &args, &[], &log)
+            .map_err(|e| SystemError::Sidecar(e.to_string()))?;
         if let Err(error) = wait_registered(&mut events).await {
             let output = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(SystemError::Sidecar(format!("{error}: {output}")));

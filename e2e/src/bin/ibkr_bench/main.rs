@@ -1,90 +1,72 @@
-//! `ibkr-bench`: measures the gateway on this machine and prints a table. Loopback only.
+//! `ibkr-bench`: what the product costs on this machine, next to the physical floors and the
+//! targets, in one run (loopback only: every socket is on 127.0.0.1).
 //!
-//! 1. Idle relay sessions: the resident memory the gateway process spends per idle,
-//!    registered relay session. The gateway runs in this process; the sidecars are paired by
-//!    a helper process against a throwaway gateway on the same state directory, then held open
-//!    by a second helper process (the real sidecar's dial and Noise IK handshake, answering
-//!    the gateway's pings), so neither their memory nor the heap the pairing exchanges used
-//!    is counted here. The holder measures its own side too, once with the sidecar's
-//!    websocket settings and once with tungstenite's defaults, for comparison.
-//! 2. Tool call latency: sequential `ibkr_accounts_list` calls through a real MCP client ->
-//!    gateway -> encrypted relay -> sidecar daemon -> CPGW simulator (HTTPS), one MCP session.
-//! 3. Throughput: the same call from several MCP sessions at once.
+//! 1. Speed ([`speed`]): a websocket echo and an MCP `ping` (the floors), the relay hop alone
+//!    and a full tool call to the CPGW simulator, closed-loop load from 1, 8 and 64 MCP
+//!    sessions, and the CPU time and context switches per call of the gateway and of the
+//!    sidecar daemon, each in its own process.
+//! 2. Idle relay sessions ([`idle_relay`]): the gateway's memory per idle relay session, then a
+//!    gateway restart with all of them connected: the time until every sidecar is back.
+//! 3. Idle MCP sessions ([`mcp_sessions`]): the gateway's memory per idle MCP session, and what
+//!    is left after they close, over several rounds.
+//!
+//! It prints every figure next to its floor and target ([`report`]), and with `--write-docs`
+//! writes the results into `docs/benchmarks.md` and `docs/benchmarks.json`.
 //!
 //! `ibkr-bench soak` is a separate run: hundreds of MCP clients and a thousand connected
 //! sidecars for minutes, with reconnects and cancellations (see the `soak` module).
 #![forbid(unsafe_code)]
 
+mod idle_relay;
+mod mcp_sessions;
+mod report;
 mod soak;
+mod speed;
+
+pub(crate) use idle_relay::{
+    Credentials, helper_command, is_loopback_relay, load_credentials, pair_in_helper,
+    parse_numbers, send_frame, sidecar_dir,
+};
 
 use clap::{Parser, Subcommand};
-use e2e::dev_issuer::DevIssuer;
-use e2e::system::{System, SystemOptions, loopback};
-use futures_util::{SinkExt, StreamExt};
-use ibkr_agent::relay::dial::RelayStream;
-use ibkr_gateway::{GatewayConfiguration, GatewayHandle};
-use protocol::catalog::scopes;
-use protocol::frame::{Frame, SidecarStatus};
-use protocol::handshake::ClientHello;
-use protocol::identity::{PublicKey, StaticKeypair};
-use protocol::transport::Transport;
-use protocol::wire::WireMessage;
-use rmcp::RoleClient;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// The tool every latency measurement calls: one CPGW request on the laptop, no market data.
-const TOOL: &str = "ibkr_accounts_list";
-/// Untimed calls before the sequential measurement.
-const WARM_UP_CALLS: usize = 20;
-/// Untimed calls per caller before the concurrent measurement.
-const WARM_UP_CALLS_PER_CALLER: usize = 2;
-/// Pairing exchanges run at once by the pairing helper.
-const PAIRING_CONCURRENCY: usize = 8;
-/// Relay connections opened at once by the session holder.
-const CONNECT_CONCURRENCY: usize = 16;
-/// Gateway heartbeat for the idle-session run: every session is pinged at this interval.
-const IDLE_HEARTBEAT_INTERVAL_SECONDS: u64 = 5;
-const IDLE_HEARTBEAT_TIMEOUT_SECONDS: u64 = 15;
-/// Wait before each reading of the gateway's memory (the baseline too, after the gateway
-/// started): two ping rounds, and long enough for tokio's idle blocking threads (10 s
-/// keep-alive) to exit.
-const SETTLE: Duration = Duration::from_secs(2 * IDLE_HEARTBEAT_INTERVAL_SECONDS + 2);
-/// Idle time before reading the comparison run's memory: one ping round.
-const COMPARISON_SETTLE: Duration = Duration::from_secs(IDLE_HEARTBEAT_INTERVAL_SECONDS + 1);
-/// Bound on each wait of the idle-session run.
-const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(300);
-/// tokio-tungstenite's default read buffer, allocated per connection.
-const TUNGSTENITE_DEFAULT_READ_BUFFER: u64 = 128 * 1024;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ibkr-bench",
-    about = "Measure idle relay memory and tool call latency of the IBKR agent gateway on this machine (loopback only)"
+    about = "Measure the IBKR agent gateway and sidecar on this machine (loopback only): latency next to its floors, throughput, CPU per call, memory per session, reconnects"
 )]
 struct Args {
-    /// Idle relay sessions to hold open for the memory measurement.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5000))]
-    connections: u32,
-    /// Timed sequential tool calls (after 20 warm-up calls); the concurrent run makes as many.
-    /// At most 500: each run stays under the gateway's default per-subject rate limit of 600
-    /// requests per minute.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=500))]
+    /// Timed calls of each one-at-a-time series (floors and relay hop).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     calls: u32,
-    /// Concurrent MCP sessions for the throughput run (0 skips it).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=16))]
-    concurrency: u32,
+    /// Timed full calls to the simulator, one at a time (paced: 4 a second).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(5..=2000))]
+    full_calls: u32,
+    /// Seconds of each load run.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=600))]
+    load_seconds: u64,
+    /// Idle relay sessions to hold open (memory) and to bring back after the restart.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    connections: u32,
+    /// Idle MCP sessions per round of the MCP session run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    mcp_sessions: u32,
+    /// Rounds of opening and closing the MCP sessions.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    mcp_rounds: u32,
+    /// Also measure the sidecar side of the idle sessions with tungstenite's default websocket
+    /// settings (about 150 MiB more for 1,000 sessions).
+    #[arg(long)]
+    compare_tungstenite_defaults: bool,
+    /// Write the results into docs/benchmarks.md (between its result markers) and
+    /// docs/benchmarks.json.
+    #[arg(long)]
+    write_docs: bool,
     #[command(subcommand)]
     command: Option<Helper>,
 }
@@ -128,6 +110,9 @@ enum Helper {
         /// Dial with tungstenite's default websocket settings instead of the sidecar's.
         #[arg(long)]
         tungstenite_defaults: bool,
+        /// Come back when the gateway ends a session, on the sidecar daemon's schedule.
+        #[arg(long)]
+        reconnect: bool,
     },
 }
 
@@ -138,7 +123,7 @@ fn bench_error(message: impl Into<String>) -> Box<dyn std::error::Error + Send +
 // ---- process memory ----------------------------------------------------------------------
 
 /// Resident memory of this process, from `/proc/self/status`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 struct Memory {
     /// `VmRSS`: every resident page.
     rss: u64,
@@ -174,944 +159,117 @@ fn memory_of(status_path: &str) -> BenchResult<Memory> {
     })
 }
 
-// ---- idle relay sessions: the measuring process ------------------------------------------
-
-/// A gateway configuration on loopback whose per-peer rate limit and connection caps (global,
-/// relay and per peer) let one local client open `sessions` relay connections (every sidecar
-/// here shares 127.0.0.1).
-fn idle_gateway_config(
-    issuer_url: &str,
-    state_dir: &Path,
-    sessions: usize,
-) -> GatewayConfiguration {
-    let mut config = GatewayConfiguration::for_dev(loopback(0), issuer_url, state_dir);
-    config.sidecar.heartbeat_interval_seconds = IDLE_HEARTBEAT_INTERVAL_SECONDS;
-    config.sidecar.heartbeat_timeout_seconds = IDLE_HEARTBEAT_TIMEOUT_SECONDS;
-    config.remote_mcp.rate_limit_per_peer_per_minute = 1_000_000;
-    config.remote_mcp.max_connections = config.remote_mcp.max_connections.max(sessions + 64);
-    config.remote_mcp.max_relay_connections =
-        config.remote_mcp.max_relay_connections.max(sessions + 64);
-    config.remote_mcp.max_connections_per_peer = config
-        .remote_mcp
-        .max_connections_per_peer
-        .max(sessions + 64);
-    config
-}
-
-struct IdleReport {
-    sessions: usize,
-    /// Sessions open at the midpoint reading (0: no midpoint, with a single session).
-    midpoint_sessions: usize,
-    pairing: Duration,
-    connecting: Duration,
-    gateway_before: Memory,
-    gateway_midpoint: Memory,
-    gateway_after: Memory,
-    client_before: Memory,
-    client_after: Memory,
-    /// The sidecar side again, dialed with tungstenite's default websocket settings.
-    default_settings_before: Memory,
-    default_settings_after: Memory,
-}
-
-fn parse_numbers(line: &str, tag: &str, count: usize) -> BenchResult<Vec<u64>> {
-    let mut words = line.split_whitespace();
-    if words.next() != Some(tag) {
-        return Err(bench_error(format!(
-            "expected {tag} from the helper, got {line:?}"
-        )));
-    }
-    let numbers = words
-        .map(|word| word.parse::<u64>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| bench_error(format!("malformed helper line {line:?}")))?;
-    if numbers.len() != count {
-        return Err(bench_error(format!("malformed helper line {line:?}")));
-    }
-    Ok(numbers)
-}
-
-fn helper_command(exe: &Path) -> Command {
-    let mut command = Command::new(exe);
-    // The helpers log errors only, to the shared stderr.
-    command.env("RUST_LOG", "error").stderr(Stdio::inherit());
-    command
-}
-
-/// Runs the pairing helper to completion; returns how long the pairing took.
-async fn pair_in_helper(
-    exe: &Path,
-    gateway_state_dir: &Path,
-    sidecars_dir: &Path,
-    count: usize,
-) -> BenchResult<Duration> {
-    let mut command = helper_command(exe);
-    command
-        .arg("pair-sidecars")
-        .arg("--gateway-state-dir")
-        .arg(gateway_state_dir)
-        .arg("--sidecars-dir")
-        .arg(sidecars_dir)
-        .arg("--count")
-        .arg(count.to_string())
-        .stdin(Stdio::null());
-    let output = tokio::task::spawn_blocking(move || command.output()).await??;
-    if !output.status.success() {
-        return Err(bench_error(format!(
-            "the pairing helper failed ({})",
-            output.status
-        )));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text
-        .lines()
-        .find(|line| line.starts_with("PAIRED"))
-        .ok_or_else(|| bench_error("the pairing helper printed no result"))?;
-    let numbers = parse_numbers(line, "PAIRED", 2)?;
-    if numbers[0] != count as u64 {
-        return Err(bench_error(format!("the pairing helper paired {line:?}")));
-    }
-    Ok(Duration::from_micros(numbers[1]))
-}
-
-/// The session-holder helper: its stdin, and its stdout as lines.
-struct Holder {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Holder {
-    /// Starts the holder; it loads every sidecar's credentials and reports its memory.
-    async fn start(
-        exe: &Path,
-        relay_url: &str,
-        sidecars_dir: &Path,
-        count: usize,
-        tungstenite_defaults: bool,
-    ) -> BenchResult<(Self, Memory)> {
-        let mut command = helper_command(exe);
-        command
-            .arg("hold-sessions")
-            .arg("--relay-url")
-            .arg(relay_url)
-            .arg("--sidecars-dir")
-            .arg(sidecars_dir)
-            .arg("--count")
-            .arg(count.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if tungstenite_defaults {
-            command.arg("--tungstenite-defaults");
-        }
-        let mut child = command.spawn()?;
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| bench_error("the session holder has no stdin"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| bench_error("the session holder has no stdout"))?;
-        let (sender, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut holder = Holder {
-            child,
-            stdin,
-            lines,
-        };
-        let loaded = holder.next_line("the sidecar credentials").await?;
-        let numbers = parse_numbers(&loaded, "LOADED", 2)?;
-        let memory = Memory {
-            rss: numbers[0],
-            anon: numbers[1],
-        };
-        Ok((holder, memory))
-    }
-
-    fn send(&mut self, command: &str) -> BenchResult<()> {
-        writeln!(self.stdin, "{command}")?;
-        self.stdin.flush()?;
-        Ok(())
-    }
-
-    async fn next_line(&mut self, what: &str) -> BenchResult<String> {
-        match tokio::time::timeout(IDLE_WAIT_LIMIT, self.lines.recv()).await {
-            Ok(Some(line)) => Ok(line),
-            Ok(None) => Err(bench_error(format!(
-                "the session holder exited before {what}"
-            ))),
-            Err(_) => Err(bench_error(format!("timed out waiting for {what}"))),
-        }
-    }
-
-    /// Opens `more` sessions; returns how many the holder has open.
-    async fn open(&mut self, more: usize) -> BenchResult<u64> {
-        self.send(&format!("OPEN {more}"))?;
-        let opened = self.next_line("the relay sessions").await?;
-        Ok(parse_numbers(&opened, "OPENED", 1)?[0])
-    }
-
-    /// The holder's memory and how many of its sessions are still open.
-    async fn report(&mut self) -> BenchResult<(Memory, u64)> {
-        self.send("REPORT")?;
-        let report = self.next_line("the holder's memory report").await?;
-        let numbers = parse_numbers(&report, "MEMORY", 3)?;
-        let memory = Memory {
-            rss: numbers[0],
-            anon: numbers[1],
-        };
-        Ok((memory, numbers[2]))
-    }
-
-    /// Asks the holder to close its sessions and exit; kills it if it does not.
-    async fn stop(mut self) -> BenchResult<()> {
-        let _ = self.send("STOP");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(bench_error(format!("the session holder failed ({status})")))
-                };
-            }
-            if Instant::now() >= deadline {
-                self.child.kill()?;
-                let _ = self.child.wait();
-                return Err(bench_error("the session holder did not stop"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn wait_live_sessions(gateway: &GatewayHandle, count: usize) -> BenchResult<()> {
-    let deadline = Instant::now() + IDLE_WAIT_LIMIT;
-    loop {
-        let live = gateway.live_sidecars().len();
-        if live == count {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(bench_error(format!(
-                "the gateway has {live} live relay sessions, expected {count}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Has the holder open `more` sessions and waits until the gateway has registered `total`.
-/// Returns how long that took.
-async fn open_more(
-    holder: &mut Holder,
-    gateway: &GatewayHandle,
-    more: usize,
-    total: usize,
-) -> BenchResult<Duration> {
-    eprintln!("  opening {more} relay sessions ({total} in all) ...");
-    let started = Instant::now();
-    let opened = holder.open(more).await?;
-    if opened != total as u64 {
-        return Err(bench_error(format!(
-            "the session holder has {opened} sessions open, expected {total}"
-        )));
-    }
-    wait_live_sessions(gateway, total).await?;
-    Ok(started.elapsed())
-}
-
-/// Lets the sessions idle for `settle`, then reads the gateway's and the holder's memory,
-/// checking that no session was dropped meanwhile.
-async fn settled_reading(
-    holder: &mut Holder,
-    gateway: &GatewayHandle,
-    total: usize,
-    settle: Duration,
-) -> BenchResult<(Memory, Memory)> {
-    eprintln!("  idling {} s ...", settle.as_secs());
-    tokio::time::sleep(settle).await;
-    let gateway_memory = memory()?;
-    let live = gateway.live_sidecars().len();
-    let (holder_memory, alive) = holder.report().await?;
-    if live != total || alive != total as u64 {
-        return Err(bench_error(format!(
-            "sessions dropped while idle: gateway {live}, holder {alive}, expected {total}"
-        )));
-    }
-    Ok((gateway_memory, holder_memory))
-}
-
-async fn idle_sessions(count: usize) -> BenchResult<IdleReport> {
-    let exe = std::env::current_exe()?;
-    let root = tempfile::tempdir()?;
-    let gateway_state_dir = root.path().join("gateway");
-    let sidecars_dir = root.path().join("sidecars");
-
-    eprintln!("  pairing {count} sidecars (helper process) ...");
-    let pairing = pair_in_helper(&exe, &gateway_state_dir, &sidecars_dir, count).await?;
-
-    // The measured gateway: same state (key, instance id, pairings), fresh process heap.
-    let issuer = DevIssuer::start(loopback(0)).await?;
-    let gateway = ibkr_gateway::start(idle_gateway_config(
-        &issuer.issuer_url(),
-        &gateway_state_dir,
-        count,
-    ))
-    .await?;
-    let relay_url = gateway.relay_url();
-    let (mut holder, client_before) =
-        Holder::start(&exe, &relay_url, &sidecars_dir, count, false).await?;
-    // The baseline idles as long as the later readings, so that the blocking threads spawned
-    // before it (store, audit pruning, waiting for the pairing helper) have exited in every
-    // reading.
-    let (gateway_before, _) = settled_reading(&mut holder, &gateway, 0, SETTLE).await?;
-
-    // Two steps, so the second half gives the marginal cost without one-time costs.
-    let midpoint_sessions = count / 2;
-    let mut connecting = Duration::ZERO;
-    let gateway_midpoint = if midpoint_sessions > 0 {
-        connecting +=
-            open_more(&mut holder, &gateway, midpoint_sessions, midpoint_sessions).await?;
-        settled_reading(&mut holder, &gateway, midpoint_sessions, SETTLE)
-            .await?
-            .0
-    } else {
-        gateway_before
-    };
-    connecting += open_more(&mut holder, &gateway, count - midpoint_sessions, count).await?;
-    let (gateway_after, client_after) =
-        settled_reading(&mut holder, &gateway, count, SETTLE).await?;
-    holder.stop().await?;
-    wait_live_sessions(&gateway, 0).await?;
-
-    // The same sidecar side with tungstenite's default websocket settings, for comparison.
-    let (mut holder, default_settings_before) =
-        Holder::start(&exe, &relay_url, &sidecars_dir, count, true).await?;
-    open_more(&mut holder, &gateway, count, count).await?;
-    let (_, default_settings_after) =
-        settled_reading(&mut holder, &gateway, count, COMPARISON_SETTLE).await?;
-    holder.stop().await?;
-
-    gateway.shutdown().await;
-    issuer.shutdown().await;
-    Ok(IdleReport {
-        sessions: count,
-        midpoint_sessions,
-        pairing,
-        connecting,
-        gateway_before,
-        gateway_midpoint,
-        gateway_after,
-        client_before,
-        client_after,
-        default_settings_before,
-        default_settings_after,
-    })
-}
-
-// ---- idle relay sessions: the helpers ----------------------------------------------------
-
-fn sidecar_dir(sidecars_dir: &Path, index: usize) -> PathBuf {
-    sidecars_dir.join(format!("sidecar-{index:05}"))
-}
-
-async fn pair_sidecars(
-    gateway_state_dir: &Path,
-    sidecars_dir: &Path,
-    count: usize,
-) -> BenchResult<()> {
-    let issuer = DevIssuer::start(loopback(0)).await?;
-    let gateway = ibkr_gateway::start(idle_gateway_config(
-        &issuer.issuer_url(),
-        gateway_state_dir,
-        count,
-    ))
-    .await?;
-    let base_url = gateway.base_url();
-    let started = Instant::now();
-    let mut exchanges: JoinSet<BenchResult<()>> = JoinSet::new();
-    let mut failure = None;
-    for index in 0..count {
-        // One user per laptop, as in production.
-        let code = gateway
-            .issue_pairing_code(&format!("bench-user-{index:05}"), Duration::from_secs(600))
-            .await?;
-        let dir = sidecar_dir(sidecars_dir, index);
-        let base_url = base_url.clone();
-        exchanges.spawn(async move {
-            let identity_dir = dir.clone();
-            tokio::task::spawn_blocking(move || {
-                ibkr_agent::create_identity(&identity_dir, "bench-laptop", None, None)
-            })
-            .await??;
-            ibkr_agent::pair(&dir, &base_url, &code, None).await?;
-            Ok(())
-        });
-        while exchanges.len() >= PAIRING_CONCURRENCY {
-            if let Some(done) = exchanges.join_next().await
-                && let Err(error) = done?
-            {
-                failure.get_or_insert(error);
-            }
-        }
-    }
-    while let Some(done) = exchanges.join_next().await {
-        if let Err(error) = done? {
-            failure.get_or_insert(error);
-        }
-    }
-    let elapsed = started.elapsed();
-    gateway.shutdown().await;
-    issuer.shutdown().await;
-    if let Some(error) = failure {
-        return Err(bench_error(format!("pairing failed: {error}")));
-    }
-    println!("PAIRED {count} {}", elapsed.as_micros());
-    Ok(())
-}
-
-/// What one sidecar needs to open a relay session, read from its state directory.
-struct Credentials {
-    keypair: StaticKeypair,
-    gateway_key: PublicKey,
-    user_id: String,
-    pairing_id: Option<[u8; 16]>,
-    hello: ClientHello,
-}
-
-fn load_credentials(state_dir: &Path) -> BenchResult<Credentials> {
-    let store = ibkr_agent::StateStore::open(state_dir)?;
-    let (identity, keypair) = ibkr_agent::identity::load_keypair(state_dir, &store)?;
-    let pairing = store
-        .pairings()?
-        .into_iter()
-        .next()
-        .ok_or_else(|| bench_error("a benchmark sidecar has no pairing"))?;
-    let gateway_key = pairing
-        .gateway_public_key
-        .ok_or_else(|| bench_error("a benchmark pairing has no gateway key"))?;
-    let timestamp_ms = store
-        .next_handshake_timestamp(&identity.sidecar_id, ibkr_agent::clock::now_unix_millis())?;
-    Ok(Credentials {
-        keypair,
-        gateway_key,
-        user_id: pairing.user_id,
-        pairing_id: pairing.gateway_pairing_id,
-        hello: ClientHello {
-            protocol_version: protocol::PROTOCOL_VERSION,
-            sidecar_id: identity.sidecar_id,
-            remote_instance_id: pairing.remote_instance_id,
-            timestamp_ms,
-            sidecar_version: "ibkr-bench".into(),
-            max_concurrent_requests: 32,
-        },
-    })
-}
-
-async fn send_frame(
-    stream: &mut RelayStream,
-    transport: &mut Transport,
-    frame: &Frame,
-) -> BenchResult<()> {
-    let record = transport
-        .seal(frame)
-        .map_err(|error| bench_error(error.to_string()))?;
-    stream
-        .send(Message::Binary(WireMessage::Record(record).encode().into()))
-        .await?;
-    Ok(())
-}
-
-/// Runs the sidecar's Noise IK handshake on `stream` and sends the key confirmation (the
-/// gateway registers the session on it).
-async fn open_session(
-    mut stream: RelayStream,
-    credentials: Credentials,
-) -> BenchResult<(RelayStream, Transport)> {
-    let pinned = ibkr_agent::relay::handshake::Pinned {
-        gateway_key: &credentials.gateway_key,
-        instance_id: &credentials.hello.remote_instance_id,
-        user_id: &credentials.user_id,
-        pairing_id: credentials.pairing_id,
-    };
-    let (mut transport, _) = ibkr_agent::relay::handshake::perform(
-        &mut stream,
-        &credentials.keypair,
-        &credentials.hello,
-        &pinned,
-    )
-    .await?;
-    let confirmation = Frame::SidecarStatus(SidecarStatus {
-        broker_session: "ready".into(),
-        sidecar_version: "ibkr-bench".into(),
-    });
-    send_frame(&mut stream, &mut transport, &confirmation).await?;
-    Ok((stream, transport))
-}
-
-/// Holds an idle session: answers the gateway's pings until the connection ends.
-async fn answer_pings(mut stream: RelayStream, mut transport: Transport, alive: Arc<AtomicUsize>) {
-    while let Some(Ok(message)) = stream.next().await {
-        let bytes = match message {
-            Message::Binary(bytes) => bytes,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let Ok(WireMessage::Record(record)) = WireMessage::decode(&bytes) else {
-            break;
-        };
-        match transport.open(&record) {
-            Ok(Frame::Ping { seq }) => {
-                if send_frame(&mut stream, &mut transport, &Frame::Pong { seq })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    alive.fetch_sub(1, Ordering::SeqCst);
-}
-
-fn is_loopback_relay(url: &str) -> bool {
-    url.strip_prefix("ws://127.0.0.1:")
-        .is_some_and(|rest| rest.ends_with("/relay"))
-}
-
-/// Opens the relay websocket with the sidecar's settings (small buffers), or with
-/// tungstenite's defaults for comparison.
-async fn dial(relay_url: &str, tungstenite_defaults: bool) -> BenchResult<RelayStream> {
-    if tungstenite_defaults {
-        let (stream, _) =
-            tokio_tungstenite::connect_async_with_config(relay_url, None, true).await?;
-        Ok(stream)
-    } else {
-        Ok(ibkr_agent::relay::dial::dial(relay_url).await?)
-    }
-}
-
-/// Opens `batch` sessions, [`CONNECT_CONCURRENCY`] at a time, and leaves each answering pings
-/// in its own task.
-async fn open_batch(
-    relay_url: &str,
-    batch: Vec<Credentials>,
-    tungstenite_defaults: bool,
-    alive: &Arc<AtomicUsize>,
-    holders: &mut JoinSet<()>,
-) -> BenchResult<()> {
-    let mut opening: JoinSet<BenchResult<(RelayStream, Transport)>> = JoinSet::new();
-    let mut pending = batch.into_iter();
-    loop {
-        while opening.len() < CONNECT_CONCURRENCY {
-            let Some(credentials) = pending.next() else {
-                break;
-            };
-            let url = relay_url.to_string();
-            opening.spawn(async move {
-                let stream = dial(&url, tungstenite_defaults).await?;
-                open_session(stream, credentials).await
-            });
-        }
-        let Some(done) = opening.join_next().await else {
-            return Ok(());
-        };
-        let (stream, transport) = done??;
-        alive.fetch_add(1, Ordering::SeqCst);
-        holders.spawn(answer_pings(stream, transport, Arc::clone(alive)));
-    }
-}
-
-async fn hold_sessions(
-    relay_url: &str,
-    sidecars_dir: &Path,
-    count: usize,
-    tungstenite_defaults: bool,
-) -> BenchResult<()> {
-    if !is_loopback_relay(relay_url) {
-        return Err(bench_error(format!(
-            "the benchmark dials ws://127.0.0.1 only, not {relay_url}"
-        )));
-    }
-    let dirs: Vec<PathBuf> = (0..count)
-        .map(|index| sidecar_dir(sidecars_dir, index))
-        .collect();
-    let credentials = tokio::task::spawn_blocking(move || {
-        dirs.iter()
-            .map(|dir| load_credentials(dir))
-            .collect::<BenchResult<Vec<_>>>()
-    })
-    .await??;
-    let mut pending = credentials.into_iter();
-    let loaded = memory()?;
-    println!("LOADED {} {}", loaded.rss, loaded.anon);
-
-    let (sender, mut commands) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let alive = Arc::new(AtomicUsize::new(0));
-    let mut holders = JoinSet::new();
-    while let Some(command) = commands.recv().await {
-        let mut words = command.split_whitespace();
-        match words.next() {
-            Some("OPEN") => {
-                let more: usize = words
-                    .next()
-                    .and_then(|word| word.parse().ok())
-                    .ok_or_else(|| bench_error(format!("malformed command {command:?}")))?;
-                let batch: Vec<Credentials> = pending.by_ref().take(more).collect();
-                if batch.len() != more {
-                    return Err(bench_error("more sessions asked for than sidecars paired"));
-                }
-                open_batch(relay_url, batch, tungstenite_defaults, &alive, &mut holders).await?;
-                println!("OPENED {}", alive.load(Ordering::SeqCst));
-            }
-            Some("REPORT") => {
-                let now = memory()?;
-                println!(
-                    "MEMORY {} {} {}",
-                    now.rss,
-                    now.anon,
-                    alive.load(Ordering::SeqCst)
-                );
-            }
-            Some("STOP") => break,
-            _ => return Err(bench_error(format!("unknown command {command:?}"))),
-        }
-    }
-    holders.abort_all();
-    Ok(())
-}
-
-// ---- tool call latency -------------------------------------------------------------------
-
-struct Latencies {
-    sorted: Vec<Duration>,
-    wall: Duration,
-}
-
-impl Latencies {
-    fn new(mut samples: Vec<Duration>, wall: Duration) -> Self {
-        samples.sort_unstable();
-        Latencies {
-            sorted: samples,
-            wall,
-        }
-    }
-
-    /// Nearest-rank percentile.
-    fn percentile(&self, percent: u32) -> Duration {
-        let count = self.sorted.len();
-        if count == 0 {
-            return Duration::ZERO;
-        }
-        let rank = (count * percent as usize).div_ceil(100).clamp(1, count);
-        self.sorted[rank - 1]
-    }
-
-    fn max(&self) -> Duration {
-        self.sorted.last().copied().unwrap_or_default()
-    }
-
-    fn mean(&self) -> Duration {
-        let count = u32::try_from(self.sorted.len()).unwrap_or(u32::MAX).max(1);
-        self.sorted.iter().sum::<Duration>() / count
-    }
-
-    fn calls_per_second(&self) -> f64 {
-        self.sorted.len() as f64 / self.wall.as_secs_f64().max(f64::EPSILON)
-    }
-}
-
-async fn latency_system() -> BenchResult<System> {
-    Ok(System::start(SystemOptions {
-        // The product's default heartbeat.
-        heartbeat_interval_seconds: 15,
-        heartbeat_timeout_seconds: 45,
-        ..SystemOptions::default()
-    })
-    .await?)
-}
-
-async fn timed_call(client: &RunningService<RoleClient, ()>) -> BenchResult<Duration> {
-    let started = Instant::now();
-    let result = client.call_tool(CallToolRequestParams::new(TOOL)).await?;
-    let elapsed = started.elapsed();
-    if result.is_error == Some(true) {
-        return Err(bench_error(format!(
-            "{TOOL} failed: {:?}",
-            result.structured_content
-        )));
-    }
-    Ok(elapsed)
-}
-
-async fn sequential_calls(calls: usize) -> BenchResult<Latencies> {
-    let system = latency_system().await?;
-    let token = system.token(&[scopes::ACCOUNTS_READ])?;
-    let client = system.mcp_client(&token).await?;
-    let measured = async {
-        for _ in 0..WARM_UP_CALLS {
-            timed_call(&client).await?;
-        }
-        let mut samples = Vec::with_capacity(calls);
-        let started = Instant::now();
-        for _ in 0..calls {
-            samples.push(timed_call(&client).await?);
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Latencies::new(
-            samples,
-            started.elapsed(),
-        ))
-    }
-    .await;
-    let _ = client.cancel().await;
-    system.shutdown().await;
-    measured
-}
-
-async fn concurrent_calls(calls: usize, callers: usize) -> BenchResult<Latencies> {
-    let system = latency_system().await?;
-    let token = system.token(&[scopes::ACCOUNTS_READ])?;
-    let mut clients = Vec::with_capacity(callers);
-    for _ in 0..callers {
-        let client = system.mcp_client(&token).await?;
-        for _ in 0..WARM_UP_CALLS_PER_CALLER {
-            timed_call(&client).await?;
-        }
-        clients.push(client);
-    }
-    let start = Arc::new(tokio::sync::Barrier::new(callers));
-    let mut tasks = JoinSet::new();
-    for (index, client) in clients.into_iter().enumerate() {
-        // The calls split evenly; the first callers take the remainder.
-        let share = calls / callers + usize::from(index < calls % callers);
-        let start = Arc::clone(&start);
-        tasks.spawn(async move {
-            start.wait().await;
-            let began = Instant::now();
-            let mut samples = Vec::with_capacity(share);
-            let mut failure = None;
-            for _ in 0..share {
-                match timed_call(&client).await {
-                    Ok(elapsed) => samples.push(elapsed),
-                    Err(error) => {
-                        failure = Some(error.to_string());
-                        break;
-                    }
-                }
-            }
-            let ended = Instant::now();
-            let _ = client.cancel().await;
-            (samples, began, ended, failure)
-        });
-    }
-    let mut samples = Vec::with_capacity(calls);
-    let mut first_start: Option<Instant> = None;
-    let mut last_end: Option<Instant> = None;
-    let mut failure = None;
-    while let Some(done) = tasks.join_next().await {
-        let (mut caller_samples, began, ended, caller_failure) = done?;
-        samples.append(&mut caller_samples);
-        first_start = Some(first_start.map_or(began, |first| first.min(began)));
-        last_end = Some(last_end.map_or(ended, |last| last.max(ended)));
-        if failure.is_none() {
-            failure = caller_failure;
-        }
-    }
-    system.shutdown().await;
-    if let Some(failure) = failure {
-        return Err(bench_error(failure));
-    }
-    let wall = match (first_start, last_end) {
-        (Some(first), Some(last)) => last.saturating_duration_since(first),
-        _ => Duration::ZERO,
-    };
-    Ok(Latencies::new(samples, wall))
-}
-
-// ---- output ------------------------------------------------------------------------------
-
-/// Two decimals, so that the per-session rows can be checked against these readings.
-fn mib(bytes: u64) -> String {
-    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn per_session(before: u64, after: u64, sessions: usize) -> String {
-    let delta = after as f64 - before as f64;
-    let each = delta / sessions.max(1) as f64;
-    format!("{:.1} KiB ({:.0} B)", each / 1024.0, each)
-}
-
-fn millis(duration: Duration) -> String {
-    format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn row(label: &str, value: &str) {
-    println!("  {label:<56} {value}");
-}
-
-fn print_idle(report: &IdleReport) {
-    let n = report.sessions;
-    let half = report.midpoint_sessions;
-    println!(
-        "\nIdle relay sessions (N = {n}; gateway heartbeat {IDLE_HEARTBEAT_INTERVAL_SECONDS} s; memory per session = RSS growth / sessions)"
-    );
-    row(
-        &format!("pairing {n} sidecars, {PAIRING_CONCURRENCY} at a time"),
-        &format!(
-            "{:.2} s ({:.1} ms per sidecar)",
-            report.pairing.as_secs_f64(),
-            report.pairing.as_secs_f64() * 1000.0 / n.max(1) as f64
-        ),
-    );
-    row(
-        &format!("opening {n} sessions, {CONNECT_CONCURRENCY} at a time"),
-        &format!("{:.2} s", report.connecting.as_secs_f64()),
-    );
-    row(
-        &format!("gateway VmRSS: 0 / {half} / {n} sessions"),
-        &format!(
-            "{} / {} / {}",
-            mib(report.gateway_before.rss),
-            mib(report.gateway_midpoint.rss),
-            mib(report.gateway_after.rss)
-        ),
-    );
-    row(
-        &format!("gateway RssAnon: 0 / {half} / {n} sessions"),
-        &format!(
-            "{} / {} / {}",
-            mib(report.gateway_before.anon),
-            mib(report.gateway_midpoint.anon),
-            mib(report.gateway_after.anon)
-        ),
-    );
-    row(
-        &format!("gateway per idle session, 0 -> {n} (VmRSS)"),
-        &per_session(report.gateway_before.rss, report.gateway_after.rss, n),
-    );
-    row(
-        &format!("gateway per idle session, 0 -> {n} (RssAnon)"),
-        &per_session(report.gateway_before.anon, report.gateway_after.anon, n),
-    );
-    if half > 0 {
-        row(
-            &format!("gateway per idle session, {half} -> {n} (VmRSS)"),
-            &per_session(
-                report.gateway_midpoint.rss,
-                report.gateway_after.rss,
-                n - half,
-            ),
-        );
-    }
-    row(
-        "sidecar side per session, sidecar settings (VmRSS)",
-        &per_session(report.client_before.rss, report.client_after.rss, n),
-    );
-    row(
-        "sidecar side per session, tungstenite defaults (VmRSS)",
-        &per_session(
-            report.default_settings_before.rss,
-            report.default_settings_after.rss,
-            n,
-        ),
-    );
-    row(
-        "reference: tungstenite's default read buffer",
-        &format!("{} KiB", TUNGSTENITE_DEFAULT_READ_BUFFER / 1024),
-    );
-}
-
-fn print_latencies(title: &str, latencies: &Latencies) {
-    println!("\n{title}");
-    row("calls", &latencies.sorted.len().to_string());
-    row("p50", &millis(latencies.percentile(50)));
-    row("p90", &millis(latencies.percentile(90)));
-    row("p99", &millis(latencies.percentile(99)));
-    row("max", &millis(latencies.max()));
-    row("mean", &millis(latencies.mean()));
-    row(
-        "throughput",
-        &format!("{:.0} calls/s", latencies.calls_per_second()),
-    );
-}
-
 async fn run(args: Args) -> BenchResult<()> {
-    let sessions = args.connections as usize;
-    let calls = args.calls as usize;
-    let callers = args.concurrency as usize;
-    println!(
+    let started = std::time::Instant::now();
+    eprintln!(
         "ibkr-bench: everything on 127.0.0.1; {} CPUs",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-
-    // First, while this process's heap has not served any other benchmark.
-    eprintln!("[1/3] idle relay sessions");
-    let idle = idle_sessions(sessions).await?;
-
-    eprintln!("[2/3] sequential {TOOL} calls ({WARM_UP_CALLS} warm-up, {calls} timed)");
-    let sequential = sequential_calls(calls).await?;
-
-    let concurrent = if callers > 0 {
-        eprintln!("[3/3] {TOOL} from {callers} MCP sessions at once ({calls} calls in all)");
-        Some(concurrent_calls(calls, callers).await?)
-    } else {
-        None
+    // First, while this process's heap has served nothing else: the idle relay run measures
+    // a gateway that runs in this process.
+    eprintln!("[1/3] idle relay sessions and a gateway restart");
+    let idle =
+        idle_relay::idle_sessions(args.connections as usize, args.compare_tungstenite_defaults)
+            .await?;
+    eprintln!("[2/3] idle MCP sessions");
+    let mcp = mcp_sessions::run(args.mcp_sessions as usize, args.mcp_rounds as usize).await?;
+    eprintln!("[3/3] speed");
+    let speed = speed::run(speed::SpeedSettings {
+        sequential_calls: args.calls as usize,
+        full_calls: args.full_calls as usize,
+        load_duration: Duration::from_secs(args.load_seconds),
+    })
+    .await?;
+    let results = report::Results {
+        machine: report::Machine::here(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        took_seconds: started.elapsed().as_secs_f64(),
+        speed,
+        idle,
+        mcp,
     };
-
-    print_idle(&idle);
-    print_latencies(
-        &format!("Tool call latency: {TOOL}, one MCP session, sequential"),
-        &sequential,
-    );
-    if let Some(concurrent) = &concurrent {
-        print_latencies(
-            &format!("Tool call latency: {TOOL}, {callers} MCP sessions at once"),
-            concurrent,
-        );
+    report::print(&results);
+    if args.write_docs {
+        report::write_docs(&results)?;
     }
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The helpers that run the products' own command lines in a process of their own
+/// (`serve-gateway ARGS...` = `ibkr-gateway ARGS...`, `serve-sidecar ARGS...` =
+/// `ibkr-agent ARGS...`), so that the speed run measures each process alone without needing
+/// the two binaries built beside this one.
+fn run_product(args: &[String]) -> Option<ExitCode> {
+    match args.get(1).map(String::as_str) {
+        Some("serve-gateway") => {
+            let cli = <ibkr_gateway::cli::Cli as clap::Parser>::parse_from(
+                std::iter::once("ibkr-gateway".to_string()).chain(args[2..].iter().cloned()),
+            );
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return Some(ExitCode::FAILURE);
+                }
+            };
+            Some(runtime.block_on(ibkr_gateway::cli::run(cli)))
+        }
+        Some("serve-sidecar") => Some(ibkr_agent::cli::main_from(
+            std::iter::once("ibkr-agent".to_string()).chain(args[2..].iter().cloned()),
+        )),
+        _ => None,
+    }
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if let Some(code) = run_product(&raw) {
+        return code;
+    }
     let args = Args::parse();
-    e2e::log_errors_to_stderr();
-    let outcome = match args.command {
-        Some(Helper::PairSidecars {
-            gateway_state_dir,
-            sidecars_dir,
-            count,
-        }) => pair_sidecars(&gateway_state_dir, &sidecars_dir, count).await,
-        Some(Helper::HoldSessions {
-            relay_url,
-            sidecars_dir,
-            count,
-            tungstenite_defaults,
-        }) => hold_sessions(&relay_url, &sidecars_dir, count, tungstenite_defaults).await,
-        Some(Helper::Soak(soak_args)) => soak::run(soak_args).await,
-        Some(Helper::SoakGateway(helper_args)) => soak::gateway_helper(helper_args).await,
-        Some(Helper::SoakPeers(helper_args)) => soak::peers_helper(helper_args).await,
-        None => run(args).await,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ibkr-bench failed: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
     };
+    e2e::log_errors_to_stderr();
+    let outcome = runtime.block_on(async {
+        match args.command {
+            Some(Helper::PairSidecars {
+                gateway_state_dir,
+                sidecars_dir,
+                count,
+            }) => idle_relay::pair_sidecars(&gateway_state_dir, &sidecars_dir, count).await,
+            Some(Helper::HoldSessions {
+                relay_url,
+                sidecars_dir,
+                count,
+                tungstenite_defaults,
+                reconnect,
+            }) => {
+                idle_relay::hold_sessions(
+                    &relay_url,
+                    &sidecars_dir,
+                    count,
+                    tungstenite_defaults,
+                    reconnect,
+                )
+                .await
+            }
+            Some(Helper::Soak(soak_args)) => soak::run(soak_args).await,
+            Some(Helper::SoakGateway(helper_args)) => soak::gateway_helper(helper_args).await,
+            Some(Helper::SoakPeers(helper_args)) => soak::peers_helper(helper_args).await,
+            None => run(args).await,
+        }
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

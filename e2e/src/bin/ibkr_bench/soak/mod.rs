@@ -20,7 +20,7 @@ mod gateway;
 mod laptops;
 mod peers;
 mod process;
-mod report;
+pub(crate) mod report;
 mod stats;
 mod tracker;
 

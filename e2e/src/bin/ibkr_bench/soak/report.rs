@@ -13,7 +13,8 @@ use std::time::Duration;
 /// The heading the soak owns in `docs/reliability.md`.
 pub(super) const HEADING: &str = "## Soak";
 
-pub(super) struct Machine {
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
     pub memory: String,
@@ -27,7 +28,7 @@ pub(super) struct Machine {
 }
 
 /// The 1, 5 and 15 minute load averages, now.
-pub(super) fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|text| {
@@ -40,7 +41,7 @@ pub(super) fn load_average() -> String {
 }
 
 impl Machine {
-    pub(super) fn describe(load_average: (String, String)) -> Machine {
+    pub(crate) fn describe(load_average: (String, String)) -> Machine {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let cpuinfo = read("/proc/cpuinfo");
         let cpu_model = cpuinfo
