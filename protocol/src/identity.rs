@@ -9,7 +9,19 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// How many low-order checks (each one x25519 scalar multiplication) this process has run.
+static LOW_ORDER_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many low-order checks ([`PublicKey::is_low_order`], which [`PublicKey::from_hex`]
+/// runs) this process has made so far. A check costs one x25519 scalar multiplication, so
+/// the hot paths that read keys back from a store must not move this counter; tests in other
+/// crates read it to prove they do not.
+pub fn low_order_checks() -> u64 {
+    LOW_ORDER_CHECKS.load(Ordering::Relaxed)
+}
 
 /// An x25519 public key: a side's long-term identity.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -21,15 +33,34 @@ impl PublicKey {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex characters.
+    /// Parses 64 hex characters and refuses a low-order point: the constructor for keys from
+    /// untrusted input (pairing messages, the handshake, configuration, the command line).
     pub fn from_hex(text: &str) -> Result<Self, IdentityError> {
-        let bytes = hex::decode(text.trim()).map_err(|_| IdentityError::BadPublicKey)?;
-        let array: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::BadPublicKey)?;
-        let key = PublicKey(array);
+        let key = Self::parse_hex(text)?;
         if key.is_low_order() {
             return Err(IdentityError::BadPublicKey);
         }
         Ok(key)
+    }
+
+    /// Parses 64 hex characters of a key read back from our own store, without the low-order
+    /// check (a scalar multiplication) that [`PublicKey::from_hex`] runs.
+    ///
+    /// Only for stores whose every write takes a key that was validated when it entered the
+    /// process (through [`PublicKey::from_hex`], the pairing exchange or the handshake, all of
+    /// which refuse low-order points) or that was derived from a secret key (never low-order).
+    /// Sound even if a row were corrupted on disk: a stored key is only ever compared for
+    /// equality with a key the handshake validated (so an invalid stored key matches nothing)
+    /// or handed to the Noise handshake as the peer's key, which refuses a low-order key
+    /// before any message is sent. Malformed text (not 64 hex characters) is still refused.
+    pub fn from_stored_hex(text: &str) -> Result<Self, IdentityError> {
+        Self::parse_hex(text)
+    }
+
+    fn parse_hex(text: &str) -> Result<Self, IdentityError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| IdentityError::BadPublicKey)?;
+        let array: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::BadPublicKey)?;
+        Ok(PublicKey(array))
     }
 
     /// Short, human-comparable fingerprint: the first 10 bytes of SHA-256 over the key with a
@@ -47,7 +78,9 @@ impl PublicKey {
     }
 
     /// True for the points whose DH output is all zeros whatever the secret (non-contributory).
+    /// One scalar multiplication, counted by [`low_order_checks`].
     pub fn is_low_order(&self) -> bool {
+        LOW_ORDER_CHECKS.fetch_add(1, Ordering::Relaxed);
         let probe = x25519_dalek::StaticSecret::from([7u8; 32]);
         !probe
             .diffie_hellman(&x25519_dalek::PublicKey::from(self.0))
@@ -136,6 +169,19 @@ mod tests {
         one[0] = 1;
         assert!(PublicKey::from_hex(&hex::encode(one)).is_err());
         assert!(PublicKey::from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn a_stored_key_is_parsed_without_the_check_and_malformed_text_is_still_refused() {
+        let keypair = StaticKeypair::from_secret_bytes([1u8; 32]);
+        let stored = PublicKey::from_stored_hex(&keypair.public().to_hex()).unwrap();
+        assert_eq!(stored, keypair.public());
+        assert!(PublicKey::from_stored_hex("abcd").is_err());
+        assert!(PublicKey::from_stored_hex(&"zz".repeat(32)).is_err());
+        // The validating path is counted (other tests run in parallel: at least one more).
+        let before = low_order_checks();
+        assert!(PublicKey::from_hex(&"00".repeat(32)).is_err());
+        assert!(low_order_checks() > before);
     }
 
     #[test]

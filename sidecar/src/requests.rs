@@ -42,7 +42,8 @@ pub(crate) async fn handle(
     request: &RelayRequest,
     deadline: Instant,
 ) -> Outcome {
-    // Re-read per request: a revoke or scope change from the CLI applies to the next call.
+    // Per request, as the store holds it now (from memory unless something changed): a
+    // revoke or scope change from the CLI applies to the next call.
     let pairing = match context.store.pairing(
         &connection.binding.remote_instance_id,
         &connection.binding.sidecar_id,

@@ -1,8 +1,12 @@
 //! The one local state store: SQLite (WAL) in the state directory, shared by the CLI
 //! primitives and the daemon.
 //!
-//! The daemon re-reads the pairing record for every relayed request, so a `revoke` or a scope
-//! change made from the CLI in another process takes effect on the next call. Secrets are never
+//! The daemon checks the pairing record for every relayed request, so a `revoke` or a scope
+//! change made from the CLI in another process takes effect on the next call. It is served from
+//! memory while nothing can have changed it (see [`StateStore::pairing`]): the connection's
+//! `PRAGMA data_version` moves with every commit of another connection (the CLI, in any
+//! process), and its `total_changes` with every row this connection writes, so the pair of them
+//! is read per request and any move empties the cache. Secrets are never
 //! stored here (the identity secret lives in `identity.key`); the store holds public keys,
 //! identifiers, scopes and times.
 //!
@@ -19,6 +23,73 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// The columns of a pairing row, in the order [`pairing_from_row`] and the writes use.
+macro_rules! pairing_columns {
+    () => {
+        "remote_instance_id, sidecar_id, user_id, gateway_url, relay_url, \
+         gateway_public_key_hex, local_scopes, created_at, expires_at, revoked_at, \
+         gateway_pairing_id"
+    };
+}
+
+/// The columns of a relay session row.
+macro_rules! session_columns {
+    () => {
+        "session_id, remote_instance_id, sidecar_id, created_at, expires_at, last_heartbeat_at, \
+         closed_at"
+    };
+}
+
+// Constant statements, prepared once per connection and cached.
+const SELECT_PAIRING: &str = concat!(
+    "SELECT ",
+    pairing_columns!(),
+    " FROM pairings WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
+);
+const SELECT_ALL_PAIRINGS: &str = concat!(
+    "SELECT ",
+    pairing_columns!(),
+    " FROM pairings ORDER BY created_at DESC, rowid DESC"
+);
+const SELECT_DIALABLE_PAIRING: &str = concat!(
+    "SELECT ",
+    pairing_columns!(),
+    " FROM pairings WHERE sidecar_id = ?1 AND revoked_at IS NULL \
+     AND (expires_at IS NULL OR expires_at > ?2) AND gateway_public_key_hex IS NOT NULL \
+     ORDER BY created_at DESC, rowid DESC LIMIT 1"
+);
+const WRITE_PAIRING: &str = concat!(
+    "INSERT OR REPLACE INTO pairings (",
+    pairing_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+);
+const SELECT_IDENTITY: &str = "SELECT sidecar_id, display_name, public_key_hex, has_secret, \
+     created_at FROM identity ORDER BY created_at LIMIT 1";
+const WRITE_SESSION: &str = concat!(
+    "INSERT OR REPLACE INTO relay_sessions (",
+    session_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+);
+const SELECT_SESSION: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM relay_sessions WHERE session_id = ?1"
+);
+const SELECT_ALL_SESSIONS: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM relay_sessions ORDER BY created_at DESC, rowid DESC"
+);
+const SELECT_BOUND_SESSIONS: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM relay_sessions WHERE remote_instance_id = ?1 AND sidecar_id = ?2 \
+     AND closed_at IS NULL ORDER BY created_at DESC, rowid DESC"
+);
+
+/// How many pairing records [`StateStore::pairing`] keeps in memory (a daemon reads one).
+const MAX_CACHED_PAIRINGS: usize = 16;
 
 /// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
 /// 3: requests from the laptop's owner to the running daemon. 4: the relay's last outcome, so
@@ -225,7 +296,46 @@ pub struct LocalPairingWrite {
 /// The SQLite store. One connection behind a mutex: every operation is a short local query.
 pub struct StateStore {
     connection: Mutex<Connection>,
+    /// Only touched with `connection` locked (so in its order: connection, then cache).
+    pairing_cache: Mutex<PairingCache>,
     dir: PathBuf,
+}
+
+/// Pairing records as last read, valid while the connection's change tag is the same.
+#[derive(Default)]
+struct PairingCache {
+    /// `(PRAGMA data_version, total_changes)` when the entries were read.
+    tag: Option<(i64, u64)>,
+    entries: Vec<((String, String), Option<PairingRecord>)>,
+}
+
+/// What moves whenever the database may have changed: `PRAGMA data_version` with every commit
+/// of another connection (any process), `total_changes` with every row this connection
+/// inserts, updates or deletes. Read it before the rows it vouches for.
+fn change_tag(connection: &Connection) -> Result<(i64, u64), SidecarError> {
+    let version: i64 = connection
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |row| row.get(0))?;
+    Ok((version, connection.total_changes()))
+}
+
+/// Writes a pairing row. Its gateway key must have been validated when it entered the
+/// process (the pairing exchange refuses a low-order key): it is not checked when read back.
+fn write_pairing(connection: &Connection, record: &PairingRecord) -> Result<(), SidecarError> {
+    connection.prepare_cached(WRITE_PAIRING)?.execute(params![
+        record.remote_instance_id,
+        record.sidecar_id,
+        record.user_id,
+        record.gateway_url,
+        record.relay_url,
+        record.gateway_public_key.map(|key| key.to_hex()),
+        record.local_scopes.to_oauth(),
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+        record.gateway_pairing_id.map(hex::encode)
+    ])?;
+    Ok(())
 }
 
 impl std::fmt::Debug for StateStore {
@@ -234,10 +344,14 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// A key read back from this store: written only from validated keys (the identity's own,
+/// derived from its secret or checked when given with `--public-key`; the gateway's, checked
+/// by the pairing exchange), so it is parsed without the low-order check, and the handshake
+/// refuses a low-order gateway key anyway. See [`PublicKey::from_stored_hex`].
 fn public_key_column(text: Option<String>, column: &str) -> rusqlite::Result<Option<PublicKey>> {
     match text {
         None => Ok(None),
-        Some(text) => PublicKey::from_hex(&text).map(Some).map_err(|_| {
+        Some(text) => PublicKey::from_stored_hex(&text).map(Some).map_err(|_| {
             rusqlite::Error::InvalidColumnType(0, column.to_string(), rusqlite::types::Type::Text)
         }),
     }
@@ -300,14 +414,8 @@ fn select_pairing(
     sidecar_id: &str,
 ) -> Result<Option<PairingRecord>, SidecarError> {
     Ok(connection
-        .query_row(
-            &format!(
-                "SELECT {PAIRING_COLUMNS} FROM pairings \
-                 WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
-            ),
-            params![remote_instance_id, sidecar_id],
-            pairing_from_row,
-        )
+        .prepare_cached(SELECT_PAIRING)?
+        .query_row(params![remote_instance_id, sidecar_id], pairing_from_row)
         .optional()?)
 }
 
@@ -333,11 +441,6 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<RelaySessionRecord> {
         closed_at: row.get("closed_at")?,
     })
 }
-
-const PAIRING_COLUMNS: &str = "remote_instance_id, sidecar_id, user_id, gateway_url, relay_url, \
-    gateway_public_key_hex, local_scopes, created_at, expires_at, revoked_at, gateway_pairing_id";
-
-const SESSION_COLUMNS: &str = "session_id, remote_instance_id, sidecar_id, created_at, expires_at, last_heartbeat_at, closed_at";
 
 impl StateStore {
     /// Opens (creating if needed) the store in `state_dir`, which is created 0700.
@@ -367,6 +470,7 @@ impl StateStore {
         connection.pragma_update(None, "foreign_keys", "ON")?;
         let store = StateStore {
             connection: Mutex::new(connection),
+            pairing_cache: Mutex::new(PairingCache::default()),
             dir: state_dir.to_path_buf(),
         };
         store.migrate()?;
@@ -418,16 +522,13 @@ impl StateStore {
     pub fn identity(&self) -> Result<Option<IdentityRecord>, SidecarError> {
         let connection = self.lock()?;
         Ok(connection
-            .query_row(
-                "SELECT sidecar_id, display_name, public_key_hex, has_secret, created_at \
-                 FROM identity ORDER BY created_at LIMIT 1",
-                [],
-                identity_from_row,
-            )
+            .prepare_cached(SELECT_IDENTITY)?
+            .query_row([], identity_from_row)
             .optional()?)
     }
 
     /// Records the identity; IDENTITY_EXISTS if one is already recorded (one per state dir).
+    /// Its key is derived from the identity's secret or was validated when given.
     pub fn insert_identity(&self, record: &IdentityRecord) -> Result<(), SidecarError> {
         let mut connection = self.lock()?;
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -455,45 +556,55 @@ impl StateStore {
 
     /// Inserts or replaces the pairing for `(remote_instance_id, sidecar_id)`. Re-pairing is a
     /// fresh trust decision, so the replaced record's scopes and revocation do not carry over.
+    /// The gateway key must come from the pairing exchange (which refuses a low-order key).
     pub fn upsert_pairing(&self, record: &PairingRecord) -> Result<(), SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            &format!(
-                "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-            ),
-            params![
-                record.remote_instance_id,
-                record.sidecar_id,
-                record.user_id,
-                record.gateway_url,
-                record.relay_url,
-                record.gateway_public_key.map(|key| key.to_hex()),
-                record.local_scopes.to_oauth(),
-                record.created_at,
-                record.expires_at,
-                record.revoked_at,
-                record.gateway_pairing_id.map(hex::encode)
-            ],
-        )?;
-        Ok(())
+        write_pairing(&connection, record)
     }
 
+    /// The pairing record for `(remote_instance_id, sidecar_id)` exactly as the database holds
+    /// it now, whichever process wrote it last; read for every relayed request. Served from
+    /// memory while the connection's change tag ([`change_tag`]: one `PRAGMA data_version`,
+    /// no table read) is the one the record was read at. Time-dependent checks (expiry) are
+    /// made on the record by the caller, never cached.
     pub fn pairing(
         &self,
         remote_instance_id: &str,
         sidecar_id: &str,
     ) -> Result<Option<PairingRecord>, SidecarError> {
         let connection = self.lock()?;
-        select_pairing(&connection, remote_instance_id, sidecar_id)
+        // The tag first: a row read after it is at least as new as the tag says.
+        let tag = change_tag(&connection)?;
+        let mut cache = self
+            .pairing_cache
+            .lock()
+            .map_err(|_| SidecarError::state("(pairing cache lock poisoned)"))?;
+        if cache.tag != Some(tag) {
+            cache.entries.clear();
+            cache.tag = Some(tag);
+        }
+        let hit = cache
+            .entries
+            .iter()
+            .find(|((remote, sidecar), _)| remote == remote_instance_id && sidecar == sidecar_id);
+        if let Some((_, record)) = hit {
+            return Ok(record.clone());
+        }
+        let record = select_pairing(&connection, remote_instance_id, sidecar_id)?;
+        if cache.entries.len() >= MAX_CACHED_PAIRINGS {
+            cache.entries.clear();
+        }
+        cache.entries.push((
+            (remote_instance_id.to_string(), sidecar_id.to_string()),
+            record.clone(),
+        ));
+        Ok(record)
     }
 
     /// Every pairing record, newest first.
     pub fn pairings(&self) -> Result<Vec<PairingRecord>, SidecarError> {
         let connection = self.lock()?;
-        let mut statement = connection.prepare(&format!(
-            "SELECT {PAIRING_COLUMNS} FROM pairings ORDER BY created_at DESC, rowid DESC"
-        ))?;
+        let mut statement = connection.prepare_cached(SELECT_ALL_PAIRINGS)?;
         let rows = statement.query_map([], pairing_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -507,17 +618,8 @@ impl StateStore {
     ) -> Result<Option<PairingRecord>, SidecarError> {
         let connection = self.lock()?;
         Ok(connection
-            .query_row(
-                &format!(
-                    "SELECT {PAIRING_COLUMNS} FROM pairings \
-                     WHERE sidecar_id = ?1 AND revoked_at IS NULL \
-                       AND (expires_at IS NULL OR expires_at > ?2) \
-                       AND gateway_public_key_hex IS NOT NULL \
-                     ORDER BY created_at DESC, rowid DESC LIMIT 1"
-                ),
-                params![sidecar_id, now],
-                pairing_from_row,
-            )
+            .prepare_cached(SELECT_DIALABLE_PAIRING)?
+            .query_row(params![sidecar_id, now], pairing_from_row)
             .optional()?)
     }
 
@@ -615,12 +717,8 @@ impl StateStore {
         let mut connection = self.lock()?;
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let identity = transaction
-            .query_row(
-                "SELECT sidecar_id, display_name, public_key_hex, has_secret, created_at \
-                 FROM identity ORDER BY created_at LIMIT 1",
-                [],
-                identity_from_row,
-            )
+            .prepare_cached(SELECT_IDENTITY)?
+            .query_row([], identity_from_row)
             .optional()?
             .ok_or_else(|| SidecarError::bare(ErrorCode::IdentityMissing))?;
         let mut rebound_from = None;
@@ -643,16 +741,8 @@ impl StateStore {
             )?;
             rebound_from = Some(identity.sidecar_id);
         }
-        let existing = transaction
-            .query_row(
-                &format!(
-                    "SELECT {PAIRING_COLUMNS} FROM pairings \
-                     WHERE remote_instance_id = ?1 AND sidecar_id = ?2"
-                ),
-                params![record.remote_instance_id, record.sidecar_id],
-                pairing_from_row,
-            )
-            .optional()?;
+        let existing =
+            select_pairing(&transaction, &record.remote_instance_id, &record.sidecar_id)?;
         if let Some(existing) = &existing
             && existing.is_active(now)
             && existing.gateway_public_key.is_some()
@@ -665,25 +755,7 @@ impl StateStore {
                 record.remote_instance_id
             )));
         }
-        transaction.execute(
-            &format!(
-                "INSERT OR REPLACE INTO pairings ({PAIRING_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-            ),
-            params![
-                record.remote_instance_id,
-                record.sidecar_id,
-                record.user_id,
-                record.gateway_url,
-                record.relay_url,
-                record.gateway_public_key.map(|key| key.to_hex()),
-                record.local_scopes.to_oauth(),
-                record.created_at,
-                record.expires_at,
-                record.revoked_at,
-                record.gateway_pairing_id.map(hex::encode)
-            ],
-        )?;
+        write_pairing(&transaction, record)?;
         transaction.commit()?;
         Ok(LocalPairingWrite {
             rebound_from,
@@ -785,11 +857,12 @@ impl StateStore {
         now: i64,
     ) -> Result<i64, SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            "INSERT INTO owner_requests (kind, payload, created_at, status) \
-             VALUES (?1, ?2, ?3, 'pending')",
-            params![kind, payload, now],
-        )?;
+        connection
+            .prepare_cached(
+                "INSERT INTO owner_requests (kind, payload, created_at, status) \
+                 VALUES (?1, ?2, ?3, 'pending')",
+            )?
+            .execute(params![kind, payload, now])?;
         Ok(connection.last_insert_rowid())
     }
 
@@ -820,11 +893,12 @@ impl StateStore {
     /// waiting can no longer withdraw it; false when it was withdrawn first.
     pub fn take_owner_request(&self, id: i64, now: i64) -> Result<bool, SidecarError> {
         let connection = self.lock()?;
-        let changed = connection.execute(
-            "UPDATE owner_requests SET status = 'taken', handled_at = ?2 \
-             WHERE id = ?1 AND status = 'pending'",
-            params![id, now],
-        )?;
+        let changed = connection
+            .prepare_cached(
+                "UPDATE owner_requests SET status = 'taken', handled_at = ?2 \
+                 WHERE id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![id, now])?;
         Ok(changed > 0)
     }
 
@@ -839,11 +913,12 @@ impl StateStore {
         now: i64,
     ) -> Result<bool, SidecarError> {
         let connection = self.lock()?;
-        let changed = connection.execute(
-            "UPDATE owner_requests SET status = ?3, result = ?4, handled_at = ?5 \
-             WHERE id = ?1 AND status = ?2",
-            params![id, from, status, result, now],
-        )?;
+        let changed = connection
+            .prepare_cached(
+                "UPDATE owner_requests SET status = ?3, result = ?4, handled_at = ?5 \
+                 WHERE id = ?1 AND status = ?2",
+            )?
+            .execute(params![id, from, status, result, now])?;
         Ok(changed > 0)
     }
 
@@ -851,21 +926,15 @@ impl StateStore {
 
     pub fn insert_relay_session(&self, record: &RelaySessionRecord) -> Result<(), SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            &format!(
-                "INSERT OR REPLACE INTO relay_sessions ({SESSION_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ),
-            params![
-                record.session_id,
-                record.remote_instance_id,
-                record.sidecar_id,
-                record.created_at,
-                record.expires_at,
-                record.last_heartbeat_at,
-                record.closed_at
-            ],
-        )?;
+        connection.prepare_cached(WRITE_SESSION)?.execute(params![
+            record.session_id,
+            record.remote_instance_id,
+            record.sidecar_id,
+            record.created_at,
+            record.expires_at,
+            record.last_heartbeat_at,
+            record.closed_at
+        ])?;
         Ok(())
     }
 
@@ -875,20 +944,15 @@ impl StateStore {
     ) -> Result<Option<RelaySessionRecord>, SidecarError> {
         let connection = self.lock()?;
         Ok(connection
-            .query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM relay_sessions WHERE session_id = ?1"),
-                params![session_id],
-                session_from_row,
-            )
+            .prepare_cached(SELECT_SESSION)?
+            .query_row(params![session_id], session_from_row)
             .optional()?)
     }
 
     /// Every relay session, newest first.
     pub fn relay_sessions(&self) -> Result<Vec<RelaySessionRecord>, SidecarError> {
         let connection = self.lock()?;
-        let mut statement = connection.prepare(&format!(
-            "SELECT {SESSION_COLUMNS} FROM relay_sessions ORDER BY created_at DESC, rowid DESC"
-        ))?;
+        let mut statement = connection.prepare_cached(SELECT_ALL_SESSIONS)?;
         let rows = statement.query_map([], session_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -900,11 +964,7 @@ impl StateStore {
         sidecar_id: &str,
     ) -> Result<Vec<RelaySessionRecord>, SidecarError> {
         let connection = self.lock()?;
-        let mut statement = connection.prepare(&format!(
-            "SELECT {SESSION_COLUMNS} FROM relay_sessions \
-             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND closed_at IS NULL \
-             ORDER BY created_at DESC, rowid DESC"
-        ))?;
+        let mut statement = connection.prepare_cached(SELECT_BOUND_SESSIONS)?;
         let rows =
             statement.query_map(params![remote_instance_id, sidecar_id], session_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -919,19 +979,21 @@ impl StateStore {
         now: i64,
     ) -> Result<usize, SidecarError> {
         let connection = self.lock()?;
-        Ok(connection.execute(
-            "UPDATE relay_sessions SET closed_at = ?3 \
-             WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND closed_at IS NULL",
-            params![remote_instance_id, sidecar_id, now],
-        )?)
+        Ok(connection
+            .prepare_cached(
+                "UPDATE relay_sessions SET closed_at = ?3 \
+                 WHERE remote_instance_id = ?1 AND sidecar_id = ?2 AND closed_at IS NULL",
+            )?
+            .execute(params![remote_instance_id, sidecar_id, now])?)
     }
 
     pub fn touch_relay_session(&self, session_id: &str, now: i64) -> Result<(), SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            "UPDATE relay_sessions SET last_heartbeat_at = ?2 WHERE session_id = ?1",
-            params![session_id, now],
-        )?;
+        connection
+            .prepare_cached(
+                "UPDATE relay_sessions SET last_heartbeat_at = ?2 WHERE session_id = ?1",
+            )?
+            .execute(params![session_id, now])?;
         Ok(())
     }
 
@@ -941,19 +1003,19 @@ impl StateStore {
         expires_at: i64,
     ) -> Result<(), SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            "UPDATE relay_sessions SET expires_at = ?2 WHERE session_id = ?1",
-            params![session_id, expires_at],
-        )?;
+        connection
+            .prepare_cached("UPDATE relay_sessions SET expires_at = ?2 WHERE session_id = ?1")?
+            .execute(params![session_id, expires_at])?;
         Ok(())
     }
 
     pub fn close_relay_session(&self, session_id: &str, now: i64) -> Result<(), SidecarError> {
         let connection = self.lock()?;
-        connection.execute(
-            "UPDATE relay_sessions SET closed_at = ?2 WHERE session_id = ?1 AND closed_at IS NULL",
-            params![session_id, now],
-        )?;
+        connection
+            .prepare_cached(
+                "UPDATE relay_sessions SET closed_at = ?2 WHERE session_id = ?1 AND closed_at IS NULL",
+            )?
+            .execute(params![session_id, now])?;
         Ok(())
     }
 }
@@ -1009,6 +1071,89 @@ mod tests {
             expires_at: None,
             revoked_at: None,
         }
+    }
+
+    fn scopes_of(store: &StateStore) -> String {
+        store
+            .pairing("remote-1", "sidecar-1")
+            .unwrap()
+            .unwrap()
+            .local_scopes
+            .to_oauth()
+    }
+
+    #[test]
+    fn the_per_request_read_sees_every_change_at_once_from_this_process_or_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = StateStore::open(dir.path()).unwrap();
+        daemon.upsert_pairing(&pairing("remote-1", 100)).unwrap();
+        let read_only = ScopeSet::read_only_default().to_oauth();
+        for _ in 0..3 {
+            assert_eq!(scopes_of(&daemon), read_only);
+        }
+        // A command in another process (its own store and connection): a grant, then a revoke.
+        let cli = StateStore::open(dir.path()).unwrap();
+        let granted = ScopeSet::from_oauth(&format!("{read_only} ibkr:orders:write"));
+        assert!(
+            cli.set_local_scopes("remote-1", "sidecar-1", &granted)
+                .unwrap()
+        );
+        assert_eq!(scopes_of(&daemon), granted.to_oauth());
+        assert!(cli.revoke_pairing("remote-1", "sidecar-1", 200).unwrap());
+        let record = daemon.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert_eq!(record.revoked_at, Some(200));
+        // This process, through the store and around it on the same connection.
+        daemon.upsert_pairing(&pairing("remote-1", 300)).unwrap();
+        assert_eq!(scopes_of(&daemon), read_only);
+        daemon
+            .lock()
+            .unwrap()
+            .execute("UPDATE pairings SET revoked_at = 400", [])
+            .unwrap();
+        let record = daemon.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert_eq!(record.revoked_at, Some(400));
+        // Unpaired from another process: the record is gone at once.
+        cli.lock()
+            .unwrap()
+            .execute("DELETE FROM pairings", [])
+            .unwrap();
+        assert_eq!(daemon.pairing("remote-1", "sidecar-1").unwrap(), None);
+        // Expiry is decided on the record at each use, never cached.
+        let mut expiring = pairing("remote-1", 500);
+        expiring.expires_at = Some(600);
+        cli.upsert_pairing(&expiring).unwrap();
+        let record = daemon.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert!(record.is_active(599));
+        let record = daemon.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert!(!record.is_active(600));
+    }
+
+    #[test]
+    fn an_unchanged_pairing_is_served_from_memory_and_a_change_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.upsert_pairing(&pairing("remote-1", 100)).unwrap();
+        assert!(store.pairing("remote-1", "sidecar-1").unwrap().is_some());
+        // Mark the cached record: only a read served from memory can return the mark.
+        {
+            let mut cache = store.pairing_cache.lock().unwrap();
+            assert_eq!(cache.entries.len(), 1);
+            if let Some(record) = cache.entries[0].1.as_mut() {
+                record.user_id = "from-memory".into();
+            }
+        }
+        let served = store.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert_eq!(served.user_id, "from-memory");
+        // Any write, here from another connection to a table the record is not in, drops it.
+        let other = StateStore::open(dir.path()).unwrap();
+        other.insert_owner_request("settle", "{}", 1).unwrap();
+        let served = store.pairing("remote-1", "sidecar-1").unwrap().unwrap();
+        assert_eq!(served.user_id, "user-1");
+        // Bounded.
+        for index in 0..(MAX_CACHED_PAIRINGS * 2) {
+            assert_eq!(store.pairing(&format!("r-{index}"), "s").unwrap(), None);
+        }
+        assert!(store.pairing_cache.lock().unwrap().entries.len() <= MAX_CACHED_PAIRINGS);
     }
 
     #[test]

@@ -85,10 +85,11 @@ impl Drop for PendingGuard {
 
 impl Relay {
     /// Picks the user's session, applying the gates in order:
-    /// 1. an active pairing for the user, read from the store on every call (so a
-    ///    `pairing revoke` run by the CLI in another process counts from the next call);
-    ///    a revoked pairing counts as none and its sessions are closed on the way
-    ///    (`SIDECAR_PAIRING_REQUIRED`);
+    /// 1. an active pairing for the user, as the store holds it at this call (so a
+    ///    `pairing revoke` run by the CLI in another process counts from the next call):
+    ///    served from memory while the store's pairings generation is unchanged, re-read
+    ///    when it moved (see [`crate::store::pairing_cache`]); a revoked pairing counts as
+    ///    none and its sessions are closed on the way (`SIDECAR_PAIRING_REQUIRED`);
     /// 2. a live session bound to one of those pairings (same sidecar id and key); without
     ///    one, the remembered reason the last one ended: heartbeat timeout
     ///    (`SIDECAR_HEARTBEAT_STALE`), expiry (`SIDECAR_SESSION_EXPIRED`), anything else
@@ -104,14 +105,11 @@ impl Relay {
         if !self.settings.enabled {
             return Err(GatewayError::new(ErrorCode::ConfigSidecarForbidden));
         }
-        let pairings = self
-            .store
-            .active_pairings_for_user(user_id.to_string())
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "pairing lookup failed");
-                GatewayError::new(ErrorCode::InternalError)
-            })?;
+        let user_pairings = self.store.user_pairings(user_id).await.map_err(|error| {
+            tracing::error!(%error, "pairing lookup failed");
+            GatewayError::new(ErrorCode::InternalError)
+        })?;
+        let pairings = &user_pairings.active;
         let mut candidates = Vec::new();
         for session in self.registry.sessions_for_user(user_id) {
             let paired = pairings.iter().any(|pairing| {
@@ -127,21 +125,15 @@ impl Relay {
             }
         }
         if pairings.is_empty() {
-            // Rare path: say why when a key rotation ended the pairing, so the user knows
-            // to pair again rather than hunt for a revoke they did not make.
-            let rotated = self
-                .store
-                .pairing_ended_by_key_rotation(user_id.to_string())
-                .await
-                .unwrap_or_else(|error| {
-                    tracing::error!(%error, "pairing history lookup failed");
-                    None
-                });
-            return Err(GatewayError::new(if rotated.is_some() {
-                ErrorCode::GatewayKeyRotated
-            } else {
-                ErrorCode::SidecarPairingRequired
-            }));
+            // Say why when a key rotation ended the pairing, so the user knows to pair again
+            // rather than hunt for a revoke they did not make.
+            return Err(GatewayError::new(
+                if user_pairings.ended_by_key_rotation.is_some() {
+                    ErrorCode::GatewayKeyRotated
+                } else {
+                    ErrorCode::SidecarPairingRequired
+                },
+            ));
         }
         if candidates.is_empty() {
             let remembered = pairings

@@ -18,18 +18,17 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         self.run(move |conn| {
             let value: Option<i64> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT last_timestamp_ms FROM handshake_timestamps WHERE sidecar_public_key = ?1",
-                    params![key_hex(&key)],
-                    |row| row.get(0),
-                )
+                )?
+                .query_row(params![key_hex(&key)], |row| row.get(0))
                 .optional()?;
             Ok(value.and_then(|v| u64::try_from(v).ok()))
         })
         .await
     }
 
-    /// Records `timestamp_ms` for this key only if it is strictly greater than the stored
+    /// Records `timestamp_ms` for this key (validated by the handshake that carried it) only if it is strictly greater than the stored
     /// one (compare-and-set in one statement). Returns whether it was recorded.
     pub async fn accept_handshake_timestamp(
         &self,
@@ -40,12 +39,13 @@ impl Store {
             return Ok(false);
         };
         self.run(move |conn| {
-            let changed = conn.execute(
-                "INSERT INTO handshake_timestamps (sidecar_public_key, last_timestamp_ms) VALUES (?1, ?2)
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO handshake_timestamps (sidecar_public_key, last_timestamp_ms) VALUES (?1, ?2)
                  ON CONFLICT(sidecar_public_key) DO UPDATE SET last_timestamp_ms = excluded.last_timestamp_ms
                  WHERE excluded.last_timestamp_ms > handshake_timestamps.last_timestamp_ms",
-                params![key_hex(&key), timestamp],
-            )?;
+                )?
+                .execute(params![key_hex(&key), timestamp])?;
             Ok(changed > 0)
         })
         .await

@@ -7,9 +7,13 @@
 //!   was made (never moved to another user, sidecar id or key).
 //! - [`handshakes`]: the strictly increasing handshake timestamp per sidecar key.
 //! - [`keys`]: the gateway's static key and instance id in `state_dir`.
+//! - [`pairing_cache`]: the per-call pairing lookup, served from memory while the pairings
+//!   generation (a counter kept by triggers on `pairings`) is unchanged.
 //!
 //! One connection behind a mutex; every call runs on the blocking pool (`spawn_blocking`) so
-//! the async executor never waits on disk. WAL mode plus a busy timeout let the
+//! the async executor never waits on disk. The one exception is the per-call read of the
+//! pairings generation: a one-row read on a second, read-only connection of its own, which in
+//! WAL mode never waits for a writer. WAL mode plus a busy timeout let the
 //! `ibkr-gateway pairing ...` CLI and the audit writer use the same file while a server runs.
 //! Every transaction that may write begins IMMEDIATE: a deferred transaction that reads and then
 //! writes is answered SQLITE_BUSY at once, without waiting, when another connection holds the
@@ -18,9 +22,11 @@
 
 pub mod handshakes;
 pub mod keys;
+pub mod pairing_cache;
 pub mod pairing_codes;
 pub mod pairings;
 
+pub use pairing_cache::UserPairings;
 pub use pairing_codes::{CodeCheck, CodeState, NewPairingCode};
 pub use pairings::{CompleteOutcome, PairingId, PairingRecord};
 
@@ -37,8 +43,10 @@ const DATABASE_FILE: &str = "gateway.sqlite3";
 /// (`pairing_id`, `journal_seq`, `journal_hash`) and an operator `note`; rows from before stay
 /// unchained.
 /// 5: `gateway_key` records the key the pairings were made with. 6: a pairing ended by a
-/// gateway key rotation says so (`revoked_reason`), so its user is told why.
-const SCHEMA_VERSION: i64 = 6;
+/// gateway key rotation says so (`revoked_reason`), so its user is told why. 7: the
+/// `pairings_generation` counter, raised by triggers on every change of `pairings` (see
+/// [`pairing_cache`]).
+const SCHEMA_VERSION: i64 = 7;
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +68,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Read-only, for the per-call read of the pairings generation only (held for
+    /// microseconds, so the async thread can use it).
+    reader: Arc<Mutex<Connection>>,
+    pairing_cache: Arc<pairing_cache::PairingCache>,
     path: PathBuf,
 }
 
@@ -176,6 +188,26 @@ const PAIRINGS_V2_TO_V3: &str = "ALTER TABLE pairings RENAME TO pairings_v2;
 /// Version 4 -> 5: the public key the gateway's pairings were made with (one row).
 const PAIRINGS_V5_TO_V6: &str = "ALTER TABLE pairings ADD COLUMN revoked_reason TEXT;";
 
+/// Version 6 -> 7: a counter that every change of `pairings` raises, in the writer's own
+/// transaction, whatever the process or code path.
+const PAIRINGS_GENERATION: &str = "CREATE TABLE pairings_generation (
+     id         INTEGER PRIMARY KEY CHECK (id = 1),
+     generation INTEGER NOT NULL
+ );
+ INSERT INTO pairings_generation (id, generation) VALUES (1, 0);
+ CREATE TRIGGER pairings_generation_insert AFTER INSERT ON pairings BEGIN
+     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
+ END;
+ CREATE TRIGGER pairings_generation_update AFTER UPDATE ON pairings BEGIN
+     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
+ END;
+ CREATE TRIGGER pairings_generation_delete AFTER DELETE ON pairings BEGIN
+     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
+ END;";
+
+/// The per-call read of the pairings generation.
+const SELECT_PAIRINGS_GENERATION: &str = "SELECT generation FROM pairings_generation WHERE id = 1";
+
 const GATEWAY_KEY_TABLE: &str = "CREATE TABLE gateway_key (
      id          INTEGER PRIMARY KEY CHECK (id = 1),
      public_key  TEXT NOT NULL,
@@ -199,6 +231,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
             tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+            tx.execute_batch(PAIRINGS_GENERATION)?;
         }
         // Version 1 had no audit table; versions 0 (with tables: the very first builds) to 2
         // have the old pairings layout.
@@ -220,17 +253,24 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
             tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+            tx.execute_batch(PAIRINGS_GENERATION)?;
         }
         (3, _) => {
             tx.execute_batch(AUDIT_V3_TO_V4)?;
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
             tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+            tx.execute_batch(PAIRINGS_GENERATION)?;
         }
         (4, _) => {
             tx.execute_batch(GATEWAY_KEY_TABLE)?;
             tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+            tx.execute_batch(PAIRINGS_GENERATION)?;
         }
-        (5, _) => tx.execute_batch(PAIRINGS_V5_TO_V6)?,
+        (5, _) => {
+            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
+            tx.execute_batch(PAIRINGS_GENERATION)?;
+        }
+        (6, _) => tx.execute_batch(PAIRINGS_GENERATION)?,
         (SCHEMA_VERSION, _) => {}
         _ => return Err(StoreError::Corrupt("unsupported schema version")),
     }
@@ -265,10 +305,24 @@ impl Store {
         // WAL lets the CLI and a running server share the file.
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
         migrate(&mut conn)?;
+        let reader = connect(&path)?;
+        reader.pragma_update(None, "query_only", true)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            pairing_cache: Arc::new(pairing_cache::PairingCache::new(
+                pairing_cache::MAX_CACHED_USERS,
+            )),
             path,
         })
+    }
+
+    /// The pairings generation as last committed, by any process. Cheap and non-blocking
+    /// (one row, on the read connection): fine on the async thread.
+    pub(crate) fn pairings_generation(&self) -> Result<i64, StoreError> {
+        let reader = self.reader.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut statement = reader.prepare_cached(SELECT_PAIRINGS_GENERATION)?;
+        Ok(statement.query_row([], |row| row.get(0))?)
     }
 
     pub fn path(&self) -> &Path {
@@ -319,7 +373,7 @@ impl Store {
             (Some(recorded), Some(current)) if recorded == current => KeyContinuity::Same,
             (Some(recorded), _) if active > 0 => {
                 return Ok(KeyContinuity::Broken {
-                    recorded_fingerprint: protocol::identity::PublicKey::from_hex(recorded)
+                    recorded_fingerprint: protocol::identity::PublicKey::from_stored_hex(recorded)
                         .map(|key| key.fingerprint())
                         .unwrap_or_else(|_| recorded.clone()),
                     active_pairings: u64::try_from(active).unwrap_or(0),
@@ -401,6 +455,9 @@ mod tests {
         );
         assert_eq!(store.list_pairings().await.unwrap().len(), 2);
         assert!(store.pairing_is_active(record.pairing_id).await.unwrap());
+        let generation = store.pairings_generation().unwrap();
+        assert!(store.revoke_pairing("laptop-1".into(), 6).await.unwrap());
+        assert!(store.pairings_generation().unwrap() > generation);
         // Reopening is a no-op; an unknown (newer) version is refused.
         drop(store);
         let store = Store::open(dir.path()).unwrap();
@@ -450,6 +507,38 @@ mod tests {
         let report = crate::audit::verify::verify(&mut conn, dir.path(), &key.chain_key()).unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!((report.unchained_records, report.chain_start), (1, Some(2)));
+    }
+
+    #[tokio::test]
+    async fn a_version_six_store_gains_the_pairings_generation_and_its_triggers() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        Connection::open(dir.path().join(DATABASE_FILE))
+            .unwrap()
+            .execute_batch(
+                "DROP TRIGGER pairings_generation_insert; DROP TRIGGER pairings_generation_update;
+                 DROP TRIGGER pairings_generation_delete; DROP TABLE pairings_generation;
+                 INSERT INTO pairings (pairing_id, sidecar_id, sidecar_public_key, user_id,
+                                       display_name, created_at) VALUES
+                     ('00112233445566778899aabbccddeeff', 'laptop-1',
+                      '0101010101010101010101010101010101010101010101010101010101010101',
+                      'alice', 'laptop', 1);
+                 PRAGMA user_version=6;",
+            )
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let generation = store.pairings_generation().unwrap();
+        assert_eq!(store.user_pairings("alice").await.unwrap().active.len(), 1);
+        assert!(store.revoke_pairing("laptop-1".into(), 2).await.unwrap());
+        assert!(store.pairings_generation().unwrap() > generation);
+        assert!(
+            store
+                .user_pairings("alice")
+                .await
+                .unwrap()
+                .active
+                .is_empty()
+        );
     }
 
     #[tokio::test]

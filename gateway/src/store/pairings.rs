@@ -7,11 +7,13 @@
 //! unique partial indexes, so no code path (or a second process) can break it. Revoked
 //! pairings are kept as history.
 
-use super::{Store, StoreError, write_transaction};
+use super::pairing_cache::UserPairings;
+use super::{SELECT_PAIRINGS_GENERATION, Store, StoreError, write_transaction};
 use protocol::identity::PublicKey;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 /// `revoked_reason` of a pairing ended by `ibkr-gateway key rotate`.
 const REVOKED_FOR_KEY_ROTATION: &str = "gateway_key_rotated";
@@ -95,8 +97,35 @@ pub struct NewPairing {
     pub now_ms: i64,
 }
 
+/// The columns every pairing query selects, in [`raw_pairing`]'s order. The statements are
+/// constant strings (prepared once per connection and cached); `PAIRING_COLUMNS` is kept
+/// for the test that writes rows by hand.
+#[cfg(test)]
 const PAIRING_COLUMNS: &str =
     "pairing_id, sidecar_id, sidecar_public_key, user_id, display_name, created_at, revoked_at";
+
+const SELECT_ACTIVE_BY_KEY: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings
+     WHERE sidecar_public_key = ?1 AND revoked_at IS NULL";
+
+const SELECT_ACTIVE_FOR_USER: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings
+     WHERE user_id = ?1 AND revoked_at IS NULL ORDER BY created_at DESC";
+
+const SELECT_ALL: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings ORDER BY created_at DESC, rowid DESC";
+
+const SELECT_NEWEST_REVOCATION: &str = "SELECT revoked_at, revoked_reason FROM pairings
+     WHERE user_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1";
+
+const SELECT_ACTIVE_KEY: &str =
+    "SELECT 1 FROM pairings WHERE sidecar_public_key = ?1 AND revoked_at IS NULL";
+
+const SELECT_ACTIVE_SIDECAR_ID: &str =
+    "SELECT 1 FROM pairings WHERE sidecar_id = ?1 AND revoked_at IS NULL";
+
+const INSERT_PAIRING: &str = "INSERT INTO pairings (pairing_id, sidecar_id, sidecar_public_key,
+     user_id, display_name, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)";
 
 type RawPairing = (String, String, String, String, String, i64, Option<i64>);
 
@@ -112,14 +141,17 @@ fn raw_pairing(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawPairing> {
     ))
 }
 
-/// Validates a raw row. Keys are validated here, where they enter memory from disk; a corrupt
-/// row becomes a typed error, not a panic.
+/// Turns a raw row into a record; a corrupt row becomes a typed error, not a panic. The key
+/// is not checked for low order again: it was validated before it was written (a pairing is
+/// only recorded from a verified pairing exchange, which refuses low-order keys), and a
+/// stored key is only ever compared with a key the handshake validated. See
+/// [`PublicKey::from_stored_hex`].
 fn pairing_from_raw(raw: RawPairing) -> Result<PairingRecord, StoreError> {
     let (pairing_id, sidecar_id, key, user_id, display_name, created_at_ms, revoked_at_ms) = raw;
     Ok(PairingRecord {
         pairing_id: PairingId::from_hex(&pairing_id)?,
         sidecar_id,
-        sidecar_public_key: PublicKey::from_hex(&key)
+        sidecar_public_key: PublicKey::from_stored_hex(&key)
             .map_err(|_| StoreError::Corrupt("sidecar public key"))?,
         user_id,
         display_name,
@@ -130,11 +162,10 @@ fn pairing_from_raw(raw: RawPairing) -> Result<PairingRecord, StoreError> {
 
 fn query_pairings(
     conn: &Connection,
-    where_clause: &str,
+    sql: &'static str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<PairingRecord>, StoreError> {
-    let sql = format!("SELECT {PAIRING_COLUMNS} FROM pairings {where_clause}");
-    let mut statement = conn.prepare_cached(&sql)?;
+    let mut statement = conn.prepare_cached(sql)?;
     let rows = statement.query_map(params, raw_pairing)?;
     let mut records = Vec::new();
     for row in rows {
@@ -143,14 +174,56 @@ fn query_pairings(
     Ok(records)
 }
 
+/// The time the user's newest pairing was revoked, if a gateway key rotation revoked it.
+fn ended_by_key_rotation(conn: &Connection, user_id: &str) -> Result<Option<i64>, StoreError> {
+    let newest: Option<(Option<i64>, Option<String>)> = conn
+        .prepare_cached(SELECT_NEWEST_REVOCATION)?
+        .query_row(params![user_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(match newest {
+        Some((Some(revoked_at), Some(reason))) if reason == REVOKED_FOR_KEY_ROTATION => {
+            Some(revoked_at)
+        }
+        _ => None,
+    })
+}
+
+/// A user's pairings and the generation they were read at, from one snapshot.
+fn read_user_pairings(
+    conn: &mut Connection,
+    user_id: &str,
+) -> Result<(i64, UserPairings), StoreError> {
+    // A deferred transaction only reads: one snapshot for the generation and the rows.
+    let tx = conn.transaction()?;
+    let generation: i64 = tx
+        .prepare_cached(SELECT_PAIRINGS_GENERATION)?
+        .query_row([], |row| row.get(0))?;
+    let active = query_pairings(&tx, SELECT_ACTIVE_FOR_USER, params![user_id])?;
+    let ended_by_key_rotation = if active.is_empty() {
+        ended_by_key_rotation(&tx, user_id)?
+    } else {
+        None
+    };
+    tx.commit()?;
+    Ok((
+        generation,
+        UserPairings {
+            active,
+            ended_by_key_rotation,
+        },
+    ))
+}
+
 impl Store {
     /// Commits a verified pairing in one transaction: refuses a key or a sidecar id that is in
     /// an active pairing, records the new pairing, and marks the code used (erasing its
-    /// secret). Nothing existing is changed when it refuses.
+    /// secret). Nothing existing is changed when it refuses. The key must come from a verified
+    /// pairing exchange, which refuses low-order keys: it is not checked again when read.
     pub async fn complete_pairing(
         &self,
         pairing: NewPairing,
     ) -> Result<CompleteOutcome, StoreError> {
+        let cache = Arc::clone(&self.pairing_cache);
         self.run(move |conn| {
             let tx = write_transaction(conn)?;
             let code: Option<(String, Option<i64>)> = tx
@@ -167,42 +240,33 @@ impl Store {
                 return Ok(CompleteOutcome::CodeUsed);
             }
             let key_text = pairing.sidecar_public_key.to_hex();
-            let active = |column: &str, value: &str| -> Result<bool, StoreError> {
+            let active = |sql: &'static str, value: &str| -> Result<bool, StoreError> {
                 let found: Option<i64> = tx
-                    .query_row(
-                        &format!(
-                            "SELECT 1 FROM pairings WHERE {column} = ?1 AND revoked_at IS NULL"
-                        ),
-                        params![value],
-                        |row| row.get(0),
-                    )
+                    .prepare_cached(sql)?
+                    .query_row(params![value], |row| row.get(0))
                     .optional()?;
                 Ok(found.is_some())
             };
-            if active("sidecar_public_key", &key_text)? {
+            if active(SELECT_ACTIVE_KEY, &key_text)? {
                 return Ok(CompleteOutcome::KeyAlreadyPaired);
             }
-            if active("sidecar_id", &pairing.sidecar_id)? {
+            if active(SELECT_ACTIVE_SIDECAR_ID, &pairing.sidecar_id)? {
                 return Ok(CompleteOutcome::SidecarIdConflict);
             }
             tx.execute(
                 "UPDATE pairing_codes SET used_at = ?2, secret = NULL WHERE code_id = ?1",
                 params![pairing.code_id, pairing.now_ms],
             )?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO pairings ({PAIRING_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
-                ),
-                params![
-                    pairing.pairing_id.to_hex(),
-                    pairing.sidecar_id,
-                    key_text,
-                    user_id,
-                    pairing.display_name,
-                    pairing.now_ms
-                ],
-            )?;
+            tx.prepare_cached(INSERT_PAIRING)?.execute(params![
+                pairing.pairing_id.to_hex(),
+                pairing.sidecar_id,
+                key_text,
+                user_id,
+                pairing.display_name,
+                pairing.now_ms
+            ])?;
             tx.commit()?;
+            cache.clear();
             Ok(CompleteOutcome::Paired(PairingRecord {
                 pairing_id: pairing.pairing_id,
                 sidecar_id: pairing.sidecar_id,
@@ -222,29 +286,39 @@ impl Store {
         key: PublicKey,
     ) -> Result<Option<PairingRecord>, StoreError> {
         self.run(move |conn| {
-            let mut records = query_pairings(
-                conn,
-                "WHERE sidecar_public_key = ?1 AND revoked_at IS NULL",
-                params![key.to_hex()],
-            )?;
+            let mut records = query_pairings(conn, SELECT_ACTIVE_BY_KEY, params![key.to_hex()])?;
             Ok(records.pop())
         })
         .await
     }
 
-    /// The active pairings serving an OAuth subject, newest first.
+    /// The active pairings serving an OAuth subject, newest first, read from the database.
     pub async fn active_pairings_for_user(
         &self,
         user_id: String,
     ) -> Result<Vec<PairingRecord>, StoreError> {
-        self.run(move |conn| {
-            query_pairings(
-                conn,
-                "WHERE user_id = ?1 AND revoked_at IS NULL ORDER BY created_at DESC",
-                params![user_id],
-            )
-        })
-        .await
+        self.run(move |conn| query_pairings(conn, SELECT_ACTIVE_FOR_USER, params![user_id]))
+            .await
+    }
+
+    /// The per-call lookup: the user's active pairings (and, when there is none, whether a key
+    /// rotation ended the last one), exactly as the database holds them now, whichever
+    /// process changed them last. Served from memory, with no query but the one-row read of
+    /// the pairings generation and no hop to the blocking pool, while the generation is the
+    /// one the entry was read at (see [`super::pairing_cache`]).
+    pub async fn user_pairings(&self, user_id: &str) -> Result<Arc<UserPairings>, StoreError> {
+        let generation = self.pairings_generation()?;
+        if let Some(hit) = self.pairing_cache.get(user_id, generation) {
+            return Ok(hit);
+        }
+        let user = user_id.to_string();
+        let (generation, pairings) = self
+            .run(move |conn| read_user_pairings(conn, &user))
+            .await?;
+        let pairings = Arc::new(pairings);
+        self.pairing_cache
+            .insert(user_id, generation, Arc::clone(&pairings));
+        Ok(pairings)
     }
 
     /// Whether this pairing exists and is not revoked.
@@ -263,8 +337,7 @@ impl Store {
 
     /// Every pairing, newest first, revoked ones included.
     pub async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
-        self.run(|conn| query_pairings(conn, "ORDER BY created_at DESC, rowid DESC", []))
-            .await
+        self.run(|conn| query_pairings(conn, SELECT_ALL, [])).await
     }
 
     /// Revokes the active pairing with this sidecar id. Returns `false` if there is none.
@@ -273,11 +346,15 @@ impl Store {
         sidecar_id: String,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let cache = Arc::clone(&self.pairing_cache);
         self.run(move |conn| {
-            let changed = conn.execute(
-                "UPDATE pairings SET revoked_at = ?2 WHERE sidecar_id = ?1 AND revoked_at IS NULL",
-                params![sidecar_id, now_ms],
-            )?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE pairings SET revoked_at = ?2
+                     WHERE sidecar_id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![sidecar_id, now_ms])?;
+            cache.clear();
             Ok(changed > 0)
         })
         .await
@@ -286,6 +363,7 @@ impl Store {
     /// Revokes every active pairing because the gateway's key is being replaced, in one
     /// transaction, and records that reason so each user is told why. Returns how many.
     pub async fn revoke_all_for_key_rotation(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let cache = Arc::clone(&self.pairing_cache);
         self.run(move |conn| {
             let tx = write_transaction(conn)?;
             let changed = tx.execute(
@@ -293,6 +371,7 @@ impl Store {
                 params![now_ms, REVOKED_FOR_KEY_ROTATION],
             )?;
             tx.commit()?;
+            cache.clear();
             Ok(changed)
         })
         .await
@@ -304,22 +383,8 @@ impl Store {
         &self,
         user_id: String,
     ) -> Result<Option<i64>, StoreError> {
-        self.run(move |conn| {
-            let newest: Option<(Option<i64>, Option<String>)> = conn
-                .prepare_cached(
-                    "SELECT revoked_at, revoked_reason FROM pairings WHERE user_id = ?1
-                     ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                )?
-                .query_row(params![user_id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            Ok(match newest {
-                Some((Some(revoked_at), Some(reason))) if reason == REVOKED_FOR_KEY_ROTATION => {
-                    Some(revoked_at)
-                }
-                _ => None,
-            })
-        })
-        .await
+        self.run(move |conn| ended_by_key_rotation(conn, &user_id))
+            .await
     }
 
     /// For the revocation poll: when the database changed since `seen_version` (another
@@ -350,7 +415,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewPairingCode;
+    use crate::store::{NewPairingCode, connect};
     use protocol::identity::StaticKeypair;
     use zeroize::Zeroizing;
 
@@ -392,6 +457,135 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    fn ids(pairings: &UserPairings) -> Vec<String> {
+        pairings
+            .active
+            .iter()
+            .map(|record| record.sidecar_id.clone())
+            .collect()
+    }
+
+    /// The sidecar ids of the user's active pairings, through the per-call lookup.
+    async fn active_ids(store: &Store, user: &str) -> Vec<String> {
+        ids(&store.user_pairings(user).await.unwrap())
+    }
+
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)] // on purpose: a lookup needing the lock cannot finish
+    async fn a_warm_lookup_touches_neither_the_main_connection_nor_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        pair(&store, "AAAA", "laptop-a", key(1), 1).await;
+        let warm = store.user_pairings("alice").await.unwrap();
+        assert_eq!(ids(&warm), vec!["laptop-a"]);
+        // With the main connection held, only a lookup served from memory can finish.
+        let held = store.conn.lock().unwrap();
+        let hit = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            store.user_pairings("alice"),
+        )
+        .await
+        .expect("a warm lookup waited for the main connection")
+        .unwrap();
+        assert!(Arc::ptr_eq(&hit, &warm), "the same cached entry");
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_revoke_in_this_process_counts_from_the_very_next_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        pair(&store, "AAAA", "laptop-a", key(1), 1).await;
+        for _ in 0..3 {
+            assert_eq!(active_ids(&store, "alice").await, vec!["laptop-a"]);
+        }
+        assert!(store.revoke_pairing("laptop-a".into(), 2).await.unwrap());
+        assert_eq!(store.pairing_cache.len(), 0, "the write emptied the cache");
+        let after = store.user_pairings("alice").await.unwrap();
+        assert!(after.active.is_empty());
+        assert_eq!(after.ended_by_key_rotation, None);
+        // A new pairing counts at once too, and so does a key rotation's revoke.
+        issue(&store, "BBBB", "alice", 3).await;
+        pair(&store, "BBBB", "laptop-b", key(2), 4).await;
+        assert_eq!(active_ids(&store, "alice").await, vec!["laptop-b"]);
+        assert_eq!(store.revoke_all_for_key_rotation(5).await.unwrap(), 1);
+        let rotated = store.user_pairings("alice").await.unwrap();
+        assert!(rotated.active.is_empty());
+        assert_eq!(rotated.ended_by_key_rotation, Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_revoke_from_another_process_counts_from_the_very_next_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        pair(&store, "AAAA", "laptop-a", key(1), 1).await;
+        issue(&store, "BBBB", "bob", 2).await;
+        pair(&store, "BBBB", "laptop-b", key(2), 3).await;
+        for _ in 0..3 {
+            assert_eq!(active_ids(&store, "alice").await, vec!["laptop-a"]);
+            assert_eq!(active_ids(&store, "bob").await, vec!["laptop-b"]);
+        }
+        // The CLI: its own Store (own connections, own cache) on the same file.
+        let cli = Store::open(dir.path()).unwrap();
+        assert!(cli.revoke_pairing("laptop-a".into(), 4).await.unwrap());
+        assert_eq!(store.pairing_cache.len(), 2, "nothing told this process");
+        assert!(active_ids(&store, "alice").await.is_empty());
+        assert_eq!(active_ids(&store, "bob").await, vec!["laptop-b"]);
+        // A pairing made by the other process counts at once as well.
+        issue(&cli, "CCCC", "alice", 5).await;
+        pair(&cli, "CCCC", "laptop-c", key(3), 6).await;
+        assert_eq!(active_ids(&store, "alice").await, vec!["laptop-c"]);
+        // So does a write that bypasses every Store method (the trigger sees any change).
+        connect(dir.path().join("gateway.sqlite3").as_path())
+            .unwrap()
+            .execute("DELETE FROM pairings WHERE sidecar_id = 'laptop-b'", [])
+            .unwrap();
+        assert!(active_ids(&store, "bob").await.is_empty());
+    }
+
+    /// What a missing lookup reads, as it reads it (before it stores it).
+    fn snapshot(store: &Store, user: &str) -> (i64, UserPairings) {
+        let mut conn = store.conn.lock().unwrap();
+        read_user_pairings(&mut conn, user).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_read_before_a_revoke_never_leaves_a_stale_entry_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        issue(&store, "AAAA", "alice", 0).await;
+        pair(&store, "AAAA", "laptop-a", key(1), 1).await;
+        // A lookup misses and reads its snapshot (the pairing still active) ...
+        let (read_at, before) = snapshot(&store, "alice");
+        assert_eq!(ids(&before), vec!["laptop-a"]);
+        // ... the revoke commits and empties the cache, from this process ...
+        assert!(store.revoke_pairing("laptop-a".into(), 2).await.unwrap());
+        // ... and only then does the slow lookup store what it read.
+        store
+            .pairing_cache
+            .insert("alice", read_at, Arc::new(before.clone()));
+        assert!(active_ids(&store, "alice").await.is_empty());
+
+        // The same with the revoke made by another process (nothing emptied the cache), and
+        // the stale entry stored after a fresh lookup already cached the revoke.
+        issue(&store, "BBBB", "alice", 3).await;
+        pair(&store, "BBBB", "laptop-b", key(2), 4).await;
+        let (read_at, before) = snapshot(&store, "alice");
+        assert_eq!(ids(&before), vec!["laptop-b"]);
+        let cli = Store::open(dir.path()).unwrap();
+        assert!(cli.revoke_pairing("laptop-b".into(), 5).await.unwrap());
+        assert!(active_ids(&store, "alice").await.is_empty());
+        store
+            .pairing_cache
+            .insert("alice", read_at, Arc::new(before));
+        for _ in 0..3 {
+            assert!(active_ids(&store, "alice").await.is_empty());
+        }
     }
 
     #[tokio::test]
