@@ -63,6 +63,10 @@ struct Args {
     /// settings (about 150 MiB more for 1,000 sessions).
     #[arg(long)]
     compare_tungstenite_defaults: bool,
+    /// Run one part only (`speed`, `relay-sessions` or `mcp-sessions`), to profile it; the
+    /// results cannot be written to the docs then.
+    #[arg(long, value_parser = ["speed", "relay-sessions", "mcp-sessions"])]
+    only: Option<String>,
     /// Write the results into docs/benchmarks.md (between its result markers) and
     /// docs/benchmarks.json.
     #[arg(long)]
@@ -165,21 +169,40 @@ async fn run(args: Args) -> BenchResult<()> {
         "ibkr-bench: everything on 127.0.0.1; {} CPUs",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
+    let part = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    if args.only.is_some() && args.write_docs {
+        return Err(bench_error("--write-docs needs the whole run, not --only"));
+    }
     // First, while this process's heap has served nothing else: the idle relay run measures
     // a gateway that runs in this process.
-    eprintln!("[1/3] idle relay sessions and a gateway restart");
-    let idle =
-        idle_relay::idle_sessions(args.connections as usize, args.compare_tungstenite_defaults)
-            .await?;
-    eprintln!("[2/3] idle MCP sessions");
-    let mcp = mcp_sessions::run(args.mcp_sessions as usize, args.mcp_rounds as usize).await?;
-    eprintln!("[3/3] speed");
-    let speed = speed::run(speed::SpeedSettings {
-        sequential_calls: args.calls as usize,
-        full_calls: args.full_calls as usize,
-        load_duration: Duration::from_secs(args.load_seconds),
-    })
-    .await?;
+    let idle = if part("relay-sessions") {
+        eprintln!("[1/3] idle relay sessions and a gateway restart");
+        Some(
+            idle_relay::idle_sessions(args.connections as usize, args.compare_tungstenite_defaults)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let mcp = if part("mcp-sessions") {
+        eprintln!("[2/3] idle MCP sessions");
+        Some(mcp_sessions::run(args.mcp_sessions as usize, args.mcp_rounds as usize).await?)
+    } else {
+        None
+    };
+    let speed = if part("speed") {
+        eprintln!("[3/3] speed");
+        Some(
+            speed::run(speed::SpeedSettings {
+                sequential_calls: args.calls as usize,
+                full_calls: args.full_calls as usize,
+                load_duration: Duration::from_secs(args.load_seconds),
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
     let results = report::Results {
         machine: report::Machine::here(),
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -54,9 +54,9 @@ pub struct Results {
     pub machine: Machine,
     pub command: String,
     pub took_seconds: f64,
-    pub speed: SpeedReport,
-    pub idle: IdleReport,
-    pub mcp: McpSessionReport,
+    pub speed: Option<SpeedReport>,
+    pub idle: Option<IdleReport>,
+    pub mcp: Option<McpSessionReport>,
 }
 
 /// One line of the summary: a figure, its floor (if any), its target and whether it is met.
@@ -84,10 +84,23 @@ fn find<'a>(speed: &'a SpeedReport, tool: &str, sessions: usize) -> Option<&'a L
 }
 
 fn summary(results: &Results) -> Vec<Line> {
-    let speed = &results.speed;
+    let mut lines = Vec::new();
+    if let Some(speed) = &results.speed {
+        speed_lines(speed, &mut lines);
+    }
+    if let Some(mcp) = &results.mcp {
+        mcp_lines(mcp, &mut lines);
+    }
+    if let Some(idle) = &results.idle {
+        idle_lines(idle, &mut lines);
+    }
+    lines
+}
+
+fn speed_lines(speed: &SpeedReport, lines: &mut Vec<Line>) {
     let ping = &speed.mcp_ping;
     let hop = &speed.relay_hop;
-    let mut lines = vec![
+    lines.extend([
         Line {
             figure: "websocket echo round trip, p50 / p99 / p99.9".into(),
             measured: latency_triple(&speed.websocket_echo),
@@ -151,7 +164,7 @@ fn summary(results: &Results) -> Vec<Line> {
             target: "-".into(),
             met: None,
         },
-    ];
+    ]);
     for (tool, target) in [
         (HOP_TOOL, targets::HOP_CALLS_PER_SECOND),
         (FULL_TOOL, targets::FULL_CALLS_PER_SECOND),
@@ -190,7 +203,9 @@ fn summary(results: &Results) -> Vec<Line> {
             });
         }
     }
-    let mcp = &results.mcp;
+}
+
+fn mcp_lines(mcp: &McpSessionReport, lines: &mut Vec<Line>) {
     lines.push(Line {
         figure: "gateway memory per idle MCP session (RssAnon)".into(),
         measured: kib(mcp.per_session_anon()),
@@ -208,7 +223,9 @@ fn summary(results: &Results) -> Vec<Line> {
         target: "memory comes back".into(),
         met: None,
     });
-    let idle = &results.idle;
+}
+
+fn idle_lines(idle: &IdleReport, lines: &mut Vec<Line>) {
     lines.push(Line {
         figure: "gateway memory per idle relay session (VmRSS)".into(),
         measured: kib(idle.per_session_rss()),
@@ -227,7 +244,6 @@ fn summary(results: &Results) -> Vec<Line> {
         target: format!("<= {} s", targets::RECONNECT_SECONDS),
         met: Some(back <= targets::RECONNECT_SECONDS),
     });
-    lines
 }
 
 fn latency_triple(latency: &Latency) -> String {
@@ -259,8 +275,20 @@ pub fn print(results: &Results) {
             println!("    target:   {}  {}", line.target, verdict(line.met));
         }
     }
+    if let Some(speed) = &results.speed {
+        print_loads(speed);
+    }
+    if let Some(idle) = &results.idle {
+        print_idle(idle);
+    }
+    if let Some(mcp) = &results.mcp {
+        print_mcp(mcp);
+    }
+}
+
+fn print_loads(speed: &SpeedReport) {
     println!("\nLoad runs (closed loop, every session calls again as soon as it is answered)");
-    for run in &results.speed.loads {
+    for run in &speed.loads {
         println!(
             "  {:<20} {:>3} sessions  {:>7.0} calls/s  p50 {:>9}  p99 {:>9}  max {:>9}  refused {:?}  CPGW requests {}  gateway {:.0} us / {:.1} cs, sidecar {:.0} us / {:.1} cs per call",
             run.tool,
@@ -277,9 +305,10 @@ pub fn print(results: &Results) {
             run.cost.sidecar.context_switches,
         );
     }
-    print_idle(&results.idle);
+}
+
+fn print_mcp(mcp: &McpSessionReport) {
     println!("\nIdle MCP sessions (gateway process, RssAnon)");
-    let mcp = &results.mcp;
     println!("  baseline {}", crate::idle_relay::mib(mcp.baseline.anon));
     for (round, (open, closed)) in mcp.open.iter().zip(&mcp.closed).enumerate() {
         println!(
@@ -322,6 +351,9 @@ fn markdown(results: &Results) -> Result<String, std::fmt::Error> {
             verdict(line.met)
         )?;
     }
+    let (Some(speed), Some(mcp)) = (&results.speed, &results.mcp) else {
+        return Err(std::fmt::Error);
+    };
     writeln!(
         out,
         "\nLoad runs (closed loop: each session calls again as soon as it is answered):\n"
@@ -331,7 +363,7 @@ fn markdown(results: &Results) -> Result<String, std::fmt::Error> {
         "| tool | sessions | calls/s | p50 | p99 | p99.9 | refused | CPGW requests | gateway CPU/call | sidecar CPU/call | gateway cs/call | sidecar cs/call |"
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for run in &results.speed.loads {
+    for run in &speed.loads {
         writeln!(
             out,
             "| `{}` | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} us | {:.0} us | {:.1} | {:.1} |",
@@ -353,7 +385,6 @@ fn markdown(results: &Results) -> Result<String, std::fmt::Error> {
             run.cost.sidecar.context_switches,
         )?;
     }
-    let mcp = &results.mcp;
     writeln!(
         out,
         "\nIdle MCP sessions, gateway RssAnon: baseline {}; {}.",
