@@ -610,6 +610,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
         Arc::clone(&metrics),
         config.audit.retention(),
         config.audit.ack_timeout(),
+        config.audit.batching(),
     );
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),

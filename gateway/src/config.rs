@@ -138,6 +138,15 @@ pub struct AuditSection {
     /// for the database's write lock before a batch counts as lost.
     #[serde(default = "AuditSection::default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long the audit writer keeps a batch of records nobody waits for (read calls) open
+    /// for more after its first record, so that one transaction (one fsync) covers them all.
+    /// A batch holding an order call's record is committed at once, never held. `0` commits
+    /// every batch as soon as the writer takes it.
+    #[serde(default = "AuditSection::default_batch_window_ms")]
+    pub batch_window_ms: u64,
+    /// Most records the audit writer commits in one transaction.
+    #[serde(default = "AuditSection::default_batch_max_records")]
+    pub batch_max_records: u32,
 }
 
 impl AuditSection {
@@ -147,6 +156,22 @@ impl AuditSection {
 
     fn default_ack_timeout_ms() -> u64 {
         5_000
+    }
+
+    fn default_batch_window_ms() -> u64 {
+        2
+    }
+
+    fn default_batch_max_records() -> u32 {
+        256
+    }
+
+    /// How the audit writer groups records into transactions.
+    pub fn batching(&self) -> crate::audit::Batching {
+        crate::audit::Batching {
+            window: std::time::Duration::from_millis(self.batch_window_ms),
+            max_records: usize::try_from(self.batch_max_records).unwrap_or(usize::MAX),
+        }
     }
 
     /// See [`AuditSection::ack_timeout_ms`].
@@ -166,6 +191,8 @@ impl Default for AuditSection {
         AuditSection {
             retention_days: Self::default_retention_days(),
             ack_timeout_ms: Self::default_ack_timeout_ms(),
+            batch_window_ms: Self::default_batch_window_ms(),
+            batch_max_records: Self::default_batch_max_records(),
         }
     }
 }
@@ -1083,6 +1110,13 @@ impl GatewayConfiguration {
             50,
             60_000,
         )?;
+        check_range("audit.batch_window_ms", self.audit.batch_window_ms, 0, 100)?;
+        check_range(
+            "audit.batch_max_records",
+            u64::from(self.audit.batch_max_records),
+            1,
+            crate::audit::AUDIT_QUEUE as u64,
+        )?;
 
         Ok(Resolved {
             listen,
@@ -1204,6 +1238,8 @@ metrics:
   bearer_token_env: "IBKR_GATEWAY_METRICS_TOKEN"
 audit:
   retention_days: 365
+  batch_window_ms: 5
+  batch_max_records: 64
 "#;
 
     #[test]
@@ -1303,6 +1339,45 @@ audit:
             config.resolve().unwrap().audiences,
             vec!["http://127.0.0.1:8080/mcp"]
         );
+    }
+
+    #[test]
+    fn the_audit_batching_keys_load_default_and_are_bounded() {
+        let config = GatewayConfiguration::from_yaml_str(FULL_YAML).unwrap();
+        let batching = config.audit.batching();
+        assert_eq!(batching.window, std::time::Duration::from_millis(5));
+        assert_eq!(batching.max_records, 64);
+        assert_eq!(
+            AuditSection::default().batching(),
+            crate::audit::Batching::default()
+        );
+        let yaml = FULL_YAML.replace("  batch_window_ms: 5\n", "");
+        let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+        assert_eq!(config.audit.batch_window_ms, 2);
+        for (from, to, key) in [
+            (
+                "batch_window_ms: 5",
+                "batch_window_ms: 101",
+                "audit.batch_window_ms",
+            ),
+            (
+                "batch_max_records: 64",
+                "batch_max_records: 0",
+                "audit.batch_max_records",
+            ),
+            (
+                "batch_max_records: 64",
+                "batch_max_records: 4097",
+                "audit.batch_max_records",
+            ),
+        ] {
+            let config = GatewayConfiguration::from_yaml_str(&FULL_YAML.replace(from, to));
+            let error = config.and_then(|config| config.validate()).unwrap_err();
+            assert_eq!(error.key(), key, "{error}");
+        }
+        let yaml = FULL_YAML.replace("batch_window_ms: 5", "batch_window_ms: 0");
+        let config = GatewayConfiguration::from_yaml_str(&yaml).unwrap();
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -25,13 +25,21 @@
 //!   reaches a sidecar unaudited; its outcome record (with the sidecar's journal anchor)
 //!   follows the same way.
 //!
-//! The writer ([`writer`]) drains the queue in batches, one transaction each, on its own
-//! database connection, whose busy timeout is the ack timeout: a batch that cannot get the
-//! write lock by then is lost (and counted), rather than stored long after its call was
-//! refused. Should a refused order call's `forwarding` record still land (the lock freed just
-//! as the handler gave up), its `AUDIT_UNAVAILABLE` record follows it. It also enforces `audit.retention_days`: at start
-//! and then every [`PRUNE_INTERVAL`] it deletes the oldest records past the retention period,
-//! recording the prune point in the head first. The tracing event is emitted either way.
+//! The writer ([`writer`]) takes the queue in batches and commits each in one transaction on
+//! its own database connection (`synchronous=FULL`): one fsync of the database and one
+//! replacement of the head for the whole batch. A batch is whatever is queued when the writer
+//! takes its first record (at most `audit.batch_max_records`); while nobody waits for any of
+//! its records it stays open for `audit.batch_window_ms` after the first one, so read calls
+//! close together share a commit, while a batch holding an order call's record is committed at
+//! once (order calls that arrive during a commit share the next one). An ack is answered only
+//! once its batch is committed and the head replaced. The connection's busy timeout is the ack
+//! timeout: a batch that cannot get the write lock by then is lost as a whole (every record
+//! counted, every waiter refused), rather than stored long after its call was refused. Should
+//! a refused order call's `forwarding` record still land (the lock freed just as the handler
+//! gave up), its `AUDIT_UNAVAILABLE` record follows it. Records still queued when the writer
+//! stops are counted as lost too. It also enforces `audit.retention_days`: at start and then
+//! every [`PRUNE_INTERVAL`] it deletes the oldest records past the retention period, recording
+//! the prune point in the head first. The tracing event is emitted either way.
 
 pub mod chain;
 pub mod log;
@@ -48,7 +56,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use writer::Command;
-pub use writer::PRUNE_INTERVAL;
+pub use writer::{Batching, PRUNE_INTERVAL};
 use zeroize::Zeroizing;
 
 /// Records waiting for the writer before new ones are dropped.
@@ -203,19 +211,27 @@ fn trace(record: &AuditRecord) {
 impl Audit {
     /// Starts the writer task on `log`; records older than `retention` are deleted at start
     /// and then every [`PRUNE_INTERVAL`] (`None`: kept for ever). `ack_timeout` bounds both
-    /// [`Audit::record_durable`] and the writer's wait for the database's write lock.
+    /// [`Audit::record_durable`] and the writer's wait for the database's write lock;
+    /// `batching` says how records are grouped into transactions.
     pub fn start(
         key: AuditKey,
         log: AuditLog,
         metrics: Arc<Metrics>,
         retention: Option<Duration>,
         ack_timeout: Duration,
+        batching: Batching,
     ) -> (Audit, JoinHandle<()>) {
         if let Err(error) = log.set_busy_timeout(ack_timeout) {
             tracing::warn!(%error, "could not set the audit writer's lock timeout");
         }
         let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
-        let task = tokio::spawn(writer::run(log, receiver, Arc::clone(&metrics), retention));
+        let task = tokio::spawn(writer::run(
+            log,
+            receiver,
+            Arc::clone(&metrics),
+            retention,
+            batching,
+        ));
         (
             Audit {
                 key,
@@ -317,9 +333,240 @@ mod tests {
     const LIMIT: Duration = Duration::from_secs(10);
 
     fn start(store: &Store, retention: Option<Duration>, ack: Duration) -> (Audit, JoinHandle<()>) {
-        let key = AuditKey::from_secret(b"a test secret of 32 bytes length");
+        let key = AuditKey::from_secret(SECRET);
         let log = AuditLog::open(store, &key).unwrap();
-        Audit::start(key, log, Arc::new(Metrics::new()), retention, ack)
+        Audit::start(
+            key,
+            log,
+            Arc::new(Metrics::new()),
+            retention,
+            ack,
+            Batching::default(),
+        )
+    }
+
+    const SECRET: &[u8] = b"a test secret of 32 bytes length";
+
+    fn start_batching(
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        batching: Batching,
+    ) -> (Audit, JoinHandle<()>) {
+        let key = AuditKey::from_secret(SECRET);
+        let log = AuditLog::open(store, &key).unwrap();
+        Audit::start(key, log, Arc::clone(metrics), None, LIMIT, batching)
+    }
+
+    fn verified(store: &Store) -> verify::VerifyReport {
+        let mut conn = rusqlite::Connection::open(store.path()).unwrap();
+        let state_dir = store.path().parent().unwrap();
+        let key = AuditKey::from_secret(SECRET).chain_key();
+        verify::verify(&mut conn, state_dir, &key).unwrap()
+    }
+
+    /// Whether a record with this `time_ms` is committed, as another connection sees it.
+    fn committed(probe: &rusqlite::Connection, time_ms: i64) -> bool {
+        probe
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE time_ms = ?1",
+                [time_ms],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 1
+    }
+
+    /// Records `times` at once: every third without waiting (a read call), the others durably
+    /// (order calls). For each durable one: its time, its answer, and whether `probe` saw it
+    /// committed the moment its waiter was released, before anything else ran. All are queued
+    /// before the writer runs (the test runtime has one thread).
+    async fn concurrent_calls(
+        audit: &Audit,
+        probe: &rusqlite::Connection,
+        times: std::ops::Range<i64>,
+    ) -> Vec<(i64, bool, bool)> {
+        let calls = times.map(|n| async move {
+            if n % 3 == 2 {
+                audit.record(record(n));
+                return None;
+            }
+            let stored = audit.record_durable(record(n)).await;
+            Some((n, stored, committed(probe, n)))
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_records_share_transactions_and_each_waiter_is_released_after_its_commit()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (audit, task) = start_batching(&store, &metrics, Batching::default());
+        let probe = rusqlite::Connection::open(store.path()).unwrap();
+        // 64 order calls at once, with a read call's record between every two of them.
+        let answers = concurrent_calls(&audit, &probe, 0..96).await;
+        assert_eq!(answers.len(), 64);
+        for (n, stored, was_committed) in answers {
+            assert!(stored, "record {n} was not acknowledged");
+            assert!(
+                was_committed,
+                "record {n} was acknowledged before its commit"
+            );
+        }
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(metrics.audit_written_total(), 96);
+        let commits = metrics.audit_batches_committed_total();
+        assert!(
+            commits < 64,
+            "64 concurrent durable records took {commits} transactions"
+        );
+        assert_eq!(metrics.audit_dropped_total(), 0);
+        let report = verified(&store);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 96);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_nobody_waits_for_share_a_transaction_within_the_window_and_durable_ones_never_wait()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let window = Duration::from_secs(3600);
+        let batching = Batching {
+            window,
+            max_records: 256,
+        };
+        let (audit, task) = start_batching(&store, &metrics, batching);
+        // The writer takes the first record and holds its batch open; the second, sent within
+        // the window, joins it; the flush (somebody waits) closes it.
+        audit.record(record(1));
+        tokio::time::advance(window / 4).await;
+        audit.record(record(2));
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(metrics.audit_batches_committed_total(), 1);
+        assert_eq!(metrics.audit_written_total(), 2);
+
+        // A durable record closes an open batch at once: an order call never waits for the
+        // window (it would have waited past its ack timeout, far shorter than the window).
+        audit.record(record(3));
+        tokio::time::advance(window / 4).await;
+        assert!(audit.record_durable(record(4)).await);
+        assert_eq!(metrics.audit_batches_committed_total(), 2);
+        assert_eq!(metrics.audit_written_total(), 4);
+
+        // With no window, the first record is committed alone.
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+        let batching = Batching {
+            window: Duration::ZERO,
+            max_records: 256,
+        };
+        let (audit, task) = start_batching(&store, &metrics, batching);
+        audit.record(record(5));
+        tokio::time::advance(window / 4).await;
+        audit.record(record(6));
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(metrics.audit_batches_committed_total(), 4);
+        assert_eq!(metrics.audit_written_total(), 6);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+        assert!(verified(&store).ok);
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_at_most_max_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let batching = Batching {
+            window: Duration::from_secs(3600),
+            max_records: 3,
+        };
+        let (audit, task) = start_batching(&store, &metrics, batching);
+        // Queued before the writer runs: taken 3, 3, then 1 with the flush.
+        for n in 0..7 {
+            audit.record(record(n));
+        }
+        assert!(audit.flush(LIMIT).await);
+        assert_eq!(metrics.audit_batches_committed_total(), 3);
+        assert_eq!(metrics.audit_written_total(), 7);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+        assert!(verified(&store).ok);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_refuses_every_waiter_in_it_counts_its_records_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (audit, task) = start_batching(&store, &metrics, Batching::default());
+        for n in 0..3 {
+            assert!(audit.record_durable(record(n)).await);
+        }
+        // The store refuses the batch holding record 1000, as a full disk would refuse its
+        // transaction.
+        let probe = rusqlite::Connection::open(store.path()).unwrap();
+        probe
+            .execute_batch(
+                "CREATE TRIGGER audit_fault BEFORE INSERT ON audit WHEN NEW.time_ms = 1000
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+            )
+            .unwrap();
+        let answers = concurrent_calls(&audit, &probe, 1000..1015).await;
+        assert_eq!(answers.len(), 10);
+        for (n, stored, was_committed) in answers {
+            assert!(!stored, "record {n} of the failed batch was acknowledged");
+            assert!(!was_committed, "record {n} of the failed batch was stored");
+        }
+        assert_eq!(metrics.audit_batches_failed_total(), 1);
+        // Every record of the batch, waited for or not, is counted as lost.
+        assert_eq!(metrics.audit_dropped_total(), 15);
+        assert_eq!(metrics.audit_written_total(), 3);
+
+        // Once the store takes writes again, the chain goes on from the last committed row.
+        probe.execute_batch("DROP TRIGGER audit_fault").unwrap();
+        audit.record(record(2000));
+        assert!(audit.record_durable(record(2001)).await);
+        assert!(audit.flush(LIMIT).await);
+        let ids: Vec<(i64, i64)> = log::tail(&store, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|stored| (stored.id, stored.record.time_ms))
+            .collect();
+        assert_eq!(ids, vec![(1, 0), (2, 1), (3, 2), (4, 2000), (5, 2001)]);
+        let report = verified(&store);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 5);
+        assert!(audit.stop(LIMIT).await);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_queued_behind_a_stop_are_counted_as_lost_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (audit, task) = start_batching(&store, &metrics, Batching::default());
+        audit.record(record(1));
+        let (stopped, durable) = tokio::join!(audit.stop(LIMIT), async {
+            audit.record(record(2));
+            audit.record_durable(record(3)).await
+        });
+        assert!(stopped);
+        assert!(!durable);
+        task.await.unwrap();
+        assert_eq!(metrics.audit_written_total(), 1);
+        assert_eq!(metrics.audit_dropped_total(), 2);
     }
 
     #[test]
@@ -360,6 +607,7 @@ mod tests {
             Arc::clone(&metrics),
             None,
             LIMIT,
+            Batching::default(),
         );
         for n in 0..10 {
             audit.record(record(n));

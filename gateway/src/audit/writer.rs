@@ -1,6 +1,18 @@
-//! The audit writer task: drains the queue in batches (one transaction each, on the audit
-//! log's own connection), answers acks once a batch is committed and the head replaced, and
-//! runs retention rounds between batches.
+//! The audit writer task: takes records from the queue in batches and commits each batch in
+//! one transaction on the audit log's own connection (`synchronous=FULL`: one fsync of the
+//! database, then one replacement of `audit.head`, for the whole batch), answers the acks of a
+//! batch once it is committed and the head replaced, and runs retention rounds between batches.
+//!
+//! A batch is what is queued when the writer takes its first record, up to
+//! [`Batching::max_records`]. A batch of records nobody waits for (read calls) is then held
+//! open for [`Batching::window`] after its first record, so that calls arriving close together
+//! share one fsync; a batch holding a record somebody waits for (an order call's, or a flush)
+//! is committed at once: an order call never waits for the window, and order calls arriving
+//! while a commit is under way share the next one.
+//!
+//! A batch that fails is lost as a whole, never stored late or retried: every record in it is
+//! counted as dropped and every ack in it answered `false`. The chain's tip moves only when a
+//! batch commits, so the next batch chains on from the last committed row.
 //!
 //! A retention round first records its prune point in the head, then deletes the old prefix
 //! in batches; between two delete batches the writer takes any queued records first, so a
@@ -15,8 +27,26 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How often records past their retention are deleted (also once at start).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-/// Most records committed in one transaction.
-const AUDIT_BATCH: usize = 256;
+
+/// How the writer groups records into transactions (`audit.batch_window_ms`,
+/// `audit.batch_max_records`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// How long a batch of records nobody waits for stays open for more after its first
+    /// record. Zero: committed as soon as the writer takes it.
+    pub window: Duration,
+    /// Most records in one transaction (at least 1).
+    pub max_records: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Batching {
+        Batching {
+            window: Duration::from_millis(2),
+            max_records: 256,
+        }
+    }
+}
 
 pub(super) enum Command {
     /// A record, with an ack answered `true` once it is committed (and the head replaced),
@@ -26,6 +56,44 @@ pub(super) enum Command {
     Flush(oneshot::Sender<()>),
     /// Flush, then stop.
     Stop(oneshot::Sender<()>),
+}
+
+/// The commands taken for one transaction.
+#[derive(Default)]
+struct Batch {
+    records: Vec<(AuditRecord, Option<oneshot::Sender<bool>>)>,
+    /// Somebody waits for one of the records.
+    durable: bool,
+    /// Flushes (and the stop) answered once the batch is done.
+    waiters: Vec<oneshot::Sender<()>>,
+    stop: bool,
+}
+
+impl Batch {
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Record(record, ack) => {
+                self.durable |= ack.is_some();
+                self.records.push((*record, ack));
+            }
+            Command::Flush(done) => self.waiters.push(done),
+            Command::Stop(done) => {
+                self.waiters.push(done);
+                self.stop = true;
+            }
+        }
+    }
+
+    /// Nothing more goes in: the batch is full, or a stop was taken (nothing after a stop is
+    /// served).
+    fn closed(&self, max_records: usize) -> bool {
+        self.stop || self.records.len() >= max_records
+    }
+
+    /// Somebody waits for this batch: it is committed without holding it open.
+    fn awaited(&self) -> bool {
+        self.durable || !self.waiters.is_empty()
+    }
 }
 
 /// Runs `work` on the blocking pool with the log; `None` if that task died (then nothing
@@ -51,6 +119,7 @@ struct Round {
 struct Writer {
     metrics: Arc<Metrics>,
     retention: Option<Duration>,
+    batching: Batching,
     round: Option<Round>,
 }
 
@@ -110,7 +179,16 @@ impl Writer {
         Some(log)
     }
 
-    /// Stores one batch and answers its acks.
+    /// Counts records that will never be stored.
+    fn lost(&self, records: u64) {
+        for _ in 0..records {
+            self.metrics.audit_dropped();
+        }
+    }
+
+    /// Commits one batch and answers its acks: `true` only once the batch is committed and
+    /// the head replaced. `None` when the blocking task died (its records are counted as
+    /// lost, its acks answered `false`).
     async fn store(
         &self,
         log: AuditLog,
@@ -118,48 +196,113 @@ impl Writer {
     ) -> Option<AuditLog> {
         let (records, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let count = records.len() as u64;
-        let (log, result) = blocking(log, move |log| log.append(&records)).await?;
+        let answer = |stored: bool| {
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(stored);
+            }
+        };
+        let Some((log, result)) = blocking(log, move |log| log.append(&records)).await else {
+            self.metrics.audit_batch_failed();
+            self.lost(count);
+            tracing::error!(
+                records = count,
+                "the audit writer's task failed while storing audit records; they are lost"
+            );
+            answer(false);
+            return None;
+        };
         let stored = match result {
             Ok(()) => {
-                self.metrics.audit_written(count);
+                self.metrics.audit_batch_committed(count);
                 true
             }
             Err(AuditError::Head(error)) => {
                 // The rows are committed; only the checkpoint lags. Order calls waiting on
                 // them are refused all the same: their tamper evidence is not complete.
-                self.metrics.audit_written(count);
+                self.metrics.audit_batch_committed(count);
                 tracing::error!(%error, "audit records stored but audit.head not replaced");
                 false
             }
             Err(error) => {
-                for _ in 0..count {
-                    self.metrics.audit_dropped();
-                }
+                self.metrics.audit_batch_failed();
+                self.lost(count);
                 tracing::error!(%error, records = count, "could not store audit records; they are lost");
                 false
             }
         };
-        for ack in acks.into_iter().flatten() {
-            let _ = ack.send(stored);
-        }
+        answer(stored);
         Some(log)
+    }
+
+    /// Takes the commands of one batch, `first` first: whatever is queued, up to the bound;
+    /// then, while nobody waits for the batch, whatever arrives within the window after
+    /// `first`.
+    async fn gather(&self, first: Command, receiver: &mut mpsc::Receiver<Command>) -> Batch {
+        let max_records = self.batching.max_records.max(1);
+        let deadline = tokio::time::Instant::now() + self.batching.window;
+        let mut batch = Batch::default();
+        batch.take(first);
+        loop {
+            while !batch.closed(max_records) {
+                match receiver.try_recv() {
+                    Ok(command) => batch.take(command),
+                    Err(_) => break,
+                }
+            }
+            if batch.closed(max_records)
+                || batch.awaited()
+                || batch.records.is_empty()
+                || self.batching.window.is_zero()
+            {
+                return batch;
+            }
+            tokio::select! {
+                biased;
+                received = receiver.recv() => match received {
+                    Some(command) => batch.take(command),
+                    None => return batch,
+                },
+                () = tokio::time::sleep_until(deadline) => return batch,
+            }
+        }
     }
 }
 
 pub(super) async fn run(
     log: AuditLog,
-    receiver: mpsc::Receiver<Command>,
+    mut receiver: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
     retention: Option<Duration>,
+    batching: Batching,
 ) {
     let mut writer = Writer {
         metrics,
         retention,
+        batching,
         round: None,
     };
     // `None`: a blocking task died with the log, so nothing more can be stored.
-    if writer.drive(log, receiver).await.is_none() {
+    if writer.drive(log, &mut receiver).await.is_none() {
         tracing::error!("audit writer task failed; audit records are no longer stored");
+    }
+    // Whatever is still queued will never be stored: counted as lost, its acks answered
+    // `false`, flushes left unanswered (their records were not all committed).
+    receiver.close();
+    let mut lost = 0u64;
+    while let Ok(command) = receiver.try_recv() {
+        if let Command::Record(_, ack) = command {
+            lost += 1;
+            if let Some(ack) = ack {
+                let _ = ack.send(false);
+            }
+        }
+    }
+    if lost > 0 {
+        writer.lost(lost);
+        tracing::warn!(
+            records = lost,
+            "audit writer stopped; queued audit records were dropped"
+        );
     }
 }
 
@@ -168,7 +311,7 @@ impl Writer {
     async fn drive(
         &mut self,
         mut log: AuditLog,
-        mut receiver: mpsc::Receiver<Command>,
+        receiver: &mut mpsc::Receiver<Command>,
     ) -> Option<()> {
         // The first tick completes at once: records past retention go at start.
         let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
@@ -198,37 +341,19 @@ impl Writer {
                 log = self.prune_batch(log).await?;
                 continue;
             };
-            let mut batch = Vec::new();
-            let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
-            let mut stop = false;
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Record(record, ack) => batch.push((*record, ack)),
-                    Command::Flush(done) => waiters.push(done),
-                    Command::Stop(done) => {
-                        waiters.push(done);
-                        stop = true;
-                        break;
-                    }
-                }
-                if batch.len() >= AUDIT_BATCH {
-                    break;
-                }
-                next = receiver.try_recv().ok();
+            let batch = self.gather(first, receiver).await;
+            if !batch.records.is_empty() {
+                log = self.store(log, batch.records).await?;
             }
-            if !batch.is_empty() {
-                log = self.store(log, batch).await?;
-            }
-            if !waiters.is_empty() {
+            if !batch.waiters.is_empty() {
                 while self.round.is_some() {
                     log = self.prune_batch(log).await?;
                 }
             }
-            for done in waiters.drain(..) {
+            for done in batch.waiters {
                 let _ = done.send(());
             }
-            if stop {
+            if batch.stop {
                 return Some(());
             }
         }

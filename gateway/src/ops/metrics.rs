@@ -16,6 +16,11 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Upper bounds of the records-per-committed-audit-batch histogram (the largest batch allowed
+/// is `audit.batch_max_records`, at most 4096).
+pub const AUDIT_BATCH_BUCKETS: [u64; 13] =
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
 #[derive(Clone, Debug, Default)]
 struct Histogram {
     /// Cumulative-free counts per bucket (rendered cumulatively).
@@ -76,6 +81,11 @@ pub struct Metrics {
     connections_evicted: AtomicU64,
     connections_silent: AtomicU64,
     audit_refused: AtomicU64,
+    /// Audit transactions committed, and records per committed one (per bucket, not
+    /// cumulative).
+    audit_batches_committed: AtomicU64,
+    audit_batch_records: [AtomicU64; AUDIT_BATCH_BUCKETS.len()],
+    audit_batches_failed: AtomicU64,
 }
 
 /// A tool-call outcome as a bounded label value.
@@ -132,8 +142,34 @@ impl Metrics {
         self.audit_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn audit_written(&self, records: u64) {
+    /// One audit transaction committed with `records` records: one fsync of the database (and
+    /// one replacement of `audit.head`) for all of them.
+    pub fn audit_batch_committed(&self, records: u64) {
         self.audit_written.fetch_add(records, Ordering::Relaxed);
+        self.audit_batches_committed.fetch_add(1, Ordering::Relaxed);
+        if let Some(index) = AUDIT_BATCH_BUCKETS
+            .iter()
+            .position(|bound| records <= *bound)
+        {
+            self.audit_batch_records[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One audit transaction that did not commit (its records are counted as dropped apart).
+    pub fn audit_batch_failed(&self) {
+        self.audit_batches_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_written_total(&self) -> u64 {
+        self.audit_written.load(Ordering::Relaxed)
+    }
+
+    pub fn audit_batches_committed_total(&self) -> u64 {
+        self.audit_batches_committed.load(Ordering::Relaxed)
+    }
+
+    pub fn audit_batches_failed_total(&self) -> u64 {
+        self.audit_batches_failed.load(Ordering::Relaxed)
     }
 
     pub fn audit_dropped_total(&self) -> u64 {
@@ -289,6 +325,50 @@ impl Metrics {
 
         writeln!(
             out,
+            "# HELP ibkr_gateway_audit_batches_total Audit write transactions: committed (one database fsync and one audit.head replacement each, for every record in the batch) or failed (their records are counted in ibkr_gateway_audit_dropped_total)."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_batches_total counter")?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_batches_total{{result=\"committed\"}} {}",
+            self.audit_batches_committed.load(Ordering::Relaxed)
+        )?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_batches_total{{result=\"failed\"}} {}",
+            self.audit_batches_failed.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(
+            out,
+            "# HELP ibkr_gateway_audit_batch_records Records per committed audit transaction."
+        )?;
+        writeln!(out, "# TYPE ibkr_gateway_audit_batch_records histogram")?;
+        let mut cumulative = 0;
+        for (bound, count) in AUDIT_BATCH_BUCKETS
+            .iter()
+            .zip(self.audit_batch_records.iter())
+        {
+            cumulative += count.load(Ordering::Relaxed);
+            writeln!(
+                out,
+                "ibkr_gateway_audit_batch_records_bucket{{le=\"{bound}\"}} {cumulative}"
+            )?;
+        }
+        let batches = self.audit_batches_committed.load(Ordering::Relaxed);
+        writeln!(
+            out,
+            "ibkr_gateway_audit_batch_records_bucket{{le=\"+Inf\"}} {batches}"
+        )?;
+        writeln!(
+            out,
+            "ibkr_gateway_audit_batch_records_sum {}",
+            self.audit_written.load(Ordering::Relaxed)
+        )?;
+        writeln!(out, "ibkr_gateway_audit_batch_records_count {batches}")?;
+
+        writeln!(
+            out,
             "# HELP ibkr_gateway_audit_refused_total Order calls refused (AUDIT_UNAVAILABLE) because their audit record could not be stored before forwarding."
         )?;
         writeln!(out, "# TYPE ibkr_gateway_audit_refused_total counter")?;
@@ -382,6 +462,22 @@ mod tests {
         assert!(text.contains("ibkr_gateway_rate_limited_total{scope=\"peer\"} 0\n"));
         assert!(text.contains("ibkr_gateway_jwks_refreshes_total{result=\"success\"} 1\n"));
         assert!(text.contains("ibkr_gateway_audit_dropped_total 0\n"));
+        metrics.audit_batch_committed(1);
+        metrics.audit_batch_committed(3);
+        metrics.audit_batch_committed(300);
+        metrics.audit_batch_failed();
+        let text = metrics.render(Snapshot::default());
+        assert!(text.contains("ibkr_gateway_audit_batches_total{result=\"committed\"} 3\n"));
+        assert!(text.contains("ibkr_gateway_audit_batches_total{result=\"failed\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"2\"} 1\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"4\"} 2\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"256\"} 2\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"512\"} 3\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_sum 304\n"));
+        assert!(text.contains("ibkr_gateway_audit_batch_records_count 3\n"));
+        assert!(text.contains("ibkr_gateway_audit_written_total 304\n"));
         assert!(text.contains("ibkr_gateway_connections_rejected_total{limit=\"peer\"} 0\n"));
         metrics.connection_rejected(ConnectionLimit::Relay);
         metrics.connection_evicted();
