@@ -130,7 +130,7 @@ impl Relay {
     }
 
     /// Closes (`Close{PairingRevoked}`) every live session whose pairing is no longer
-    /// active, when the store changed since the last look (`PRAGMA data_version`: cheap when
+    /// active, when the pairings changed since the last look (the pairings generation: cheap when
     /// nothing changed). A `pairing revoke` run by the CLI in another process so cuts a live
     /// session within [`REVOCATION_POLL`], without waiting for its next call or renewal.
     pub(crate) async fn close_revoked_sessions(&self, seen_version: &mut Option<i64>) {

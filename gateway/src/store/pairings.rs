@@ -387,26 +387,36 @@ impl Store {
             .await
     }
 
-    /// For the revocation poll: when the database changed since `seen_version` (another
-    /// connection committed: the `pairing` CLI, the audit writer), the ids of the active
-    /// pairings. Returns the new version either way.
+    /// For the revocation poll: when the pairings changed since `seen_generation` (a pairing,
+    /// revoke or rotation by this process or another, the `pairing` CLI), the ids of the active
+    /// pairings. Returns the generation either way. Keyed on the pairings generation, not on
+    /// `PRAGMA data_version`, which the audit trail's commits move on nearly every call.
     pub async fn active_pairings_if_changed(
         &self,
-        seen_version: Option<i64>,
+        seen_generation: Option<i64>,
     ) -> Result<(i64, Option<HashSet<PairingId>>), StoreError> {
+        let generation = self.pairings_generation()?;
+        if seen_generation == Some(generation) {
+            return Ok((generation, None));
+        }
         self.run(move |conn| {
-            let version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
-            if seen_version == Some(version) {
-                return Ok((version, None));
-            }
-            let mut statement =
-                conn.prepare_cached("SELECT pairing_id FROM pairings WHERE revoked_at IS NULL")?;
-            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            // One snapshot for the generation and the rows, so a change after it is seen on
+            // the next poll.
+            let tx = conn.transaction()?;
+            let generation: i64 = tx
+                .prepare_cached(super::SELECT_PAIRINGS_GENERATION)?
+                .query_row([], |row| row.get(0))?;
             let mut active = HashSet::new();
-            for row in rows {
-                active.insert(PairingId::from_hex(&row?)?);
+            {
+                let mut statement =
+                    tx.prepare_cached("SELECT pairing_id FROM pairings WHERE revoked_at IS NULL")?;
+                let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+                for row in rows {
+                    active.insert(PairingId::from_hex(&row?)?);
+                }
             }
-            Ok((version, Some(active)))
+            tx.commit()?;
+            Ok((generation, Some(active)))
         })
         .await
     }

@@ -290,7 +290,7 @@ fn print_loads(speed: &SpeedReport) {
     println!("\nLoad runs (closed loop, every session calls again as soon as it is answered)");
     for run in &speed.loads {
         println!(
-            "  {:<20} {:>3} sessions  {:>7.0} calls/s  p50 {:>9}  p99 {:>9}  max {:>9}  refused {:?}  CPGW requests {}  gateway {:.0} us / {:.1} cs, sidecar {:.0} us / {:.1} cs per call",
+            "  {:<20} {:>3} sessions  {:>7.0} calls/s  p50 {:>9}  p99 {:>9}  max {:>9}  refused {:?}  CPGW requests {}  gateway {:.0} us / {:.1} cs, sidecar {:.0} us / {:.1} cs, clients+simulator {:.0} us per call",
             run.tool,
             run.sessions,
             run.calls_per_second,
@@ -303,6 +303,7 @@ fn print_loads(speed: &SpeedReport) {
             run.cost.gateway.context_switches,
             run.cost.sidecar.cpu_micros,
             run.cost.sidecar.context_switches,
+            run.cost.bench.cpu_micros,
         );
     }
 }
@@ -360,13 +361,13 @@ fn markdown(results: &Results) -> Result<String, std::fmt::Error> {
     )?;
     writeln!(
         out,
-        "| tool | sessions | calls/s | p50 | p99 | p99.9 | refused | CPGW requests | gateway CPU/call | sidecar CPU/call | gateway cs/call | sidecar cs/call |"
+        "| tool | sessions | calls/s | p50 | p99 | p99.9 | refused | CPGW requests | gateway CPU/call | sidecar CPU/call | gateway cs/call | sidecar cs/call | clients + simulator CPU/call |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for run in &speed.loads {
         writeln!(
             out,
-            "| `{}` | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} us | {:.0} us | {:.1} | {:.1} |",
+            "| `{}` | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} us | {:.0} us | {:.1} | {:.1} | {:.0} us |",
             run.tool,
             run.sessions,
             run.calls_per_second,
@@ -383,6 +384,7 @@ fn markdown(results: &Results) -> Result<String, std::fmt::Error> {
             run.cost.sidecar.cpu_micros,
             run.cost.gateway.context_switches,
             run.cost.sidecar.context_switches,
+            run.cost.bench.cpu_micros,
         )?;
     }
     writeln!(

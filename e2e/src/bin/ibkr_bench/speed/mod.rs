@@ -106,6 +106,9 @@ impl Latency {
 pub struct ProcessCost {
     pub gateway: PerCall,
     pub sidecar: PerCall,
+    /// This process: the MCP clients, the CPGW simulator and the OAuth issuer, which share
+    /// the machine's cores with the two halves.
+    pub bench: PerCall,
 }
 
 impl ProcessCost {
@@ -298,22 +301,20 @@ impl Halves {
         })
     }
 
-    fn counters(&self) -> BenchResult<(ProcessCounters, ProcessCounters)> {
-        Ok((
+    fn counters(&self) -> BenchResult<[ProcessCounters; 3]> {
+        Ok([
             ProcessCounters::read(self.gateway_pid)?,
             ProcessCounters::read(self.sidecar_pid)?,
-        ))
+            ProcessCounters::read(std::process::id())?,
+        ])
     }
 
-    fn cost_since(
-        &self,
-        before: (ProcessCounters, ProcessCounters),
-        calls: usize,
-    ) -> BenchResult<ProcessCost> {
-        let (gateway, sidecar) = self.counters()?;
+    fn cost_since(&self, before: [ProcessCounters; 3], calls: usize) -> BenchResult<ProcessCost> {
+        let [gateway, sidecar, bench] = self.counters()?;
         Ok(ProcessCost {
-            gateway: before.0.per_call(gateway, calls),
-            sidecar: before.1.per_call(sidecar, calls),
+            gateway: before[0].per_call(gateway, calls),
+            sidecar: before[1].per_call(sidecar, calls),
+            bench: before[2].per_call(bench, calls),
         })
     }
 
