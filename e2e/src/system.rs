@@ -87,6 +87,8 @@ pub struct SystemOptions {
     pub cpgw_through_proxy: bool,
     /// The sidecar's `sidecar.client_portal_timeout_seconds`; `None`: its default (10 s).
     pub client_portal_timeout_seconds: Option<u64>,
+    /// The sidecar's `sidecar.quote_max_age_ms`; `None`: its default (1000 ms).
+    pub quote_max_age_ms: Option<u64>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -114,6 +116,7 @@ impl Default for SystemOptions {
             max_sessions_per_user: None,
             cpgw_through_proxy: false,
             client_portal_timeout_seconds: None,
+            quote_max_age_ms: None,
         }
     }
 }
@@ -414,6 +417,9 @@ impl System {
         };
         if let Some(seconds) = self.options.client_portal_timeout_seconds {
             config.sidecar.client_portal_timeout_seconds = seconds;
+        }
+        if let Some(milliseconds) = self.options.quote_max_age_ms {
+            config.sidecar.quote_max_age_ms = milliseconds;
         }
         config.sidecar.heartbeat_interval_seconds = self.options.heartbeat_interval_seconds;
         config.sidecar.heartbeat_timeout_seconds = self.options.heartbeat_timeout_seconds;

@@ -253,7 +253,9 @@ pub const CATALOG: &[ToolSpec] = &[
         name: "ibkr_quote",
         title: "Quote",
         description: "Last, bid and ask for one symbol (decimal strings), with whether the last \
-            price is a previous close or the symbol is halted.",
+            price is a previous close or the symbol is halted. `age_ms` says how old the \
+            snapshot is: calls for the same symbol share one broker request, and a quote may be \
+            reused for up to the sidecar's `quote_max_age_ms` (default 1000 ms).",
         scope: scopes::MARKETDATA_READ,
         input_schema: concat!(
             r#"{"type":"object","properties":{"#,
@@ -266,7 +268,9 @@ pub const CATALOG: &[ToolSpec] = &[
     ToolSpec {
         name: "ibkr_quotes",
         title: "Quotes for a watchlist",
-        description: "Last, bid and ask for up to 50 symbols in one snapshot call.",
+        description: "Last, bid and ask for up to 50 symbols in one snapshot call, each with \
+            `age_ms`: a quote may be reused for up to the sidecar's `quote_max_age_ms` \
+            (default 1000 ms), and only the symbols without one are asked for.",
         scope: scopes::MARKETDATA_READ,
         input_schema: r#"{"type":"object","properties":{"symbols":{"type":"array","minItems":1,"maxItems":50,"items":{"type":"string","minLength":1,"maxLength":12}}},"required":["symbols"],"additionalProperties":false}"#,
         read_only: true,

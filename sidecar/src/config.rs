@@ -51,6 +51,10 @@ pub const DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS: u64 = 10;
 /// Longest `client_portal_timeout_seconds` accepted: a relayed call waits 30 s by default, and
 /// one tool may need several CPGW requests.
 pub const MAX_CLIENT_PORTAL_TIMEOUT_SECONDS: u64 = 60;
+/// How old a snapshot quote may be when a read tool reuses it instead of asking CPGW again.
+pub const DEFAULT_QUOTE_MAX_AGE_MS: u64 = 1000;
+/// Longest `quote_max_age_ms` accepted: older prices would mislead more than they save.
+pub const MAX_QUOTE_MAX_AGE_MS: u64 = 10_000;
 
 /// Upper bound for `max_concurrent_requests`: the relay is a personal channel, and each request
 /// holds a CPGW connection.
@@ -101,10 +105,19 @@ pub struct SidecarSection {
     /// (for an order: an unknown outcome once the request may have been sent).
     #[serde(default = "default_client_portal_timeout_seconds")]
     pub client_portal_timeout_seconds: u64,
+    /// How old a snapshot quote `ibkr_quote` and `ibkr_quotes` may reuse is (0: never reuse;
+    /// calls for the same contract at the same moment still share one CPGW request). Order
+    /// guards always ask CPGW.
+    #[serde(default = "default_quote_max_age_ms")]
+    pub quote_max_age_ms: u64,
 }
 
 fn default_client_portal_timeout_seconds() -> u64 {
     DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS
+}
+
+fn default_quote_max_age_ms() -> u64 {
+    DEFAULT_QUOTE_MAX_AGE_MS
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +140,7 @@ impl Default for SidecarSection {
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             tickle_interval_seconds: DEFAULT_TICKLE_INTERVAL_SECONDS,
             client_portal_timeout_seconds: DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS,
+            quote_max_age_ms: DEFAULT_QUOTE_MAX_AGE_MS,
         }
     }
 }
@@ -155,6 +169,7 @@ struct FileSidecar {
     reconnect_max_delay_ms: Option<u64>,
     tickle_interval_seconds: Option<u64>,
     client_portal_timeout_seconds: Option<u64>,
+    quote_max_age_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +266,7 @@ impl FileConfig {
                 client_portal_timeout_seconds: sidecar
                     .client_portal_timeout_seconds
                     .unwrap_or(DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS),
+                quote_max_age_ms: sidecar.quote_max_age_ms.unwrap_or(DEFAULT_QUOTE_MAX_AGE_MS),
             },
             safety: SafetySection {
                 sidecar_enabled: safety_enabled,
@@ -402,6 +418,12 @@ impl SidecarConfig {
                 format!("must be between 1 and {MAX_CLIENT_PORTAL_TIMEOUT_SECONDS}"),
             ));
         }
+        if s.quote_max_age_ms > MAX_QUOTE_MAX_AGE_MS {
+            return Err(invalid(
+                "sidecar.quote_max_age_ms",
+                format!("must be between 0 and {MAX_QUOTE_MAX_AGE_MS}"),
+            ));
+        }
         Ok(())
     }
 
@@ -425,6 +447,11 @@ impl SidecarConfig {
     /// How long one CPGW request may take.
     pub fn client_portal_timeout(&self) -> Duration {
         Duration::from_secs(self.sidecar.client_portal_timeout_seconds)
+    }
+
+    /// How old a quote the read tools reuse may be (zero: never reused).
+    pub fn quote_max_age(&self) -> Duration {
+        Duration::from_millis(self.sidecar.quote_max_age_ms)
     }
 
     pub fn reconnect_initial_delay(&self) -> Duration {
@@ -454,6 +481,7 @@ pub fn default_config_yaml(remote_relay_url: &str) -> String {
          \x20 reconnect_max_delay_ms: {DEFAULT_RECONNECT_MAX_DELAY_MS}\n\
          \x20 tickle_interval_seconds: {DEFAULT_TICKLE_INTERVAL_SECONDS}\n\
          \x20 client_portal_timeout_seconds: {DEFAULT_CLIENT_PORTAL_TIMEOUT_SECONDS}\n\
+         \x20 quote_max_age_ms: {DEFAULT_QUOTE_MAX_AGE_MS}\n\
          safety:\n\
          \x20 sidecar_enabled: true\n"
     )
@@ -542,6 +570,26 @@ safety:
         assert_eq!(config.sidecar.tickle_interval_seconds, 60);
         assert_eq!(config.sidecar.client_portal_timeout_seconds, 10);
         assert_eq!(config.client_portal_timeout(), Duration::from_secs(10));
+        assert_eq!(config.sidecar.quote_max_age_ms, 1000);
+        assert_eq!(config.quote_max_age(), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn quote_reuse_can_be_switched_off_and_is_bounded() {
+        for (value, accepted) in [("0", true), ("10000", true), ("10001", false)] {
+            let yaml = FULL.replace("safety:", &format!("  quote_max_age_ms: {value}\nsafety:"));
+            match SidecarConfig::from_yaml_str(&yaml) {
+                Ok(config) => {
+                    assert!(accepted, "{value} was accepted");
+                    assert_eq!(config.sidecar.quote_max_age_ms.to_string(), value);
+                }
+                Err(error) => {
+                    assert!(!accepted, "{value} was refused: {error}");
+                    assert_eq!(error.code(), ErrorCode::ConfigInvalid);
+                    assert!(error.body().message.contains("sidecar.quote_max_age_ms"));
+                }
+            }
+        }
     }
 
     #[test]
@@ -630,6 +678,7 @@ safety:
                 "client_portal_timeout_seconds",
                 "61",
             ),
+            ("sidecar.quote_max_age_ms", "quote_max_age_ms", "10001"),
         ] {
             let yaml = FULL.replace("safety:", &format!("  {line}: {bad}\nsafety:"));
             let (code, message) = refusal(SidecarConfig::from_yaml_str(&yaml));

@@ -4,7 +4,7 @@
 use crate::alerts::AlertSink;
 use crate::config::SidecarConfig;
 use crate::cpgw::keepalive::SessionMonitor;
-use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
+use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient, QuoteCache};
 use crate::state::{IdentityRecord, StateStore};
 use protocol::frame::Frame;
 use protocol::identity::StaticKeypair;
@@ -26,6 +26,8 @@ pub(crate) struct DaemonContext {
     pub contracts: ConidCache,
     /// The selected account, cached per broker session.
     pub accounts: AccountCache,
+    /// Snapshot quotes shared between the read tools' calls (never used by order guards).
+    pub quotes: QuoteCache,
     /// The keep-alive's last `auth/status` (gate f uses it while fresh).
     pub monitor: Arc<SessionMonitor>,
     /// Session alerts (log + optional webhook).

@@ -12,7 +12,7 @@ use crate::clock::now_unix_seconds;
 use crate::config::SidecarConfig;
 use crate::context::{DaemonContext, FrameObserver};
 use crate::cpgw::keepalive::{Keepalive, SessionMonitor, run_keepalive};
-use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
+use crate::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient, QuoteCache};
 use crate::error::SidecarError;
 use crate::identity::load_keypair;
 use crate::relay::{dial, supervisor};
@@ -157,6 +157,7 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         store,
         contracts: ConidCache::new(cpgw.clone()),
         accounts: AccountCache::new(broker.subscribe()),
+        quotes: QuoteCache::new(broker.subscribe(), options.config.quote_max_age()),
         monitor: Arc::new(SessionMonitor::new()),
         alerts: Arc::new(alerts),
         identity,

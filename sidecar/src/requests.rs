@@ -111,6 +111,7 @@ pub(crate) async fn handle(
         sidecar_id: &context.identity.sidecar_id,
         contracts: &context.contracts,
         accounts: &context.accounts,
+        quotes: &context.quotes,
         connected_for: Instant::now().saturating_duration_since(snapshot.established_at),
         auth,
         orders: context.orders.as_ref(),

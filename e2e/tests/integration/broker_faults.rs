@@ -19,13 +19,15 @@ use tokio::time::Instant;
 const CPGW_TIMEOUT_SECONDS: u64 = 2;
 
 /// A trading system (live orders on the paper account) whose sidecar reaches CPGW through the
-/// fault proxy, with a short CPGW timeout, warmed up by one quote through the proxy.
+/// fault proxy, with a short CPGW timeout, warmed up by one quote through the proxy. Quotes are
+/// never reused (`quote_max_age_ms: 0`): each read here must reach the broken CPGW.
 async fn proxied_system() -> System {
     let system = trading_system_granting(
         SystemOptions {
             trading: live_trading(),
             cpgw_through_proxy: true,
             client_portal_timeout_seconds: Some(CPGW_TIMEOUT_SECONDS),
+            quote_max_age_ms: Some(0),
             ..SystemOptions::default()
         },
         TRADING_SCOPES,

@@ -8,15 +8,16 @@ use protocol::catalog::scopes;
 use rmcp::model::CallToolRequestParams;
 use serde_json::json;
 
-/// Twelve quotes at once against a sidecar that runs two: the sidecar's CPGW pacer makes each
-/// wait its turn (reads may use 4 requests a second), so the calls overlap on the laptop for
-/// seconds. Without flow control the sidecar refused every call beyond its two with
+/// Twelve quotes at once against a sidecar that runs two, with quote reuse off: the sidecar's
+/// CPGW pacer makes each pair wait its turn (reads may use 4 requests a second), so the calls
+/// overlap on the laptop for seconds. Without flow control the sidecar refused every call beyond its two with
 /// `RELAY_OVERLOADED`; now all twelve wait at the gateway and succeed, and the simulator saw no
 /// burst past IBKR's pacing (checked at shutdown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_sidecars_concurrency_wait_at_the_gateway_and_all_succeed() {
     let system = System::start(SystemOptions {
         sidecar_max_concurrent_requests: Some(2),
+        quote_max_age_ms: Some(0),
         ..SystemOptions::default()
     })
     .await

@@ -7,6 +7,8 @@
 //! - [`marketdata`]: symbol -> conid cache, snapshot quotes (warm-up retry, price prefixes).
 //! - [`portfolio`]: selected account, account summary, positions (paged).
 //! - [`orders`]: placing, confirming, cancelling; order status, the orders list, trades.
+//! - [`quote_cache`]: snapshot quotes shared between the read tools' calls (one request in
+//!   flight per conid, answers reused for `sidecar.quote_max_age_ms`).
 //! - [`pacer`]: IBKR's pacing limits, applied to every request, with a lane kept free for
 //!   trading.
 //! - [`keepalive`]: tickles the session and reopens the brokerage session when it can, never
@@ -19,12 +21,14 @@ pub mod marketdata;
 pub mod orders;
 pub mod pacer;
 pub mod portfolio;
+pub mod quote_cache;
 pub mod types;
 
 pub use broker_state::BrokerState;
 pub use client::{CpgwClient, CpgwError};
 pub use marketdata::{ConidCache, Contract};
 pub use portfolio::AccountCache;
+pub use quote_cache::QuoteCache;
 
 use protocol::envelope::ManualAction;
 use shared_safety::ErrorCode;

@@ -3,7 +3,7 @@
 
 use crate::cpgw::types::AuthStatus;
 use crate::cpgw::{
-    AccountCache, BrokerState, ConidCache, CpgwClient, CpgwError, manual_login_action,
+    AccountCache, BrokerState, ConidCache, CpgwClient, CpgwError, QuoteCache, manual_login_action,
 };
 use protocol::envelope::Outcome;
 use serde_json::{Map, Value};
@@ -23,6 +23,10 @@ pub struct ToolContext<'a> {
     pub contracts: &'a ConidCache,
     /// The selected account, cached per broker session.
     pub accounts: &'a AccountCache,
+    /// Snapshot quotes of the read tools (`ibkr_quote`, `ibkr_quotes`), shared between calls
+    /// and reused while young. Order guards must not use it: they fetch with
+    /// [`crate::cpgw::marketdata::snapshot`].
+    pub quotes: &'a QuoteCache,
     /// How long the current relay connection has been up.
     pub connected_for: Duration,
     /// The `auth/status` gate f saw (broker tools only).
@@ -49,6 +53,7 @@ impl<'a> ToolContext<'a> {
             sidecar_id: self.sidecar_id,
             contracts: self.contracts,
             accounts: self.accounts,
+            quotes: self.quotes,
             connected_for: self.connected_for,
             auth: self.auth,
             orders: self.orders,

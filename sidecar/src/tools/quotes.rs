@@ -1,9 +1,10 @@
-//! `ibkr_quotes`: a watchlist in one snapshot call (plus one symbol search for the symbols not
-//! cached yet).
+//! `ibkr_quotes`: a watchlist in at most one snapshot call (plus one symbol search for the
+//! symbols not cached yet): quotes young enough or already on their way come through the
+//! shared [`crate::cpgw::QuoteCache`], only the others are asked for.
 
 use super::context::{ToolContext, ToolResult};
 use super::quote::quote_json;
-use crate::cpgw::marketdata::{SNAPSHOT_BACKOFF, cpgw_outcome, snapshot};
+use crate::cpgw::marketdata::cpgw_outcome;
 use protocol::envelope::Outcome;
 use serde_json::{Value, json};
 use shared_safety::ErrorCode;
@@ -29,16 +30,16 @@ pub(super) async fn run(
         ));
     }
     let contracts = context.contracts.resolve_symbols(&symbols).await?;
-    let mut conids: Vec<i64> = contracts.iter().map(|c| c.conid).collect();
-    conids.sort_unstable();
-    conids.dedup();
-    let quotes = snapshot(context.cpgw, &conids, SNAPSHOT_BACKOFF)
+    let conids: Vec<i64> = contracts.iter().map(|c| c.conid).collect();
+    let quotes = context
+        .quotes
+        .quotes(context.cpgw, &conids)
         .await
         .map_err(|error| cpgw_outcome(error, context.cpgw))?;
     let rows: Vec<Value> = contracts
         .iter()
         .map(|contract| match quotes.get(&contract.conid) {
-            Some(quote) if quote.has_price() => quote_json(contract, quote),
+            Some(aged) if aged.quote.has_price() => quote_json(contract, aged),
             _ => json!({
                 "symbol": contract.symbol,
                 "conid": contract.conid,

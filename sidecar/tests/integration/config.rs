@@ -497,6 +497,7 @@ fn the_documented_example_loads_and_names_every_key() {
         "sidecar.reconnect_max_delay_ms",
         "sidecar.tickle_interval_seconds",
         "sidecar.client_portal_timeout_seconds",
+        "sidecar.quote_max_age_ms",
         "safety.sidecar_enabled",
     ] {
         assert!(

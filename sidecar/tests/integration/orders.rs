@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use ibkr_agent::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient};
+use ibkr_agent::cpgw::{AccountCache, BrokerState, ConidCache, CpgwClient, QuoteCache};
 use ibkr_agent::gates::CheckedRequest;
 use ibkr_agent::market_clock::MarketClock;
 use ibkr_agent::tools::context::ProgressSink;
@@ -198,6 +198,8 @@ struct Harness {
     cpgw: CpgwClient,
     contracts: ConidCache,
     accounts: AccountCache,
+    /// The read tools' quotes; order guards must never use them.
+    quotes: QuoteCache,
     broker: watch::Sender<BrokerState>,
 }
 
@@ -241,6 +243,7 @@ impl Harness {
             fake,
             contracts: ConidCache::new(cpgw.clone()),
             accounts: AccountCache::new(broker.subscribe()),
+            quotes: QuoteCache::new(broker.subscribe(), Duration::from_secs(10)),
             cpgw,
             broker,
             base,
@@ -298,6 +301,7 @@ impl Harness {
             sidecar_id: "sc-test",
             contracts: &self.contracts,
             accounts: &self.accounts,
+            quotes: &self.quotes,
             connected_for: Duration::ZERO,
             auth: None,
             orders: Some(&self.runtime),
@@ -343,6 +347,35 @@ fn today() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     (now.as_millis() as i64).div_euclid(86_400_000)
+}
+
+/// The order guards price an order with a quote of their own, never the read tools' kept one:
+/// with AAPL kept at 1.00 (20 shares: 20 USD, under the cap), the buy is valued at CPGW's
+/// ask of 10.01 and refused.
+#[tokio::test]
+async fn order_guards_never_price_with_a_kept_read_quote() {
+    let h = Harness::new(live_policy()).await;
+    let stale = ibkr_agent::cpgw::marketdata::Quote {
+        conid: 265598,
+        last: Some(Decimal::ONE),
+        last_prefix: shared_safety::money::PricePrefix::Live,
+        bid: Some(Decimal::ONE),
+        ask: Some(Decimal::ONE),
+    };
+    h.quotes
+        .quotes_with(&[265598], |_| async {
+            Ok([(265598, stale.clone())].into_iter().collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.quotes.len(), 1);
+    assert_eq!(
+        code(
+            h.call("ibkr_buy", json!({"symbol": "AAPL", "quantity": "20"}))
+                .await
+        ),
+        "ORDER_VALUE_CAP_EXCEEDED"
+    );
 }
 
 #[tokio::test]
