@@ -16,6 +16,10 @@
 //! - [`Lane::Read`] requests may use at most [`READ_SHARE`] of the global window, so
 //!   [`Lane::Trading`] requests (orders, confirmations, cancels, the status of our orders)
 //!   always find room: reads cannot starve an exit;
+//! - on an endpoint with a limit of its own (the orders list: one request per 6 s), a read
+//!   never takes the slot a trading request is waiting for: while one waits, reads of that
+//!   endpoint stand back. Without it, a burst of agents listing orders took the slot each time
+//!   it came free and an exit that needed the list waited past its deadline;
 //! - a 429 is never retried: the pacer stops every request until [`PENALTY_BACKOFF`] has passed
 //!   (or CPGW's `Retry-After`, if longer), and they fail at once meanwhile;
 //! - a new pacer (a restarted daemon, a CLI command) starts as if each slow endpoint had just
@@ -44,6 +48,9 @@ use tokio::time::Instant;
 /// bunch up on their way (CPGW is one Java process on a busy laptop: requests sent a few
 /// hundred milliseconds apart can reach it together) and what the browser session itself sends.
 pub const GLOBAL_PER_SECOND: usize = 6;
+/// How long a read of a per-endpoint paced endpoint stands back, before it looks again, while
+/// a trading request waits for that endpoint.
+const READ_STANDS_BACK: Duration = Duration::from_millis(50);
 /// How much of [`GLOBAL_PER_SECOND`] reads may take; the rest is always free for trading.
 pub const READ_SHARE: usize = 4;
 /// Requests in any one second from a command running beside the daemon.
@@ -185,6 +192,39 @@ struct State {
     read_max: usize,
     /// Beside the daemon: the per-endpoint paced endpoints are refused.
     reserve_slow: bool,
+    /// Trading requests waiting now for each per-endpoint paced endpoint.
+    trading_waiting: Vec<(Endpoint, usize)>,
+}
+
+impl State {
+    fn trading_waiting(&mut self, endpoint: Endpoint) -> &mut usize {
+        let at = match self
+            .trading_waiting
+            .iter()
+            .position(|(which, _)| *which == endpoint)
+        {
+            Some(at) => at,
+            None => {
+                self.trading_waiting.push((endpoint, 0));
+                self.trading_waiting.len() - 1
+            }
+        };
+        &mut self.trading_waiting[at].1
+    }
+}
+
+/// Counts a trading request as waiting for its endpoint while it exists.
+struct TradingWaiter<'a> {
+    pacer: &'a Pacer,
+    endpoint: Endpoint,
+}
+
+impl Drop for TradingWaiter<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pacer.lock();
+        let waiting = state.trading_waiting(self.endpoint);
+        *waiting = waiting.saturating_sub(1);
+    }
 }
 
 /// The pacer of one CPGW client (shared by its clones).
@@ -228,6 +268,7 @@ impl Pacer {
                 global_max: GLOBAL_PER_SECOND,
                 read_max: READ_SHARE,
                 reserve_slow: false,
+                trading_waiting: Vec::new(),
             }),
         }
     }
@@ -280,6 +321,10 @@ impl Pacer {
             Lane::Read => state.read_max,
             Lane::Trading => state.global_max,
         };
+        if lane == Lane::Read && endpoint != Endpoint::Other && *state.trading_waiting(endpoint) > 0
+        {
+            return Ok(Some(now + READ_STANDS_BACK));
+        }
         state.global.prune(now);
         let mut ready = state.global.ready_at(now, global_max);
         for (which, window, max) in &mut state.endpoints {
@@ -307,6 +352,13 @@ impl Pacer {
 
     /// [`Pacer::acquire`], returning when the slot was taken, for [`Pacer::finished`].
     pub async fn acquire_slot(&self, endpoint: Endpoint, lane: Lane) -> Result<Instant, Paced> {
+        let _waiter = (lane == Lane::Trading && endpoint != Endpoint::Other).then(|| {
+            *self.lock().trading_waiting(endpoint) += 1;
+            TradingWaiter {
+                pacer: self,
+                endpoint,
+            }
+        });
         loop {
             let now = Instant::now();
             match self.try_take(endpoint, lane, now)? {
@@ -412,6 +464,59 @@ mod tests {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Reads of the orders list queued before an exit that needs it do not take the slot
+    /// from it: when the window frees, the trading request goes first, however many reads
+    /// waited longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_trading_request_takes_a_per_endpoint_slot_before_the_reads_waiting_for_it() {
+        let pacer = std::sync::Arc::new(settled_pacer().await);
+        tokio::time::advance(Endpoint::OrdersList.min_gap()).await;
+        // The slot is used; three reads start waiting for the next one.
+        pacer
+            .acquire(Endpoint::OrdersList, Lane::Read)
+            .await
+            .unwrap();
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for name in ["read 1", "read 2", "read 3"] {
+            let pacer = std::sync::Arc::clone(&pacer);
+            let order = std::sync::Arc::clone(&order);
+            tasks.push(tokio::spawn(async move {
+                pacer
+                    .acquire(Endpoint::OrdersList, Lane::Read)
+                    .await
+                    .unwrap();
+                order.lock().unwrap().push((name, Instant::now()));
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let trading = {
+            let pacer = std::sync::Arc::clone(&pacer);
+            let order = std::sync::Arc::clone(&order);
+            tokio::spawn(async move {
+                pacer
+                    .acquire(Endpoint::OrdersList, Lane::Trading)
+                    .await
+                    .unwrap();
+                order.lock().unwrap().push(("exit", Instant::now()));
+            })
+        };
+        trading.await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order[0].0, "exit", "{order:?}");
+        // And the window still holds: one request per period.
+        for pair in order.windows(2) {
+            assert!(
+                pair[1].1 - pair[0].1 >= Endpoint::OrdersList.min_gap(),
+                "{order:?}"
+            );
+        }
     }
 
     /// A daemon's pacer past the second it leaves to the daemon before it.
