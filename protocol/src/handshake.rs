@@ -17,7 +17,7 @@ use crate::PROTOCOL_VERSION;
 pub use crate::envelope::JournalRef;
 use crate::identity::{PublicKey, StaticKeypair};
 use crate::limits::{MAX_HANDSHAKE_MESSAGE, MAX_SHORT_STRING};
-use crate::noise::{NOISE_PARAMS, RelayResolver, prologue};
+use crate::noise::{NOISE_PARAMS, RelayResolver, prologue, prologue_for};
 use crate::transport::{Role, Transport};
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,31 @@ fn split_transport(
     })
 }
 
+/// Seals message 1 (`hello` to `gateway`'s static key) under `prologue`.
+fn write_message_1(
+    local: &StaticKeypair,
+    gateway: &PublicKey,
+    hello: &ClientHello,
+    ephemeral: [u8; 32],
+    prologue: &[u8],
+) -> Result<(snow::HandshakeState, Vec<u8>), HandshakeError> {
+    let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::State)?;
+    let mut state = snow::Builder::with_resolver(params, Box::new(RelayResolver::new(ephemeral)))
+        .local_private_key(local.secret_bytes())
+        .and_then(|b| b.remote_public_key(&gateway.0))
+        .and_then(|b| b.prologue(prologue))
+        .and_then(|b| b.build_initiator())
+        .map_err(map_snow)?;
+    let payload =
+        Zeroizing::new(postcard::to_stdvec(hello).map_err(|_| HandshakeError::Malformed)?);
+    let mut message = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+    let length = state
+        .write_message(&payload, &mut message)
+        .map_err(map_snow)?;
+    message.truncate(length);
+    Ok((state, message))
+}
+
 /// The sidecar's side of the handshake, between message 1 and message 2.
 pub struct InitiatorHandshake {
     state: snow::HandshakeState,
@@ -142,6 +167,19 @@ impl InitiatorHandshake {
         Self::start_with_ephemeral(local, gateway, hello, draw_ephemeral(rng))
     }
 
+    /// Message 1 as a sidecar of an older protocol `version` seals it (its prologue), for
+    /// tests of how a gateway answers such a sidecar. Not for talking to a gateway.
+    #[doc(hidden)]
+    pub fn start_as_version(
+        version: u16,
+        local: &StaticKeypair,
+        gateway: &PublicKey,
+        hello: &ClientHello,
+    ) -> Result<Vec<u8>, HandshakeError> {
+        write_message_1(local, gateway, hello, [9; 32], &prologue_for(version))
+            .map(|(_, message)| message)
+    }
+
     pub(crate) fn start_with_ephemeral(
         local: &StaticKeypair,
         gateway: &PublicKey,
@@ -156,22 +194,7 @@ impl InitiatorHandshake {
         if gateway.is_low_order() {
             return Err(HandshakeError::BadPeerKey);
         }
-        let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::State)?;
-        let prologue = prologue();
-        let mut state =
-            snow::Builder::with_resolver(params, Box::new(RelayResolver::new(ephemeral)))
-                .local_private_key(local.secret_bytes())
-                .and_then(|b| b.remote_public_key(&gateway.0))
-                .and_then(|b| b.prologue(&prologue))
-                .and_then(|b| b.build_initiator())
-                .map_err(map_snow)?;
-        let payload =
-            Zeroizing::new(postcard::to_stdvec(hello).map_err(|_| HandshakeError::Malformed)?);
-        let mut message = vec![0u8; MAX_HANDSHAKE_MESSAGE];
-        let length = state
-            .write_message(&payload, &mut message)
-            .map_err(map_snow)?;
-        message.truncate(length);
+        let (state, message) = write_message_1(local, gateway, hello, ephemeral, &prologue())?;
         Ok((InitiatorHandshake { state }, message))
     }
 
@@ -270,6 +293,38 @@ impl ResponderHandshake {
             remote_static,
             hello,
         })
+    }
+}
+
+impl ResponderHandshake {
+    /// For a message 1 that did not decrypt: the older protocol version it was sealed with
+    /// ([`crate::OLDER_PROTOCOL_VERSIONS`]), if any. Only this gateway's static key can open
+    /// it, so a match says the sidecar is paired with this gateway and needs an upgrade, not
+    /// that the keys disagree. Costs one Noise read per older version; only failed handshakes
+    /// pay it.
+    pub fn older_version_of(local: &StaticKeypair, message: &[u8]) -> Option<u16> {
+        if message.len() > MAX_HANDSHAKE_MESSAGE {
+            return None;
+        }
+        crate::OLDER_PROTOCOL_VERSIONS
+            .iter()
+            .copied()
+            .find(|version| {
+                let Ok(params) = NOISE_PARAMS.parse() else {
+                    return false;
+                };
+                let prologue = prologue_for(*version);
+                let Ok(mut state) =
+                    snow::Builder::with_resolver(params, Box::new(RelayResolver::new([0; 32])))
+                        .local_private_key(local.secret_bytes())
+                        .and_then(|b| b.prologue(&prologue))
+                        .and_then(|b| b.build_responder())
+                else {
+                    return false;
+                };
+                let mut payload = Zeroizing::new(vec![0u8; MAX_HANDSHAKE_MESSAGE]);
+                state.read_message(message, &mut payload).is_ok()
+            })
     }
 }
 
@@ -504,6 +559,43 @@ mod tests {
             ResponderHandshake::read_init_with_ephemeral(&gateway, &message[..length], [8; 32])
                 .err(),
             Some(HandshakeError::BadField)
+        );
+    }
+
+    #[test]
+    fn a_message_of_an_older_version_is_recognised_as_such_and_nothing_else_is() {
+        let gateway = gateway_key();
+        let mut hello = client_hello();
+        hello.protocol_version = 2;
+        let old =
+            InitiatorHandshake::start_as_version(2, &sidecar_key(), &gateway.public(), &hello)
+                .unwrap();
+        assert_eq!(
+            ResponderHandshake::read_init_with_ephemeral(&gateway, &old, [8; 32]).err(),
+            Some(HandshakeError::DecryptFailed)
+        );
+        assert_eq!(
+            ResponderHandshake::older_version_of(&gateway, &old),
+            Some(2)
+        );
+        // Sealed to another gateway's key: not an older version, a key mismatch.
+        let other = StaticKeypair::from_secret_bytes([0x73; 32]);
+        assert_eq!(ResponderHandshake::older_version_of(&other, &old), None);
+        // A current message is not "older" either.
+        let (_, current) = InitiatorHandshake::start_with_ephemeral(
+            &sidecar_key(),
+            &gateway.public(),
+            &client_hello(),
+            [7; 32],
+        )
+        .unwrap();
+        assert_eq!(
+            ResponderHandshake::older_version_of(&gateway, &current),
+            None
+        );
+        assert_eq!(
+            ResponderHandshake::older_version_of(&gateway, b"garbage"),
+            None
         );
     }
 }

@@ -36,6 +36,10 @@ mod noise;
 /// handshake payloads, so two builds that disagree on it cannot complete a handshake.
 pub const PROTOCOL_VERSION: u16 = 3;
 
+/// Older versions a gateway recognises only to tell such a sidecar to upgrade (a message 1 of
+/// another version does not decrypt, which would otherwise read as a key mismatch).
+pub const OLDER_PROTOCOL_VERSIONS: &[u16] = &[2];
+
 /// Label bound into every key derivation and hash of this protocol (domain separation). It
 /// names the protocol family; the version number is bound separately (version 2 kept the label
 /// so that key fingerprints people compare did not change).

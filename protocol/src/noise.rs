@@ -11,8 +11,13 @@ pub(crate) const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 
 /// Prologue bound into the Noise transcript: protocol label and version.
 pub(crate) fn prologue() -> Vec<u8> {
+    prologue_for(crate::PROTOCOL_VERSION)
+}
+
+/// The prologue a peer of `version` binds (older versions differ only in the number).
+pub(crate) fn prologue_for(version: u16) -> Vec<u8> {
     let mut prologue = crate::PROTOCOL_LABEL.as_bytes().to_vec();
-    prologue.extend_from_slice(&crate::PROTOCOL_VERSION.to_be_bytes());
+    prologue.extend_from_slice(&version.to_be_bytes());
     prologue
 }
 

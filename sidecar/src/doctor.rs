@@ -527,6 +527,21 @@ fn probe_failure(
                 ),
             )
         }
+        // The gateway read message 1 only with an older version's prologue: it runs a newer
+        // relay protocol than this sidecar.
+        ProbeFailure::Handshake(HandshakeFailure::Rejected(code))
+            if code == ErrorCode::SidecarUpgradeRequired.code() =>
+        {
+            Check::fail(
+                NAME,
+                Some(ErrorCode::SidecarUpgradeRequired),
+                format!(
+                    "the gateway at {url} runs a newer relay protocol than this sidecar ({})",
+                    crate::context::SIDECAR_VERSION
+                ),
+                ErrorCode::SidecarUpgradeRequired.user_action().to_string(),
+            )
+        }
         // The gateway's store failed while looking this pairing up, or message 1 was
         // malformed.
         ProbeFailure::Handshake(HandshakeFailure::Rejected(code))

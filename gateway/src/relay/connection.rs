@@ -131,8 +131,21 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
             // another static key: a sidecar still pinned to the key this gateway had before
             // a rotation, or one pointed at the wrong gateway. Saying so (an unauthenticated
             // hint, like every refusal here) lets the laptop tell its owner what happened.
+            // Unless it opens with an older protocol version's prologue: then the sidecar is
+            // paired with this gateway and only needs upgrading.
             HandshakeEnd::Reject(match error {
-                HandshakeError::DecryptFailed => ErrorCode::GatewayKeyMismatch,
+                HandshakeError::DecryptFailed => {
+                    match ResponderHandshake::older_version_of(&relay.keypair, &init) {
+                        Some(version) => {
+                            tracing::warn!(
+                                version,
+                                "relay handshake refused: the sidecar runs an older relay protocol; it must be upgraded"
+                            );
+                            ErrorCode::SidecarUpgradeRequired
+                        }
+                        None => ErrorCode::GatewayKeyMismatch,
+                    }
+                }
                 _ => ErrorCode::HandshakeFailed,
             })
         })?;

@@ -140,6 +140,25 @@ async fn handshake_gates_refuse_unpaired_misbound_and_replayed() {
         _ => panic!("undecryptable message 1 was not refused"),
     }
 
+    // A sidecar of the previous protocol version, sealing to this gateway's key: told to
+    // upgrade, not that the keys disagree.
+    let mut socket = connect(&handle).await;
+    let mut old_hello = hello("laptop-1", "remote-1", unix_ms());
+    old_hello.protocol_version = 2;
+    let old = InitiatorHandshake::start_as_version(2, &stranger, &handle.public_key(), &old_hello)
+        .unwrap();
+    let (unused, _) = InitiatorHandshake::start(
+        &stranger,
+        &handle.public_key(),
+        &hello("laptop-1", "remote-1", unix_ms()),
+        &mut OsRng,
+    )
+    .unwrap();
+    match send_init(&mut socket, old, unused).await {
+        Handshake::Rejected(code) => assert_eq!(code, "SIDECAR_UPGRADE_REQUIRED"),
+        _ => panic!("an older protocol's message 1 was not refused"),
+    }
+
     let (key, _) = pair(&handle, "alice", "laptop-1").await;
 
     // Paired key, wrong sidecar id or wrong instance.

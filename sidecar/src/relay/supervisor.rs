@@ -286,6 +286,17 @@ fn classify_handshake_failure(failure: HandshakeFailure, gateway_key: &PublicKey
                 ),
             )
         }
+        HandshakeFailure::Rejected(code) if code == ErrorCode::SidecarUpgradeRequired.code() => {
+            let code = ErrorCode::SidecarUpgradeRequired;
+            Attempt::needs_attention(
+                code,
+                format!(
+                    "{code}: the gateway was upgraded to a newer relay protocol than this \
+                     sidecar ({SIDECAR_VERSION}) speaks. {} Retrying slowly.",
+                    code.user_action()
+                ),
+            )
+        }
         HandshakeFailure::Rejected(code)
             if code == ErrorCode::SidecarPairingRequired.code()
                 || code == ErrorCode::SidecarSessionInvalid.code() =>
