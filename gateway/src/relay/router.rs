@@ -597,6 +597,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_at_once_and_sends_nothing() {
+        let fixture = fixture();
+        let relay = &fixture.relay;
+        let key = pair(relay, "alice", "laptop-1").await;
+        let (session, _close, _outbound) = register(relay, "alice", "laptop-1", key, 1);
+        let cancel = CancellationToken::new();
+        let _held = session
+            .acquire_slot(Duration::from_secs(10), &cancel)
+            .await
+            .unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..crate::relay::registry::MAX_QUEUED_PER_SESSION {
+            let session = Arc::clone(&session);
+            let cancel = cancel.clone();
+            waiters.push(tokio::spawn(async move {
+                session
+                    .acquire_slot(Duration::from_secs(10), &cancel)
+                    .await
+                    .map(drop)
+            }));
+        }
+        while session.queued() < crate::relay::registry::MAX_QUEUED_PER_SESSION {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let refused = session
+            .acquire_slot(Duration::from_secs(10), &cancel)
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RelayOverloaded);
+        // At once: the paused clock did not move.
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            session.queued(),
+            crate::relay::registry::MAX_QUEUED_PER_SESSION
+        );
+        cancel.cancel();
+        for waiter in waiters {
+            assert_eq!(
+                waiter.await.unwrap().unwrap_err().code,
+                ErrorCode::Cancelled
+            );
+        }
+        assert_eq!(session.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_call_waiting_for_a_slot_hears_why_the_session_ended_or_that_it_was_cancelled() {
         let fixture = fixture();
         let relay = &fixture.relay;
