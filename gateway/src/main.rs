@@ -8,5 +8,12 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    // Purge on jemalloc's own thread, on time: without it freed pages go back only when the
+    // process allocates again, and an idle gateway would keep the peak of a burst.
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!(
+            "warning: jemalloc's background purging is off ({error}); freed memory returns later"
+        );
+    }
     ibkr_gateway::cli::main()
 }

@@ -230,6 +230,8 @@ async fn run(args: Args) -> BenchResult<()> {
 fn run_product(args: &[String]) -> Option<ExitCode> {
     match args.get(1).map(String::as_str) {
         Some("serve-gateway") => {
+            // As `ibkr-gateway`'s main does.
+            let _ = tikv_jemalloc_ctl::background_thread::write(true);
             let cli = <ibkr_gateway::cli::Cli as clap::Parser>::parse_from(
                 std::iter::once("ibkr-gateway".to_string()).chain(args[2..].iter().cloned()),
             );

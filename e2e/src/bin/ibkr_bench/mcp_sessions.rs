@@ -16,8 +16,12 @@ use std::time::Duration;
 
 /// Sessions each user holds in the run (below the default per-user cap of 64).
 const SESSIONS_PER_USER: usize = 50;
-/// Idle time before each memory reading: the requests' buffers and tasks are gone.
+/// Idle time before each reading with the sessions open: the requests' buffers and tasks are
+/// gone.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Idle time before each reading after the sessions closed: jemalloc hands freed pages back
+/// after its decay time (10 s), on its background thread.
+const RETURN_SETTLE: Duration = Duration::from_secs(15);
 const PROTOCOL_VERSION: &str = "2025-11-25";
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +39,13 @@ impl McpSessionReport {
     pub fn per_session_anon(&self) -> f64 {
         let open = self.open.first().map_or(0, |memory| memory.anon);
         open.saturating_sub(self.baseline.anon) as f64 / self.sessions.max(1) as f64
+    }
+
+    /// RssAnon the first round's open sessions took.
+    pub fn first_round_growth(&self) -> u64 {
+        self.open
+            .first()
+            .map_or(0, |memory| memory.anon.saturating_sub(self.baseline.anon))
     }
 
     /// RssAnon left over after the last round closed its sessions.
@@ -171,7 +182,7 @@ pub async fn run(sessions: usize, rounds: usize) -> BenchResult<McpSessionReport
         for session in &held {
             close_session(&http, &mcp_url, session).await?;
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(RETURN_SETTLE).await;
         closed.push(memory_of(&status)?);
     }
     drop(gateway);

@@ -44,8 +44,10 @@ pub const FULL_TOOL: &str = "ibkr_quote";
 /// Symbols the spaced full calls rotate over: each comes back after five calls, later than
 /// the sidecar reuses a quote (1 s by default), so every call reaches CPGW.
 const FULL_SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "SPY", "TSLA", "SHEL"];
-/// Spacing of the full calls: IBKR's pacing lets reads through at 4 a second.
-const FULL_SPACING: Duration = Duration::from_millis(260);
+/// Spacing of the full calls: IBKR's pacing lets reads through at 4 a second, and the
+/// daemon's keep-alive (tickle, auth status) uses the same second; two calls a second leave
+/// room for both, so no call waits for its turn.
+const FULL_SPACING: Duration = Duration::from_millis(500);
 /// Concurrency levels of the load runs.
 pub const LOADS: [usize; 3] = [1, 8, 64];
 /// Untimed calls before each timed series.
