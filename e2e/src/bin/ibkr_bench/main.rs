@@ -210,7 +210,10 @@ async fn run(args: Args) -> BenchResult<()> {
     };
     let results = report::Results {
         machine: report::Machine::here(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::iter::once("cargo run --release -p e2e --bin ibkr-bench --".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         took_seconds: started.elapsed().as_secs_f64(),
         speed,
         idle,
