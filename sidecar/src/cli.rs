@@ -100,6 +100,12 @@ pub enum SidecarCommand {
     Run(RunArgs),
     /// Orders whose outcome is unknown: list them, and settle what the broker cannot prove.
     Orders(OrdersArgs),
+    /// Stop all trading now: every tool that could send a new order is refused
+    /// (TRADING_PAUSED) until `resume`; cancels and the reconcile go on. Takes effect at the
+    /// daemon's next call, survives a restart.
+    Pause(PauseArgs),
+    /// End a pause: orders are served again (every other guard still applies).
+    Resume,
     /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
     Service(crate::service::ServiceArgs),
     /// Check, in order, everything trading needs (configuration, keys, pairing, grants, the
@@ -116,6 +122,13 @@ pub struct DoctorArgs {
     /// The symbol to quote.
     #[arg(long, default_value = crate::doctor::DEFAULT_QUOTE_SYMBOL)]
     pub symbol: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Why (shown to the agent with the refusals and in `status`).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -515,6 +528,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             OrdersCommand::Pending => Ok(orders_pending(&state_dir, json)?),
             OrdersCommand::Settle(args) => Ok(orders_settle(&state_dir, &args, json)?),
         },
+        SidecarCommand::Pause(args) => Ok(pause_trading(&state_dir, &args, json)?),
+        SidecarCommand::Resume => Ok(resume_trading(&state_dir, json)?),
         SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
         SidecarCommand::Doctor(args) => doctor_command(state_dir, &args, json),
     }
@@ -559,6 +574,64 @@ fn doctor_command(state_dir: PathBuf, args: &DoctorArgs, json: bool) -> Result<(
 }
 
 /// `ibkr-agent sidecar orders pending`.
+/// Longest pause reason kept (it travels to the agent with each refusal).
+const MAX_PAUSE_REASON: usize = 200;
+
+fn pause_json(pause: &crate::state::TradingPause) -> Value {
+    json!({"since_unix": pause.paused_at, "reason": pause.reason})
+}
+
+/// `ibkr-agent sidecar pause`.
+fn pause_trading(state_dir: &Path, args: &PauseArgs, json: bool) -> Result<(), SidecarError> {
+    let reason: String = args
+        .reason
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if reason.len() > MAX_PAUSE_REASON {
+        return Err(SidecarError::new(
+            ErrorCode::CliArgumentInvalid,
+            format!("(--reason: at most {MAX_PAUSE_REASON} bytes)"),
+        ));
+    }
+    let store = StateStore::open(state_dir)?;
+    let pause = store.pause_trading(now_unix_seconds(), &reason)?;
+    if json {
+        print_json(&json!({"trading_paused": pause_json(&pause)}));
+    } else {
+        println!(
+            "Trading is paused (since unix {}{}): every tool that could send a new order is \
+             refused with TRADING_PAUSED; cancels and the reconcile go on. Resume with \
+             `ibkr-agent sidecar resume`.",
+            pause.paused_at,
+            if pause.reason.is_empty() {
+                String::new()
+            } else {
+                format!(", reason: {}", pause.reason)
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `ibkr-agent sidecar resume`.
+fn resume_trading(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
+    let store = StateStore::open(state_dir)?;
+    let ended = store.resume_trading()?;
+    if json {
+        print_json(&json!({
+            "trading_paused": Value::Null,
+            "ended_pause": ended.as_ref().map(pause_json),
+        }));
+    } else if ended.is_some() {
+        println!("Trading resumed: orders are served again (every other guard still applies).");
+    } else {
+        println!("Trading was not paused.");
+    }
+    Ok(())
+}
+
 fn orders_pending(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
     use crate::trading::journal::{JOURNAL_FILE, read_attempts};
     let book = read_attempts(&state_dir.join(JOURNAL_FILE))
@@ -1198,6 +1271,7 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
         Some(record) => store.relay_status(&record.sidecar_id)?,
         None => None,
     };
+    let trading_pause = store.trading_pause()?;
     let config_path = state_dir.join(CONFIG_FILE);
     let config_present = config_path.exists();
     let config_check = config_present.then(|| SidecarConfig::load(&config_path));
@@ -1216,6 +1290,7 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
             "pairings": pairings.iter().map(|p| pairing_json(p, now)).collect::<Vec<_>>(),
             "open_sessions": open.iter().map(|s| session_json(s, now)).collect::<Vec<_>>(),
             "relay": relay.as_ref().map(|r| relay_status_json(r, now)),
+            "trading_paused": trading_pause.as_ref().map(pause_json),
             "daemon_config": daemon_config,
         }));
         return Ok(());
@@ -1254,6 +1329,18 @@ fn status(state_dir: &Path, json: bool) -> Result<(), SidecarError> {
     match &relay {
         None => println!("Relay: no attempt recorded yet (start `ibkr-agent sidecar run`)"),
         Some(record) => print_relay_status_human(record, now),
+    }
+    match &trading_pause {
+        None => println!("Trading: not paused"),
+        Some(pause) => println!(
+            "Trading: PAUSED since unix {}{} (`ibkr-agent sidecar resume` ends it)",
+            pause.paused_at,
+            if pause.reason.is_empty() {
+                String::new()
+            } else {
+                format!(", reason: {}", pause.reason)
+            }
+        ),
     }
     match &config_check {
         None => println!(

@@ -60,4 +60,4 @@ pub use error::SidecarError;
 pub use identity::create_identity;
 pub use pairing_client::pair;
 pub use relay::relay_websocket_config;
-pub use state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore};
+pub use state::{IdentityRecord, PairingRecord, RelaySessionRecord, StateStore, TradingPause};

@@ -66,6 +66,31 @@ pub(crate) async fn handle(
         Ok(checked) => checked,
         Err(outcome) => return outcome,
     };
+    let reports_pause = checked.tool.name == "ibkr_session_status";
+    let trading_pause = if refused_while_paused(checked.tool.name) || reports_pause {
+        match context.store.trading_pause() {
+            Ok(pause) => pause,
+            Err(error) => {
+                tracing::error!(code = %error.code(), "state store unreadable; refusing the call");
+                return Outcome::Refused(ErrorCode::StateStoreError.body(None));
+            }
+        }
+    } else {
+        None
+    };
+    if refused_while_paused(checked.tool.name) {
+        match &trading_pause {
+            None => {}
+            Some(pause) => {
+                let detail = if pause.reason.is_empty() {
+                    "(paused by the laptop's owner)".to_string()
+                } else {
+                    format!("(paused by the laptop's owner: {})", pause.reason)
+                };
+                return Outcome::Refused(ErrorCode::TradingPaused.body(Some(&detail)));
+            }
+        }
+    }
     if checked.tool.changes_broker_state()
         && let Some(behind) = context
             .orders
@@ -116,6 +141,7 @@ pub(crate) async fn handle(
         auth,
         orders: context.orders.as_ref(),
         live_scope_granted: checked.live_scope_granted,
+        trading_pause,
         progress: progress.as_ref(),
         market_clock: &context.market_clock,
         deadline: deadline
@@ -127,6 +153,14 @@ pub(crate) async fn handle(
         Ok(value) => finalize(&value),
         Err(outcome) => outcome,
     }
+}
+
+/// Whether the owner's pause refuses `tool`: every tool that can send a new order. A cancel
+/// only takes risk off, and the reconcile only reads the broker and settles the journal, so
+/// both go on while trading is paused.
+pub(crate) fn refused_while_paused(tool: &str) -> bool {
+    protocol::catalog::find(tool).is_some_and(protocol::catalog::ToolSpec::changes_broker_state)
+        && !matches!(tool, "ibkr_order_cancel" | "ibkr_reconcile_pending")
 }
 
 /// Sanitizes a tool's result (no cookies, session ids, raw headers or local paths leave the
@@ -144,6 +178,30 @@ pub fn finalize(value: &Value) -> Outcome {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pause_refuses_every_tool_that_can_send_an_order_and_nothing_else() {
+        for tool in protocol::catalog::CATALOG {
+            let refused = refused_while_paused(tool.name);
+            let expected = tool.changes_broker_state()
+                && tool.name != "ibkr_order_cancel"
+                && tool.name != "ibkr_reconcile_pending";
+            assert_eq!(refused, expected, "{}", tool.name);
+        }
+        for tool in [
+            "ibkr_buy",
+            "ibkr_sell",
+            "ibkr_close_position",
+            "ibkr_stop_order",
+            "ibkr_trailing_stop",
+            "ibkr_bracket_order",
+        ] {
+            assert!(refused_while_paused(tool), "{tool}");
+        }
+        assert!(!refused_while_paused("ibkr_order_cancel"));
+        assert!(!refused_while_paused("ibkr_quote"));
+        assert!(!refused_while_paused("not_a_tool"));
+    }
 
     #[test]
     fn results_are_sanitized_and_bounded() {

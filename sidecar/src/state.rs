@@ -93,8 +93,8 @@ const MAX_CACHED_PAIRINGS: usize = 16;
 
 /// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
 /// 3: requests from the laptop's owner to the running daemon. 4: the relay's last outcome, so
-/// `status` can say why the daemon is not connected.
-const SCHEMA_VERSION: i64 = 4;
+/// `status` can say why the daemon is not connected. 5: the owner's pause of trading.
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -162,6 +162,25 @@ CREATE TABLE relay_status (
     connected_at    INTEGER NULL
 );
 ";
+
+/// Version 4 -> 5: the owner paused trading (one row while paused; see [`TradingPause`]).
+const SCHEMA_V4_TO_V5: &str = "
+CREATE TABLE trading_pause (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    paused_at   INTEGER NOT NULL,
+    reason      TEXT NOT NULL
+);
+";
+
+/// Trading paused by the laptop's owner: every tool that could send a new order is refused
+/// (`TRADING_PAUSED`) until they resume. Kept in `state.db`, so it survives a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TradingPause {
+    /// Unix seconds.
+    pub paused_at: i64,
+    /// What the owner wrote, or empty.
+    pub reason: String,
+}
 
 /// What the daemon's relay loop last came to, as it recorded it: connected, or why not (a
 /// refusal code such as `GATEWAY_KEY_MISMATCH` and what to do). A daemon that was killed
@@ -493,7 +512,7 @@ impl StateStore {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         match version {
-            0..=3 => {
+            0..=4 => {
                 if version == 0 {
                     transaction.execute_batch(SCHEMA_V1)?;
                 }
@@ -503,7 +522,10 @@ impl StateStore {
                 if version <= 2 {
                     transaction.execute_batch(SCHEMA_V2_TO_V3)?;
                 }
-                transaction.execute_batch(SCHEMA_V3_TO_V4)?;
+                if version <= 3 {
+                    transaction.execute_batch(SCHEMA_V3_TO_V4)?;
+                }
+                transaction.execute_batch(SCHEMA_V4_TO_V5)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -798,6 +820,48 @@ impl StateStore {
         u64::try_from(next).map_err(|_| SidecarError::state("(handshake clock negative)"))
     }
 
+    // ---- trading pause --------------------------------------------------------------------
+
+    /// Pauses trading (the first pause's time and reason are kept if already paused). Returns
+    /// the pause in force.
+    pub fn pause_trading(&self, now: i64, reason: &str) -> Result<TradingPause, SidecarError> {
+        let connection = self.lock()?;
+        connection
+            .prepare_cached(
+                "INSERT INTO trading_pause (id, paused_at, reason) VALUES (1, ?1, ?2) \
+                 ON CONFLICT(id) DO NOTHING",
+            )?
+            .execute(params![now, reason])?;
+        drop(connection);
+        self.trading_pause()?
+            .ok_or_else(|| SidecarError::state("(the pause was not recorded)"))
+    }
+
+    /// Resumes trading. Returns the pause that ended, if trading was paused.
+    pub fn resume_trading(&self) -> Result<Option<TradingPause>, SidecarError> {
+        let ended = self.trading_pause()?;
+        let connection = self.lock()?;
+        connection
+            .prepare_cached("DELETE FROM trading_pause WHERE id = 1")?
+            .execute([])?;
+        Ok(ended)
+    }
+
+    /// The pause in force, if trading is paused. Read on every call that could send an order,
+    /// so a pause from the CLI (another process) counts from the next one.
+    pub fn trading_pause(&self) -> Result<Option<TradingPause>, SidecarError> {
+        let connection = self.lock()?;
+        Ok(connection
+            .prepare_cached("SELECT paused_at, reason FROM trading_pause WHERE id = 1")?
+            .query_row([], |row| {
+                Ok(TradingPause {
+                    paused_at: row.get(0)?,
+                    reason: row.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
     // ---- relay status ---------------------------------------------------------------------
 
     /// Records what the relay loop came to. `connected` also stamps `connected_at`.
@@ -1025,6 +1089,46 @@ mod tests {
     use super::*;
     use protocol::identity::StaticKeypair;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_pause_keeps_its_first_time_and_reason_and_is_seen_by_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Another connection, as the CLI in another process.
+        let owner = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.trading_pause().unwrap(), None);
+        assert_eq!(owner.resume_trading().unwrap(), None);
+        let first = owner.pause_trading(100, "lunch").unwrap();
+        assert_eq!(
+            first,
+            TradingPause {
+                paused_at: 100,
+                reason: "lunch".into()
+            }
+        );
+        // Pausing again keeps the pause in force as it was.
+        assert_eq!(owner.pause_trading(200, "other").unwrap(), first);
+        assert_eq!(store.trading_pause().unwrap(), Some(first.clone()));
+        assert_eq!(owner.resume_trading().unwrap(), Some(first));
+        assert_eq!(store.trading_pause().unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_four_state_store_gains_the_pause_table() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(StateStore::open(dir.path()).unwrap());
+        {
+            let connection =
+                Connection::open(dir.path().join(crate::paths::STATE_DB_FILE)).unwrap();
+            connection
+                .execute_batch("DROP TABLE trading_pause; PRAGMA user_version = 4;")
+                .unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.trading_pause().unwrap(), None);
+        store.pause_trading(1, "").unwrap();
+        assert!(store.trading_pause().unwrap().is_some());
+    }
 
     #[test]
     fn the_relay_status_keeps_when_it_last_connected() {

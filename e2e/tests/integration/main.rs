@@ -16,6 +16,7 @@ mod local_grants;
 mod mcp_revisions;
 mod order_safety;
 mod pairing;
+mod pause;
 mod quotes;
 mod relay_gates;
 mod scope_challenge;

@@ -36,6 +36,9 @@ pub struct ToolContext<'a> {
     pub orders: Option<&'a crate::trading::OrdersRuntime>,
     /// Whether both the caller's token and the local pairing grant `ibkr:orders:live`.
     pub live_scope_granted: bool,
+    /// The owner's pause of trading, read for the tools that report or obey it (none for the
+    /// others: not read on every call).
+    pub trading_pause: Option<crate::state::TradingPause>,
     /// Sends progress frames for this request (long calls such as `ibkr_wait_for_fill`).
     pub progress: Option<&'a ProgressSink>,
     /// When the answer must be on its way: the relay deadline, less the time the answer needs
@@ -58,6 +61,7 @@ impl<'a> ToolContext<'a> {
             auth: self.auth,
             orders: self.orders,
             live_scope_granted: self.live_scope_granted,
+            trading_pause: self.trading_pause.clone(),
             progress: self.progress,
             deadline: self.deadline,
         }

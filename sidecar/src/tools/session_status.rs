@@ -39,6 +39,7 @@ pub(super) async fn run(context: &ToolContext<'_>) -> ToolResult {
             mode == TradingMode::Paper,
             mode == TradingMode::Live,
             context.live_scope_granted,
+            context.trading_pause.as_ref(),
         ),
     }))
 }

@@ -104,12 +104,20 @@ pub fn posture(
     is_paper: bool,
     is_live: bool,
     live_scope_granted: bool,
+    paused: Option<&crate::state::TradingPause>,
 ) -> Value {
+    let trading_paused = paused.map(|pause| {
+        json!({
+            "since_unix": pause.paused_at,
+            "reason": pause.reason,
+        })
+    });
     let Some(runtime) = runtime else {
         return json!({
             "dry_run": true,
             "live_trading_allowed": false,
             "journal_available": false,
+            "trading_paused": trading_paused,
             "safe_to_trade": false,
         });
     };
@@ -132,9 +140,11 @@ pub fn posture(
         "unresolved_orders": unresolved,
         "journal_available": true,
         "journal_behind_gateway": behind,
+        "trading_paused": trading_paused,
         "safe_to_trade": session_ok
             && (is_paper || (is_live && live_allowed))
             && unresolved == 0
-            && !behind,
+            && !behind
+            && paused.is_none(),
     })
 }

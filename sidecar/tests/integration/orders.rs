@@ -306,6 +306,7 @@ impl Harness {
             auth: None,
             orders: Some(&self.runtime),
             live_scope_granted: false,
+            trading_pause: None,
             progress,
             deadline: tokio::time::Instant::now() + within,
         };

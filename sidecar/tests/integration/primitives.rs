@@ -712,9 +712,11 @@ fn sessions_and_pairings_are_validated_and_listed() {
             "pairings",
             "open_sessions",
             "relay",
+            "trading_paused",
             "daemon_config"
         ])
     );
+    assert!(json["trading_paused"].is_null());
     assert_eq!(json["identity"]["sidecar_id"], "sidecar-example");
     assert_eq!(json["pairings"].as_array().unwrap().len(), 2);
     assert_eq!(json["open_sessions"][0]["session_id"], session_id.as_str());
