@@ -180,7 +180,8 @@ pub const CATALOG: &[ToolSpec] = &[
         title: "Broker session status",
         description: "Whether the local IBKR Client Portal Gateway session is logged in, which \
             account it serves, whether that account is paper or live, and the sidecar's trading \
-            posture (dry-run, caps, remaining daily budget, unresolved orders, safe_to_trade).",
+            posture (dry-run, caps, remaining daily budget, unresolved orders, whether the \
+            laptop's owner paused trading, safe_to_trade).",
         scope: scopes::HEALTH_READ,
         input_schema: NO_ARGUMENTS,
         read_only: true,
