@@ -7,7 +7,11 @@
 //!   wait for its answer instead of asking again; every waiter gets the same answer, or the
 //!   same error;
 //! - **freshness window**: an answer with a last price is reused while it is younger than
-//!   `sidecar.quote_max_age_ms` (zero: never); each reused quote reports its age.
+//!   `sidecar.quote_max_age_ms` (zero: never); each reused quote reports its age;
+//! - **refresh ahead**: the first call that finds a kept quote past three quarters of that age
+//!   asks CPGW again (and gets the new answer), while every other call is still served the kept
+//!   one. Without it, the quote expired for everyone at once, and every agent asking then
+//!   waited for the new snapshot's turn at the pacer (up to a second or two under load).
 //!
 //! Answers without a last price (CPGW's warm-up) and failures are never kept, the cache is
 //! bounded ([`QUOTE_CACHE_MAX`] conids, oldest dropped) and is dropped whenever the broker
@@ -230,6 +234,14 @@ impl QuoteCache {
         for &conid in wanted {
             if let Some(kept) = inner.kept.get(&conid) {
                 let age = now.saturating_duration_since(kept.at);
+                if age >= self.refresh_after()
+                    && age < self.max_age
+                    && !inner.flights.contains_key(&conid)
+                {
+                    // This call leads the refresh; the others keep the kept quote meanwhile.
+                    missing.push(conid);
+                    continue;
+                }
                 if age < self.max_age {
                     plan.found.insert(
                         conid,
@@ -268,6 +280,11 @@ impl QuoteCache {
             });
         }
         plan
+    }
+
+    /// From what age a kept quote is fetched again by the next call that finds it.
+    fn refresh_after(&self) -> Duration {
+        self.max_age * 3 / 4
     }
 
     fn keep(&self, inner: &mut Inner, conid: i64, quote: Quote, at: Instant) {
@@ -454,6 +471,38 @@ mod tests {
         let fresh = ask(&cache, &cpgw, &[1]).await.unwrap();
         assert_eq!(cpgw.requests(), 2, "a quote max_age old is asked again");
         assert_eq!(fresh[&1].age, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_call_refreshes_an_aging_quote_while_the_others_are_served_the_kept_one() {
+        let (cache, _broker) = cache(MAX_AGE);
+        let cpgw = FakeCpgw::new();
+        ask(&cache, &cpgw, &[1]).await.unwrap();
+        assert_eq!(cpgw.requests(), 1);
+
+        tokio::time::advance(Duration::from_millis(800)).await;
+        *cpgw.last.lock().unwrap() = Some(Decimal::new(101, 0));
+        let leader = {
+            let (cache, cpgw) = (Arc::clone(&cache), cpgw.clone());
+            tokio::spawn(async move { ask(&cache, &cpgw, &[1]).await })
+        };
+        // Let the leader register its flight, then ask at the same instant: served at once.
+        tokio::task::yield_now().await;
+        assert_eq!(cpgw.requests(), 2, "the first call past 3/4 of the age asks again");
+        let other = ask(&cache, &cpgw, &[1]).await.unwrap();
+        assert_eq!(other[&1].age, Duration::from_millis(800));
+        assert_eq!(other[&1].quote.last, Some(Decimal::new(100, 0)));
+        let refreshed = leader.await.unwrap().unwrap();
+        assert_eq!(refreshed[&1].age, Duration::ZERO);
+        assert_eq!(refreshed[&1].quote.last, Some(Decimal::new(101, 0)));
+        assert_eq!(cpgw.requests(), 2, "one refresh, whoever asked");
+
+        // Past the first answer's age the refreshed one is served: nobody waits.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let later = ask(&cache, &cpgw, &[1]).await.unwrap();
+        assert_eq!(cpgw.requests(), 2);
+        assert_eq!(later[&1].quote.last, Some(Decimal::new(101, 0)));
+        assert_eq!(later[&1].age, Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]
