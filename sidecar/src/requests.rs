@@ -105,19 +105,30 @@ pub(crate) async fn handle(
     let auth = if tools::needs_broker_session(checked.tool) {
         // Gate f: the keep-alive's observation while it is younger than one tickle interval
         // and says ready; otherwise one live `auth/status`.
-        let cached = context
-            .monitor
-            .fresh(context.config.tickle_interval())
-            .filter(|status| status.authenticated && !status.competing);
-        match cached {
+        let cached = || {
+            context
+                .monitor
+                .fresh(context.config.tickle_interval())
+                .filter(|status| status.authenticated && !status.competing)
+        };
+        match cached() {
             Some(status) => Some(status),
-            None => match gates::check_broker_session(&context.cpgw, &context.broker).await {
-                Ok(status) => {
-                    context.monitor.record(&Ok(status));
-                    Some(status)
+            None => {
+                // One live check at a time; a call that waited uses the answer it got.
+                let _turn = context.monitor.live_check.lock().await;
+                match cached() {
+                    Some(status) => Some(status),
+                    None => {
+                        match gates::check_broker_session(&context.cpgw, &context.broker).await {
+                            Ok(status) => {
+                                context.monitor.record(&Ok(status));
+                                Some(status)
+                            }
+                            Err(outcome) => return outcome,
+                        }
+                    }
                 }
-                Err(outcome) => return outcome,
-            },
+            }
         }
     } else {
         None

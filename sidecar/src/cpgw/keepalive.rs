@@ -34,6 +34,10 @@ pub struct SessionMonitor {
     /// The last keep-alive round sent a request that got no answer (timed out, or the
     /// connection broke or was refused): CPGW may still have it queued.
     unanswered: AtomicBool,
+    /// Held by a call that checks the session live (gate f), so calls that find the last
+    /// status stale at the same moment share that one `auth/status` instead of each sending
+    /// one (a burst that used up the reads' pacing budget and stalled every call behind it).
+    pub live_check: tokio::sync::Mutex<()>,
 }
 
 impl SessionMonitor {

@@ -488,7 +488,11 @@ mod tests {
         };
         // Let the leader register its flight, then ask at the same instant: served at once.
         tokio::task::yield_now().await;
-        assert_eq!(cpgw.requests(), 2, "the first call past 3/4 of the age asks again");
+        assert_eq!(
+            cpgw.requests(),
+            2,
+            "the first call past 3/4 of the age asks again"
+        );
         let other = ask(&cache, &cpgw, &[1]).await.unwrap();
         assert_eq!(other[&1].age, Duration::from_millis(800));
         assert_eq!(other[&1].quote.last, Some(Decimal::new(100, 0)));
