@@ -81,6 +81,14 @@ impl ToolSpec {
         !self.read_only || self.scope == scopes::ORDERS_WRITE
     }
 
+    /// Whether the tool can send a new order (every tool that changes broker state but the
+    /// cancel, which only takes risk off, and the reconcile, which only reads and settles the
+    /// journal): what a pause refuses and an approval rule may name.
+    pub fn sends_new_orders(&self) -> bool {
+        self.changes_broker_state()
+            && !matches!(self.name, "ibkr_order_cancel" | "ibkr_reconcile_pending")
+    }
+
     /// The input schema parsed. The catalog's schemas are checked by a test, so parsing cannot
     /// fail at run time; an empty closed object is returned if it ever did.
     pub fn input_schema_json(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -512,9 +520,11 @@ pub const CATALOG: &[ToolSpec] = &[
         name: "ibkr_trade_history",
         title: "Trade history",
         description: "The sidecar's journal of order attempts: sent, dry-run, blocked (with the \
-            guard that blocked), pending and their outcomes. Answers 'what did my agent do?'.",
+            guard that blocked), awaiting the laptop owner's approval, pending, and their \
+            outcomes. Answers 'what did my agent do?', and whether an order that waited for \
+            approval was sent (attempt_id).",
         scope: scopes::AUDIT_READ,
-        input_schema: r#"{"type":"object","properties":{"limit":{"type":"integer","minimum":1,"maximum":500,"description":"Most recent entries to return (default 50)."}},"additionalProperties":false}"#,
+        input_schema: r#"{"type":"object","properties":{"limit":{"type":"integer","minimum":1,"maximum":500,"description":"Most recent entries to return (default 50)."},"attempt_id":{"type":"integer","minimum":1,"description":"Only this attempt (e.g. one an order call answered awaiting_approval for)."}},"additionalProperties":false}"#,
         read_only: true,
         route: Route::Sidecar,
     },

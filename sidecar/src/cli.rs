@@ -12,6 +12,8 @@
 //! The JSON output never carries secrets and never a local path (scripts that forward JSON
 //! should not learn them); paths appear only in the human output.
 
+mod approvals;
+
 use crate::clock::now_unix_seconds;
 use crate::config::{self, CONFIG_FILE, DEFAULT_CLIENT_PORTAL_BASE_URL, SidecarConfig};
 use crate::cpgw::CpgwClient;
@@ -106,6 +108,8 @@ pub enum SidecarCommand {
     Pause(PauseArgs),
     /// End a pause: orders are served again (every other guard still applies).
     Resume,
+    /// Orders waiting for your approval (`trading.approval`): list, approve, deny.
+    Approvals(approvals::ApprovalsArgs),
     /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
     Service(crate::service::ServiceArgs),
     /// Check, in order, everything trading needs (configuration, keys, pairing, grants, the
@@ -530,6 +534,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         },
         SidecarCommand::Pause(args) => Ok(pause_trading(&state_dir, &args, json)?),
         SidecarCommand::Resume => Ok(resume_trading(&state_dir, json)?),
+        SidecarCommand::Approvals(args) => Ok(approvals::command(&state_dir, &args, json)?),
         SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
         SidecarCommand::Doctor(args) => doctor_command(state_dir, &args, json),
     }

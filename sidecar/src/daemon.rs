@@ -95,6 +95,9 @@ pub async fn run_daemon(
         context.clone(),
         keepalive_stop.clone(),
     )));
+    let approvals = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::approvals::run_expiry(context.clone(), keepalive_stop.clone()),
+    ));
     supervisor::run(context.clone(), shutdown.clone()).await;
     // A graceful stop lets orders being placed finish and journal their outcome.
     context.order_work.close();
@@ -115,6 +118,7 @@ pub async fn run_daemon(
     keepalive_stop.cancel();
     let _ = keepalive.await;
     let _ = owner.await;
+    let _ = approvals.await;
     tracing::info!("sidecar stopped");
     Ok(())
 }

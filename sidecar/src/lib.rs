@@ -21,7 +21,9 @@
 //! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
 //! - [`doctor`]: `sidecar doctor`, the ordered readiness checklist with a fix per failure.
 //! - [`owner`]: the owner's decisions from the command line (settling an unknown order
-//!   outcome), handed to the running daemon through the state store.
+//!   outcome, approving or denying an order), handed to the running daemon through the state
+//!   store; [`approvals`]: orders waiting for the owner's approval, and their send once
+//!   approved.
 //! - [`service`]: `sidecar service install|uninstall|status`, the daemon as a systemd user unit
 //!   or a launchd agent.
 //! - [`net`]: the URL policy (plain text only to loopback); [`error`]: [`SidecarError`];
@@ -29,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
+pub mod approvals;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,5 +1,6 @@
-//! What the laptop's owner decides, from the command line: today, settling an order whose
-//! outcome the broker cannot prove (`ibkr-agent sidecar orders settle`).
+//! What the laptop's owner decides, from the command line: settling an order whose outcome the
+//! broker cannot prove (`ibkr-agent sidecar orders settle`), and approving or denying an order
+//! that waits for approval (`ibkr-agent sidecar approvals approve|deny`).
 //!
 //! The running daemon holds the trade journal (its lock), so a command cannot append to it
 //! while the daemon runs. The command leaves a request in the state store instead; the daemon
@@ -41,12 +42,30 @@ pub enum OwnerRequest {
         /// How (`cli`, later `console`).
         via: String,
     },
+    /// Approve an order waiting for approval: the daemon checks it again and sends it.
+    Approve {
+        attempt: u64,
+        /// The intent hash the owner was shown, when they gave it.
+        intent_hash: Option<String>,
+        by: String,
+        via: String,
+    },
+    /// Deny an order waiting for approval.
+    Deny {
+        attempt: u64,
+        intent_hash: Option<String>,
+        note: Option<String>,
+        by: String,
+        via: String,
+    },
 }
 
 impl OwnerRequest {
     fn kind(&self) -> &'static str {
         match self {
             OwnerRequest::Settle { .. } => "settle",
+            OwnerRequest::Approve { .. } => "approve",
+            OwnerRequest::Deny { .. } => "deny",
         }
     }
 }
@@ -65,6 +84,23 @@ pub fn current_user() -> String {
 /// owner's to settle: its outcome is coming.
 pub fn apply(journal: &Journal, request: &OwnerRequest) -> Result<Value, SidecarError> {
     match request {
+        OwnerRequest::Approve { .. } => Err(SidecarError::bare(ErrorCode::ApprovalNeedsDaemon)),
+        OwnerRequest::Deny {
+            attempt,
+            intent_hash,
+            note,
+            by,
+            via,
+        } => crate::approvals::deny(
+            journal,
+            *attempt,
+            intent_hash.as_deref(),
+            &crate::approvals::Decider {
+                by: by.clone(),
+                via: via.clone(),
+                note: note.clone(),
+            },
+        ),
         OwnerRequest::Settle {
             attempt,
             placed,
@@ -198,7 +234,13 @@ fn refusal_from(result: &Value) -> SidecarError {
 }
 
 /// The daemon's side: applies every pending request, in order, and records the result.
-pub fn serve_pending(store: &StateStore, journal: Option<&Journal>) {
+/// `daemon`: the running daemon, which sends approved orders (without it an approval is
+/// refused with `APPROVAL_NEEDS_DAEMON`).
+pub(crate) fn serve_pending(
+    store: &StateStore,
+    journal: Option<&Journal>,
+    daemon: Option<&std::sync::Arc<crate::context::DaemonContext>>,
+) {
     let requests = match store.pending_owner_requests() {
         Ok(requests) => requests,
         Err(error) => {
@@ -222,6 +264,27 @@ pub fn serve_pending(store: &StateStore, journal: Option<&Journal>) {
                 ErrorCode::JournalError,
                 "(the trade journal is not available in this sidecar; see its log)",
             )),
+            (
+                Ok(OwnerRequest::Approve {
+                    attempt,
+                    intent_hash,
+                    by,
+                    via,
+                }),
+                Some(_),
+            ) => match daemon {
+                Some(context) => crate::approvals::approve(
+                    context,
+                    attempt,
+                    intent_hash.as_deref(),
+                    &crate::approvals::Decider {
+                        by,
+                        via,
+                        note: None,
+                    },
+                ),
+                None => Err(SidecarError::bare(ErrorCode::ApprovalNeedsDaemon)),
+            },
             (Ok(request), Some(journal)) => apply(journal, &request),
         };
         let (status, result) = match outcome {
@@ -257,6 +320,7 @@ pub(crate) async fn serve(
         serve_pending(
             &context.store,
             context.orders.as_ref().map(|runtime| &runtime.journal),
+            Some(&context),
         );
     }
 }
@@ -354,12 +418,12 @@ mod tests {
         };
         // The daemon's loop, until the command has its answer.
         while !command.is_finished() {
-            serve_pending(&store, Some(&journal));
+            serve_pending(&store, Some(&journal), None);
             std::thread::sleep(Duration::from_millis(20));
         }
         let result = command.join().unwrap().unwrap();
         assert_eq!(result["status"], "settled_placed");
-        serve_pending(&store, Some(&journal));
+        serve_pending(&store, Some(&journal), None);
         drop(journal);
         assert_eq!(settled_entries(dir.path()).len(), 1);
     }
@@ -375,7 +439,7 @@ mod tests {
             std::thread::spawn(move || submit(&dir, &store, &settle(999, false)))
         };
         while !command.is_finished() {
-            serve_pending(&store, Some(&journal));
+            serve_pending(&store, Some(&journal), None);
             std::thread::sleep(Duration::from_millis(20));
         }
         let error = command.join().unwrap().unwrap_err();
@@ -396,7 +460,7 @@ mod tests {
                 .finish_owner_request(id, "pending", "withdrawn", "null", 4)
                 .unwrap()
         );
-        serve_pending(&store, Some(&journal));
+        serve_pending(&store, Some(&journal), None);
         assert_eq!(
             store.owner_request(id).unwrap().unwrap().status,
             "withdrawn"

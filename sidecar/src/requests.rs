@@ -170,8 +170,7 @@ pub(crate) async fn handle(
 /// only takes risk off, and the reconcile only reads the broker and settles the journal, so
 /// both go on while trading is paused.
 pub(crate) fn refused_while_paused(tool: &str) -> bool {
-    protocol::catalog::find(tool).is_some_and(protocol::catalog::ToolSpec::changes_broker_state)
-        && !matches!(tool, "ibkr_order_cancel" | "ibkr_reconcile_pending")
+    protocol::catalog::find(tool).is_some_and(protocol::catalog::ToolSpec::sends_new_orders)
 }
 
 /// Sanitizes a tool's result (no cookies, session ids, raw headers or local paths leave the

@@ -5,6 +5,7 @@
 //! the build's disk use and link time for no gain in isolation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
+mod approvals;
 mod broker_faults;
 mod corrupt_state;
 mod disk_faults;

@@ -7,14 +7,10 @@ use e2e::cpgw_sim::{AuthState, IsPaperShape, SimAccount};
 use e2e::system::{SystemOptions, WAIT_LIMIT};
 use ibkr_agent::trading::policy::TradingSection;
 use protocol::catalog::scopes;
-use rmcp::model::{
-    CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
-    RequestParamsMeta,
-};
-use rmcp::service::NotificationContext;
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, NumberOrString, ProgressToken, RequestParamsMeta};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -237,10 +233,40 @@ async fn a_live_order_needs_the_live_scope_on_the_token_and_on_the_laptop() {
     assert_eq!(code(&refused), "ORDER_LIVE_TRADING_REFUSED", "{refused:?}");
     assert!(system.sim.order_log().is_empty());
 
-    // Both grant it: the order goes to the live account.
-    let placed = ok(&call_as(&system, &with_live(TRADING_SCOPES), "ibkr_buy", buy).await);
+    // Both grant it: the order waits for the owner's approval (every live order does by
+    // default), then goes to the live account.
+    let system = std::sync::Arc::new(system);
+    let placing = {
+        let system = system.clone();
+        tokio::spawn(
+            async move { call_as(&system, &with_live(TRADING_SCOPES), "ibkr_buy", buy).await },
+        )
+    };
+    let state_dir = system.sidecar_state_dir().to_path_buf();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let book = ibkr_agent::trading::journal::read_attempts(
+                &state_dir.join(ibkr_agent::trading::journal::JOURNAL_FILE),
+            )
+            .unwrap();
+            if let Some(pending) = ibkr_agent::approvals::pending_in(&book).pop() {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(waiting.reason.contains("live account"), "{waiting:?}");
+    assert!(system.sim.order_log().is_empty());
+    let id = waiting.attempt_id.to_string();
+    assert_eq!(
+        ibkr_agent(&state_dir, &["sidecar", "approvals", "approve", &id]).await,
+        std::process::ExitCode::SUCCESS
+    );
+    let placed = ok(&placing.await.unwrap());
     assert_eq!(system.sim.order_log().len(), 1, "{placed}");
-    system.shutdown().await;
+    std::sync::Arc::into_inner(system).unwrap().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,20 +556,6 @@ async fn a_lapsed_broker_session_is_reported_alerted_once_and_recovers() {
     );
     system.shutdown().await;
     server.abort();
-}
-
-#[derive(Clone, Default)]
-struct ProgressCollector(Arc<Mutex<Vec<ProgressNotificationParam>>>);
-
-impl ClientHandler for ProgressCollector {
-    fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) -> impl std::future::Future<Output = ()> + Send + '_ {
-        self.0.lock().unwrap().push(params);
-        std::future::ready(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,9 @@
 use e2e::system::{System, SystemOptions};
 use ibkr_agent::trading::policy::TradingSection;
 use protocol::catalog::scopes;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::service::NotificationContext;
+use rmcp::{ClientHandler, RoleClient};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::path::Path;
@@ -143,5 +145,20 @@ pub async fn until_order_held<F>(
     tokio::select! {
         answered = pending.as_mut() => panic!("answered before the order reached the broker: {answered:?}"),
         () = hold.wait_held(1) => {}
+    }
+}
+
+/// Collects the progress notifications a client receives.
+#[derive(Clone, Default)]
+pub struct ProgressCollector(pub std::sync::Arc<std::sync::Mutex<Vec<ProgressNotificationParam>>>);
+
+impl ClientHandler for ProgressCollector {
+    fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.0.lock().unwrap().push(params);
+        std::future::ready(())
     }
 }

@@ -44,6 +44,13 @@ pub enum AttemptStatus {
     SettledNotPlaced,
     /// A cancel request was accepted by the broker (cancel attempts only).
     Cancelled,
+    /// Passed every guard and waits for the laptop owner's approval; nothing was sent. Once
+    /// approved, the attempt reads as [`AttemptStatus::Unresolved`] again (being sent).
+    AwaitingApproval,
+    /// The owner denied it; nothing was sent.
+    Denied,
+    /// Nobody approved it in time; nothing was sent.
+    ApprovalExpired,
 }
 
 impl AttemptStatus {
@@ -61,11 +68,14 @@ impl AttemptStatus {
             AttemptStatus::SettledPlaced => "settled_placed",
             AttemptStatus::SettledNotPlaced => "settled_not_placed",
             AttemptStatus::Cancelled => "cancelled",
+            AttemptStatus::AwaitingApproval => "awaiting_approval",
+            AttemptStatus::Denied => "denied",
+            AttemptStatus::ApprovalExpired => "approval_expired",
         }
     }
 
-    /// Certainly not at the broker: refused before sending, declined, rejected, a dry run, or
-    /// settled as not placed.
+    /// Certainly not at the broker: refused before sending, declined, rejected, a dry run,
+    /// denied or expired unapproved, or settled as not placed.
     pub fn definitely_not_placed(self) -> bool {
         matches!(
             self,
@@ -75,6 +85,8 @@ impl AttemptStatus {
                 | AttemptStatus::Rejected
                 | AttemptStatus::ReconciledNotPlaced
                 | AttemptStatus::SettledNotPlaced
+                | AttemptStatus::Denied
+                | AttemptStatus::ApprovalExpired
         )
     }
 
@@ -102,6 +114,12 @@ fn status_of(event: &str, data: &Value) -> Option<AttemptStatus> {
         "settled" if placed => AttemptStatus::SettledPlaced,
         "settled" => AttemptStatus::SettledNotPlaced,
         "cancelled" => AttemptStatus::Cancelled,
+        "awaiting_approval" => AttemptStatus::AwaitingApproval,
+        // Approved: being sent, exactly like an intent just written (unknown if the sender
+        // stops before journaling the outcome).
+        "approved" => AttemptStatus::Unresolved,
+        "denied" => AttemptStatus::Denied,
+        "approval_expired" => AttemptStatus::ApprovalExpired,
         _ => return None,
     })
 }
@@ -186,6 +204,30 @@ impl Attempt {
             .and_then(|text| parse_decimal_text(text, "notional").ok())
     }
 
+    /// The owner's approval this attempt waited (or waits) for, if it needed one.
+    pub fn approval_request(&self) -> Option<ApprovalRequest> {
+        let (event, data) = self.first_outcome.as_ref()?;
+        if event != "awaiting_approval" {
+            return None;
+        }
+        Some(ApprovalRequest {
+            reason: data
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            expires_at_ms: data
+                .get("expires_at_ms")
+                .and_then(Value::as_i64)
+                .unwrap_or(i64::MIN),
+            intent_hash: data
+                .get("intent_hash")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+
     /// The legs the intent recorded.
     pub fn legs(&self) -> Vec<LegView> {
         self.intent
@@ -261,18 +303,19 @@ impl Attempt {
         }
     }
 
-    /// Placed or possibly placed, so its value counts toward the daily cap.
+    /// Placed or possibly placed (or about to be, once approved), so its value counts toward
+    /// the daily cap.
     pub fn counts_as_spend(&self) -> bool {
         match self.status {
             AttemptStatus::Unresolved => !self.dry_run(),
-            AttemptStatus::Indeterminate => true,
+            AttemptStatus::Indeterminate | AttemptStatus::AwaitingApproval => true,
             status => status.placed(),
         }
     }
 
     /// The quantity this attempt's orders on `side` can still trade. The exits of a bracket
     /// are one-cancels-all: they count once.
-    fn side_quantity(&self, side: Side) -> Decimal {
+    pub(crate) fn side_quantity(&self, side: Side) -> Decimal {
         let legs = self.legs();
         let exits = legs
             .iter()
@@ -327,6 +370,16 @@ impl Attempt {
         }
         seen_side.then_some(latest)
     }
+}
+
+/// What an attempt that needs the owner's approval recorded when it started waiting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRequest {
+    pub reason: String,
+    /// When it expires unsent (ms since the Unix epoch; `i64::MIN` if unreadable: expired).
+    pub expires_at_ms: i64,
+    /// [`crate::trading::approval::intent_hash`] of the intent, as the owner is shown it.
+    pub intent_hash: String,
 }
 
 /// The quantity committed to open orders of ours on one instrument and side.
@@ -422,7 +475,14 @@ impl AttemptBook {
     /// Buy value of attempts whose intent falls on `utc_day` (days since the Unix epoch) and
     /// that were placed or may have been.
     pub fn spent_on_day(&self, utc_day: i64) -> Decimal {
+        self.spent_on_day_except(utc_day, None)
+    }
+
+    /// [`AttemptBook::spent_on_day`] without one attempt (an approved order checked again
+    /// before it is sent must not count against itself).
+    pub fn spent_on_day_except(&self, utc_day: i64, except: Option<u64>) -> Decimal {
         self.iter()
+            .filter(|attempt| Some(attempt.id) != except)
             .filter(|attempt| attempt.at_ms.div_euclid(86_400_000) == utc_day)
             .filter(|attempt| attempt.counts_as_spend())
             .filter_map(Attempt::notional)
@@ -446,9 +506,25 @@ impl AttemptBook {
 
     /// An identical order (same fingerprint) placed within `window_ms` before `now_ms`.
     pub fn recent_identical(&self, fingerprint: &str, now_ms: i64, window_ms: i64) -> bool {
+        self.recent_identical_except(fingerprint, now_ms, window_ms, None)
+    }
+
+    /// [`AttemptBook::recent_identical`] without one attempt.
+    pub fn recent_identical_except(
+        &self,
+        fingerprint: &str,
+        now_ms: i64,
+        window_ms: i64,
+        except: Option<u64>,
+    ) -> bool {
         self.iter().any(|attempt| {
-            attempt.fingerprint() == Some(fingerprint)
-                && (attempt.status.placed() || attempt.status == AttemptStatus::Unresolved)
+            Some(attempt.id) != except
+                && attempt.fingerprint() == Some(fingerprint)
+                && (attempt.status.placed()
+                    || matches!(
+                        attempt.status,
+                        AttemptStatus::Unresolved | AttemptStatus::AwaitingApproval
+                    ))
                 && !attempt.dry_run()
                 && now_ms.saturating_sub(attempt.at_ms) < window_ms
         })
@@ -471,9 +547,22 @@ impl AttemptBook {
     /// outcomes, placed orders that may still work, and orders that finished less than
     /// `lag_ms` ago (the broker's positions may not show their fills yet).
     pub fn commitments(&self, conid: i64, side: Side, now_ms: i64, lag_ms: i64) -> Commitments {
+        self.commitments_except(conid, side, now_ms, lag_ms, None)
+    }
+
+    /// [`AttemptBook::commitments`] without one attempt.
+    pub fn commitments_except(
+        &self,
+        conid: i64,
+        side: Side,
+        now_ms: i64,
+        lag_ms: i64,
+        except: Option<u64>,
+    ) -> Commitments {
         let mut result = Commitments::default();
         for attempt in self.iter() {
-            if attempt.conid() != Some(conid)
+            if Some(attempt.id) == except
+                || attempt.conid() != Some(conid)
                 || attempt.dry_run()
                 || !attempt.has_side(side)
                 || attempt.status.definitely_not_placed()

@@ -445,8 +445,8 @@ impl Journal {
         self.appended.send_modify(|_| {});
     }
 
-    /// Waits until `attempt` has a decisive outcome or is no longer in flight here, or
-    /// `deadline` passes. Returns the attempt as it then is.
+    /// Waits until `attempt` has a decisive outcome (other than waiting for approval) or is no
+    /// longer in flight here, or `deadline` passes. Returns the attempt as it then is.
     pub async fn wait_settled(
         &self,
         attempt: u64,
@@ -457,8 +457,10 @@ impl Journal {
             {
                 let inner = self.lock().ok()?;
                 let record = inner.book.get(attempt)?;
-                if record.status != AttemptStatus::Unresolved || !inner.in_flight.contains(&attempt)
-                {
+                let waiting = record.status == AttemptStatus::AwaitingApproval
+                    || (record.status == AttemptStatus::Unresolved
+                        && inner.in_flight.contains(&attempt));
+                if !waiting {
                     return Some(record.clone());
                 }
             }
@@ -469,6 +471,79 @@ impl Journal {
                 return self.attempt(attempt);
             }
         }
+    }
+
+    /// Moves `attempt` from status `from` with `event`, atomically: `Ok(Err(status))` (nothing
+    /// written) when its status is not `from` (or it does not exist: `None`). This is what
+    /// makes an approval single use. `in_flight`: the caller sends the order next.
+    pub fn transition(
+        &self,
+        attempt: u64,
+        from: AttemptStatus,
+        event: &str,
+        data: Value,
+        at_ms: i64,
+        in_flight: bool,
+    ) -> Result<Result<Attempt, Option<AttemptStatus>>, JournalError> {
+        let (record, seq) = {
+            let dir = self.dir();
+            let mut inner = self.lock()?;
+            let status = inner.book.get(attempt).map(|record| record.status);
+            if status != Some(from) {
+                return Ok(Err(status));
+            }
+            let entry = Journal::append_locked(&mut inner, dir, Some(attempt), event, data, at_ms)?;
+            if in_flight {
+                inner.in_flight.insert(attempt);
+            }
+            let record = inner.book.get(attempt).cloned();
+            (record, entry.seq)
+        };
+        self.notify(seq);
+        Ok(record.ok_or(None))
+    }
+
+    /// Checks an attempt in flight again on a consistent view of the journal (no other order
+    /// decided in between); a refusal `(event, data)` is journaled as its outcome, which ends
+    /// it. Returns whether it passed.
+    pub fn recheck(
+        &self,
+        attempt: u64,
+        check: impl FnOnce(&JournalView<'_>) -> Result<(), (&'static str, Value)>,
+        at_ms: i64,
+    ) -> Result<bool, JournalError> {
+        let seq = {
+            let dir = self.dir();
+            let mut inner = self.lock()?;
+            let view = JournalView {
+                book: &inner.book,
+                in_flight: &inner.in_flight,
+            };
+            match check(&view) {
+                Ok(()) => return Ok(true),
+                Err((event, data)) => {
+                    Journal::append_locked(&mut inner, dir, Some(attempt), event, data, at_ms)?.seq
+                }
+            }
+        };
+        self.notify(seq);
+        Ok(false)
+    }
+
+    /// Changes whenever the journal grows or an attempt stops being in flight.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// The attempts waiting for the owner's approval, oldest first.
+    pub fn awaiting_approval(&self) -> Vec<Attempt> {
+        self.with_book(|book, _| {
+            book.iter()
+                .filter(|attempt| attempt.status == AttemptStatus::AwaitingApproval)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// A copy of one attempt.
@@ -562,6 +637,75 @@ pub mod faults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_order_moves_on_once_even_when_decisions_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(Journal::open(&dir.path().join(JOURNAL_FILE)).unwrap());
+        let attempt = journal.intent(buy_intent(None, "10"), 1).unwrap();
+        journal
+            .outcome(
+                attempt,
+                "awaiting_approval",
+                json!({"expires_at_ms": 10}),
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            journal.attempt(attempt).unwrap().status,
+            AttemptStatus::AwaitingApproval
+        );
+        let deciders: Vec<_> = (0..8)
+            .map(|i| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    let (event, in_flight) = if i % 2 == 0 {
+                        ("approved", true)
+                    } else {
+                        ("denied", false)
+                    };
+                    journal
+                        .transition(
+                            attempt,
+                            AttemptStatus::AwaitingApproval,
+                            event,
+                            json!({}),
+                            3,
+                            in_flight,
+                        )
+                        .unwrap()
+                        .is_ok()
+                })
+            })
+            .collect();
+        let won = deciders
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(won, 1, "exactly one decision is journaled");
+        let decisions = journal
+            .recent_entries(20)
+            .iter()
+            .filter(|entry| entry.event == "approved" || entry.event == "denied")
+            .count();
+        assert_eq!(decisions, 1);
+        // An approved attempt is in flight like any order being sent; a denied one is done.
+        let record = journal.attempt(attempt).unwrap();
+        let in_flight = journal
+            .with_book(|_, in_flight| in_flight.contains(&attempt))
+            .unwrap();
+        match record.status {
+            AttemptStatus::Unresolved => assert!(in_flight && !record.unknown_outcome(true)),
+            AttemptStatus::Denied => assert!(!in_flight && record.status.definitely_not_placed()),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Reopened from disk, the same status.
+        let status = record.status;
+        drop(journal);
+        let reopened = read_attempts(&dir.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(reopened.get(attempt).unwrap().status, status);
+    }
 
     #[test]
     fn a_journal_others_can_read_is_made_private_at_open() {

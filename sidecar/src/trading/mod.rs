@@ -8,12 +8,14 @@
 //! - [`journal_chain`]: the journal's key, head checkpoint and verification;
 //!   [`journal_tap`]: which entry a relayed call wrote last.
 //! - [`anchor`]: whether the journal still holds the entry the gateway has on record.
-//! - [`policy`]: the `trading:` configuration section.
+//! - [`policy`]: the `trading:` configuration section; [`approval`]: which orders wait for the
+//!   laptop owner's approval, and what an approval is bound to.
 //!
 //! This module knows nothing of tools or CPGW; the order tools (`crate::tools::orders`) build
 //! on it.
 
 pub mod anchor;
+pub mod approval;
 pub mod attempts;
 pub mod journal;
 pub mod journal_chain;
@@ -33,6 +35,8 @@ use std::path::Path;
 pub struct OrdersRuntime {
     pub journal: Journal,
     pub policy: TradingPolicy,
+    /// Which orders wait for the owner's approval (`trading.approval`).
+    pub approval: approval::ApprovalPolicy,
     pub calendar: MarketCalendar,
     /// The clock trading hours are judged by.
     pub clock: crate::market_clock::MarketClock,
@@ -50,11 +54,13 @@ impl OrdersRuntime {
         trading: &policy::TradingSection,
     ) -> Result<OrdersRuntime, SidecarError> {
         let policy = trading.policy()?;
+        let approval = trading.approval.policy()?;
         let journal = Journal::open_in(state_dir)
             .map_err(|error| SidecarError::new(ErrorCode::JournalError, format!("({error})")))?;
         Ok(OrdersRuntime {
             journal,
             policy,
+            approval,
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
             position_lag: trading.position_lag(),
@@ -67,6 +73,7 @@ impl OrdersRuntime {
         OrdersRuntime {
             journal,
             policy,
+            approval: approval::ApprovalPolicy::default(),
             calendar: MarketCalendar::nyse_shared().clone(),
             clock: crate::market_clock::MarketClock::system(),
             position_lag: std::time::Duration::from_secs(policy::DEFAULT_POSITION_LAG_SECONDS),

@@ -34,6 +34,8 @@ pub struct TradingSection {
     /// counts as committed: IBKR's positions lag fills by tens of seconds, and a position read
     /// in that window may not show the fill yet.
     pub position_lag_seconds: u64,
+    /// Which orders wait for the laptop owner's approval.
+    pub approval: super::approval::ApprovalSection,
 }
 
 impl Default for TradingSection {
@@ -56,6 +58,7 @@ impl Default for TradingSection {
                 .map(|id| id.to_string())
                 .collect(),
             position_lag_seconds: DEFAULT_POSITION_LAG_SECONDS,
+            approval: super::approval::ApprovalSection::default(),
         }
     }
 }
@@ -82,7 +85,7 @@ fn amount(key: &str, text: &str) -> Result<Decimal, SidecarError> {
     Ok(value)
 }
 
-fn symbols(key: &str, list: &[String]) -> Result<Vec<String>, SidecarError> {
+pub(super) fn symbols(key: &str, list: &[String]) -> Result<Vec<String>, SidecarError> {
     list.iter()
         .map(|symbol| {
             let symbol = symbol.trim();
@@ -103,6 +106,7 @@ fn symbols(key: &str, list: &[String]) -> Result<Vec<String>, SidecarError> {
 impl TradingSection {
     /// Fails closed, naming the key.
     pub fn validate(&self) -> Result<(), SidecarError> {
+        self.approval.policy()?;
         self.policy().map(|_| ())
     }
 

@@ -6,7 +6,8 @@
 //!   state of our open orders).
 //! - [`place`]: local checks -> broker facts -> one critical section from the guards to the
 //!   durable intent -> dry run or send; idempotency.
-//! - [`send`]: the send and its confirmation loop.
+//! - [`send`]: the send and its confirmation loop; [`approved`]: the send of an order the
+//!   laptop's owner approved, after checking it again.
 //! - [`reconcile`]: unknown outcomes, settled only on evidence.
 //! - [`preview`]: the what-if.
 //! - [`read`]: status, wait for fill, lists, history, cancel.
@@ -15,6 +16,7 @@
 //! counting toward the daily cap and blocks its instrument and side until it is proven placed
 //! or the laptop owner settles it.
 
+pub mod approved;
 pub mod facts;
 pub mod place;
 pub mod preview;

@@ -30,6 +30,7 @@ use super::ticket::{
 use super::{now_ms, runtime};
 use crate::tools::context::{ToolContext, ToolResult};
 use crate::trading::OrdersRuntime;
+use crate::trading::approval::intent_hash;
 use crate::trading::attempts::{Attempt, AttemptStatus};
 use crate::trading::journal::{Decision, JournalView};
 use protocol::envelope::Outcome;
@@ -37,7 +38,7 @@ use serde_json::{Map, Value, json};
 use shared_safety::ErrorCode;
 use shared_safety::guards::{
     AccountMode, GuardContext, GuardRefusal, MarketQuote, OrderIntentRole, Side, check_bracket,
-    check_order, client_order_id, order_fingerprint,
+    check_order, client_order_id, order_fingerprint, order_notional,
 };
 use shared_safety::money::{Decimal, to_decimal_string};
 
@@ -46,16 +47,16 @@ fn journal_failure() -> Outcome {
 }
 
 /// The broker's facts one placement decides on.
-struct Facts {
-    identity: AccountIdentity,
-    conid: i64,
-    symbol: String,
-    quote: Option<MarketQuote>,
+pub(super) struct Facts {
+    pub(super) identity: AccountIdentity,
+    pub(super) conid: i64,
+    pub(super) symbol: String,
+    pub(super) quote: Option<MarketQuote>,
     /// Signed position, fresh (only read when the order sells or covers).
-    position: Option<Decimal>,
+    pub(super) position: Option<Decimal>,
     /// Working quantity on the instrument placed outside this sidecar, per side.
-    foreign_sells: Decimal,
-    foreign_buys: Decimal,
+    pub(super) foreign_sells: Decimal,
+    pub(super) foreign_buys: Decimal,
 }
 
 /// What the critical section decided.
@@ -68,17 +69,25 @@ enum Decided {
     Unknown(Box<Attempt>),
     /// Refused before anything was journaled (the order could not be built).
     Refused(GuardRefusal),
-    /// Journaled: go on (dry run or send).
-    Go {
-        attempt: u64,
-        coid: String,
-        notional: Option<Decimal>,
-        body: String,
-        would_send: Value,
-    },
+    /// Journaled: go on (dry run, send, or wait for the owner's approval).
+    Go { attempt: u64, go: Go },
+    /// The same key's attempt waits for the owner's approval.
+    Awaiting(u64),
+    /// The same key's attempt was denied or expired unapproved: answered again, not re-asked.
+    Closed(Box<Attempt>),
 }
 
-fn mode_text(mode: AccountMode) -> &'static str {
+/// What a decision to go on carries.
+pub(super) struct Go {
+    coid: String,
+    notional: Option<Decimal>,
+    body: String,
+    would_send: Value,
+    /// Journaled as awaiting the owner's approval instead of being sent now.
+    awaiting_approval: bool,
+}
+
+pub(super) fn mode_text(mode: AccountMode) -> &'static str {
     match mode {
         AccountMode::Paper => "paper",
         AccountMode::Live => "live",
@@ -138,6 +147,7 @@ pub async fn place(
                 runtime,
                 context,
                 tool,
+                arguments,
                 key: key.as_deref(),
                 hash: &hash,
                 namespace: &namespace,
@@ -150,13 +160,7 @@ pub async fn place(
         })
         .map_err(|_| journal_failure())?;
     let decided = match decided {
-        Ok((attempt, Some((coid, notional, body, would_send)))) => Decided::Go {
-            attempt,
-            coid,
-            notional,
-            body,
-            would_send,
-        },
+        Ok((attempt, Some(go))) => Decided::Go { attempt, go },
         Ok((attempt, None)) => {
             // Journaled as blocked: the refusal is in its outcome.
             let refusal = runtime
@@ -174,13 +178,19 @@ pub async fn place(
         Decided::InFlight(attempt) => wait_for_in_flight(runtime, context, attempt).await,
         Decided::Unknown(attempt) => settle_unknown(runtime, context, &facts, &attempt).await,
         Decided::Refused(refusal) => Err(refusal_outcome(&refusal)),
-        Decided::Go {
-            attempt,
-            coid,
-            notional,
-            body,
-            would_send,
-        } => {
+        Decided::Awaiting(attempt) => await_approval(runtime, context, attempt).await,
+        Decided::Closed(attempt) => Err(settled_outcome(&attempt)),
+        Decided::Go { attempt, go } => {
+            let Go {
+                coid,
+                notional,
+                body,
+                would_send,
+                awaiting_approval,
+            } = go;
+            if awaiting_approval {
+                return await_approval(runtime, context, attempt).await;
+            }
             let base = json!({
                 "attempt_id": attempt,
                 "symbol": facts.symbol,
@@ -227,7 +237,7 @@ fn replay_placed(runtime: &OrdersRuntime, key: &str, hash: &str) -> Option<ToolR
     last.status.placed().then(|| Ok(replay(last)))
 }
 
-async fn gather(
+pub(super) async fn gather(
     tool: &str,
     arguments: &Map<String, Value>,
     runtime: &OrdersRuntime,
@@ -284,7 +294,7 @@ async fn gather(
 }
 
 /// A bracket's level check, ahead of the critical section (it needs only the quote).
-fn bracket_levels(
+pub(super) fn bracket_levels(
     tool: &str,
     legs: &[Leg],
     quote: Option<&MarketQuote>,
@@ -311,6 +321,7 @@ struct DecideInput<'a, 'c> {
     runtime: &'a OrdersRuntime,
     context: &'a ToolContext<'c>,
     tool: &'a str,
+    arguments: &'a Map<String, Value>,
     key: Option<&'a str>,
     hash: &'a str,
     namespace: &'a str,
@@ -322,16 +333,17 @@ struct DecideInput<'a, 'c> {
 }
 
 /// What the critical section journals: `Ok(Decision)` writes an intent (and `blocked`, when
-/// refused); `Err(Decided)` writes nothing.
-type Go = Option<(String, Option<Decimal>, String, Value)>;
+/// refused, or `awaiting_approval`); `Err(Decided)` writes nothing.
+type Decisive = Option<Go>;
 
 #[allow(clippy::result_large_err)]
-fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
+fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Decisive>, Decided> {
     let DecideInput {
         view,
         runtime,
         context,
         tool,
+        arguments,
         key,
         hash,
         namespace,
@@ -367,6 +379,13 @@ fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
                 return Err(Decided::InFlight(last.id));
             } else if last.unknown_outcome(view.in_flight(last.id)) {
                 return Err(Decided::Unknown(Box::new((*last).clone())));
+            } else if last.status == AttemptStatus::AwaitingApproval {
+                return Err(Decided::Awaiting(last.id));
+            } else if matches!(
+                last.status,
+                AttemptStatus::Denied | AttemptStatus::ApprovalExpired
+            ) {
+                return Err(Decided::Closed(Box::new((*last).clone())));
             }
             // Otherwise the last attempt certainly did not land: a new attempt may go.
         }
@@ -382,77 +401,38 @@ fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
     assign_coids(legs, &coid);
 
     // The guards, every leg, on figures read under the lock.
-    let today = now.div_euclid(86_400_000);
-    let window_ms = i64::try_from(policy.duplicate_window_seconds)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1000);
-    let lag_ms = runtime.position_lag_ms();
-    let market_open = runtime.market_open();
-    let base_position = facts.position.unwrap_or(Decimal::ZERO);
-    let entry_quantity = legs
-        .iter()
-        .find(|leg| leg.label == "entry")
-        .and_then(|leg| leg.intent.quantity)
-        .unwrap_or(Decimal::ZERO);
-    let spent_today = view.spent_on_day(today);
     let mut notional = None;
     let mut refusal: Option<(&str, GuardRefusal)> = key_refusal.map(|r| ("order", r));
     if refusal.is_none() {
         refusal = bracket;
     }
     if refusal.is_none() {
-        for leg in legs.iter() {
-            let side = leg.intent.side;
-            let commitments = view.commitments(facts.conid, side, now, lag_ms);
-            let foreign = match side {
-                Side::Sell => facts.foreign_sells,
-                Side::Buy => facts.foreign_buys,
-            };
-            // A bracket's exits see the position after its entry, and not each other (they
-            // are one-cancels-all).
-            let position = if leg.is_child() {
-                base_position + entry_quantity
-            } else {
-                base_position
-            };
-            let guard_context = GuardContext {
-                account_mode: facts.identity.mode,
-                account_id: &facts.identity.account,
-                live_scope_granted: context.live_scope_granted,
-                market_open: market_open.clone(),
-                quote: facts.quote.as_ref(),
-                position_quantity: position,
-                committed_same_side: commitments.quantity + foreign,
-                spent_today,
-                recent_identical_within_window: book.recent_identical(
-                    &order_fingerprint(&leg.intent),
-                    now,
-                    window_ms,
-                ),
-                unresolved_same_instrument_side: view.unresolved_on(facts.conid, side).is_some(),
-            };
-            match check_order(&leg.intent, policy, &guard_context) {
-                Ok(pass) => {
-                    if pass.notional.is_some() {
-                        notional = pass.notional;
-                    }
-                }
-                Err(mut refused) => {
-                    if refused.code == ErrorCode::OrderExceedsSellable
-                        && !commitments.order_ids.is_empty()
-                    {
-                        refused.detail = format!(
-                            "{} Orders that commit it: {}.",
-                            refused.detail,
-                            commitments.order_ids.join(", ")
-                        );
-                    }
-                    refusal = Some((leg.label, refused));
-                    break;
-                }
-            }
+        match check_legs(
+            view,
+            runtime,
+            facts,
+            legs,
+            context.live_scope_granted,
+            now,
+            None,
+        ) {
+            Ok(value) => notional = value,
+            Err(refused) => refusal = Some(refused),
         }
     }
+    // An order that passed every guard may still need the owner's approval.
+    let approval_reason = if refusal.is_none() && !policy.dry_run {
+        let value = legs
+            .iter()
+            .filter_map(|leg| order_notional(&leg.intent, facts.quote.as_ref()))
+            .max();
+        runtime
+            .approval
+            .reason(tool, &facts.symbol, facts.identity.mode, value)
+            .map(|reason| (reason, value))
+    } else {
+        None
+    };
 
     let body = orders_body(facts.conid, legs).map_err(|_| {
         Decided::Refused(GuardRefusal {
@@ -477,6 +457,8 @@ fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
         "notional": notional.map(to_decimal_string),
         "position_before": facts.position.map(to_decimal_string),
         "dry_run": policy.dry_run || refusal.is_some(),
+        "arguments": arguments,
+        "live_scope_granted": context.live_scope_granted,
         "legs": legs.iter().map(|leg| {
             let mut value = intent_json(&leg.intent);
             if let Value::Object(map) = &mut value {
@@ -501,16 +483,126 @@ fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Go>, Decided> {
             value: None,
         });
     }
+    if let Some((reason, value)) = approval_reason {
+        let expire_ms =
+            i64::try_from(runtime.approval.expire_after.as_millis()).unwrap_or(i64::MAX);
+        let waiting = json!({
+            "reason": reason,
+            "order_value": value.map(to_decimal_string),
+            "expires_at_ms": now.saturating_add(expire_ms),
+            "intent_hash": intent_hash(&intent),
+        });
+        return Ok(Decision {
+            intent,
+            outcome: Some(("awaiting_approval", waiting)),
+            in_flight: false,
+            value: Some(Go {
+                coid,
+                notional,
+                body,
+                would_send,
+                awaiting_approval: true,
+            }),
+        });
+    }
     Ok(Decision {
         intent,
         outcome: None,
         in_flight: !policy.dry_run,
-        value: Some((coid, notional, body, would_send)),
+        value: Some(Go {
+            coid,
+            notional,
+            body,
+            would_send,
+            awaiting_approval: false,
+        }),
     })
 }
 
+/// Every leg's guards on figures read under the journal's lock. Returns the value counted
+/// toward the caps, or the first refusal and the leg it names. `except`: an attempt that must
+/// not count against itself (an approved order checked again before it is sent).
+pub(super) fn check_legs(
+    view: &JournalView<'_>,
+    runtime: &OrdersRuntime,
+    facts: &Facts,
+    legs: &[Leg],
+    live_scope_granted: bool,
+    now: i64,
+    except: Option<u64>,
+) -> Result<Option<Decimal>, (&'static str, GuardRefusal)> {
+    let book = view.book();
+    let policy = &runtime.policy;
+    let today = now.div_euclid(86_400_000);
+    let window_ms = i64::try_from(policy.duplicate_window_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let lag_ms = runtime.position_lag_ms();
+    let market_open = runtime.market_open();
+    let base_position = facts.position.unwrap_or(Decimal::ZERO);
+    let entry_quantity = legs
+        .iter()
+        .find(|leg| leg.label == "entry")
+        .and_then(|leg| leg.intent.quantity)
+        .unwrap_or(Decimal::ZERO);
+    let spent_today = book.spent_on_day_except(today, except);
+    let mut notional = None;
+    for leg in legs {
+        let side = leg.intent.side;
+        let commitments = book.commitments_except(facts.conid, side, now, lag_ms, except);
+        let foreign = match side {
+            Side::Sell => facts.foreign_sells,
+            Side::Buy => facts.foreign_buys,
+        };
+        // A bracket's exits see the position after its entry, and not each other (they
+        // are one-cancels-all).
+        let position = if leg.is_child() {
+            base_position + entry_quantity
+        } else {
+            base_position
+        };
+        let guard_context = GuardContext {
+            account_mode: facts.identity.mode,
+            account_id: &facts.identity.account,
+            live_scope_granted,
+            market_open: market_open.clone(),
+            quote: facts.quote.as_ref(),
+            position_quantity: position,
+            committed_same_side: commitments.quantity + foreign,
+            spent_today,
+            recent_identical_within_window: book.recent_identical_except(
+                &order_fingerprint(&leg.intent),
+                now,
+                window_ms,
+                except,
+            ),
+            unresolved_same_instrument_side: view.unresolved_on(facts.conid, side).is_some(),
+        };
+        match check_order(&leg.intent, policy, &guard_context) {
+            Ok(pass) => {
+                if pass.notional.is_some() {
+                    notional = pass.notional;
+                }
+            }
+            Err(mut refused) => {
+                if refused.code == ErrorCode::OrderExceedsSellable
+                    && !commitments.order_ids.is_empty()
+                {
+                    refused.detail = format!(
+                        "{} Orders that commit it: {}.",
+                        refused.detail,
+                        commitments.order_ids.join(", ")
+                    );
+                }
+                return Err((leg.label, refused));
+            }
+        }
+    }
+    Ok(notional)
+}
+
 /// A journaled refusal, as the agent sees it.
-fn blocked_outcome(data: Option<Value>) -> Outcome {
+pub(super) fn blocked_outcome(data: Option<Value>) -> Outcome {
     let data = data.unwrap_or(Value::Null);
     let code = data
         .get("code")
@@ -519,6 +611,150 @@ fn blocked_outcome(data: Option<Value>) -> Outcome {
         .unwrap_or(ErrorCode::OrderInvalid);
     let detail = data.get("detail").and_then(Value::as_str);
     Outcome::Refused(code.body(detail))
+}
+
+/// How often a call waiting for the owner's approval tells the agent it still waits.
+const APPROVAL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The order waits for the owner's approval: tell the agent, and wait for the owner's
+/// decision and the send that follows it, within this call's deadline. A wait longer than the
+/// deadline answers `awaiting_approval`, which the agent polls (`ibkr_trade_history` with the
+/// attempt id, or the same call with the same `idempotency_key`).
+pub(super) async fn await_approval(
+    runtime: &OrdersRuntime,
+    context: &ToolContext<'_>,
+    attempt: u64,
+) -> ToolResult {
+    let mut step = 0.0;
+    loop {
+        let Some(record) = runtime.journal.attempt(attempt) else {
+            return Err(journal_failure());
+        };
+        let in_flight = runtime
+            .journal
+            .with_book(|_, in_flight| in_flight.contains(&attempt))
+            .unwrap_or(false);
+        let now = tokio::time::Instant::now();
+        match record.status {
+            AttemptStatus::AwaitingApproval => {
+                let request = record.approval_request();
+                let expires_in_ms = request
+                    .as_ref()
+                    .map_or(0, |r| r.expires_at_ms.saturating_sub(now_ms()).max(0));
+                if now >= context.deadline {
+                    return Ok(awaiting_answer(&record, expires_in_ms));
+                }
+                if let Some(progress) = context.progress {
+                    step += 1.0;
+                    progress.send(
+                        step,
+                        None,
+                        Some(format!(
+                            "waiting for approval on the laptop: attempt {attempt} ({}); expires \
+                             in {} s",
+                            request.map(|r| r.reason).unwrap_or_default(),
+                            expires_in_ms / 1000
+                        )),
+                    );
+                }
+            }
+            AttemptStatus::Unresolved if in_flight => {
+                if now >= context.deadline {
+                    return Err(Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(
+                        &format!(
+                            "(attempt {attempt} was approved and is being sent; call \
+                             ibkr_trade_history with attempt_id {attempt} for its outcome)"
+                        ),
+                    ))));
+                }
+                if let Some(progress) = context.progress {
+                    step += 1.0;
+                    progress.send(
+                        step,
+                        None,
+                        Some(format!("approved on the laptop; sending attempt {attempt}")),
+                    );
+                }
+            }
+            _ if record.status.placed() => return Ok(replay(&record)),
+            _ => return Err(settled_outcome(&record)),
+        }
+        let wake = context.deadline.min(now + APPROVAL_PROGRESS_EVERY);
+        // Returns at once when the attempt moves on; otherwise at `wake`.
+        let _ = runtime.journal.wait_settled(attempt, wake).await;
+    }
+}
+
+/// The answer while the owner has not decided yet: nothing was sent.
+fn awaiting_answer(record: &Attempt, expires_in_ms: i64) -> Value {
+    let request = record.approval_request();
+    let again = if record.idempotency_key().is_some() {
+        ", or repeat this call with the same idempotency_key to wait again"
+    } else {
+        ""
+    };
+    json!({
+        "status": "awaiting_approval",
+        "attempt_id": record.id,
+        "symbol": record.intent.get("symbol"),
+        "conid": record.conid(),
+        "account_mode": record.intent.get("account_mode"),
+        "client_order_id": record.coid(),
+        "estimated_value": record.intent.get("notional"),
+        "approval": {
+            "reason": request.as_ref().map(|r| r.reason.clone()),
+            "expires_at_ms": request.as_ref().map(|r| r.expires_at_ms),
+            "expires_in_seconds": expires_in_ms / 1000,
+        },
+        "next": format!(
+            "Nothing was sent: the order waits for the laptop owner's approval. Call \
+             ibkr_trade_history with attempt_id {}{again}; do not place it again with another \
+             key.",
+            record.id
+        ),
+    })
+}
+
+/// The refusal an attempt that ended without reaching the broker answers with (or the
+/// unknown outcome of one that may have).
+pub(super) fn settled_outcome(record: &Attempt) -> Outcome {
+    let data = record.last_outcome.as_ref().map(|(_, data)| data.clone());
+    let field = |key: &str| {
+        data.as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    match record.status {
+        AttemptStatus::Denied => {
+            let mut detail = format!(
+                "(attempt {}: denied by {} via {}",
+                record.id,
+                field("by").unwrap_or_else(|| "the owner".into()),
+                field("via").unwrap_or_else(|| "the laptop".into())
+            );
+            if let Some(note) = field("note") {
+                detail.push_str(&format!(": {note}"));
+            }
+            detail.push(')');
+            Outcome::Refused(ErrorCode::OrderApprovalDenied.body(Some(&detail)))
+        }
+        AttemptStatus::ApprovalExpired => Outcome::Refused(
+            ErrorCode::OrderApprovalExpired.body(Some(&format!("(attempt {})", record.id))),
+        ),
+        AttemptStatus::Blocked => blocked_outcome(data),
+        AttemptStatus::Declined => Outcome::Refused(ErrorCode::OrderWarningDeclined.body(Some(
+            &format!("(attempt {}; nothing was placed)", record.id),
+        ))),
+        AttemptStatus::Rejected => Outcome::Refused(
+            ErrorCode::OrderRejected
+                .body(Some(&format!("({})", field("reason").unwrap_or_default()))),
+        ),
+        _ => Outcome::Failed(ErrorCode::OrderOutcomeUnknown.body(Some(&format!(
+            "(attempt {} may have been placed; run ibkr_reconcile_pending)",
+            record.id
+        )))),
+    }
 }
 
 fn random_key() -> String {

@@ -241,9 +241,19 @@ pub fn trade_history(arguments: &Map<String, Value>, context: &ToolContext<'_>) 
         .unwrap_or(50)
         .clamp(1, 500) as usize;
     let in_flight_free = runtime.journal.pending();
-    let attempts: Vec<Value> = runtime
-        .journal
-        .recent_attempts(limit)
+    let chosen = match arguments.get("attempt_id").and_then(Value::as_u64) {
+        Some(id) => match runtime.journal.attempt(id) {
+            Some(attempt) => vec![attempt],
+            None => {
+                return Err(Outcome::Refused(
+                    ErrorCode::OrderNotFound
+                        .body(Some(&format!("(no attempt {id} in the trade journal)"))),
+                ));
+            }
+        },
+        None => runtime.journal.recent_attempts(limit),
+    };
+    let attempts: Vec<Value> = chosen
         .iter()
         .map(|attempt| {
             let intent = &attempt.intent;
@@ -262,6 +272,10 @@ pub fn trade_history(arguments: &Map<String, Value>, context: &ToolContext<'_>) 
                 "status": attempt.status.as_str(),
                 "outcome_unknown": in_flight_free.iter().any(|p| p.id == attempt.id),
                 "outcome": attempt.last_outcome.as_ref().map(|(_, data)| data.clone()),
+                "approval": attempt.approval_request().map(|request| json!({
+                    "reason": request.reason,
+                    "expires_at_ms": request.expires_at_ms,
+                })),
             })
         })
         .collect();
