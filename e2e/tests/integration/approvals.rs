@@ -138,6 +138,10 @@ async fn an_order_reaches_the_broker_only_after_approval_and_exactly_once() {
         system.sim.order_log().is_empty(),
         "nothing reaches the broker before the approval"
     );
+    let status = ok(&call(&system, "ibkr_session_status", json!({})).await);
+    assert_eq!(status["posture"]["orders_awaiting_approval"], 1, "{status}");
+    // While it waits, its value is reserved against the daily budget.
+    assert_eq!(status["posture"]["spent_today"], "201", "{status}");
 
     // A hash other than the waiting order's is refused, and changes nothing.
     assert_eq!(

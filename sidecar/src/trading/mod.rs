@@ -99,7 +99,8 @@ pub fn now_ms() -> i64 {
 }
 
 /// The trading posture for `ibkr_session_status`: dry_run, live_trading_allowed,
-/// max_order_value, max_daily_value, remaining_daily_budget, unresolved_orders, safe_to_trade.
+/// max_order_value, max_daily_value, remaining_daily_budget, unresolved_orders,
+/// orders_awaiting_approval, safe_to_trade.
 /// `live_trading_allowed` is for this caller: `trading.allow_live` and `ibkr:orders:live`
 /// granted by both the caller's token and the local pairing (`live_scope_granted`).
 /// `safe_to_trade`: authenticated session, a paper account (or a live one with live trading
@@ -135,6 +136,7 @@ pub fn posture(
         .max_daily_value
         .map(|cap| to_decimal_string((cap - spent).max(Decimal::ZERO)));
     let unresolved = runtime.journal.pending().len();
+    let awaiting_approval = runtime.journal.awaiting_approval().len();
     let live_allowed = policy.allow_live && live_scope_granted;
     let behind = runtime.anchor.behind().is_some();
     json!({
@@ -145,6 +147,7 @@ pub fn posture(
         "spent_today": to_decimal_string(spent),
         "remaining_daily_budget": remaining,
         "unresolved_orders": unresolved,
+        "orders_awaiting_approval": awaiting_approval,
         "journal_available": true,
         "journal_behind_gateway": behind,
         "trading_paused": trading_paused,
