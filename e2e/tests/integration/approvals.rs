@@ -376,3 +376,44 @@ async fn an_approved_order_is_checked_again_before_it_is_sent() {
     );
     Arc::into_inner(system).unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_order_holds_its_share_of_the_daily_cap_and_does_not_count_twice() {
+    let system = Arc::new(
+        trading_system(TradingSection {
+            max_daily_value: Some("300".into()),
+            ..approving(120)
+        })
+        .await,
+    );
+    let state_dir = system.sidecar_state_dir().to_path_buf();
+    let agent = {
+        let system = system.clone();
+        tokio::spawn(async move { call(&system, "ibkr_buy", big_buy("cap-1")).await })
+    };
+    let pending = until_waiting(&state_dir, 1).await;
+    // A second agent's small buys: the first fits beside the waiting order (201 + 90 <= 300),
+    // the next would not, because the waiting order keeps its share reserved.
+    let small = ok(&call(
+        &system,
+        "ibkr_buy",
+        json!({"symbol": "AAPL", "cash_amount": "90"}),
+    )
+    .await);
+    assert_eq!(small["status"], "sent", "{small}");
+    let over = call(
+        &system,
+        "ibkr_buy",
+        json!({"symbol": "AAPL", "cash_amount": "50"}),
+    )
+    .await;
+    assert_eq!(code(&over), "ORDER_DAILY_CAP_EXCEEDED");
+    // Approved, the waiting order is checked again without counting against itself.
+    decide(&state_dir, approve(pending[0].attempt_id, None))
+        .await
+        .unwrap();
+    let sent = ok(&agent.await.unwrap());
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(system.sim.order_log().len(), 2);
+    Arc::into_inner(system).unwrap().shutdown().await;
+}
