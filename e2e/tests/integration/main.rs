@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
 mod broker_faults;
+mod browser;
+mod console;
 mod corrupt_state;
 mod disk_faults;
 mod doctor;
