@@ -88,9 +88,20 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
         console_cli(&system, &["--no-open", "--json"]).await,
         ExitCode::SUCCESS
     );
-    browser.client.goto(&info.login_url).await.unwrap();
-    let landed = browser.client.current_url().await.unwrap();
-    assert_eq!(landed.as_str(), info.url);
+    // As `sidecar console` does: the browser gets the forwarding page, not the secret link.
+    let opener = file::opener_path(system.sidecar_state_dir());
+    browser
+        .client
+        .goto(&format!("file://{}", opener.display()))
+        .await
+        .unwrap();
+    browser
+        .client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_url(&url::Url::parse(&info.url).unwrap())
+        .await
+        .unwrap();
 
     // The relay and the Client Portal as the page shows them.
     wait_text(&browser, "relay-state", "connected").await;
@@ -310,6 +321,26 @@ async fn the_console_refuses_requests_that_do_not_come_from_its_owners_page() {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_string();
+    // Arriving from another site (the CLI's forwarding page): a cookie and a page that moves
+    // on to `/` by itself, as a redirect chain from another site would carry no Strict cookie.
+    let from_elsewhere = http
+        .get(&info.login_url)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_elsewhere.status(), StatusCode::OK);
+    assert!(
+        from_elsewhere
+            .headers()
+            .contains_key(reqwest::header::SET_COOKIE)
+    );
+    let onward = from_elsewhere.text().await.unwrap();
+    assert!(
+        onward.contains(r#"http-equiv="refresh" content="0;url=/""#),
+        "{onward}"
+    );
+    assert!(!onward.contains(&secret_of(&info)));
 
     let page = http
         .get(&info.url)

@@ -326,6 +326,23 @@ fn orders_card(orders: &[OrderRow]) -> Markup {
     }
 }
 
+/// After a login that arrived from another site: moves on to the console (a meta refresh, which
+/// the CSP allows, unlike an inline script), with a link for a browser that does not.
+pub fn continue_to_console() -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/";
+                title { "IBKR agent console" }
+                link rel="stylesheet" href="/assets/console.css";
+            }
+            body.refusal { main { p { a href="/" { "Open the console" } } } }
+        }
+    }
+}
+
 /// A refusal as a page: the code, what happened and what to do. Never echoes the request.
 pub fn refusal(code: ErrorCode) -> Markup {
     html! {

@@ -230,25 +230,33 @@ async fn harden(request: Request, next: Next) -> Response {
     response
 }
 
+/// Exchanges the login link's secret for a session cookie, then leaves the secret's URL at
+/// once: a 303 to `/`. A browser that arrived from another site (the CLI's forwarding page is
+/// a `file:` page) would treat the whole redirect chain as cross-site and send no SameSite=Strict
+/// cookie to `/`; it gets a page that moves on to `/` itself, a same-origin navigation.
 async fn login(
     State(state): State<ConsoleState>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match state.gate.login(query.get("secret").map(String::as_str)) {
-        Ok(cookie) => {
-            let Ok(set_cookie) = HeaderValue::from_str(&security::session_cookie(cookie.expose()))
-            else {
-                return refusal(ErrorCode::InternalError);
-            };
-            let mut response = see_other("/");
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie);
-            tracing::info!("console: a browser opened a session");
-            response
-        }
-        Err(code) => refusal(code),
-    }
+    let cookie = match state.gate.login(query.get("secret").map(String::as_str)) {
+        Ok(cookie) => cookie,
+        Err(code) => return refusal(code),
+    };
+    let Ok(set_cookie) = HeaderValue::from_str(&security::session_cookie(cookie.expose())) else {
+        return refusal(ErrorCode::InternalError);
+    };
+    let mut response =
+        if security::check_fetch_site(header_text(&headers, "sec-fetch-site")).is_ok() {
+            see_other("/")
+        } else {
+            html_response(pages::continue_to_console())
+        };
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie);
+    tracing::info!("console: a browser opened a session");
+    response
 }
 
 fn html_response(markup: maud::Markup) -> Response {
