@@ -505,3 +505,33 @@ async fn the_console_refuses_requests_that_do_not_come_from_its_owners_page() {
     assert!(store.trading_pause().unwrap().is_none());
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_console_page_does_not_keep_a_killed_daemon_alive() {
+    let mut system = trading_system(live_trading()).await;
+    let info = console_info(&system);
+    let http = raw_client();
+    let login = http.get(&info.login_url).send().await.unwrap();
+    let set_cookie = login.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    // A page's live stream, held open as a browser tab would.
+    let mut events = http
+        .get(format!("{}events", info.url))
+        .headers(cookie_header(&cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    assert!(events.chunk().await.unwrap().is_some(), "the first event");
+
+    // Killed, the daemon must let go of everything (the trade journal's lock included), or the
+    // next daemon's order tools would refuse.
+    system.take_sidecar().unwrap().kill().await;
+    system.start_sidecar().await.unwrap();
+    let orders_before = system.sim.order_log().len();
+    buy_goes_out(&system, orders_before).await;
+    drop(events);
+    system.shutdown().await;
+}

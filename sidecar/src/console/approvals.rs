@@ -6,8 +6,10 @@
 //!   [`super::pages::action_form`] (it adds the session's CSRF token);
 //! - the actions: [`routes`] adds `POST` routes whose handlers take the checked
 //!   [`super::server::OwnerForm`] (Host, Origin, session and CSRF already verified by the
-//!   server for every POST) and answer [`super::server::done`] (a 303 back to the page, after
-//!   telling every open page to refresh).
+//!   server for every POST), reach the daemon with `ConsoleState::daemon`, and answer
+//!   [`super::server::done`] (a 303 back to the page, after telling every open page to
+//!   refresh). Anything else that changes what the page shows calls
+//!   [`super::Activity::notify`] on the daemon's `activity`.
 
 use super::pages::FormContext;
 use super::server::ConsoleState;

@@ -80,7 +80,7 @@ pub(crate) async fn start(
         url = %format!("{}/", own.base_url()),
         "console listening on loopback; open it with `ibkr-agent sidecar console`"
     );
-    let state = server::ConsoleState::new(context.clone(), gate, own, stop);
+    let state = server::ConsoleState::new(context, gate, own, stop);
     // Small responses written in two parts would wait out Nagle's delay on loopback.
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);

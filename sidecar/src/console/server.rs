@@ -2,7 +2,6 @@
 //! through [`harden`], server-rendered pages, a server-sent event stream that tells the page
 //! when to fetch its live part again, and the owner's actions as CSRF-checked form POSTs.
 
-use super::events::Activity;
 use super::pages::{self, FormContext};
 use super::security::{self, Gate, OwnAddress, SessionAccess};
 use super::view::{self, AccountProbe};
@@ -20,7 +19,7 @@ use axum::{Extension, http};
 use shared_safety::ErrorCode;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +36,12 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 const STYLESHEET: &str = include_str!("assets/console.css");
 const SCRIPT: &str = include_str!("assets/console.js");
 
-/// What every handler shares.
+/// What every handler shares. The daemon is held weakly: connections a browser keeps open (a
+/// page's event stream) outlive the server's task when the daemon is killed, and must not keep
+/// what it holds (the trade journal's lock) alive.
 #[derive(Clone)]
 pub struct ConsoleState {
-    pub(crate) context: Arc<DaemonContext>,
+    context: Weak<DaemonContext>,
     gate: Arc<Gate>,
     own: Arc<OwnAddress>,
     accounts: Arc<AccountProbe>,
@@ -49,22 +50,23 @@ pub struct ConsoleState {
 
 impl ConsoleState {
     pub(crate) fn new(
-        context: Arc<DaemonContext>,
+        context: &Arc<DaemonContext>,
         gate: Arc<Gate>,
         own: OwnAddress,
         stop: CancellationToken,
     ) -> ConsoleState {
         ConsoleState {
             accounts: Arc::new(AccountProbe::new(context.broker.subscribe())),
-            context,
+            context: Arc::downgrade(context),
             gate,
             own: Arc::new(own),
             stop,
         }
     }
 
-    pub(crate) fn activity(&self) -> &Activity {
-        &self.context.activity
+    /// The running daemon, or `CONSOLE_NOT_RUNNING` once it is gone (answer with [`refusal`]).
+    pub(crate) fn daemon(&self) -> Result<Arc<DaemonContext>, ErrorCode> {
+        self.context.upgrade().ok_or(ErrorCode::ConsoleNotRunning)
     }
 }
 
@@ -85,7 +87,9 @@ impl OwnerForm {
 /// The answer to a finished owner action: every open page refreshes, and this one goes back
 /// to the console (303, so a reload does not send the form again).
 pub fn done(state: &ConsoleState) -> Response {
-    state.activity().notify();
+    if let Ok(daemon) = state.daemon() {
+        daemon.activity.notify();
+    }
     see_other("/")
 }
 
@@ -127,7 +131,9 @@ where
     }
 }
 
-fn refusal(code: ErrorCode) -> Response {
+/// A refusal as the console answers it: the status, a page saying what to do, and the code in
+/// `x-error-code`.
+pub fn refusal(code: ErrorCode) -> Response {
     let status = match code {
         ErrorCode::ConsoleSessionRequired | ErrorCode::ConsoleLoginRefused => {
             StatusCode::UNAUTHORIZED
@@ -136,6 +142,7 @@ fn refusal(code: ErrorCode) -> Response {
         | ErrorCode::ConsoleOriginRefused
         | ErrorCode::ConsoleCsrfInvalid => StatusCode::FORBIDDEN,
         ErrorCode::CliArgumentInvalid => StatusCode::BAD_REQUEST,
+        ErrorCode::ConsoleNotRunning => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut response = (status, html_response(pages::refusal(code))).into_response();
@@ -271,7 +278,11 @@ async fn index(
     State(state): State<ConsoleState>,
     Extension(access): Extension<SessionAccess>,
 ) -> Response {
-    let view = view::gather(&state.context, &state.accounts).await;
+    let daemon = match state.daemon() {
+        Ok(daemon) => daemon,
+        Err(code) => return refusal(code),
+    };
+    let view = view::gather(&daemon, &state.accounts).await;
     html_response(pages::page(&view, &FormContext { csrf: &access.csrf }))
 }
 
@@ -279,7 +290,11 @@ async fn fragment(
     State(state): State<ConsoleState>,
     Extension(access): Extension<SessionAccess>,
 ) -> Response {
-    let view = view::gather(&state.context, &state.accounts).await;
+    let daemon = match state.daemon() {
+        Ok(daemon) => daemon,
+        Err(code) => return refusal(code),
+    };
+    let view = view::gather(&daemon, &state.accounts).await;
     html_response(pages::live(&view, &FormContext { csrf: &access.csrf }))
 }
 
@@ -301,8 +316,13 @@ async fn script() -> Response {
 
 /// One `changed` event whenever the daemon's activity or the broker state changes (and every
 /// few seconds regardless); the page then fetches `/fragment`. Ends with the daemon, so a
-/// graceful stop is not held up by open pages.
-async fn events(State(state): State<ConsoleState>) -> impl IntoResponse {
+/// graceful stop is not held up by open pages; and ends when the daemon is gone (its channels
+/// close), since it holds no reference to it.
+async fn events(State(state): State<ConsoleState>) -> Response {
+    let daemon = match state.daemon() {
+        Ok(daemon) => daemon,
+        Err(code) => return refusal(code),
+    };
     struct Watch {
         activity: tokio::sync::watch::Receiver<u64>,
         broker: tokio::sync::watch::Receiver<crate::cpgw::BrokerState>,
@@ -310,8 +330,8 @@ async fn events(State(state): State<ConsoleState>) -> impl IntoResponse {
         first: bool,
     }
     let start = Watch {
-        activity: state.activity().subscribe(),
-        broker: state.context.broker.subscribe(),
+        activity: daemon.activity.subscribe(),
+        broker: daemon.broker.subscribe(),
         stop: state.stop.clone(),
         first: true,
     };
@@ -330,7 +350,10 @@ async fn events(State(state): State<ConsoleState>) -> impl IntoResponse {
             .data(now_unix_seconds().to_string());
         Some((Ok::<_, Infallible>(event), watch))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    drop(daemon);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Pauses trading: the next order call is refused (the request path reads the pause from the
@@ -343,10 +366,11 @@ async fn pause(
         Ok(reason) => reason,
         Err(error) => return refusal(error.code()),
     };
-    let paused = state
-        .context
-        .store
-        .pause_trading(now_unix_seconds(), &reason);
+    let daemon = match state.daemon() {
+        Ok(daemon) => daemon,
+        Err(code) => return refusal(code),
+    };
+    let paused = daemon.store.pause_trading(now_unix_seconds(), &reason);
     recorded(&state, paused, "trading paused from the console")
 }
 
@@ -354,7 +378,11 @@ async fn resume(
     State(state): State<ConsoleState>,
     Extension(_form): Extension<OwnerForm>,
 ) -> Response {
-    let resumed = state.context.store.resume_trading();
+    let daemon = match state.daemon() {
+        Ok(daemon) => daemon,
+        Err(code) => return refusal(code),
+    };
+    let resumed = daemon.store.resume_trading();
     recorded(&state, resumed, "trading resumed from the console")
 }
 
