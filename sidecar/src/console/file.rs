@@ -32,12 +32,18 @@ pub struct ConsoleInfo {
 #[derive(Debug)]
 pub struct Published {
     dir: PathBuf,
+    /// What this daemon wrote: a second daemon on the same state directory may have replaced
+    /// the files since, and its files are not ours to remove.
+    login_url: zeroize::Zeroizing<String>,
 }
 
 impl Drop for Published {
     fn drop(&mut self) {
-        for name in [CONSOLE_FILE, OPENER_FILE] {
-            let _ = std::fs::remove_file(self.dir.join(name));
+        let ours = read(&self.dir).is_ok_and(|info| *info.login_url == **self.login_url);
+        if ours {
+            for name in [CONSOLE_FILE, OPENER_FILE] {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
         }
     }
 }
@@ -54,6 +60,7 @@ pub fn publish(state_dir: &Path, base_url: &str, secret: &Token) -> std::io::Res
         zeroize::Zeroizing::new(serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?);
     let published = Published {
         dir: state_dir.to_path_buf(),
+        login_url: zeroize::Zeroizing::new(info.login_url.clone()),
     };
     crate::secret_file::replace(state_dir, CONSOLE_FILE, &json)?;
     let opener = zeroize::Zeroizing::new(opener_page(&info.login_url).into_string());
@@ -145,6 +152,17 @@ mod tests {
         drop(published);
         assert!(!dir.path().join(CONSOLE_FILE).exists());
         assert!(!dir.path().join(OPENER_FILE).exists());
+    }
+
+    #[test]
+    fn a_daemon_leaves_the_files_of_another_that_replaced_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = publish(dir.path(), "http://127.0.0.1:4711", &Token::random()).unwrap();
+        let second = publish(dir.path(), "http://127.0.0.1:4712", &Token::random()).unwrap();
+        drop(first);
+        assert_eq!(read(dir.path()).unwrap().url, "http://127.0.0.1:4712/");
+        drop(second);
+        assert!(!dir.path().join(CONSOLE_FILE).exists());
     }
 
     #[test]
