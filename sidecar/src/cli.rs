@@ -10,7 +10,8 @@
 //! exits 3 for every gate it runs, the CPGW probe included.
 //!
 //! The JSON output never carries secrets and never a local path (scripts that forward JSON
-//! should not learn them); paths appear only in the human output.
+//! should not learn them); paths appear only in the human output. One exception:
+//! `sidecar console --json` prints the console's login link, which is what it is asked for.
 
 mod approvals;
 
@@ -112,6 +113,9 @@ pub enum SidecarCommand {
     Approvals(approvals::ApprovalsArgs),
     /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
     Service(crate::service::ServiceArgs),
+    /// Open the running daemon's console (a web page on loopback) in the browser, and print
+    /// its address and login link.
+    Console(crate::console::cli::ConsoleArgs),
     /// Check, in order, everything trading needs (configuration, keys, pairing, grants, the
     /// gateway, the daemon's session, the Client Portal login, the account, a balance and a
     /// quote) and name the fix for each failure. Exits 3 when something blocks trading.
@@ -488,6 +492,11 @@ fn report_failure(failure: &Failure, json: bool) {
     eprintln!("  what to do: {}", body.user_action);
 }
 
+/// Prints one JSON object on stdout (for commands implemented outside this file).
+pub(crate) fn print_json_value(value: &Value) {
+    print_json(value);
+}
+
 fn print_json(value: &Value) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{value}");
@@ -536,6 +545,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         SidecarCommand::Resume => Ok(resume_trading(&state_dir, json)?),
         SidecarCommand::Approvals(args) => Ok(approvals::command(&state_dir, &args, json)?),
         SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
+        SidecarCommand::Console(args) => Ok(crate::console::cli::command(&state_dir, &args, json)?),
         SidecarCommand::Doctor(args) => doctor_command(state_dir, &args, json),
     }
 }
@@ -586,20 +596,22 @@ fn pause_json(pause: &crate::state::TradingPause) -> Value {
     json!({"since_unix": pause.paused_at, "reason": pause.reason})
 }
 
-/// `ibkr-agent sidecar pause`.
-fn pause_trading(state_dir: &Path, args: &PauseArgs, json: bool) -> Result<(), SidecarError> {
-    let reason: String = args
-        .reason
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
+/// A pause reason as kept: trimmed, without control characters, at most
+/// [`MAX_PAUSE_REASON`] bytes (the console's pause form goes through it too).
+pub(crate) fn clean_pause_reason(raw: &str) -> Result<String, SidecarError> {
+    let reason: String = raw.trim().chars().filter(|c| !c.is_control()).collect();
     if reason.len() > MAX_PAUSE_REASON {
         return Err(SidecarError::new(
             ErrorCode::CliArgumentInvalid,
             format!("(--reason: at most {MAX_PAUSE_REASON} bytes)"),
         ));
     }
+    Ok(reason)
+}
+
+/// `ibkr-agent sidecar pause`.
+fn pause_trading(state_dir: &Path, args: &PauseArgs, json: bool) -> Result<(), SidecarError> {
+    let reason = clean_pause_reason(&args.reason)?;
     let store = StateStore::open(state_dir)?;
     let pause = store.pause_trading(now_unix_seconds(), &reason)?;
     if json {

@@ -83,6 +83,9 @@ pub struct SidecarConfig {
     /// Order guards and posture; see [`crate::trading::policy::TradingSection`].
     #[serde(default)]
     pub trading: crate::trading::policy::TradingSection,
+    /// The owner's console on loopback; see [`crate::console`].
+    #[serde(default)]
+    pub console: crate::console::ConsoleSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +157,7 @@ struct FileConfig {
     safety: Option<FileSafety>,
     alerts: Option<AlertsSection>,
     trading: Option<crate::trading::policy::TradingSection>,
+    console: Option<crate::console::ConsoleSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +277,7 @@ impl FileConfig {
             },
             alerts: self.alerts,
             trading: self.trading.unwrap_or_default(),
+            console: self.console.unwrap_or_default(),
         })
     }
 }
@@ -346,6 +351,7 @@ impl SidecarConfig {
             alerts.validate()?;
         }
         self.trading.validate()?;
+        self.console.validate()?;
         let s = &self.sidecar;
         let relay = s
             .remote_relay_url

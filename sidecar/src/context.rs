@@ -44,6 +44,8 @@ pub(crate) struct DaemonContext {
     /// Cancelled only when the daemon dies without a graceful stop (its future dropped): order
     /// work then stops as it would in a crash.
     pub order_work_killed: tokio_util::sync::CancellationToken,
+    /// Recent activity for the owner's console (relay connection, recent calls).
+    pub activity: crate::console::Activity,
     /// Cancels [`crate::DaemonOptions::released`] when the last holder of the context lets go.
     pub _released: Option<tokio_util::sync::DropGuard>,
 }

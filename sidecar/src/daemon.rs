@@ -98,6 +98,8 @@ pub async fn run_daemon(
     let approvals = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
         crate::approvals::run_expiry(context.clone(), keepalive_stop.clone()),
     ));
+    // Aborted with this future; stops with the keep-alive, after order work drained.
+    let console = crate::console::start(&context, keepalive_stop.clone()).await;
     supervisor::run(context.clone(), shutdown.clone()).await;
     // A graceful stop lets orders being placed finish and journal their outcome.
     context.order_work.close();
@@ -119,6 +121,9 @@ pub async fn run_daemon(
     let _ = keepalive.await;
     let _ = owner.await;
     let _ = approvals.await;
+    if let Some(console) = console {
+        let _ = console.await;
+    }
     tracing::info!("sidecar stopped");
     Ok(())
 }
@@ -174,6 +179,7 @@ fn prepare(options: DaemonOptions) -> Result<DaemonContext, DaemonError> {
         market_clock: options.market_clock.clone(),
         order_work: tokio_util::task::TaskTracker::new(),
         order_work_killed: tokio_util::sync::CancellationToken::new(),
+        activity: crate::console::Activity::new(),
         orders: match crate::trading::OrdersRuntime::open(&options.state_dir, &trading) {
             Ok(mut runtime) => {
                 runtime.clock = options.market_clock.clone();

@@ -70,6 +70,7 @@ pub fn exit_code_for(code: ErrorCode) -> u8 {
     match code {
         ErrorCode::ConfigInvalid
         | ErrorCode::ConfigSidecarForbidden
+        | ErrorCode::ConsoleListenNotLoopback
         | ErrorCode::CliArgumentInvalid => 2,
         ErrorCode::StateStoreError
         | ErrorCode::InternalError

@@ -19,6 +19,8 @@
 //! - [`gates`]: the per-request checks, shared by the daemon and `relay accept`;
 //!   [`requests`]: one call from envelope to outcome.
 //! - [`cpgw`]: the Client Portal client, broker state and keep-alive; [`tools`]: one file per tool.
+//! - [`console`]: the owner's console, a loopback web page the daemon serves
+//!   (`sidecar console`; docs/console.md).
 //! - [`doctor`]: `sidecar doctor`, the ordered readiness checklist with a fix per failure.
 //! - [`owner`]: the owner's decisions from the command line (settling an unknown order
 //!   outcome, approving or denying an order), handed to the running daemon through the state
@@ -35,6 +37,7 @@ pub mod approvals;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod cpgw;
 pub mod daemon;

@@ -36,7 +36,20 @@ pub(crate) type ProgressSender = tokio::sync::mpsc::Sender<protocol::envelope::R
 const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs one relayed call. `deadline`: when the gateway stops waiting for the answer.
+/// Recorded for the owner's console: tool, outcome code, duration (never the arguments).
 pub(crate) async fn handle(
+    context: &DaemonContext,
+    connection: &ConnectionInfo,
+    request: &RelayRequest,
+    deadline: Instant,
+) -> Outcome {
+    let timer = context.activity.start_call(&request.tool_name);
+    let outcome = run_call(context, connection, request, deadline).await;
+    timer.finish(&outcome);
+    outcome
+}
+
+async fn run_call(
     context: &DaemonContext,
     connection: &ConnectionInfo,
     request: &RelayRequest,

@@ -7,6 +7,8 @@
 
 mod approvals;
 mod broker_faults;
+mod browser;
+mod console;
 mod corrupt_state;
 mod disk_faults;
 mod doctor;

@@ -3,7 +3,9 @@
 //! the broker; a cancel still goes; the pause survives a daemon restart; `ibkr_session_status`
 //! reports it; after `resume` orders go again.
 
-use crate::trading_support::{call, code, live_trading, ok, trading_system};
+use crate::trading_support::{
+    buy_goes_out, buy_refused_as_paused, call, code, live_trading, ok, trading_system,
+};
 use ibkr_agent::trading::policy::TradingSection;
 use serde_json::json;
 use std::path::Path;
@@ -69,13 +71,7 @@ async fn while_paused_no_order_goes_out_a_cancel_does_and_the_pause_survives_a_r
     // A restarted daemon is still paused.
     system.take_sidecar().unwrap().stop().await;
     system.start_sidecar().await.unwrap();
-    let refused = call(
-        &system,
-        "ibkr_buy",
-        json!({"symbol": "AAPL", "cash_amount": "30"}),
-    )
-    .await;
-    assert_eq!(code(&refused), "TRADING_PAUSED");
+    buy_refused_as_paused(&system, "lunch").await;
     assert_eq!(
         system.sim.order_log().len(),
         orders_before,
@@ -85,13 +81,6 @@ async fn while_paused_no_order_goes_out_a_cancel_does_and_the_pause_survives_a_r
     sidecar_command(system.sidecar_state_dir(), &["resume"]);
     let status = ok(&call(&system, "ibkr_session_status", json!({})).await);
     assert!(status["posture"]["trading_paused"].is_null(), "{status}");
-    let bought = ok(&call(
-        &system,
-        "ibkr_buy",
-        json!({"symbol": "AAPL", "cash_amount": "30"}),
-    )
-    .await);
-    assert_eq!(bought["status"], "sent", "{bought}");
-    assert_eq!(system.sim.order_log().len(), orders_before + 1);
+    buy_goes_out(&system, orders_before).await;
     system.shutdown().await;
 }

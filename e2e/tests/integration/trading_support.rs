@@ -119,6 +119,31 @@ pub fn code(result: &CallToolResult) -> String {
         .to_string()
 }
 
+/// A 30 USD buy of AAPL is refused with TRADING_PAUSED, naming the owner's `reason`.
+pub async fn buy_refused_as_paused(system: &System, reason: &str) {
+    let refused = call(
+        system,
+        "ibkr_buy",
+        serde_json::json!({"symbol": "AAPL", "cash_amount": "30"}),
+    )
+    .await;
+    assert_eq!(code(&refused), "TRADING_PAUSED", "{refused:?}");
+    let message = &refused.structured_content.as_ref().unwrap()["error"]["message"];
+    assert!(message.as_str().unwrap().contains(reason), "{message}");
+}
+
+/// Buys 30 USD of AAPL and checks the order reached the broker as its `orders_before + 1`th.
+pub async fn buy_goes_out(system: &System, orders_before: usize) {
+    let bought = ok(&call(
+        system,
+        "ibkr_buy",
+        serde_json::json!({"symbol": "AAPL", "cash_amount": "30"}),
+    )
+    .await);
+    assert_eq!(bought["status"], "sent", "{bought}");
+    assert_eq!(system.sim.order_log().len(), orders_before + 1);
+}
+
 /// Runs one `ibkr-agent` command line, in this process, exactly as the binary would.
 pub async fn ibkr_agent(state_dir: &Path, args: &[&str]) -> ExitCode {
     let mut argv = vec![

@@ -200,6 +200,9 @@ impl Driver {
             return end;
         }
         self.record_session();
+        self.context
+            .activity
+            .relay_connected(self.connection.session.clone());
         tracing::info!(
             session = %self.session_id_hex,
             instance = %self.connection.binding.remote_instance_id,
@@ -628,6 +631,7 @@ impl Driver {
         self.connection
             .session
             .update(|snapshot| snapshot.closed = true);
+        self.context.activity.relay_disconnected();
         let mut orders_left = 0;
         for (_, work) in self.inflight.drain() {
             if matches!(work, InFlight::Detached) {

@@ -499,6 +499,8 @@ fn the_documented_example_loads_and_names_every_key() {
         "sidecar.client_portal_timeout_seconds",
         "sidecar.quote_max_age_ms",
         "safety.sidecar_enabled",
+        "console.enabled",
+        "console.listen",
     ] {
         assert!(
             reference.contains(&format!("`{key}`")),
