@@ -372,7 +372,8 @@ pub fn expire_due(journal: &Journal, now_ms: i64) -> Option<i64> {
 }
 
 /// Expires waiting orders on time until `shutdown` (also those that expired while no daemon
-/// ran, at once). Wakes at the next expiry or when the journal changes.
+/// ran, at once), and tells the console when the journal changes. Wakes at the next expiry or
+/// when the journal changes.
 pub(crate) async fn run_expiry(context: Arc<DaemonContext>, shutdown: CancellationToken) {
     let Some(runtime) = context.orders.as_ref() else {
         return;
@@ -390,6 +391,9 @@ pub(crate) async fn run_expiry(context: Arc<DaemonContext>, shutdown: Cancellati
                 if changed.is_err() {
                     return;
                 }
+                // An order started or stopped waiting, or any other journal change: open
+                // console pages show it.
+                context.activity.notify();
             }
         }
     }

@@ -3,12 +3,13 @@
 //! Portal state, watches calls arrive live, pauses trading with the switch (an agent's order
 //! is then refused with TRADING_PAUSED) and resumes; plain HTTP requests check every refusal
 //! (no session, foreign Host, foreign Origin, missing or wrong CSRF token); the page makes no
-//! request off loopback and carries no secret.
+//! request off loopback and carries no secret; the owner approves one waiting order (it then
+//! reaches the simulator, once) and denies another (the agent is refused) in the browser.
 
 use crate::browser::Browser;
 use crate::trading_support::{
-    buy_goes_out, buy_refused_as_paused, call, ibkr_agent as ibkr_agent_cli, live_trading, ok,
-    trading_system,
+    buy_goes_out, buy_refused_as_paused, call, code, ibkr_agent as ibkr_agent_cli, live_trading,
+    ok, trading_system,
 };
 use e2e::cpgw_sim::AuthState;
 use e2e::system::System;
@@ -57,9 +58,50 @@ async fn wait_text(browser: &Browser, id: &str, text: &str) {
     }
 }
 
+/// Runs `act` on the element `id`, finding it again when the live refresh replaced it between
+/// the find and the act (the page swaps its fragment whenever the daemon's state changes).
+async fn on_element<F, Fut>(browser: &Browser, id: &str, act: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let error = match browser.client.find(Locator::Id(id)).await {
+            Ok(element) => match act(element).await {
+                Ok(()) => return,
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        let replaced = error.is_stale_element_reference() || error.is_no_such_element();
+        if !replaced || tokio::time::Instant::now() >= deadline {
+            panic!("#{id}: {error}");
+        }
+    }
+}
+
 async fn click(browser: &Browser, id: &str) {
-    let element = browser.client.find(Locator::Id(id)).await.unwrap();
-    element.click().await.unwrap();
+    on_element(browser, id, |element| async move {
+        element.click().await.map(|_| ())
+    })
+    .await;
+}
+
+/// The text of the element `id`, read in one step in the page (no element handle to go stale).
+async fn text_of(browser: &Browser, id: &str) -> String {
+    let value = browser
+        .client
+        .execute(
+            "const e = document.getElementById(arguments[0]); return e ? e.innerText : null;",
+            vec![json!(id)],
+        )
+        .await
+        .unwrap();
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("#{id} is absent"))
+        .to_string()
 }
 
 async fn wait_for(browser: &Browser, xpath: &str) -> fantoccini::elements::Element {
@@ -83,47 +125,28 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
     let base = info.url.trim_end_matches('/').to_string();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
-    // The CLI's link logs in and lands on a URL without the secret.
-    assert_eq!(
-        console_cli(&system, &["--no-open", "--json"]).await,
-        ExitCode::SUCCESS
-    );
-    // As `sidecar console` does: the browser gets the forwarding page, not the secret link.
-    let opener = file::opener_path(system.sidecar_state_dir());
-    browser
-        .client
-        .goto(&format!("file://{}", opener.display()))
-        .await
-        .unwrap();
-    browser
-        .client
-        .wait()
-        .at_most(PAGE_WAIT)
-        .for_url(&url::Url::parse(&info.url).unwrap())
-        .await
-        .unwrap();
+    // The CLI's link logs in and lands on a URL without the secret (the browser gets the
+    // forwarding page, as `sidecar console` gives it, not the secret link).
+    open_console(&system, &browser).await;
 
     // The relay and the Client Portal as the page shows them.
     wait_text(&browser, "relay-state", "connected").await;
     wait_text(&browser, "broker-state", "logged in").await;
-    let relay_url = browser.client.find(Locator::Id("relay-url")).await.unwrap();
     assert_eq!(
-        relay_url.text().await.unwrap(),
+        text_of(&browser, "relay-url").await,
         system.gateway().unwrap().relay_url()
     );
-    let fingerprint = browser
-        .client
-        .find(Locator::Id("gateway-fingerprint"))
-        .await
-        .unwrap();
     assert_eq!(
-        fingerprint.text().await.unwrap(),
+        text_of(&browser, "gateway-fingerprint").await,
         system.gateway().unwrap().public_key().fingerprint()
     );
     wait_text(&browser, "account-mode", "paper").await;
     wait_text(&browser, "dry-run", "off: orders are sent").await;
-    let scopes = browser.client.find(Locator::Id("pairings")).await.unwrap();
-    assert!(scopes.text().await.unwrap().contains("ibkr:orders:write"));
+    assert!(
+        text_of(&browser, "pairings")
+            .await
+            .contains("ibkr:orders:write")
+    );
     wait_for(&browser, "//*[@id='no-approvals']").await;
 
     // A call the agent makes shows up without a reload (the event stream).
@@ -136,9 +159,17 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
 
     // The Client Portal logs out: the page says a manual login is needed, with the link.
     system.sim.set_auth_state(AuthState::LoggedOut);
-    let link = wait_for(&browser, "//*[@id='login-banner']//a[@id='login-link']").await;
+    wait_for(&browser, "//*[@id='login-banner']//a[@id='login-link']").await;
+    let href = browser
+        .client
+        .execute(
+            "return document.getElementById('login-link').getAttribute('href');",
+            vec![],
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        link.attr("href").await.unwrap().as_deref(),
+        href.as_str(),
         Some(format!("{}/", system.sim.base_url().trim_end_matches("/v1/api")).as_str())
             .map(|with_slash| with_slash.trim_end_matches('/'))
     );
@@ -147,12 +178,10 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
 
     // Pause with the switch: the very next order is refused and never reaches the broker.
     let orders_before = system.sim.order_log().len();
-    let reason = browser
-        .client
-        .find(Locator::Id("pause-reason"))
-        .await
-        .unwrap();
-    reason.send_keys("lunch").await.unwrap();
+    on_element(&browser, "pause-reason", |element| async move {
+        element.send_keys("lunch").await
+    })
+    .await;
     click(&browser, "pause-button").await;
     wait_text(&browser, "trading-state", "paused").await;
     wait_for(&browser, "//*[@id='pause-banner']//q[text()='lunch']").await;
@@ -227,11 +256,6 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
         assert!(!source.contains(&secret), "the page shows the {what}");
     }
 
-    if std::env::var_os("UPDATE_DOCS").is_some() {
-        let png = browser.client.screenshot().await.unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/console.png");
-        std::fs::write(path, png).unwrap();
-    }
     browser.close().await;
 
     // A graceful stop takes the console and its file away; the CLI then says so.
@@ -245,6 +269,136 @@ async fn the_owner_reads_the_system_and_pauses_trading_from_the_console_in_a_bro
         "CONSOLE_NOT_RUNNING"
     );
     system.shutdown().await;
+}
+
+/// Logs the browser in as `sidecar console` does (the forwarding page) and waits for the page.
+async fn open_console(system: &System, browser: &Browser) {
+    let info = console_info(system);
+    assert_eq!(
+        console_cli(system, &["--no-open", "--json"]).await,
+        ExitCode::SUCCESS
+    );
+    let opener = file::opener_path(system.sidecar_state_dir());
+    browser
+        .client
+        .goto(&format!("file://{}", opener.display()))
+        .await
+        .unwrap();
+    browser
+        .client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_url(&url::Url::parse(&info.url).unwrap())
+        .await
+        .unwrap();
+    wait_text(browser, "relay-state", "connected").await;
+}
+
+/// An agent's limit buy of one AAPL share at `price`, placed in the background (it waits for
+/// the owner's approval).
+fn limit_buy_in_background(
+    system: &std::sync::Arc<System>,
+    price: &str,
+    key: &str,
+) -> tokio::task::JoinHandle<rmcp::model::CallToolResult> {
+    let system = system.clone();
+    let order = json!({"symbol": "AAPL", "quantity": "1", "limit_price": price,
+                       "idempotency_key": key});
+    tokio::spawn(async move { call(&system, "ibkr_buy", order).await })
+}
+
+/// The attempt id of the first order the page shows as waiting for approval.
+async fn waiting_attempt(browser: &Browser) -> String {
+    wait_for(
+        browser,
+        "//*[@id='approvals']//button[starts-with(@id, 'approve-')]",
+    )
+    .await;
+    let id = browser
+        .client
+        .execute(
+            "return document.querySelector(\"#approvals button[id^='approve-']\").id;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    id.as_str()
+        .unwrap()
+        .trim_start_matches("approve-")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_approves_one_order_and_denies_another_in_the_browser() {
+    use ibkr_agent::trading::approval::ApprovalSection;
+    let system = std::sync::Arc::new(
+        trading_system(ibkr_agent::trading::policy::TradingSection {
+            max_order_value: "1000".into(),
+            approval: ApprovalSection {
+                above_value: Some("100".into()),
+                ..ApprovalSection::default()
+            },
+            ..live_trading()
+        })
+        .await,
+    );
+    let Some(browser) = Browser::start().await else {
+        std::sync::Arc::into_inner(system).unwrap().shutdown().await;
+        return;
+    };
+    open_console(&system, &browser).await;
+    wait_for(&browser, "//*[@id='no-approvals']").await;
+    let orders_before = system.sim.order_log().len();
+
+    // The agent's order waits; the page shows it without a reload, with what it is and why.
+    let agent = limit_buy_in_background(&system, "201", "console-1");
+    let attempt = waiting_attempt(&browser).await;
+    let card = text_of(&browser, &format!("approval-{attempt}")).await;
+    for expected in [
+        "AAPL",
+        "BUY 1 LMT limit 201 DAY",
+        "$201",
+        "above 100",
+        "paper",
+    ] {
+        assert!(card.contains(expected), "{expected:?} not in {card:?}");
+    }
+    assert_eq!(system.sim.order_log().len(), orders_before);
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let png = browser.client.screenshot().await.unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/console.png");
+        std::fs::write(path, png).unwrap();
+    }
+
+    // Approve: the order reaches the simulator, once, and the agent's call says sent.
+    click(&browser, &format!("approve-{attempt}")).await;
+    let sent = ok(&agent.await.unwrap());
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(system.sim.order_log().len(), orders_before + 1);
+    wait_for(&browser, "//*[@id='no-approvals']").await;
+
+    // Deny another with a note: the agent is refused with it, and nothing is sent.
+    let agent = limit_buy_in_background(&system, "202", "console-2");
+    let attempt = waiting_attempt(&browser).await;
+    on_element(
+        &browser,
+        &format!("deny-note-{attempt}"),
+        |element| async move { element.send_keys("not today").await },
+    )
+    .await;
+    click(&browser, &format!("deny-{attempt}")).await;
+    let refused = agent.await.unwrap();
+    assert_eq!(code(&refused), "ORDER_APPROVAL_DENIED");
+    let message = refused.structured_content.as_ref().unwrap()["error"]["message"].clone();
+    assert!(
+        message.as_str().unwrap().contains("not today")
+            && message.as_str().unwrap().contains("console"),
+        "{message}"
+    );
+    wait_for(&browser, "//*[@id='no-approvals']").await;
+    assert_eq!(system.sim.order_log().len(), orders_before + 1);
+    browser.close().await;
+    std::sync::Arc::into_inner(system).unwrap().shutdown().await;
 }
 
 /// A client that never follows redirects and keeps no cookies: every header is the test's.

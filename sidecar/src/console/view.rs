@@ -33,6 +33,8 @@ pub struct ConsoleView {
     pub pause: Option<TradingPause>,
     pub calls: Vec<CallRecord>,
     pub orders: Vec<OrderRow>,
+    /// Orders waiting for the owner's approval, oldest first.
+    pub approvals: Vec<crate::approvals::PendingApproval>,
     /// What could not be read (the state store), said on the page instead of a blank.
     pub problems: Vec<String>,
     pub now_unix: i64,
@@ -197,6 +199,11 @@ pub(crate) async fn gather(context: &DaemonContext, probe: &AccountProbe) -> Con
         pause,
         calls: context.activity.recent_calls(),
         orders: recent_orders(context),
+        approvals: context
+            .orders
+            .as_ref()
+            .map(|runtime| crate::approvals::pending(&runtime.journal))
+            .unwrap_or_default(),
         problems,
         now_unix: now,
     }
