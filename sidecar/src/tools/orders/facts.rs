@@ -144,19 +144,19 @@ pub(crate) fn record_observation(
     }
 }
 
-/// Working orders on `conid` and `side` that are not ours (placed in TWS, the mobile app, or
-/// before the journal existed): the remaining quantity of list rows whose client order id and
-/// order id our journal does not know. Best effort: a list that cannot be read, or comes back
-/// empty, adds nothing (our own orders are counted from the journal, not from this list).
-pub(crate) async fn foreign_working_quantity(
+/// Working orders on `conid` that are not ours (placed in TWS, the mobile app, or before the
+/// journal existed), per side: `(sells, buys)`, the remaining quantity of list rows whose client
+/// order id and order id our journal does not know. One read of the paced order list for both
+/// sides. Best effort: a list that cannot be read, or comes back empty, adds nothing (our own
+/// orders are counted from the journal, not from this list).
+pub(crate) async fn foreign_working_quantities(
     runtime: &OrdersRuntime,
     context: &ToolContext<'_>,
     account: &str,
     conid: i64,
-    side: Side,
-) -> Decimal {
+) -> (Decimal, Decimal) {
     let Ok(list) = context.cpgw.live_orders(account).await else {
-        return Decimal::ZERO;
+        return (Decimal::ZERO, Decimal::ZERO);
     };
     let (known_coids, known_ids) = runtime
         .journal
@@ -170,27 +170,30 @@ pub(crate) async fn foreign_working_quantity(
             (coids, ids)
         })
         .unwrap_or_default();
-    list.orders
-        .iter()
-        .filter(|row| row_conid(row) == Some(conid) && row_side(row) == Some(side))
-        .filter(|row| !row.status.as_deref().is_some_and(is_terminal_status))
-        .filter(|row| {
-            !row.order_ref
-                .as_ref()
-                .is_some_and(|coid| known_coids.contains(coid))
-                && !row
-                    .order_id
+    let on_side = |side: Side| {
+        list.orders
+            .iter()
+            .filter(|row| row_conid(row) == Some(conid) && row_side(row) == Some(side))
+            .filter(|row| !row.status.as_deref().is_some_and(is_terminal_status))
+            .filter(|row| {
+                !row.order_ref
                     .as_ref()
-                    .is_some_and(|id| known_ids.iter().any(|known| known == id.as_str()))
-        })
-        .map(|row| {
-            row.remaining_quantity
-                .as_ref()
-                .or(row.total_size.as_ref())
-                .and_then(decimal_of)
-                .unwrap_or(Decimal::ZERO)
-        })
-        .fold(Decimal::ZERO, |total, quantity| total + quantity)
+                    .is_some_and(|coid| known_coids.contains(coid))
+                    && !row
+                        .order_id
+                        .as_ref()
+                        .is_some_and(|id| known_ids.iter().any(|known| known == id.as_str()))
+            })
+            .map(|row| {
+                row.remaining_quantity
+                    .as_ref()
+                    .or(row.total_size.as_ref())
+                    .and_then(decimal_of)
+                    .unwrap_or(Decimal::ZERO)
+            })
+            .fold(Decimal::ZERO, |total, quantity| total + quantity)
+    };
+    (on_side(Side::Sell), on_side(Side::Buy))
 }
 
 fn row_conid(row: &LiveOrder) -> Option<i64> {

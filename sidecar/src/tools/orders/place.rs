@@ -19,7 +19,7 @@
 //! an attempt that certainly did not land may be tried again, under a new client order id.
 
 use super::facts::{
-    AccountIdentity, account_identity, foreign_working_quantity, fresh_position,
+    AccountIdentity, account_identity, foreign_working_quantities, fresh_position,
     observe_our_orders, quote_of,
 };
 use super::reconcile::corroborate;
@@ -262,22 +262,8 @@ pub(super) async fn gather(
     let (position, foreign_sells, foreign_buys) = if tool != "ibkr_buy" {
         let position = fresh_position(context, &identity.account, contract.conid).await?;
         observe_our_orders(runtime, context, contract.conid).await;
-        let sells = foreign_working_quantity(
-            runtime,
-            context,
-            &identity.account,
-            contract.conid,
-            Side::Sell,
-        )
-        .await;
-        let buys = foreign_working_quantity(
-            runtime,
-            context,
-            &identity.account,
-            contract.conid,
-            Side::Buy,
-        )
-        .await;
+        let (sells, buys) =
+            foreign_working_quantities(runtime, context, &identity.account, contract.conid).await;
         (Some(position), sells, buys)
     } else {
         (None, Decimal::ZERO, Decimal::ZERO)
@@ -457,6 +443,7 @@ fn decide(input: DecideInput<'_, '_>) -> Result<Decision<Decisive>, Decided> {
         "notional": notional.map(to_decimal_string),
         "position_before": facts.position.map(to_decimal_string),
         "dry_run": policy.dry_run || refusal.is_some(),
+        "approval_required": refusal.is_none() && approval_reason.is_some(),
         "arguments": arguments,
         "live_scope_granted": context.live_scope_granted,
         "legs": legs.iter().map(|leg| {
@@ -627,13 +614,13 @@ pub(super) async fn await_approval(
 ) -> ToolResult {
     let mut step = 0.0;
     loop {
-        let Some(record) = runtime.journal.attempt(attempt) else {
+        // One read of both: between two reads the send could finish, and an attempt no
+        // longer in flight would read as not sent.
+        let Some((Some(record), in_flight)) = runtime.journal.with_book(|book, in_flight| {
+            (book.get(attempt).cloned(), in_flight.contains(&attempt))
+        }) else {
             return Err(journal_failure());
         };
-        let in_flight = runtime
-            .journal
-            .with_book(|_, in_flight| in_flight.contains(&attempt))
-            .unwrap_or(false);
         let now = tokio::time::Instant::now();
         match record.status {
             AttemptStatus::AwaitingApproval => {
