@@ -167,6 +167,9 @@ pub struct Attempt {
     pub last_outcome: Option<(String, Value)>,
     /// Broker order id -> the latest observation of that order.
     pub observations: BTreeMap<String, Observation>,
+    /// When the owner approved it, for an order that waited for approval: from then on it is
+    /// today's spend and the start of its duplicate window.
+    pub approved_at_ms: Option<i64>,
 }
 
 impl Attempt {
@@ -202,6 +205,12 @@ impl Attempt {
     pub fn notional(&self) -> Option<Decimal> {
         self.text("notional")
             .and_then(|text| parse_decimal_text(text, "notional").ok())
+    }
+
+    /// When the attempt counts from, for the daily spend and the duplicate window: its
+    /// approval for an order that waited for one, its intent otherwise.
+    pub fn counted_from_ms(&self) -> i64 {
+        self.approved_at_ms.unwrap_or(self.at_ms)
     }
 
     /// The owner's approval this attempt waited (or waits) for, if it needed one.
@@ -402,16 +411,26 @@ impl AttemptBook {
     /// Applies one journal entry.
     pub fn apply(&mut self, seq: u64, attempt: u64, at_ms: i64, event: &str, data: &Value) {
         if event == "intent" {
+            // An order that needs approval waits from its intent on: if the process stops
+            // before the `awaiting_approval` entry follows, it was never sent (only an approval
+            // sends it), and it expires at the next start rather than reading as possibly
+            // placed.
+            let waits = data.get("approval_required").and_then(Value::as_bool) == Some(true);
             self.attempts.insert(
                 seq,
                 Attempt {
                     id: seq,
                     at_ms,
                     intent: data.clone(),
-                    status: AttemptStatus::Unresolved,
+                    status: if waits {
+                        AttemptStatus::AwaitingApproval
+                    } else {
+                        AttemptStatus::Unresolved
+                    },
                     first_outcome: None,
                     last_outcome: None,
                     observations: BTreeMap::new(),
+                    approved_at_ms: None,
                 },
             );
             return;
@@ -456,6 +475,9 @@ impl AttemptBook {
             return;
         }
         if let Some(status) = status_of(event, data) {
+            if event == "approved" {
+                record.approved_at_ms = Some(at_ms);
+            }
             record.status = status;
             if record.first_outcome.is_none() {
                 record.first_outcome = Some((event.to_string(), data.clone()));
@@ -483,7 +505,7 @@ impl AttemptBook {
     pub fn spent_on_day_except(&self, utc_day: i64, except: Option<u64>) -> Decimal {
         self.iter()
             .filter(|attempt| Some(attempt.id) != except)
-            .filter(|attempt| attempt.at_ms.div_euclid(86_400_000) == utc_day)
+            .filter(|attempt| attempt.counted_from_ms().div_euclid(86_400_000) == utc_day)
             .filter(|attempt| attempt.counts_as_spend())
             .filter_map(Attempt::notional)
             .fold(Decimal::ZERO, |total, value| {
@@ -518,15 +540,18 @@ impl AttemptBook {
         except: Option<u64>,
     ) -> bool {
         self.iter().any(|attempt| {
+            // An order waiting for approval, or approved and being sent, is a duplicate of an
+            // identical one for as long as it waits: the owner must not see the same order
+            // twice because the agent asked again after the window.
+            let waiting = attempt.status == AttemptStatus::AwaitingApproval
+                || (attempt.status == AttemptStatus::Unresolved
+                    && attempt.approved_at_ms.is_some());
             Some(attempt.id) != except
                 && attempt.fingerprint() == Some(fingerprint)
-                && (attempt.status.placed()
-                    || matches!(
-                        attempt.status,
-                        AttemptStatus::Unresolved | AttemptStatus::AwaitingApproval
-                    ))
                 && !attempt.dry_run()
-                && now_ms.saturating_sub(attempt.at_ms) < window_ms
+                && (waiting
+                    || ((attempt.status.placed() || attempt.status == AttemptStatus::Unresolved)
+                        && now_ms.saturating_sub(attempt.counted_from_ms()) < window_ms))
         })
     }
 
@@ -721,5 +746,56 @@ mod tests {
             book.get(5).map(|a| a.status),
             Some(AttemptStatus::SettledNotPlaced)
         );
+    }
+
+    fn waiting_buy(fingerprint: &str) -> Value {
+        json!({"tool": "ibkr_buy", "conid": 7, "dry_run": false, "approval_required": true,
+               "fingerprint": fingerprint, "notional": "100",
+               "legs": [{"leg": "order", "side": "BUY", "quantity": "1", "coid": "ia-w"}]})
+    }
+
+    #[test]
+    fn an_order_waiting_for_approval_blocks_its_twin_and_counts_from_its_approval() {
+        const DAY: i64 = 86_400_000;
+        let mut book = AttemptBook::default();
+        // Journaled intent, crash before the `awaiting_approval` entry: it waits (never sent).
+        book.apply(1, 1, 1_000, "intent", &waiting_buy("fp"));
+        assert_eq!(
+            book.get(1).map(|a| a.status),
+            Some(AttemptStatus::AwaitingApproval)
+        );
+        assert!(book.get(1).is_some_and(|a| a.approval_request().is_none()));
+        book.apply(
+            2,
+            1,
+            1_001,
+            "awaiting_approval",
+            &json!({"reason": "live order", "expires_at_ms": 2 * DAY, "intent_hash": "ab"}),
+        );
+        // Long after the duplicate window, an identical order is still a duplicate.
+        assert!(book.recent_identical("fp", DAY - 1, 60_000));
+        assert!(!book.recent_identical("other", DAY - 1, 60_000));
+        // Reserved against today's budget while it waits.
+        assert_eq!(book.spent_on_day(0), Decimal::from(100));
+        // Approved the next day: it is that day's spend, and its window starts then.
+        book.apply(
+            3,
+            1,
+            DAY + 5,
+            "approved",
+            &json!({"by": "owner", "via": "cli"}),
+        );
+        assert_eq!(book.get(1).map(|a| a.approved_at_ms), Some(Some(DAY + 5)));
+        assert_eq!(book.spent_on_day(0), Decimal::ZERO);
+        assert_eq!(book.spent_on_day(1), Decimal::from(100));
+        assert!(book.recent_identical("fp", DAY + 10 * 60_000, 60_000));
+        book.apply(4, 1, DAY + 10, "sent", &json!({"order_ids": ["11"]}));
+        assert!(book.recent_identical("fp", DAY + 5 + 59_999, 60_000));
+        assert!(!book.recent_identical("fp", DAY + 5 + 60_000, 60_000));
+        // A denied twin neither blocks nor spends.
+        book.apply(5, 5, 3 * DAY, "intent", &waiting_buy("fp2"));
+        book.apply(6, 5, 3 * DAY + 1, "denied", &json!({"by": "owner"}));
+        assert!(!book.recent_identical("fp2", 3 * DAY + 2, 60_000));
+        assert_eq!(book.spent_on_day(3), Decimal::ZERO);
     }
 }
