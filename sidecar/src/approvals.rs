@@ -13,12 +13,14 @@
 use crate::context::DaemonContext;
 use crate::error::SidecarError;
 use crate::tools::context::ToolContext;
+use crate::tools::orders::approved;
 use crate::trading::attempts::{Attempt, AttemptBook, AttemptStatus};
 use crate::trading::journal::{Journal, JournalError};
 use crate::trading::now_ms;
 use serde::Serialize;
 use serde_json::{Value, json};
 use shared_safety::ErrorCode;
+use shared_safety::guards::GuardRefusal;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -246,6 +248,14 @@ pub(crate) fn approve(
             "(the trade journal is not available in this sidecar; see its log)",
         )
     })?;
+    if context.order_work.is_closed() {
+        // A stopping daemon would have to kill the send it started, leaving an order of
+        // unknown outcome; the order keeps waiting and expires, or is approved after restart.
+        return Err(SidecarError::new(
+            ErrorCode::ApprovalNeedsDaemon,
+            "(the daemon is stopping; approve again once it has started)",
+        ));
+    }
     let record = waiting(&runtime.journal, attempt, expected_hash)?;
     let request = record
         .approval_request()
@@ -328,7 +338,16 @@ async fn send_approved(context: &DaemonContext, attempt: &Attempt) {
         progress: None,
         deadline: tokio::time::Instant::now() + SEND_BUDGET,
     };
-    match crate::tools::orders::approved::send_approved(runtime, &tool_context, attempt).await {
+    let still_unpaused = || match context.store.trading_pause() {
+        Ok(None) => Ok(()),
+        Ok(Some(pause)) => Err(approved::paused_refusal(&pause.reason)),
+        Err(_) => Err(GuardRefusal {
+            code: ErrorCode::StateStoreError,
+            detail: "the state store could not be read to check the pause".into(),
+            guard: "after_approval",
+        }),
+    };
+    match approved::send_approved(runtime, &tool_context, attempt, &still_unpaused).await {
         Ok(_) => tracing::info!(attempt = attempt.id, "approved order sent"),
         Err(outcome) => {
             tracing::warn!(attempt = attempt.id, ?outcome, "approved order not sent")
@@ -395,6 +414,107 @@ pub(crate) async fn run_expiry(context: Arc<DaemonContext>, shutdown: Cancellati
                 // console pages show it.
                 context.activity.notify();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trading::journal::JOURNAL_FILE;
+
+    fn live_buy() -> Value {
+        json!({"tool": "ibkr_buy", "symbol": "AAPL", "conid": 265598, "side": "BUY",
+               "fingerprint": "fp-live", "notional": "1500", "dry_run": false,
+               "approval_required": true, "coid": "ia-9",
+               "legs": [{"leg": "order", "side": "BUY", "quantity": "10", "order_type": "LMT",
+                         "limit_price": "150", "tif": "DAY", "coid": "ia-9"}]})
+    }
+
+    /// The worst moments for a crash around an approval, read back as the next start sees
+    /// them: an order that never got to wait is not pending at the broker and expires at once;
+    /// one approved but not yet sent reads as an unknown outcome (it may have been sent).
+    #[test]
+    fn a_restart_expires_what_waited_and_never_forgets_an_approved_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let journal = Journal::open(&path).unwrap();
+        // Crash after the intent, before `awaiting_approval`.
+        let torn = journal.intent(live_buy(), 1_000).unwrap();
+        // Waiting, expires at 5_000; the daemon is stopped past it.
+        let stale = journal.intent(live_buy(), 2_000).unwrap();
+        journal
+            .outcome(
+                stale,
+                "awaiting_approval",
+                json!({"reason": "live order", "expires_at_ms": 5_000, "intent_hash": "h"}),
+                2_001,
+            )
+            .unwrap();
+        // Approved, then the daemon died before the send was journaled.
+        let approved = journal.intent(live_buy(), 3_000).unwrap();
+        journal
+            .outcome(
+                approved,
+                "awaiting_approval",
+                json!({"reason": "live order", "expires_at_ms": 9_000, "intent_hash": "h"}),
+                3_001,
+            )
+            .unwrap();
+        journal
+            .transition(
+                approved,
+                AttemptStatus::AwaitingApproval,
+                "approved",
+                json!({"by": "owner", "via": "cli"}),
+                3_500,
+                true,
+            )
+            .unwrap()
+            .unwrap();
+        drop(journal);
+
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(
+            journal.pending().iter().map(|a| a.id).collect::<Vec<_>>(),
+            vec![approved],
+            "only the approved one may have reached the broker"
+        );
+        // The owner is shown only the one that got to wait, until its time is up.
+        assert_eq!(
+            pending(&journal)
+                .iter()
+                .map(|p| p.attempt_id)
+                .collect::<Vec<_>>(),
+            vec![stale]
+        );
+        assert_eq!(expire_due(&journal, 4_000), Some(5_000));
+        assert_eq!(
+            journal.attempt(torn).unwrap().status,
+            AttemptStatus::ApprovalExpired
+        );
+        assert_eq!(expire_due(&journal, 6_000), None);
+        assert!(pending(&journal).is_empty());
+        for (attempt, status) in [
+            (torn, AttemptStatus::ApprovalExpired),
+            (stale, AttemptStatus::ApprovalExpired),
+            (approved, AttemptStatus::Unresolved),
+        ] {
+            assert_eq!(
+                journal.attempt(attempt).unwrap().status,
+                status,
+                "{attempt}"
+            );
+        }
+        // Neither expired order can be approved any more.
+        let decider = Decider {
+            by: "owner".into(),
+            via: "cli".into(),
+            note: None,
+        };
+        for attempt in [torn, stale, approved] {
+            let refused = deny(&journal, attempt, None, &decider).unwrap_err();
+            assert_eq!(refused.code(), ErrorCode::ApprovalNotPending);
         }
     }
 }

@@ -28,12 +28,15 @@ const GUARD: &str = "after_approval";
 
 /// Re-checks and sends the approved `attempt` (in flight since its approval). Every way out
 /// journals an outcome: `blocked` when it was not sent, the send's outcome otherwise.
+/// `still_unpaused` reads the owner's pause again just before the last check (the fetches
+/// before it take a moment, and the owner may pause in it); it fails closed.
 pub async fn send_approved(
     runtime: &OrdersRuntime,
     context: &ToolContext<'_>,
     attempt: &Attempt,
+    still_unpaused: &(dyn Fn() -> Result<(), GuardRefusal> + Send + Sync),
 ) -> ToolResult {
-    match prepare(runtime, context, attempt).await {
+    match prepare(runtime, context, attempt, still_unpaused).await {
         Ok(ready) => {
             send(
                 runtime,
@@ -111,10 +114,23 @@ fn from_outcome(outcome: Outcome) -> GuardRefusal {
     }
 }
 
+/// The refusal of a pause, as the agent's own call would get it.
+pub fn paused_refusal(reason: &str) -> GuardRefusal {
+    refused(
+        ErrorCode::TradingPaused,
+        if reason.is_empty() {
+            "paused by the laptop's owner after the approval".to_string()
+        } else {
+            format!("paused by the laptop's owner after the approval: {reason}")
+        },
+    )
+}
+
 async fn prepare(
     runtime: &OrdersRuntime,
     context: &ToolContext<'_>,
     attempt: &Attempt,
+    still_unpaused: &(dyn Fn() -> Result<(), GuardRefusal> + Send + Sync),
 ) -> Result<Ready, NotSent> {
     let intent = &attempt.intent;
     let approved = attempt.approval_request().ok_or_else(|| {
@@ -131,12 +147,23 @@ async fn prepare(
         .into());
     }
     if let Some(pause) = &context.trading_pause {
+        return Err(paused_refusal(&pause.reason).into());
+    }
+    // What the agent's call passed through before its guards, again: a journal that still
+    // holds the gateway's record, and a logged-in broker session.
+    if let Some(behind) = runtime.anchor.behind() {
         return Err(refused(
-            ErrorCode::TradingPaused,
-            format!("paused after the approval: {}", pause.reason),
+            ErrorCode::JournalBehindGateway,
+            format!(
+                "the gateway has entry {} on record; this journal ends at entry {}",
+                behind.anchor.seq, behind.journal_last_seq
+            ),
         )
         .into());
     }
+    crate::gates::check_broker_session(context.cpgw, context.broker)
+        .await
+        .map_err(from_outcome)?;
     let text = |key: &str| intent.get(key).and_then(Value::as_str);
     let (Some(tool), Some(symbol), Some(coid), Some(account), Some(arguments)) = (
         text("tool"),
@@ -198,6 +225,7 @@ async fn prepare(
         .get("live_scope_granted")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    still_unpaused()?;
     let mut notional: Option<Decimal> = None;
     let mut refusal = None;
     let passed = runtime
