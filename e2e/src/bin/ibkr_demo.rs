@@ -354,6 +354,13 @@ async fn serve(system: &System, lifetime_seconds: i64) -> DemoResult<()> {
         "    (token valid for {lifetime_seconds} s; scopes: {})",
         request.scopes.join(" ")
     );
+    let state_dir = system.sidecar_state_dir().display().to_string();
+    println!("The laptop owner's console (pause trading, approve or deny orders), in a browser:");
+    println!("    cargo run --release --bin ibkr-agent -- --state-dir {state_dir} sidecar console");
+    println!("  or from a terminal:");
+    println!(
+        "    cargo run --release --bin ibkr-agent -- --state-dir {state_dir} sidecar approvals list"
+    );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     println!("Stopping.");
