@@ -5,8 +5,8 @@
 //! A binary of its own with a single test: `protocol::identity::low_order_checks()` counts
 //! for the whole process, and no other test runs here to move it.
 
-use ibkr_gateway::store::pairings::{NewPairing, PairingId};
 use ibkr_gateway::store::{CompleteOutcome, NewPairingCode, Store};
+use ibkr_gateway::store::{NewPairing, PairingId};
 use protocol::identity::{PublicKey, StaticKeypair, low_order_checks};
 use zeroize::Zeroizing;
 

@@ -327,10 +327,10 @@ impl AuditLog {
     /// cannot be continued is logged and leaves the log broken, not the gateway down.
     /// Blocking.
     pub fn open(store: &Store, secret: &super::AuditKey) -> Result<AuditLog, StoreError> {
-        let conn = connect(store.path())?;
+        let path = store.sqlite()?.path();
+        let conn = connect(path)?;
         let key = secret.chain_key();
-        let state_dir = store
-            .path()
+        let state_dir = path
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .to_path_buf();
@@ -475,6 +475,7 @@ impl AuditLog {
 /// The newest `limit` audit records, oldest first.
 pub async fn tail(store: &Store, limit: u32) -> Result<Vec<StoredAuditRecord>, StoreError> {
     store
+        .sqlite()?
         .run(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"
@@ -518,6 +519,7 @@ pub async fn journal_anchor(
     pairing_id: String,
 ) -> Result<Option<protocol::envelope::JournalRef>, StoreError> {
     store
+        .sqlite()?
         .run(move |conn| {
             let row: Option<(i64, String)> = conn
                 .prepare_cached(
@@ -643,7 +645,7 @@ mod tests {
             .unwrap();
 
         // Rows cut while the writer runs: its next append notices.
-        let other = connect(store.path()).unwrap();
+        let other = connect(store.path().unwrap()).unwrap();
         other.execute("DELETE FROM audit WHERE id = 3", []).unwrap();
         assert!(matches!(
             log.append(&[audit_record(4)]),

@@ -358,8 +358,8 @@ mod tests {
     }
 
     fn verified(store: &Store) -> verify::VerifyReport {
-        let mut conn = rusqlite::Connection::open(store.path()).unwrap();
-        let state_dir = store.path().parent().unwrap();
+        let mut conn = rusqlite::Connection::open(store.path().unwrap()).unwrap();
+        let state_dir = store.path().unwrap().parent().unwrap();
         let key = AuditKey::from_secret(SECRET).chain_key();
         verify::verify(&mut conn, state_dir, &key).unwrap()
     }
@@ -407,7 +407,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let metrics = Arc::new(Metrics::new());
         let (audit, task) = start_batching(&store, &metrics, Batching::default());
-        let probe = rusqlite::Connection::open(store.path()).unwrap();
+        let probe = rusqlite::Connection::open(store.path().unwrap()).unwrap();
         // 64 order calls at once, with a read call's record between every two of them.
         let answers = concurrent_calls(&audit, &probe, 0..96).await;
         assert_eq!(answers.len(), 64);
@@ -514,7 +514,7 @@ mod tests {
         }
         // The store refuses the batch holding record 1000, as a full disk would refuse its
         // transaction.
-        let probe = rusqlite::Connection::open(store.path()).unwrap();
+        let probe = rusqlite::Connection::open(store.path().unwrap()).unwrap();
         probe
             .execute_batch(
                 "CREATE TRIGGER audit_fault BEFORE INSERT ON audit WHEN NEW.time_ms = 1000
@@ -643,7 +643,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let ack = Duration::from_millis(200);
         let (audit, task) = start(&store, None, ack);
-        let holder = rusqlite::Connection::open(store.path()).unwrap();
+        let holder = rusqlite::Connection::open(store.path().unwrap()).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         assert!(!audit.record_durable(record(1)).await);
         // Once the writer gave up on the batch it is lost, never stored late.
@@ -718,7 +718,7 @@ mod tests {
         task.await.unwrap();
 
         // What was kept still verifies.
-        let mut conn = rusqlite::Connection::open(store.path()).unwrap();
+        let mut conn = rusqlite::Connection::open(store.path().unwrap()).unwrap();
         let key = AuditKey::from_secret(b"a test secret of 32 bytes length").chain_key();
         let report = verify::verify(&mut conn, dir.path(), &key).unwrap();
         assert!(report.ok, "{report:?}");

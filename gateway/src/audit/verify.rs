@@ -23,7 +23,10 @@ pub fn open_trail(state_dir: &Path, secret_env: &str) -> Result<(Connection, Cha
     let store = crate::store::Store::open(state_dir).map_err(|e| e.to_string())?;
     let key = super::AuditKey::load_existing(secret_env, state_dir)
         .map_err(|e| format!("the audit HMAC secret: {e}"))?;
-    let conn = crate::store::connect(store.path()).map_err(|e| e.to_string())?;
+    let path = store
+        .path()
+        .ok_or("the audit trail is in the embedded store only")?;
+    let conn = crate::store::connect(path).map_err(|e| e.to_string())?;
     Ok((conn, key.chain_key()))
 }
 

@@ -20,7 +20,7 @@ pub(crate) mod http;
 use crate::clock::unix_ms;
 use crate::error::GatewayError;
 use crate::http::net::ClientKey;
-use crate::store::pairings::NewPairing;
+use crate::store::NewPairing;
 use crate::store::{CodeCheck, CodeState, CompleteOutcome, NewPairingCode, PairingId, Store};
 use protocol::identity::PublicKey;
 use protocol::limits::MAX_SHORT_STRING;

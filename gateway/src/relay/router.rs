@@ -413,7 +413,7 @@ mod tests {
     use crate::relay::registry::MAX_REMEMBERED_ENDS;
     use crate::relay::registry::SessionIdentity;
     use crate::relay::{RelaySettings, SESSION_END_MEMORY};
-    use crate::store::pairings::NewPairing;
+    use crate::store::NewPairing;
     use crate::store::{CompleteOutcome, PairingId, Store};
     use protocol::identity::{PublicKey, StaticKeypair};
     use tokio::sync::watch;

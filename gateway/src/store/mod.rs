@@ -1,54 +1,38 @@
-//! The gateway's durable state in SQLite: pairing codes, pairings, the last accepted
-//! handshake timestamp per sidecar key, and (through the audit trail's own connection, see
-//! `crate::audit::log`) the audit table.
+//! The gateway's durable state, behind one seam: pairing codes, pairings, the last accepted
+//! handshake timestamp per sidecar key, the gateway key's record, and (through the audit
+//! trail, see `crate::audit`) the audit table.
 //!
-//! - [`pairing_codes`]: single-use codes and their attempt counters.
-//! - [`pairings`]: who is paired with which key, and the rules that keep a pairing where it
-//!   was made (never moved to another user, sidecar id or key).
-//! - [`handshakes`]: the strictly increasing handshake timestamp per sidecar key.
-//! - [`keys`]: the gateway's static key and instance id in `state_dir`.
+//! [`Store`] is what the rest of the gateway calls. It holds one backend and keeps, above
+//! it, what is the same for every backend: the per-call pairing cache and when it must be
+//! emptied. A backend keeps every atomic rule (single-use codes, attempt limits, strictly
+//! increasing handshake timestamps, one active pairing per key and per sidecar id) in its
+//! database, never in a process's memory, so the rules hold for every process that opens it.
+//!
+//! - [`records`]: what is stored, and the rules on a code's row, whatever the backend.
+//! - [`sqlite`]: the embedded backend, one SQLite file in the state directory (the default).
 //! - [`pairing_cache`]: the per-call pairing lookup, served from memory while the pairings
-//!   generation (a counter kept by triggers on `pairings`) is unchanged.
-//!
-//! One connection behind a mutex; every call runs on the blocking pool (`spawn_blocking`) so
-//! the async executor never waits on disk. The one exception is the per-call read of the
-//! pairings generation: a one-row read on a second, read-only connection of its own, which in
-//! WAL mode never waits for a writer. WAL mode plus a busy timeout let the
-//! `ibkr-gateway pairing ...` CLI and the audit writer use the same file while a server runs.
-//! Every transaction that may write begins IMMEDIATE: a deferred transaction that reads and then
-//! writes is answered SQLITE_BUSY at once, without waiting, when another connection holds the
-//! write lock, which turned ordinary concurrency into `STATE_STORE_ERROR`. Writes that must
-//! survive a crash (attempt counters, code use) run with `synchronous=FULL`.
+//!   generation (a counter every change of the pairings raises) is unchanged.
+//! - [`keys`]: the gateway's static key, audit secret and instance id, as files in the state
+//!   directory.
 
-pub mod handshakes;
 pub mod keys;
 pub mod pairing_cache;
-pub mod pairing_codes;
-pub mod pairings;
+pub mod postgres;
+pub mod records;
+pub mod sqlite;
 
 pub use pairing_cache::UserPairings;
-pub use pairing_codes::{CodeCheck, CodeState, NewPairingCode};
-pub use pairings::{CompleteOutcome, PairingId, PairingRecord};
+pub use postgres::{PostgresOptions, PostgresStore};
+pub use records::{
+    CodeCheck, CodeState, CompleteOutcome, NewPairing, NewPairingCode, PairingId, PairingRecord,
+};
+pub use sqlite::SqliteStore;
+pub(crate) use sqlite::{connect, write_transaction};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-const DATABASE_FILE: &str = "gateway.sqlite3";
-/// 1: pairing codes, pairings, handshake timestamps. 2: + `audit`. 3: pairings get a
-/// `pairing_id` and at most one active row per sidecar id and per key (enforced by unique
-/// partial indexes); revoked rows are kept as history. 4: audit rows are chained
-/// (`prev_hash`, `hash`) and carry the pairing and the sidecar journal entry of the call
-/// (`pairing_id`, `journal_seq`, `journal_hash`) and an operator `note`; rows from before stay
-/// unchained.
-/// 5: `gateway_key` records the key the pairings were made with. 6: a pairing ended by a
-/// gateway key rotation says so (`revoked_reason`), so its user is told why. 7: the
-/// `pairings_generation` counter, raised by triggers on every change of `pairings` (see
-/// [`pairing_cache`]).
-const SCHEMA_VERSION: i64 = 7;
-/// How long a connection waits for another one's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use protocol::identity::PublicKey;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,22 +46,58 @@ pub enum StoreError {
     Join,
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error("postgresql: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The shared database could not be reached in time (down, or every connection busy).
+    #[error("the shared database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("store configuration: {0}")]
+    Config(&'static str),
+}
+
+impl StoreError {
+    pub(crate) fn from_pool(error: deadpool_postgres::PoolError) -> StoreError {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => StoreError::Postgres(error),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What [`Store::check_gateway_key`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyContinuity {
+    /// The key is the one the pairings were made with.
+    Same,
+    /// Nothing contradicted it; it is recorded now.
+    Recorded,
+    /// Active pairings were made with another key (or the key file is gone).
+    Broken {
+        recorded_fingerprint: String,
+        active_pairings: u64,
+        key_file_missing: bool,
+    },
+}
+
+/// The backend a [`Store`] runs on.
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 /// Cloneable handle on the store.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    /// Read-only, for the per-call read of the pairings generation only (held for
-    /// microseconds, so the async thread can use it).
-    reader: Arc<Mutex<Connection>>,
+    backend: Backend,
     pairing_cache: Arc<pairing_cache::PairingCache>,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
@@ -97,7 +117,7 @@ pub fn ensure_state_dir(state_dir: &Path) -> Result<(), std::io::Error> {
     }
 }
 
-fn create_private_file(path: &Path) -> Result<(), std::io::Error> {
+pub(crate) fn create_private_file(path: &Path) -> Result<(), std::io::Error> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -108,240 +128,52 @@ fn create_private_file(path: &Path) -> Result<(), std::io::Error> {
     options.open(path).map(|_| ())
 }
 
-/// Opens a connection to the database file with the settings every connection uses.
-pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
-    Ok(conn)
-}
-
-/// A transaction that takes the write lock at once (waiting on the busy handler), for any
-/// work that may write.
-pub(crate) fn write_transaction(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
-    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
-}
-
-const PAIRING_CODES_TABLE: &str = "CREATE TABLE pairing_codes (
-     code_id      TEXT PRIMARY KEY,
-     secret       TEXT,
-     user_id      TEXT NOT NULL,
-     created_at   INTEGER NOT NULL,
-     expires_at   INTEGER NOT NULL,
-     attempts     INTEGER NOT NULL DEFAULT 0,
-     max_attempts INTEGER NOT NULL,
-     used_at      INTEGER
- );";
-
-const PAIRINGS_TABLE_V3: &str = "CREATE TABLE pairings (
-     pairing_id         TEXT PRIMARY KEY,
-     sidecar_id         TEXT NOT NULL,
-     sidecar_public_key TEXT NOT NULL,
-     user_id            TEXT NOT NULL,
-     display_name       TEXT NOT NULL,
-     created_at         INTEGER NOT NULL,
-     revoked_at         INTEGER
- );
- CREATE UNIQUE INDEX pairings_active_sidecar_id ON pairings(sidecar_id) WHERE revoked_at IS NULL;
- CREATE UNIQUE INDEX pairings_active_key ON pairings(sidecar_public_key) WHERE revoked_at IS NULL;
- CREATE INDEX pairings_by_user ON pairings(user_id);";
-
-const HANDSHAKES_TABLE: &str = "CREATE TABLE handshake_timestamps (
-     sidecar_public_key TEXT PRIMARY KEY,
-     last_timestamp_ms  INTEGER NOT NULL
- );";
-
-const AUDIT_TABLE: &str = "CREATE TABLE audit (
-     id            INTEGER PRIMARY KEY AUTOINCREMENT,
-     time_ms       INTEGER NOT NULL,
-     subject       TEXT NOT NULL,
-     token_id_hmac TEXT,
-     client_id     TEXT,
-     tool          TEXT NOT NULL,
-     scope         TEXT,
-     request_id    TEXT,
-     payload_hash  TEXT,
-     sidecar_id    TEXT,
-     outcome       TEXT NOT NULL,
-     latency_ms    INTEGER NOT NULL
- );
- CREATE INDEX audit_by_time ON audit(time_ms);";
-
-/// Version 3 -> 4: the audit chain and journal anchor columns, and the index the handshake
-/// reads the newest anchor of a pairing through.
-const AUDIT_V3_TO_V4: &str = "ALTER TABLE audit ADD COLUMN pairing_id TEXT;
- ALTER TABLE audit ADD COLUMN journal_seq INTEGER;
- ALTER TABLE audit ADD COLUMN journal_hash TEXT;
- ALTER TABLE audit ADD COLUMN note TEXT;
- ALTER TABLE audit ADD COLUMN prev_hash TEXT;
- ALTER TABLE audit ADD COLUMN hash TEXT;
- CREATE INDEX audit_journal_anchor ON audit(pairing_id, journal_seq)
-     WHERE journal_seq IS NOT NULL;";
-
-/// Version 2 -> 3: pairings keyed by a pairing id, with history kept. Version 2 allowed one
-/// row per sidecar id and retired other active rows of a key on every pairing, so the unique
-/// active indexes hold for the copied rows.
-const PAIRINGS_V2_TO_V3: &str = "ALTER TABLE pairings RENAME TO pairings_v2;
- DROP INDEX IF EXISTS pairings_by_key;
- DROP INDEX IF EXISTS pairings_by_user;";
-
-/// Version 4 -> 5: the public key the gateway's pairings were made with (one row).
-const PAIRINGS_V5_TO_V6: &str = "ALTER TABLE pairings ADD COLUMN revoked_reason TEXT;";
-
-/// Version 6 -> 7: a counter that every change of `pairings` raises, in the writer's own
-/// transaction, whatever the process or code path.
-const PAIRINGS_GENERATION: &str = "CREATE TABLE pairings_generation (
-     id         INTEGER PRIMARY KEY CHECK (id = 1),
-     generation INTEGER NOT NULL
- );
- INSERT INTO pairings_generation (id, generation) VALUES (1, 0);
- CREATE TRIGGER pairings_generation_insert AFTER INSERT ON pairings BEGIN
-     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
- END;
- CREATE TRIGGER pairings_generation_update AFTER UPDATE ON pairings BEGIN
-     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
- END;
- CREATE TRIGGER pairings_generation_delete AFTER DELETE ON pairings BEGIN
-     UPDATE pairings_generation SET generation = generation + 1 WHERE id = 1;
- END;";
-
-/// The per-call read of the pairings generation.
-const SELECT_PAIRINGS_GENERATION: &str = "SELECT generation FROM pairings_generation WHERE id = 1";
-
-const GATEWAY_KEY_TABLE: &str = "CREATE TABLE gateway_key (
-     id          INTEGER PRIMARY KEY CHECK (id = 1),
-     public_key  TEXT NOT NULL,
-     recorded_at INTEGER NOT NULL
- );";
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = write_transaction(conn)?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let has_tables: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'pairings'",
-        [],
-        |row| row.get(0),
-    )?;
-    match (version, has_tables) {
-        (0, 0) => {
-            tx.execute_batch(PAIRING_CODES_TABLE)?;
-            tx.execute_batch(PAIRINGS_TABLE_V3)?;
-            tx.execute_batch(HANDSHAKES_TABLE)?;
-            tx.execute_batch(AUDIT_TABLE)?;
-            tx.execute_batch(AUDIT_V3_TO_V4)?;
-            tx.execute_batch(GATEWAY_KEY_TABLE)?;
-            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
-            tx.execute_batch(PAIRINGS_GENERATION)?;
-        }
-        // Version 1 had no audit table; versions 0 (with tables: the very first builds) to 2
-        // have the old pairings layout.
-        (0..=2, _) => {
-            if version < 2 {
-                tx.execute_batch(AUDIT_TABLE)?;
-            }
-            tx.execute_batch(PAIRINGS_V2_TO_V3)?;
-            tx.execute_batch(PAIRINGS_TABLE_V3)?;
-            tx.execute(
-                "INSERT INTO pairings (pairing_id, sidecar_id, sidecar_public_key, user_id,
-                                       display_name, created_at, revoked_at)
-                 SELECT lower(hex(randomblob(16))), sidecar_id, sidecar_public_key, user_id,
-                        display_name, created_at, revoked_at
-                 FROM pairings_v2",
-                [],
-            )?;
-            tx.execute_batch("DROP TABLE pairings_v2;")?;
-            tx.execute_batch(AUDIT_V3_TO_V4)?;
-            tx.execute_batch(GATEWAY_KEY_TABLE)?;
-            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
-            tx.execute_batch(PAIRINGS_GENERATION)?;
-        }
-        (3, _) => {
-            tx.execute_batch(AUDIT_V3_TO_V4)?;
-            tx.execute_batch(GATEWAY_KEY_TABLE)?;
-            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
-            tx.execute_batch(PAIRINGS_GENERATION)?;
-        }
-        (4, _) => {
-            tx.execute_batch(GATEWAY_KEY_TABLE)?;
-            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
-            tx.execute_batch(PAIRINGS_GENERATION)?;
-        }
-        (5, _) => {
-            tx.execute_batch(PAIRINGS_V5_TO_V6)?;
-            tx.execute_batch(PAIRINGS_GENERATION)?;
-        }
-        (6, _) => tx.execute_batch(PAIRINGS_GENERATION)?,
-        (SCHEMA_VERSION, _) => {}
-        _ => return Err(StoreError::Corrupt("unsupported schema version")),
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// What [`Store::check_gateway_key`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyContinuity {
-    /// The key is the one the pairings were made with.
-    Same,
-    /// Nothing contradicted it; it is recorded now.
-    Recorded,
-    /// Active pairings were made with another key (or the key file is gone).
-    Broken {
-        recorded_fingerprint: String,
-        active_pairings: u64,
-        key_file_missing: bool,
-    },
-}
-
 impl Store {
-    /// Opens (creating if needed) the database in `state_dir`. Blocking: call it from
+    /// Opens (creating if needed) the embedded store in `state_dir`. Blocking: call it from
     /// `spawn_blocking` or before the runtime serves traffic.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        ensure_state_dir(state_dir)?;
-        let path = state_dir.join(DATABASE_FILE);
-        create_private_file(&path)?;
-        let mut conn = connect(&path)?;
-        // WAL lets the CLI and a running server share the file.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
-        migrate(&mut conn)?;
-        let reader = connect(&path)?;
-        reader.pragma_update(None, "query_only", true)?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            reader: Arc::new(Mutex::new(reader)),
+        Ok(Store::on(Backend::Sqlite(SqliteStore::open(state_dir)?)))
+    }
+
+    /// Opens the cluster store: the shared PostgreSQL database (creating or upgrading its
+    /// schema). Every replica opens the same one.
+    pub async fn open_postgres(options: &PostgresOptions) -> Result<Store, StoreError> {
+        Ok(Store::on(Backend::Postgres(
+            PostgresStore::open(options).await?,
+        )))
+    }
+
+    fn on(backend: Backend) -> Store {
+        Store {
+            backend,
             pairing_cache: Arc::new(pairing_cache::PairingCache::new(
                 pairing_cache::MAX_CACHED_USERS,
             )),
-            path,
-        })
+        }
     }
 
-    /// The pairings generation as last committed, by any process. Cheap and non-blocking
-    /// (one row, on the read connection): fine on the async thread.
-    pub(crate) fn pairings_generation(&self) -> Result<i64, StoreError> {
-        let reader = self.reader.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut statement = reader.prepare_cached(SELECT_PAIRINGS_GENERATION)?;
-        Ok(statement.query_row([], |row| row.get(0))?)
+    /// The SQLite file, for the parts of the gateway that use it directly (the audit trail),
+    /// when this store is the embedded one.
+    pub(crate) fn sqlite(&self) -> Result<&SqliteStore, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => Ok(sqlite),
+            Backend::Postgres(_) => Err(StoreError::Config(
+                "the audit trail of the cluster store is not available yet",
+            )),
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The SQLite file's path, when this store is the embedded one.
+    pub fn path(&self) -> Option<&Path> {
+        self.sqlite().ok().map(SqliteStore::path)
     }
 
-    /// Runs `work` on the blocking pool with the connection locked.
-    pub(crate) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
-            work(&mut guard)
-        })
-        .await
-        .map_err(|_| StoreError::Join)?
+    /// The pairings generation as last committed, by any process (see [`pairing_cache`]).
+    pub(crate) async fn pairings_generation(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.pairings_generation(),
+            Backend::Postgres(postgres) => postgres.pairings_generation().await,
+        }
     }
 
     /// Key continuity, checked at start before the key is used: the pairings were made with
@@ -351,211 +183,214 @@ impl Store {
     /// there is nothing to contradict (no record yet, or no active pairing). Blocking.
     pub fn check_gateway_key(
         &self,
-        current: Option<&protocol::identity::PublicKey>,
+        current: Option<&PublicKey>,
         now_unix: i64,
     ) -> Result<KeyContinuity, StoreError> {
-        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let tx = write_transaction(&mut guard)?;
-        let recorded: Option<String> = tx
-            .query_row(
-                "SELECT public_key FROM gateway_key WHERE id = 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let active: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM pairings WHERE revoked_at IS NULL",
-            [],
-            |row| row.get(0),
-        )?;
-        let current_hex = current.map(protocol::identity::PublicKey::to_hex);
-        let verdict = match (&recorded, &current_hex) {
-            (Some(recorded), Some(current)) if recorded == current => KeyContinuity::Same,
-            (Some(recorded), _) if active > 0 => {
-                return Ok(KeyContinuity::Broken {
-                    recorded_fingerprint: protocol::identity::PublicKey::from_stored_hex(recorded)
-                        .map(|key| key.fingerprint())
-                        .unwrap_or_else(|_| recorded.clone()),
-                    active_pairings: u64::try_from(active).unwrap_or(0),
-                    key_file_missing: current.is_none(),
-                });
-            }
-            _ => KeyContinuity::Recorded,
-        };
-        if let (KeyContinuity::Recorded, Some(current)) = (&verdict, &current_hex) {
-            tx.execute(
-                "INSERT INTO gateway_key (id, public_key, recorded_at) VALUES (1, ?1, ?2)
-                 ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key,
-                                               recorded_at = excluded.recorded_at",
-                rusqlite::params![current, now_unix],
-            )?;
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.check_gateway_key(current, now_unix),
+            // Called from the blocking pool (startup and the CLI), where a runtime handle
+            // exists and may block.
+            Backend::Postgres(postgres) => tokio::runtime::Handle::try_current()
+                .map_err(|_| StoreError::Config("the cluster store needs a Tokio runtime"))?
+                .block_on(postgres.check_gateway_key(current.cloned(), now_unix)),
         }
-        tx.commit()?;
-        Ok(verdict)
     }
 
     /// A cheap round trip to the database (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|conn| {
-            let _: i64 = conn.query_row("SELECT 1", [], |row| row.get(0))?;
-            Ok(())
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::identity::StaticKeypair;
-    use rusqlite::params;
-
-    /// The version-2 layout, as the previous release created it.
-    const V2_SCHEMA: &str = "
-        CREATE TABLE pairing_codes (code_id TEXT PRIMARY KEY, secret TEXT, user_id TEXT NOT NULL,
-            created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL, used_at INTEGER);
-        CREATE TABLE pairings (sidecar_id TEXT PRIMARY KEY, sidecar_public_key TEXT NOT NULL,
-            user_id TEXT NOT NULL, display_name TEXT NOT NULL, created_at INTEGER NOT NULL,
-            revoked_at INTEGER);
-        CREATE INDEX pairings_by_key ON pairings(sidecar_public_key);
-        CREATE INDEX pairings_by_user ON pairings(user_id);
-        CREATE TABLE handshake_timestamps (sidecar_public_key TEXT PRIMARY KEY,
-            last_timestamp_ms INTEGER NOT NULL);
-        CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
-            subject TEXT NOT NULL, token_id_hmac TEXT, client_id TEXT, tool TEXT NOT NULL,
-            scope TEXT, request_id TEXT, payload_hash TEXT, sidecar_id TEXT,
-            outcome TEXT NOT NULL, latency_ms INTEGER NOT NULL);
-        CREATE INDEX audit_by_time ON audit(time_ms);
-        PRAGMA user_version=2;";
-
-    #[tokio::test]
-    async fn a_version_two_store_keeps_its_pairings_and_gains_pairing_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = StaticKeypair::from_secret_bytes([1; 32]).public();
-        {
-            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-            conn.execute_batch(V2_SCHEMA).unwrap();
-            conn.execute(
-                "INSERT INTO pairings VALUES ('laptop-1', ?1, 'alice', 'laptop', 5, NULL)",
-                params![key.to_hex()],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO pairings VALUES ('laptop-0', ?1, 'alice', 'old', 1, 2)",
-                params![StaticKeypair::from_secret_bytes([2; 32]).public().to_hex()],
-            )
-            .unwrap();
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.ping().await,
+            Backend::Postgres(postgres) => postgres.ping().await,
         }
-        let store = Store::open(dir.path()).unwrap();
-        let record = store.active_pairing_by_key(key).await.unwrap().unwrap();
-        assert_eq!(
-            (record.sidecar_id.as_str(), record.user_id.as_str()),
-            ("laptop-1", "alice")
-        );
-        assert_eq!(store.list_pairings().await.unwrap().len(), 2);
-        assert!(store.pairing_is_active(record.pairing_id).await.unwrap());
-        let generation = store.pairings_generation().unwrap();
-        assert!(store.revoke_pairing("laptop-1".into(), 6).await.unwrap());
-        assert!(store.pairings_generation().unwrap() > generation);
-        // Reopening is a no-op; an unknown (newer) version is refused.
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.list_pairings().await.unwrap().len(), 2);
-        drop(store);
-        Connection::open(dir.path().join(DATABASE_FILE))
-            .unwrap()
-            .execute_batch("PRAGMA user_version=99;")
-            .unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::Corrupt(_))
-        ));
     }
 
-    #[tokio::test]
-    async fn a_version_three_store_keeps_its_audit_rows_unchained_and_chains_new_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-            conn.execute_batch(V2_SCHEMA).unwrap();
-            conn.execute(
-                "INSERT INTO audit (time_ms, subject, tool, outcome, latency_ms)
-                 VALUES (1, 'alice', 'ibkr_quote', 'ok', 2)",
-                [],
-            )
-            .unwrap();
+    // ---- pairing codes (single use, bounded tested guesses; see `sqlite::pairing_codes`)
+
+    /// Stores a new code. Returns `false` when a live code already uses this id (the caller
+    /// draws a new one). A dead code (used, expired or out of attempts) with the same id is
+    /// replaced.
+    pub async fn insert_pairing_code(&self, code: NewPairingCode) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.insert_pairing_code(code).await,
+            Backend::Postgres(postgres) => postgres.insert_pairing_code(code).await,
         }
-        // Through version 3 to 4 in one open, as a store two releases old would go.
-        let store = Store::open(dir.path()).unwrap();
-        let key = crate::audit::AuditKey::random();
-        let mut log = crate::audit::log::AuditLog::open(&store, &key).unwrap();
-        assert_eq!(log.broken(), None);
-        log.append(&[crate::audit::log::AuditRecord {
-            time_ms: 2,
-            subject: "alice".into(),
-            tool: "ibkr_buy".into(),
-            outcome: "ok".into(),
-            ..Default::default()
-        }])
-        .unwrap();
-        let rows = crate::audit::log::tail(&store, 10).await.unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].id, rows[0].hash.is_none()), (1, true));
-        assert_eq!((rows[1].id, rows[1].hash.is_some()), (2, true));
-        let mut conn = connect(store.path()).unwrap();
-        let report = crate::audit::verify::verify(&mut conn, dir.path(), &key.chain_key()).unwrap();
-        assert!(report.ok, "{report:?}");
-        assert_eq!((report.unchained_records, report.chain_start), (1, Some(2)));
     }
 
-    #[tokio::test]
-    async fn a_version_six_store_gains_the_pairings_generation_and_its_triggers() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        Connection::open(dir.path().join(DATABASE_FILE))
-            .unwrap()
-            .execute_batch(
-                "DROP TRIGGER pairings_generation_insert; DROP TRIGGER pairings_generation_update;
-                 DROP TRIGGER pairings_generation_delete; DROP TABLE pairings_generation;
-                 INSERT INTO pairings (pairing_id, sidecar_id, sidecar_public_key, user_id,
-                                       display_name, created_at) VALUES
-                     ('00112233445566778899aabbccddeeff', 'laptop-1',
-                      '0101010101010101010101010101010101010101010101010101010101010101',
-                      'alice', 'laptop', 1);
-                 PRAGMA user_version=6;",
-            )
-            .unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let generation = store.pairings_generation().unwrap();
-        assert_eq!(store.user_pairings("alice").await.unwrap().active.len(), 1);
-        assert!(store.revoke_pairing("laptop-1".into(), 2).await.unwrap());
-        assert!(store.pairings_generation().unwrap() > generation);
-        assert!(
-            store
-                .user_pairings("alice")
-                .await
-                .unwrap()
-                .active
-                .is_empty()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_version_one_store_gains_the_audit_table() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-            conn.execute_batch(V2_SCHEMA).unwrap();
-            conn.execute_batch("DROP TABLE audit; PRAGMA user_version=1;")
-                .unwrap();
+    /// Looks a code up for `/pair/start`. Reads only: a start spends nothing.
+    pub async fn lookup_pairing_code(
+        &self,
+        code_id: String,
+        now_ms: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.lookup_pairing_code(code_id, now_ms).await,
+            Backend::Postgres(postgres) => postgres.lookup_pairing_code(code_id, now_ms).await,
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert!(
-            crate::audit::log::tail(&store, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+    }
+
+    /// Counts one tested guess against a code, durably, before the gateway checks it. `Ok(None)`:
+    /// counted, go ahead. `Ok(Some(state))`: the code died since the start; nothing was
+    /// counted.
+    pub async fn count_pairing_attempt(
+        &self,
+        code_id: String,
+        now_ms: i64,
+    ) -> Result<Option<CodeState>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.count_pairing_attempt(code_id, now_ms).await,
+            Backend::Postgres(postgres) => postgres.count_pairing_attempt(code_id, now_ms).await,
+        }
+    }
+
+    // ---- pairings
+
+    /// Commits a verified pairing atomically: refuses a key or a sidecar id that is in an
+    /// active pairing, records the new pairing, and marks the code used (erasing its secret).
+    pub async fn complete_pairing(
+        &self,
+        pairing: NewPairing,
+    ) -> Result<CompleteOutcome, StoreError> {
+        let outcome = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.complete_pairing(pairing).await,
+            Backend::Postgres(postgres) => postgres.complete_pairing(pairing).await,
+        };
+        self.pairing_cache.clear();
+        outcome
+    }
+
+    /// The active pairing of a sidecar key, if any (at most one: the database enforces it).
+    pub async fn active_pairing_by_key(
+        &self,
+        key: PublicKey,
+    ) -> Result<Option<PairingRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.active_pairing_by_key(key).await,
+            Backend::Postgres(postgres) => postgres.active_pairing_by_key(key).await,
+        }
+    }
+
+    /// The active pairings serving an OAuth subject, newest first, read from the database.
+    pub async fn active_pairings_for_user(
+        &self,
+        user_id: String,
+    ) -> Result<Vec<PairingRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.active_pairings_for_user(user_id).await,
+            Backend::Postgres(postgres) => postgres.active_pairings_for_user(user_id).await,
+        }
+    }
+
+    /// The per-call lookup: the user's active pairings (and, when there is none, whether a key
+    /// rotation ended the last one), exactly as the database holds them now, whichever
+    /// process changed them last. Served from memory while the pairings generation is the one
+    /// the entry was read at (see [`pairing_cache`]).
+    pub async fn user_pairings(&self, user_id: &str) -> Result<Arc<UserPairings>, StoreError> {
+        let generation = self.pairings_generation().await?;
+        if let Some(hit) = self.pairing_cache.get(user_id, generation) {
+            return Ok(hit);
+        }
+        let (generation, pairings) = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.read_user_pairings(user_id.to_string()).await?,
+            Backend::Postgres(postgres) => postgres.read_user_pairings(user_id.to_string()).await?,
+        };
+        let pairings = Arc::new(pairings);
+        self.pairing_cache
+            .insert(user_id, generation, Arc::clone(&pairings));
+        Ok(pairings)
+    }
+
+    /// Whether this pairing exists and is not revoked.
+    pub async fn pairing_is_active(&self, pairing_id: PairingId) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.pairing_is_active(pairing_id).await,
+            Backend::Postgres(postgres) => postgres.pairing_is_active(pairing_id).await,
+        }
+    }
+
+    /// Every pairing, newest first, revoked ones included.
+    pub async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.list_pairings().await,
+            Backend::Postgres(postgres) => postgres.list_pairings().await,
+        }
+    }
+
+    /// Revokes the active pairing with this sidecar id. Returns `false` if there is none.
+    pub async fn revoke_pairing(
+        &self,
+        sidecar_id: String,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let revoked = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.revoke_pairing(sidecar_id, now_ms).await,
+            Backend::Postgres(postgres) => postgres.revoke_pairing(sidecar_id, now_ms).await,
+        };
+        self.pairing_cache.clear();
+        revoked
+    }
+
+    /// Revokes every active pairing because the gateway's key is being replaced, in one
+    /// transaction, and records that reason so each user is told why. Returns how many.
+    pub async fn revoke_all_for_key_rotation(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let revoked = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.revoke_all_for_key_rotation(now_ms).await,
+            Backend::Postgres(postgres) => postgres.revoke_all_for_key_rotation(now_ms).await,
+        };
+        self.pairing_cache.clear();
+        revoked
+    }
+
+    /// When the user has no active pairing: the time their newest pairing was revoked, if a
+    /// gateway key rotation revoked it.
+    pub async fn pairing_ended_by_key_rotation(
+        &self,
+        user_id: String,
+    ) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.pairing_ended_by_key_rotation(user_id).await,
+            Backend::Postgres(postgres) => postgres.pairing_ended_by_key_rotation(user_id).await,
+        }
+    }
+
+    /// For the revocation poll: when the pairings changed since `seen_generation`, the ids of
+    /// the active pairings. Returns the generation either way.
+    pub async fn active_pairings_if_changed(
+        &self,
+        seen_generation: Option<i64>,
+    ) -> Result<(i64, Option<HashSet<PairingId>>), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.active_pairings_if_changed(seen_generation).await,
+            Backend::Postgres(postgres) => {
+                postgres.active_pairings_if_changed(seen_generation).await
+            }
+        }
+    }
+
+    // ---- handshake anti-replay
+
+    /// The last handshake timestamp accepted from this key.
+    pub async fn last_handshake_timestamp(
+        &self,
+        key: PublicKey,
+    ) -> Result<Option<u64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.last_handshake_timestamp(key).await,
+            Backend::Postgres(postgres) => postgres.last_handshake_timestamp(key).await,
+        }
+    }
+
+    /// Records `timestamp_ms` for this key only if it is strictly greater than the stored one
+    /// (compare-and-set in the database). Returns whether it was recorded.
+    pub async fn accept_handshake_timestamp(
+        &self,
+        key: PublicKey,
+        timestamp_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.accept_handshake_timestamp(key, timestamp_ms).await,
+            Backend::Postgres(postgres) => {
+                postgres.accept_handshake_timestamp(key, timestamp_ms).await
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@
 //! Gateway pairings do not expire by time; anything time-dependent is decided from the
 //! records by the caller, never cached as a verdict.
 
-use super::pairings::PairingRecord;
+use super::records::PairingRecord;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -8,7 +8,7 @@
 //! Twenty rounds, each a fresh database, every operation must succeed.
 
 use ibkr_gateway::audit::log::{AuditLog, AuditRecord};
-use ibkr_gateway::store::pairings::NewPairing;
+use ibkr_gateway::store::NewPairing;
 use ibkr_gateway::store::{CompleteOutcome, NewPairingCode, PairingId, Store};
 use protocol::identity::StaticKeypair;
 use rand_core::OsRng;

@@ -7,95 +7,15 @@
 //! unique partial indexes, so no code path (or a second process) can break it. Revoked
 //! pairings are kept as history.
 
-use super::pairing_cache::UserPairings;
-use super::{SELECT_PAIRINGS_GENERATION, Store, StoreError, write_transaction};
+use super::{SELECT_PAIRINGS_GENERATION, SqliteStore, write_transaction};
+use crate::store::StoreError;
+use crate::store::pairing_cache::UserPairings;
+use crate::store::records::{
+    CompleteOutcome, NewPairing, PairingId, PairingRecord, REVOKED_FOR_KEY_ROTATION,
+};
 use protocol::identity::PublicKey;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::Arc;
-
-/// `revoked_reason` of a pairing ended by `ibkr-gateway key rotate`.
-const REVOKED_FOR_KEY_ROTATION: &str = "gateway_key_rotated";
-
-/// The gateway's id of one pairing (16 random bytes; hex in the database and in output).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PairingId(pub [u8; 16]);
-
-impl PairingId {
-    pub fn random() -> PairingId {
-        let mut bytes = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-        PairingId(bytes)
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    fn from_hex(text: &str) -> Result<PairingId, StoreError> {
-        let bytes = hex::decode(text).map_err(|_| StoreError::Corrupt("pairing id"))?;
-        Ok(PairingId(
-            bytes
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("pairing id"))?,
-        ))
-    }
-}
-
-impl fmt::Debug for PairingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PairingId({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for PairingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-/// A pairing between this gateway and one sidecar key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PairingRecord {
-    pub pairing_id: PairingId,
-    pub sidecar_id: String,
-    pub sidecar_public_key: PublicKey,
-    pub user_id: String,
-    pub display_name: String,
-    pub created_at_ms: i64,
-    pub revoked_at_ms: Option<i64>,
-}
-
-impl PairingRecord {
-    pub fn is_active(&self) -> bool {
-        self.revoked_at_ms.is_none()
-    }
-}
-
-/// The result of committing a verified pairing exchange.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CompleteOutcome {
-    Paired(PairingRecord),
-    /// The code disappeared (replaced by a newer code with the same id).
-    UnknownCode,
-    CodeUsed,
-    /// Another active pairing holds this sidecar id.
-    SidecarIdConflict,
-    /// This key is already in an active pairing (for this user or another).
-    KeyAlreadyPaired,
-}
-
-/// What `complete_pairing` records.
-#[derive(Clone, Debug)]
-pub struct NewPairing {
-    pub pairing_id: PairingId,
-    pub code_id: String,
-    pub sidecar_id: String,
-    pub sidecar_public_key: PublicKey,
-    pub display_name: String,
-    pub now_ms: i64,
-}
 
 /// The columns every pairing query selects, in [`raw_pairing`]'s order. The statements are
 /// constant strings (prepared once per connection and cached); `PAIRING_COLUMNS` is kept
@@ -214,16 +134,15 @@ fn read_user_pairings(
     ))
 }
 
-impl Store {
+impl SqliteStore {
     /// Commits a verified pairing in one transaction: refuses a key or a sidecar id that is in
     /// an active pairing, records the new pairing, and marks the code used (erasing its
     /// secret). Nothing existing is changed when it refuses. The key must come from a verified
     /// pairing exchange, which refuses low-order keys: it is not checked again when read.
-    pub async fn complete_pairing(
+    pub(crate) async fn complete_pairing(
         &self,
         pairing: NewPairing,
     ) -> Result<CompleteOutcome, StoreError> {
-        let cache = Arc::clone(&self.pairing_cache);
         self.run(move |conn| {
             let tx = write_transaction(conn)?;
             let code: Option<(String, Option<i64>)> = tx
@@ -266,22 +185,13 @@ impl Store {
                 pairing.now_ms
             ])?;
             tx.commit()?;
-            cache.clear();
-            Ok(CompleteOutcome::Paired(PairingRecord {
-                pairing_id: pairing.pairing_id,
-                sidecar_id: pairing.sidecar_id,
-                sidecar_public_key: pairing.sidecar_public_key,
-                user_id,
-                display_name: pairing.display_name,
-                created_at_ms: pairing.now_ms,
-                revoked_at_ms: None,
-            }))
+            Ok(CompleteOutcome::Paired(pairing.into_record(user_id)))
         })
         .await
     }
 
     /// The active pairing of a sidecar key, if any (at most one: the database enforces it).
-    pub async fn active_pairing_by_key(
+    pub(crate) async fn active_pairing_by_key(
         &self,
         key: PublicKey,
     ) -> Result<Option<PairingRecord>, StoreError> {
@@ -293,7 +203,7 @@ impl Store {
     }
 
     /// The active pairings serving an OAuth subject, newest first, read from the database.
-    pub async fn active_pairings_for_user(
+    pub(crate) async fn active_pairings_for_user(
         &self,
         user_id: String,
     ) -> Result<Vec<PairingRecord>, StoreError> {
@@ -301,28 +211,21 @@ impl Store {
             .await
     }
 
-    /// The per-call lookup: the user's active pairings (and, when there is none, whether a key
-    /// rotation ended the last one), exactly as the database holds them now, whichever
-    /// process changed them last. Served from memory, with no query but the one-row read of
-    /// the pairings generation and no hop to the blocking pool, while the generation is the
-    /// one the entry was read at (see [`super::pairing_cache`]).
-    pub async fn user_pairings(&self, user_id: &str) -> Result<Arc<UserPairings>, StoreError> {
-        let generation = self.pairings_generation()?;
-        if let Some(hit) = self.pairing_cache.get(user_id, generation) {
-            return Ok(hit);
-        }
-        let user = user_id.to_string();
-        let (generation, pairings) = self
-            .run(move |conn| read_user_pairings(conn, &user))
-            .await?;
-        let pairings = Arc::new(pairings);
-        self.pairing_cache
-            .insert(user_id, generation, Arc::clone(&pairings));
-        Ok(pairings)
+    /// A user's active pairings (and, when there is none, whether a key rotation ended the
+    /// last one) and the pairings generation they were read at, from one snapshot.
+    pub(crate) async fn read_user_pairings(
+        &self,
+        user_id: String,
+    ) -> Result<(i64, UserPairings), StoreError> {
+        self.run(move |conn| read_user_pairings(conn, &user_id))
+            .await
     }
 
     /// Whether this pairing exists and is not revoked.
-    pub async fn pairing_is_active(&self, pairing_id: PairingId) -> Result<bool, StoreError> {
+    pub(crate) async fn pairing_is_active(
+        &self,
+        pairing_id: PairingId,
+    ) -> Result<bool, StoreError> {
         self.run(move |conn| {
             let found: Option<i64> = conn
                 .prepare_cached(
@@ -336,17 +239,16 @@ impl Store {
     }
 
     /// Every pairing, newest first, revoked ones included.
-    pub async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
+    pub(crate) async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
         self.run(|conn| query_pairings(conn, SELECT_ALL, [])).await
     }
 
     /// Revokes the active pairing with this sidecar id. Returns `false` if there is none.
-    pub async fn revoke_pairing(
+    pub(crate) async fn revoke_pairing(
         &self,
         sidecar_id: String,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let cache = Arc::clone(&self.pairing_cache);
         self.run(move |conn| {
             let changed = conn
                 .prepare_cached(
@@ -354,7 +256,6 @@ impl Store {
                      WHERE sidecar_id = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![sidecar_id, now_ms])?;
-            cache.clear();
             Ok(changed > 0)
         })
         .await
@@ -362,8 +263,10 @@ impl Store {
 
     /// Revokes every active pairing because the gateway's key is being replaced, in one
     /// transaction, and records that reason so each user is told why. Returns how many.
-    pub async fn revoke_all_for_key_rotation(&self, now_ms: i64) -> Result<usize, StoreError> {
-        let cache = Arc::clone(&self.pairing_cache);
+    pub(crate) async fn revoke_all_for_key_rotation(
+        &self,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
         self.run(move |conn| {
             let tx = write_transaction(conn)?;
             let changed = tx.execute(
@@ -371,7 +274,6 @@ impl Store {
                 params![now_ms, REVOKED_FOR_KEY_ROTATION],
             )?;
             tx.commit()?;
-            cache.clear();
             Ok(changed)
         })
         .await
@@ -379,7 +281,7 @@ impl Store {
 
     /// When the user has no active pairing: the time their newest pairing was revoked, if a
     /// gateway key rotation revoked it (a later operator revoke or pairing supersedes it).
-    pub async fn pairing_ended_by_key_rotation(
+    pub(crate) async fn pairing_ended_by_key_rotation(
         &self,
         user_id: String,
     ) -> Result<Option<i64>, StoreError> {
@@ -391,7 +293,7 @@ impl Store {
     /// revoke or rotation by this process or another, the `pairing` CLI), the ids of the active
     /// pairings. Returns the generation either way. Keyed on the pairings generation, not on
     /// `PRAGMA data_version`, which the audit trail's commits move on nearly every call.
-    pub async fn active_pairings_if_changed(
+    pub(crate) async fn active_pairings_if_changed(
         &self,
         seen_generation: Option<i64>,
     ) -> Result<(i64, Option<HashSet<PairingId>>), StoreError> {
@@ -425,8 +327,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::{NewPairingCode, connect};
     use protocol::identity::StaticKeypair;
+    use std::sync::Arc;
     use zeroize::Zeroizing;
 
     fn key(byte: u8) -> PublicKey {
@@ -492,7 +396,7 @@ mod tests {
         let warm = store.user_pairings("alice").await.unwrap();
         assert_eq!(ids(&warm), vec!["laptop-a"]);
         // With the main connection held, only a lookup served from memory can finish.
-        let held = store.conn.lock().unwrap();
+        let held = store.sqlite().unwrap().conn.lock().unwrap();
         let hit = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             store.user_pairings("alice"),
@@ -560,7 +464,7 @@ mod tests {
 
     /// What a missing lookup reads, as it reads it (before it stores it).
     fn snapshot(store: &Store, user: &str) -> (i64, UserPairings) {
-        let mut conn = store.conn.lock().unwrap();
+        let mut conn = store.sqlite().unwrap().conn.lock().unwrap();
         read_user_pairings(&mut conn, user).unwrap()
     }
 
@@ -732,7 +636,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         issue(&store, "K7QM", "alice", 0).await;
         pair(&store, "K7QM", "laptop-1", key(1), 1).await;
-        let conn = store.conn.lock().unwrap();
+        let conn = store.sqlite().unwrap().conn.lock().unwrap();
         for (id, sidecar, key_text) in [
             ("00", "laptop-1", key(9).to_hex()),
             ("01", "laptop-9", key(1).to_hex()),

@@ -6,50 +6,12 @@
 //! that never finishes costs the code nothing. The secret is kept only while the code is live
 //! and erased when it is used, expires or runs out of attempts.
 
-use super::{Store, StoreError, write_transaction};
+use super::{SqliteStore, write_transaction};
+use crate::store::StoreError;
+use crate::store::records::{
+    CodeCheck, CodeRow, CodeState, NewPairingCode, code_check, dead_state,
+};
 use rusqlite::{Connection, OptionalExtension, params};
-use zeroize::Zeroizing;
-
-/// A pairing code to store.
-#[derive(Debug)]
-pub struct NewPairingCode {
-    pub code_id: String,
-    pub secret: Zeroizing<String>,
-    pub user_id: String,
-    pub created_at_ms: i64,
-    pub expires_at_ms: i64,
-    pub max_attempts: u32,
-}
-
-/// Whether a code can still be used, and why not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodeState {
-    Unknown,
-    Expired,
-    Used,
-    AttemptsExceeded,
-}
-
-/// The result of looking a code up.
-#[derive(Debug)]
-pub enum CodeCheck {
-    /// Live: run the PAKE with this secret.
-    Live {
-        user_id: String,
-        secret: Zeroizing<String>,
-    },
-    Dead(CodeState),
-}
-
-/// One `pairing_codes` row.
-struct CodeRow {
-    secret: Option<String>,
-    user_id: String,
-    expires_at: i64,
-    attempts: i64,
-    max_attempts: i64,
-    used_at: Option<i64>,
-}
 
 fn read_code(conn: &Connection, code_id: &str) -> Result<Option<CodeRow>, StoreError> {
     Ok(conn
@@ -71,26 +33,14 @@ fn read_code(conn: &Connection, code_id: &str) -> Result<Option<CodeRow>, StoreE
         .optional()?)
 }
 
-/// Why a row cannot be used at `now_ms`, if it cannot.
-fn dead_state(row: &CodeRow, now_ms: i64) -> Option<CodeState> {
-    if row.used_at.is_some() {
-        Some(CodeState::Used)
-    } else if now_ms >= row.expires_at {
-        Some(CodeState::Expired)
-    } else if row.attempts >= row.max_attempts {
-        Some(CodeState::AttemptsExceeded)
-    } else if row.secret.is_none() {
-        Some(CodeState::Unknown)
-    } else {
-        None
-    }
-}
-
-impl Store {
+impl SqliteStore {
     /// Stores a new code. Returns `false` when a live code already uses this id (the caller
     /// draws a new one). A dead code (used, expired or out of attempts) with the same id is
     /// replaced; old dead codes are purged on the way.
-    pub async fn insert_pairing_code(&self, code: NewPairingCode) -> Result<bool, StoreError> {
+    pub(crate) async fn insert_pairing_code(
+        &self,
+        code: NewPairingCode,
+    ) -> Result<bool, StoreError> {
         self.run(move |conn| {
             let tx = write_transaction(conn)?;
             // Dead codes older than a week carry no information worth keeping.
@@ -126,34 +76,20 @@ impl Store {
     }
 
     /// Looks a code up for `/pair/start`. Reads only: a start spends nothing.
-    pub async fn lookup_pairing_code(
+    pub(crate) async fn lookup_pairing_code(
         &self,
         code_id: String,
         now_ms: i64,
     ) -> Result<CodeCheck, StoreError> {
-        self.run(move |conn| {
-            let Some(row) = read_code(conn, &code_id)? else {
-                return Ok(CodeCheck::Dead(CodeState::Unknown));
-            };
-            if let Some(state) = dead_state(&row, now_ms) {
-                return Ok(CodeCheck::Dead(state));
-            }
-            match row.secret {
-                Some(secret) => Ok(CodeCheck::Live {
-                    user_id: row.user_id,
-                    secret: Zeroizing::new(secret),
-                }),
-                None => Ok(CodeCheck::Dead(CodeState::Unknown)),
-            }
-        })
-        .await
+        self.run(move |conn| Ok(code_check(read_code(conn, &code_id)?, now_ms)))
+            .await
     }
 
     /// Counts one tested guess against a code, durably, before the gateway checks it. `Ok(None)`:
     /// counted, go ahead. `Ok(Some(state))`: the code died since the start (used, expired or out
     /// of attempts); nothing was counted. The secret is erased when a code is found dead or when
     /// this was its last attempt.
-    pub async fn count_pairing_attempt(
+    pub(crate) async fn count_pairing_attempt(
         &self,
         code_id: String,
         now_ms: i64,
@@ -196,6 +132,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+    use zeroize::Zeroizing;
 
     pub(crate) fn code(id: &str, now: i64, ttl_ms: i64, max_attempts: u32) -> NewPairingCode {
         NewPairingCode {
@@ -209,7 +147,7 @@ mod tests {
     }
 
     fn secret_column(store: &Store, id: &str) -> Option<String> {
-        let conn = store.conn.lock().unwrap();
+        let conn = store.sqlite().unwrap().conn.lock().unwrap();
         conn.query_row(
             "SELECT secret FROM pairing_codes WHERE code_id = ?1",
             params![id],

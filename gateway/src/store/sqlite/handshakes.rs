@@ -2,7 +2,8 @@
 //! per sidecar key. A replayed message 1 carries a timestamp that is not greater, so it is
 //! refused before any session is set up.
 
-use super::{Store, StoreError};
+use super::SqliteStore;
+use crate::store::StoreError;
 use protocol::identity::PublicKey;
 use rusqlite::{OptionalExtension, params};
 
@@ -10,9 +11,9 @@ fn key_hex(key: &PublicKey) -> String {
     key.to_hex()
 }
 
-impl Store {
+impl SqliteStore {
     /// The last handshake timestamp accepted from this key.
-    pub async fn last_handshake_timestamp(
+    pub(crate) async fn last_handshake_timestamp(
         &self,
         key: PublicKey,
     ) -> Result<Option<u64>, StoreError> {
@@ -30,7 +31,7 @@ impl Store {
 
     /// Records `timestamp_ms` for this key (validated by the handshake that carried it) only if it is strictly greater than the stored
     /// one (compare-and-set in one statement). Returns whether it was recorded.
-    pub async fn accept_handshake_timestamp(
+    pub(crate) async fn accept_handshake_timestamp(
         &self,
         key: PublicKey,
         timestamp_ms: u64,
@@ -55,6 +56,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use protocol::identity::StaticKeypair;
 
     fn key(byte: u8) -> PublicKey {
