@@ -5,6 +5,7 @@
 pub mod cpgw_sim;
 pub mod dev_issuer;
 pub mod fault_proxy;
+pub mod private_postgres;
 pub mod processes;
 pub mod raw_sidecar;
 pub mod small_disk;

@@ -23,6 +23,7 @@ mod pause;
 mod quotes;
 mod relay_gates;
 mod scope_challenge;
+mod shared_store;
 mod tamper;
 mod trading;
 mod trading_support;

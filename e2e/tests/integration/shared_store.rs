@@ -1,0 +1,366 @@
+//! The gateway's store shared by several replicas: every atomic rule holds across them because
+//! the database enforces it. Each test runs against both backends: three `Store` handles on
+//! one SQLite file (three processes on one host) and three on one private PostgreSQL server
+//! (three replicas), racing where a race could break a rule.
+
+use e2e::private_postgres::PrivatePostgres;
+use ibkr_gateway::store::{
+    CodeCheck, CodeState, CompleteOutcome, KeyContinuity, NewPairing, NewPairingCode, PairingId,
+    PostgresOptions, Store,
+};
+use protocol::identity::{PublicKey, StaticKeypair};
+use zeroize::Zeroizing;
+
+/// Three handles on one store, and what keeps it alive.
+struct Replicas {
+    stores: [Store; 3],
+    _sqlite: Option<tempfile::TempDir>,
+    _postgres: Option<PrivatePostgres>,
+}
+
+async fn sqlite_replicas() -> Replicas {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(dir.path()).unwrap();
+    Replicas {
+        stores: [open(), open(), open()],
+        _sqlite: Some(dir),
+        _postgres: None,
+    }
+}
+
+async fn postgres_replicas() -> Option<Replicas> {
+    let server = PrivatePostgres::start_or_skip().unwrap()?;
+    let options = PostgresOptions::new(server.url());
+    // Opened together, as replicas starting at once: the schema is created once.
+    let (a, b, c) = tokio::join!(
+        Store::open_postgres(&options),
+        Store::open_postgres(&options),
+        Store::open_postgres(&options)
+    );
+    Some(Replicas {
+        stores: [a.unwrap(), b.unwrap(), c.unwrap()],
+        _sqlite: None,
+        _postgres: Some(server),
+    })
+}
+
+/// Runs `scenario` on both backends.
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        $scenario(sqlite_replicas().await, "sqlite").await;
+        if let Some(replicas) = postgres_replicas().await {
+            $scenario(replicas, "postgres").await;
+        }
+    };
+}
+
+fn key(byte: u8) -> PublicKey {
+    StaticKeypair::from_secret_bytes([byte; 32]).public()
+}
+
+fn code(id: &str, user: &str, now: i64, max_attempts: u32) -> NewPairingCode {
+    NewPairingCode {
+        code_id: id.into(),
+        secret: Zeroizing::new("3XW9PT4R".into()),
+        user_id: user.into(),
+        created_at_ms: now,
+        expires_at_ms: now + 600_000,
+        max_attempts,
+    }
+}
+
+fn pairing(code_id: &str, sidecar_id: &str, key: PublicKey, now: i64) -> NewPairing {
+    NewPairing {
+        pairing_id: PairingId::random(),
+        code_id: code_id.into(),
+        sidecar_id: sidecar_id.into(),
+        sidecar_public_key: key,
+        display_name: "laptop".into(),
+        now_ms: now,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pairing_code_is_used_once_when_replicas_finish_it_at_once() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let [a, b, c] = &replicas.stores;
+        // Issued on one replica, looked up on another.
+        assert!(
+            a.insert_pairing_code(code("K7QM", "alice", 1_000, 5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.insert_pairing_code(code("K7QM", "mallory", 1_001, 5))
+                .await
+                .unwrap(),
+            "{backend}: a live code's id is not taken over"
+        );
+        match b.lookup_pairing_code("K7QM".into(), 2_000).await.unwrap() {
+            CodeCheck::Live { user_id, .. } => assert_eq!(user_id, "alice"),
+            CodeCheck::Dead(state) => panic!("{backend}: {state:?}"),
+        }
+        // Three replicas finish the same code at the same moment, each for its own laptop.
+        let (x, y, z) = tokio::join!(
+            a.complete_pairing(pairing("K7QM", "laptop-a", key(1), 3_000)),
+            b.complete_pairing(pairing("K7QM", "laptop-b", key(2), 3_000)),
+            c.complete_pairing(pairing("K7QM", "laptop-c", key(3), 3_000)),
+        );
+        let outcomes = [x.unwrap(), y.unwrap(), z.unwrap()];
+        let paired = outcomes
+            .iter()
+            .filter(|o| matches!(o, CompleteOutcome::Paired(_)))
+            .count();
+        assert_eq!(paired, 1, "{backend}: exactly one pairing: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, CompleteOutcome::Paired(_) | CompleteOutcome::CodeUsed)),
+            "{backend}: {outcomes:?}"
+        );
+        assert_eq!(c.list_pairings().await.unwrap().len(), 1, "{backend}");
+        assert_eq!(
+            c.active_pairings_for_user("alice".into())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(matches!(
+            a.lookup_pairing_code("K7QM".into(), 4_000).await.unwrap(),
+            CodeCheck::Dead(CodeState::Used)
+        ));
+    }
+    on_both_backends!(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tested_guesses_are_counted_once_each_across_replicas() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let [a, b, _] = &replicas.stores;
+        assert!(
+            a.insert_pairing_code(code("GUESS", "alice", 0, 5))
+                .await
+                .unwrap()
+        );
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let store = replicas.stores[i % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .count_pairing_attempt("GUESS".into(), 10)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut counted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                None => counted += 1,
+                Some(state) => assert_eq!(state, CodeState::AttemptsExceeded, "{backend}"),
+            }
+        }
+        assert_eq!(
+            counted, 5,
+            "{backend}: exactly max_attempts guesses were tested"
+        );
+        assert!(matches!(
+            b.lookup_pairing_code("GUESS".into(), 11).await.unwrap(),
+            CodeCheck::Dead(CodeState::AttemptsExceeded)
+        ));
+    }
+    on_both_backends!(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_key_is_paired_once_even_with_two_codes_on_two_replicas() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let [a, b, _] = &replicas.stores;
+        assert!(
+            a.insert_pairing_code(code("ONE", "alice", 0, 5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            b.insert_pairing_code(code("TWO", "mallory", 0, 5))
+                .await
+                .unwrap()
+        );
+        // The same laptop key, registered through two codes at once: one pairing at most.
+        let (x, y) = tokio::join!(
+            a.complete_pairing(pairing("ONE", "laptop-1", key(9), 1)),
+            b.complete_pairing(pairing("TWO", "laptop-2", key(9), 1)),
+        );
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let paired: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                CompleteOutcome::Paired(record) => Some(record.user_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paired.len(), 1, "{backend}: {outcomes:?}");
+        assert!(
+            outcomes.contains(&CompleteOutcome::KeyAlreadyPaired),
+            "{backend}: {outcomes:?}"
+        );
+        // The same sidecar id under another key: refused while the first is active.
+        assert!(
+            a.insert_pairing_code(code("THREE", "alice", 2, 5))
+                .await
+                .unwrap()
+        );
+        let taken = if paired[0] == "alice" {
+            "laptop-1"
+        } else {
+            "laptop-2"
+        };
+        assert_eq!(
+            b.complete_pairing(pairing("THREE", taken, key(10), 3))
+                .await
+                .unwrap(),
+            CompleteOutcome::SidecarIdConflict,
+            "{backend}"
+        );
+        let active = a.active_pairing_by_key(key(9)).await.unwrap().unwrap();
+        assert_eq!(active.user_id, paired[0]);
+    }
+    on_both_backends!(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handshake_replayed_to_another_replica_is_refused() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let [a, b, c] = &replicas.stores;
+        assert!(a.accept_handshake_timestamp(key(1), 100).await.unwrap());
+        // The same message 1 replayed to replicas that never saw it.
+        assert!(
+            !b.accept_handshake_timestamp(key(1), 100).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !c.accept_handshake_timestamp(key(1), 99).await.unwrap(),
+            "{backend}"
+        );
+        assert_eq!(b.last_handshake_timestamp(key(1)).await.unwrap(), Some(100));
+        // One new timestamp offered to every replica at once: accepted once.
+        let (x, y, z) = tokio::join!(
+            a.accept_handshake_timestamp(key(1), 101),
+            b.accept_handshake_timestamp(key(1), 101),
+            c.accept_handshake_timestamp(key(1), 101),
+        );
+        let accepted = [x.unwrap(), y.unwrap(), z.unwrap()]
+            .iter()
+            .filter(|ok| **ok)
+            .count();
+        assert_eq!(accepted, 1, "{backend}");
+        assert_eq!(c.last_handshake_timestamp(key(1)).await.unwrap(), Some(101));
+        assert_eq!(c.last_handshake_timestamp(key(2)).await.unwrap(), None);
+    }
+    on_both_backends!(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_on_one_replica_counts_on_the_others_from_their_next_lookup() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let [a, b, c] = &replicas.stores;
+        assert!(
+            a.insert_pairing_code(code("R1", "alice", 0, 5))
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            a.complete_pairing(pairing("R1", "laptop-a", key(1), 1))
+                .await
+                .unwrap(),
+            CompleteOutcome::Paired(_)
+        ));
+        // Warm every replica's cache.
+        for store in [a, b, c] {
+            for _ in 0..2 {
+                assert_eq!(store.user_pairings("alice").await.unwrap().active.len(), 1);
+            }
+        }
+        let (seen, active) = c.active_pairings_if_changed(None).await.unwrap();
+        assert_eq!(active.map(|ids| ids.len()), Some(1));
+        assert_eq!(
+            c.active_pairings_if_changed(Some(seen)).await.unwrap().1,
+            None
+        );
+        assert!(b.revoke_pairing("laptop-a".into(), 2).await.unwrap());
+        for store in [a, c] {
+            assert!(
+                store
+                    .user_pairings("alice")
+                    .await
+                    .unwrap()
+                    .active
+                    .is_empty(),
+                "{backend}: a replica served a revoked pairing from its cache"
+            );
+        }
+        let (_, changed) = c.active_pairings_if_changed(Some(seen)).await.unwrap();
+        assert_eq!(changed.map(|ids| ids.len()), Some(0), "{backend}");
+        // A rotation's revoke says why, on every replica.
+        assert!(
+            a.insert_pairing_code(code("R2", "alice", 3, 5))
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            c.complete_pairing(pairing("R2", "laptop-a", key(1), 4))
+                .await
+                .unwrap(),
+            CompleteOutcome::Paired(_)
+        ));
+        assert_eq!(a.user_pairings("alice").await.unwrap().active.len(), 1);
+        assert_eq!(b.revoke_all_for_key_rotation(5).await.unwrap(), 1);
+        let after = a.user_pairings("alice").await.unwrap();
+        assert!(after.active.is_empty());
+        assert_eq!(after.ended_by_key_rotation, Some(5), "{backend}");
+    }
+    on_both_backends!(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_record_one_gateway_key_and_refuse_another_while_pairings_use_it() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        let stores = replicas.stores.clone();
+        // Blocking, as at startup: on the blocking pool.
+        let check = move |index: usize, key: Option<PublicKey>, now: i64| {
+            let store = stores[index].clone();
+            tokio::task::spawn_blocking(move || store.check_gateway_key(key.as_ref(), now))
+        };
+        let gateway = key(40);
+        assert_eq!(
+            check(0, Some(gateway), 1).await.unwrap().unwrap(),
+            KeyContinuity::Recorded
+        );
+        assert_eq!(
+            check(1, Some(gateway), 2).await.unwrap().unwrap(),
+            KeyContinuity::Same,
+            "{backend}"
+        );
+        let [a, ..] = &replicas.stores;
+        assert!(
+            a.insert_pairing_code(code("K", "alice", 0, 5))
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            a.complete_pairing(pairing("K", "laptop-a", key(1), 1))
+                .await
+                .unwrap(),
+            CompleteOutcome::Paired(_)
+        ));
+        // Another replica configured with another key refuses to start.
+        match check(2, Some(key(41)), 3).await.unwrap().unwrap() {
+            KeyContinuity::Broken {
+                active_pairings, ..
+            } => assert_eq!(active_pairings, 1, "{backend}"),
+            other => panic!("{backend}: {other:?}"),
+        }
+        a.ping().await.unwrap();
+    }
+    on_both_backends!(scenario);
+}
