@@ -30,8 +30,8 @@ use crate::pairing::http::{MAX_PAIRING_BODY_BYTES, pair_finish, pair_start};
 use crate::relay::endpoint::relay_upgrade;
 use crate::relay::{LiveSidecar, Relay, RelaySettings, SessionEvent};
 use crate::state::AppState;
-use crate::store::Store;
 use crate::store::keys;
+use crate::store::{SqliteStore, Store};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -441,6 +441,24 @@ impl Drop for GatewayHandle {
     }
 }
 
+/// The shared store, when the configuration names one (`store.backend: postgres`); the
+/// embedded store is opened with the audit trail's file.
+pub(crate) async fn open_shared_store(
+    config: &GatewayConfiguration,
+) -> Result<Option<Store>, StartError> {
+    let Some(options) = config
+        .store
+        .postgres_options()
+        .map_err(StartError::Config)?
+    else {
+        return Ok(None);
+    };
+    Store::open_postgres(&options)
+        .await
+        .map(Some)
+        .map_err(|error| StartError::Store(format!("the PostgreSQL store: {error}")))
+}
+
 /// The gateway's static key, created on first start, and checked against the key its active
 /// pairings were made with before anything uses it (see `Store::check_gateway_key`). Blocking.
 pub(crate) fn load_gateway_key(
@@ -483,6 +501,30 @@ fn refuse_changed_key(
 
 /// Validates the configuration, opens the store, binds and serves.
 pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartError> {
+    start_with(config, None).await
+}
+
+/// [`start`] on a shared store the caller opened already ([`Store::open_postgres`]), as a
+/// program that runs several replicas in one process does. The configuration must name the
+/// shared backend (`store.backend: postgres`); its `store.postgres_url_env` is not read.
+pub async fn start_on_shared_store(
+    config: GatewayConfiguration,
+    store: Store,
+) -> Result<GatewayHandle, StartError> {
+    if config.store.backend != crate::config::StoreBackend::Postgres {
+        return Err(StartError::Config(ConfigError {
+            code: ErrorCode::ConfigInvalid,
+            key: "store.backend".into(),
+            message: "must be postgres to start on a shared store".into(),
+        }));
+    }
+    start_with(config, Some(store)).await
+}
+
+async fn start_with(
+    config: GatewayConfiguration,
+    provided: Option<Store>,
+) -> Result<GatewayHandle, StartError> {
     // Nothing is bound or written before the configuration is known to be good.
     let resolved = config.resolve()?;
     for (key, reason) in config.ignored_keys() {
@@ -524,9 +566,17 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
 
     let state_dir = config.state_dir.clone();
     let configured_instance = config.instance_id.clone();
+    let shared = match provided {
+        Some(store) => Some(store),
+        None => open_shared_store(&config).await?,
+    };
     let (store, keypair, instance_id, audit_key, audit_log) =
         tokio::task::spawn_blocking(move || {
-            let store = Store::open(&state_dir).map_err(|e| StartError::Store(e.to_string()))?;
+            // The SQLite file in state_dir: the whole store when embedded, and the audit trail
+            // either way.
+            let local =
+                SqliteStore::open(&state_dir).map_err(|e| StartError::Store(e.to_string()))?;
+            let store = shared.unwrap_or_else(|| Store::embedded(local.clone()));
             let keypair = load_gateway_key(&store, &state_dir)?;
             let instance_id =
                 keys::load_or_create_instance_id(&state_dir, configured_instance.as_deref())
@@ -548,7 +598,7 @@ pub async fn start(config: GatewayConfiguration) -> Result<GatewayHandle, StartE
                 );
             }
             let audit_log =
-                AuditLog::open(&store, &audit_key).map_err(|e| StartError::Store(e.to_string()))?;
+                AuditLog::open(&local, &audit_key).map_err(|e| StartError::Store(e.to_string()))?;
             Ok::<_, StartError>((store, keypair, instance_id, audit_key, audit_log))
         })
         .await

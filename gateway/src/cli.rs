@@ -252,8 +252,22 @@ async fn open_state(path: &std::path::Path) -> Result<Opened, ExitCode> {
     }
     let state_dir = config.state_dir.clone();
     let configured = config.instance_id.clone();
+    let shared = match crate::app::open_shared_store(&config).await {
+        Ok(shared) => shared,
+        Err(error) => {
+            report_error(
+                ErrorCode::StateStoreError,
+                Some("store"),
+                &error.to_string(),
+            );
+            return Err(ExitCode::FAILURE);
+        }
+    };
     let opened = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
+        let store = match shared {
+            Some(store) => store,
+            None => Store::open(&state_dir).map_err(|e| e.to_string())?,
+        };
         let keypair =
             crate::app::load_gateway_key(&store, &state_dir).map_err(|e| e.to_string())?;
         let instance_id =
@@ -404,7 +418,12 @@ async fn audit(command: AuditCommand) -> ExitCode {
             };
             init_logging(config.log_format, "warn");
             let state_dir = config.state_dir.clone();
-            let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await {
+            // The audit trail is in state_dir's SQLite file, whatever the store's backend.
+            let store = match tokio::task::spawn_blocking(move || {
+                crate::store::SqliteStore::open(&state_dir)
+            })
+            .await
+            {
                 Ok(Ok(store)) => store,
                 Ok(Err(error)) => {
                     report_error(

@@ -123,6 +123,64 @@ pub struct GatewayConfiguration {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// Where pairings, pairing codes, handshake timestamps and journal anchors live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// SQLite in `state_dir` (one gateway process, with its CLI).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database several replicas share.
+    Postgres,
+}
+
+/// The store's backend (docs/scale-out.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// The NAME of the environment variable holding the PostgreSQL connection string (it
+    /// usually holds a password, so it never sits in this file). Required with `postgres`.
+    #[serde(default)]
+    pub postgres_url_env: Option<String>,
+    /// Connections each replica keeps to PostgreSQL.
+    #[serde(default)]
+    pub postgres_max_connections: Option<u32>,
+}
+
+impl StoreSection {
+    pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+    /// How to reach PostgreSQL, read from the environment; `None` for the embedded store.
+    pub fn postgres_options(&self) -> Result<Option<crate::store::PostgresOptions>, ConfigError> {
+        if self.backend != StoreBackend::Postgres {
+            return Ok(None);
+        }
+        let variable = self.postgres_url_env.as_deref().unwrap_or_default();
+        let url = std::env::var(variable)
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "store.postgres_url_env",
+                    format!(
+                        "the environment variable {variable} must hold the PostgreSQL connection string"
+                    ),
+                )
+            })?;
+        let mut options = crate::store::PostgresOptions::new(url);
+        options.max_connections = usize::try_from(
+            self.postgres_max_connections
+                .unwrap_or(Self::DEFAULT_POSTGRES_MAX_CONNECTIONS),
+        )
+        .unwrap_or(usize::MAX);
+        Ok(Some(options))
+    }
 }
 
 /// The durable audit trail in the store.
@@ -691,6 +749,7 @@ impl GatewayConfiguration {
             pairing: PairingSection::default(),
             metrics: MetricsSection::default(),
             audit: AuditSection::default(),
+            store: StoreSection::default(),
         }
     }
 
@@ -1085,6 +1144,32 @@ impl GatewayConfiguration {
                 "IBKR_GATEWAY_METRICS_TOKEN",
             )?;
         }
+        match (&self.store.backend, &self.store.postgres_url_env) {
+            (StoreBackend::Postgres, None) => {
+                return Err(ConfigError::invalid(
+                    "store.postgres_url_env",
+                    "is required with store.backend: postgres (the NAME of the environment variable holding the connection string, e.g. IBKR_GATEWAY_DATABASE_URL)",
+                ));
+            }
+            (StoreBackend::Embedded, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "store.postgres_url_env",
+                    "is only used with store.backend: postgres",
+                ));
+            }
+            (_, Some(env)) => {
+                check_env_name("store.postgres_url_env", env, "IBKR_GATEWAY_DATABASE_URL")?
+            }
+            (StoreBackend::Embedded, None) => {}
+        }
+        if let Some(connections) = self.store.postgres_max_connections {
+            check_range(
+                "store.postgres_max_connections",
+                u64::from(connections),
+                1,
+                1000,
+            )?;
+        }
 
         check_range(
             "pairing.code_ttl_seconds",
@@ -1325,6 +1410,41 @@ audit:
             refused(|c| c.metrics.bearer_token_env = Some("not a name".into())),
             "metrics.bearer_token_env"
         );
+        // The shared store needs the name of the variable holding its connection string,
+        // and only it may have one.
+        assert_eq!(
+            refused(|c| c.store.backend = StoreBackend::Postgres),
+            "store.postgres_url_env"
+        );
+        assert_eq!(
+            refused(|c| c.store.postgres_url_env = Some("IBKR_GATEWAY_DATABASE_URL".into())),
+            "store.postgres_url_env"
+        );
+        assert_eq!(
+            refused(|c| {
+                c.store.backend = StoreBackend::Postgres;
+                c.store.postgres_url_env = Some("postgres://user:secret@db/x".into());
+            }),
+            "store.postgres_url_env"
+        );
+        assert_eq!(
+            refused(|c| {
+                c.store.backend = StoreBackend::Postgres;
+                c.store.postgres_url_env = Some("IBKR_GATEWAY_DATABASE_URL".into());
+                c.store.postgres_max_connections = Some(0);
+            }),
+            "store.postgres_max_connections"
+        );
+        let mut shared = dev();
+        shared.store.backend = StoreBackend::Postgres;
+        shared.store.postgres_url_env = Some("IBKR_GATEWAY_UNSET_DATABASE_URL".into());
+        shared.validate().unwrap();
+        // At start, an unset variable is refused before anything is opened.
+        assert_eq!(
+            shared.store.postgres_options().unwrap_err().key,
+            "store.postgres_url_env"
+        );
+        assert!(dev().store.postgres_options().unwrap().is_none());
         // Tokens must carry the canonical resource: no other audience may be configured.
         assert_eq!(
             refused(|c| c.remote_mcp.audiences = Some(vec![

@@ -32,7 +32,7 @@ pub mod relay;
 mod state;
 pub mod store;
 
-pub use app::{GatewayHandle, start};
+pub use app::{GatewayHandle, start, start_on_shared_store};
 pub use config::{ConfigError, GatewayConfiguration};
 pub use error::{GatewayError, StartError};
 pub use relay::{

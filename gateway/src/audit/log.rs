@@ -12,7 +12,7 @@
 use super::chain::{
     ChainKey, GENESIS_HASH, Head, RowColumns, RowRef, canonical_row, pruned_through,
 };
-use crate::store::{Store, StoreError, connect, write_transaction};
+use crate::store::{SqliteStore, StoreError, connect, write_transaction};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -326,8 +326,8 @@ impl AuditLog {
     /// it) and checks the table against `audit.head` in `store`'s directory. A chain that
     /// cannot be continued is logged and leaves the log broken, not the gateway down.
     /// Blocking.
-    pub fn open(store: &Store, secret: &super::AuditKey) -> Result<AuditLog, StoreError> {
-        let path = store.sqlite()?.path();
+    pub fn open(store: &SqliteStore, secret: &super::AuditKey) -> Result<AuditLog, StoreError> {
+        let path = store.path();
         let conn = connect(path)?;
         let key = secret.chain_key();
         let state_dir = path
@@ -473,9 +473,8 @@ impl AuditLog {
 }
 
 /// The newest `limit` audit records, oldest first.
-pub async fn tail(store: &Store, limit: u32) -> Result<Vec<StoredAuditRecord>, StoreError> {
+pub async fn tail(store: &SqliteStore, limit: u32) -> Result<Vec<StoredAuditRecord>, StoreError> {
     store
-        .sqlite()?
         .run(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"
@@ -512,40 +511,16 @@ pub async fn tail(store: &Store, limit: u32) -> Result<Vec<StoredAuditRecord>, S
         .await
 }
 
-/// The newest sidecar journal entry on record for a pairing (the highest sequence number an
-/// order call's answer named), sent to the sidecar at every handshake.
-pub async fn journal_anchor(
-    store: &Store,
-    pairing_id: String,
-) -> Result<Option<protocol::envelope::JournalRef>, StoreError> {
-    store
-        .sqlite()?
-        .run(move |conn| {
-            let row: Option<(i64, String)> = conn
-                .prepare_cached(
-                    "SELECT journal_seq, journal_hash FROM audit
-                     WHERE pairing_id = ?1 AND journal_seq IS NOT NULL
-                     ORDER BY journal_seq DESC LIMIT 1",
-                )?
-                .query_row(params![pairing_id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let Some((seq, hash)) = row else {
-                return Ok(None);
-            };
-            let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt("journal_seq"))?;
-            let hash = hex::decode(&hash)
-                .ok()
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or(StoreError::Corrupt("journal_hash"))?;
-            Ok(Some(protocol::envelope::JournalRef { seq, hash }))
-        })
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::AuditKey;
     use super::*;
+
+    use crate::store::{PairingId, Store};
+
+    fn pid(byte: u8) -> PairingId {
+        PairingId([byte; 16])
+    }
 
     fn audit_record(n: i64) -> AuditRecord {
         AuditRecord {
@@ -566,10 +541,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = AuditKey::random();
-        let mut log = AuditLog::open(&store, &key).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         log.append(&[audit_record(1), audit_record(2)]).unwrap();
         log.append(&[audit_record(3)]).unwrap();
-        let newest = tail(&store, 2).await.unwrap();
+        let newest = tail(store.sqlite().unwrap(), 2).await.unwrap();
         assert_eq!(
             newest.iter().map(|r| r.record.time_ms).collect::<Vec<_>>(),
             vec![2, 3]
@@ -589,10 +564,10 @@ mod tests {
         assert_eq!((same, unchanged), (generation, None));
         // Reopened with the same secret, the chain continues.
         drop(log);
-        let mut log = AuditLog::open(&store, &key).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         assert_eq!(log.broken(), None);
         log.append(&[audit_record(5)]).unwrap();
-        assert_eq!(tail(&store, 1).await.unwrap()[0].id, 5);
+        assert_eq!(tail(store.sqlite().unwrap(), 1).await.unwrap()[0].id, 5);
     }
 
     #[tokio::test]
@@ -600,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = AuditKey::random();
-        let mut log = AuditLog::open(&store, &key).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         let old: Vec<AuditRecord> = (0..2 * AUDIT_PRUNE_BATCH as i64 + 5)
             .map(audit_record)
             .collect();
@@ -622,7 +597,7 @@ mod tests {
             }
         }
         assert_eq!(deleted, 2 * AUDIT_PRUNE_BATCH + 5);
-        let kept = tail(&store, 10).await.unwrap();
+        let kept = tail(store.sqlite().unwrap(), 10).await.unwrap();
         assert_eq!(
             kept.iter().map(|r| r.record.time_ms).collect::<Vec<_>>(),
             vec![1_000_000, 7]
@@ -631,7 +606,7 @@ mod tests {
         // The chain goes on after pruning, and across a reopen.
         log.append(&[audit_record(2_000_000)]).unwrap();
         drop(log);
-        let log = AuditLog::open(&store, &key).unwrap();
+        let log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         assert_eq!(log.broken(), None);
     }
 
@@ -640,7 +615,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = AuditKey::random();
-        let mut log = AuditLog::open(&store, &key).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         log.append(&[audit_record(1), audit_record(2), audit_record(3)])
             .unwrap();
 
@@ -654,7 +629,7 @@ mod tests {
         assert!(log.broken().is_some());
         // ... and at the next open, against the head.
         drop(log);
-        let mut log = AuditLog::open(&store, &key).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         assert!(log.broken().unwrap().contains("lacks record 3"));
         assert!(matches!(
             log.append(&[audit_record(4)]),
@@ -663,11 +638,11 @@ mod tests {
         drop(log);
 
         // Another secret.
-        let log = AuditLog::open(&store, &AuditKey::random()).unwrap();
+        let log = AuditLog::open(store.sqlite().unwrap(), &AuditKey::random()).unwrap();
         assert!(log.broken().unwrap().contains("another audit HMAC secret"));
         // No head at all next to chained rows.
         std::fs::remove_file(dir.path().join(super::super::chain::HEAD_FILE)).unwrap();
-        let log = AuditLog::open(&store, &key).unwrap();
+        let log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         assert!(log.broken().unwrap().contains("audit.head is missing"));
     }
 
@@ -675,30 +650,27 @@ mod tests {
     async fn the_anchor_is_the_highest_journal_entry_on_record_for_the_pairing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut log = AuditLog::open(&store, &AuditKey::random()).unwrap();
+        let mut log = AuditLog::open(store.sqlite().unwrap(), &AuditKey::random()).unwrap();
         let anchored = |pairing: &str, seq: i64, byte: u8| AuditRecord {
             pairing_id: Some(pairing.into()),
             journal_seq: Some(seq),
             journal_hash: Some(hex::encode([byte; 32])),
             ..audit_record(seq)
         };
-        assert_eq!(journal_anchor(&store, "p1".into()).await.unwrap(), None);
+        assert_eq!(store.journal_anchor(pid(1)).await.unwrap(), None);
         // Answers may be recorded out of order (concurrent calls): the highest wins.
         log.append(&[
-            anchored("p1", 5, 5),
-            anchored("p1", 7, 7),
-            anchored("p1", 6, 6),
-            anchored("p2", 9, 9),
+            anchored(&pid(1).to_hex(), 5, 5),
+            anchored(&pid(1).to_hex(), 7, 7),
+            anchored(&pid(1).to_hex(), 6, 6),
+            anchored(&pid(2).to_hex(), 9, 9),
             audit_record(10),
         ])
         .unwrap();
-        let anchor = journal_anchor(&store, "p1".into()).await.unwrap().unwrap();
+        let anchor = store.journal_anchor(pid(1)).await.unwrap().unwrap();
         assert_eq!((anchor.seq, anchor.hash), (7, [7; 32]));
         assert_eq!(
-            journal_anchor(&store, "p2".into())
-                .await
-                .unwrap()
-                .map(|a| a.seq),
+            store.journal_anchor(pid(2)).await.unwrap().map(|a| a.seq),
             Some(9)
         );
     }

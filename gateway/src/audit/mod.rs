@@ -334,7 +334,7 @@ mod tests {
 
     fn start(store: &Store, retention: Option<Duration>, ack: Duration) -> (Audit, JoinHandle<()>) {
         let key = AuditKey::from_secret(SECRET);
-        let log = AuditLog::open(store, &key).unwrap();
+        let log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         Audit::start(
             key,
             log,
@@ -353,7 +353,7 @@ mod tests {
         batching: Batching,
     ) -> (Audit, JoinHandle<()>) {
         let key = AuditKey::from_secret(SECRET);
-        let log = AuditLog::open(store, &key).unwrap();
+        let log = AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         Audit::start(key, log, Arc::clone(metrics), None, LIMIT, batching)
     }
 
@@ -537,7 +537,7 @@ mod tests {
         audit.record(record(2000));
         assert!(audit.record_durable(record(2001)).await);
         assert!(audit.flush(LIMIT).await);
-        let ids: Vec<(i64, i64)> = log::tail(&store, 100)
+        let ids: Vec<(i64, i64)> = log::tail(store.sqlite().unwrap(), 100)
             .await
             .unwrap()
             .iter()
@@ -603,7 +603,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (audit, task) = Audit::start(
             AuditKey::random(),
-            AuditLog::open(&store, &key).unwrap(),
+            AuditLog::open(store.sqlite().unwrap(), &key).unwrap(),
             Arc::clone(&metrics),
             None,
             LIMIT,
@@ -614,7 +614,10 @@ mod tests {
         }
         assert!(audit.record_durable(record(10)).await);
         assert!(audit.flush(LIMIT).await);
-        assert_eq!(log::tail(&store, 100).await.unwrap().len(), 11);
+        assert_eq!(
+            log::tail(store.sqlite().unwrap(), 100).await.unwrap().len(),
+            11
+        );
         assert!(audit.stop(LIMIT).await);
         task.await.unwrap();
         // The writer is gone: records are counted as dropped, recording never blocks, and a
@@ -651,7 +654,7 @@ mod tests {
         assert!(audit.flush(LIMIT).await);
         holder.execute_batch("ROLLBACK").unwrap();
         assert!(audit.record_durable(record(3)).await);
-        let kept: Vec<i64> = log::tail(&store, 10)
+        let kept: Vec<i64> = log::tail(store.sqlite().unwrap(), 10)
             .await
             .unwrap()
             .iter()
@@ -669,7 +672,7 @@ mod tests {
         let day_ms = 86_400_000;
         let now = crate::clock::unix_ms();
         let times = |store: Store| async move {
-            log::tail(&store, 10)
+            log::tail(store.sqlite().unwrap(), 10)
                 .await
                 .unwrap()
                 .iter()

@@ -186,14 +186,13 @@ async fn handshake(relay: &Relay, socket: &mut WebSocket) -> Result<Established,
     // The newest journal entry the audit trail holds for this pairing: the sidecar checks
     // that its journal still holds it. Without it the check would silently not happen, so a
     // store that cannot answer refuses the handshake like any other store failure.
-    let journal_anchor =
-        match crate::audit::log::journal_anchor(&relay.store, pairing.pairing_id.to_hex()).await {
-            Ok(anchor) => anchor,
-            Err(error) => {
-                tracing::error!(%error, "relay handshake: journal anchor lookup failed");
-                return Err(HandshakeEnd::Reject(ErrorCode::HandshakeFailed));
-            }
-        };
+    let journal_anchor = match relay.store.journal_anchor(pairing.pairing_id).await {
+        Ok(anchor) => anchor,
+        Err(error) => {
+            tracing::error!(%error, "relay handshake: journal anchor lookup failed");
+            return Err(HandshakeEnd::Reject(ErrorCode::HandshakeFailed));
+        }
+    };
 
     let mut session_id = [0u8; 16];
     OsRng.fill_bytes(&mut session_id);

@@ -306,6 +306,16 @@ impl Relay {
         match answer {
             Ok(Ok((outcome, journal))) => {
                 trace.journal = journal;
+                if let Some(journal) = journal
+                    && let Err(error) = self
+                        .store
+                        .record_journal_anchor(session.pairing_id, journal)
+                        .await
+                {
+                    // The sidecar's next handshake on another replica then names an older
+                    // entry: its own journal head still catches a cut journal.
+                    tracing::error!(%error, "could not record the journal anchor");
+                }
                 Ok(CallOutcome {
                     outcome,
                     sidecar_id: session.sidecar_id.clone(),

@@ -12,7 +12,8 @@ use std::io::Write;
 use std::path::Path;
 use zeroize::Zeroizing;
 
-const KEY_FILE: &str = "gateway.key";
+/// The gateway's static key, in `state_dir` (replicas of one cluster hold the same one).
+pub const KEY_FILE: &str = "gateway.key";
 const INSTANCE_FILE: &str = "instance_id";
 /// The audit HMAC secret, when none is given in the environment.
 pub const AUDIT_SECRET_FILE: &str = "audit_hmac.key";

@@ -132,7 +132,12 @@ impl Store {
     /// Opens (creating if needed) the embedded store in `state_dir`. Blocking: call it from
     /// `spawn_blocking` or before the runtime serves traffic.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::on(Backend::Sqlite(SqliteStore::open(state_dir)?)))
+        Ok(Store::embedded(SqliteStore::open(state_dir)?))
+    }
+
+    /// The embedded store on an open SQLite file.
+    pub fn embedded(sqlite: SqliteStore) -> Store {
+        Store::on(Backend::Sqlite(sqlite))
     }
 
     /// Opens the cluster store: the shared PostgreSQL database (creating or upgrading its
@@ -362,6 +367,36 @@ impl Store {
             Backend::Sqlite(sqlite) => sqlite.active_pairings_if_changed(seen_generation).await,
             Backend::Postgres(postgres) => {
                 postgres.active_pairings_if_changed(seen_generation).await
+            }
+        }
+    }
+
+    // ---- journal anchors
+
+    /// The newest sidecar journal entry on record for a pairing (the highest sequence number
+    /// an order call's answer named), sent to the sidecar at every handshake.
+    pub async fn journal_anchor(
+        &self,
+        pairing_id: PairingId,
+    ) -> Result<Option<protocol::envelope::JournalRef>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.journal_anchor(pairing_id).await,
+            Backend::Postgres(postgres) => postgres.journal_anchor(pairing_id).await,
+        }
+    }
+
+    /// Records the journal entry an order call's answer named, for every replica's next
+    /// handshake with that sidecar. The embedded store reads it from the audit trail, which
+    /// holds it already.
+    pub async fn record_journal_anchor(
+        &self,
+        pairing_id: PairingId,
+        journal: protocol::envelope::JournalRef,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(postgres) => {
+                postgres.record_journal_anchor(pairing_id, journal).await
             }
         }
     }

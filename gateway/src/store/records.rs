@@ -199,3 +199,16 @@ pub(crate) fn key_continuity(
         _ => KeyContinuity::Recorded,
     }
 }
+
+/// A journal reference from its stored columns.
+pub(crate) fn journal_ref(
+    seq: i64,
+    hash: &str,
+) -> Result<protocol::envelope::JournalRef, StoreError> {
+    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt("journal_seq"))?;
+    let hash = hex::decode(hash)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or(StoreError::Corrupt("journal_hash"))?;
+    Ok(protocol::envelope::JournalRef { seq, hash })
+}

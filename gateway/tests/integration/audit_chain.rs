@@ -7,7 +7,6 @@ use crate::common::*;
 use ibkr_gateway::GatewayConfiguration;
 use ibkr_gateway::audit::AuditKey;
 use ibkr_gateway::audit::log::{AuditLog, AuditRecord};
-use ibkr_gateway::store::Store;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +56,11 @@ impl Trail {
     }
 
     fn log(&self) -> AuditLog {
-        AuditLog::open(&Store::open(&self.state_dir).unwrap(), &self.key()).unwrap()
+        AuditLog::open(
+            &ibkr_gateway::store::SqliteStore::open(&self.state_dir).unwrap(),
+            &self.key(),
+        )
+        .unwrap()
     }
 
     fn append(&self, records: &[AuditRecord]) {
@@ -375,9 +378,12 @@ async fn an_order_call_is_refused_unforwarded_while_the_audit_is_blocked_and_a_r
     assert_eq!(placed["result"]["isError"], false, "{placed}");
     assert_eq!(running.next_tool_at_the_sidecar().await, "ibkr_buy");
     assert!(running.handle.flush_audit().await);
-    let records = ibkr_gateway::audit::log::tail(&Store::open(&running.state_dir).unwrap(), 10)
-        .await
-        .unwrap();
+    let records = ibkr_gateway::audit::log::tail(
+        &ibkr_gateway::store::SqliteStore::open(&running.state_dir).unwrap(),
+        10,
+    )
+    .await
+    .unwrap();
     let outcomes: Vec<(&str, &str)> = records
         .iter()
         .map(|stored| (stored.record.tool.as_str(), stored.record.outcome.as_str()))
@@ -395,9 +401,12 @@ async fn an_order_calls_journal_entry_is_audited_and_sent_back_as_the_anchor_at_
     let placed = call(&mut running.client, "ibkr_buy", buy()).await;
     assert_eq!(placed["result"]["isError"], false, "{placed}");
     assert!(running.handle.flush_audit().await);
-    let records = ibkr_gateway::audit::log::tail(&Store::open(&running.state_dir).unwrap(), 2)
-        .await
-        .unwrap();
+    let records = ibkr_gateway::audit::log::tail(
+        &ibkr_gateway::store::SqliteStore::open(&running.state_dir).unwrap(),
+        2,
+    )
+    .await
+    .unwrap();
     let pairing_id = records[1].record.pairing_id.clone().unwrap();
     assert_eq!(records[0].record.outcome, "forwarding");
     assert_eq!(records[0].record.journal_seq, None);

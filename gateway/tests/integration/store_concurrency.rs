@@ -35,7 +35,9 @@ async fn one_round() {
     let dir = tempfile::tempdir().unwrap();
     let server = Store::open(dir.path()).unwrap();
     let cli = Store::open(dir.path()).unwrap();
-    let mut audit = AuditLog::open(&server, &ibkr_gateway::audit::AuditKey::random()).unwrap();
+    // The audit trail's own handle on the same file, as the server opens it.
+    let audit_db = ibkr_gateway::store::SqliteStore::open(dir.path()).unwrap();
+    let mut audit = AuditLog::open(&audit_db, &ibkr_gateway::audit::AuditKey::random()).unwrap();
 
     // The CLI issues codes while the server completes pairings with them.
     let pairing = {
@@ -115,7 +117,7 @@ async fn one_round() {
     audit.await.unwrap();
     operator.await.unwrap();
     assert_eq!(
-        ibkr_gateway::audit::log::tail(&server, 10_000)
+        ibkr_gateway::audit::log::tail(&audit_db, 10_000)
             .await
             .unwrap()
             .len(),

@@ -19,6 +19,7 @@
 //!
 //! - [`pairing_codes`], [`pairings`], [`handshakes`]: the operations, one file per concern.
 
+pub mod anchors;
 pub mod handshakes;
 pub mod pairing_codes;
 pub mod pairings;
@@ -29,8 +30,8 @@ use protocol::identity::PublicKey;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
-/// 1: pairing codes, pairings (with history), handshake timestamps, the gateway key's record
-/// and the pairings generation.
+/// 1: pairing codes, pairings (with history), handshake timestamps, the gateway key's record,
+/// the newest sidecar journal entry on record per pairing, and the pairings generation.
 const SCHEMA_VERSION: i32 = 1;
 
 /// The advisory lock key schema changes run under (any constant; "ibkrgw01" in ASCII).
@@ -69,6 +70,11 @@ CREATE TABLE gateway_key (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     public_key  TEXT NOT NULL,
     recorded_at BIGINT NOT NULL
+);
+CREATE TABLE journal_anchors (
+    pairing_id TEXT PRIMARY KEY,
+    seq        BIGINT NOT NULL,
+    hash       TEXT NOT NULL
 );
 CREATE TABLE pairings_generation (
     id         INTEGER PRIMARY KEY CHECK (id = 1),

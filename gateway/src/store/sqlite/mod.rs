@@ -320,6 +320,30 @@ impl SqliteStore {
         Ok(verdict)
     }
 
+    /// The newest sidecar journal entry on record for a pairing: the highest sequence number
+    /// an order call's answer named, read from the audit trail (which records every order
+    /// call's answer durably).
+    pub(crate) async fn journal_anchor(
+        &self,
+        pairing_id: crate::store::PairingId,
+    ) -> Result<Option<protocol::envelope::JournalRef>, StoreError> {
+        self.run(move |conn| {
+            let row: Option<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT journal_seq, journal_hash FROM audit
+                     WHERE pairing_id = ?1 AND journal_seq IS NOT NULL
+                     ORDER BY journal_seq DESC LIMIT 1",
+                )?
+                .query_row(rusqlite::params![pairing_id.to_hex()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            row.map(|(seq, hash)| crate::store::records::journal_ref(seq, &hash))
+                .transpose()
+        })
+        .await
+    }
+
     /// A cheap round trip to the database (for `/readyz`).
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
@@ -416,7 +440,7 @@ mod tests {
         // Through version 3 to 4 in one open, as a store two releases old would go.
         let store = Store::open(dir.path()).unwrap();
         let key = crate::audit::AuditKey::random();
-        let mut log = crate::audit::log::AuditLog::open(&store, &key).unwrap();
+        let mut log = crate::audit::log::AuditLog::open(store.sqlite().unwrap(), &key).unwrap();
         assert_eq!(log.broken(), None);
         log.append(&[crate::audit::log::AuditRecord {
             time_ms: 2,
@@ -426,7 +450,9 @@ mod tests {
             ..Default::default()
         }])
         .unwrap();
-        let rows = crate::audit::log::tail(&store, 10).await.unwrap();
+        let rows = crate::audit::log::tail(store.sqlite().unwrap(), 10)
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].id, rows[0].hash.is_none()), (1, true));
         assert_eq!((rows[1].id, rows[1].hash.is_some()), (2, true));
@@ -479,7 +505,7 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert!(
-            crate::audit::log::tail(&store, 10)
+            crate::audit::log::tail(store.sqlite().unwrap(), 10)
                 .await
                 .unwrap()
                 .is_empty()
