@@ -130,6 +130,18 @@ pub struct RunningSidecar {
 }
 
 impl RunningSidecar {
+    pub(crate) fn new(
+        shutdown: CancellationToken,
+        task: JoinHandle<Result<(), ibkr_agent::DaemonError>>,
+        released: CancellationToken,
+    ) -> RunningSidecar {
+        RunningSidecar {
+            shutdown,
+            task,
+            released,
+        }
+    }
+
     /// Graceful stop (the daemon says goodbye to the gateway).
     pub async fn stop(self) {
         self.shutdown.cancel();

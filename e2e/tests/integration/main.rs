@@ -8,6 +8,7 @@
 mod approvals;
 mod broker_faults;
 mod browser;
+mod cluster;
 mod console;
 mod corrupt_state;
 mod disk_faults;

@@ -134,7 +134,7 @@ async fn a_journal_put_back_behind_the_gateways_anchor_refuses_order_tools_at_th
     // The gateway's trail verifies and holds the newest journal entry as its anchor.
     assert!(system.gateway().unwrap().flush_audit().await);
     let gateway_dir = system.gateway_state_dir().to_path_buf();
-    let store = ibkr_gateway::store::Store::open(&gateway_dir).unwrap();
+    let store = ibkr_gateway::store::SqliteStore::open(&gateway_dir).unwrap();
     let records = ibkr_gateway::audit::log::tail(&store, 10).await.unwrap();
     let journal = std::fs::read_to_string(sidecar_dir.join("journal.jsonl")).unwrap();
     let newest: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();

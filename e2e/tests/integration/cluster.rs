@@ -1,0 +1,168 @@
+//! Gateway replicas on one shared PostgreSQL store, with the real sidecar daemon and real MCP
+//! clients: a pairing made through one replica with a code from another serves through a
+//! third; a revoke on any replica ends the session wherever it lives; the journal anchor an
+//! order call left on one replica is enforced by another.
+
+use e2e::cluster::{CLUSTER_USER, Cluster};
+use e2e::system::WAIT_LIMIT;
+use ibkr_gateway::relay::{DropReason, SessionEvent};
+use protocol::catalog::scopes;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use serde_json::{Value, json};
+use std::path::Path;
+
+const SCOPES: &[&str] = &[
+    scopes::HEALTH_READ,
+    scopes::ACCOUNTS_READ,
+    scopes::ORDERS_WRITE,
+];
+
+/// A three-replica cluster whose laptop was paired through replica 0 with a code issued on
+/// replica 1, granting [`SCOPES`] locally; `None` when PostgreSQL is not installed.
+async fn paired_cluster() -> Option<(Cluster, ibkr_agent::PairingRecord)> {
+    let mut cluster = Cluster::start(3).await.unwrap()?;
+    let pairing = cluster.pair(1, 0).await.unwrap();
+    ibkr_agent::StateStore::open(&cluster_sidecar_dir(&cluster))
+        .unwrap()
+        .set_local_scopes(
+            &pairing.remote_instance_id,
+            &pairing.sidecar_id,
+            &shared_safety::scope::ScopeSet::from_list(SCOPES),
+        )
+        .unwrap();
+    Some((cluster, pairing))
+}
+
+fn cluster_sidecar_dir(cluster: &Cluster) -> std::path::PathBuf {
+    cluster.sidecar_state_dir().to_path_buf()
+}
+
+async fn call(cluster: &Cluster, replica: usize, tool: &str, arguments: Value) -> CallToolResult {
+    let client = cluster
+        .mcp_client(replica, &cluster.token(replica, SCOPES).unwrap())
+        .await
+        .unwrap();
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    if let Value::Object(map) = arguments {
+        params = params.with_arguments(map);
+    }
+    let result = client.call_tool(params).await.unwrap();
+    let _ = client.cancel().await;
+    result
+}
+
+fn code(result: &CallToolResult) -> String {
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "expected a refusal: {result:?}"
+    );
+    result.structured_content.as_ref().unwrap()["error"]["code"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn succeeded(result: &CallToolResult) -> Value {
+    assert_ne!(result.is_error, Some(true), "expected success: {result:?}");
+    result.structured_content.clone().unwrap()
+}
+
+fn buy() -> Value {
+    json!({"symbol": "AAPL", "cash_amount": "20"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pairing_made_through_one_replica_serves_through_another_until_any_replica_revokes_it() {
+    let Some((mut cluster, pairing)) = paired_cluster().await else {
+        return;
+    };
+    // Every replica reads the same pairing, under the cluster's one instance id.
+    for replica in 0..3 {
+        let pairings = cluster.replica(replica).unwrap().pairings().await.unwrap();
+        assert_eq!(pairings.len(), 1, "replica {replica}");
+        assert_eq!(pairings[0].user_id, CLUSTER_USER);
+    }
+    assert_eq!(
+        pairing.remote_instance_id,
+        e2e::cluster::CLUSTER_INSTANCE_ID
+    );
+
+    cluster.start_sidecar(2).await.unwrap();
+    let accounts = succeeded(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
+    assert!(
+        !accounts["accounts"].as_array().unwrap().is_empty(),
+        "{accounts}"
+    );
+
+    // A revoke on replica 0 closes the session replica 2 holds (its revocation poll reads the
+    // shared store), and the agent is told why.
+    let mut events = cluster.replica(2).unwrap().subscribe_sessions();
+    assert!(
+        cluster
+            .replica(0)
+            .unwrap()
+            .revoke_pairing(&pairing.sidecar_id)
+            .await
+            .unwrap()
+    );
+    tokio::time::timeout(WAIT_LIMIT, async {
+        loop {
+            match events.recv().await.unwrap() {
+                SessionEvent::Dropped { reason, .. } => {
+                    assert_eq!(reason, DropReason::PairingRevoked);
+                    return;
+                }
+                SessionEvent::Registered { .. } => {}
+            }
+        }
+    })
+    .await
+    .expect("replica 2 closed the revoked session");
+    assert_eq!(
+        code(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await),
+        "SIDECAR_PAIRING_REQUIRED"
+    );
+    cluster.shutdown().await;
+}
+
+const JOURNAL_FILES: [&str; 2] = ["journal.jsonl", "journal.head"];
+
+fn copy_journal(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in JOURNAL_FILES {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_journal_put_back_is_caught_by_a_replica_that_never_relayed_its_orders() {
+    let Some((mut cluster, _)) = paired_cluster().await else {
+        return;
+    };
+    let sidecar_dir = cluster_sidecar_dir(&cluster);
+    let backup = tempfile::tempdir().unwrap();
+    cluster.start_sidecar(2).await.unwrap();
+    assert_eq!(
+        succeeded(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
+        "dry_run"
+    );
+    copy_journal(&sidecar_dir, backup.path());
+    assert_eq!(
+        succeeded(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
+        "dry_run"
+    );
+
+    // The laptop's journal goes back to the older copy, and the laptop reconnects to another
+    // replica, which learns the newest entry on record from the shared store.
+    cluster.stop_sidecar().await;
+    copy_journal(backup.path(), &sidecar_dir);
+    cluster.start_sidecar(0).await.unwrap();
+    assert_eq!(
+        code(&call(&cluster, 0, "ibkr_buy", buy()).await),
+        "JOURNAL_BEHIND_GATEWAY"
+    );
+    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    assert!(cluster.sim.order_log().is_empty());
+    cluster.shutdown().await;
+}
