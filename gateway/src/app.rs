@@ -647,11 +647,20 @@ async fn start_with(
 
     let keypair = Arc::new(keypair);
     let public_key = keypair.public();
+    let cluster = match config.cluster_settings().map_err(StartError::Config)? {
+        Some(settings) => Some(Arc::new(
+            crate::cluster::ClusterLink::connect(&settings)
+                .await
+                .map_err(|error| StartError::Cluster(error.to_string()))?,
+        )),
+        None => None,
+    };
     let relay = Arc::new(Relay::new(
         RelaySettings::from_config(&config, resolved.relay_enabled),
         store.clone(),
         Arc::clone(&keypair),
         instance_id.clone(),
+        cluster,
     ));
     let metrics = Arc::new(Metrics::new());
     let (audit, audit_writer) = Audit::start(
@@ -683,6 +692,7 @@ async fn start_with(
         config,
     });
     state.relay.spawn_revocation_poll();
+    state.relay.spawn_cluster_holder();
     state.mcp_sessions.spawn_sweeper(server_shutdown.clone());
 
     let app = build_router(Arc::clone(&state), &server_shutdown);

@@ -125,6 +125,26 @@ pub struct GatewayConfiguration {
     pub audit: AuditSection,
     #[serde(default)]
     pub store: StoreSection,
+    /// Routing between replicas (docs/scale-out.md); absent: one replica.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// How replicas reach each other: NATS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `nats://host:port` (comma-separated for several NATS servers); `tls://` for TLS.
+    pub nats_url: String,
+    /// The NATS user this replica authenticates as.
+    #[serde(default)]
+    pub nats_user: Option<String>,
+    /// The NAME of the environment variable holding that user's password.
+    #[serde(default)]
+    pub nats_password_env: Option<String>,
+    /// Or a file holding it (readable by the gateway's user only, e.g. a mounted secret).
+    #[serde(default)]
+    pub nats_password_file: Option<PathBuf>,
 }
 
 /// Where pairings, pairing codes, handshake timestamps and journal anchors live.
@@ -151,6 +171,48 @@ pub struct StoreSection {
     /// Connections each replica keeps to PostgreSQL.
     #[serde(default)]
     pub postgres_max_connections: Option<u32>,
+}
+
+impl GatewayConfiguration {
+    /// How to reach NATS, the password read from the environment; `None` without a cluster.
+    pub fn cluster_settings(&self) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let password = match (&cluster.nats_password_env, &cluster.nats_password_file) {
+            (Some(variable), _) => Some(zeroize::Zeroizing::new(
+                std::env::var(variable)
+                    .ok()
+                    .filter(|password| !password.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            "cluster.nats_password_env",
+                            format!(
+                                "the environment variable {variable} must hold the NATS password"
+                            ),
+                        )
+                    })?,
+            )),
+            (None, Some(path)) => Some(zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .ok()
+                    .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
+                    .filter(|password| !password.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            "cluster.nats_password_file",
+                            format!("{} must hold the NATS password", path.display()),
+                        )
+                    })?,
+            )),
+            (None, None) => None,
+        };
+        Ok(Some(crate::cluster::ClusterSettings {
+            url: cluster.nats_url.trim().to_string(),
+            user: cluster.nats_user.clone(),
+            password,
+        }))
+    }
 }
 
 impl StoreSection {
@@ -750,6 +812,7 @@ impl GatewayConfiguration {
             metrics: MetricsSection::default(),
             audit: AuditSection::default(),
             store: StoreSection::default(),
+            cluster: None,
         }
     }
 
@@ -1162,6 +1225,54 @@ impl GatewayConfiguration {
             }
             (StoreBackend::Embedded, None) => {}
         }
+        if let Some(cluster) = &self.cluster {
+            if self.store.backend != StoreBackend::Postgres {
+                return Err(ConfigError::invalid(
+                    "cluster",
+                    "replicas must share their pairings: set store.backend: postgres",
+                ));
+            }
+            let urls: Vec<&str> = cluster.nats_url.split(',').map(str::trim).collect();
+            if urls.iter().any(|url| {
+                !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() < 8
+            }) {
+                return Err(ConfigError::invalid(
+                    "cluster.nats_url",
+                    "must be nats://host:port or tls://host:port (comma-separated for several)",
+                ));
+            }
+            let has_password =
+                cluster.nats_password_env.is_some() || cluster.nats_password_file.is_some();
+            if cluster.nats_password_env.is_some() && cluster.nats_password_file.is_some() {
+                return Err(ConfigError::invalid(
+                    "cluster.nats_password_file",
+                    "set either cluster.nats_password_env or cluster.nats_password_file, not both",
+                ));
+            }
+            if let Some(env) = &cluster.nats_password_env {
+                check_env_name(
+                    "cluster.nats_password_env",
+                    env,
+                    "IBKR_GATEWAY_NATS_PASSWORD",
+                )?;
+            }
+            match (&cluster.nats_user, has_password) {
+                (Some(user), true) => check_id("cluster.nats_user", user)?,
+                (None, false) => {}
+                (Some(_), false) => {
+                    return Err(ConfigError::invalid(
+                        "cluster.nats_password_env",
+                        "is required with cluster.nats_user (or cluster.nats_password_file)",
+                    ));
+                }
+                (None, true) => {
+                    return Err(ConfigError::invalid(
+                        "cluster.nats_user",
+                        "is required with a NATS password",
+                    ));
+                }
+            }
+        }
         if let Some(connections) = self.store.postgres_max_connections {
             check_range(
                 "store.postgres_max_connections",
@@ -1445,6 +1556,62 @@ audit:
             "store.postgres_url_env"
         );
         assert!(dev().store.postgres_options().unwrap().is_none());
+        // Routing between replicas needs the shared store, a NATS URL, and a password with a
+        // user (from one place only).
+        let cluster = |url: &str| ClusterSection {
+            nats_url: url.into(),
+            nats_user: None,
+            nats_password_env: None,
+            nats_password_file: None,
+        };
+        let mut routed = shared.clone();
+        routed.cluster = Some(cluster("nats://127.0.0.1:4222, tls://nats.internal:4222"));
+        routed.validate().unwrap();
+        let mut alone = dev();
+        alone.cluster = Some(cluster("nats://127.0.0.1:4222"));
+        assert_eq!(alone.validate().unwrap_err().key, "cluster");
+        for (edit, key) in [
+            (cluster("http://127.0.0.1:4222"), "cluster.nats_url"),
+            (
+                ClusterSection {
+                    nats_user: Some("ibkr".into()),
+                    ..cluster("nats://127.0.0.1:4222")
+                },
+                "cluster.nats_password_env",
+            ),
+            (
+                ClusterSection {
+                    nats_password_file: Some("/run/secrets/nats".into()),
+                    ..cluster("nats://127.0.0.1:4222")
+                },
+                "cluster.nats_user",
+            ),
+            (
+                ClusterSection {
+                    nats_user: Some("ibkr".into()),
+                    nats_password_env: Some("IBKR_GATEWAY_NATS_PASSWORD".into()),
+                    nats_password_file: Some("/run/secrets/nats".into()),
+                    ..cluster("nats://127.0.0.1:4222")
+                },
+                "cluster.nats_password_file",
+            ),
+        ] {
+            let mut config = shared.clone();
+            config.cluster = Some(edit);
+            assert_eq!(config.validate().unwrap_err().key, key);
+        }
+        // A password file that is not there is refused at start, naming the key.
+        let mut missing = shared.clone();
+        missing.cluster = Some(ClusterSection {
+            nats_user: Some("ibkr".into()),
+            nats_password_file: Some("/nonexistent/nats-password".into()),
+            ..cluster("nats://127.0.0.1:4222")
+        });
+        missing.validate().unwrap();
+        assert_eq!(
+            missing.cluster_settings().unwrap_err().key,
+            "cluster.nats_password_file"
+        );
         // Tokens must carry the canonical resource: no other audience may be configured.
         assert_eq!(
             refused(|c| c.remote_mcp.audiences = Some(vec![

@@ -75,6 +75,9 @@ pub enum StartError {
     /// The key is not the one the active pairings were made with.
     #[error("GATEWAY_KEY_CHANGED: {0}")]
     KeyChanged(String),
+    /// NATS could not be reached at start.
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -88,6 +91,7 @@ impl StartError {
             StartError::Config(error) => error.code,
             StartError::Store(_) | StartError::Keys(_) => ErrorCode::StateStoreError,
             StartError::KeyChanged(_) => ErrorCode::GatewayKeyChanged,
+            StartError::Cluster(_) => ErrorCode::ClusterUnavailable,
             StartError::Bind { .. } => ErrorCode::ConfigInvalid,
         }
     }
@@ -97,6 +101,7 @@ impl StartError {
         match self {
             StartError::Config(error) => Some(&error.key),
             StartError::Bind { .. } => Some("listen"),
+            StartError::Cluster(_) => Some("cluster.nats_url"),
             StartError::Store(_) | StartError::Keys(_) | StartError::KeyChanged(_) => {
                 Some("state_dir")
             }

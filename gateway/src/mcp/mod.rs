@@ -278,23 +278,28 @@ impl GatewayMcp {
             "gateway".into(),
             json!({"status": "ok", "version": VERSION, "instance_id": state.instance_id}),
         );
-        match relay.session_for_user(&auth.subject).await {
-            Ok(session) => {
+        match relay.target_for_user(&auth.subject).await {
+            Ok(target) => {
                 let now = Instant::now();
                 answer.insert(
                     "relay".into(),
-                    json!({
-                        "connected": true,
-                        "sidecar_id": session.sidecar_id,
-                        "session_expires_in_seconds": session.expires_at().saturating_duration_since(now).as_secs(),
-                        "last_heartbeat_seconds_ago": session.silence(now).as_secs(),
-                        "broker_session": session.status().map(|status| status.broker_session),
-                    }),
+                    match target.session() {
+                        Some(session) => json!({
+                            "connected": true,
+                            "sidecar_id": session.sidecar_id,
+                            "session_expires_in_seconds": session.expires_at().saturating_duration_since(now).as_secs(),
+                            "last_heartbeat_seconds_ago": session.silence(now).as_secs(),
+                            "broker_session": session.status().map(|status| status.broker_session),
+                        }),
+                        // Another replica holds the session: the call below says whether it
+                        // is up.
+                        None => json!({"via_replica": true}),
+                    },
                 );
                 let forwarder = ProgressForwarder::spawn(context);
                 let called = relay
                     .call_on(
-                        &session,
+                        &target,
                         ToolCall {
                             tool,
                             arguments,
@@ -306,6 +311,11 @@ impl GatewayMcp {
                     )
                     .await;
                 drain(forwarder).await;
+                if target.session().is_none()
+                    && let Some(relay) = answer.get_mut("relay")
+                {
+                    relay["connected"] = json!(called.is_ok());
+                }
                 match called {
                     Ok(outcome) => {
                         match &outcome.outcome {
@@ -529,8 +539,8 @@ impl GatewayMcp {
                 false,
             )
         };
-        let session = match relay.session_for_user(&auth.subject).await {
-            Ok(session) => session,
+        let target = match relay.target_for_user(&auth.subject).await {
+            Ok(target) => target,
             Err(error) => return refused(error),
         };
         let call = ToolCall {
@@ -538,7 +548,7 @@ impl GatewayMcp {
             arguments,
             token_scopes: &auth.scopes,
         };
-        let prepared = match relay.prepare(&session, call, trace) {
+        let prepared = match relay.prepare(&target, call, trace) {
             Ok(prepared) => prepared,
             Err(error) => return refused(error),
         };

@@ -6,9 +6,12 @@
 //! - [`connection`]: handshake, key confirmation, heartbeat, expiry, frame dispatch.
 //! - [`registry`]: live sessions and their pending calls; session events.
 //! - [`router`]: the gates (pairing, session, heartbeat, expiry, load) and the call itself.
+//! - [`cluster_routes`]: with several replicas, forwarding a call to the replica that holds
+//!   the user's session, and serving the calls forwarded here.
 //! - the revocation poll ([`Relay::close_revoked_sessions`]): pairings revoked from another
 //!   process close their live sessions within [`REVOCATION_POLL`].
 
+pub mod cluster_routes;
 pub mod connection;
 pub mod endpoint;
 pub mod registry;
@@ -81,6 +84,8 @@ pub struct Relay {
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection drivers so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// The other replicas, when there are any (`cluster` in the configuration).
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterLink>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -98,6 +103,7 @@ impl Relay {
         store: Store,
         keypair: Arc<StaticKeypair>,
         instance_id: String,
+        cluster: Option<Arc<crate::cluster::ClusterLink>>,
     ) -> Relay {
         Relay {
             settings,
@@ -107,6 +113,7 @@ impl Relay {
             registry: Registry::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            cluster,
         }
     }
 

@@ -53,14 +53,32 @@ pub struct CallTrace {
     pub journal: Option<JournalRef>,
 }
 
+/// Where a call goes: a session this replica holds, or (with a cluster) the replica that
+/// holds the user's session.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Local(Arc<Session>),
+    Remote { user_id: String },
+}
+
+impl Target {
+    /// The local session, if the call stays on this replica.
+    pub(crate) fn session(&self) -> Option<&Arc<Session>> {
+        match self {
+            Target::Local(session) => Some(session),
+            Target::Remote { .. } => None,
+        }
+    }
+}
+
 /// A call whose request is built and traced but not sent yet: what lies between routing it
 /// and forwarding it (the order calls' durable audit record).
 pub(crate) struct PreparedCall {
-    session: Arc<Session>,
-    request: RelayRequest,
-    deadline: Duration,
+    pub(crate) target: Target,
+    pub(crate) request: RelayRequest,
+    pub(crate) deadline: Duration,
     /// The call can change broker state (see [`handed_over_failure`]).
-    changes_broker_state: bool,
+    pub(crate) changes_broker_state: bool,
 }
 
 /// Removes the pending entry when the call ends in any way other than an answer, and tells
@@ -179,33 +197,59 @@ impl Relay {
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
         check_arguments(call.tool, call.arguments)?;
-        let session = self.session_for_user(user_id).await?;
-        self.call_on(&session, call, progress, cancel, trace).await
+        let target = self.target_for_user(user_id).await?;
+        self.call_on(&target, call, progress, cancel, trace).await
     }
 
-    /// Relays one call on a chosen session.
+    /// Where `user_id`'s calls go: the gates of [`Relay::session_for_user`] on this replica;
+    /// when it holds no usable session and a cluster is configured, the replica that does
+    /// (which applies the session gates itself). The pairing gates are never forwarded: the
+    /// store every replica shares answers them here.
+    pub(crate) async fn target_for_user(&self, user_id: &str) -> Result<Target, GatewayError> {
+        match self.session_for_user(user_id).await {
+            Ok(session) => Ok(Target::Local(session)),
+            Err(error)
+                if self.cluster.is_some()
+                    && matches!(
+                        error.code,
+                        ErrorCode::SidecarUnavailable
+                            | ErrorCode::SidecarHeartbeatStale
+                            | ErrorCode::SidecarSessionExpired
+                    ) =>
+            {
+                Ok(Target::Remote {
+                    user_id: user_id.to_string(),
+                })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Relays one call to a chosen target.
     pub(crate) async fn call_on(
         &self,
-        session: &Arc<Session>,
+        target: &Target,
         call: ToolCall<'_>,
         progress: Option<mpsc::Sender<RelayProgress>>,
         cancel: &CancellationToken,
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
-        let prepared = self.prepare(session, call, trace)?;
+        let prepared = self.prepare(target, call, trace)?;
         self.forward(prepared, progress, cancel, trace).await
     }
 
-    /// Builds the request for `call` on `session` (arguments checked again, idempotency key
+    /// Builds the request for `call` to `target` (arguments checked again, idempotency key
     /// read, request id and payload hash traced) without sending anything.
     pub(crate) fn prepare(
         &self,
-        session: &Arc<Session>,
+        target: &Target,
         call: ToolCall<'_>,
         trace: &mut CallTrace,
     ) -> Result<PreparedCall, GatewayError> {
-        trace.sidecar_id = Some(session.sidecar_id.clone());
-        trace.pairing_id = Some(session.pairing_id.to_hex());
+        if let Target::Local(session) = target {
+            trace.sidecar_id = Some(session.sidecar_id.clone());
+            trace.pairing_id = Some(session.pairing_id.to_hex());
+        }
         let ToolCall {
             tool,
             arguments,
@@ -246,7 +290,7 @@ impl Relay {
         trace.request_id = Some(request_id);
         trace.payload_hash = Some(request.payload_hash);
         Ok(PreparedCall {
-            session: Arc::clone(session),
+            target: target.clone(),
             request,
             deadline,
             changes_broker_state: tool.changes_broker_state(),
@@ -262,11 +306,27 @@ impl Relay {
         trace: &mut CallTrace,
     ) -> Result<CallOutcome, GatewayError> {
         let PreparedCall {
-            session,
+            target,
             request,
             deadline,
             changes_broker_state,
         } = prepared;
+        let session = match target {
+            Target::Local(session) => session,
+            Target::Remote { user_id } => {
+                return self
+                    .forward_to_holder(
+                        &user_id,
+                        request,
+                        changes_broker_state,
+                        deadline,
+                        progress,
+                        cancel,
+                        trace,
+                    )
+                    .await;
+            }
+        };
         let request_id = request.request_id;
         let started = Instant::now();
         // Declared before the guard so it is released after the guard has queued the cancel:
@@ -351,7 +411,7 @@ fn queue_wait(deadline: Duration) -> Duration {
 /// agent hears ORDER_OUTCOME_UNKNOWN (do not resend blindly; reconcile, or retry with the same
 /// idempotency key), never a plain "try again". Failures that mean nothing reached the sidecar
 /// (a request too large to relay) and read tools keep their own codes.
-fn handed_over_failure(changes_broker_state: bool, error: GatewayError) -> GatewayError {
+pub(crate) fn handed_over_failure(changes_broker_state: bool, error: GatewayError) -> GatewayError {
     let lost = matches!(
         error.code,
         ErrorCode::RequestTimeout
@@ -446,7 +506,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let keypair = Arc::new(StaticKeypair::generate(&mut OsRng));
         Fixture {
-            relay: Relay::new(settings, store, keypair, "remote-1".into()),
+            relay: Relay::new(settings, store, keypair, "remote-1".into(), None),
             _dir: dir,
         }
     }
