@@ -1,10 +1,12 @@
 //! Several gateway replicas on one shared store, in one process over real loopback sockets:
-//! a private PostgreSQL server, the replicas (each with its own state directory and address,
+//! a private PostgreSQL server, a private NATS server the replicas route calls through, the
+//! replicas (each with its own state directory and address,
 //! the same gateway key and instance id, as an operator deploys them), the CPGW simulator, the
 //! dev OAuth issuer and one sidecar daemon that dials one replica of the test's choosing.
 
 use crate::cpgw_sim::{CpgwSimulator, SimConfig};
 use crate::dev_issuer::{DevIssuer, TokenRequest};
+use crate::private_nats::PrivateNats;
 use crate::private_postgres::PrivatePostgres;
 use crate::system::{RunningSidecar, SIMULATED_MARKET_TIME, SystemError, loopback};
 use ibkr_agent::{DaemonOptions, SidecarConfig};
@@ -23,10 +25,11 @@ pub const CLUSTER_INSTANCE_ID: &str = "cluster-1";
 /// The OAuth subject the cluster's sidecar is paired for.
 pub const CLUSTER_USER: &str = "cluster-user";
 
-/// A cluster; `None` from [`Cluster::start`] when PostgreSQL is not installed and the run does
-/// not require it.
+/// A cluster; `None` from [`Cluster::start`] when PostgreSQL or NATS is not installed and the
+/// run does not require them.
 pub struct Cluster {
     pub postgres: PrivatePostgres,
+    pub nats: PrivateNats,
     pub sim: CpgwSimulator,
     pub issuer: DevIssuer,
     replicas: Vec<Option<GatewayHandle>>,
@@ -44,11 +47,19 @@ impl Cluster {
         else {
             return Ok(None);
         };
+        let Some(nats) = PrivateNats::start_or_skip()
+            .map_err(|error| SystemError::Gateway(error.to_string()))?
+        else {
+            return Ok(None);
+        };
         let root = tempfile::tempdir()?;
+        let password_file = root.path().join("nats-password");
+        std::fs::write(&password_file, crate::private_nats::PASSWORD)?;
         let sim = CpgwSimulator::start(SimConfig::default()).await?;
         let issuer = DevIssuer::start(loopback(0)).await?;
         let mut cluster = Cluster {
             postgres,
+            nats,
             sim,
             issuer,
             replicas: Vec::new(),
@@ -65,6 +76,12 @@ impl Cluster {
             config.store.backend = StoreBackend::Postgres;
             // Named for validation; the harness hands each replica the store itself.
             config.store.postgres_url_env = Some("IBKR_GATEWAY_DATABASE_URL".into());
+            config.cluster = Some(ibkr_gateway::config::ClusterSection {
+                nats_url: cluster.nats.url(),
+                nats_user: Some(crate::private_nats::USER.into()),
+                nats_password_env: None,
+                nats_password_file: Some(password_file.clone()),
+            });
             config.sidecar.heartbeat_interval_seconds = 1;
             config.sidecar.heartbeat_timeout_seconds = 3;
             cluster.configs.push(config);

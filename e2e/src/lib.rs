@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cpgw_sim;
 pub mod dev_issuer;
 pub mod fault_proxy;
+pub mod private_nats;
 pub mod private_postgres;
 pub mod processes;
 pub mod raw_sidecar;

@@ -166,3 +166,80 @@ async fn a_journal_put_back_is_caught_by_a_replica_that_never_relayed_its_orders
     assert!(cluster.sim.order_log().is_empty());
     cluster.shutdown().await;
 }
+
+/// `call` until it succeeds, for a bounded time (NATS reconnects on its own schedule, with no
+/// event a test can wait on).
+async fn until_succeeds(cluster: &Cluster, replica: usize, tool: &str) -> Value {
+    tokio::time::timeout(WAIT_LIMIT, async {
+        loop {
+            let result = call(cluster, replica, tool, json!({})).await;
+            if result.is_error != Some(true) {
+                return result.structured_content.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the call succeeded again in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_through_any_replica_reach_the_laptop_another_replica_holds() {
+    let Some((mut cluster, pairing)) = paired_cluster().await else {
+        return;
+    };
+    cluster.start_sidecar(2).await.unwrap();
+    for replica in [0, 1, 2] {
+        let accounts = succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+        assert!(
+            !accounts["accounts"].as_array().unwrap().is_empty(),
+            "replica {replica}: {accounts}"
+        );
+    }
+    let health = succeeded(&call(&cluster, 0, "ibkr_health", json!({})).await);
+    assert_eq!(health["relay"]["via_replica"], true, "{health}");
+    assert_eq!(health["relay"]["connected"], true, "{health}");
+    // An order call forwarded from replica 1: dry-run, answered once, anchored for all.
+    assert_eq!(
+        succeeded(&call(&cluster, 1, "ibkr_buy", buy()).await)["status"],
+        "dry_run"
+    );
+    let store = ibkr_gateway::store::Store::open_postgres(
+        &ibkr_gateway::store::PostgresOptions::new(cluster.postgres.url()),
+    )
+    .await
+    .unwrap();
+    let pairing_id = ibkr_gateway::store::PairingId(pairing.gateway_pairing_id.unwrap());
+    assert!(store.journal_anchor(pairing_id).await.unwrap().is_some());
+
+    // The holder dies: its laptop's calls fail everywhere with the code one replica gives,
+    // and come back when the laptop reconnects.
+    cluster.kill_replica(2).await;
+    assert_eq!(
+        code(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await),
+        "SIDECAR_UNAVAILABLE"
+    );
+    cluster.start_replica(2).await.unwrap();
+    until_succeeds(&cluster, 0, "ibkr_accounts_list").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_nats_calls_to_another_replica_fail_retryably_and_local_ones_go_on() {
+    let Some((mut cluster, _)) = paired_cluster().await else {
+        return;
+    };
+    cluster.start_sidecar(2).await.unwrap();
+    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    cluster.nats.stop();
+    let refused = call(&cluster, 0, "ibkr_accounts_list", json!({})).await;
+    assert_eq!(code(&refused), "CLUSTER_UNAVAILABLE");
+    assert_eq!(
+        refused.structured_content.as_ref().unwrap()["error"]["retryable"],
+        true
+    );
+    succeeded(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
+    cluster.nats.restart().unwrap();
+    until_succeeds(&cluster, 0, "ibkr_accounts_list").await;
+    cluster.shutdown().await;
+}
