@@ -36,6 +36,8 @@ pub struct Cluster {
     configs: Vec<GatewayConfiguration>,
     sidecar_state_dir: PathBuf,
     sidecar: Option<RunningSidecar>,
+    /// The sidecar's `trading:` section (default: paper, dry-run).
+    pub trading: ibkr_agent::trading::policy::TradingSection,
     _root: tempfile::TempDir,
 }
 
@@ -66,6 +68,7 @@ impl Cluster {
             configs: Vec::new(),
             sidecar_state_dir: root.path().join("sidecar"),
             sidecar: None,
+            trading: Default::default(),
             _root: root,
         };
         for index in 0..replicas {
@@ -177,6 +180,7 @@ impl Cluster {
         config.sidecar.reconnect_initial_delay_ms = 50;
         config.sidecar.reconnect_max_delay_ms = 500;
         config.sidecar.tickle_interval_seconds = ibkr_agent::config::MIN_TICKLE_INTERVAL_SECONDS;
+        config.trading = self.trading.clone();
         Ok(config)
     }
 

@@ -7,13 +7,14 @@ use e2e::cluster::{CLUSTER_USER, Cluster};
 use e2e::system::WAIT_LIMIT;
 use ibkr_gateway::relay::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{CallToolRequestParams, CallToolResult, RequestParamsMeta};
 use serde_json::{Value, json};
 use std::path::Path;
 
 const SCOPES: &[&str] = &[
     scopes::HEALTH_READ,
     scopes::ACCOUNTS_READ,
+    scopes::ORDERS_READ,
     scopes::ORDERS_WRITE,
 ];
 
@@ -241,5 +242,64 @@ async fn without_nats_calls_to_another_replica_fail_retryably_and_local_ones_go_
     succeeded(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
     cluster.nats.restart().unwrap();
     until_succeeds(&cluster, 0, "ibkr_accounts_list").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_forwarded_once_fills_and_its_progress_crosses_replicas() {
+    let Some((mut cluster, _)) = paired_cluster().await else {
+        return;
+    };
+    cluster.trading = crate::trading_support::live_trading();
+    cluster.start_sidecar(2).await.unwrap();
+    cluster.sim.update_scenario(|s| s.partial_fill_steps = 3);
+    let placed = succeeded(
+        &call(
+            &cluster,
+            0,
+            "ibkr_buy",
+            json!({"symbol": "AAPL", "quantity": "0.3"}),
+        )
+        .await,
+    );
+    let order_id = placed["order_id"].as_str().unwrap().to_string();
+    assert_eq!(cluster.sim.order_log().len(), 1, "sent exactly once");
+
+    // Waiting for the fill through yet another replica: the holder's progress reaches this
+    // client.
+    let collector = crate::trading_support::ProgressCollector::default();
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            cluster.replica(1).unwrap().mcp_url(),
+        )
+        .auth_header(cluster.token(1, SCOPES).unwrap()),
+    );
+    let client = rmcp::ServiceExt::serve(collector.clone(), transport)
+        .await
+        .unwrap();
+    let mut params = CallToolRequestParams::new("ibkr_wait_for_fill").with_arguments(
+        json!({"order_id": order_id, "timeout_seconds": 30})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    params.set_progress_token(rmcp::model::ProgressToken(
+        rmcp::model::NumberOrString::String("fill-1".into()),
+    ));
+    let result = client.call_tool(params).await.unwrap();
+    let _ = client.cancel().await;
+    let body = succeeded(&result);
+    assert_eq!(
+        body["status"].as_str().map(str::to_lowercase).as_deref(),
+        Some("filled"),
+        "{body}"
+    );
+    let progress = collector.0.lock().unwrap().clone();
+    assert!(progress.len() >= 2, "expected progress, got {progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].progress <= w[1].progress),
+        "{progress:?}"
+    );
+    assert_eq!(cluster.sim.order_log().len(), 1);
     cluster.shutdown().await;
 }
