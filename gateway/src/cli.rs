@@ -54,6 +54,25 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The store's backends (docs/scale-out.md).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy an embedded deployment (state_dir/gateway.sqlite3) into the shared PostgreSQL
+    /// store the configuration names (store.backend: postgres): pairings, handshake
+    /// timestamps, the gateway key's record and journal anchors, in one transaction. The
+    /// shared store must hold no pairing yet. Stop the embedded gateway first.
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +208,104 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Key {
             command: KeyCommand::Rotate { config, confirm },
         } => key_rotate(&config, confirm).await,
+        Command::Store {
+            command: StoreCommand::Migrate { config, json },
+        } => store_migrate(&config, json).await,
+    }
+}
+
+async fn store_migrate(path: &std::path::Path, json: bool) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_logging(config.log_format, "warn");
+    let options = match config.store.postgres_options() {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            report_error(
+                ErrorCode::ConfigInvalid,
+                Some("store.backend"),
+                "must be postgres: the configuration names the store to migrate into",
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(error) => {
+            report_error(error.code, Some(&error.key), &error.message);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let file = config.state_dir.join(crate::store::sqlite::DATABASE_FILE);
+    if !file.exists() {
+        report_error(
+            ErrorCode::StateStoreError,
+            Some("state_dir"),
+            &format!(
+                "{} does not exist: there is nothing to migrate",
+                file.display()
+            ),
+        );
+        return ExitCode::FAILURE;
+    }
+    let state_dir = config.state_dir.clone();
+    let sqlite = match tokio::task::spawn_blocking(move || {
+        crate::store::SqliteStore::open(&state_dir)
+    })
+    .await
+    {
+        Ok(Ok(sqlite)) => sqlite,
+        Ok(Err(error)) => {
+            report_error(
+                ErrorCode::StateStoreError,
+                Some("state_dir"),
+                &error.to_string(),
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            report_error(ErrorCode::InternalError, None, "startup task failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let postgres = match crate::store::PostgresStore::open(&options).await {
+        Ok(postgres) => postgres,
+        Err(error) => {
+            report_error(
+                ErrorCode::StateStoreError,
+                Some("store"),
+                &error.to_string(),
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::store::migrate::migrate_embedded(&sqlite, &postgres).await {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "migrated {} pairings ({} active), {} handshake timestamps, {} journal anchors{}",
+                    report.pairings,
+                    report.active_pairings,
+                    report.handshake_timestamps,
+                    report.journal_anchors,
+                    if report.gateway_key_recorded {
+                        ", and the gateway key's record"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            report_error(
+                ErrorCode::StateStoreError,
+                Some("store"),
+                &error.to_string(),
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -303,3 +303,58 @@ async fn an_order_forwarded_once_fills_and_its_progress_crosses_replicas() {
     assert_eq!(cluster.sim.order_log().len(), 1);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail_closed() {
+    let Some((mut cluster, _)) = paired_cluster().await else {
+        return;
+    };
+    cluster.start_sidecar(2).await.unwrap();
+    // Both replicas have served this user once.
+    for replica in [0, 2] {
+        succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+    }
+    cluster.postgres.stop().unwrap();
+    for replica in [2, 0, 2, 0] {
+        succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+    }
+    // Nothing that needs the database goes ahead without it.
+    assert!(
+        cluster
+            .replica(1)
+            .unwrap()
+            .issue_pairing_code("someone-else", std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    // A user this replica never served is refused rather than guessed.
+    let stranger = cluster.issuer.mint(&e2e::dev_issuer::TokenRequest::new(
+        "never-seen",
+        &cluster.replica(1).unwrap().mcp_url(),
+        SCOPES,
+    ));
+    let client = cluster.mcp_client(1, &stranger.unwrap()).await.unwrap();
+    let refused = client
+        .call_tool(CallToolRequestParams::new("ibkr_accounts_list"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let _ = client.cancel().await;
+
+    cluster.postgres.restart().unwrap();
+    tokio::time::timeout(WAIT_LIMIT, async {
+        while cluster
+            .replica(1)
+            .unwrap()
+            .issue_pairing_code("someone-else", std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("pairing codes are issued again once PostgreSQL is back");
+    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    cluster.shutdown().await;
+}

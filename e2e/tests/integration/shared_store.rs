@@ -364,3 +364,93 @@ async fn replicas_record_one_gateway_key_and_refuse_another_while_pairings_use_i
     }
     on_both_backends!(scenario);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_embedded_deployment_moves_to_the_shared_store_with_its_pairings_clocks_and_anchors() {
+    let Some(server) = PrivatePostgres::start_or_skip().unwrap() else {
+        return;
+    };
+    // An embedded gateway with a paired laptop that made an order call.
+    let mut system = crate::trading_support::trading_system(Default::default()).await;
+    let buy = crate::trading_support::call(
+        &system,
+        "ibkr_buy",
+        serde_json::json!({"symbol": "AAPL", "cash_amount": "20"}),
+    )
+    .await;
+    assert_ne!(buy.is_error, Some(true), "{buy:?}");
+    let gateway_key = system.gateway().unwrap().public_key();
+    assert!(system.gateway().unwrap().flush_audit().await);
+    let embedded = Store::open(system.gateway_state_dir()).unwrap();
+    let pairing = embedded.list_pairings().await.unwrap().pop().unwrap();
+    let anchor = embedded
+        .journal_anchor(pairing.pairing_id)
+        .await
+        .unwrap()
+        .expect("the order call left an anchor");
+    let clock = embedded
+        .last_handshake_timestamp(pairing.sidecar_public_key)
+        .await
+        .unwrap();
+    assert!(clock.is_some());
+    if let Some(sidecar) = system.take_sidecar() {
+        sidecar.stop().await;
+    }
+    system.stop_gateway().await;
+
+    let options = PostgresOptions::new(server.url());
+    let shared = ibkr_gateway::store::PostgresStore::open(&options)
+        .await
+        .unwrap();
+    let sqlite = ibkr_gateway::store::SqliteStore::open(system.gateway_state_dir()).unwrap();
+    let report = ibkr_gateway::store::migrate::migrate_embedded(&sqlite, &shared)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.pairings,
+            report.active_pairings,
+            report.handshake_timestamps,
+            report.journal_anchors,
+            report.gateway_key_recorded
+        ),
+        (1, 1, 1, 1, true),
+        "{report:?}"
+    );
+    // Never twice: a second run would merge histories.
+    assert!(
+        ibkr_gateway::store::migrate::migrate_embedded(&sqlite, &shared)
+            .await
+            .is_err()
+    );
+
+    // A replica on the shared store sees what the laptop depends on.
+    let store = Store::open_postgres(&options).await.unwrap();
+    let pairings = store.user_pairings(&pairing.user_id).await.unwrap();
+    assert_eq!(pairings.active, vec![pairing.clone()]);
+    assert_eq!(
+        store.journal_anchor(pairing.pairing_id).await.unwrap(),
+        Some(anchor)
+    );
+    assert_eq!(
+        store
+            .last_handshake_timestamp(pairing.sidecar_public_key)
+            .await
+            .unwrap(),
+        clock
+    );
+    // A replayed handshake is still refused, and the key is the one the pairings were made with.
+    assert!(
+        !store
+            .accept_handshake_timestamp(pairing.sidecar_public_key, clock.unwrap())
+            .await
+            .unwrap()
+    );
+    let checked =
+        tokio::task::spawn_blocking(move || store.check_gateway_key(Some(&gateway_key), 1))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(checked, KeyContinuity::Same);
+    system.shutdown().await;
+}

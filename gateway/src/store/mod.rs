@@ -16,6 +16,7 @@
 //!   directory.
 
 pub mod keys;
+pub mod migrate;
 pub mod pairing_cache;
 pub mod postgres;
 pub mod records;
@@ -32,7 +33,8 @@ pub(crate) use sqlite::{connect, write_transaction};
 use protocol::identity::PublicKey;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,6 +93,23 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     pairing_cache: Arc<pairing_cache::PairingCache>,
+    /// The shared store's last answers about the pairings generation (see
+    /// [`Store::user_pairings`]).
+    shared_health: Arc<Mutex<SharedHealth>>,
+}
+
+/// How long a per-call read of the shared store's pairings generation may take.
+const GENERATION_WAIT: Duration = Duration::from_secs(1);
+/// After a failed read, how long calls are served from memory without asking again.
+const OUTAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// What the replica last learned from the shared store.
+#[derive(Debug, Default)]
+struct SharedHealth {
+    /// The pairings generation the last successful read saw.
+    generation: Option<i64>,
+    /// When a read last failed, while it has not succeeded since.
+    failing_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,6 +173,54 @@ impl Store {
             pairing_cache: Arc::new(pairing_cache::PairingCache::new(
                 pairing_cache::MAX_CACHED_USERS,
             )),
+            shared_health: Arc::new(Mutex::new(SharedHealth::default())),
+        }
+    }
+
+    fn note_generation(&self, generation: i64) {
+        if let Ok(mut health) = self.shared_health.lock() {
+            // Generations only grow; a slower read must not put an older one back.
+            health.generation = Some(health.generation.map_or(generation, |g| g.max(generation)));
+            health.failing_since = None;
+        }
+    }
+
+    /// The shared store's pairings generation, bounded in time; after a failure, not asked
+    /// again for [`OUTAGE_RETRY`], so calls during an outage do not each wait for it.
+    async fn shared_generation(&self, postgres: &PostgresStore) -> Result<i64, StoreError> {
+        let failing = self
+            .shared_health
+            .lock()
+            .ok()
+            .and_then(|health| health.failing_since)
+            .is_some_and(|since| since.elapsed() < OUTAGE_RETRY);
+        if failing {
+            return Err(StoreError::Unavailable(
+                "the shared store is unreachable".into(),
+            ));
+        }
+        let read = tokio::time::timeout(GENERATION_WAIT, postgres.pairings_generation()).await;
+        match read {
+            Ok(Ok(generation)) => {
+                self.note_generation(generation);
+                Ok(generation)
+            }
+            Ok(Err(error)) => {
+                self.note_failure();
+                Err(error)
+            }
+            Err(_) => {
+                self.note_failure();
+                Err(StoreError::Unavailable(
+                    "the shared store did not answer in time".into(),
+                ))
+            }
+        }
+    }
+
+    fn note_failure(&self) {
+        if let Ok(mut health) = self.shared_health.lock() {
+            health.failing_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -177,7 +244,7 @@ impl Store {
     pub(crate) async fn pairings_generation(&self) -> Result<i64, StoreError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.pairings_generation(),
-            Backend::Postgres(postgres) => postgres.pairings_generation().await,
+            Backend::Postgres(postgres) => self.shared_generation(postgres).await,
         }
     }
 
@@ -289,8 +356,30 @@ impl Store {
     /// rotation ended the last one), exactly as the database holds them now, whichever
     /// process changed them last. Served from memory while the pairings generation is the one
     /// the entry was read at (see [`pairing_cache`]).
+    ///
+    /// While the shared store cannot be read, a user's pairings read at the last generation
+    /// this replica saw are served from memory, so live sessions keep serving through an
+    /// outage: no revoke can commit while it lasts, and the revocation poll reads the
+    /// generation every 2 s, so only a revoke committed in the poll interval before the outage
+    /// may be missed until the store is back. A user not in memory is refused.
     pub async fn user_pairings(&self, user_id: &str) -> Result<Arc<UserPairings>, StoreError> {
-        let generation = self.pairings_generation().await?;
+        let generation = match self.pairings_generation().await {
+            Ok(generation) => generation,
+            Err(error) => {
+                let last = match &self.backend {
+                    Backend::Sqlite(_) => None,
+                    Backend::Postgres(_) => self
+                        .shared_health
+                        .lock()
+                        .ok()
+                        .and_then(|health| health.generation),
+                };
+                return match last.and_then(|last| self.pairing_cache.get(user_id, last)) {
+                    Some(hit) => Ok(hit),
+                    None => Err(error),
+                };
+            }
+        };
         if let Some(hit) = self.pairing_cache.get(user_id, generation) {
             return Ok(hit);
         }
@@ -366,7 +455,12 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.active_pairings_if_changed(seen_generation).await,
             Backend::Postgres(postgres) => {
-                postgres.active_pairings_if_changed(seen_generation).await
+                let read = postgres.active_pairings_if_changed(seen_generation).await;
+                match &read {
+                    Ok((generation, _)) => self.note_generation(*generation),
+                    Err(_) => self.note_failure(),
+                }
+                read
             }
         }
     }

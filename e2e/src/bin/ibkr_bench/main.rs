@@ -15,8 +15,11 @@
 //!
 //! `ibkr-bench soak` is a separate run: hundreds of MCP clients and a thousand connected
 //! sidecars for minutes, with reconnects and cancellations (see the `soak` module).
+//! `ibkr-bench cluster` measures what a call that crosses gateway replicas costs next to the
+//! same call on the replica that holds the sidecar (see the `cluster` module).
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod idle_relay;
 mod mcp_sessions;
 mod report;
@@ -83,6 +86,10 @@ struct Args {
 /// The soak, and the helper processes of the runs (started by the benchmark itself).
 #[derive(Subcommand, Debug)]
 enum Helper {
+    /// Two gateway replicas on a private PostgreSQL and NATS: a call through the replica that
+    /// holds the sidecar next to the same call forwarded from the other one (latency p50/p99,
+    /// calls per second).
+    Cluster(cluster::ClusterArgs),
     /// Hundreds of MCP clients and a thousand connected sidecars for minutes, with sidecars
     /// reconnecting and calls cancelled throughout: counts lost, misrouted and duplicated
     /// answers and follows the gateway's memory and latency over time.
@@ -297,6 +304,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Some(Helper::Cluster(cluster_args)) => cluster::run(cluster_args).await,
             Some(Helper::Soak(soak_args)) => soak::run(soak_args).await,
             Some(Helper::SoakGateway(helper_args)) => soak::gateway_helper(helper_args).await,
             Some(Helper::SoakPeers(helper_args)) => soak::peers_helper(helper_args).await,

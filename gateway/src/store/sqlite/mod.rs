@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const DATABASE_FILE: &str = "gateway.sqlite3";
+/// The embedded store's file in `state_dir`.
+pub const DATABASE_FILE: &str = "gateway.sqlite3";
 /// 1: pairing codes, pairings, handshake timestamps. 2: + `audit`. 3: pairings get a
 /// `pairing_id` and at most one active row per sidecar id and per key (enforced by unique
 /// partial indexes); revoked rows are kept as history. 4: audit rows are chained
