@@ -44,6 +44,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts PostgreSQL, the simulator, the issuer and `replicas` gateway replicas.
     pub async fn start(replicas: usize) -> Result<Option<Cluster>, SystemError> {
+        Cluster::start_with(replicas, |_| {}).await
+    }
+
+    /// [`Cluster::start`], with `edit` applied to every replica's configuration.
+    pub async fn start_with(
+        replicas: usize,
+        edit: impl Fn(&mut GatewayConfiguration),
+    ) -> Result<Option<Cluster>, SystemError> {
         let Some(postgres) = PrivatePostgres::start_or_skip()
             .map_err(|error| SystemError::Gateway(error.to_string()))?
         else {
@@ -87,6 +95,7 @@ impl Cluster {
             });
             config.sidecar.heartbeat_interval_seconds = 1;
             config.sidecar.heartbeat_timeout_seconds = 3;
+            edit(&mut config);
             cluster.configs.push(config);
             cluster.replicas.push(None);
             cluster.start_replica(index).await?;

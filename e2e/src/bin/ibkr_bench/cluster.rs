@@ -94,7 +94,16 @@ async fn series(cluster: &Cluster, replica: usize, args: &ClusterArgs) -> BenchR
 }
 
 pub async fn run(args: ClusterArgs) -> BenchResult<()> {
-    let Some(mut cluster) = Cluster::start(2).await? else {
+    // One user's agents calling flat out: the per-user and per-address limits are not what
+    // is measured.
+    let Some(mut cluster) = Cluster::start_with(2, |config| {
+        config.remote_mcp.rate_limit_per_subject_per_minute = 1_000_000;
+        config.remote_mcp.rate_limit_per_peer_per_minute = 1_000_000;
+        config.remote_mcp.max_connections_per_peer = 1024;
+        config.remote_mcp.max_sessions_per_user = 1024;
+    })
+    .await?
+    else {
         return Err(bench_error(
             "PostgreSQL and nats-server are needed (apt-get install postgresql nats-server)",
         ));
