@@ -563,3 +563,72 @@ async fn an_order_for_an_account_that_is_not_pinned_is_refused_before_anything_i
     assert!(system.sim.order_log().is_empty());
     system.shutdown().await;
 }
+
+/// Many calls that need a primed session, arriving together in a new broker session, prime it
+/// once: the priming query (`GET /portfolio/accounts`, one per 6 s) sent by each of them queued
+/// them 6 s apart, in the trading lane, and an exit behind them waited half a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_arriving_together_prime_a_new_broker_session_once() {
+    let system = trading_system_with(SystemOptions {
+        trading: TradingSection {
+            max_order_value: "1000".into(),
+            ..live_trading()
+        },
+        max_concurrent_calls: Some(64),
+        max_connections_per_peer: Some(256),
+        max_sessions_per_user: Some(256),
+        ..SystemOptions::default()
+    })
+    .await;
+    hold_aapl(&system, "2").await;
+    // A new brokerage session: nothing is primed.
+    system
+        .sim
+        .set_auth_state(e2e::cpgw_sim::AuthState::LoggedOut);
+    let _ = call(&system, "ibkr_accounts_list", json!({})).await;
+    system
+        .sim
+        .set_auth_state(e2e::cpgw_sim::AuthState::LoggedIn);
+    system.sim.clear_request_log();
+
+    let token = system.token(TRADING_SCOPES).unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = system.mcp_client(&token).await.unwrap();
+        calls.spawn(async move {
+            let result = client
+                .call_tool(rmcp::model::CallToolRequestParams::new(
+                    "ibkr_positions_list".to_string(),
+                ))
+                .await
+                .unwrap();
+            let _ = client.cancel().await;
+            result
+        });
+    }
+    let started = std::time::Instant::now();
+    let exit = call(
+        &system,
+        "ibkr_sell",
+        json!({"symbol": "AAPL", "quantity": "1"}),
+    )
+    .await;
+    let exit_took = started.elapsed();
+    assert_eq!(ok(&exit)["status"], "sent");
+    while let Some(result) = calls.join_next().await {
+        ok(&result.unwrap());
+    }
+    let primings = system
+        .sim
+        .request_log()
+        .iter()
+        .filter(|request| request.method == "GET" && request.path.ends_with("/portfolio/accounts"))
+        .count();
+    assert_eq!(primings, 1, "the session was primed {primings} times");
+    // One priming query, not eight paced 6 s apart (functional bound, not a speed target).
+    assert!(
+        exit_took < std::time::Duration::from_secs(20),
+        "{exit_took:?}"
+    );
+    system.shutdown().await;
+}

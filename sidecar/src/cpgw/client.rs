@@ -27,7 +27,7 @@ use crate::net::{self, UrlKind};
 use serde::de::DeserializeOwned;
 use shared_safety::ErrorCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -89,8 +89,27 @@ pub struct CpgwClient {
 /// Whether the current brokerage session was primed for each family of endpoints.
 #[derive(Debug, Default)]
 struct Priming {
-    iserver: AtomicBool,
-    portfolio: AtomicBool,
+    iserver: FamilyPriming,
+    portfolio: FamilyPriming,
+}
+
+/// One family's priming. The accounts query that primes it is paced at one per 6 s, so it is
+/// sent by one request at a time ([`FamilyPriming::turn`]) and never again by those that waited
+/// for it: concurrent requests that each primed queued their queries 6 s apart (in the trading
+/// lane, as priming is), and an exit behind them waited half a minute.
+#[derive(Debug, Default)]
+struct FamilyPriming {
+    primed: AtomicBool,
+    /// Raised each time a priming query was answered.
+    epoch: AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl FamilyPriming {
+    fn mark_primed(&self) {
+        self.primed.store(true, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Which accounts query a path needs first, if any.
@@ -254,7 +273,7 @@ impl CpgwClient {
     /// Primes the session's `/portfolio/{acct}` endpoints (`GET /portfolio/accounts`) if it was
     /// not yet.
     pub async fn prime_portfolio(&self) -> Result<(), CpgwError> {
-        self.prime(Family::Portfolio)
+        self.prime(Family::Portfolio, None)
             .await
             .map_err(|failure| match failure {
                 RawFailure::Connect | RawFailure::Lost => CpgwError::Unreachable,
@@ -265,8 +284,11 @@ impl CpgwClient {
 
     /// Forgets that the session was primed (it was lost or replaced).
     pub fn session_changed(&self) {
-        self.priming.iserver.store(false, Ordering::Relaxed);
-        self.priming.portfolio.store(false, Ordering::Relaxed);
+        self.priming.iserver.primed.store(false, Ordering::Relaxed);
+        self.priming
+            .portfolio
+            .primed
+            .store(false, Ordering::Relaxed);
     }
 
     /// One paced exchange, no priming. A 429 starts the backoff and is reported as
@@ -350,14 +372,31 @@ impl CpgwClient {
         result
     }
 
-    /// Primes `family` if this session was not primed for it yet.
-    async fn prime(&self, family: Family) -> Result<(), RawFailure> {
-        let flag = match family {
+    fn family_priming(&self, family: Family) -> &FamilyPriming {
+        match family {
             Family::Iserver => &self.priming.iserver,
             Family::Portfolio => &self.priming.portfolio,
-        };
+        }
+    }
+
+    /// Primes `family` if this session was not primed for it yet. With `stale`, the epoch a
+    /// request was sent at that CPGW answered "not primed": primes again unless someone
+    /// primed since. One request primes at a time; the others wait for it and do not repeat it.
+    async fn prime(&self, family: Family, stale: Option<u64>) -> Result<(), RawFailure> {
+        let priming = self.family_priming(family);
         let path = family.priming_path();
-        if flag.load(Ordering::Relaxed) || !self.can_prime(family) {
+        if !self.can_prime(family) {
+            return Ok(());
+        }
+        let done = |priming: &FamilyPriming| {
+            priming.primed.load(Ordering::Relaxed)
+                && stale.is_none_or(|seen| priming.epoch.load(Ordering::Relaxed) != seen)
+        };
+        if done(priming) {
+            return Ok(());
+        }
+        let _turn = priming.turn.lock().await;
+        if done(priming) {
             return Ok(());
         }
         let answer = self
@@ -378,7 +417,7 @@ impl CpgwClient {
                 "the accounts query that primes a session failed"
             );
         }
-        flag.store(true, Ordering::Relaxed);
+        priming.mark_primed();
         Ok(())
     }
 
@@ -395,8 +434,9 @@ impl CpgwClient {
     ) -> Result<RawAnswer, RawFailure> {
         let family = family_of(path);
         if let Some(family) = family {
-            self.prime(family).await?;
+            self.prime(family, None).await?;
         }
+        let epoch = family.map(|family| self.family_priming(family).epoch.load(Ordering::Relaxed));
         let answer = self
             .send_once(&method, path, body.as_ref(), lane, timeout)
             .await?;
@@ -406,8 +446,7 @@ impl CpgwClient {
         match family {
             Some(family) if needs_priming(&answer) && self.can_prime(family) => {
                 tracing::info!("the brokerage session was not primed; querying accounts first");
-                self.session_changed();
-                self.prime(family).await?;
+                self.prime(family, epoch).await?;
                 self.send_once(&method, path, body.as_ref(), lane, timeout)
                     .await
             }
@@ -495,7 +534,7 @@ impl CpgwClient {
         let reply: AccountsReply = self
             .call(reqwest::Method::GET, "/iserver/accounts", None)
             .await?;
-        self.priming.iserver.store(true, Ordering::Relaxed);
+        self.priming.iserver.mark_primed();
         *last = Some((tokio::time::Instant::now(), reply.clone()));
         Ok(reply)
     }
