@@ -214,6 +214,29 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The SQLite file in `state_dir` (the audit trail's, and the embedded store's), opened on
+/// the blocking pool; a failure is reported and becomes the exit code.
+async fn open_local_file(
+    config: &GatewayConfiguration,
+) -> Result<crate::store::SqliteStore, ExitCode> {
+    let state_dir = config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::store::SqliteStore::open(&state_dir)).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(error)) => {
+            report_error(
+                ErrorCode::StateStoreError,
+                Some("state_dir"),
+                &error.to_string(),
+            );
+            Err(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            report_error(ErrorCode::InternalError, None, "startup task failed");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 async fn store_migrate(path: &std::path::Path, json: bool) -> ExitCode {
     let config = match load_config(path) {
         Ok(config) => config,
@@ -247,25 +270,9 @@ async fn store_migrate(path: &std::path::Path, json: bool) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let state_dir = config.state_dir.clone();
-    let sqlite = match tokio::task::spawn_blocking(move || {
-        crate::store::SqliteStore::open(&state_dir)
-    })
-    .await
-    {
-        Ok(Ok(sqlite)) => sqlite,
-        Ok(Err(error)) => {
-            report_error(
-                ErrorCode::StateStoreError,
-                Some("state_dir"),
-                &error.to_string(),
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(_) => {
-            report_error(ErrorCode::InternalError, None, "startup task failed");
-            return ExitCode::FAILURE;
-        }
+    let sqlite = match open_local_file(&config).await {
+        Ok(sqlite) => sqlite,
+        Err(code) => return code,
     };
     let postgres = match crate::store::PostgresStore::open(&options).await {
         Ok(postgres) => postgres,
@@ -534,26 +541,10 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(config.log_format, "warn");
-            let state_dir = config.state_dir.clone();
             // The audit trail is in state_dir's SQLite file, whatever the store's backend.
-            let store = match tokio::task::spawn_blocking(move || {
-                crate::store::SqliteStore::open(&state_dir)
-            })
-            .await
-            {
-                Ok(Ok(store)) => store,
-                Ok(Err(error)) => {
-                    report_error(
-                        ErrorCode::StateStoreError,
-                        Some("state_dir"),
-                        &error.to_string(),
-                    );
-                    return ExitCode::FAILURE;
-                }
-                Err(_) => {
-                    report_error(ErrorCode::InternalError, None, "startup task failed");
-                    return ExitCode::FAILURE;
-                }
+            let store = match open_local_file(&config).await {
+                Ok(store) => store,
+                Err(code) => return code,
             };
             let records = match crate::audit::log::tail(&store, limit).await {
                 Ok(records) => records,

@@ -3,13 +3,13 @@
 //! third; a revoke on any replica ends the session wherever it lives; the journal anchor an
 //! order call left on one replica is enforced by another.
 
+use crate::trading_support::{code, copy_journal, ok};
 use e2e::cluster::{CLUSTER_USER, Cluster};
 use e2e::system::WAIT_LIMIT;
 use ibkr_gateway::relay::{DropReason, SessionEvent};
 use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, CallToolResult, RequestParamsMeta};
 use serde_json::{Value, json};
-use std::path::Path;
 
 const SCOPES: &[&str] = &[
     scopes::HEALTH_READ,
@@ -52,23 +52,6 @@ async fn call(cluster: &Cluster, replica: usize, tool: &str, arguments: Value) -
     result
 }
 
-fn code(result: &CallToolResult) -> String {
-    assert_eq!(
-        result.is_error,
-        Some(true),
-        "expected a refusal: {result:?}"
-    );
-    result.structured_content.as_ref().unwrap()["error"]["code"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn succeeded(result: &CallToolResult) -> Value {
-    assert_ne!(result.is_error, Some(true), "expected success: {result:?}");
-    result.structured_content.clone().unwrap()
-}
-
 fn buy() -> Value {
     json!({"symbol": "AAPL", "cash_amount": "20"})
 }
@@ -90,7 +73,7 @@ async fn a_pairing_made_through_one_replica_serves_through_another_until_any_rep
     );
 
     cluster.start_sidecar(2).await.unwrap();
-    let accounts = succeeded(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
+    let accounts = ok(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
     assert!(
         !accounts["accounts"].as_array().unwrap().is_empty(),
         "{accounts}"
@@ -127,15 +110,6 @@ async fn a_pairing_made_through_one_replica_serves_through_another_until_any_rep
     cluster.shutdown().await;
 }
 
-const JOURNAL_FILES: [&str; 2] = ["journal.jsonl", "journal.head"];
-
-fn copy_journal(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for name in JOURNAL_FILES {
-        std::fs::copy(from.join(name), to.join(name)).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_journal_put_back_is_caught_by_a_replica_that_never_relayed_its_orders() {
     let Some((mut cluster, _)) = paired_cluster().await else {
@@ -145,12 +119,12 @@ async fn a_journal_put_back_is_caught_by_a_replica_that_never_relayed_its_orders
     let backup = tempfile::tempdir().unwrap();
     cluster.start_sidecar(2).await.unwrap();
     assert_eq!(
-        succeeded(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
+        ok(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
         "dry_run"
     );
     copy_journal(&sidecar_dir, backup.path());
     assert_eq!(
-        succeeded(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
+        ok(&call(&cluster, 2, "ibkr_buy", buy()).await)["status"],
         "dry_run"
     );
 
@@ -163,7 +137,7 @@ async fn a_journal_put_back_is_caught_by_a_replica_that_never_relayed_its_orders
         code(&call(&cluster, 0, "ibkr_buy", buy()).await),
         "JOURNAL_BEHIND_GATEWAY"
     );
-    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    ok(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
     assert!(cluster.sim.order_log().is_empty());
     cluster.shutdown().await;
 }
@@ -191,18 +165,18 @@ async fn calls_through_any_replica_reach_the_laptop_another_replica_holds() {
     };
     cluster.start_sidecar(2).await.unwrap();
     for replica in [0, 1, 2] {
-        let accounts = succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+        let accounts = ok(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
         assert!(
             !accounts["accounts"].as_array().unwrap().is_empty(),
             "replica {replica}: {accounts}"
         );
     }
-    let health = succeeded(&call(&cluster, 0, "ibkr_health", json!({})).await);
+    let health = ok(&call(&cluster, 0, "ibkr_health", json!({})).await);
     assert_eq!(health["relay"]["via_replica"], true, "{health}");
     assert_eq!(health["relay"]["connected"], true, "{health}");
     // An order call forwarded from replica 1: dry-run, answered once, anchored for all.
     assert_eq!(
-        succeeded(&call(&cluster, 1, "ibkr_buy", buy()).await)["status"],
+        ok(&call(&cluster, 1, "ibkr_buy", buy()).await)["status"],
         "dry_run"
     );
     let store = ibkr_gateway::store::Store::open_postgres(
@@ -231,7 +205,7 @@ async fn without_nats_calls_to_another_replica_fail_retryably_and_local_ones_go_
         return;
     };
     cluster.start_sidecar(2).await.unwrap();
-    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    ok(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
     cluster.nats.stop();
     let refused = call(&cluster, 0, "ibkr_accounts_list", json!({})).await;
     assert_eq!(code(&refused), "CLUSTER_UNAVAILABLE");
@@ -239,7 +213,7 @@ async fn without_nats_calls_to_another_replica_fail_retryably_and_local_ones_go_
         refused.structured_content.as_ref().unwrap()["error"]["retryable"],
         true
     );
-    succeeded(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
+    ok(&call(&cluster, 2, "ibkr_accounts_list", json!({})).await);
     cluster.nats.restart().unwrap();
     until_succeeds(&cluster, 0, "ibkr_accounts_list").await;
     cluster.shutdown().await;
@@ -253,15 +227,13 @@ async fn an_order_forwarded_once_fills_and_its_progress_crosses_replicas() {
     cluster.trading = crate::trading_support::live_trading();
     cluster.start_sidecar(2).await.unwrap();
     cluster.sim.update_scenario(|s| s.partial_fill_steps = 3);
-    let placed = succeeded(
-        &call(
-            &cluster,
-            0,
-            "ibkr_buy",
-            json!({"symbol": "AAPL", "quantity": "0.3"}),
-        )
-        .await,
-    );
+    let placed = ok(&call(
+        &cluster,
+        0,
+        "ibkr_buy",
+        json!({"symbol": "AAPL", "quantity": "0.3"}),
+    )
+    .await);
     let order_id = placed["order_id"].as_str().unwrap().to_string();
     assert_eq!(cluster.sim.order_log().len(), 1, "sent exactly once");
 
@@ -288,7 +260,7 @@ async fn an_order_forwarded_once_fills_and_its_progress_crosses_replicas() {
     ));
     let result = client.call_tool(params).await.unwrap();
     let _ = client.cancel().await;
-    let body = succeeded(&result);
+    let body = ok(&result);
     assert_eq!(
         body["status"].as_str().map(str::to_lowercase).as_deref(),
         Some("filled"),
@@ -312,11 +284,11 @@ async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail
     cluster.start_sidecar(2).await.unwrap();
     // Both replicas have served this user once.
     for replica in [0, 2] {
-        succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+        ok(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
     }
     cluster.postgres.stop().unwrap();
     for replica in [2, 0, 2, 0] {
-        succeeded(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
+        ok(&call(&cluster, replica, "ibkr_accounts_list", json!({})).await);
     }
     // Nothing that needs the database goes ahead without it.
     assert!(
@@ -355,6 +327,6 @@ async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail
     })
     .await
     .expect("pairing codes are issued again once PostgreSQL is back");
-    succeeded(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+    ok(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
     cluster.shutdown().await;
 }

@@ -452,21 +452,24 @@ async fn waiting_for_a_fill_answers_before_the_relay_deadline() {
     system.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_reads_and_a_reconcile_of_ten_stay_within_pacing_and_an_exit_still_goes() {
-    let mut system = trading_system_with(SystemOptions {
+/// Live trading with room for a 2-share position, and for many agents of one user calling at
+/// once from 127.0.0.1 (each with its own MCP session; see the fifty-buys test).
+fn many_agents_trading_live() -> SystemOptions {
+    SystemOptions {
         trading: TradingSection {
             max_order_value: "1000".into(),
             ..live_trading()
         },
         max_concurrent_calls: Some(64),
-        // Thirty-two MCP clients from 127.0.0.1 (see the fifty-buys test).
         max_connections_per_peer: Some(256),
-        // Each parallel agent holds its own MCP session.
         max_sessions_per_user: Some(256),
         ..SystemOptions::default()
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reads_and_a_reconcile_of_ten_stay_within_pacing_and_an_exit_still_goes() {
+    let mut system = trading_system_with(many_agents_trading_live()).await;
     hold_aapl(&system, "2").await;
     // Ten attempts whose outcome is unknown: what a sidecar stopped after journaling their
     // intents leaves behind.
@@ -569,17 +572,7 @@ async fn an_order_for_an_account_that_is_not_pinned_is_refused_before_anything_i
 /// them 6 s apart, in the trading lane, and an exit behind them waited half a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_arriving_together_prime_a_new_broker_session_once() {
-    let system = trading_system_with(SystemOptions {
-        trading: TradingSection {
-            max_order_value: "1000".into(),
-            ..live_trading()
-        },
-        max_concurrent_calls: Some(64),
-        max_connections_per_peer: Some(256),
-        max_sessions_per_user: Some(256),
-        ..SystemOptions::default()
-    })
-    .await;
+    let system = trading_system_with(many_agents_trading_live()).await;
     hold_aapl(&system, "2").await;
     // A new brokerage session: nothing is primed.
     system

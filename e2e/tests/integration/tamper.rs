@@ -4,11 +4,11 @@
 //! out on its own) refuses the tools that change broker state at its next connection, while
 //! read tools keep working; a journal cut alone is refused by the sidecar's own head.
 
+use crate::trading_support::copy_journal;
 use e2e::system::{System, SystemOptions, WAIT_LIMIT};
 use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -73,15 +73,6 @@ fn succeeded(result: &CallToolResult) -> Value {
 
 fn buy() -> Value {
     json!({"symbol": "AAPL", "cash_amount": "20"})
-}
-
-const JOURNAL_FILES: [&str; 2] = ["journal.jsonl", "journal.head"];
-
-fn copy_journal(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for name in JOURNAL_FILES {
-        std::fs::copy(from.join(name), to.join(name)).unwrap();
-    }
 }
 
 /// An alert webhook on loopback that keeps every body it receives and signals each one.

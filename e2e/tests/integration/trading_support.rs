@@ -187,3 +187,14 @@ impl ClientHandler for ProgressCollector {
         std::future::ready(())
     }
 }
+
+/// The files that make up a sidecar's journal (its entries and its head).
+const JOURNAL_FILES: [&str; 2] = ["journal.jsonl", "journal.head"];
+
+/// Copies a sidecar's journal from one directory to another (a backup, or putting one back).
+pub fn copy_journal(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in JOURNAL_FILES {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}

@@ -20,13 +20,11 @@ use std::path::Path;
 /// runs with: the environment variable `secret_env` when set, else `state_dir/audit_hmac.key`;
 /// never a new secret, which could verify nothing. Blocking.
 pub fn open_trail(state_dir: &Path, secret_env: &str) -> Result<(Connection, ChainKey), String> {
-    let store = crate::store::Store::open(state_dir).map_err(|e| e.to_string())?;
+    // The audit trail is in state_dir's SQLite file, whatever the store's backend.
+    let store = crate::store::SqliteStore::open(state_dir).map_err(|e| e.to_string())?;
     let key = super::AuditKey::load_existing(secret_env, state_dir)
         .map_err(|e| format!("the audit HMAC secret: {e}"))?;
-    let path = store
-        .path()
-        .ok_or("the audit trail is in the embedded store only")?;
-    let conn = crate::store::connect(path).map_err(|e| e.to_string())?;
+    let conn = crate::store::connect(store.path()).map_err(|e| e.to_string())?;
     Ok((conn, key.chain_key()))
 }
 

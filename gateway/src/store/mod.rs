@@ -224,19 +224,18 @@ impl Store {
         }
     }
 
-    /// The SQLite file, for the parts of the gateway that use it directly (the audit trail),
-    /// when this store is the embedded one.
+    /// The SQLite file of an embedded store (tests reach the audit table through it).
+    #[cfg(test)]
     pub(crate) fn sqlite(&self) -> Result<&SqliteStore, StoreError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => Ok(sqlite),
-            Backend::Postgres(_) => Err(StoreError::Config(
-                "the audit trail of the cluster store is not available yet",
-            )),
+            Backend::Postgres(_) => Err(StoreError::Config("not an embedded store")),
         }
     }
 
-    /// The SQLite file's path, when this store is the embedded one.
-    pub fn path(&self) -> Option<&Path> {
+    /// The SQLite file's path, for an embedded store.
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> Option<&Path> {
         self.sqlite().ok().map(SqliteStore::path)
     }
 

@@ -91,6 +91,9 @@ CREATE TRIGGER pairings_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE 
     FOR EACH STATEMENT EXECUTE FUNCTION ibkr_raise_pairings_generation();
 ";
 
+/// The one-row read of the pairings generation.
+const SELECT_GENERATION: &str = "SELECT generation FROM pairings_generation WHERE id = 1";
+
 /// How the cluster backend reaches PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -197,9 +200,7 @@ impl PostgresStore {
     /// The pairings generation as last committed, by any replica.
     pub(crate) async fn pairings_generation(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT generation FROM pairings_generation WHERE id = 1")
-            .await?;
+        let statement = client.prepare_cached(SELECT_GENERATION).await?;
         Ok(client.query_one(&statement, &[]).await?.get(0))
     }
 

@@ -12,6 +12,10 @@ use tokio_postgres::types::ToSql;
 const SELECT_CODE: &str = "SELECT secret, user_id, expires_at, attempts, max_attempts, used_at
      FROM pairing_codes WHERE code_id = $1";
 
+/// [`SELECT_CODE`], locking the row for the rest of the transaction.
+const LOCK_CODE: &str = "SELECT secret, user_id, expires_at, attempts, max_attempts, used_at
+     FROM pairing_codes WHERE code_id = $1 FOR UPDATE";
+
 fn code_row(row: &Row) -> CodeRow {
     CodeRow {
         secret: row.get(0),
@@ -37,8 +41,7 @@ impl PostgresStore {
             &[&(code.created_at_ms - 7 * 86_400_000)],
         )
         .await?;
-        let locked = format!("{SELECT_CODE} FOR UPDATE");
-        if let Some(existing) = tx.query_opt(&locked, &[&code.code_id]).await? {
+        if let Some(existing) = tx.query_opt(LOCK_CODE, &[&code.code_id]).await? {
             if dead_state(&code_row(&existing), code.created_at_ms).is_none() {
                 return Ok(false);
             }
@@ -91,8 +94,7 @@ impl PostgresStore {
     ) -> Result<Option<CodeState>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let locked = format!("{SELECT_CODE} FOR UPDATE");
-        let Some(row) = tx.query_opt(&locked, &[&code_id]).await? else {
+        let Some(row) = tx.query_opt(LOCK_CODE, &[&code_id]).await? else {
             return Ok(Some(CodeState::Unknown));
         };
         let row = code_row(&row);

@@ -13,8 +13,17 @@ use std::collections::HashSet;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Row};
 
-const COLUMNS: &str =
-    "pairing_id, sidecar_id, sidecar_public_key, user_id, display_name, created_at, revoked_at";
+// Every pairing query selects these columns, in `pairing_from_row`'s order.
+const SELECT_ACTIVE_BY_KEY: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings
+     WHERE sidecar_public_key = $1 AND revoked_at IS NULL";
+
+const SELECT_ALL: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings ORDER BY created_at DESC, seq DESC";
+
+const SELECT_ACTIVE_FOR_USER: &str = "SELECT pairing_id, sidecar_id, sidecar_public_key, user_id,
+     display_name, created_at, revoked_at FROM pairings
+     WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, seq DESC";
 
 const ACTIVE_KEY_INDEX: &str = "pairings_active_key";
 const ACTIVE_SIDECAR_ID_INDEX: &str = "pairings_active_sidecar_id";
@@ -68,6 +77,21 @@ async fn ended_by_key_rotation(
             _ => None,
         }
     }))
+}
+
+/// A read-only transaction on one snapshot, and the pairings generation it sees: what is read
+/// in it is what the pairings were at that generation.
+async fn snapshot(
+    client: &mut deadpool_postgres::Client,
+) -> Result<(deadpool_postgres::Transaction<'_>, i64), StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let generation: i64 = tx.query_one(super::SELECT_GENERATION, &[]).await?.get(0);
+    Ok((tx, generation))
 }
 
 impl PostgresStore {
@@ -156,12 +180,11 @@ impl PostgresStore {
         key: PublicKey,
     ) -> Result<Option<PairingRecord>, StoreError> {
         let client = self.client().await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM pairings WHERE sidecar_public_key = $1 AND revoked_at IS NULL"
-        );
-        Ok(query_pairings(&**client, &sql, &[&key.to_hex()])
-            .await?
-            .pop())
+        Ok(
+            query_pairings(&**client, SELECT_ACTIVE_BY_KEY, &[&key.to_hex()])
+                .await?
+                .pop(),
+        )
     }
 
     /// See [`crate::store::Store::active_pairings_for_user`].
@@ -170,11 +193,7 @@ impl PostgresStore {
         user_id: String,
     ) -> Result<Vec<PairingRecord>, StoreError> {
         let client = self.client().await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM pairings WHERE user_id = $1 AND revoked_at IS NULL
-             ORDER BY created_at DESC, seq DESC"
-        );
-        query_pairings(&**client, &sql, &[&user_id]).await
+        query_pairings(&**client, SELECT_ACTIVE_FOR_USER, &[&user_id]).await
     }
 
     /// A user's active pairings (and, when there is none, whether a key rotation ended the
@@ -184,24 +203,8 @@ impl PostgresStore {
         user_id: String,
     ) -> Result<(i64, UserPairings), StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let generation: i64 = tx
-            .query_one(
-                "SELECT generation FROM pairings_generation WHERE id = 1",
-                &[],
-            )
-            .await?
-            .get(0);
-        let sql = format!(
-            "SELECT {COLUMNS} FROM pairings WHERE user_id = $1 AND revoked_at IS NULL
-             ORDER BY created_at DESC, seq DESC"
-        );
-        let active = query_pairings(&*tx, &sql, &[&user_id]).await?;
+        let (tx, generation) = snapshot(&mut client).await?;
+        let active = query_pairings(&*tx, SELECT_ACTIVE_FOR_USER, &[&user_id]).await?;
         let ended_by_key_rotation = if active.is_empty() {
             ended_by_key_rotation(&*tx, &user_id).await?
         } else {
@@ -235,8 +238,7 @@ impl PostgresStore {
     /// See [`crate::store::Store::list_pairings`].
     pub(crate) async fn list_pairings(&self) -> Result<Vec<PairingRecord>, StoreError> {
         let client = self.client().await?;
-        let sql = format!("SELECT {COLUMNS} FROM pairings ORDER BY created_at DESC, seq DESC");
-        query_pairings(&**client, &sql, &[]).await
+        query_pairings(&**client, SELECT_ALL, &[]).await
     }
 
     /// See [`crate::store::Store::revoke_pairing`].
@@ -285,19 +287,7 @@ impl PostgresStore {
         seen_generation: Option<i64>,
     ) -> Result<(i64, Option<HashSet<PairingId>>), StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let generation: i64 = tx
-            .query_one(
-                "SELECT generation FROM pairings_generation WHERE id = 1",
-                &[],
-            )
-            .await?
-            .get(0);
+        let (tx, generation) = snapshot(&mut client).await?;
         if seen_generation == Some(generation) {
             tx.commit().await?;
             return Ok((generation, None));
