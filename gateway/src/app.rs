@@ -222,7 +222,7 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
             .iter()
             .map(ToString::to_string)
             .collect();
-        let config = StreamableHttpServerConfig::default()
+        let mut config = StreamableHttpServerConfig::default()
             .with_legacy_session_mode(true)
             .with_allowed_hosts(allowed_hosts)
             .with_allowed_origins(state.resolved.allowed_origins.clone())
@@ -230,6 +230,8 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
             .with_cancellation_token(server_shutdown.child_token())
             .with_max_request_body_bytes(MAX_MCP_BODY_BYTES)
             .with_sse_keep_alive(Some(Duration::from_secs(15)));
+        // Cluster store: sessions recorded there, so any replica rebuilds one it does not hold.
+        config.session_store = state.mcp_sessions.session_store();
         let factory_state = Arc::clone(&state);
         let service = StreamableHttpService::new(
             move || Ok(GatewayMcp::new(Arc::clone(&factory_state))),
@@ -674,12 +676,7 @@ async fn start_with(
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),
-        mcp_sessions: Arc::new(McpSessions::new(
-            mcp_session_manager(&config),
-            config.remote_mcp.max_sessions_per_user,
-            config.remote_mcp.max_sessions,
-            Duration::from_secs(config.remote_mcp.session_idle_timeout_seconds),
-        )),
+        mcp_sessions: Arc::new(mcp_sessions(&config, &store)),
         pairing: PairingService::new(store.clone(), public_key, instance_id.clone()),
         resolved,
         store,
@@ -752,6 +749,23 @@ fn spawn_key_retry(jwks: Arc<JwksCache>, shutdown: CancellationToken) {
 /// rmcp's session manager. Its own keep-alive only stops an idle session's worker (the entry
 /// stays in its map), so the gateway's sweeper closes idle sessions; rmcp's timer is a
 /// backstop a minute later.
+/// The MCP session registry; on a cluster store, sessions are shared by the replicas.
+fn mcp_sessions(config: &GatewayConfiguration, store: &Store) -> McpSessions {
+    let idle_timeout = Duration::from_secs(config.remote_mcp.session_idle_timeout_seconds);
+    let sessions = McpSessions::new(
+        mcp_session_manager(config),
+        config.remote_mcp.max_sessions_per_user,
+        config.remote_mcp.max_sessions,
+        idle_timeout,
+    );
+    match store.shared() {
+        Some(shared) => sessions.shared_through(
+            crate::oauth::shared_sessions::SharedSessions::new(shared.clone(), idle_timeout),
+        ),
+        None => sessions,
+    }
+}
+
 fn mcp_session_manager(config: &GatewayConfiguration) -> Arc<LocalSessionManager> {
     let mut manager = LocalSessionManager::default();
     manager.session_config.keep_alive = Some(Duration::from_secs(

@@ -502,6 +502,45 @@ pub struct GatewayPairing {
     ephemeral: x25519_dalek::StaticSecret,
 }
 
+/// The ChaCha20 keystream under a 32-byte seed, as a random source: the same seed gives the
+/// same bytes (what [`GatewayPairing::respond_from_seed`] needs), and without the seed they
+/// cannot be told from random.
+struct SeedStream(chacha20::ChaCha20);
+
+impl SeedStream {
+    fn new(seed: &[u8; 32]) -> SeedStream {
+        use chacha20::cipher::KeyIvInit;
+        SeedStream(chacha20::ChaCha20::new(seed.into(), &[0u8; 12].into()))
+    }
+}
+
+impl rand_core::RngCore for SeedStream {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.fill_bytes(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.fill_bytes(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        use chacha20::cipher::StreamCipher;
+        dest.fill(0);
+        self.0.apply_keystream(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for SeedStream {}
+
 /// Gateway side, after the sidecar proved it knows the code.
 pub struct VerifiedPairing {
     keys: SessionKeys,
@@ -554,6 +593,20 @@ impl GatewayPairing {
                 gateway_ephemeral,
             },
         ))
+    }
+
+    /// [`GatewayPairing::respond`] with every random value drawn from `seed`: the same seed
+    /// and start give the same half again. The gateway keeps the seed with the exchange (not
+    /// the half itself), so whichever replica receives the finish rebuilds the half that
+    /// answered the start. The seed is as secret as the code.
+    pub fn respond_from_seed(
+        code: &PairingCode,
+        start: &PairStart,
+        exchange_id: [u8; 16],
+        seed: &[u8; 32],
+    ) -> Result<(GatewayPairing, PairStartReply), PairingError> {
+        let mut rng = SeedStream::new(seed);
+        GatewayPairing::respond(code, start, exchange_id, &mut rng)
     }
 
     /// Checks the sidecar's confirmation, then its proof of possession of the static key it
@@ -729,6 +782,34 @@ mod tests {
             exchange(&wrong, &right).err(),
             Some(PairingError::ConfirmationFailed)
         );
+    }
+
+    #[test]
+    fn a_half_rebuilt_from_its_seed_checks_the_finish_the_first_half_answered() {
+        let code = PairingCode::parse("K7QM-3XW9-PT4R").unwrap();
+        let mut rng = TestRng(3);
+        let (sidecar, start) = SidecarPairing::start(&code, &mut rng);
+        let seed = [9u8; 32];
+        let (_, start_reply) =
+            GatewayPairing::respond_from_seed(&code, &start, [7; 16], &seed).unwrap();
+        let (awaiting, finish) = sidecar
+            .finish(&start_reply, &sidecar_info(), &sidecar_key())
+            .unwrap();
+        // Another process, with only the seed and the start.
+        let (rebuilt, rebuilt_reply) =
+            GatewayPairing::respond_from_seed(&code, &start, [7; 16], &seed).unwrap();
+        assert_eq!(rebuilt_reply, start_reply);
+        let reply = rebuilt
+            .verify(&finish)
+            .unwrap()
+            .reply(&gateway_info())
+            .unwrap();
+        assert_eq!(awaiting.complete(&reply).unwrap(), gateway_info());
+        // Another seed is another half: the finish does not verify against it.
+        let (other, other_reply) =
+            GatewayPairing::respond_from_seed(&code, &start, [7; 16], &[8u8; 32]).unwrap();
+        assert_ne!(other_reply, start_reply);
+        assert!(other.verify(&finish).is_err());
     }
 
     #[test]

@@ -316,7 +316,10 @@ pub(crate) async fn require_bearer(
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     if let Some(session_id) = &session_id
-        && !state.mcp_sessions.permit(session_id, &context.subject)
+        && !state
+            .mcp_sessions
+            .permit(session_id, &context.subject)
+            .await
     {
         tracing::warn!(subject = %context.subject, "MCP session used under another subject");
         return json_error(
@@ -425,6 +428,7 @@ pub(crate) async fn require_bearer(
                     Some(slot) => slot.bind(created),
                     None => state.mcp_sessions.bind_unreserved(created, &subject),
                 }
+                state.mcp_sessions.record_owner(created, &subject).await;
             }
         }
         Some(session_id) if method == Method::DELETE && response.status().is_success() => {

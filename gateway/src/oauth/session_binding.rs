@@ -14,7 +14,12 @@
 //!   manager and forgets them. rmcp's own keep-alive only stops a session's worker and leaves
 //!   its entry in the manager's map, so without this sweep an abandoned session would stay
 //!   counted and held for ever.
+//! - **Across replicas** (cluster store): with [`SharedSessions`] the owner and the client's
+//!   `initialize` parameters are also in the shared database, so a replica that does not hold
+//!   a session adopts it for its owner (and rmcp rebuilds it) instead of answering 404. The
+//!   per-user cap and the idle sweep stay per replica; see `shared_sessions`.
 
+use super::shared_sessions::SharedSessions;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use std::collections::HashMap;
@@ -34,6 +39,8 @@ pub enum SessionLimit {
 struct Entry {
     subject: String,
     last_used: Instant,
+    /// When the shared store last confirmed the session (cluster store only).
+    shared_checked: Instant,
 }
 
 #[derive(Default)]
@@ -72,6 +79,7 @@ impl Inner {
             Entry {
                 subject: subject.to_string(),
                 last_used: now,
+                shared_checked: now,
             },
         );
         self.per_subject
@@ -97,6 +105,14 @@ pub struct McpSessions {
     max_per_subject: usize,
     max_total: usize,
     idle_timeout: Duration,
+    shared: Option<Arc<SharedSessions>>,
+}
+
+/// What the local map says about a session a request names.
+enum Local {
+    Served { confirm: bool },
+    Refused,
+    Unknown,
 }
 
 impl std::fmt::Debug for McpSessions {
@@ -146,7 +162,21 @@ impl McpSessions {
             max_per_subject,
             max_total,
             idle_timeout,
+            shared: None,
         }
+    }
+
+    /// The same registry, with sessions shared through the cluster store.
+    pub fn shared_through(mut self, shared: SharedSessions) -> McpSessions {
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// The store rmcp records sessions in and rebuilds them from (cluster store only).
+    pub fn session_store(
+        &self,
+    ) -> Option<Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>> {
+        self.shared.clone().map(|shared| shared as _)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -169,15 +199,81 @@ impl McpSessions {
     }
 
     /// Whether `subject` may use `session_id`, stamping it as used if so. Refused when the
-    /// session is unknown (never created here, deleted or expired) or another subject's.
-    pub fn permit(&self, session_id: &str, subject: &str) -> bool {
-        let mut inner = self.lock();
-        match inner.sessions.get_mut(session_id) {
-            Some(entry) if entry.subject == subject => {
-                entry.last_used = Instant::now();
+    /// session is unknown (never created, deleted or expired) or another subject's. With a
+    /// shared store, a session another replica created is adopted for its owner, and one this
+    /// replica holds is confirmed there once per sweep interval.
+    pub async fn permit(&self, session_id: &str, subject: &str) -> bool {
+        let now = Instant::now();
+        let local = {
+            let mut inner = self.lock();
+            match inner.sessions.get_mut(session_id) {
+                Some(entry) if entry.subject == subject => {
+                    entry.last_used = now;
+                    Local::Served {
+                        confirm: self.shared.is_some()
+                            && now.saturating_duration_since(entry.shared_checked)
+                                >= self.sweep_interval(),
+                    }
+                }
+                Some(_) => Local::Refused,
+                None => Local::Unknown,
+            }
+        };
+        let shared = match (local, &self.shared) {
+            (Local::Served { confirm: false }, _) => return true,
+            (Local::Refused, _) | (Local::Unknown, None) => return false,
+            (Local::Served { confirm: true }, Some(shared)) => {
+                return match shared.touch(session_id, subject).await {
+                    Ok(true) => {
+                        if let Some(entry) = self.lock().sessions.get_mut(session_id) {
+                            entry.shared_checked = now;
+                        }
+                        true
+                    }
+                    // Deleted or expired elsewhere: gone here too.
+                    Ok(false) => {
+                        self.close(session_id).await;
+                        false
+                    }
+                    // Through an outage, a session held here keeps serving its owner.
+                    Err(error) => {
+                        tracing::debug!(%error, "could not confirm an MCP session in the shared store");
+                        true
+                    }
+                };
+            }
+            (Local::Served { confirm: true }, None) => return true,
+            (Local::Unknown, Some(shared)) => shared,
+        };
+        match shared.adopt(session_id, subject).await {
+            Ok(true) => {
+                self.lock().insert(session_id, subject, Instant::now());
                 true
             }
-            _ => false,
+            Ok(false) => false,
+            Err(error) => {
+                tracing::warn!(%error, "could not read an MCP session from the shared store");
+                false
+            }
+        }
+    }
+
+    /// Records in the shared store (if any) that `subject` created `session_id`. A failure
+    /// leaves the session serving on this replica only.
+    pub async fn record_owner(&self, session_id: &str, subject: &str) {
+        if let Some(shared) = &self.shared
+            && let Err(error) = shared.record_owner(session_id, subject).await
+        {
+            tracing::warn!(%error, "MCP session not shared: other replicas will not serve it");
+        }
+    }
+
+    /// Forgets a session here and closes it in rmcp's manager.
+    async fn close(&self, session_id: &str) {
+        self.lock().remove(session_id);
+        let id: rmcp::transport::common::server_side_http::SessionId = session_id.into();
+        if let Err(error) = self.manager.close_session(&id).await {
+            tracing::debug!(%error, "closing an MCP session");
         }
     }
 
@@ -265,6 +361,13 @@ impl McpSessions {
                 tracing::debug!(%error, "closing an idle MCP session");
             }
         }
+        // Closing here leaves the shared row: another replica may be serving the session.
+        // Rows idle everywhere go here, whichever replica sweeps first.
+        if let Some(shared) = &self.shared
+            && let Err(error) = shared.expire_idle().await
+        {
+            tracing::debug!(%error, "could not expire MCP sessions in the shared store");
+        }
         expired.len()
     }
 
@@ -306,12 +409,12 @@ mod tests {
     async fn a_session_serves_only_its_subject_and_unknown_ids_serve_nobody() {
         let sessions = sessions(4);
         sessions.reserve("alice").unwrap().bind("s1");
-        assert!(sessions.permit("s1", "alice"));
-        assert!(!sessions.permit("s1", "bob"));
-        assert!(!sessions.permit("made-up", "alice"));
+        assert!(sessions.permit("s1", "alice").await);
+        assert!(!sessions.permit("s1", "bob").await);
+        assert!(!sessions.permit("made-up", "alice").await);
         sessions.forget("s1");
-        assert!(!sessions.permit("s1", "alice"));
-        assert!(!sessions.permit("s1", "bob"));
+        assert!(!sessions.permit("s1", "alice").await);
+        assert!(!sessions.permit("s1", "bob").await);
     }
 
     #[tokio::test]
@@ -357,12 +460,12 @@ mod tests {
         };
         assert!(retry_after >= Duration::from_secs(60), "{retry_after:?}");
         tokio::time::advance(Duration::from_secs(40)).await;
-        assert!(sessions.permit("busy", "alice"));
+        assert!(sessions.permit("busy", "alice").await);
         assert_eq!(sessions.expire_idle().await, 0);
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(sessions.expire_idle().await, 1);
-        assert!(!sessions.permit("idle", "alice"));
-        assert!(sessions.permit("busy", "alice"));
+        assert!(!sessions.permit("idle", "alice").await);
+        assert!(sessions.permit("busy", "alice").await);
         assert!(sessions.reserve("alice").is_ok());
     }
 }

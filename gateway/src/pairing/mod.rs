@@ -12,16 +12,22 @@
 //!   `protocol::pairing`), and a key or sidecar id already in an active pairing is refused:
 //!   a pairing is never moved to another user, sidecar id or key.
 //!
-//! The in-progress exchange (PAKE state) lives only in memory for [`EXCHANGE_TTL`] in a
-//! bounded map; a restart simply voids it.
+//! An exchange in progress is kept as the seed its gateway half was drawn from, for
+//! [`EXCHANGE_TTL`] (see [`exchanges`]): in memory on the embedded store, in the shared
+//! database on the cluster store, where a finish on another replica than the start rebuilds
+//! the same half. The limits on failed finishes per client address are per process.
 
+pub(crate) mod exchanges;
 pub(crate) mod http;
 
 use crate::clock::unix_ms;
 use crate::error::GatewayError;
 use crate::http::net::ClientKey;
 use crate::store::NewPairing;
-use crate::store::{CodeCheck, CodeState, CompleteOutcome, NewPairingCode, PairingId, Store};
+use crate::store::{
+    CodeCheck, CodeState, CompleteOutcome, NewPairingCode, PairingExchange, PairingId, Store,
+};
+use exchanges::ExchangeBook;
 use protocol::identity::PublicKey;
 use protocol::limits::MAX_SHORT_STRING;
 use protocol::pairing::{
@@ -131,21 +137,6 @@ pub async fn issue_code(
     ))
 }
 
-/// Whether an exchange runs on a live code's secret or on a decoy.
-enum ExchangeKind {
-    Live,
-    Decoy(CodeState),
-}
-
-struct Exchange {
-    pake: GatewayPairing,
-    code_id: String,
-    kind: ExchangeKind,
-    /// The client that started it.
-    peer: ClientKey,
-    started: Instant,
-}
-
 /// Failed finishes of one client address in the current window.
 struct PeerFailures {
     window_start: Instant,
@@ -159,7 +150,7 @@ pub struct PairingService {
     store: Store,
     public_key: PublicKey,
     instance_id: String,
-    exchanges: Mutex<HashMap<[u8; 16], Exchange>>,
+    exchanges: ExchangeBook,
     peers: Mutex<HashMap<ClientKey, PeerFailures>>,
 }
 
@@ -194,11 +185,15 @@ fn dead_code_error(state: CodeState) -> GatewayError {
 
 impl PairingService {
     pub fn new(store: Store, public_key: PublicKey, instance_id: String) -> PairingService {
+        let exchanges = match store.shared() {
+            Some(shared) => ExchangeBook::Shared(shared.clone()),
+            None => ExchangeBook::local(),
+        };
         PairingService {
             store,
             public_key,
             instance_id,
-            exchanges: Mutex::new(HashMap::new()),
+            exchanges,
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -250,51 +245,50 @@ impl PairingService {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         }
         self.check_peer(peer, None)?;
+        let now = unix_ms();
         // Make room first, so an overloaded gateway answers before touching the store.
-        {
-            let now = Instant::now();
-            let mut exchanges = lock(&self.exchanges);
-            exchanges.retain(|_, exchange| now.duration_since(exchange.started) < EXCHANGE_TTL);
-            let from_peer = exchanges.values().filter(|e| e.peer == peer).count();
-            if exchanges.len() >= MAX_EXCHANGES || from_peer >= MAX_EXCHANGES_PER_PEER {
-                return Err(GatewayError::new(ErrorCode::AuthRateLimited));
-            }
+        if !self.exchanges.has_room(&peer.to_string(), now) {
+            return Err(GatewayError::new(ErrorCode::AuthRateLimited));
         }
         let check = self
             .store
-            .lookup_pairing_code(start.code_id.clone(), unix_ms())
+            .lookup_pairing_code(start.code_id.clone(), now)
             .await
             .map_err(store_error)?;
-        let (code, kind) = match check {
+        let (code, decoy) = match check {
             CodeCheck::Live { secret, .. } => (
                 PairingCode::from_parts(&start.code_id, &secret)
                     .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?,
-                ExchangeKind::Live,
+                None,
             ),
             CodeCheck::Dead(state) => (
                 PairingCode::decoy(&start.code_id, &mut OsRng)
                     .ok_or_else(|| GatewayError::new(ErrorCode::PairingCodeInvalid))?,
-                ExchangeKind::Decoy(state),
+                Some(state),
             ),
         };
         let mut exchange_id = [0u8; 16];
         OsRng.fill_bytes(&mut exchange_id);
-        let (pake, reply) = GatewayPairing::respond(&code, &start, exchange_id, &mut OsRng)
+        let mut seed = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut seed[..]);
+        let (_, reply) = GatewayPairing::respond_from_seed(&code, &start, exchange_id, &seed)
             .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?;
-        let mut exchanges = lock(&self.exchanges);
-        if exchanges.len() >= MAX_EXCHANGES {
+        let exchange = PairingExchange {
+            code_id: start.code_id.clone(),
+            start,
+            seed,
+            decoy,
+            peer: peer.to_string(),
+            started_at_ms: now,
+        };
+        if !self
+            .exchanges
+            .add(exchange_id, exchange)
+            .await
+            .map_err(store_error)?
+        {
             return Err(GatewayError::new(ErrorCode::AuthRateLimited));
         }
-        exchanges.insert(
-            exchange_id,
-            Exchange {
-                pake,
-                code_id: start.code_id,
-                kind,
-                peer,
-                started: Instant::now(),
-            },
-        );
         Ok(reply)
     }
 
@@ -306,18 +300,36 @@ impl PairingService {
         peer: ClientKey,
     ) -> Result<PairFinishReply, GatewayError> {
         // Single use: the exchange is gone whatever happens next.
-        let exchange = lock(&self.exchanges).remove(&finish.exchange_id);
+        let exchange = self
+            .exchanges
+            .take(&finish.exchange_id)
+            .await
+            .map_err(store_error)?;
         let Some(exchange) = exchange else {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         };
         self.check_peer(peer, Some(&exchange.code_id))?;
-        if exchange.started.elapsed() >= EXCHANGE_TTL {
+        if !exchanges::is_live(exchange.started_at_ms, unix_ms()) {
             return Err(GatewayError::new(ErrorCode::PairingCodeInvalid));
         }
-        if let ExchangeKind::Decoy(state) = exchange.kind {
+        if let Some(state) = exchange.decoy {
             self.record_failure(peer, &exchange.code_id);
             return Err(dead_code_error(state));
         }
+        // The code's secret again (it is not kept with the exchange): a code that died since
+        // the start is refused for the reason it died.
+        let code = match self
+            .store
+            .lookup_pairing_code(exchange.code_id.clone(), unix_ms())
+            .await
+            .map_err(store_error)?
+        {
+            CodeCheck::Live { secret, .. } => {
+                PairingCode::from_parts(&exchange.code_id, &secret)
+                    .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?
+            }
+            CodeCheck::Dead(state) => return Err(dead_code_error(state)),
+        };
         if let Some(state) = self
             .store
             .count_pairing_attempt(exchange.code_id.clone(), unix_ms())
@@ -326,7 +338,14 @@ impl PairingService {
         {
             return Err(dead_code_error(state));
         }
-        let verified = match exchange.pake.verify(&finish) {
+        let (pake, _) = GatewayPairing::respond_from_seed(
+            &code,
+            &exchange.start,
+            finish.exchange_id,
+            &exchange.seed,
+        )
+        .map_err(|_| GatewayError::new(ErrorCode::PairingCodeInvalid))?;
+        let verified = match pake.verify(&finish) {
             Ok(verified) => verified,
             Err(PairingError::PossessionFailed) => {
                 self.record_failure(peer, &exchange.code_id);

@@ -25,7 +25,8 @@ pub mod sqlite;
 pub use pairing_cache::UserPairings;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use records::{
-    CodeCheck, CodeState, CompleteOutcome, NewPairing, NewPairingCode, PairingId, PairingRecord,
+    CodeCheck, CodeState, CompleteOutcome, NewPairing, NewPairingCode, PairingExchange, PairingId,
+    PairingRecord,
 };
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::{connect, write_transaction};
@@ -221,6 +222,14 @@ impl Store {
     fn note_failure(&self) {
         if let Ok(mut health) = self.shared_health.lock() {
             health.failing_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// The shared database, for a cluster store.
+    pub(crate) fn shared(&self) -> Option<&PostgresStore> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(postgres) => Some(postgres),
         }
     }
 

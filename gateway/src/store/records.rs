@@ -29,6 +29,56 @@ pub enum CodeState {
     AttemptsExceeded,
 }
 
+impl CodeState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeState::Unknown => "unknown",
+            CodeState::Expired => "expired",
+            CodeState::Used => "used",
+            CodeState::AttemptsExceeded => "attempts_exceeded",
+        }
+    }
+
+    pub fn from_stored(name: &str) -> Option<CodeState> {
+        [
+            CodeState::Unknown,
+            CodeState::Expired,
+            CodeState::Used,
+            CodeState::AttemptsExceeded,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+}
+
+/// A pairing exchange between `/pair/start` and `/pair/finish`: what any process needs to
+/// rebuild the gateway's half and check the finish (see `protocol::pairing`,
+/// `GatewayPairing::respond_from_seed`).
+#[derive(Clone)]
+pub struct PairingExchange {
+    pub code_id: String,
+    /// The sidecar's start message, as received.
+    pub start: protocol::pairing::PairStart,
+    /// Every random value of the gateway's half is drawn from it. As secret as the code.
+    pub seed: zeroize::Zeroizing<[u8; 32]>,
+    /// Set when the start named no live code: the exchange ran on a decoy secret and its
+    /// finish fails with this state.
+    pub decoy: Option<CodeState>,
+    /// The client address that started it (for the per-address limit).
+    pub peer: String,
+    pub started_at_ms: i64,
+}
+
+impl std::fmt::Debug for PairingExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingExchange")
+            .field("code_id", &self.code_id)
+            .field("decoy", &self.decoy)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The result of looking a code up.
 #[derive(Debug)]
 pub enum CodeCheck {

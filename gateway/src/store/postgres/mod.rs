@@ -17,10 +17,13 @@
 //! Schema changes run in one transaction under an advisory lock, so replicas starting together
 //! do not race to create the tables.
 //!
-//! - [`pairing_codes`], [`pairings`], [`handshakes`]: the operations, one file per concern.
+//! - [`pairing_codes`], [`pairings`], [`handshakes`], [`anchors`], [`mcp_sessions`],
+//!   [`exchanges`]: the operations, one file per concern.
 
 pub mod anchors;
+pub mod exchanges;
 pub mod handshakes;
+pub mod mcp_sessions;
 pub mod pairing_codes;
 pub mod pairings;
 
@@ -32,7 +35,9 @@ use tokio_postgres::NoTls;
 
 /// 1: pairing codes, pairings (with history), handshake timestamps, the gateway key's record,
 /// the newest sidecar journal entry on record per pairing, and the pairings generation.
-const SCHEMA_VERSION: i32 = 1;
+/// 2: MCP sessions (so any replica serves a session another created) and pairing exchanges in
+/// progress (so `/pair/finish` may reach another replica than `/pair/start`).
+const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key schema changes run under (any constant; "ibkrgw01" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6962_6b72_6777_3031;
@@ -89,6 +94,27 @@ END;
 $$;
 CREATE TRIGGER pairings_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pairings
     FOR EACH STATEMENT EXECUTE FUNCTION ibkr_raise_pairings_generation();
+";
+
+const SCHEMA_V2: &str = "
+CREATE TABLE mcp_sessions (
+    session_digest    BYTEA PRIMARY KEY,
+    subject           TEXT,
+    initialize_params TEXT,
+    created_at        BIGINT NOT NULL,
+    last_used_at      BIGINT NOT NULL
+);
+CREATE INDEX mcp_sessions_by_last_use ON mcp_sessions(last_used_at);
+CREATE TABLE pairing_exchanges (
+    exchange_id BYTEA PRIMARY KEY,
+    code_id     TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    start       BYTEA NOT NULL,
+    seed        BYTEA NOT NULL,
+    decoy       TEXT,
+    started_at  BIGINT NOT NULL
+);
+CREATE INDEX pairing_exchanges_by_start ON pairing_exchanges(started_at);
 ";
 
 /// The one-row read of the pairings generation.
@@ -181,18 +207,30 @@ impl PostgresStore {
             .query_opt("SELECT version FROM ibkr_gateway_schema WHERE id = 1", &[])
             .await?
             .map(|row| row.get(0));
-        match version {
+        // Each step upgrades by one version, so a database at any earlier version (or none)
+        // arrives at the current one.
+        let mut at = match version {
             None => {
                 tx.batch_execute(SCHEMA_V1).await?;
                 tx.execute(
-                    "INSERT INTO ibkr_gateway_schema (id, version) VALUES (1, $1)",
-                    &[&SCHEMA_VERSION],
+                    "INSERT INTO ibkr_gateway_schema (id, version) VALUES (1, 1)",
+                    &[],
                 )
                 .await?;
+                1
             }
-            Some(SCHEMA_VERSION) => {}
+            Some(version) if (1..=SCHEMA_VERSION).contains(&version) => version,
             Some(_) => return Err(StoreError::Corrupt("unsupported schema version")),
+        };
+        if at == 1 {
+            tx.batch_execute(SCHEMA_V2).await?;
+            at = 2;
         }
+        tx.execute(
+            "UPDATE ibkr_gateway_schema SET version = $1 WHERE id = 1",
+            &[&at],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
