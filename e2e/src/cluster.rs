@@ -3,7 +3,12 @@
 //! replicas (each with its own state directory and address,
 //! the same gateway key and instance id, as an operator deploys them), the CPGW simulator, the
 //! dev OAuth issuer and one sidecar daemon that dials one replica of the test's choosing.
+//!
+//! [`Cluster::start_behind_balancer`] puts the replicas behind a round-robin TCP balancer
+//! ([`crate::balancer`]) with no affinity, as an operator deploys them: every replica's public
+//! URL is the balancer's, and the sidecar and MCP clients dial the balancer.
 
+use crate::balancer::Balancer;
 use crate::cpgw_sim::{CpgwSimulator, SimConfig};
 use crate::dev_issuer::{DevIssuer, TokenRequest};
 use crate::private_nats::PrivateNats;
@@ -38,7 +43,32 @@ pub struct Cluster {
     sidecar: Option<RunningSidecar>,
     /// The sidecar's `trading:` section (default: paper, dry-run).
     pub trading: ibkr_agent::trading::policy::TradingSection,
+    /// In front of the replicas, when started with [`Cluster::start_behind_balancer`].
+    pub balancer: Option<Balancer>,
     _root: tempfile::TempDir,
+}
+
+/// Session events of several replicas, each with its index.
+struct Registrations(
+    Vec<(
+        usize,
+        tokio::sync::broadcast::Receiver<ibkr_gateway::relay::SessionEvent>,
+    )>,
+);
+
+impl Registrations {
+    /// The replica where a sidecar session registers first.
+    async fn first(mut self) -> Result<usize, SystemError> {
+        let waits = self.0.iter_mut().map(|(index, receiver)| {
+            let index = *index;
+            Box::pin(async move {
+                crate::system::wait_registered(receiver)
+                    .await
+                    .map(|()| index)
+            })
+        });
+        futures_util::future::select_all(waits).await.0
+    }
 }
 
 impl Cluster {
@@ -50,6 +80,26 @@ impl Cluster {
     /// [`Cluster::start`], with `edit` applied to every replica's configuration.
     pub async fn start_with(
         replicas: usize,
+        edit: impl Fn(&mut GatewayConfiguration),
+    ) -> Result<Option<Cluster>, SystemError> {
+        Cluster::start_inner(replicas, None, edit).await
+    }
+
+    /// [`Cluster::start`] behind a round-robin balancer: every replica's public URL (the
+    /// token audience, the relay URL) is the balancer's, and the balancer sends new
+    /// connections to every replica in turn.
+    pub async fn start_behind_balancer(replicas: usize) -> Result<Option<Cluster>, SystemError> {
+        let balancer = Balancer::start().await?;
+        let Some(cluster) = Cluster::start_inner(replicas, Some(balancer), |_| {}).await? else {
+            return Ok(None);
+        };
+        cluster.route_to(&(0..replicas).collect::<Vec<_>>())?;
+        Ok(Some(cluster))
+    }
+
+    async fn start_inner(
+        replicas: usize,
+        balancer: Option<Balancer>,
         edit: impl Fn(&mut GatewayConfiguration),
     ) -> Result<Option<Cluster>, SystemError> {
         let Some(postgres) = PrivatePostgres::start_or_skip()
@@ -77,12 +127,30 @@ impl Cluster {
             sidecar_state_dir: root.path().join("sidecar"),
             sidecar: None,
             trading: Default::default(),
+            balancer,
             _root: root,
         };
         for index in 0..replicas {
             let state_dir = cluster._root.path().join(format!("replica-{index}"));
-            let mut config =
-                GatewayConfiguration::for_dev(loopback(0), &cluster.issuer.issuer_url(), state_dir);
+            let mut config = match &cluster.balancer {
+                None => GatewayConfiguration::for_dev(
+                    loopback(0),
+                    &cluster.issuer.issuer_url(),
+                    state_dir,
+                ),
+                Some(balancer) => {
+                    // Public URLs are the balancer's; the replica listens on its own port and
+                    // also answers requests addressed to it directly.
+                    let mut config = GatewayConfiguration::for_dev(
+                        balancer.local_addr(),
+                        &cluster.issuer.issuer_url(),
+                        state_dir,
+                    );
+                    config.listen = loopback(0).to_string();
+                    config.remote_mcp.allowed_hosts = Some(vec!["127.0.0.1".into()]);
+                    config
+                }
+            };
             config.instance_id = Some(CLUSTER_INSTANCE_ID.into());
             config.store.backend = StoreBackend::Postgres;
             // Named for validation; the harness hands each replica the store itself.
@@ -128,7 +196,9 @@ impl Cluster {
         // Come back at the same address after a restart.
         let bound = handle.local_addr();
         let config = &mut self.configs[index];
-        if config.listen != bound.to_string() {
+        if self.balancer.is_some() {
+            config.listen = bound.to_string();
+        } else if config.listen != bound.to_string() {
             let fresh = GatewayConfiguration::for_dev(
                 bound,
                 &self.issuer.issuer_url(),
@@ -147,6 +217,48 @@ impl Cluster {
             .get(index)
             .and_then(Option::as_ref)
             .ok_or_else(|| SystemError::Gateway(format!("replica {index} is not running")))
+    }
+
+    /// Sends the balancer's new connections to these replicas only (as an operator drains
+    /// the others).
+    pub fn route_to(&self, replicas: &[usize]) -> Result<(), SystemError> {
+        let balancer = self.balancer()?;
+        let addresses = replicas
+            .iter()
+            .map(|index| self.replica(*index).map(GatewayHandle::local_addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        balancer.set_backends(addresses);
+        Ok(())
+    }
+
+    pub fn balancer(&self) -> Result<&Balancer, SystemError> {
+        self.balancer
+            .as_ref()
+            .ok_or_else(|| SystemError::Gateway("this cluster has no balancer".into()))
+    }
+
+    /// Connections replica `index` received through the balancer so far.
+    pub fn received_through_balancer(&self, index: usize) -> Result<usize, SystemError> {
+        Ok(self.balancer()?.received(self.replica(index)?.local_addr()))
+    }
+
+    /// Replica `index`'s MCP endpoint at its own address, past the balancer.
+    pub fn direct_mcp_url(&self, index: usize) -> Result<String, SystemError> {
+        Ok(format!("http://{}/mcp", self.replica(index)?.local_addr()))
+    }
+
+    /// Replica `index`'s base URL at its own address, past the balancer.
+    pub fn direct_base_url(&self, index: usize) -> Result<String, SystemError> {
+        Ok(format!("http://{}", self.replica(index)?.local_addr()))
+    }
+
+    /// The replica holding the sidecar's live session, if any.
+    pub fn holder(&self) -> Option<usize> {
+        self.replicas.iter().position(|replica| {
+            replica
+                .as_ref()
+                .is_some_and(|handle| !handle.live_sidecars().is_empty())
+        })
     }
 
     /// Stops replica `index` at once, as a machine that dies: its websockets drop.
@@ -177,6 +289,26 @@ impl Cluster {
             .map_err(|error| SystemError::Sidecar(error.to_string()))
     }
 
+    /// Grants `scopes` locally on the laptop for `pairing` (what the owner does with
+    /// `ibkr-agent sidecar grants`).
+    pub fn grant_locally(
+        &self,
+        pairing: &ibkr_agent::PairingRecord,
+        scopes: &[&str],
+    ) -> Result<(), SystemError> {
+        let store = ibkr_agent::StateStore::open(&self.sidecar_state_dir)
+            .map_err(|error| SystemError::Sidecar(error.to_string()))?;
+        store
+            .set_local_scopes(
+                &pairing.remote_instance_id,
+                &pairing.sidecar_id,
+                &shared_safety::scope::ScopeSet::from_list(scopes),
+            )
+            .map_err(|error| SystemError::Sidecar(error.to_string()))?
+            .then_some(())
+            .ok_or_else(|| SystemError::Sidecar("no such pairing on the laptop".into()))
+    }
+
     /// The sidecar's configuration, dialing replica `index`.
     pub fn sidecar_config(&self, index: usize) -> Result<SidecarConfig, SystemError> {
         let mut config = SidecarConfig::default();
@@ -198,6 +330,11 @@ impl Cluster {
     pub async fn start_sidecar(&mut self, index: usize) -> Result<(), SystemError> {
         let config = self.sidecar_config(index)?;
         let mut events = self.replica(index)?.subscribe_sessions();
+        self.spawn_sidecar(config);
+        crate::system::wait_registered(&mut events).await
+    }
+
+    fn spawn_sidecar(&mut self, config: SidecarConfig) {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let released = tokio_util::sync::CancellationToken::new();
         let options = DaemonOptions {
@@ -210,9 +347,7 @@ impl Cluster {
             ),
         };
         let task = tokio::spawn(ibkr_agent::run_daemon(options, shutdown.clone()));
-        crate::system::wait_registered(&mut events).await?;
         self.sidecar = Some(RunningSidecar::new(shutdown, task, released));
-        Ok(())
     }
 
     pub fn sidecar_state_dir(&self) -> &std::path::Path {
@@ -224,6 +359,78 @@ impl Cluster {
         if let Some(sidecar) = self.sidecar.take() {
             sidecar.stop().await;
         }
+    }
+
+    /// Starts the sidecar daemon dialing the balancer and waits until some replica has
+    /// registered its session; returns which.
+    pub async fn start_sidecar_via_balancer(&mut self) -> Result<usize, SystemError> {
+        let mut config = self.sidecar_config(0)?;
+        config.sidecar.remote_relay_url = Some(self.replica(0)?.relay_url());
+        let registrations = self.registrations();
+        self.spawn_sidecar(config);
+        registrations.first().await
+    }
+
+    /// Waits until some running replica holds the sidecar's session (after its replica
+    /// died, the sidecar reconnects through the balancer on its own schedule); returns which.
+    pub async fn wait_for_holder(&self) -> Result<usize, SystemError> {
+        let registrations = self.registrations();
+        // Subscribed first, then looked: a registration in between is not missed.
+        if let Some(holder) = self.holder() {
+            return Ok(holder);
+        }
+        registrations.first().await
+    }
+
+    /// Session events of every running replica, from now on.
+    fn registrations(&self) -> Registrations {
+        Registrations(
+            self.replicas
+                .iter()
+                .enumerate()
+                .filter_map(|(index, replica)| {
+                    replica
+                        .as_ref()
+                        .map(|handle| (index, handle.subscribe_sessions()))
+                })
+                .collect(),
+        )
+    }
+
+    /// An MCP client that reaches the replicas through the balancer on a new connection for
+    /// every request, so consecutive requests land on different replicas. `stateless`: the
+    /// 2026-07-28 revision; else 2025-11-25 with its `Mcp-Session-Id` session.
+    pub async fn balanced_mcp_client<H: rmcp::ClientHandler>(
+        &self,
+        handler: H,
+        token: &str,
+        stateless: bool,
+    ) -> Result<RunningService<RoleClient, H>, SystemError> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|error| SystemError::Mcp(error.to_string()))?;
+        let url = format!("http://{}/mcp", self.balancer()?.local_addr());
+        // rmcp's client silently starts a new session when one is answered 404; here a
+        // session that another replica cannot serve must fail the call instead.
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url)
+            .auth_header(token)
+            .reinit_on_expired_session(false);
+        config.allow_stateless = stateless;
+        let transport = StreamableHttpClientTransport::with_client(http, config);
+        let served = if stateless {
+            rmcp::service::ClientServiceExt::serve_with_lifecycle(
+                handler,
+                transport,
+                rmcp::service::ClientLifecycleMode::Discover {
+                    preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+        } else {
+            handler.serve(transport).await
+        };
+        served.map_err(|error| SystemError::Mcp(error.to_string()))
     }
 
     /// A token for the cluster's user, for replica `index`'s resource.
@@ -254,5 +461,8 @@ impl Cluster {
         }
         self.issuer.shutdown().await;
         self.sim.shutdown().await;
+        if let Some(balancer) = self.balancer.take() {
+            balancer.shutdown().await;
+        }
     }
 }

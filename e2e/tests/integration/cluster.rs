@@ -23,14 +23,7 @@ const SCOPES: &[&str] = &[
 async fn paired_cluster() -> Option<(Cluster, ibkr_agent::PairingRecord)> {
     let mut cluster = Cluster::start(3).await.unwrap()?;
     let pairing = cluster.pair(1, 0).await.unwrap();
-    ibkr_agent::StateStore::open(&cluster_sidecar_dir(&cluster))
-        .unwrap()
-        .set_local_scopes(
-            &pairing.remote_instance_id,
-            &pairing.sidecar_id,
-            &shared_safety::scope::ScopeSet::from_list(SCOPES),
-        )
-        .unwrap();
+    cluster.grant_locally(&pairing, SCOPES).unwrap();
     Some((cluster, pairing))
 }
 

@@ -9,6 +9,7 @@ mod approvals;
 mod broker_faults;
 mod browser;
 mod cluster;
+mod cluster_balanced;
 mod console;
 mod corrupt_state;
 mod disk_faults;

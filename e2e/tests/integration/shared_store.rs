@@ -454,3 +454,61 @@ async fn an_embedded_deployment_moves_to_the_shared_store_with_its_pairings_cloc
     assert_eq!(checked, KeyContinuity::Same);
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() {
+    let Some(server) = PrivatePostgres::start_or_skip().unwrap() else {
+        return;
+    };
+    let options = PostgresOptions::new(server.url());
+    let store = Store::open_postgres(&options).await.unwrap();
+    assert!(
+        store
+            .insert_pairing_code(code("K7QM", "alice", 1_000, 5))
+            .await
+            .unwrap()
+    );
+    drop(store);
+    // Back to version 1, as a deployment made before version 2 left it.
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TABLE mcp_sessions; DROP TABLE pairing_exchanges;
+             UPDATE ibkr_gateway_schema SET version = 1",
+        )
+        .await
+        .unwrap();
+
+    let store = Store::open_postgres(&options).await.unwrap();
+    match store
+        .lookup_pairing_code("K7QM".into(), 2_000)
+        .await
+        .unwrap()
+    {
+        CodeCheck::Live { user_id, .. } => assert_eq!(user_id, "alice"),
+        CodeCheck::Dead(state) => panic!("the code did not survive the upgrade: {state:?}"),
+    }
+    let version: i32 = client
+        .query_one("SELECT version FROM ibkr_gateway_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    for table in ["mcp_sessions", "pairing_exchanges"] {
+        client
+            .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+            .await
+            .unwrap();
+    }
+    drop(store);
+
+    // A schema from a newer gateway is not used.
+    client
+        .batch_execute("UPDATE ibkr_gateway_schema SET version = 99")
+        .await
+        .unwrap();
+    assert!(Store::open_postgres(&options).await.is_err());
+}
