@@ -350,6 +350,13 @@ impl Cluster {
         self.sidecar = Some(RunningSidecar::new(shutdown, task, released));
     }
 
+    /// Replica `index`'s own state directory (its audit trail, its replica id).
+    pub fn replica_state_dir(&self, index: usize) -> Option<&std::path::Path> {
+        self.configs
+            .get(index)
+            .map(|config| config.state_dir.as_path())
+    }
+
     pub fn sidecar_state_dir(&self) -> &std::path::Path {
         &self.sidecar_state_dir
     }

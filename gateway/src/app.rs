@@ -665,13 +665,30 @@ async fn start_with(
         cluster,
     ));
     let metrics = Arc::new(Metrics::new());
-    let (audit, audit_writer) = Audit::start(
+    // On a cluster store this replica's audit rows are copied there under its replica id.
+    let audit_copy = match store.shared() {
+        Some(shared) => {
+            let state_dir = config.state_dir.clone();
+            let replica_id =
+                tokio::task::spawn_blocking(move || keys::load_or_create_replica_id(&state_dir))
+                    .await
+                    .map_err(|_| StartError::Store("startup task failed".into()))?
+                    .map_err(|e| StartError::Keys(e.to_string()))?;
+            Some(crate::audit::shared::SharedCopy::new(
+                shared.clone(),
+                replica_id,
+            ))
+        }
+        None => None,
+    };
+    let (audit, audit_writer) = Audit::start_with_copy(
         audit_key,
         audit_log,
         Arc::clone(&metrics),
         config.audit.retention(),
         config.audit.ack_timeout(),
         config.audit.batching(),
+        audit_copy,
     );
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),

@@ -5,7 +5,7 @@
 //! ibkr-gateway pairing code   --config gateway.yaml --user-id <oauth subject> [--ttl-seconds N] [--json]
 //! ibkr-gateway pairing list   --config gateway.yaml [--json]
 //! ibkr-gateway pairing revoke --config gateway.yaml --sidecar-id <id>
-//! ibkr-gateway audit tail     --config gateway.yaml [--limit N] [--json]
+//! ibkr-gateway audit tail     --config gateway.yaml [--limit N] [--shared] [--json]
 //! ibkr-gateway audit verify   --config gateway.yaml [--json]
 //! ibkr-gateway audit reseal   --config gateway.yaml [--json]
 //! ```
@@ -98,6 +98,10 @@ pub enum AuditCommand {
         /// How many records (1-10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Every replica's records, from the shared store's copy (cluster store only),
+        /// instead of this replica's own trail.
+        #[arg(long)]
+        shared: bool,
         /// One JSON array instead of tab-separated lines.
         #[arg(long)]
         json: bool,
@@ -534,6 +538,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
         AuditCommand::Tail {
             config,
             limit,
+            shared,
             json,
         } => {
             let config = match load_config(&config) {
@@ -541,53 +546,115 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(config.log_format, "warn");
-            // The audit trail is in state_dir's SQLite file, whatever the store's backend.
-            let store = match open_local_file(&config).await {
-                Ok(store) => store,
+            let records = if shared {
+                shared_audit_tail(&config, limit).await
+            } else {
+                local_audit_tail(&config, limit).await
+            };
+            let records = match records {
+                Ok(records) => records,
                 Err(code) => return code,
             };
-            let records = match crate::audit::log::tail(&store, limit).await {
-                Ok(records) => records,
-                Err(error) => {
-                    report_error(ErrorCode::StateStoreError, None, &error.to_string());
-                    return ExitCode::FAILURE;
-                }
-            };
-            if json {
-                let list: Vec<serde_json::Value> = records
-                    .iter()
-                    .map(|stored| {
-                        let mut value = serde_json::to_value(stored).unwrap_or_default();
-                        if let Some(object) = value.as_object_mut() {
-                            object
-                                .insert("time".into(), format_utc_ms(stored.record.time_ms).into());
-                        }
-                        value
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(list));
-            } else if records.is_empty() {
-                println!("no audit records");
-            } else {
-                let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
-                for stored in &records {
-                    let record = &stored.record;
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}ms\tscope={}\tsidecar={}\trequest={}\tpayload={}\ttoken={}",
-                        format_utc_ms(record.time_ms),
-                        record.subject,
-                        record.tool,
-                        record.outcome,
-                        record.latency_ms,
-                        dash(&record.scope),
-                        dash(&record.sidecar_id),
-                        dash(&record.request_id),
-                        dash(&record.payload_hash),
-                        dash(&record.token_id_hmac),
-                    );
-                }
-            }
+            print_audit_records(&records, json);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The newest records of this replica's own trail, each with no replica named.
+async fn local_audit_tail(
+    config: &GatewayConfiguration,
+    limit: u32,
+) -> Result<Vec<(Option<String>, crate::audit::log::StoredAuditRecord)>, ExitCode> {
+    // The audit trail is in state_dir's SQLite file, whatever the store's backend.
+    let store = open_local_file(config).await?;
+    match crate::audit::log::tail(&store, limit).await {
+        Ok(records) => Ok(records.into_iter().map(|record| (None, record)).collect()),
+        Err(error) => {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The newest records of every replica, from the shared store's copy.
+async fn shared_audit_tail(
+    config: &GatewayConfiguration,
+    limit: u32,
+) -> Result<Vec<(Option<String>, crate::audit::log::StoredAuditRecord)>, ExitCode> {
+    let options = match config.store.postgres_options() {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            report_error(
+                ErrorCode::ConfigInvalid,
+                Some("store.backend"),
+                "--shared reads the cluster store's copy of the trail: store.backend must be postgres",
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(error) => {
+            report_error(error.code, Some(&error.key), &error.message);
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let read = async {
+        let store = crate::store::PostgresStore::open(&options).await?;
+        crate::audit::shared::tail(&store, limit).await
+    };
+    match read.await {
+        Ok(records) => Ok(records
+            .into_iter()
+            .map(|shared| (Some(shared.replica_id), shared.stored))
+            .collect()),
+        Err(error) => {
+            report_error(ErrorCode::StateStoreError, None, &error.to_string());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_audit_records(
+    records: &[(Option<String>, crate::audit::log::StoredAuditRecord)],
+    json: bool,
+) {
+    if json {
+        let list: Vec<serde_json::Value> = records
+            .iter()
+            .map(|(replica, stored)| {
+                let mut value = serde_json::to_value(stored).unwrap_or_default();
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("time".into(), format_utc_ms(stored.record.time_ms).into());
+                    if let Some(replica) = replica {
+                        object.insert("replica_id".into(), replica.clone().into());
+                    }
+                }
+                value
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else if records.is_empty() {
+        println!("no audit records");
+    } else {
+        let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+        for (replica, stored) in records {
+            let record = &stored.record;
+            let replica = replica
+                .as_ref()
+                .map(|replica| format!("{replica}\t"))
+                .unwrap_or_default();
+            println!(
+                "{replica}{}\t{}\t{}\t{}\t{}ms\tscope={}\tsidecar={}\trequest={}\tpayload={}\ttoken={}",
+                format_utc_ms(record.time_ms),
+                record.subject,
+                record.tool,
+                record.outcome,
+                record.latency_ms,
+                dash(&record.scope),
+                dash(&record.sidecar_id),
+                dash(&record.request_id),
+                dash(&record.payload_hash),
+                dash(&record.token_id_hmac),
+            );
         }
     }
 }

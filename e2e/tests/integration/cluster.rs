@@ -270,7 +270,8 @@ async fn an_order_forwarded_once_fills_and_its_progress_crosses_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail_closed() {
+async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail_closed_and_the_audit_copy_catches_up()
+ {
     let Some((mut cluster, _)) = paired_cluster().await else {
         return;
     };
@@ -321,5 +322,45 @@ async fn while_postgres_is_down_live_sessions_keep_serving_and_new_pairings_fail
     .await
     .expect("pairing codes are issued again once PostgreSQL is back");
     ok(&call(&cluster, 0, "ibkr_accounts_list", json!({})).await);
+
+    // The audit records of the calls served through the outage reach the shared copy once
+    // the database is back, chain columns and all: each replica's copy is its trail.
+    let shared = ibkr_gateway::store::PostgresStore::open(
+        &ibkr_gateway::store::PostgresOptions::new(cluster.postgres.url()),
+    )
+    .await
+    .unwrap();
+    for replica in [0, 2] {
+        assert!(cluster.replica(replica).unwrap().flush_audit().await);
+        let state_dir = cluster.replica_state_dir(replica).unwrap().to_path_buf();
+        let replica_id = std::fs::read_to_string(state_dir.join("replica.id")).unwrap();
+        let local = ibkr_gateway::store::SqliteStore::open(&state_dir).unwrap();
+        let trail: Vec<(i64, Option<String>)> = ibkr_gateway::audit::log::tail(&local, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|stored| (stored.id, stored.hash))
+            .collect();
+        // At least one call before the outage and two through it.
+        assert!(trail.len() >= 3, "replica {replica}: {trail:?}");
+        tokio::time::timeout(WAIT_LIMIT, async {
+            loop {
+                let copied: Vec<(i64, Option<String>)> =
+                    ibkr_gateway::audit::shared::tail(&shared, 10_000)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .filter(|record| record.replica_id == replica_id.trim())
+                        .map(|record| (record.stored.id, record.stored.hash))
+                        .collect();
+                if copied == trail {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("replica {replica}'s trail was not copied in time"));
+    }
     cluster.shutdown().await;
 }

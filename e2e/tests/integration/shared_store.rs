@@ -476,7 +476,7 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() 
     tokio::spawn(connection);
     client
         .batch_execute(
-            "DROP TABLE mcp_sessions; DROP TABLE pairing_exchanges;
+            "DROP TABLE mcp_sessions; DROP TABLE pairing_exchanges; DROP TABLE audit_records;
              UPDATE ibkr_gateway_schema SET version = 1",
         )
         .await
@@ -497,7 +497,7 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() 
         .unwrap()
         .get(0);
     assert_eq!(version, 2);
-    for table in ["mcp_sessions", "pairing_exchanges"] {
+    for table in ["mcp_sessions", "pairing_exchanges", "audit_records"] {
         client
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
             .await

@@ -118,6 +118,9 @@ pub(crate) const ROW_COLUMNS: &str = "id, time_ms, subject, token_id_hmac, clien
      scope, request_id, payload_hash, sidecar_id, outcome, latency_ms, pairing_id, \
      journal_seq, journal_hash, note, prev_hash, hash";
 
+/// One row with its chain columns (`prev_hash`, `hash`).
+pub type ChainedRow = (RowColumns, Option<String>, Option<String>);
+
 /// One row as selected with [`ROW_COLUMNS`]: its columns, `prev_hash` and `hash`.
 pub(crate) fn read_row(
     row: &rusqlite::Row<'_>,
@@ -472,6 +475,44 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Up to `limit` rows after row `after`, in order, with their chain columns (for the
+    /// shared copy). Blocking.
+    pub fn rows_after(&self, after: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![after, limit], read_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+/// A stored row's record, without its chain columns.
+pub(crate) fn stored_record(columns: RowColumns, hash: Option<String>) -> StoredAuditRecord {
+    StoredAuditRecord {
+        id: columns.id,
+        note: columns.note,
+        hash,
+        record: AuditRecord {
+            time_ms: columns.time_ms,
+            subject: columns.subject,
+            token_id_hmac: columns.token_id_hmac,
+            client_id: columns.client_id,
+            tool: columns.tool,
+            scope: columns.scope,
+            request_id: columns.request_id,
+            payload_hash: columns.payload_hash,
+            sidecar_id: columns.sidecar_id,
+            outcome: columns.outcome,
+            latency_ms: columns.latency_ms,
+            pairing_id: columns.pairing_id,
+            journal_seq: columns.journal_seq,
+            journal_hash: columns.journal_hash,
+        },
+    }
+}
+
 /// The newest `limit` audit records, oldest first.
 pub async fn tail(store: &SqliteStore, limit: u32) -> Result<Vec<StoredAuditRecord>, StoreError> {
     store
@@ -483,27 +524,7 @@ pub async fn tail(store: &SqliteStore, limit: u32) -> Result<Vec<StoredAuditReco
             let mut records = Vec::new();
             for row in rows {
                 let (columns, _, hash) = row?;
-                records.push(StoredAuditRecord {
-                    id: columns.id,
-                    note: columns.note,
-                    hash,
-                    record: AuditRecord {
-                        time_ms: columns.time_ms,
-                        subject: columns.subject,
-                        token_id_hmac: columns.token_id_hmac,
-                        client_id: columns.client_id,
-                        tool: columns.tool,
-                        scope: columns.scope,
-                        request_id: columns.request_id,
-                        payload_hash: columns.payload_hash,
-                        sidecar_id: columns.sidecar_id,
-                        outcome: columns.outcome,
-                        latency_ms: columns.latency_ms,
-                        pairing_id: columns.pairing_id,
-                        journal_seq: columns.journal_seq,
-                        journal_hash: columns.journal_hash,
-                    },
-                });
+                records.push(stored_record(columns, hash));
             }
             records.reverse();
             Ok(records)

@@ -25,6 +25,9 @@
 //!   reaches a sidecar unaudited; its outcome record (with the sidecar's journal anchor)
 //!   follows the same way.
 //!
+//! On a cluster store, every replica also copies its committed rows, chain columns included,
+//! to the shared database under its replica id ([`shared`]).
+//!
 //! The writer ([`writer`]) takes the queue in batches and commits each in one transaction on
 //! its own database connection (`synchronous=FULL`): one fsync of the database and one
 //! replacement of the head for the whole batch. A batch is whatever is queued when the writer
@@ -43,6 +46,7 @@
 
 pub mod chain;
 pub mod log;
+pub mod shared;
 pub mod verify;
 mod writer;
 
@@ -221,6 +225,20 @@ impl Audit {
         ack_timeout: Duration,
         batching: Batching,
     ) -> (Audit, JoinHandle<()>) {
+        Audit::start_with_copy(key, log, metrics, retention, ack_timeout, batching, None)
+    }
+
+    /// [`Audit::start`], with the committed rows also copied to the shared store (cluster
+    /// store; see [`shared`]).
+    pub fn start_with_copy(
+        key: AuditKey,
+        log: AuditLog,
+        metrics: Arc<Metrics>,
+        retention: Option<Duration>,
+        ack_timeout: Duration,
+        batching: Batching,
+        copy: Option<shared::SharedCopy>,
+    ) -> (Audit, JoinHandle<()>) {
         if let Err(error) = log.set_busy_timeout(ack_timeout) {
             tracing::warn!(%error, "could not set the audit writer's lock timeout");
         }
@@ -231,6 +249,7 @@ impl Audit {
             Arc::clone(&metrics),
             retention,
             batching,
+            copy,
         ));
         (
             Audit {

@@ -192,6 +192,38 @@ pub fn load_or_create_instance_id(
     Ok(id)
 }
 
+/// The file naming this replica among the replicas of one cluster store (its audit rows
+/// are kept under this name in the shared copy).
+pub const REPLICA_FILE: &str = "replica.id";
+
+/// This replica's name in the shared store: persisted in `state_dir`, created once.
+pub fn load_or_create_replica_id(state_dir: &Path) -> Result<String, KeyError> {
+    ensure_state_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
+    let path = state_dir.join(REPLICA_FILE);
+    if !path.exists() {
+        let mut bytes = [0u8; 8];
+        OsRng.fill_bytes(&mut bytes);
+        let id = format!("replica-{}", hex::encode(bytes));
+        match write_private_file_new(&path, format!("{id}\n").as_bytes()) {
+            Ok(()) => return Ok(id),
+            Err(KeyError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(other) => return Err(other),
+        }
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| io_error(&path, e))?;
+    let id = text.trim().to_string();
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(KeyError::Corrupt(path.display().to_string()));
+    }
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,8 +35,9 @@ use tokio_postgres::NoTls;
 
 /// 1: pairing codes, pairings (with history), handshake timestamps, the gateway key's record,
 /// the newest sidecar journal entry on record per pairing, and the pairings generation.
-/// 2: MCP sessions (so any replica serves a session another created) and pairing exchanges in
-/// progress (so `/pair/finish` may reach another replica than `/pair/start`).
+/// 2: MCP sessions (so any replica serves a session another created), pairing exchanges in
+/// progress (so `/pair/finish` may reach another replica than `/pair/start`), and the copy
+/// of every replica's audit chain.
 const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key schema changes run under (any constant; "ibkrgw01" in ASCII).
@@ -115,6 +116,29 @@ CREATE TABLE pairing_exchanges (
     started_at  BIGINT NOT NULL
 );
 CREATE INDEX pairing_exchanges_by_start ON pairing_exchanges(started_at);
+CREATE TABLE audit_records (
+    replica_id    TEXT NOT NULL,
+    id            BIGINT NOT NULL,
+    time_ms       BIGINT NOT NULL,
+    subject       TEXT NOT NULL,
+    token_id_hmac TEXT,
+    client_id     TEXT,
+    tool          TEXT NOT NULL,
+    scope         TEXT,
+    request_id    TEXT,
+    payload_hash  TEXT,
+    sidecar_id    TEXT,
+    outcome       TEXT NOT NULL,
+    latency_ms    BIGINT NOT NULL,
+    pairing_id    TEXT,
+    journal_seq   BIGINT,
+    journal_hash  TEXT,
+    note          TEXT,
+    prev_hash     TEXT,
+    hash          TEXT,
+    PRIMARY KEY (replica_id, id)
+);
+CREATE INDEX audit_records_by_time ON audit_records(time_ms);
 ";
 
 /// The one-row read of the pairings generation.
