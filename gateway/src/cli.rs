@@ -241,26 +241,41 @@ async fn open_local_file(
     }
 }
 
+/// The cluster store's connection settings, or the configuration error (`why_postgres`: what
+/// needs the cluster store) reported.
+fn postgres_options(
+    config: &GatewayConfiguration,
+    why_postgres: &str,
+) -> Result<crate::store::PostgresOptions, ExitCode> {
+    match config.store.postgres_options() {
+        Ok(Some(options)) => Ok(options),
+        Ok(None) => {
+            report_error(
+                ErrorCode::ConfigInvalid,
+                Some("store.backend"),
+                why_postgres,
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(error) => {
+            report_error(error.code, Some(&error.key), &error.message);
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
 async fn store_migrate(path: &std::path::Path, json: bool) -> ExitCode {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
     init_logging(config.log_format, "warn");
-    let options = match config.store.postgres_options() {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            report_error(
-                ErrorCode::ConfigInvalid,
-                Some("store.backend"),
-                "must be postgres: the configuration names the store to migrate into",
-            );
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        Err(error) => {
-            report_error(error.code, Some(&error.key), &error.message);
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let options = match postgres_options(
+        &config,
+        "must be postgres: the configuration names the store to migrate into",
+    ) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
     let file = config.state_dir.join(crate::store::sqlite::DATABASE_FILE);
     if !file.exists() {
@@ -582,21 +597,10 @@ async fn shared_audit_tail(
     config: &GatewayConfiguration,
     limit: u32,
 ) -> Result<Vec<(Option<String>, crate::audit::log::StoredAuditRecord)>, ExitCode> {
-    let options = match config.store.postgres_options() {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            report_error(
-                ErrorCode::ConfigInvalid,
-                Some("store.backend"),
-                "--shared reads the cluster store's copy of the trail: store.backend must be postgres",
-            );
-            return Err(ExitCode::from(EXIT_CONFIG));
-        }
-        Err(error) => {
-            report_error(error.code, Some(&error.key), &error.message);
-            return Err(ExitCode::from(EXIT_CONFIG));
-        }
-    };
+    let options = postgres_options(
+        config,
+        "--shared reads the cluster store's copy of the trail: store.backend must be postgres",
+    )?;
     let read = async {
         let store = crate::store::PostgresStore::open(&options).await?;
         crate::audit::shared::tail(&store, limit).await

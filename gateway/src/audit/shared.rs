@@ -48,13 +48,7 @@ impl std::fmt::Debug for SharedCopy {
 async fn bounded<T>(
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(COPY_WAIT, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the shared store did not answer in time".into(),
-            ))
-        })
+    crate::store::postgres::within(COPY_WAIT, operation).await
 }
 
 impl SharedCopy {

@@ -47,13 +47,7 @@ fn duration_ms(duration: Duration) -> i64 {
 async fn bounded<T>(
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(SHARED_WAIT, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the shared store did not answer in time".into(),
-            ))
-        })
+    crate::store::postgres::within(SHARED_WAIT, operation).await
 }
 
 impl SharedSessions {

@@ -166,12 +166,23 @@ pub fn load_or_create_instance_id(
     if let Some(id) = configured {
         return Ok(id.to_string());
     }
+    load_or_create_name(state_dir, INSTANCE_FILE, "gw", 6)
+}
+
+/// A name persisted in `state_dir/file`: read when present (and checked), else created as
+/// `prefix-<hex of random_bytes>`. Two processes creating it at once end with the same one.
+fn load_or_create_name(
+    state_dir: &Path,
+    file: &str,
+    prefix: &str,
+    random_bytes: usize,
+) -> Result<String, KeyError> {
     ensure_state_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
-    let path = state_dir.join(INSTANCE_FILE);
+    let path = state_dir.join(file);
     if !path.exists() {
-        let mut bytes = [0u8; 6];
+        let mut bytes = vec![0u8; random_bytes];
         OsRng.fill_bytes(&mut bytes);
-        let id = format!("gw-{}", hex::encode(bytes));
+        let id = format!("{prefix}-{}", hex::encode(bytes));
         match write_private_file_new(&path, format!("{id}\n").as_bytes()) {
             Ok(()) => return Ok(id),
             Err(KeyError::Io { source, .. })
@@ -198,30 +209,7 @@ pub const REPLICA_FILE: &str = "replica.id";
 
 /// This replica's name in the shared store: persisted in `state_dir`, created once.
 pub fn load_or_create_replica_id(state_dir: &Path) -> Result<String, KeyError> {
-    ensure_state_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
-    let path = state_dir.join(REPLICA_FILE);
-    if !path.exists() {
-        let mut bytes = [0u8; 8];
-        OsRng.fill_bytes(&mut bytes);
-        let id = format!("replica-{}", hex::encode(bytes));
-        match write_private_file_new(&path, format!("{id}\n").as_bytes()) {
-            Ok(()) => return Ok(id),
-            Err(KeyError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(other) => return Err(other),
-        }
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| io_error(&path, e))?;
-    let id = text.trim().to_string();
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
-        return Err(KeyError::Corrupt(path.display().to_string()));
-    }
-    Ok(id)
+    load_or_create_name(state_dir, REPLICA_FILE, "replica", 8)
 }
 
 #[cfg(test)]

@@ -141,6 +141,21 @@ CREATE TABLE audit_records (
 CREATE INDEX audit_records_by_time ON audit_records(time_ms);
 ";
 
+/// `operation`, or [`StoreError::Unavailable`] when it takes longer than `wait`: callers on
+/// a request's path never wait on the shared database for long.
+pub(crate) async fn within<T>(
+    wait: Duration,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(wait, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the shared store did not answer in time".into(),
+            ))
+        })
+}
+
 /// The one-row read of the pairings generation.
 const SELECT_GENERATION: &str = "SELECT generation FROM pairings_generation WHERE id = 1";
 
