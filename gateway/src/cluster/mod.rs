@@ -288,9 +288,25 @@ impl ClusterLink {
         let asked = async_nats::Request::new()
             .payload(bytes.into())
             .timeout(Some(ACK_WAIT));
+        let client = self.client.clone();
+        let subject = wire::user_subject(user_id);
+        let mut asking = tokio::spawn(async move { client.send_request(subject, asked).await });
         let answer = tokio::select! {
-            answer = self.client.send_request(wire::user_subject(user_id), asked) => answer,
-            _ = cancel.cancelled() => return Err(ForwardError::Cancelled),
+            answer = &mut asking => answer.map_err(|_| ForwardError::Unavailable)?,
+            _ = cancel.cancelled() => {
+                // The holder may have taken the call already: once it acks, it is told to
+                // stop, as a call cancelled after its ack is.
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(message)) = asking.await else {
+                        return;
+                    };
+                    if let Ok(Ack::Accepted { .. }) = wire::decode::<Ack>(&message.payload) {
+                        send_cancel(&client, &inbox).await;
+                    }
+                });
+                return Err(ForwardError::Cancelled);
+            }
         };
         let ack = match answer {
             Ok(message) => wire::decode::<Ack>(&message.payload).map_err(|_| ForwardError::Lost)?,
@@ -309,15 +325,7 @@ impl ClusterLink {
             } => (sidecar_id, pairing_id),
             Ack::Refused { code, detail } => return Err(ForwardError::Refused { code, detail }),
         };
-        let cancel_holder = || async {
-            if let Ok(bytes) = wire::encode(&Cancel) {
-                let _ = self
-                    .client
-                    .publish(wire::cancel_subject(&inbox), bytes.into())
-                    .await;
-                let _ = self.client.flush().await;
-            }
-        };
+        let cancel_holder = || send_cancel(&self.client, &inbox);
         let sleep = tokio::time::sleep(deadline);
         tokio::pin!(sleep);
         loop {
@@ -368,5 +376,14 @@ impl Drop for ClusterLink {
                 task.abort();
             }
         }
+    }
+}
+/// Tells the holder of the call answering on `inbox` to stop it.
+async fn send_cancel(client: &async_nats::Client, inbox: &str) {
+    if let Ok(bytes) = wire::encode(&Cancel) {
+        let _ = client
+            .publish(wire::cancel_subject(inbox), bytes.into())
+            .await;
+        let _ = client.flush().await;
     }
 }
