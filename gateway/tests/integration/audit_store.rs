@@ -243,3 +243,23 @@ async fn one_record_per_call_and_never_the_token() {
 }
 
 use protocol::frame::Frame;
+
+#[tokio::test]
+async fn the_shared_trail_needs_the_cluster_store_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dev_config("https://issuer.example", &dir.path().join("state"));
+    let config_file = write_config(dir.path(), &config);
+    let output = run_cli(vec![
+        "audit".into(),
+        "tail".into(),
+        "--config".into(),
+        config_file.into(),
+        "--shared".into(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CONFIG_INVALID"), "{stderr}");
+    assert!(stderr.contains("store.backend"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
