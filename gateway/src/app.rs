@@ -572,7 +572,7 @@ async fn start_with(
         Some(store) => Some(store),
         None => open_shared_store(&config).await?,
     };
-    let (store, keypair, instance_id, audit_key, audit_log) =
+    let (store, local, keypair, instance_id, audit_key, audit_log) =
         tokio::task::spawn_blocking(move || {
             // The SQLite file in state_dir: the whole store when embedded, and the audit trail
             // either way.
@@ -601,7 +601,7 @@ async fn start_with(
             }
             let audit_log =
                 AuditLog::open(&local, &audit_key).map_err(|e| StartError::Store(e.to_string()))?;
-            Ok::<_, StartError>((store, keypair, instance_id, audit_key, audit_log))
+            Ok::<_, StartError>((store, local, keypair, instance_id, audit_key, audit_log))
         })
         .await
         .map_err(|_| StartError::Store("startup task failed".into()))??;
@@ -665,31 +665,28 @@ async fn start_with(
         cluster,
     ));
     let metrics = Arc::new(Metrics::new());
-    // On a cluster store this replica's audit rows are copied there under its replica id.
-    let audit_copy = match store.shared() {
-        Some(shared) => {
-            let state_dir = config.state_dir.clone();
-            let replica_id =
-                tokio::task::spawn_blocking(move || keys::load_or_create_replica_id(&state_dir))
-                    .await
-                    .map_err(|_| StartError::Store("startup task failed".into()))?
-                    .map_err(|e| StartError::Keys(e.to_string()))?;
-            Some(crate::audit::shared::SharedCopy::new(
-                shared.clone(),
-                replica_id,
-            ))
-        }
-        None => None,
-    };
-    let (audit, audit_writer) = Audit::start_with_copy(
+    let (audit, audit_writer) = Audit::start(
         audit_key,
         audit_log,
         Arc::clone(&metrics),
         config.audit.retention(),
         config.audit.ack_timeout(),
         config.audit.batching(),
-        audit_copy,
     );
+    // On a cluster store this replica's audit rows are copied there under its replica id.
+    if let Some(shared) = store.shared() {
+        let state_dir = config.state_dir.clone();
+        let replica_id =
+            tokio::task::spawn_blocking(move || keys::load_or_create_replica_id(&state_dir))
+                .await
+                .map_err(|_| StartError::Store("startup task failed".into()))?
+                .map_err(|e| StartError::Keys(e.to_string()))?;
+        crate::audit::shared::spawn_copier(
+            crate::audit::shared::SharedCopy::new(shared.clone(), local, replica_id),
+            audit.subscribe_commits(),
+            server_shutdown.clone(),
+        );
+    }
     let state = Arc::new(AppState {
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),

@@ -512,3 +512,100 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() 
         .unwrap();
     assert!(Store::open_postgres(&options).await.is_err());
 }
+
+/// Copies every file of `from` into `to` (a state directory's backup, or putting one back).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn audit_record(n: i64) -> ibkr_gateway::audit::log::AuditRecord {
+    ibkr_gateway::audit::log::AuditRecord {
+        time_ms: n,
+        subject: "alice".into(),
+        tool: "ibkr_quote".into(),
+        outcome: "ok".into(),
+        latency_ms: 3,
+        ..Default::default()
+    }
+}
+
+/// Appends records `numbers` to the trail in `dir`, then copies it with a fresh copier until
+/// the shared copy holds `expected` rows of `replica`.
+async fn append_and_copy(
+    dir: &std::path::Path,
+    numbers: std::ops::RangeInclusive<i64>,
+    shared: &ibkr_gateway::store::PostgresStore,
+    replica: &str,
+    expected: usize,
+) -> Vec<(i64, Option<String>)> {
+    let key = ibkr_gateway::audit::AuditKey::from_secret(b"a test secret of 32 bytes length");
+    let local = ibkr_gateway::store::SqliteStore::open(dir).unwrap();
+    let mut log = ibkr_gateway::audit::log::AuditLog::open(&local, &key).unwrap();
+    let records: Vec<_> = numbers.map(audit_record).collect();
+    log.append(&records).unwrap();
+    drop(log);
+    let (_commits, watching) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let copier = ibkr_gateway::audit::shared::spawn_copier(
+        ibkr_gateway::audit::shared::SharedCopy::new(shared.clone(), local, replica.into()),
+        watching,
+        stop.clone(),
+    );
+    let copied = tokio::time::timeout(e2e::system::WAIT_LIMIT, async {
+        loop {
+            let rows: Vec<(i64, Option<String>)> = ibkr_gateway::audit::shared::tail(shared, 1_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|record| record.replica_id == replica)
+                .map(|record| (record.stored.id, record.stored.hash))
+                .collect();
+            if rows.len() >= expected {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the copy caught up in time");
+    stop.cancel();
+    copier.await.unwrap();
+    copied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_put_back_from_an_older_copy_never_rewrites_the_shared_copy() {
+    let Some(server) = PrivatePostgres::start_or_skip().unwrap() else {
+        return;
+    };
+    let shared = ibkr_gateway::store::PostgresStore::open(&PostgresOptions::new(server.url()))
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (live, backup) = (root.path().join("live"), root.path().join("backup"));
+    append_and_copy(&live, 1..=2, &shared, "replica-a", 2).await;
+    copy_dir(&live, &backup);
+    let before = append_and_copy(&live, 3..=3, &shared, "replica-a", 3).await;
+    assert_eq!(
+        before.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+
+    // The trail is put back to the backup (rows 1 and 2) and goes on: its new rows 3 and 4
+    // reuse ids, not hashes. The copy keeps the first row 3 and adds the new ones.
+    std::fs::remove_dir_all(&live).unwrap();
+    copy_dir(&backup, &live);
+    let after = append_and_copy(&live, 4..=5, &shared, "replica-a", 5).await;
+    let ids: Vec<i64> = after.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.iter().filter(|id| **id == 3).count(), 2, "{after:?}");
+    assert!(ids.contains(&4), "{after:?}");
+    let first_three = before.iter().find(|(id, _)| *id == 3).unwrap();
+    assert!(
+        after.contains(first_three),
+        "the first row 3 is kept as it was"
+    );
+}

@@ -475,19 +475,6 @@ impl AuditLog {
     }
 }
 
-impl AuditLog {
-    /// Up to `limit` rows after row `after`, in order, with their chain columns (for the
-    /// shared copy). Blocking.
-    pub fn rows_after(&self, after: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError> {
-        let mut statement = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
-        ))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![after, limit], read_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-}
-
 /// A stored row's record, without its chain columns.
 pub(crate) fn stored_record(columns: RowColumns, hash: Option<String>) -> StoredAuditRecord {
     StoredAuditRecord {

@@ -26,7 +26,8 @@
 //!   follows the same way.
 //!
 //! On a cluster store, every replica also copies its committed rows, chain columns included,
-//! to the shared database under its replica id ([`shared`]).
+//! to the shared database under its replica id ([`shared`]), from a task of its own that reads
+//! the table on its own connection: the writer never waits for the copy.
 //!
 //! The writer ([`writer`]) takes the queue in batches and commits each in one transaction on
 //! its own database connection (`synchronous=FULL`): one fsync of the database and one
@@ -183,6 +184,8 @@ pub struct Audit {
     metrics: Arc<Metrics>,
     /// How long an order call waits for its record to be stored.
     ack_timeout: Duration,
+    /// Bumped by the writer after every committed batch.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -225,31 +228,18 @@ impl Audit {
         ack_timeout: Duration,
         batching: Batching,
     ) -> (Audit, JoinHandle<()>) {
-        Audit::start_with_copy(key, log, metrics, retention, ack_timeout, batching, None)
-    }
-
-    /// [`Audit::start`], with the committed rows also copied to the shared store (cluster
-    /// store; see [`shared`]).
-    pub fn start_with_copy(
-        key: AuditKey,
-        log: AuditLog,
-        metrics: Arc<Metrics>,
-        retention: Option<Duration>,
-        ack_timeout: Duration,
-        batching: Batching,
-        copy: Option<shared::SharedCopy>,
-    ) -> (Audit, JoinHandle<()>) {
         if let Err(error) = log.set_busy_timeout(ack_timeout) {
             tracing::warn!(%error, "could not set the audit writer's lock timeout");
         }
         let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
+        let (commits, _) = tokio::sync::watch::channel(0);
         let task = tokio::spawn(writer::run(
             log,
             receiver,
             Arc::clone(&metrics),
             retention,
             batching,
-            copy,
+            commits.clone(),
         ));
         (
             Audit {
@@ -257,9 +247,15 @@ impl Audit {
                 sender,
                 metrics,
                 ack_timeout,
+                commits,
             },
             task,
         )
+    }
+
+    /// Changes after every committed batch (what the shared copy waits on).
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     pub fn key(&self) -> &AuditKey {

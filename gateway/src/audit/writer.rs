@@ -19,11 +19,10 @@
 //! large backlog never keeps an order call waiting for its ack. A flush or stop finishes a
 //! round in progress before it is answered.
 //!
-//! On a cluster store the writer also copies its committed rows to the shared store
-//! ([`super::shared`]) after each batch, and every [`COPY_RETRY`] while the copy is behind.
+//! Each committed batch bumps a `watch` counter, which the shared copy on a cluster store
+//! ([`super::shared`]) waits on; the writer itself never waits for the copy.
 
 use super::log::{AUDIT_PRUNE_BATCH, AuditError, AuditLog, AuditRecord};
-use super::shared::{COPY_BATCH, COPY_RETRY, SharedCopy};
 use crate::ops::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,36 +124,11 @@ struct Writer {
     retention: Option<Duration>,
     batching: Batching,
     round: Option<Round>,
-    copy: Option<SharedCopy>,
+    /// Bumped after every committed batch.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Writer {
-    /// Copies the rows the shared copy lacks, in batches, until it holds them all or the
-    /// database fails (then it catches up later).
-    async fn copy(&mut self, mut log: AuditLog) -> Option<AuditLog> {
-        let Some(copy) = self.copy.as_mut() else {
-            return Some(log);
-        };
-        loop {
-            let Some(through) = copy.copied_through().await else {
-                return Some(log);
-            };
-            let (returned, rows) =
-                blocking(log, move |log| log.rows_after(through, COPY_BATCH)).await?;
-            log = returned;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::error!(%error, "could not read audit records to copy");
-                    return Some(log);
-                }
-            };
-            if rows.is_empty() || !copy.copy(&rows).await || rows.len() < COPY_BATCH {
-                return Some(log);
-            }
-        }
-    }
-
     /// Records the prune point of a new round. Keeping records longer than asked is the safe
     /// failure: an error is logged and the next round retries.
     async fn begin_round(&mut self, log: AuditLog) -> Option<AuditLog> {
@@ -245,12 +219,14 @@ impl Writer {
         let stored = match result {
             Ok(()) => {
                 self.metrics.audit_batch_committed(count);
+                self.commits.send_modify(|commits| *commits += 1);
                 true
             }
             Err(AuditError::Head(error)) => {
                 // The rows are committed; only the checkpoint lags. Order calls waiting on
                 // them are refused all the same: their tamper evidence is not complete.
                 self.metrics.audit_batch_committed(count);
+                self.commits.send_modify(|commits| *commits += 1);
                 tracing::error!(%error, "audit records stored but audit.head not replaced");
                 false
             }
@@ -305,14 +281,14 @@ pub(super) async fn run(
     metrics: Arc<Metrics>,
     retention: Option<Duration>,
     batching: Batching,
-    copy: Option<SharedCopy>,
+    commits: tokio::sync::watch::Sender<u64>,
 ) {
     let mut writer = Writer {
         metrics,
         retention,
         batching,
         round: None,
-        copy,
+        commits,
     };
     // `None`: a blocking task died with the log, so nothing more can be stored.
     if writer.drive(log, &mut receiver).await.is_none() {
@@ -349,9 +325,7 @@ impl Writer {
         // The first tick completes at once: records past retention go at start.
         let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
         prune_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick completes at once too: rows committed before a restart are copied.
-        let mut copy_timer = tokio::time::interval(COPY_RETRY);
-        copy_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
         loop {
             let first = if self.round.is_some() {
                 // Queued records first; a delete batch only when nobody waits.
@@ -367,10 +341,7 @@ impl Writer {
                         log = self.begin_round(log).await?;
                         continue;
                     }
-                    _ = copy_timer.tick(), if self.copy.is_some() => {
-                        log = self.copy(log).await?;
-                        continue;
-                    }
+
                     received = receiver.recv() => match received {
                         Some(command) => Some(command),
                         None => return Some(()),
@@ -384,7 +355,6 @@ impl Writer {
             let batch = self.gather(first, receiver).await;
             if !batch.records.is_empty() {
                 log = self.store(log, batch.records).await?;
-                log = self.copy(log).await?;
             }
             if !batch.waiters.is_empty() {
                 while self.round.is_some() {

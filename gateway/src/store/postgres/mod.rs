@@ -136,8 +136,12 @@ CREATE TABLE audit_records (
     note          TEXT,
     prev_hash     TEXT,
     hash          TEXT,
-    PRIMARY KEY (replica_id, id)
+    -- The row's chain hash (or `unchained-<id>` for rows from before the chain): a trail put
+    -- back from an older copy reuses ids, never hashes, so both versions are kept.
+    row_key       TEXT NOT NULL,
+    PRIMARY KEY (replica_id, row_key)
 );
+CREATE INDEX audit_records_by_replica_id ON audit_records(replica_id, id);
 CREATE INDEX audit_records_by_time ON audit_records(time_ms);
 ";
 
