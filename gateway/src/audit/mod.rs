@@ -648,6 +648,7 @@ mod tests {
             sender,
             metrics: Arc::clone(&metrics),
             ack_timeout: LIMIT,
+            commits: tokio::sync::watch::channel(0).0,
         };
         for n in 0..5 {
             stuck.record(record(n));
