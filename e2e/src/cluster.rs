@@ -89,8 +89,17 @@ impl Cluster {
     /// token audience, the relay URL) is the balancer's, and the balancer sends new
     /// connections to every replica in turn.
     pub async fn start_behind_balancer(replicas: usize) -> Result<Option<Cluster>, SystemError> {
+        Cluster::start_behind_balancer_with(replicas, |_| {}).await
+    }
+
+    /// [`Cluster::start_behind_balancer`], with `edit` applied to every replica's
+    /// configuration.
+    pub async fn start_behind_balancer_with(
+        replicas: usize,
+        edit: impl Fn(&mut GatewayConfiguration),
+    ) -> Result<Option<Cluster>, SystemError> {
         let balancer = Balancer::start().await?;
-        let Some(cluster) = Cluster::start_inner(replicas, Some(balancer), |_| {}).await? else {
+        let Some(cluster) = Cluster::start_inner(replicas, Some(balancer), edit).await? else {
             return Ok(None);
         };
         cluster.route_to(&(0..replicas).collect::<Vec<_>>())?;

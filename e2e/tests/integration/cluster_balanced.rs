@@ -203,9 +203,54 @@ fn tools_list() -> Value {
     json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
 }
 
+/// Idle timeout for the session tests (the least allowed): a sweep, and a held session's
+/// check against the shared store, every 7.5 s.
+const SESSION_IDLE_SECONDS: u64 = 30;
+
+async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+    post_mcp(
+        http,
+        url,
+        token,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "cluster-test", "version": "1"}}}),
+    )
+    .await
+}
+
+/// A new session on `url`, initialized; its id.
+async fn new_session(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let created = initialize(http, url, token).await;
+    assert_eq!(created.status(), 200);
+    let session = created.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        jsonrpc_answer(&created.text().await.unwrap())["result"]["protocolVersion"],
+        "2025-11-25"
+    );
+    let initialized = post_mcp(
+        http,
+        url,
+        token,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert!(initialized.status().is_success());
+    session
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_is_served_by_every_replica_to_its_owner_only_until_deleted() {
-    let Some(cluster) = Cluster::start_behind_balancer(3).await.unwrap() else {
+    let Some(cluster) = Cluster::start_behind_balancer_with(3, |config| {
+        config.remote_mcp.session_idle_timeout_seconds = SESSION_IDLE_SECONDS;
+    })
+    .await
+    .unwrap() else {
         return;
     };
     let http = reqwest::Client::new();
@@ -219,35 +264,7 @@ async fn a_session_is_served_by_every_replica_to_its_owner_only_until_deleted() 
         ))
         .unwrap();
     let url = |replica: usize| cluster.direct_mcp_url(replica).unwrap();
-
-    let created = post_mcp(
-        &http,
-        &url(0),
-        &owner,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "cluster-test", "version": "1"}}}),
-    )
-    .await;
-    assert_eq!(created.status(), 200);
-    let session = created.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        jsonrpc_answer(&created.text().await.unwrap())["result"]["protocolVersion"],
-        "2025-11-25"
-    );
-    let initialized = post_mcp(
-        &http,
-        &url(0),
-        &owner,
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
-    assert!(initialized.status().is_success());
+    let session = new_session(&http, &url(0), &owner).await;
 
     // Another user presenting the id is told it does not exist, on a replica that never
     // held it (nothing is rebuilt for them) and on the one that created it.
@@ -255,8 +272,8 @@ async fn a_session_is_served_by_every_replica_to_its_owner_only_until_deleted() 
         let refused = post_mcp(&http, &url(replica), &other, Some(&session), tools_list()).await;
         assert_eq!(refused.status(), 404, "replica {replica}");
     }
-    // The owner is served by every replica.
-    for replica in [1, 2, 0] {
+    // The owner is served by another replica, and the first.
+    for replica in [1, 0] {
         let listed = post_mcp(&http, &url(replica), &owner, Some(&session), tools_list()).await;
         assert_eq!(listed.status(), 200, "replica {replica}");
         let tools = jsonrpc_answer(&listed.text().await.unwrap())["result"]["tools"]
@@ -269,9 +286,10 @@ async fn a_session_is_served_by_every_replica_to_its_owner_only_until_deleted() 
     let refused = post_mcp(&http, &url(1), &other, Some(&session), tools_list()).await;
     assert_eq!(refused.status(), 404);
 
-    // Deleted through replica 2: a replica that never held it refuses it at once.
+    // Deleted through replica 0: replica 2, which never held it, refuses it at once; replica
+    // 1, which holds it, within a sweep.
     let deleted = http
-        .delete(url(2))
+        .delete(url(0))
         .bearer_auth(&owner)
         .header("mcp-session-id", &session)
         .header("mcp-protocol-version", "2025-11-25")
@@ -279,8 +297,44 @@ async fn a_session_is_served_by_every_replica_to_its_owner_only_until_deleted() 
         .await
         .unwrap();
     assert!(deleted.status().is_success(), "{}", deleted.status());
-    let made_up = post_mcp(&http, &url(2), &owner, Some("not-a-session"), tools_list()).await;
-    assert_eq!(made_up.status(), 404);
+    let refused = post_mcp(&http, &url(2), &owner, Some(&session), tools_list()).await;
+    assert_eq!(refused.status(), 404);
+    tokio::time::timeout(WAIT_LIMIT, async {
+        while post_mcp(&http, &url(1), &owner, Some(&session), tools_list())
+            .await
+            .status()
+            != 404
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the replica holding the deleted session ended it within a sweep");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_taken_over_from_another_replica_counts_under_the_users_cap() {
+    let Some(cluster) = Cluster::start_behind_balancer_with(2, |config| {
+        config.remote_mcp.max_sessions_per_user = 1;
+    })
+    .await
+    .unwrap() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let owner = cluster.token(0, SCOPES).unwrap();
+    let url = |replica: usize| cluster.direct_mcp_url(replica).unwrap();
+    let first = new_session(&http, &url(0), &owner).await;
+    let second = new_session(&http, &url(1), &owner).await;
+    // Replica 1 holds the user's one session: it does not take over another.
+    let refused = post_mcp(&http, &url(1), &owner, Some(&first), tools_list()).await;
+    assert_eq!(refused.status(), 404);
+    // Each session still serves where it lives.
+    for (replica, session) in [(0, &first), (1, &second)] {
+        let listed = post_mcp(&http, &url(replica), &owner, Some(session), tools_list()).await;
+        assert_eq!(listed.status(), 200, "replica {replica}");
+    }
     cluster.shutdown().await;
 }
 

@@ -332,6 +332,20 @@ pub(crate) async fn require_bearer(
     }
     let subject = context.subject.clone();
     let method = parts.method.clone();
+    // A client's DELETE ends the session everywhere: the shared row goes first, so no replica
+    // rebuilds it afterwards; if it cannot go, the session is left as it is.
+    if method == Method::DELETE
+        && let Some(session_id) = &session_id
+        && !state.mcp_sessions.delete_shared(session_id).await
+    {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &GatewayError::with_detail(
+                ErrorCode::SharedStoreUnavailable,
+                "The MCP session could not be ended on every replica; it is left as it was.",
+            ),
+        );
+    }
     let mut reservation = None;
     let body = if parts.method == Method::POST {
         let read = tokio::time::timeout(

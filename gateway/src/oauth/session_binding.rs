@@ -41,6 +41,10 @@ struct Entry {
     last_used: Instant,
     /// When the shared store last confirmed the session (cluster store only).
     shared_checked: Instant,
+    /// Whether the shared store holds the session's owner (cluster store only). A session
+    /// whose owner could not be recorded serves on this replica only, and is not checked
+    /// against the shared store until it is recorded.
+    shared_recorded: bool,
 }
 
 #[derive(Default)]
@@ -80,6 +84,7 @@ impl Inner {
                 subject: subject.to_string(),
                 last_used: now,
                 shared_checked: now,
+                shared_recorded: false,
             },
         );
         self.per_subject
@@ -110,7 +115,12 @@ pub struct McpSessions {
 
 /// What the local map says about a session a request names.
 enum Local {
-    Served { confirm: bool },
+    /// `confirm`: time to check it against the shared store; `recorded`: whether its owner is
+    /// there.
+    Served {
+        confirm: bool,
+        recorded: bool,
+    },
     Refused,
     Unknown,
 }
@@ -213,6 +223,7 @@ impl McpSessions {
                         confirm: self.shared.is_some()
                             && now.saturating_duration_since(entry.shared_checked)
                                 >= self.sweep_interval(),
+                        recorded: entry.shared_recorded,
                     }
                 }
                 Some(_) => Local::Refused,
@@ -220,14 +231,32 @@ impl McpSessions {
             }
         };
         let shared = match (local, &self.shared) {
-            (Local::Served { confirm: false }, _) => return true,
+            (Local::Served { confirm: false, .. }, _) => return true,
             (Local::Refused, _) | (Local::Unknown, None) => return false,
-            (Local::Served { confirm: true }, Some(shared)) => {
+            (Local::Served { confirm: true, .. }, None) => return true,
+            (
+                Local::Served {
+                    confirm: true,
+                    recorded: false,
+                },
+                Some(_),
+            ) => {
+                // Its owner could not be recorded when it was created: try again, and keep
+                // serving it here either way.
+                self.record_owner(session_id, subject).await;
+                self.stamp_checked(session_id, now);
+                return true;
+            }
+            (
+                Local::Served {
+                    confirm: true,
+                    recorded: true,
+                },
+                Some(shared),
+            ) => {
                 return match shared.touch(session_id, subject).await {
                     Ok(true) => {
-                        if let Some(entry) = self.lock().sessions.get_mut(session_id) {
-                            entry.shared_checked = now;
-                        }
+                        self.stamp_checked(session_id, now);
                         true
                     }
                     // Deleted or expired elsewhere: gone here too.
@@ -242,12 +271,18 @@ impl McpSessions {
                     }
                 };
             }
-            (Local::Served { confirm: true }, None) => return true,
             (Local::Unknown, Some(shared)) => shared,
+        };
+        // Another replica's session: it takes a slot under the caps here, as a new one would.
+        let Ok(slot) = self.reserve(subject) else {
+            return false;
         };
         match shared.adopt(session_id, subject).await {
             Ok(true) => {
-                self.lock().insert(session_id, subject, Instant::now());
+                slot.bind(session_id);
+                if let Some(entry) = self.lock().sessions.get_mut(session_id) {
+                    entry.shared_recorded = true;
+                }
                 true
             }
             Ok(false) => false,
@@ -258,13 +293,43 @@ impl McpSessions {
         }
     }
 
+    fn stamp_checked(&self, session_id: &str, now: Instant) {
+        if let Some(entry) = self.lock().sessions.get_mut(session_id) {
+            entry.shared_checked = now;
+        }
+    }
+
+    /// Deletes a session from the shared store before the client's `DELETE` closes it here,
+    /// so no replica rebuilds it afterwards. `false` when the shared store could not be told
+    /// (the session is then left as it is). Always `true` without a shared store.
+    pub async fn delete_shared(&self, session_id: &str) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        match shared.delete(session_id).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "could not delete an MCP session from the shared store");
+                false
+            }
+        }
+    }
+
     /// Records in the shared store (if any) that `subject` created `session_id`. A failure
     /// leaves the session serving on this replica only.
     pub async fn record_owner(&self, session_id: &str, subject: &str) {
-        if let Some(shared) = &self.shared
-            && let Err(error) = shared.record_owner(session_id, subject).await
-        {
-            tracing::warn!(%error, "MCP session not shared: other replicas will not serve it");
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        match shared.record_owner(session_id, subject).await {
+            Ok(()) => {
+                if let Some(entry) = self.lock().sessions.get_mut(session_id) {
+                    entry.shared_recorded = true;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "MCP session not shared yet: other replicas will not serve it until it is");
+            }
         }
     }
 
@@ -363,12 +428,43 @@ impl McpSessions {
         }
         // Closing here leaves the shared row: another replica may be serving the session.
         // Rows idle everywhere go here, whichever replica sweeps first.
-        if let Some(shared) = &self.shared
-            && let Err(error) = shared.expire_idle().await
-        {
-            tracing::debug!(%error, "could not expire MCP sessions in the shared store");
+        let mut closed = expired.len();
+        if let Some(shared) = &self.shared {
+            if let Err(error) = shared.expire_idle().await {
+                tracing::debug!(%error, "could not expire MCP sessions in the shared store");
+            }
+            closed += self.close_gone(shared).await;
         }
-        expired.len()
+        closed
+    }
+
+    /// Closes the sessions held here whose shared row is gone (deleted or expired through
+    /// another replica), so they end within a sweep even without a request (an open stream
+    /// included).
+    async fn close_gone(&self, shared: &SharedSessions) -> usize {
+        let held: Vec<String> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(_, entry)| entry.shared_recorded)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if held.is_empty() {
+            return 0;
+        }
+        let ids: Vec<&str> = held.iter().map(String::as_str).collect();
+        let still = match shared.still_shared(&ids).await {
+            Ok(still) => still,
+            Err(error) => {
+                tracing::debug!(%error, "could not check MCP sessions against the shared store");
+                return 0;
+            }
+        };
+        let gone: Vec<&str> = ids.into_iter().filter(|id| !still.contains(id)).collect();
+        for id in &gone {
+            self.close(id).await;
+        }
+        gone.len()
     }
 
     /// Runs [`McpSessions::expire_idle`] every sweep interval until `shutdown`.

@@ -95,6 +95,27 @@ impl SharedSessions {
         .await
     }
 
+    /// Deletes a session's row (the client's `DELETE`), so no replica rebuilds it.
+    pub async fn delete(&self, session_id: &str) -> Result<(), StoreError> {
+        bounded(self.store.delete_mcp_session(&digest(session_id))).await
+    }
+
+    /// Which of `session_ids` the shared store still holds (the others were deleted or
+    /// expired through some replica).
+    pub async fn still_shared<'a>(
+        &self,
+        session_ids: &[&'a str],
+    ) -> Result<Vec<&'a str>, StoreError> {
+        let digests: Vec<Vec<u8>> = session_ids.iter().map(|id| digest(id).to_vec()).collect();
+        let existing = bounded(self.store.existing_mcp_sessions(&digests)).await?;
+        Ok(session_ids
+            .iter()
+            .zip(&digests)
+            .filter(|(_, digest)| existing.contains(digest))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
     /// Forgets sessions idle past the timeout, whichever replica served them last.
     pub async fn expire_idle(&self) -> Result<u64, StoreError> {
         let before = unix_ms().saturating_sub(duration_ms(self.idle_timeout));

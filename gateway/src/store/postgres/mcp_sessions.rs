@@ -112,6 +112,25 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Which of `digests` the table still holds.
+    pub(crate) async fn existing_mcp_sessions(
+        &self,
+        digests: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT session_digest FROM mcp_sessions WHERE session_digest = ANY($1)",
+            )
+            .await?;
+        Ok(client
+            .query(&statement, &[&digests])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect())
+    }
+
     /// Forgets sessions last used before `before_ms`. Returns how many.
     pub(crate) async fn expire_mcp_sessions(&self, before_ms: i64) -> Result<u64, StoreError> {
         let client = self.client().await?;
