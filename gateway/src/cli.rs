@@ -602,7 +602,8 @@ async fn shared_audit_tail(
         "--shared reads the cluster store's copy of the trail: store.backend must be postgres",
     )?;
     let read = async {
-        let store = crate::store::PostgresStore::open(&options).await?;
+        // A reading command never changes the schema.
+        let store = crate::store::PostgresStore::open_existing(&options).await?;
         crate::audit::shared::tail(&store, limit).await
     };
     match read.await {

@@ -456,7 +456,7 @@ async fn an_embedded_deployment_moves_to_the_shared_store_with_its_pairings_cloc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() {
+async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_used_only_if_it_says_so() {
     let Some(server) = PrivatePostgres::start_or_skip().unwrap() else {
         return;
     };
@@ -505,12 +505,64 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_refused() 
     }
     drop(store);
 
-    // A schema from a newer gateway is not used.
+    // A newer gateway's schema that it declared usable by this version is used as it is
+    // (a rolling upgrade), never written back down.
     client
-        .batch_execute("UPDATE ibkr_gateway_schema SET version = 99")
+        .batch_execute("UPDATE ibkr_gateway_schema SET version = 3, compatible_since = 2")
+        .await
+        .unwrap();
+    let store = Store::open_postgres(&options).await.unwrap();
+    assert!(matches!(
+        store
+            .lookup_pairing_code("K7QM".into(), 2_000)
+            .await
+            .unwrap(),
+        CodeCheck::Live { .. }
+    ));
+    let (version, since): (i32, i32) = client
+        .query_one(
+            "SELECT version, compatible_since FROM ibkr_gateway_schema",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!((version, since), (3, 2));
+    drop(store);
+    assert!(
+        ibkr_gateway::store::PostgresStore::open_existing(&options)
+            .await
+            .is_ok()
+    );
+
+    // One this version cannot work with is refused, by a starting gateway and by a command
+    // that only reads.
+    client
+        .batch_execute("UPDATE ibkr_gateway_schema SET version = 99, compatible_since = 99")
         .await
         .unwrap();
     assert!(Store::open_postgres(&options).await.is_err());
+    assert!(
+        ibkr_gateway::store::PostgresStore::open_existing(&options)
+            .await
+            .is_err()
+    );
+    // A command that only reads never upgrades an older schema.
+    client
+        .batch_execute("UPDATE ibkr_gateway_schema SET version = 1, compatible_since = 1")
+        .await
+        .unwrap();
+    assert!(
+        ibkr_gateway::store::PostgresStore::open_existing(&options)
+            .await
+            .is_err()
+    );
+    let version: i32 = client
+        .query_one("SELECT version FROM ibkr_gateway_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1);
 }
 
 /// Copies every file of `from` into `to` (a state directory's backup, or putting one back).

@@ -32,9 +32,9 @@ impl PostgresStore {
             .prepare_cached("DELETE FROM pairing_exchanges WHERE started_at <= $1")
             .await?;
         client.execute(&expire, &[&limits.started_after_ms]).await?;
-        // The counts and the insert are one statement; two replicas adding at the same
-        // moment may each see the other's row missing, so the bound may be passed by the
-        // number of replicas adding at once, never more.
+        // The counts and the insert are one statement, but two adds at the same moment may
+        // each miss the other's row: the bound may be passed by the number of adds running
+        // at once (every replica's pooled connections), never more.
         let insert = client
             .prepare_cached(
                 "INSERT INTO pairing_exchanges

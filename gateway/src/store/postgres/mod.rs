@@ -40,6 +40,53 @@ use tokio_postgres::NoTls;
 /// of every replica's audit chain.
 const SCHEMA_VERSION: i32 = 2;
 
+/// The oldest schema version whose gateways can still use a database at [`SCHEMA_VERSION`]:
+/// version 2 only added tables, so a version 1 gateway can (a rolling upgrade goes on with old
+/// and new replicas side by side).
+const COMPATIBLE_SINCE: i32 = 1;
+
+/// What the schema table says.
+#[derive(Clone, Copy, Debug)]
+struct RecordedSchema {
+    version: i32,
+    compatible_since: i32,
+}
+
+async fn recorded_schema(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Option<RecordedSchema>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT version, compatible_since FROM ibkr_gateway_schema WHERE id = 1",
+            &[],
+        )
+        .await?
+        .map(|row| RecordedSchema {
+            version: row.get(0),
+            compatible_since: row.get(1),
+        }))
+}
+
+/// Whether this gateway can use a database at `schema`: any version up to its own (it
+/// upgrades older ones, unless `as_is`: then it needs its own), and a newer one whose writer
+/// declared this version compatible.
+fn check_schema(schema: RecordedSchema, as_is: bool) -> Result<(), StoreError> {
+    if schema.version < 1 {
+        return Err(StoreError::Corrupt("unsupported schema version"));
+    }
+    if schema.version > SCHEMA_VERSION && schema.compatible_since > SCHEMA_VERSION {
+        return Err(StoreError::Config(
+            "the shared store was upgraded by a newer gateway that this one cannot work with; upgrade this gateway",
+        ));
+    }
+    if as_is && schema.version < SCHEMA_VERSION {
+        return Err(StoreError::Config(
+            "the shared store's schema is older than this gateway's: start a gateway of this version on it first",
+        ));
+    }
+    Ok(())
+}
+
 /// The advisory lock key schema changes run under (any constant; "ibkrgw01" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6962_6b72_6777_3031;
 
@@ -202,6 +249,13 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects, and creates or upgrades the schema.
     pub async fn open(options: &PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore::connect(options)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The pool, before anything is asked of the database.
+    fn connect(options: &PostgresOptions) -> Result<PostgresStore, StoreError> {
         let mut config: tokio_postgres::Config = options
             .url
             .parse()
@@ -225,9 +279,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|_| StoreError::Config("the PostgreSQL pool could not be built"))?;
-        let store = PostgresStore { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(PostgresStore { pool })
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -243,16 +295,16 @@ impl PostgresStore {
             "CREATE TABLE IF NOT EXISTS ibkr_gateway_schema (
                  id      INTEGER PRIMARY KEY CHECK (id = 1),
                  version INTEGER NOT NULL
-             )",
+             );
+             ALTER TABLE ibkr_gateway_schema
+                 ADD COLUMN IF NOT EXISTS compatible_since INTEGER NOT NULL DEFAULT 1",
         )
         .await?;
-        let version: Option<i32> = tx
-            .query_opt("SELECT version FROM ibkr_gateway_schema WHERE id = 1", &[])
-            .await?
-            .map(|row| row.get(0));
+        let recorded = recorded_schema(&tx).await?;
         // Each step upgrades by one version, so a database at any earlier version (or none)
-        // arrives at the current one.
-        let mut at = match version {
+        // arrives at the current one; one a newer gateway wrote is used as it is if that
+        // gateway said this one can.
+        let mut at = match recorded {
             None => {
                 tx.batch_execute(SCHEMA_V1).await?;
                 tx.execute(
@@ -262,23 +314,47 @@ impl PostgresStore {
                 .await?;
                 1
             }
-            Some(version) if (1..=SCHEMA_VERSION).contains(&version) => version,
-            Some(_) => return Err(StoreError::Corrupt("unsupported schema version")),
+            Some(schema) => {
+                check_schema(schema, false)?;
+                if schema.version >= SCHEMA_VERSION {
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                schema.version
+            }
         };
         if at == 1 {
             tx.batch_execute(SCHEMA_V2).await?;
             at = 2;
         }
         tx.execute(
-            "UPDATE ibkr_gateway_schema SET version = $1 WHERE id = 1",
-            &[&at],
+            "UPDATE ibkr_gateway_schema SET version = $1, compatible_since = $2 WHERE id = 1",
+            &[&at, &COMPATIBLE_SINCE],
         )
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// The pairings generation as last committed, by any replica.
+    /// Connects to a database a gateway already set up, without changing its schema (for
+    /// commands that only read).
+    pub async fn open_existing(options: &PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore::connect(options)?;
+        let client = store.client().await?;
+        let recorded = recorded_schema(&client).await?;
+        match recorded {
+            Some(schema) => check_schema(schema, true)?,
+            None => {
+                return Err(StoreError::Config(
+                    "the shared store has no schema yet: start a gateway on it first",
+                ));
+            }
+        }
+        drop(client);
+        Ok(store)
+    }
+
+    /// The pairings generation as last committed, by any replica.    /// The pairings generation as last committed, by any replica.
     pub(crate) async fn pairings_generation(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(SELECT_GENERATION).await?;
