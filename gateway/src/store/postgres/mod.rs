@@ -40,9 +40,9 @@ use tokio_postgres::NoTls;
 /// of every replica's audit chain.
 const SCHEMA_VERSION: i32 = 2;
 
-/// The oldest schema version whose gateways can still use a database at [`SCHEMA_VERSION`]:
-/// version 2 only added tables, so a version 1 gateway can (a rolling upgrade goes on with old
-/// and new replicas side by side).
+/// The oldest schema version whose gateways can still use a database at [`SCHEMA_VERSION`]
+/// (recorded with it, so that during a rolling upgrade older replicas go on beside newer
+/// ones): version 2 only added tables.
 const COMPATIBLE_SINCE: i32 = 1;
 
 /// What the schema table says.
