@@ -159,7 +159,21 @@ enum Refresh {
 #[derive(Clone, Debug)]
 enum Source {
     Fixed(String),
-    Discover { issuer: String },
+    Discover {
+        issuer: String,
+    },
+    /// This process's own authorization server: its JWKS document, read in process.
+    Local(LocalKeys),
+}
+
+/// A JWKS document this process publishes.
+#[derive(Clone)]
+struct LocalKeys(Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for LocalKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalKeys")
+    }
 }
 
 struct CacheState {
@@ -239,7 +253,20 @@ impl JwksCache {
                 issuer: issuer.to_string(),
             },
         };
-        Ok(JwksCache {
+        Ok(JwksCache::with_source(http, source))
+    }
+
+    /// Keys from this process's own authorization server: `document` gives its JWKS, which
+    /// goes through the same parser and cache as a fetched one.
+    pub fn local(document: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> JwksCache {
+        JwksCache::with_source(
+            reqwest::Client::new(),
+            Source::Local(LocalKeys(Arc::new(document))),
+        )
+    }
+
+    fn with_source(http: reqwest::Client, source: Source) -> JwksCache {
+        JwksCache {
             http,
             source,
             state: Mutex::new(CacheState {
@@ -254,7 +281,7 @@ impl JwksCache {
             fetch_lock: tokio::sync::Mutex::new(()),
             refresh_success: AtomicU64::new(0),
             refresh_failure: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Whether keys were ever loaded (for `/readyz`).
@@ -377,6 +404,7 @@ impl JwksCache {
 
     async fn fetch(&self) -> Result<Vec<VerificationKey>, FetchError> {
         let url = match &self.source {
+            Source::Local(LocalKeys(document)) => return parse_jwks(&document()),
             Source::Fixed(url) => url.clone(),
             Source::Discover { issuer } => {
                 match self.with_state(|state| state.discovered_url.clone()) {

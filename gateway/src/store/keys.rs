@@ -40,7 +40,7 @@ fn io_error(path: &Path, source: std::io::Error) -> KeyError {
 
 /// Writes `contents` to `path` atomically with mode 0600. Fails if `path` already exists, so
 /// two processes starting at once cannot overwrite each other's key.
-fn write_private_file_new(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_private_file_new(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let mut suffix = [0u8; 8];
     OsRng.fill_bytes(&mut suffix);
@@ -61,6 +61,17 @@ fn write_private_file_new(path: &Path, contents: &[u8]) -> Result<(), KeyError> 
     })();
     let _ = std::fs::remove_file(&temp);
     result
+}
+
+/// The bytes of a private file (refused when group or others can read it); `None` when it
+/// does not exist.
+pub(crate) fn read_private_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    check_private(path)?;
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    Ok(Some(Zeroizing::new(bytes)))
 }
 
 fn check_private(path: &Path) -> Result<(), KeyError> {
