@@ -13,8 +13,11 @@
 //! - [`pkce`]: RFC 7636, S256 only.
 //! - [`codes`]: authorization codes, single use, bound to client, redirect URI, verifier and
 //!   resource.
+//! - [`clients`]: client metadata (dynamic registration or a metadata document) and the
+//!   redirect URI rule.
 //! - [`errors`]: the OAuth errors, by the RFCs' names.
 
+pub mod clients;
 pub mod codes;
 pub mod errors;
 pub mod pkce;
