@@ -16,10 +16,12 @@
 //! - [`clients`]: client metadata (dynamic registration or a metadata document) and the
 //!   redirect URI rule.
 //! - [`errors`]: the OAuth errors, by the RFCs' names.
+//! - [`metadata`]: the RFC 8414 document and the endpoints' paths.
 
 pub mod clients;
 pub mod codes;
 pub mod errors;
+pub mod metadata;
 pub mod pkce;
 pub mod signing;
 pub mod tokens;
