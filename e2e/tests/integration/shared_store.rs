@@ -477,6 +477,7 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_used_only_
     client
         .batch_execute(
             "DROP TABLE mcp_sessions; DROP TABLE pairing_exchanges; DROP TABLE audit_records;
+             DROP TABLE refresh_tokens;
              UPDATE ibkr_gateway_schema SET version = 1",
         )
         .await
@@ -496,8 +497,13 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_used_only_
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
-    for table in ["mcp_sessions", "pairing_exchanges", "audit_records"] {
+    assert_eq!(version, 3);
+    for table in [
+        "mcp_sessions",
+        "pairing_exchanges",
+        "audit_records",
+        "refresh_tokens",
+    ] {
         client
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
             .await
@@ -508,7 +514,7 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_used_only_
     // A newer gateway's schema that it declared usable by this version is used as it is
     // (a rolling upgrade), never written back down.
     client
-        .batch_execute("UPDATE ibkr_gateway_schema SET version = 3, compatible_since = 2")
+        .batch_execute("UPDATE ibkr_gateway_schema SET version = 4, compatible_since = 3")
         .await
         .unwrap();
     let store = Store::open_postgres(&options).await.unwrap();
@@ -527,7 +533,7 @@ async fn a_version_1_database_is_upgraded_in_place_and_a_newer_one_is_used_only_
         .await
         .map(|row| (row.get(0), row.get(1)))
         .unwrap();
-    assert_eq!((version, since), (3, 2));
+    assert_eq!((version, since), (4, 3));
     drop(store);
     assert!(
         ibkr_gateway::store::PostgresStore::open_existing(&options)
@@ -660,4 +666,143 @@ async fn a_trail_put_back_from_an_older_copy_never_rewrites_the_shared_copy() {
         after.contains(first_three),
         "the first row 3 is kept as it was"
     );
+}
+
+fn refresh_token(
+    byte: u8,
+    family: &str,
+    expires_at_ms: i64,
+) -> ibkr_gateway::store::NewRefreshToken {
+    ibkr_gateway::store::NewRefreshToken {
+        digest: [byte; 32],
+        family_id: family.into(),
+        client_id: "client-1".into(),
+        subject: "alice".into(),
+        scopes: "ibkr:health:read".into(),
+        resource: "https://gateway.example/mcp".into(),
+        approval_id: format!("approval-of-{family}"),
+        created_at_ms: 1_000,
+        expires_at_ms,
+    }
+}
+
+fn successor(byte: u8) -> ibkr_gateway::store::RefreshSuccessor {
+    ibkr_gateway::store::RefreshSuccessor {
+        digest: [byte; 32],
+        expires_at_ms: 10_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_family_across_replicas() {
+    async fn scenario(replicas: Replicas, backend: &str) {
+        use ibkr_gateway::store::RefreshUse;
+        let [a, b, c] = &replicas.stores;
+        a.insert_refresh_token(refresh_token(1, "family-1", 10_000))
+            .await
+            .unwrap();
+        // Three replicas presented the same token at once, each with its own successor: one
+        // rotates it; the others find it spent (or its family revoked already), and the
+        // family is revoked, the winner's successor included.
+        let (x, y, z) = tokio::join!(
+            a.use_refresh_token([1; 32], 2_000, successor(11)),
+            b.use_refresh_token([1; 32], 2_000, successor(12)),
+            c.use_refresh_token([1; 32], 2_000, successor(13)),
+        );
+        let uses = [x.unwrap(), y.unwrap(), z.unwrap()];
+        let rotated = uses
+            .iter()
+            .position(|used| matches!(used, RefreshUse::Rotated(_)))
+            .expect("one rotated");
+        assert_eq!(
+            uses.iter()
+                .filter(|used| matches!(used, RefreshUse::Rotated(_)))
+                .count(),
+            1,
+            "{backend}: {uses:?}"
+        );
+        assert!(
+            uses.iter()
+                .any(|used| matches!(used, RefreshUse::Reused { .. })),
+            "{backend}: {uses:?}"
+        );
+        let winner = 11 + u8::try_from(rotated).unwrap();
+        assert_eq!(
+            a.use_refresh_token([winner; 32], 3_000, successor(20))
+                .await
+                .unwrap(),
+            RefreshUse::Revoked,
+            "{backend}: the winner's successor went with its family"
+        );
+        // The losers' successors were never stored.
+        for loser in (11..=13).filter(|byte| *byte != winner) {
+            assert_eq!(
+                b.use_refresh_token([loser; 32], 3_000, successor(21))
+                    .await
+                    .unwrap(),
+                RefreshUse::Unknown,
+                "{backend}"
+            );
+        }
+
+        // One rotation, then the old token again: the new one dies with it.
+        a.insert_refresh_token(refresh_token(3, "family-2", 10_000))
+            .await
+            .unwrap();
+        assert!(matches!(
+            b.use_refresh_token([3; 32], 2_000, successor(4)).await.unwrap(),
+            RefreshUse::Rotated(grant) if grant.family_id == "family-2" && grant.client_id == "client-1"
+        ));
+        assert_eq!(
+            a.use_refresh_token([3; 32], 2_100, successor(30))
+                .await
+                .unwrap(),
+            RefreshUse::Reused {
+                family_id: "family-2".into()
+            },
+            "{backend}"
+        );
+        assert_eq!(
+            b.use_refresh_token([4; 32], 2_200, successor(31))
+                .await
+                .unwrap(),
+            RefreshUse::Revoked,
+            "{backend}"
+        );
+
+        // The owner revokes an agent: every token of its approval goes.
+        a.insert_refresh_token(refresh_token(7, "family-4", 10_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.revoke_refresh_tokens_of_approval("approval-of-family-4".into(), 2_000)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            a.use_refresh_token([7; 32], 2_100, successor(32))
+                .await
+                .unwrap(),
+            RefreshUse::Revoked
+        );
+
+        // Expired and unknown tokens.
+        a.insert_refresh_token(refresh_token(5, "family-3", 2_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.use_refresh_token([5; 32], 2_000, successor(33))
+                .await
+                .unwrap(),
+            RefreshUse::Expired
+        );
+        assert_eq!(
+            c.use_refresh_token([6; 32], 2_000, successor(34))
+                .await
+                .unwrap(),
+            RefreshUse::Unknown
+        );
+    }
+    on_both_backends!(scenario);
 }

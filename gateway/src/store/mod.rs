@@ -25,8 +25,8 @@ pub mod sqlite;
 pub use pairing_cache::UserPairings;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use records::{
-    CodeCheck, CodeState, CompleteOutcome, NewPairing, NewPairingCode, PairingExchange, PairingId,
-    PairingRecord,
+    CodeCheck, CodeState, CompleteOutcome, NewPairing, NewPairingCode, NewRefreshToken,
+    PairingExchange, PairingId, PairingRecord, RefreshGrant, RefreshSuccessor, RefreshUse,
 };
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::{connect, write_transaction};
@@ -527,6 +527,52 @@ impl Store {
             Backend::Sqlite(sqlite) => sqlite.accept_handshake_timestamp(key, timestamp_ms).await,
             Backend::Postgres(postgres) => {
                 postgres.accept_handshake_timestamp(key, timestamp_ms).await
+            }
+        }
+    }
+
+    /// Keeps a refresh token (its digest and its family's terms).
+    pub async fn insert_refresh_token(&self, token: NewRefreshToken) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.insert_refresh_token(token).await,
+            Backend::Postgres(postgres) => postgres.insert_refresh_token(token).await,
+        }
+    }
+
+    /// Spends a refresh token and stores its `successor`, in one transaction: a token is
+    /// rotated once; presenting a spent one revokes its whole family (RFC 9700 section
+    /// 4.14.2), the successor included, since the reuse waits for the rotation to commit.
+    pub async fn use_refresh_token(
+        &self,
+        digest: [u8; 32],
+        now_ms: i64,
+        successor: RefreshSuccessor,
+    ) -> Result<RefreshUse, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.use_refresh_token(digest, now_ms, successor).await,
+            Backend::Postgres(postgres) => {
+                postgres.use_refresh_token(digest, now_ms, successor).await
+            }
+        }
+    }
+
+    /// Revokes every refresh token from one approval (the owner revoked the agent, or one
+    /// of its codes was reused). Returns how many were live.
+    pub async fn revoke_refresh_tokens_of_approval(
+        &self,
+        approval_id: String,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .revoke_refresh_tokens_of_approval(approval_id, now_ms)
+                    .await
+            }
+            Backend::Postgres(postgres) => {
+                postgres
+                    .revoke_refresh_tokens_of_approval(approval_id, now_ms)
+                    .await
             }
         }
     }

@@ -262,3 +262,55 @@ pub(crate) fn journal_ref(
         .ok_or(StoreError::Corrupt("journal_hash"))?;
     Ok(protocol::envelope::JournalRef { seq, hash })
 }
+
+/// A refresh token to keep (only its digest: the token itself is handed to the client once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRefreshToken {
+    /// SHA-256 of the token.
+    pub digest: [u8; 32],
+    /// Every token rotated from one authorization shares it; reuse of any revokes them all.
+    pub family_id: String,
+    pub client_id: String,
+    pub subject: String,
+    /// Space-separated.
+    pub scopes: String,
+    pub resource: String,
+    /// The approval on the laptop the family comes from.
+    pub approval_id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What a refresh token grants (its family's terms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshGrant {
+    pub family_id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scopes: String,
+    pub resource: String,
+    pub approval_id: String,
+}
+
+/// The token that replaces a rotated one (same family and terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshSuccessor {
+    pub digest: [u8; 32],
+    pub expires_at_ms: i64,
+}
+
+/// What presenting a refresh token found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// Spent now, and its successor stored in the same transaction.
+    Rotated(RefreshGrant),
+    Unknown,
+    Expired,
+    /// Its family was revoked (by the owner, or after a reuse).
+    Revoked,
+    /// It had been spent already: a copy is in someone else's hands. The whole family is
+    /// revoked now.
+    Reused {
+        family_id: String,
+    },
+}

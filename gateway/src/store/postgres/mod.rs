@@ -26,6 +26,7 @@ pub mod handshakes;
 pub mod mcp_sessions;
 pub mod pairing_codes;
 pub mod pairings;
+pub mod refresh_tokens;
 
 use super::{KeyContinuity, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
@@ -38,11 +39,12 @@ use tokio_postgres::NoTls;
 /// 2: MCP sessions (so any replica serves a session another created), pairing exchanges in
 /// progress (so `/pair/finish` may reach another replica than `/pair/start`), and the copy
 /// of every replica's audit chain.
-const SCHEMA_VERSION: i32 = 2;
+/// 3: the built-in authorization server's refresh tokens.
+const SCHEMA_VERSION: i32 = 3;
 
 /// The oldest schema version whose gateways can still use a database at [`SCHEMA_VERSION`]
 /// (recorded with it, so that during a rolling upgrade older replicas go on beside newer
-/// ones): version 2 only added tables.
+/// ones): versions 2 and 3 only added tables.
 const COMPATIBLE_SINCE: i32 = 1;
 
 /// What the schema table says.
@@ -207,6 +209,24 @@ pub(crate) async fn within<T>(
         })
 }
 
+const SCHEMA_V3: &str = "
+CREATE TABLE refresh_tokens (
+    digest      BYTEA PRIMARY KEY,
+    family_id   TEXT NOT NULL,
+    client_id   TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    approval_id TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    revoked_at  BIGINT
+);
+CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+CREATE INDEX refresh_tokens_by_approval ON refresh_tokens(approval_id);
+";
+
 /// The one-row read of the pairings generation.
 const SELECT_GENERATION: &str = "SELECT generation FROM pairings_generation WHERE id = 1";
 
@@ -326,6 +346,10 @@ impl PostgresStore {
         if at == 1 {
             tx.batch_execute(SCHEMA_V2).await?;
             at = 2;
+        }
+        if at == 2 {
+            tx.batch_execute(SCHEMA_V3).await?;
+            at = 3;
         }
         tx.execute(
             "UPDATE ibkr_gateway_schema SET version = $1, compatible_since = $2 WHERE id = 1",

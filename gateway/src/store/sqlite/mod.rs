@@ -21,6 +21,7 @@
 pub mod handshakes;
 pub mod pairing_codes;
 pub mod pairings;
+pub mod refresh_tokens;
 
 use super::{KeyContinuity, StoreError, create_private_file, ensure_state_dir};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -39,8 +40,23 @@ pub const DATABASE_FILE: &str = "gateway.sqlite3";
 /// 5: `gateway_key` records the key the pairings were made with. 6: a pairing ended by a
 /// gateway key rotation says so (`revoked_reason`), so its user is told why. 7: the
 /// `pairings_generation` counter, raised by triggers on every change of `pairings` (see
-/// [`crate::store::pairing_cache`]).
-const SCHEMA_VERSION: i64 = 7;
+/// [`crate::store::pairing_cache`]). 8: the built-in authorization server's refresh tokens.
+const SCHEMA_VERSION: i64 = 8;
+const REFRESH_TOKENS_TABLE: &str = "CREATE TABLE refresh_tokens (
+     digest      BLOB PRIMARY KEY,
+     family_id   TEXT NOT NULL,
+     client_id   TEXT NOT NULL,
+     subject     TEXT NOT NULL,
+     scopes      TEXT NOT NULL,
+     resource    TEXT NOT NULL,
+     approval_id TEXT NOT NULL,
+     created_at  INTEGER NOT NULL,
+     expires_at  INTEGER NOT NULL,
+     used_at     INTEGER,
+     revoked_at  INTEGER
+ );
+ CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+ CREATE INDEX refresh_tokens_by_approval ON refresh_tokens(approval_id);";
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -225,8 +241,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute_batch(PAIRINGS_GENERATION)?;
         }
         (6, _) => tx.execute_batch(PAIRINGS_GENERATION)?,
-        (SCHEMA_VERSION, _) => {}
+        (7 | SCHEMA_VERSION, _) => {}
         _ => return Err(StoreError::Corrupt("unsupported schema version")),
+    }
+    if version < 8 {
+        tx.execute_batch(REFRESH_TOKENS_TABLE)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -472,6 +491,7 @@ mod tests {
             .execute_batch(
                 "DROP TRIGGER pairings_generation_insert; DROP TRIGGER pairings_generation_update;
                  DROP TRIGGER pairings_generation_delete; DROP TABLE pairings_generation;
+                 DROP TABLE refresh_tokens;
                  INSERT INTO pairings (pairing_id, sidecar_id, sidecar_public_key, user_id,
                                        display_name, created_at) VALUES
                      ('00112233445566778899aabbccddeeff', 'laptop-1',
