@@ -8,7 +8,8 @@
 //! - A code presented again after it was spent answers `invalid_grant` and names the approval
 //!   it came from, so the caller revokes every token issued under it (RFC 6749 section
 //!   4.1.2: a code used twice may have been stolen).
-//! - Codes live [`CODE_TTL`]; at most [`MAX_CODES`] are kept.
+//! - Codes live [`CODE_TTL`]; a spent one is remembered [`REUSE_MEMORY`] longer; at most
+//!   [`MAX_CODES`] are kept.
 
 use super::errors::{OAuthError, OAuthErrorCode};
 use super::pkce::CodeChallenge;
@@ -25,6 +26,8 @@ use tokio::time::Instant;
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Most codes kept at once.
 pub const MAX_CODES: usize = 10_000;
+/// How long a spent code is remembered after it expired, to recognise its reuse.
+pub const REUSE_MEMORY: Duration = Duration::from_secs(600);
 
 /// What a code grants, fixed when it is issued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,11 +79,24 @@ struct Entry {
     grant: CodeGrant,
     expires: Instant,
     spent: bool,
+    /// Presented again after it was spent.
+    reused: bool,
 }
 
 #[derive(Default)]
 pub struct CodeBook {
     codes: Mutex<HashMap<[u8; 32], Entry>>,
+}
+
+impl CodeBook {
+    /// Whether a code of `approval_id` was presented again after it was spent (for as long
+    /// as the code is remembered): tokens issued for it must not stand, even those stored
+    /// after the reuse was seen.
+    pub fn was_reused(&self, approval_id: &str) -> bool {
+        self.lock()
+            .values()
+            .any(|entry| entry.reused && entry.grant.approval_id == approval_id)
+    }
 }
 
 impl std::fmt::Debug for CodeBook {
@@ -112,7 +128,9 @@ impl CodeBook {
         let code = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let now = Instant::now();
         let mut codes = self.lock();
-        codes.retain(|_, entry| entry.expires > now);
+        codes.retain(|_, entry| {
+            entry.expires > now || (entry.spent && entry.expires + REUSE_MEMORY > now)
+        });
         if codes.len() >= MAX_CODES {
             return None;
         }
@@ -122,6 +140,7 @@ impl CodeBook {
                 grant,
                 expires: now + CODE_TTL,
                 spent: false,
+                reused: false,
             },
         );
         Some(code)
@@ -139,6 +158,7 @@ impl CodeBook {
                 ));
             };
             if entry.spent {
+                entry.reused = true;
                 return Err(RedeemError::Reused {
                     approval_id: entry.grant.approval_id.clone(),
                 });

@@ -1,6 +1,7 @@
 //! The gateway's own OAuth 2.1 authorization server, its core so far: the signing key and the
-//! JWKS it publishes, the RFC 9068 access tokens it mints, PKCE and single-use authorization
-//! codes. It is not served yet: no endpoint reaches it.
+//! JWKS it publishes, the RFC 9068 access tokens it mints, PKCE, client metadata, single-use
+//! authorization codes and the token endpoint's grants with rotating refresh tokens. It is not
+//! served yet: no endpoint reaches it.
 //!
 //! A token this server mints is checked by the same code as an external issuer's
 //! ([`crate::oauth::token::TokenValidator`]): the validator's key cache reads this server's
@@ -15,12 +16,14 @@
 //!   resource.
 //! - [`clients`]: client metadata (dynamic registration or a metadata document) and the
 //!   redirect URI rule.
+//! - [`grants`]: the token endpoint's `authorization_code` and `refresh_token` grants.
 //! - [`errors`]: the OAuth errors, by the RFCs' names.
 //! - [`metadata`]: the RFC 8414 document and the endpoints' paths.
 
 pub mod clients;
 pub mod codes;
 pub mod errors;
+pub mod grants;
 pub mod metadata;
 pub mod pkce;
 pub mod signing;
