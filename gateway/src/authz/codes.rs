@@ -202,16 +202,18 @@ impl CodeBook {
     }
 }
 
+/// A grant and its PKCE pair, for tests of this module and the token endpoint.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-    const REDIRECT: &str = "http://127.0.0.1:33418/callback";
-    const RESOURCE: &str = "https://gateway.example/mcp";
+    /// RFC 7636 appendix B.
+    pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    pub const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+    pub const RESOURCE: &str = "https://gateway.example/mcp";
 
-    fn grant() -> CodeGrant {
+    pub fn grant() -> CodeGrant {
         CodeGrant {
             client_id: "client-1".into(),
             redirect_uri: REDIRECT.into(),
@@ -222,6 +224,12 @@ mod tests {
             approval_id: "approval-1".into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
 
     fn redemption(code: &str) -> Redemption<'_> {
         Redemption {

@@ -250,13 +250,7 @@ impl TokenEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::codes::CodeGrant;
-    use crate::authz::pkce::CodeChallenge;
-
-    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-    const REDIRECT: &str = "http://127.0.0.1:40000/callback";
-    const RESOURCE: &str = "https://gateway.example/mcp";
+    use crate::authz::codes::test_support::{REDIRECT, RESOURCE, VERIFIER, grant};
 
     struct Fixture {
         endpoint: TokenEndpoint,
@@ -279,18 +273,7 @@ mod tests {
     }
 
     fn code(endpoint: &TokenEndpoint) -> String {
-        endpoint
-            .codes
-            .issue(CodeGrant {
-                client_id: "client-1".into(),
-                redirect_uri: REDIRECT.into(),
-                challenge: CodeChallenge::parse(CHALLENGE, Some("S256")).unwrap(),
-                resource: RESOURCE.into(),
-                scopes: ScopeSet::from_list(&["ibkr:health:read"]),
-                subject: "alice".into(),
-                approval_id: "approval-1".into(),
-            })
-            .unwrap()
+        endpoint.codes.issue(grant()).unwrap()
     }
 
     fn code_form(code: &str) -> TokenForm {
@@ -348,7 +331,7 @@ mod tests {
         wrong_verifier.code_verifier = Some(format!("{}x", &VERIFIER[..42]));
         assert_eq!(refused(endpoint, &wrong_verifier).await, "invalid_grant");
         let mut elsewhere = code_form(&code(endpoint));
-        elsewhere.redirect_uri = Some("http://127.0.0.1:40000/other".into());
+        elsewhere.redirect_uri = Some("http://127.0.0.1:33418/other".into());
         assert_eq!(refused(endpoint, &elsewhere).await, "invalid_grant");
         let mut other_resource = code_form(&code(endpoint));
         other_resource.resource = Some("https://other.example/mcp".into());
