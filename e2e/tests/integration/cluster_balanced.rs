@@ -408,3 +408,32 @@ async fn a_pairing_exchange_started_on_one_replica_finishes_on_another_once() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_the_shared_store_cannot_record_is_refused_and_the_session_kept() {
+    let Some(mut cluster) = Cluster::start_behind_balancer(2).await.unwrap() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let owner = cluster.token(0, SCOPES).unwrap();
+    let url = cluster.direct_mcp_url(0).unwrap();
+    let session = new_session(&http, &url, &owner).await;
+    cluster.postgres.stop().unwrap();
+    let refused = http
+        .delete(&url)
+        .bearer_auth(&owner)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "SHARED_STORE_UNAVAILABLE");
+    assert_eq!(body["error"]["retryable"], true);
+    // Left as it was: it still serves its owner on the replica holding it.
+    let listed = post_mcp(&http, &url, &owner, Some(&session), tools_list()).await;
+    assert_eq!(listed.status(), 200);
+    cluster.postgres.restart().unwrap();
+    cluster.shutdown().await;
+}

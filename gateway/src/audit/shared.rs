@@ -105,7 +105,7 @@ impl SharedCopy {
         let window = i64::try_from(COPY_BATCH).unwrap_or(i64::MAX);
         while upper > 0 {
             let lower = upper.saturating_sub(window);
-            let rows = self.rows_between(lower, upper).await?;
+            let rows = self.rows(lower, upper).await?;
             let keys: Vec<(i64, String)> = rows
                 .iter()
                 .map(|(row, _, hash)| (row.id, row_key(row.id, hash.as_deref())))
@@ -141,32 +141,17 @@ impl SharedCopy {
         Ok(0)
     }
 
-    /// Local rows with `lower < id <= upper`, in order.
-    async fn rows_between(&self, lower: i64, upper: i64) -> Result<Vec<ChainedRow>, StoreError> {
-        self.local
-            .run(move |conn| {
-                let mut statement = conn.prepare_cached(&format!(
-                    "SELECT {} FROM audit WHERE id > ?1 AND id <= ?2 ORDER BY id",
-                    super::log::ROW_COLUMNS
-                ))?;
-                let rows =
-                    statement.query_map(rusqlite::params![lower, upper], super::log::read_row)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
-    }
-
-    /// Up to [`COPY_BATCH`] local rows after `after`, in order.
-    async fn rows_after(&self, after: i64) -> Result<Vec<ChainedRow>, StoreError> {
+    /// Up to [`COPY_BATCH`] local rows with `after < id <= upper`, in order.
+    async fn rows(&self, after: i64, upper: i64) -> Result<Vec<ChainedRow>, StoreError> {
         let limit = i64::try_from(COPY_BATCH).unwrap_or(i64::MAX);
         self.local
             .run(move |conn| {
                 let mut statement = conn.prepare_cached(&format!(
-                    "SELECT {} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    "SELECT {} FROM audit WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
                     super::log::ROW_COLUMNS
                 ))?;
-                let rows =
-                    statement.query_map(rusqlite::params![after, limit], super::log::read_row)?;
+                let rows = statement
+                    .query_map(rusqlite::params![after, upper, limit], super::log::read_row)?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await
@@ -269,7 +254,7 @@ impl SharedCopy {
     /// Copies every local row after `through`; returns the last row the copy now holds.
     async fn catch_up(&self, mut through: i64) -> Result<i64, StoreError> {
         loop {
-            let rows = self.rows_after(through).await?;
+            let rows = self.rows(through, i64::MAX).await?;
             let Some(last) = rows.last().map(|(row, _, _)| row.id) else {
                 return Ok(through);
             };

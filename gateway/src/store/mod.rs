@@ -200,21 +200,14 @@ impl Store {
                 "the shared store is unreachable".into(),
             ));
         }
-        let read = tokio::time::timeout(GENERATION_WAIT, postgres.pairings_generation()).await;
-        match read {
-            Ok(Ok(generation)) => {
+        match postgres::within(GENERATION_WAIT, postgres.pairings_generation()).await {
+            Ok(generation) => {
                 self.note_generation(generation);
                 Ok(generation)
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 self.note_failure();
                 Err(error)
-            }
-            Err(_) => {
-                self.note_failure();
-                Err(StoreError::Unavailable(
-                    "the shared store did not answer in time".into(),
-                ))
             }
         }
     }
