@@ -59,6 +59,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const CONNECTION_DRAIN: Duration = Duration::from_secs(4);
 /// Bound on the non-streaming endpoints (pairing, metadata, health, metrics).
 const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest body the authorization server's endpoints read (client metadata is far smaller).
+const MAX_AUTHZ_BODY_BYTES: usize = 16 * 1024;
 /// Bound on the store round trip of `/readyz`.
 const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Shortest `/metrics` bearer token accepted from the environment.
@@ -208,6 +210,33 @@ fn build_router(state: Arc<AppState>, server_shutdown: &CancellationToken) -> Ro
             .layer(DefaultBodyLimit::max(MAX_PAIRING_BODY_BYTES))
             .layer(short_timeout());
         router = router.merge(pairing).route("/relay", get(relay_upgrade));
+    }
+
+    if state.authz.is_some() {
+        use crate::authz::metadata::{
+            AUTHORIZE_PATH, JWKS_PATH, REGISTER_PATH, REVOKE_PATH, TOKEN_PATH,
+        };
+        use crate::authz::routes;
+        let endpoints = Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(routes::metadata),
+            )
+            .route(JWKS_PATH, get(routes::jwks))
+            .route(REGISTER_PATH, post(routes::register))
+            .route(AUTHORIZE_PATH, get(routes::authorize).post(routes::ask))
+            .route(TOKEN_PATH, post(routes::token))
+            .route(REVOKE_PATH, post(routes::revoke))
+            .layer(DefaultBodyLimit::max(MAX_AUTHZ_BODY_BYTES))
+            .layer(short_timeout());
+        // The page's long poll outlives the short timeout (it waits up to 25 s).
+        let status = Router::new()
+            .route("/oauth/authorize/status", get(routes::status))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ));
+        router = router.merge(endpoints).merge(status);
     }
 
     if state.resolved.mcp_enabled {
@@ -620,8 +649,37 @@ async fn start_with(
     let resolved = config.resolve()?;
     let server_shutdown = CancellationToken::new();
 
-    let validator = match (&resolved.issuer, resolved.mcp_enabled) {
-        (Some(issuer), true) => {
+    // The built-in authorization server's signing key, when it runs.
+    let authz_key = if resolved.builtin_authorization_server && resolved.mcp_enabled {
+        let state_dir = config.state_dir.clone();
+        let key = tokio::task::spawn_blocking(move || {
+            crate::authz::signing::SigningKey::load_or_create(&state_dir)
+        })
+        .await
+        .map_err(|_| StartError::Keys("startup task failed".into()))?
+        .map_err(|e| StartError::Keys(e.to_string()))?;
+        Some(Arc::new(key))
+    } else {
+        None
+    };
+    let validator = match (&resolved.issuer, resolved.mcp_enabled, &authz_key) {
+        (Some(issuer), true, Some(key)) => {
+            // The same validator as for an external issuer, its keys read in process.
+            let published = Arc::clone(key);
+            let jwks = Arc::new(JwksCache::local(move || published.jwks()));
+            jwks.initial_fetch().await;
+            let settings = ValidatorSettings {
+                issuer: issuer.clone(),
+                audiences: resolved.audiences.clone(),
+                algorithms: vec![crate::authz::signing::SIGNING_ALGORITHM],
+                clock_skew_seconds: config.remote_mcp.clock_skew_seconds,
+                require_typ_at_jwt: true,
+                allowed_scopes: resolved.allowed_scopes.clone(),
+                agent_claim: true,
+            };
+            Some(TokenValidator::new(settings, jwks))
+        }
+        (Some(issuer), true, None) => {
             let jwks = JwksCache::new(issuer, resolved.jwks_url.as_deref())
                 .map_err(|e| StartError::Keys(e.to_string()))?;
             let jwks = Arc::new(jwks);
@@ -641,6 +699,7 @@ async fn start_with(
                 clock_skew_seconds: config.remote_mcp.clock_skew_seconds,
                 require_typ_at_jwt: config.remote_mcp.require_typ_at_jwt,
                 allowed_scopes: resolved.allowed_scopes.clone(),
+                agent_claim: false,
             };
             Some(TokenValidator::new(settings, jwks))
         }
@@ -687,7 +746,15 @@ async fn start_with(
             server_shutdown.clone(),
         );
     }
+    let authz = match &authz_key {
+        Some(key) => Some(Arc::new(
+            build_authorization_server(&config, &resolved, &store, &relay, key, &server_shutdown)
+                .await?,
+        )),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        authz,
         subject_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_subject_per_minute),
         peer_limiter: RateLimiter::new(config.remote_mcp.rate_limit_per_peer_per_minute),
         mcp_sessions: Arc::new(mcp_sessions(&config, &store)),
@@ -743,6 +810,63 @@ async fn start_with(
         server_shutdown,
         server: Some(server),
         audit_writer: Some(audit_writer),
+    })
+}
+
+/// The built-in authorization server: its client registry, approval desk (fed by the relay)
+/// and token endpoint.
+async fn build_authorization_server(
+    config: &GatewayConfiguration,
+    resolved: &crate::config::Resolved,
+    store: &Store,
+    relay: &Arc<Relay>,
+    key: &Arc<crate::authz::signing::SigningKey>,
+    shutdown: &CancellationToken,
+) -> Result<crate::authz::AuthorizationServer, StartError> {
+    use crate::authz::{AuthorizationServer, approvals::ApprovalDesk, codes::CodeBook};
+    let issuer = resolved.base_url.clone();
+    // Documents on loopback only for a gateway that is itself on loopback (development).
+    let loopback_gateway = url::Url::parse(&resolved.base_url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_string))
+        .is_some_and(|host| {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    let state_dir = config.state_dir.clone();
+    let clients = tokio::task::spawn_blocking(move || {
+        crate::authz::registry::ClientRegistry::open(&state_dir, loopback_gateway)
+    })
+    .await
+    .map_err(|_| StartError::Keys("startup task failed".into()))?
+    .map_err(|e| StartError::Keys(e.to_string()))?;
+    let codes = Arc::new(CodeBook::default());
+    let desk = Arc::new(ApprovalDesk::new(
+        Arc::clone(relay),
+        Arc::clone(&codes),
+        store.clone(),
+        issuer.clone(),
+    ));
+    let (inbox_tx, inbox_rx) = tokio::sync::mpsc::channel(256);
+    // Set once, here, before the server accepts any connection.
+    let _ = relay.agent_inbox.set(inbox_tx);
+    tokio::spawn(Arc::clone(&desk).run(inbox_rx, shutdown.clone()));
+    Ok(AuthorizationServer {
+        tokens: crate::authz::grants::TokenEndpoint {
+            key: Arc::clone(key),
+            codes,
+            store: store.clone(),
+            issuer: issuer.clone(),
+            resource: resolved.resource.clone(),
+        },
+        issuer,
+        key: Arc::clone(key),
+        clients,
+        desk,
     })
 }
 

@@ -730,7 +730,11 @@ pub struct Resolved {
     pub relay_enabled: bool,
     pub mcp_enabled: bool,
     pub relay_url: Option<String>,
+    /// The issuer tokens must name: the external provider's, or `base_url` when the gateway
+    /// is its own authorization server.
     pub issuer: Option<String>,
+    /// True when `remote_mcp.issuer` is left out: the gateway's own authorization server runs.
+    pub builtin_authorization_server: bool,
     pub jwks_url: Option<String>,
     pub audiences: Vec<String>,
     pub allowed_scopes: Vec<String>,
@@ -985,25 +989,44 @@ impl GatewayConfiguration {
                 format!("must equal public_base_url + \"/mcp\" ({resource}) or be left out"),
             ));
         }
-        let text = mcp.issuer.as_deref().ok_or_else(|| {
-            ConfigError::invalid(
-                "remote_mcp.issuer",
-                "must be set to the authorization server's issuer URL",
-            )
-        })?;
-        let url = parse_url("remote_mcp.issuer", text, "https", "http")?;
-        if url.query().is_some() {
-            return Err(ConfigError::invalid(
-                "remote_mcp.issuer",
-                "must not have a query string",
-            ));
-        }
-        // Issuer comparison is exact (RFC 8414 / RFC 9068): keep the text as written.
-        let issuer = Some(text.trim().to_string());
-        if let Some(text) = &mcp.jwks_url {
-            parse_url("remote_mcp.jwks_url", text, "https", "http")?;
-            jwks_url = Some(text.trim().to_string());
-        }
+        // Without an external issuer the gateway is its own authorization server.
+        let builtin_authorization_server = mcp.issuer.is_none();
+        let issuer = match mcp.issuer.as_deref() {
+            None => {
+                if mcp.jwks_url.is_some() {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.jwks_url",
+                        "is only read with remote_mcp.issuer; the built-in authorization server \
+                         publishes its own keys",
+                    ));
+                }
+                if self.store.backend == StoreBackend::Postgres {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.issuer",
+                        "must be set on a cluster (store.backend: postgres): the built-in \
+                         authorization server keeps its approvals and signing key on one gateway; \
+                         use an external provider (docs/authorization.md)",
+                    ));
+                }
+                base_url.clone()
+            }
+            Some(text) => {
+                let url = parse_url("remote_mcp.issuer", text, "https", "http")?;
+                if url.query().is_some() {
+                    return Err(ConfigError::invalid(
+                        "remote_mcp.issuer",
+                        "must not have a query string",
+                    ));
+                }
+                if let Some(text) = &mcp.jwks_url {
+                    parse_url("remote_mcp.jwks_url", text, "https", "http")?;
+                    jwks_url = Some(text.trim().to_string());
+                }
+                // Issuer comparison is exact (RFC 8414 / RFC 9068): keep the text as written.
+                text.trim().to_string()
+            }
+        };
+        let issuer = Some(issuer);
         if let Some(list) = &mcp.audiences {
             let normalized: Vec<String> = list
                 .iter()
@@ -1323,6 +1346,7 @@ impl GatewayConfiguration {
             mcp_enabled: true,
             relay_url,
             issuer,
+            builtin_authorization_server,
             jwks_url,
             audiences,
             allowed_scopes,

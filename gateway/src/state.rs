@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub mcp_sessions: Arc<McpSessions>,
     pub relay: Arc<Relay>,
     pub pairing: PairingService,
+    /// The built-in authorization server, when no external issuer is configured.
+    pub authz: Option<Arc<crate::authz::AuthorizationServer>>,
 }
 
 impl std::fmt::Debug for AppState {

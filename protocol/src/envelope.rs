@@ -6,6 +6,7 @@
 //! token, cookies or any other credential: the gateway has sanitized the payload before it
 //! builds one.
 
+use crate::agents::ApprovalId;
 use crate::canonical;
 use crate::catalog::scopes;
 use crate::limits::{MAX_FRAME_PLAINTEXT, MAX_SHORT_STRING};
@@ -71,6 +72,10 @@ pub struct RelayRequest {
     /// the frame (relative, so the two clocks never need to agree).
     pub deadline_ms: u64,
     pub idempotency_key: Option<String>,
+    /// The approval behind the caller's token when the gateway's own authorization server
+    /// issued it (see [`crate::agents`]); `None` for a token of an external provider. The
+    /// sidecar refuses an agent it does not know or has revoked.
+    pub agent: Option<ApprovalId>,
 }
 
 impl RelayRequest {
@@ -104,6 +109,7 @@ impl RelayRequest {
             payload,
             deadline_ms,
             idempotency_key,
+            agent: None,
         };
         request.validate()?;
         Ok(request)

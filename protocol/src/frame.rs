@@ -1,5 +1,6 @@
 //! Frames: the plaintext messages inside encrypted transport records.
 
+use crate::agents::{AgentApprovalRequest, AgentDecision, ApprovalId};
 use crate::envelope::{RelayProgress, RelayRequest, RelayResponse, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,18 @@ pub enum Frame {
     /// Either side: the channel is closing now.
     Close {
         reason: CloseReason,
+    },
+    /// Gateway -> sidecar: an MCP client asks to act for this user (see [`crate::agents`]).
+    AgentApprovalRequest(AgentApprovalRequest),
+    /// Sidecar -> gateway: the owner approved or denied it.
+    AgentDecision(AgentDecision),
+    /// Sidecar -> gateway: the owner revoked this agent; end its tokens.
+    AgentRevoked {
+        approval_id: ApprovalId,
+    },
+    /// Gateway -> sidecar: the agent's refresh tokens are revoked and its access tokens refused.
+    AgentRevokedAck {
+        approval_id: ApprovalId,
     },
 }
 

@@ -18,6 +18,7 @@
 //! - [`limits`]: protocol-wide bounds.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod canonical;
 pub mod catalog;
 pub mod envelope;
@@ -34,11 +35,11 @@ mod noise;
 
 /// Version of the relay protocol. Bound into the pairing transcript, the Noise prologue and the
 /// handshake payloads, so two builds that disagree on it cannot complete a handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Older versions a gateway recognises only to tell such a sidecar to upgrade (a message 1 of
 /// another version does not decrypt, which would otherwise read as a key mismatch).
-pub const OLDER_PROTOCOL_VERSIONS: &[u16] = &[2];
+pub const OLDER_PROTOCOL_VERSIONS: &[u16] = &[2, 3];
 
 /// Label bound into every key derivation and hash of this protocol (domain separation). It
 /// names the protocol family; the version number is bound separately (version 2 kept the label

@@ -13,6 +13,7 @@
 //! should not learn them); paths appear only in the human output. One exception:
 //! `sidecar console --json` prints the console's login link, which is what it is asked for.
 
+mod agents;
 mod approvals;
 
 use crate::clock::now_unix_seconds;
@@ -111,6 +112,9 @@ pub enum SidecarCommand {
     Resume,
     /// Orders waiting for your approval (`trading.approval`): list, approve, deny.
     Approvals(approvals::ApprovalsArgs),
+    /// Agents connecting through the gateway's built-in sign-in: list, approve or deny with
+    /// the code their page shows, revoke.
+    Agents(agents::AgentsArgs),
     /// Run the daemon as a per-user service (systemd on Linux, launchd on macOS).
     Service(crate::service::ServiceArgs),
     /// Open the running daemon's console (a web page on loopback) in the browser, and print
@@ -544,6 +548,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         SidecarCommand::Pause(args) => Ok(pause_trading(&state_dir, &args, json)?),
         SidecarCommand::Resume => Ok(resume_trading(&state_dir, json)?),
         SidecarCommand::Approvals(args) => Ok(approvals::command(&state_dir, &args, json)?),
+        SidecarCommand::Agents(args) => Ok(agents::command(&state_dir, &args, json)?),
         SidecarCommand::Service(args) => Ok(crate::service::command(&state_dir, &args, json)?),
         SidecarCommand::Console(args) => Ok(crate::console::cli::command(&state_dir, &args, json)?),
         SidecarCommand::Doctor(args) => doctor_command(state_dir, &args, json),

@@ -32,6 +32,7 @@
 //!   [`clock`]: wall-clock helpers for the store.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod alerts;
 pub mod approvals;
 pub mod cli;

@@ -67,6 +67,23 @@ async fn run_call(
             return Outcome::Refused(ErrorCode::StateStoreError.body(None));
         }
     };
+    // An agent of the built-in authorization server runs only while approved here, and with
+    // no more than the scopes its owner granted.
+    let narrowed;
+    let request = match &request.agent {
+        None => request,
+        Some(agent) => {
+            match crate::agents::admit(&context.store, agent, crate::trading::now_ms()) {
+                Ok(granted) => {
+                    let mut copy = request.clone();
+                    copy.token_scopes.retain(|scope| granted.contains(scope));
+                    narrowed = copy;
+                    &narrowed
+                }
+                Err(code) => return Outcome::Refused(code.body(None)),
+            }
+        }
+    };
     let snapshot = connection.session.snapshot();
     let checked = match gates::check_request(
         request,

@@ -94,7 +94,7 @@ const MAX_CACHED_PAIRINGS: usize = 16;
 /// Schema version written to `PRAGMA user_version`. 2: pairings pin the gateway's pairing id.
 /// 3: requests from the laptop's owner to the running daemon. 4: the relay's last outcome, so
 /// `status` can say why the daemon is not connected. 5: the owner's pause of trading.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -170,6 +170,28 @@ CREATE TABLE trading_pause (
     paused_at   INTEGER NOT NULL,
     reason      TEXT NOT NULL
 );
+";
+
+/// Version 5 -> 6: agent connections the owner approves (see `crate::agents`).
+const SCHEMA_V5_TO_V6: &str = "
+CREATE TABLE agents (
+    approval_id       TEXT PRIMARY KEY,
+    client_id         TEXT NOT NULL,
+    client_name       TEXT NOT NULL,
+    redirect_uri      TEXT NOT NULL,
+    requested_scopes  TEXT NOT NULL,
+    granted_scopes    TEXT NOT NULL DEFAULT '',
+    confirmation_code TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    requested_at      INTEGER NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    decided_at        INTEGER NULL,
+    decided_by        TEXT NULL,
+    decision_sent     INTEGER NOT NULL DEFAULT 0,
+    revoke_acked      INTEGER NOT NULL DEFAULT 0,
+    last_used_at      INTEGER NULL
+);
+CREATE INDEX agents_by_code ON agents (confirmation_code) WHERE status = 'pending';
 ";
 
 /// Trading paused by the laptop's owner: every tool that could send a new order is refused
@@ -501,7 +523,7 @@ impl StateStore {
         &self.dir
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Connection>, SidecarError> {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Connection>, SidecarError> {
         self.connection
             .lock()
             .map_err(|_| SidecarError::state("(state store lock poisoned)"))
@@ -512,7 +534,7 @@ impl StateStore {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         match version {
-            0..=4 => {
+            0..=5 => {
                 if version == 0 {
                     transaction.execute_batch(SCHEMA_V1)?;
                 }
@@ -525,7 +547,10 @@ impl StateStore {
                 if version <= 3 {
                     transaction.execute_batch(SCHEMA_V3_TO_V4)?;
                 }
-                transaction.execute_batch(SCHEMA_V4_TO_V5)?;
+                if version <= 4 {
+                    transaction.execute_batch(SCHEMA_V4_TO_V5)?;
+                }
+                transaction.execute_batch(SCHEMA_V5_TO_V6)?;
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -1121,13 +1146,17 @@ mod tests {
             let connection =
                 Connection::open(dir.path().join(crate::paths::STATE_DB_FILE)).unwrap();
             connection
-                .execute_batch("DROP TABLE trading_pause; PRAGMA user_version = 4;")
+                .execute_batch(
+                    "DROP TABLE trading_pause; DROP TABLE agents; PRAGMA user_version = 4;",
+                )
                 .unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.trading_pause().unwrap(), None);
         store.pause_trading(1, "").unwrap();
         assert!(store.trading_pause().unwrap().is_some());
+        // Version 6's table came along.
+        assert!(crate::agents::list(&store, 0).unwrap().is_empty());
     }
 
     #[test]

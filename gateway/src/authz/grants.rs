@@ -153,7 +153,14 @@ impl TokenEndpoint {
                 "This authorization code was already used; every token issued with it is revoked.",
             ));
         }
-        self.answer(&grant.subject, client_id, &grant.scopes, refresh_token, now)
+        self.answer(
+            &grant.subject,
+            client_id,
+            &grant.scopes,
+            &grant.approval_id,
+            refresh_token,
+            now,
+        )
     }
 
     async fn refresh(
@@ -203,7 +210,14 @@ impl TokenEndpoint {
             ));
         }
         let scopes = ScopeSet::from_list(&grant.scopes.split_whitespace().collect::<Vec<_>>());
-        self.answer(&grant.subject, client_id, &scopes, refresh_token, now)
+        self.answer(
+            &grant.subject,
+            client_id,
+            &scopes,
+            &grant.approval_id,
+            refresh_token,
+            now,
+        )
     }
 
     fn answer(
@@ -211,6 +225,7 @@ impl TokenEndpoint {
         subject: &str,
         client_id: &str,
         scopes: &ScopeSet,
+        approval_id: &str,
         refresh_token: String,
         now_ms: i64,
     ) -> Result<TokenResponse, OAuthError> {
@@ -222,6 +237,7 @@ impl TokenEndpoint {
                 subject,
                 client_id,
                 scopes,
+                agent: Some(approval_id),
                 issued_at: now_ms / 1000,
                 lifetime: ACCESS_TOKEN_LIFETIME,
             },
@@ -233,6 +249,34 @@ impl TokenEndpoint {
             expires_in: ACCESS_TOKEN_LIFETIME.as_secs(),
             refresh_token,
             scope: scopes.to_oauth(),
+        })
+    }
+
+    /// RFC 7009 for a refresh token: spends it and answers the grant it belonged to (whose
+    /// family the caller then revokes), or `None` for a token that is unknown, spent, expired
+    /// or revoked already.
+    pub async fn spend_refresh_token(
+        &self,
+        presented: &str,
+    ) -> Result<Option<crate::store::RefreshGrant>, OAuthError> {
+        let now = unix_ms();
+        // The successor is stored with the spend and revoked with the family right after.
+        let (_, successor) = new_refresh_token();
+        let used = self
+            .store
+            .use_refresh_token(
+                Sha256::digest(presented.as_bytes()).into(),
+                now,
+                RefreshSuccessor {
+                    digest: successor,
+                    expires_at_ms: now,
+                },
+            )
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(match used {
+            RefreshUse::Rotated(grant) => Some(grant),
+            _ => None,
         })
     }
 

@@ -19,6 +19,8 @@ pub struct AccessToken<'a> {
     pub subject: &'a str,
     pub client_id: &'a str,
     pub scopes: &'a ScopeSet,
+    /// The laptop's approval this token acts under (claim `ibkr_agent`).
+    pub agent: Option<&'a str>,
     /// Unix seconds.
     pub issued_at: i64,
     pub lifetime: Duration,
@@ -31,6 +33,8 @@ struct Claims<'a> {
     aud: &'a str,
     client_id: &'a str,
     scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ibkr_agent: Option<&'a str>,
     jti: &'a str,
     iat: i64,
     nbf: i64,
@@ -56,6 +60,7 @@ pub fn mint(key: &SigningKey, token: &AccessToken<'_>) -> Result<Minted, AuthzEr
         aud: token.audience,
         client_id: token.client_id,
         scope: token.scopes.to_oauth(),
+        ibkr_agent: token.agent,
         jti: &jti,
         iat: token.issued_at,
         nbf: token.issued_at,
@@ -96,6 +101,7 @@ mod tests {
                 clock_skew_seconds: 0,
                 require_typ_at_jwt: true,
                 allowed_scopes: vec!["ibkr:health:read".into(), "ibkr:accounts:read".into()],
+                agent_claim: true,
             },
             jwks,
         )
@@ -108,6 +114,7 @@ mod tests {
             subject: "alice",
             client_id: "https://client.example/metadata.json",
             scopes,
+            agent: Some("00112233445566778899aabbccddeeff"),
             issued_at,
             lifetime: Duration::from_secs(300),
         }

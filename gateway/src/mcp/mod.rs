@@ -304,6 +304,7 @@ impl GatewayMcp {
                             tool,
                             arguments,
                             token_scopes: &auth.scopes,
+                            agent: auth.agent,
                         },
                         forwarder.as_ref().map(ProgressForwarder::sender),
                         &context.ct,
@@ -498,6 +499,7 @@ impl ServerHandler for GatewayMcp {
                             tool,
                             arguments: &arguments,
                             token_scopes: &auth.scopes,
+                            agent: auth.agent,
                         },
                         forwarder.as_ref().map(ProgressForwarder::sender),
                         &context.ct,
@@ -547,6 +549,7 @@ impl GatewayMcp {
             tool,
             arguments,
             token_scopes: &auth.scopes,
+            agent: auth.agent,
         };
         let prepared = match relay.prepare(&target, call, trace) {
             Ok(prepared) => prepared,

@@ -52,6 +52,8 @@ pub struct AuthContext {
     /// HMAC of the token's `jti` (see [`crate::audit`]); never the token.
     pub token_id: Option<String>,
     pub client_id: Option<String>,
+    /// The laptop's approval behind a token of the built-in authorization server.
+    pub agent: Option<protocol::agents::ApprovalId>,
 }
 
 fn json_error(status: StatusCode, error: &GatewayError) -> Response {
@@ -298,6 +300,12 @@ pub(crate) async fn require_bearer(
             }
         },
     };
+    // An agent the laptop revoked: its access tokens end now, not when they expire.
+    if let (Some(agent), Some(authz)) = (validated.agent.as_ref(), state.authz.as_ref())
+        && authz.desk.is_revoked(agent)
+    {
+        return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_token"));
+    }
     if let Err(retry_after) = state.subject_limiter.check(&validated.subject) {
         state.metrics.rate_limited(RateLimitScope::Subject);
         return too_many_requests(retry_after);
@@ -307,6 +315,7 @@ pub(crate) async fn require_bearer(
         subject: validated.subject,
         scopes: validated.scopes,
         client_id: validated.client_id,
+        agent: validated.agent,
     };
 
     let (mut parts, body) = request.into_parts();

@@ -32,6 +32,9 @@ pub struct ValidatedToken {
     /// The `jti` claim, used only to derive the audit HMAC.
     pub jti: Option<String>,
     pub client_id: Option<String>,
+    /// The laptop's approval behind a token of the built-in authorization server (its
+    /// `ibkr_agent` claim); always `None` for an external issuer's token.
+    pub agent: Option<protocol::agents::ApprovalId>,
 }
 
 /// Why a token was refused (logged, never shown).
@@ -68,6 +71,9 @@ pub struct ValidatorSettings {
     /// Refuse tokens whose header `typ` is not `at+jwt` / `application/at+jwt`.
     pub require_typ_at_jwt: bool,
     pub allowed_scopes: Vec<String>,
+    /// Read the `ibkr_agent` claim: only for tokens of the gateway's own authorization server
+    /// (an external issuer's claim of that name means nothing here).
+    pub agent_claim: bool,
 }
 
 pub struct TokenValidator {
@@ -237,13 +243,27 @@ impl TokenValidator {
             .get("client_id")
             .or_else(|| claims.get("azp"))
             .and_then(serde_json::Value::as_str)
-            .filter(|id| id.len() <= MAX_SUBJECT_BYTES)
+            .filter(|id| id.len() <= protocol::agents::MAX_CLIENT_URI)
             .map(str::to_string);
+        let agent = if self.settings.agent_claim {
+            match claims.get("ibkr_agent") {
+                None => None,
+                Some(value) => Some(
+                    value
+                        .as_str()
+                        .and_then(protocol::agents::ApprovalId::from_hex)
+                        .ok_or(TokenError::MissingClaim)?,
+                ),
+            }
+        } else {
+            None
+        };
         Ok(ValidatedToken {
             subject,
             scopes: ScopeSet::from_list(&allowed),
             jti,
             client_id,
+            agent,
         })
     }
 }

@@ -370,10 +370,50 @@ async fn handle_frame(
             Ok(())
         }
         Frame::Close { .. } => Err(Exit::PeerClosed),
-        // Gateway-to-sidecar frames coming the wrong way.
-        Frame::Request(_) | Frame::Cancel { .. } | Frame::SessionRenewed { .. } => {
-            Err(Exit::Close(CloseReason::ProtocolViolation))
+        Frame::AgentDecision(decision) => {
+            if decision.validate().is_err() {
+                return Err(Exit::Close(CloseReason::ProtocolViolation));
+            }
+            hand_to_desk(
+                relay,
+                crate::relay::AgentEvent::Decision {
+                    user_id: session.user_id.clone(),
+                    decision,
+                },
+            );
+            Ok(())
         }
+        Frame::AgentRevoked { approval_id } => {
+            hand_to_desk(
+                relay,
+                crate::relay::AgentEvent::Revoked {
+                    user_id: session.user_id.clone(),
+                    approval_id,
+                    reply: session.outbound.clone(),
+                },
+            );
+            Ok(())
+        }
+        // Gateway-to-sidecar frames coming the wrong way.
+        Frame::Request(_)
+        | Frame::Cancel { .. }
+        | Frame::SessionRenewed { .. }
+        | Frame::AgentApprovalRequest(_)
+        | Frame::AgentRevokedAck { .. } => Err(Exit::Close(CloseReason::ProtocolViolation)),
+    }
+}
+
+/// Passes an agent message to the approval desk. With no desk (an external issuer) or a full
+/// queue it is dropped: a decision then never arrives (the page's request expires) and a
+/// revocation is not acknowledged, so the sidecar sends it again at its next connection.
+fn hand_to_desk(relay: &Relay, event: crate::relay::AgentEvent) {
+    match relay.agent_inbox.get() {
+        Some(inbox) => {
+            if inbox.try_send(event).is_err() {
+                tracing::warn!("agent message dropped: the approval desk is busy");
+            }
+        }
+        None => tracing::debug!("agent message ignored: no built-in authorization server"),
     }
 }
 

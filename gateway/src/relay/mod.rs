@@ -86,6 +86,25 @@ pub struct Relay {
     pub(crate) tasks: TaskTracker,
     /// The other replicas, when there are any (`cluster` in the configuration).
     pub(crate) cluster: Option<Arc<crate::cluster::ClusterLink>>,
+    /// Where sidecars' answers about agent connections go (the built-in authorization
+    /// server's approval desk), when it runs.
+    pub(crate) agent_inbox: std::sync::OnceLock<tokio::sync::mpsc::Sender<AgentEvent>>,
+}
+
+/// A sidecar's message about an agent connection, as the relay hands it on.
+#[derive(Debug)]
+pub(crate) enum AgentEvent {
+    /// The owner approved or denied an approval request.
+    Decision {
+        user_id: String,
+        decision: protocol::agents::AgentDecision,
+    },
+    /// The owner revoked an agent; `reply` reaches the sidecar that said so.
+    Revoked {
+        user_id: String,
+        approval_id: protocol::agents::ApprovalId,
+        reply: tokio::sync::mpsc::Sender<protocol::frame::Frame>,
+    },
 }
 
 impl std::fmt::Debug for Relay {
@@ -114,7 +133,17 @@ impl Relay {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             cluster,
+            agent_inbox: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends `frame` to every live session of `user_id` on this replica; how many took it.
+    pub(crate) fn send_to_user(&self, user_id: &str, frame: &protocol::frame::Frame) -> usize {
+        self.registry
+            .sessions_for_user(user_id)
+            .iter()
+            .filter(|session| session.outbound.try_send(frame.clone()).is_ok())
+            .count()
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SessionEvent> {

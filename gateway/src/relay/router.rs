@@ -254,6 +254,7 @@ impl Relay {
             tool,
             arguments,
             token_scopes,
+            agent,
         } = call;
         check_arguments(tool, arguments)?;
         let deadline = self.settings.request_timeout;
@@ -287,6 +288,8 @@ impl Relay {
                 "The arguments cannot be canonicalized.",
             )
         })?;
+        let mut request = request;
+        request.agent = agent;
         trace.request_id = Some(request_id);
         trace.payload_hash = Some(request.payload_hash);
         Ok(PreparedCall {
@@ -446,6 +449,8 @@ pub struct ToolCall<'a> {
     pub tool: &'static ToolSpec,
     pub arguments: &'a serde_json::Value,
     pub token_scopes: &'a ScopeSet,
+    /// The laptop's approval behind the caller's token (built-in authorization server).
+    pub agent: Option<protocol::agents::ApprovalId>,
 }
 
 /// Checks a call's arguments before anything is forwarded: sensitive material first

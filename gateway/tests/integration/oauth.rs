@@ -24,6 +24,7 @@ fn validator(issuer: &TestIssuer) -> TokenValidator {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            agent_claim: false,
         },
         jwks,
     )

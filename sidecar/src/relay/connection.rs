@@ -209,6 +209,10 @@ impl Driver {
             "relay session established"
         );
         let mut broker_open = true;
+        let mut agent_tick = tokio::time::interval(crate::agents::SEND_INTERVAL);
+        agent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Revocations go out once per connection until confirmed.
+        let mut revocations_sent = std::collections::HashSet::new();
         loop {
             let liveness_at = self.start + self.liveness.next_deadline();
             let renew_at = self.renew_at;
@@ -252,6 +256,11 @@ impl Driver {
                     self.close(CloseReason::SessionExpired).await;
                     return ConnectionEnd::Closed { reason: "relay session expired".into() };
                 }
+                _ = agent_tick.tick() => {
+                    if let Err(end) = self.send_agent_messages(&mut revocations_sent).await {
+                        return end;
+                    }
+                }
                 changed = broker.changed(), if broker_open => {
                     match changed {
                         Ok(()) => {
@@ -265,6 +274,38 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Sends the owner's decisions and revocations the gateway has not had yet.
+    async fn send_agent_messages(
+        &mut self,
+        revocations_sent: &mut std::collections::HashSet<protocol::agents::ApprovalId>,
+    ) -> Result<(), ConnectionEnd> {
+        let frames = match crate::agents::outgoing(&self.context.store) {
+            Ok(frames) => frames,
+            Err(error) => {
+                tracing::warn!(code = %error.code(), "could not read agent decisions to send");
+                return Ok(());
+            }
+        };
+        for frame in frames {
+            match &frame {
+                Frame::AgentDecision(decision) => {
+                    self.send(&frame).await?;
+                    if let Err(error) = crate::agents::mark_decision_sent(
+                        &self.context.store,
+                        &decision.approval_id,
+                    ) {
+                        tracing::warn!(code = %error.code(), "could not record a sent decision");
+                    }
+                }
+                Frame::AgentRevoked { approval_id } if revocations_sent.insert(*approval_id) => {
+                    self.send(&frame).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Seals and sends one frame. An error ends the connection.
@@ -419,10 +460,40 @@ impl Driver {
                     reason: format!("the gateway closed the session ({reason:?})"),
                 })
             }
+            Frame::AgentApprovalRequest(request) => {
+                if request.validate().is_err() {
+                    return Some(self.violation("a malformed agent approval request").await);
+                }
+                match crate::agents::record_request(
+                    &self.context.store,
+                    &request,
+                    crate::trading::now_ms(),
+                ) {
+                    Ok(()) => tracing::info!(
+                        client = %request.client_name,
+                        "an agent asks to connect; approve it with the code its page shows \
+                         (ibkr-agent sidecar agents approve CODE)"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(code = %error.code(), "could not keep an agent request");
+                    }
+                }
+                None
+            }
+            Frame::AgentRevokedAck { approval_id } => {
+                if let Err(error) =
+                    crate::agents::mark_revocation_confirmed(&self.context.store, &approval_id)
+                {
+                    tracing::warn!(code = %error.code(), "could not record a revocation's confirmation");
+                }
+                None
+            }
             Frame::Response(_)
             | Frame::Progress(_)
             | Frame::RenewSession
-            | Frame::SidecarStatus(_) => Some(
+            | Frame::SidecarStatus(_)
+            | Frame::AgentDecision(_)
+            | Frame::AgentRevoked { .. } => Some(
                 self.violation("a sidecar-to-gateway frame came from the gateway")
                     .await,
             ),
