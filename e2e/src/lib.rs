@@ -2,6 +2,7 @@
 //! Test infrastructure for the IBKR agent gateway: a CPGW simulator, a
 //! development OAuth issuer, end-to-end tests, the demo and benchmarks.
 
+pub mod authorization;
 pub mod balancer;
 pub mod cluster;
 pub mod cpgw_sim;

@@ -89,6 +89,11 @@ pub struct SystemOptions {
     pub client_portal_timeout_seconds: Option<u64>,
     /// The sidecar's `sidecar.quote_max_age_ms`; `None`: its default (1000 ms).
     pub quote_max_age_ms: Option<u64>,
+    /// The gateway is its own authorization server (no `remote_mcp.issuer`): agents sign in
+    /// with the laptop's approval instead of a dev-issuer token.
+    pub builtin_authorization_server: bool,
+    /// The built-in server's `remote_mcp.approval_timeout_seconds`; `None`: its default.
+    pub approval_timeout_seconds: Option<u64>,
 }
 
 /// Tuesday 24 November 2026, 10:00 ET: inside regular trading hours.
@@ -117,6 +122,8 @@ impl Default for SystemOptions {
             cpgw_through_proxy: false,
             client_portal_timeout_seconds: None,
             quote_max_age_ms: None,
+            builtin_authorization_server: false,
+            approval_timeout_seconds: None,
         }
     }
 }
@@ -222,6 +229,12 @@ impl System {
             }
             if let Some(connections) = options.max_connections_per_peer {
                 config.remote_mcp.max_connections_per_peer = connections;
+            }
+            if options.builtin_authorization_server {
+                config.remote_mcp.issuer = None;
+            }
+            if let Some(seconds) = options.approval_timeout_seconds {
+                config.remote_mcp.approval_timeout_seconds = seconds;
             }
             config
         };

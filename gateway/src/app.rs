@@ -850,6 +850,7 @@ async fn build_authorization_server(
         Arc::clone(&codes),
         store.clone(),
         issuer.clone(),
+        Duration::from_secs(config.remote_mcp.approval_timeout_seconds),
     ));
     let (inbox_tx, inbox_rx) = tokio::sync::mpsc::channel(256);
     // Set once, here, before the server accepts any connection.

@@ -466,6 +466,10 @@ pub struct RemoteMcpSection {
     /// deleted or that sat idle for `session_idle_timeout_seconds` do not count.
     #[serde(default = "RemoteMcpSection::default_max_sessions_per_user")]
     pub max_sessions_per_user: usize,
+    /// Built-in authorization server: how long the laptop's owner has to approve a new agent
+    /// once its page named the user (1 to 900 seconds).
+    #[serde(default = "RemoteMcpSection::default_approval_timeout")]
+    pub approval_timeout_seconds: u64,
     /// Open MCP sessions the whole gateway holds at once, every user's together; an
     /// `initialize` beyond it is refused with `MCP_SESSION_LIMIT` rather than memory grown
     /// without bound.
@@ -528,6 +532,9 @@ impl RemoteMcpSection {
     fn default_max_sessions_per_user() -> usize {
         64
     }
+    fn default_approval_timeout() -> u64 {
+        300
+    }
     fn default_max_sessions() -> usize {
         10_000
     }
@@ -564,6 +571,7 @@ impl Default for RemoteMcpSection {
             first_byte_timeout_seconds: Self::default_first_byte_timeout(),
             header_read_timeout_seconds: Self::default_header_read_timeout(),
             max_sessions_per_user: Self::default_max_sessions_per_user(),
+            approval_timeout_seconds: Self::default_approval_timeout(),
             max_sessions: Self::default_max_sessions(),
             session_idle_timeout_seconds: Self::default_session_idle_timeout(),
             rate_limit_per_subject_per_minute: Self::default_rate_subject(),
@@ -1132,6 +1140,12 @@ impl GatewayConfiguration {
             mcp.max_relay_connections as u64,
             1,
             1_000_000,
+        )?;
+        check_range(
+            "remote_mcp.approval_timeout_seconds",
+            mcp.approval_timeout_seconds,
+            1,
+            900,
         )?;
         check_range(
             "remote_mcp.max_sessions_per_user",

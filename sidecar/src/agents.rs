@@ -38,6 +38,8 @@ use std::time::Duration;
 pub const SEND_INTERVAL: Duration = Duration::from_millis(500);
 /// Most open requests kept: beyond it the oldest open one is dropped.
 const MAX_PENDING: i64 = 32;
+/// How much earlier than the gateway a request expires here.
+const EXPIRY_MARGIN_MS: i64 = 1_000;
 /// `last_used_at` is written at most this often per agent.
 const LAST_USE_RESOLUTION_MS: i64 = 10_000;
 
@@ -115,7 +117,10 @@ pub fn record_request(
     request: &AgentApprovalRequest,
     now_ms: i64,
 ) -> Result<(), SidecarError> {
-    let expires_at = now_ms.saturating_add(i64::try_from(request.expires_in_ms).unwrap_or(0));
+    // Ends a little before the gateway's own deadline, so the laptop never approves a request
+    // the page may already have called expired.
+    let ttl = i64::try_from(request.expires_in_ms).unwrap_or(0);
+    let expires_at = now_ms.saturating_add(ttl - (ttl / 2).min(EXPIRY_MARGIN_MS));
     let connection = store.lock()?;
     connection.execute(
         "INSERT OR IGNORE INTO agents (approval_id, client_id, client_name, redirect_uri, \

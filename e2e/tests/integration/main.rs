@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is the failure report
 
 mod approvals;
+mod authorization;
 mod broker_faults;
 mod browser;
 mod cluster;

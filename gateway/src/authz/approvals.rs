@@ -38,12 +38,13 @@ use url::Url;
 
 /// How long a page may sit before a user is named.
 pub const PAGE_TTL: Duration = Duration::from_secs(10 * 60);
-/// How long the owner has to decide once asked.
+/// How long the owner has to decide once asked, by default (`remote_mcp.approval_timeout_seconds`).
 pub const APPROVAL_TTL: Duration = Duration::from_secs(5 * 60);
 /// Most requests open at once, everybody's together.
 pub const MAX_OPEN_REQUESTS: usize = 1_024;
-/// Approval requests one user id may be sent per minute (a person approves a few a day).
-pub const ASKS_PER_USER_PER_MINUTE: u32 = 3;
+/// Approval requests one user id may be sent per minute (a person connects a few agents a
+/// day; this bounds how often anyone can make a laptop show a request).
+pub const ASKS_PER_USER_PER_MINUTE: u32 = 10;
 /// Authorization pages one client may open per minute.
 pub const OPENS_PER_CLIENT_PER_MINUTE: u32 = 20;
 /// How long a revoked agent's access tokens stay refused here: past it they have expired.
@@ -129,6 +130,7 @@ pub struct ApprovalDesk {
     issuer: String,
     per_user: RateLimiter,
     per_client: RateLimiter,
+    approval_ttl: Duration,
 }
 
 impl std::fmt::Debug for ApprovalDesk {
@@ -154,7 +156,13 @@ fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
 }
 
 impl ApprovalDesk {
-    pub fn new(relay: Arc<Relay>, codes: Arc<CodeBook>, store: Store, issuer: String) -> Self {
+    pub fn new(
+        relay: Arc<Relay>,
+        codes: Arc<CodeBook>,
+        store: Store,
+        issuer: String,
+        approval_ttl: Duration,
+    ) -> Self {
         ApprovalDesk {
             pending: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
@@ -164,6 +172,7 @@ impl ApprovalDesk {
             issuer,
             per_user: RateLimiter::new(ASKS_PER_USER_PER_MINUTE),
             per_client: RateLimiter::new(OPENS_PER_CLIENT_PER_MINUTE),
+            approval_ttl,
         }
     }
 
@@ -301,7 +310,7 @@ impl ApprovalDesk {
             let code = confirmation_code(entropy);
             entry.user = Some(user.to_string());
             entry.stage = Stage::Asked { code: code.clone() };
-            entry.expires = now + APPROVAL_TTL;
+            entry.expires = now + self.approval_ttl;
             entry.changed.send_replace(());
             let scopes: Vec<&str> = entry.request.scopes.iter().collect();
             Frame::AgentApprovalRequest(AgentApprovalRequest {
@@ -311,7 +320,7 @@ impl ApprovalDesk {
                 redirect_uri: entry.request.redirect_uri.clone(),
                 scopes: catalog_scopes(&scopes),
                 confirmation_code: code,
-                expires_in_ms: u64::try_from(APPROVAL_TTL.as_millis()).unwrap_or(u64::MAX),
+                expires_in_ms: u64::try_from(self.approval_ttl.as_millis()).unwrap_or(u64::MAX),
             })
         };
         let sent = self.relay.send_to_user(user, &frame);

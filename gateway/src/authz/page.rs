@@ -133,7 +133,7 @@ pub fn waiting(view: &View, handle: &str, code: &str) -> Response {
          <p class=\"code\" id=\"confirmation-code\">{code}</p>\
          <pre class=\"note\">ibkr-agent sidecar agents approve {code}</pre>\
          <p class=\"note\">or in the sidecar console. Type the code only if you opened this \
-         page yourself. The request expires in 5 minutes.</p>\
+         page yourself. The request expires in a few minutes.</p>\
          <p id=\"status\" class=\"note\">Waiting for the laptop\u{2026}</p>\
          <noscript><meta http-equiv=\"refresh\" content=\"3\"></noscript>",
         summary = summary(view),

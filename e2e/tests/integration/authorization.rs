@@ -1,0 +1,449 @@
+//! The gateway's built-in authorization server with the laptop as the authenticator, over real
+//! sockets: registration, the authorization page, the approval request through the relay to
+//! the paired sidecar, the owner's decision by the page's code, tokens, refresh, revocation;
+//! and every way a hostile or confused client can get it wrong, refused with the error the
+//! RFCs name.
+
+use crate::trading_support::code;
+use e2e::authorization::{Pkce, Walk, approve_on_laptop, between, query_param, wait_for_request};
+use e2e::system::{System, SystemOptions};
+use ibkr_agent::agents::AgentStatus;
+use rmcp::model::CallToolRequestParams;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const REDIRECT: &str = "http://127.0.0.1:47011/callback";
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn system() -> System {
+    System::start(SystemOptions {
+        builtin_authorization_server: true,
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+struct Grant {
+    client_id: String,
+    access_token: String,
+    refresh_token: String,
+    agent_id: String,
+}
+
+/// Register, authorize, approve on the laptop (granting `scopes`), redeem.
+async fn sign_in(system: &System, scopes: Option<&[String]>) -> Grant {
+    let gateway = system.gateway().unwrap();
+    let walk = Walk::new(&gateway.base_url());
+    let client_id = walk.register("E2E agent", REDIRECT).await.unwrap();
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(
+        &client_id,
+        REDIRECT,
+        &pkce,
+        "xyz",
+        Some("ibkr:health:read ibkr:accounts:read ibkr:orders:write ibkr:orders:live"),
+    );
+    let handle = walk.open_page(&url).await.unwrap();
+    let shown = walk
+        .name_user(&handle, &system.options.user_id)
+        .await
+        .unwrap();
+    let request = wait_for_request(system.sidecar_state_dir(), LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(request.client_name, "E2E agent");
+    assert_eq!(request.redirect_uri, REDIRECT);
+    let approved = approve_on_laptop(system.sidecar_state_dir(), &shown, scopes).unwrap();
+    assert_eq!(approved.status, AgentStatus::Approved);
+    let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+    assert!(redirect.starts_with(REDIRECT), "{redirect}");
+    assert_eq!(query_param(&redirect, "state").as_deref(), Some("xyz"));
+    assert_eq!(
+        query_param(&redirect, "iss").as_deref(),
+        Some(gateway.base_url().as_str())
+    );
+    let code = query_param(&redirect, "code").unwrap();
+    let (status, tokens) = walk
+        .redeem(&client_id, REDIRECT, &code, &pkce.verifier)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{tokens}");
+    Grant {
+        client_id,
+        access_token: tokens["access_token"].as_str().unwrap().to_string(),
+        refresh_token: tokens["refresh_token"].as_str().unwrap().to_string(),
+        agent_id: approved.id,
+    }
+}
+
+async fn health(system: &System, token: &str) -> rmcp::model::CallToolResult {
+    let client = system.mcp_client(token).await.unwrap();
+    let result = client
+        .call_tool(CallToolRequestParams::new("ibkr_health".to_string()))
+        .await
+        .unwrap();
+    let _ = client.cancel().await;
+    result
+}
+
+/// `POST /mcp` with `token`: the HTTP status the gateway answers.
+async fn mcp_status(system: &System, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(system.mcp_url().unwrap())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "probe", "version": "1"}}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_agent_signs_in_on_the_laptops_word_calls_and_refreshes_with_what_was_granted() {
+    let system = system().await;
+    // The owner narrows the request and live trading is dropped by itself (not granted locally).
+    let granted = vec![
+        "ibkr:health:read".to_string(),
+        "ibkr:orders:live".to_string(),
+    ];
+    let grant = sign_in(&system, Some(&granted)).await;
+    let record = ibkr_agent::agents::list(
+        &ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap(),
+        e2e::authorization::now_ms(),
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(record.granted_scopes, vec!["ibkr:health:read"]);
+
+    let answer = health(&system, &grant.access_token).await;
+    assert_ne!(answer.is_error, Some(true), "{answer:?}");
+    // The token carries only what the owner granted: accounts were asked for, not granted.
+    let client = system.mcp_client(&grant.access_token).await.unwrap();
+    let accounts = client
+        .call_tool(CallToolRequestParams::new("ibkr_accounts_list".to_string()))
+        .await;
+    let _ = client.cancel().await;
+    assert!(
+        accounts.is_err() || accounts.as_ref().unwrap().is_error == Some(true),
+        "{accounts:?}"
+    );
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
+    let used = ibkr_agent::agents::list(&store, e2e::authorization::now_ms()).unwrap();
+    assert!(used[0].last_used_at_ms.is_some(), "last use is recorded");
+
+    // Refresh rotates; the old refresh token is then dead, and presenting it again ends the
+    // whole family (the new one too).
+    let walk = Walk::new(&system.gateway().unwrap().base_url());
+    let (status, refreshed) = walk
+        .refresh(&grant.client_id, &grant.refresh_token)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{refreshed}");
+    let rotated = refreshed["refresh_token"].as_str().unwrap();
+    assert_ne!(rotated, grant.refresh_token);
+    let answer = health(&system, refreshed["access_token"].as_str().unwrap()).await;
+    assert_ne!(answer.is_error, Some(true), "{answer:?}");
+    let (status, reused) = walk
+        .refresh(&grant.client_id, &grant.refresh_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reused["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, after) = walk.refresh(&grant.client_id, rotated).await.unwrap();
+    assert_eq!(
+        (status, after["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoking_an_agent_on_the_laptop_stops_its_next_call_within_a_second() {
+    let system = system().await;
+    let grant = sign_in(&system, None).await;
+    assert_ne!(
+        health(&system, &grant.access_token).await.is_error,
+        Some(true)
+    );
+    let client = system.mcp_client(&grant.access_token).await.unwrap();
+
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
+    let revoked_at = Instant::now();
+    ibkr_agent::agents::revoke(
+        &store,
+        &grant.agent_id,
+        "e2e-owner",
+        e2e::authorization::now_ms(),
+    )
+    .unwrap();
+    // The very next call, on a session opened before the revocation, is refused.
+    let refused = client
+        .call_tool(CallToolRequestParams::new("ibkr_accounts_list".to_string()))
+        .await
+        .unwrap();
+    let elapsed = revoked_at.elapsed();
+    assert_eq!(code(&refused), "AGENT_REVOKED");
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    let _ = client.cancel().await;
+
+    // The gateway confirms, then refuses the access token itself and ends the refresh tokens.
+    let until = Instant::now() + LIMIT;
+    loop {
+        let record = ibkr_agent::agents::list(&store, e2e::authorization::now_ms())
+            .unwrap()
+            .remove(0);
+        if record.revocation_confirmed {
+            break;
+        }
+        assert!(Instant::now() < until, "the gateway never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mcp_status(&system, &grant.access_token).await, 401);
+    let walk = Walk::new(&system.gateway().unwrap().base_url());
+    let (status, answer) = walk
+        .refresh(&grant.client_id, &grant.refresh_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn codes_verifiers_redirects_and_resources_are_checked_as_the_rfcs_say() {
+    let system = system().await;
+    let gateway = system.gateway().unwrap();
+    let walk = Walk::new(&gateway.base_url());
+    let client_id = walk.register("Careful agent", REDIRECT).await.unwrap();
+
+    // A redirect URI the client did not register: an error page, never a redirect.
+    let pkce = Pkce::new();
+    let elsewhere = walk.authorize_url(&client_id, "http://evil.example/cb", &pkce, "s", None);
+    let response = walk.http.get(&elsewhere).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("location").is_none());
+    // Another client's id, forged: the same.
+    let forged = walk.authorize_url("reg.e30.AAAAAAAAAAAAAAAAAAAAAA", REDIRECT, &pkce, "s", None);
+    assert_eq!(walk.http.get(&forged).send().await.unwrap().status(), 400);
+    // No PKCE, or plain: redirected with invalid_request.
+    let plain = walk
+        .authorize_url(&client_id, REDIRECT, &pkce, "s", None)
+        .replace("code_challenge_method=S256", "code_challenge_method=plain");
+    let response = walk.http.get(&plain).send().await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("invalid_request")
+    );
+    // A token for another resource: invalid_target.
+    let other = walk
+        .authorize_url(&client_id, REDIRECT, &pkce, "s", None)
+        .replace("%2Fmcp", "%2Fother");
+    let response = walk.http.get(&other).send().await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("invalid_target")
+    );
+
+    // One good approval, then every wrong redemption of its code.
+    let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None);
+    let handle = walk.open_page(&url).await.unwrap();
+    let shown = walk
+        .name_user(&handle, &system.options.user_id)
+        .await
+        .unwrap();
+    wait_for_request(system.sidecar_state_dir(), LIMIT)
+        .await
+        .unwrap();
+    approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
+    let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+    let auth_code = query_param(&redirect, "code").unwrap();
+    let resource = format!("{}/mcp", gateway.base_url());
+
+    let wrong_verifier = Pkce::new().verifier;
+    let (status, answer) = walk
+        .redeem(&client_id, REDIRECT, &auth_code, &wrong_verifier)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    // Any attempt spends the code: the right verifier now fails too (reused code).
+    let (status, answer) = walk
+        .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // A fresh approval: redirect mismatch and another resource at the token endpoint.
+    for (mismatch, expected) in [
+        ("redirect", "invalid_grant"),
+        ("resource", "invalid_target"),
+        ("reuse", "invalid_grant"),
+    ] {
+        let pkce = Pkce::new();
+        let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None);
+        let handle = walk.open_page(&url).await.unwrap();
+        let shown = walk
+            .name_user(&handle, &system.options.user_id)
+            .await
+            .unwrap();
+        wait_for_request(system.sidecar_state_dir(), LIMIT)
+            .await
+            .unwrap();
+        approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
+        let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+        let auth_code = query_param(&redirect, "code").unwrap();
+        let (status, answer) = match mismatch {
+            "redirect" => walk
+                .redeem(
+                    &client_id,
+                    "http://127.0.0.1:47011/other",
+                    &auth_code,
+                    &pkce.verifier,
+                )
+                .await
+                .unwrap(),
+            "resource" => walk
+                .token(&[
+                    ("grant_type", "authorization_code"),
+                    ("client_id", &client_id),
+                    ("redirect_uri", REDIRECT),
+                    ("code", &auth_code),
+                    ("code_verifier", &pkce.verifier),
+                    ("resource", "https://elsewhere.example/mcp"),
+                ])
+                .await
+                .unwrap(),
+            _ => {
+                // Redeemed once (tokens issued), then presented again: refused, and the
+                // refresh token the first redemption got is revoked with it.
+                let (status, first) = walk
+                    .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200);
+                let again = walk
+                    .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
+                    .await
+                    .unwrap();
+                let (status, answer) = walk
+                    .refresh(&client_id, first["refresh_token"].as_str().unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (status, answer["error"].as_str()),
+                    (400, Some("invalid_grant"))
+                );
+                again
+            }
+        };
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some(expected)),
+            "{mismatch}"
+        );
+    }
+    assert!(resource.ends_with("/mcp"));
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn denied_expired_and_unknown_users_end_in_access_denied_and_the_page_tells_nobody_apart() {
+    let system = System::start(SystemOptions {
+        builtin_authorization_server: true,
+        approval_timeout_seconds: Some(2),
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap();
+    let walk = Walk::new(&system.gateway().unwrap().base_url());
+    let client_id = walk.register("Denied agent", REDIRECT).await.unwrap();
+
+    // Denied on the laptop.
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "d", None);
+    let handle = walk.open_page(&url).await.unwrap();
+    let shown = walk
+        .name_user(&handle, &system.options.user_id)
+        .await
+        .unwrap();
+    wait_for_request(system.sidecar_state_dir(), LIMIT)
+        .await
+        .unwrap();
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
+    ibkr_agent::agents::deny(&store, &shown, "e2e-owner", e2e::authorization::now_ms()).unwrap();
+    let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+    assert_eq!(
+        query_param(&redirect, "error").as_deref(),
+        Some("access_denied")
+    );
+    assert_eq!(query_param(&redirect, "state").as_deref(), Some("d"));
+    assert!(query_param(&redirect, "code").is_none());
+
+    // A user with no laptop and the real user who does not answer: the same pages, the same
+    // expiry, the same access_denied.
+    let mut pages = Vec::new();
+    for user in ["nobody-here", system.options.user_id.as_str()] {
+        let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "e", None);
+        let response = walk.http.get(&url).send().await.unwrap();
+        let body = response.text().await.unwrap();
+        let handle = between(&body, "name=\"request\" value=\"", "\"")
+            .unwrap()
+            .to_string();
+        let shown = walk.name_user(&handle, user).await.unwrap();
+        let page = walk
+            .http
+            .get(format!(
+                "{}/oauth/authorize?request={handle}",
+                walk.base_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        pages.push(page.replace(&handle, "H").replace(&shown, "C"));
+        let started = Instant::now();
+        let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            query_param(&redirect, "error").as_deref(),
+            Some("access_denied")
+        );
+        // The laptop cannot approve it any more either.
+        assert_eq!(
+            ibkr_agent::agents::approve(&store, &shown, None, "late", e2e::authorization::now_ms())
+                .unwrap_err()
+                .code(),
+            shared_safety::ErrorCode::AgentRequestNotFound
+        );
+    }
+    let strip_nonce = |page: &str| {
+        let mut text = page.to_string();
+        while let Some(nonce) = between(&text, "nonce=\"", "\"").map(str::to_string) {
+            text = text.replace(&format!("nonce=\"{nonce}\""), "");
+        }
+        text
+    };
+    assert_eq!(strip_nonce(&pages[0]), strip_nonce(&pages[1]));
+    let _: Value = Value::Null;
+    system.shutdown().await;
+}
