@@ -24,6 +24,7 @@ mod order_safety;
 mod pairing;
 mod pause;
 mod quotes;
+mod real_clients;
 mod relay_gates;
 mod scope_challenge;
 mod shared_store;
