@@ -447,3 +447,99 @@ async fn denied_expired_and_unknown_users_end_in_access_denied_and_the_page_tell
     let _: Value = Value::Null;
     system.shutdown().await;
 }
+
+/// A loopback page standing for the client's redirect URI: answers 200 to anything.
+async fn redirect_target() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}/callback"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_walks_the_authorization_page_in_a_browser() {
+    use fantoccini::Locator;
+    let system = system().await;
+    let Some(browser) = crate::browser::Browser::start().await else {
+        system.shutdown().await;
+        return;
+    };
+    let (redirect_uri, target) = redirect_target().await;
+    let walk = Walk::new(&system.gateway().unwrap().base_url());
+    let client_id = walk.register("Browser agent", &redirect_uri).await.unwrap();
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(&client_id, &redirect_uri, &pkce, "b1", None);
+    browser.client.goto(&url).await.unwrap();
+    let name = browser
+        .client
+        .find(Locator::Id("client-name"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(name.starts_with("Browser agent"), "{name}");
+    browser
+        .client
+        .find(Locator::Id("user_id"))
+        .await
+        .unwrap()
+        .send_keys(&system.options.user_id)
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Id("continue"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = browser
+        .client
+        .wait()
+        .at_most(LIMIT)
+        .for_element(Locator::Id("confirmation-code"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    wait_for_request(system.sidecar_state_dir(), LIMIT)
+        .await
+        .unwrap();
+    approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
+    // The page's script sees the decision and sends the browser to the client.
+    let until = Instant::now() + LIMIT;
+    let landed = loop {
+        let current = browser.client.current_url().await.unwrap().to_string();
+        if current.starts_with(&redirect_uri) {
+            break current;
+        }
+        assert!(Instant::now() < until, "the page never left ({current})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(query_param(&landed, "state").as_deref(), Some("b1"));
+    let auth_code = query_param(&landed, "code").unwrap();
+    let (status, tokens) = walk
+        .redeem(&client_id, &redirect_uri, &auth_code, &pkce.verifier)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{tokens}");
+    browser.close().await;
+    target.abort();
+    system.shutdown().await;
+}
