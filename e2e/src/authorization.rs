@@ -102,23 +102,21 @@ impl Walk {
         state: &str,
         scope: Option<&str>,
     ) -> String {
-        let mut url = url::Url::parse(&format!("{}/oauth/authorize", self.base_url))
-            .expect("the gateway's URL parses");
-        {
-            let mut query = url.query_pairs_mut();
-            query
-                .append_pair("response_type", "code")
-                .append_pair("client_id", client_id)
-                .append_pair("redirect_uri", redirect_uri)
-                .append_pair("code_challenge", &pkce.challenge)
-                .append_pair("code_challenge_method", "S256")
-                .append_pair("state", state)
-                .append_pair("resource", &format!("{}/mcp", self.base_url));
-            if let Some(scope) = scope {
-                query.append_pair("scope", scope);
-            }
+        let resource = format!("{}/mcp", self.base_url);
+        let mut pairs = vec![
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", redirect_uri),
+            ("code_challenge", pkce.challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("state", state),
+            ("resource", resource.as_str()),
+        ];
+        if let Some(scope) = scope {
+            pairs.push(("scope", scope));
         }
-        url.to_string()
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("{}/oauth/authorize?{query}", self.base_url)
     }
 
     /// Opens the authorization page; its request handle.
