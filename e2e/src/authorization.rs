@@ -59,6 +59,8 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
 pub struct Walk {
     pub http: reqwest::Client,
     pub base_url: String,
+    /// The browser's binding cookie, as the authorization page set it.
+    cookie: std::sync::Mutex<Option<String>>,
 }
 
 impl Walk {
@@ -69,6 +71,33 @@ impl Walk {
                 .build()
                 .unwrap_or_default(),
             base_url: base_url.trim_end_matches('/').to_string(),
+            cookie: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The `Cookie` header a browser would send back, if the page set one.
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.lock().ok().and_then(|cookie| cookie.clone())
+    }
+
+    fn keep_cookie(&self, response: &reqwest::Response) {
+        if let Some(set) = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|value| value.to_str().ok())
+            && let Some(pair) = set.split(';').next()
+            && let Ok(mut cookie) = self.cookie.lock()
+        {
+            *cookie = Some(pair.trim().to_string());
+        }
+    }
+
+    /// A GET as the browser that opened the page makes it.
+    pub fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(url);
+        match self.cookie() {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request,
         }
     }
 
@@ -121,7 +150,8 @@ impl Walk {
 
     /// Opens the authorization page; its request handle.
     pub async fn open_page(&self, authorize_url: &str) -> Result<String, WalkError> {
-        let response = self.http.get(authorize_url).send().await?;
+        let response = self.get(authorize_url).send().await?;
+        self.keep_cookie(&response);
         let status = response.status();
         let body = response.text().await?;
         if status != 200 {
@@ -134,9 +164,11 @@ impl Walk {
 
     /// Names the user on the page; the confirmation code it then shows.
     pub async fn name_user(&self, handle: &str, user: &str) -> Result<String, WalkError> {
-        let response = self
-            .http
-            .post(format!("{}/oauth/authorize", self.base_url))
+        let mut request = self.http.post(format!("{}/oauth/authorize", self.base_url));
+        if let Some(cookie) = self.cookie() {
+            request = request.header("cookie", cookie);
+        }
+        let response = request
             .header("content-type", "application/x-www-form-urlencoded")
             .body(serde_urlencoded::to_string([
                 ("request", handle),
@@ -154,8 +186,7 @@ impl Walk {
             .ok_or("no Location")?
             .to_string();
         let page = self
-            .http
-            .get(format!("{}{location}", self.base_url))
+            .get(&format!("{}{location}", self.base_url))
             .send()
             .await?
             .text()
@@ -168,8 +199,7 @@ impl Walk {
     /// The page's status, waiting up to `wait` for a change.
     pub async fn status(&self, handle: &str, wait: Duration) -> Result<Value, WalkError> {
         Ok(self
-            .http
-            .get(format!(
+            .get(&format!(
                 "{}/oauth/authorize/status?request={handle}&wait={}",
                 self.base_url,
                 wait.as_secs()

@@ -60,6 +60,9 @@ pub struct AgentApprovalRequest {
     pub client_id: String,
     /// The name the client gave itself. Unverified for registered clients: shown as a claim.
     pub client_name: String,
+    /// True when the client id is a metadata document URL (the name comes from the document
+    /// that URL serves); false for a registration, where anyone may claim any name.
+    pub client_verified: bool,
     /// Where the authorization code will be sent: what the owner should recognise.
     pub redirect_uri: String,
     /// The scopes asked for, catalog scopes only, sorted, each once.
@@ -125,8 +128,15 @@ fn check_scopes(list: &[String]) -> Result<(), AgentMessageError> {
     Ok(())
 }
 
+/// Characters that reorder or hide text on screen (bidirectional controls, zero-width marks):
+/// a name or URI holding one could show the owner something other than what it is.
+pub fn is_display_trap(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn printable(text: &str, max: usize) -> bool {
-    !text.is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+    !text.is_empty() && text.len() <= max && !text.chars().any(is_display_trap)
 }
 
 impl AgentApprovalRequest {
@@ -181,6 +191,7 @@ mod tests {
             approval_id: ApprovalId([7; 16]),
             client_id: "https://client.example/meta.json".into(),
             client_name: "Claude Code".into(),
+            client_verified: true,
             redirect_uri: "http://127.0.0.1:33418/callback".into(),
             scopes: catalog_scopes(&["ibkr:marketdata:read", "ibkr:health:read", "other"]),
             confirmation_code: confirmation_code([1, 2, 3, 4, 5, 6, 7, 8]),
@@ -215,6 +226,8 @@ mod tests {
             Box::new(|r| r.client_id.clear()),
             Box::new(|r| r.client_name = "x".repeat(MAX_CLIENT_NAME + 1)),
             Box::new(|r| r.client_name = "evil\nname".into()),
+            Box::new(|r| r.client_name = "good\u{202E}txt.exe".into()),
+            Box::new(|r| r.redirect_uri = "http://127.0.0.1/c\tb".into()),
             Box::new(|r| r.redirect_uri = "x".repeat(MAX_CLIENT_URI + 1)),
             Box::new(|r| r.confirmation_code = "1234".into()),
             Box::new(|r| r.expires_in_ms = 0),

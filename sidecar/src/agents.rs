@@ -61,6 +61,8 @@ pub enum AgentStatus {
 pub struct AgentRecord {
     pub id: String,
     pub client_name: String,
+    /// False when the name is only the client's own claim (a dynamic registration).
+    pub client_verified: bool,
     pub client_id: String,
     pub redirect_uri: String,
     pub requested_scopes: Vec<String>,
@@ -82,7 +84,7 @@ fn words(text: &str) -> Vec<String> {
 
 const COLUMNS: &str = "approval_id, client_name, client_id, redirect_uri, requested_scopes, \
      granted_scopes, status, requested_at, expires_at, decided_at, decided_by, last_used_at, \
-     revoke_acked";
+     revoke_acked, client_verified";
 
 fn from_row(row: &rusqlite::Row<'_>, now_ms: i64) -> rusqlite::Result<AgentRecord> {
     let stored: String = row.get(6)?;
@@ -108,6 +110,7 @@ fn from_row(row: &rusqlite::Row<'_>, now_ms: i64) -> rusqlite::Result<AgentRecor
         decided_by: row.get(10)?,
         last_used_at_ms: row.get(11)?,
         revocation_confirmed: row.get::<_, i64>(12)? != 0,
+        client_verified: row.get::<_, i64>(13)? != 0,
     })
 }
 
@@ -124,8 +127,8 @@ pub fn record_request(
     let connection = store.lock()?;
     connection.execute(
         "INSERT OR IGNORE INTO agents (approval_id, client_id, client_name, redirect_uri, \
-         requested_scopes, confirmation_code, status, requested_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)",
+         requested_scopes, confirmation_code, status, requested_at, expires_at, client_verified) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9)",
         params![
             request.approval_id.to_hex(),
             request.client_id,
@@ -135,6 +138,7 @@ pub fn record_request(
             request.confirmation_code,
             now_ms,
             expires_at,
+            request.client_verified,
         ],
     )?;
     // Bounded: a gateway cannot fill the laptop's disk with requests.
@@ -428,6 +432,7 @@ mod tests {
             approval_id: ApprovalId([seed; 16]),
             client_id: "reg.abc".into(),
             client_name: "Test agent".into(),
+            client_verified: false,
             redirect_uri: "http://127.0.0.1:5000/cb".into(),
             scopes: catalog_scopes(&[
                 scopes::HEALTH_READ,

@@ -178,6 +178,7 @@ CREATE TABLE agents (
     approval_id       TEXT PRIMARY KEY,
     client_id         TEXT NOT NULL,
     client_name       TEXT NOT NULL,
+    client_verified   INTEGER NOT NULL,
     redirect_uri      TEXT NOT NULL,
     requested_scopes  TEXT NOT NULL,
     granted_scopes    TEXT NOT NULL DEFAULT '',

@@ -8,7 +8,6 @@
 
 use clap::Parser;
 use e2e::cpgw_sim::AuthState;
-use e2e::dev_issuer::TokenRequest;
 use e2e::system::{System, SystemOptions};
 use protocol::catalog::scopes;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -21,12 +20,11 @@ use std::process::ExitCode;
     about = "Run the whole IBKR agent gateway on this machine against a CPGW simulator"
 )]
 struct Args {
-    /// Keep the system running and print the MCP URL, a bearer token and a `claude mcp add` line.
+    /// Keep the system running and print the MCP URL and a `claude mcp add` line. The gateway
+    /// is then its own authorization server: a client needs no token, it signs in and the
+    /// (simulated) laptop approves it with one command.
     #[arg(long)]
     serve: bool,
-    /// Lifetime of the bearer token printed by --serve, in seconds.
-    #[arg(long, default_value_t = 8 * 3600)]
-    token_lifetime_seconds: i64,
 }
 
 /// Every scope except live trading: what the demo's agent and the --serve token carry.
@@ -39,6 +37,46 @@ fn agent_scopes() -> Vec<&'static str> {
 }
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A bearer token with `scopes` for the scripted agent. With the built-in authorization server
+/// the agent signs in as any client would: the page, its code, and the laptop owner's approval
+/// by that code (shown as the command the owner types); otherwise the dev issuer mints it.
+async fn agent_token(system: &System, builtin: bool, scopes: &[&str]) -> DemoResult<String> {
+    if !builtin {
+        return Ok(system.token(scopes)?);
+    }
+    use e2e::authorization::{Pkce, Walk, approve_on_laptop, query_param, wait_for_request};
+    const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+    let walk = Walk::new(&system.gateway()?.base_url());
+    let client_id = walk.register("ibkr-demo agent", REDIRECT).await?;
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "demo", Some(&scopes.join(" ")));
+    let handle = walk.open_page(&url).await?;
+    let code = walk.name_user(&handle, &system.options.user_id).await?;
+    println!(
+        "    sign-in page: user id {} -> code {code}",
+        system.options.user_id
+    );
+    wait_for_request(
+        system.sidecar_state_dir(),
+        std::time::Duration::from_secs(15),
+    )
+    .await?;
+    println!("    laptop:   ibkr-agent sidecar agents approve {code}");
+    approve_on_laptop(system.sidecar_state_dir(), &code, None)?;
+    let redirect = walk
+        .decision(&handle, std::time::Duration::from_secs(15))
+        .await?;
+    let auth_code = query_param(&redirect, "code").ok_or("the sign-in was not approved")?;
+    let (status, tokens) = walk
+        .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
+        .await?;
+    expect(status == 200, "the token endpoint issues tokens")?;
+    Ok(tokens["access_token"]
+        .as_str()
+        .ok_or("no access token")?
+        .to_string())
+}
 
 /// Prints and runs one `ibkr-agent` command line for the laptop, in this process, exactly as
 /// the binary would.
@@ -104,6 +142,7 @@ async fn run(args: Args) -> DemoResult<()> {
         with_sidecar: false,
         heartbeat_interval_seconds: 5,
         heartbeat_timeout_seconds: 15,
+        builtin_authorization_server: args.serve,
         ..SystemOptions::default()
     })
     .await?;
@@ -112,10 +151,17 @@ async fn run(args: Args) -> DemoResult<()> {
         "    CPGW simulator (HTTPS, self-signed): {}",
         system.sim.base_url()
     );
-    println!(
-        "    dev OAuth issuer:                    {}",
-        system.issuer.issuer_url()
-    );
+    if args.serve {
+        println!(
+            "    OAuth: the gateway's own authorization server at {} (the laptop approves agents)",
+            gateway.base_url()
+        );
+    } else {
+        println!(
+            "    dev OAuth issuer:                    {}",
+            system.issuer.issuer_url()
+        );
+    }
     println!(
         "    gateway MCP endpoint:                {}",
         gateway.mcp_url()
@@ -194,7 +240,7 @@ async fn run(args: Args) -> DemoResult<()> {
         4,
         "An agent connects over MCP Streamable HTTP with an OAuth bearer token",
     );
-    let token = system.token(&agent_scopes())?;
+    let token = agent_token(&system, args.serve, &agent_scopes()).await?;
     let client = system.mcp_client(&token).await?;
     let tools: Vec<String> = client
         .list_all_tools()
@@ -307,7 +353,7 @@ async fn run(args: Args) -> DemoResult<()> {
     expect(refused.is_error == Some(true), "cookie refused")?;
 
     step(14, "A read-only token does not even see the order tools");
-    let narrow = system.token(protocol::catalog::scopes::READ_ONLY)?;
+    let narrow = agent_token(&system, args.serve, protocol::catalog::scopes::READ_ONLY).await?;
     let client = system.mcp_client(&narrow).await?;
     let narrow_tools: Vec<String> = client
         .list_all_tools()
@@ -323,7 +369,7 @@ async fn run(args: Args) -> DemoResult<()> {
     )?;
 
     if args.serve {
-        serve(&system, args.token_lifetime_seconds).await?;
+        serve(&system).await?;
     } else {
         println!(
             "\nDemo finished: every step above went agent -> gateway -> encrypted relay -> sidecar -> CPGW simulator."
@@ -334,27 +380,23 @@ async fn run(args: Args) -> DemoResult<()> {
     Ok(())
 }
 
-async fn serve(system: &System, lifetime_seconds: i64) -> DemoResult<()> {
+async fn serve(system: &System) -> DemoResult<()> {
     let url = system.mcp_url()?;
-    let mut request = TokenRequest::new(&system.options.user_id, &url, &[]);
-    // Every scope except live trading; orders also stay dry-run, the sidecar's default.
-    request.scopes = agent_scopes()
-        .iter()
-        .map(|scope| scope.to_string())
-        .collect();
-    request.lifetime_seconds = lifetime_seconds;
-    let token = system.issuer.mint(&request)?;
-    println!("\nServing. Connect an MCP client:");
-    println!("    MCP URL:      {url}");
-    println!("    bearer token: {token}");
-    println!(
-        "    claude mcp add --transport http ibkr {url} --header \"Authorization: Bearer {token}\""
-    );
-    println!(
-        "    (token valid for {lifetime_seconds} s; scopes: {})",
-        request.scopes.join(" ")
-    );
     let state_dir = system.sidecar_state_dir().display().to_string();
+    println!("\nServing. Connect an MCP client, with no token at all:");
+    println!("    MCP URL:  {url}");
+    println!("    claude mcp add --transport http ibkr {url}");
+    println!(
+        "The client discovers the gateway's sign-in page; enter the user id {} there, then approve\n\
+         the agent on the (simulated) laptop with the code the page shows:",
+        system.options.user_id
+    );
+    println!(
+        "    cargo run --release --bin ibkr-agent -- --state-dir {state_dir} sidecar agents approve <CODE>"
+    );
+    println!(
+        "  (`sidecar agents list` shows connected agents; `sidecar agents revoke <ID>` disconnects one)"
+    );
     println!("The laptop owner's console (pause trading, approve or deny orders), in a browser:");
     println!("    cargo run --release --bin ibkr-agent -- --state-dir {state_dir} sidecar console");
     println!("  or from a terminal:");

@@ -236,40 +236,71 @@ async fn codes_verifiers_redirects_and_resources_are_checked_as_the_rfcs_say() {
     // Another client's id, forged: the same.
     let forged = walk.authorize_url("reg.e30.AAAAAAAAAAAAAAAAAAAAAA", REDIRECT, &pkce, "s", None);
     assert_eq!(walk.http.get(&forged).send().await.unwrap().status(), 400);
-    // No PKCE, or plain: redirected with invalid_request.
-    let plain = walk
+    // Plain PKCE, another resource, another response type, unknown scopes: the page names the
+    // RFC's error and links back to the client with it, never redirecting by itself (anyone
+    // may register a client, so that would make the gateway an open redirector).
+    let unknown_scope =
+        walk.authorize_url(&client_id, REDIRECT, &pkce, "s", Some("ibkr:everything"));
+    for (url, expected) in [
+        (
+            walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None)
+                .replace("code_challenge_method=S256", "code_challenge_method=plain"),
+            "invalid_request",
+        ),
+        (
+            walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None)
+                .replace("%2Fmcp", "%2Fother"),
+            "invalid_target",
+        ),
+        (
+            walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None)
+                .replace("response_type=code", "response_type=token"),
+            "unsupported_response_type",
+        ),
+        (unknown_scope, "invalid_scope"),
+    ] {
+        let response = walk.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{expected}");
+        assert!(response.headers().get("location").is_none());
+        let page = response.text().await.unwrap();
+        assert_eq!(between(&page, "id=\"error-code\">", "<"), Some(expected));
+        let back = between(&page, "id=\"return\" href=\"", "\"")
+            .unwrap()
+            .replace("&amp;", "&");
+        assert!(back.starts_with(REDIRECT), "{back}");
+        assert_eq!(query_param(&back, "error").as_deref(), Some(expected));
+    }
+    // A redirect URI that only parses to a registered one (a tab in it) is not taken.
+    let tabbed = walk
         .authorize_url(&client_id, REDIRECT, &pkce, "s", None)
-        .replace("code_challenge_method=S256", "code_challenge_method=plain");
-    let response = walk.http.get(&plain).send().await.unwrap();
-    let location = response.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        query_param(&location, "error").as_deref(),
-        Some("invalid_request")
-    );
-    // A token for another resource: invalid_target.
-    let other = walk
-        .authorize_url(&client_id, REDIRECT, &pkce, "s", None)
-        .replace("%2Fmcp", "%2Fother");
-    let response = walk.http.get(&other).send().await.unwrap();
-    let location = response.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        query_param(&location, "error").as_deref(),
-        Some("invalid_target")
-    );
+        .replace("callback", "call%09back");
+    assert_eq!(walk.http.get(&tabbed).send().await.unwrap().status(), 400);
 
     // One good approval, then every wrong redemption of its code.
     let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None);
     let handle = walk.open_page(&url).await.unwrap();
+    // Another browser with the page's link (someone forwarded it, or the person who opened
+    // it sends it to a victim) sees neither the code nor, later, where the answer goes.
+    let stranger = Walk::new(&gateway.base_url());
+    let link = format!("{}/oauth/authorize?request={handle}", stranger.base_url);
+    assert_eq!(stranger.get(&link).send().await.unwrap().status(), 403);
     let shown = walk
         .name_user(&handle, &system.options.user_id)
         .await
         .unwrap();
+    assert_eq!(stranger.get(&link).send().await.unwrap().status(), 403);
+    assert_eq!(
+        stranger.status(&handle, Duration::ZERO).await.unwrap()["stage"],
+        "unknown"
+    );
     wait_for_request(system.sidecar_state_dir(), LIMIT)
         .await
         .unwrap();
     approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
     let redirect = walk.decision(&handle, LIMIT).await.unwrap();
     let auth_code = query_param(&redirect, "code").unwrap();
+    let stolen = stranger.status(&handle, Duration::ZERO).await.unwrap();
+    assert!(stolen.get("redirect").is_none(), "{stolen}");
     let resource = format!("{}/mcp", gateway.base_url());
 
     let wrong_verifier = Pkce::new().verifier;
@@ -402,15 +433,10 @@ async fn denied_expired_and_unknown_users_end_in_access_denied_and_the_page_tell
     let mut pages = Vec::new();
     for user in ["nobody-here", system.options.user_id.as_str()] {
         let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "e", None);
-        let response = walk.http.get(&url).send().await.unwrap();
-        let body = response.text().await.unwrap();
-        let handle = between(&body, "name=\"request\" value=\"", "\"")
-            .unwrap()
-            .to_string();
+        let handle = walk.open_page(&url).await.unwrap();
         let shown = walk.name_user(&handle, user).await.unwrap();
         let page = walk
-            .http
-            .get(format!(
+            .get(&format!(
                 "{}/oauth/authorize?request={handle}",
                 walk.base_url
             ))

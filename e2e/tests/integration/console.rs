@@ -689,3 +689,88 @@ async fn an_open_console_page_does_not_keep_a_killed_daemon_alive() {
     drop(events);
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_approves_an_agent_by_its_code_and_revokes_it_in_the_console() {
+    use e2e::authorization::{Pkce, Walk, query_param, wait_for_request};
+    let system = System::start(e2e::system::SystemOptions {
+        builtin_authorization_server: true,
+        ..e2e::system::SystemOptions::default()
+    })
+    .await
+    .unwrap();
+    let Some(browser) = Browser::start().await else {
+        system.shutdown().await;
+        return;
+    };
+    open_console(&system, &browser).await;
+
+    const REDIRECT: &str = "http://127.0.0.1:47012/callback";
+    let walk = Walk::new(&system.gateway().unwrap().base_url());
+    let client_id = walk.register("Console agent", REDIRECT).await.unwrap();
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "c1", None);
+    let handle = walk.open_page(&url).await.unwrap();
+    let shown = walk
+        .name_user(&handle, &system.options.user_id)
+        .await
+        .unwrap();
+    wait_for_request(system.sidecar_state_dir(), PAGE_WAIT)
+        .await
+        .unwrap();
+    wait_for(&browser, "//*[@id='agents-banner']").await;
+    // The console lists the request but never its code: the owner types the page's.
+    let source = browser.client.source().await.unwrap();
+    assert!(source.contains("Console agent"));
+    assert!(
+        !source.contains(&shown),
+        "the console shows the confirmation code"
+    );
+    on_element(&browser, "agent-code", |element| {
+        let code = shown.clone();
+        async move { element.send_keys(&code).await }
+    })
+    .await;
+    click(&browser, "agent-approve").await;
+    let redirect = walk.decision(&handle, PAGE_WAIT).await.unwrap();
+    let auth_code = query_param(&redirect, "code").expect("approved");
+    let (status, tokens) = walk
+        .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{tokens}");
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let agent = ibkr_agent::agents::list(
+        &ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap(),
+        e2e::authorization::now_ms(),
+    )
+    .unwrap()
+    .remove(0);
+    let prefix = agent.id[..12].to_string();
+
+    // The agent's calls work, then stop once the owner presses Revoke: refused on the laptop
+    // (AGENT_REVOKED), or already at the gateway (401) once the daemon has told it.
+    let call_accounts = |token: String| {
+        let system = &system;
+        async move {
+            let client = system.mcp_client(&token).await?;
+            let result = client
+                .call_tool(rmcp::model::CallToolRequestParams::new(
+                    "ibkr_accounts_list".to_string(),
+                ))
+                .await;
+            let _ = client.cancel().await;
+            result.map_err(|error| e2e::system::SystemError::Mcp(error.to_string()))
+        }
+    };
+    ok(&call_accounts(token.clone()).await.unwrap());
+    wait_for(&browser, &format!("//*[@id='revoke-{prefix}']")).await;
+    click(&browser, &format!("revoke-{prefix}")).await;
+    wait_for(&browser, "//*[@id='no-agents']").await;
+    match call_accounts(token).await {
+        Ok(result) => assert_eq!(code(&result), "AGENT_REVOKED"),
+        Err(error) => assert!(error.to_string().contains("invalid_token"), "{error}"),
+    }
+    browser.close().await;
+    system.shutdown().await;
+}

@@ -774,11 +774,28 @@ async fn a_refresh_token_rotates_once_and_its_reuse_revokes_the_family_across_re
         a.insert_refresh_token(refresh_token(7, "family-4", 10_000))
             .await
             .unwrap();
+        // Another user's laptop naming the approval changes nothing; its owner's does.
         assert_eq!(
-            c.revoke_refresh_tokens_of_approval("approval-of-family-4".into(), 2_000)
-                .await
-                .unwrap(),
-            1
+            c.revoke_refresh_tokens_of_approval(
+                "approval-of-family-4".into(),
+                Some("someone-else".into()),
+                2_000
+            )
+            .await
+            .unwrap(),
+            0,
+            "{backend}"
+        );
+        assert_eq!(
+            c.revoke_refresh_tokens_of_approval(
+                "approval-of-family-4".into(),
+                Some("alice".into()),
+                2_000
+            )
+            .await
+            .unwrap(),
+            1,
+            "{backend}"
         );
         assert_eq!(
             a.use_refresh_token([7; 32], 2_100, successor(32))

@@ -27,6 +27,7 @@ use protocol::agents::{
 };
 use protocol::frame::Frame;
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 use shared_safety::scope::ScopeSet;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,24 +38,36 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 /// How long a page may sit before a user is named.
+pub const OPEN_PAGE_TTL: Duration = Duration::from_secs(2 * 60);
+/// How long a finished request's page still answers (with its redirect).
 pub const PAGE_TTL: Duration = Duration::from_secs(10 * 60);
 /// How long the owner has to decide once asked, by default (`remote_mcp.approval_timeout_seconds`).
 pub const APPROVAL_TTL: Duration = Duration::from_secs(5 * 60);
 /// Most requests open at once, everybody's together.
 pub const MAX_OPEN_REQUESTS: usize = 1_024;
-/// Approval requests one user id may be sent per minute (a person connects a few agents a
-/// day; this bounds how often anyone can make a laptop show a request).
-pub const ASKS_PER_USER_PER_MINUTE: u32 = 10;
+/// Approval requests one user id may be sent per minute from all addresses together (a
+/// person connects a few agents a day; this bounds how often a laptop shows a request).
+pub const ASKS_PER_USER_PER_MINUTE: u32 = 30;
+/// Approval requests one client address may send one user id per minute: a stranger
+/// spending their share does not spend the user's own.
+pub const ASKS_PER_USER_AND_PEER_PER_MINUTE: u32 = 5;
 /// Authorization pages one client may open per minute.
 pub const OPENS_PER_CLIENT_PER_MINUTE: u32 = 20;
+/// Authorization pages one client address may open per minute (registration is free, so the
+/// per-client bound alone would not hold back one address).
+pub const OPENS_PER_PEER_PER_MINUTE: u32 = 10;
 /// How long a revoked agent's access tokens stay refused here: past it they have expired.
 const REVOKED_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Most revocations remembered at once (the laptop refuses revoked agents' calls itself too).
+const MAX_REVOKED: usize = 100_000;
 
 /// A checked authorization request, as `GET /oauth/authorize` accepted it.
 #[derive(Clone, Debug)]
 pub struct AuthorizeRequest {
     pub client: KnownClient,
     pub redirect_uri: String,
+    /// The request named `redirect_uri` (else it is the client's only registered one).
+    pub redirect_uri_named: bool,
     pub state: Option<String>,
     pub challenge: CodeChallenge,
     pub resource: String,
@@ -92,6 +105,9 @@ impl Outcome {
 /// What the page renders.
 #[derive(Clone, Debug)]
 pub struct View {
+    /// SHA-256 of the browser cookie the page was opened with: only that browser may name the
+    /// user, see the code and be sent the answer.
+    pub browser: [u8; 32],
     pub client_name: String,
     pub client_id: String,
     pub from_document: bool,
@@ -102,6 +118,7 @@ pub struct View {
 
 struct Pending {
     request: AuthorizeRequest,
+    browser: [u8; 32],
     user: Option<String>,
     stage: Stage,
     expires: Instant,
@@ -119,17 +136,25 @@ pub enum AskError {
     TooMany { retry_after: Duration },
     /// The user id is empty, too long or has control characters.
     BadUser,
+    /// The request cannot be shown on a laptop (a field the protocol bounds is too long or
+    /// not printable).
+    Unsendable,
 }
 
 pub struct ApprovalDesk {
     pending: Mutex<HashMap<ApprovalId, Pending>>,
-    revoked: Mutex<HashMap<ApprovalId, Instant>>,
+    /// Agents revoked by their owner's laptop, with the user whose laptop said so: only that
+    /// user's tokens of the agent are refused, so another user's sidecar naming someone
+    /// else's approval changes nothing.
+    revoked: Mutex<HashMap<(ApprovalId, String), Instant>>,
     relay: Arc<Relay>,
     codes: Arc<CodeBook>,
     store: Store,
     issuer: String,
     per_user: RateLimiter,
+    per_user_and_peer: RateLimiter,
     per_client: RateLimiter,
+    per_peer: RateLimiter,
     approval_ttl: Duration,
 }
 
@@ -171,7 +196,9 @@ impl ApprovalDesk {
             store,
             issuer,
             per_user: RateLimiter::new(ASKS_PER_USER_PER_MINUTE),
+            per_user_and_peer: RateLimiter::new(ASKS_PER_USER_AND_PEER_PER_MINUTE),
             per_client: RateLimiter::new(OPENS_PER_CLIENT_PER_MINUTE),
+            per_peer: RateLimiter::new(OPENS_PER_PEER_PER_MINUTE),
             approval_ttl,
         }
     }
@@ -182,7 +209,7 @@ impl ApprovalDesk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_revoked(&self) -> MutexGuard<'_, HashMap<ApprovalId, Instant>> {
+    fn lock_revoked(&self) -> MutexGuard<'_, HashMap<(ApprovalId, String), Instant>> {
         self.revoked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -207,11 +234,20 @@ impl ApprovalDesk {
     }
 
     /// Opens a request for `request`; the id is the page's handle on it.
-    pub fn open(&self, request: AuthorizeRequest) -> Result<ApprovalId, OAuthError> {
-        if self.per_client.check(&request.client.client_id).is_err() {
+    /// `browser`: SHA-256 of the page's browser cookie; `peer`: the client address's
+    /// rate-limit key.
+    pub fn open(
+        &self,
+        request: AuthorizeRequest,
+        browser: [u8; 32],
+        peer: &str,
+    ) -> Result<ApprovalId, OAuthError> {
+        // Keyed by a digest: client ids are up to 2 KiB each.
+        let client_key = hex::encode(&Sha256::digest(request.client.client_id.as_bytes())[..16]);
+        if self.per_peer.check(peer).is_err() || self.per_client.check(&client_key).is_err() {
             return Err(OAuthError::new(
                 OAuthErrorCode::TemporarilyUnavailable,
-                "This client opened too many authorization pages in the last minute; try again shortly.",
+                "Too many authorization pages were opened in the last minute; try again shortly.",
             ));
         }
         let now = Instant::now();
@@ -231,9 +267,10 @@ impl ApprovalDesk {
             id,
             Pending {
                 request,
+                browser,
                 user: None,
                 stage: Stage::Opened,
-                expires: now + PAGE_TTL,
+                expires: now + OPEN_PAGE_TTL,
                 changed,
             },
         );
@@ -275,6 +312,7 @@ impl ApprovalDesk {
         self.expire_locked(&mut pending, Instant::now());
         let entry = pending.get(&id)?;
         Some(View {
+            browser: entry.browser,
             client_name: entry.request.client.client_name.clone(),
             client_id: entry.request.client.client_id.clone(),
             from_document: entry.request.client.from_document,
@@ -285,7 +323,8 @@ impl ApprovalDesk {
     }
 
     /// Sends request `id` to `user`'s laptop and answers the confirmation code the page shows.
-    pub fn ask(&self, id: ApprovalId, user: &str) -> Result<String, AskError> {
+    /// `peer`: the client address's rate-limit key.
+    pub fn ask(&self, id: ApprovalId, user: &str, peer: &str) -> Result<String, AskError> {
         let user = user.trim();
         if user.is_empty()
             || user.len() > crate::oauth::token::MAX_SUBJECT_BYTES
@@ -301,34 +340,39 @@ impl ApprovalDesk {
             if entry.stage != Stage::Opened {
                 return Err(AskError::AlreadyAsked);
             }
-            // Counted whether or not the user exists, so the limit says nothing about that.
-            self.per_user
-                .check(user)
-                .map_err(|retry_after| AskError::TooMany { retry_after })?;
             let mut entropy = [0u8; 8];
             OsRng.fill_bytes(&mut entropy);
             let code = confirmation_code(entropy);
+            let scopes: Vec<&str> = entry.request.scopes.iter().collect();
+            let request = AgentApprovalRequest {
+                approval_id: id,
+                client_id: entry.request.client.client_id.clone(),
+                client_name: entry.request.client.client_name.clone(),
+                client_verified: entry.request.client.from_document,
+                redirect_uri: entry.request.redirect_uri.clone(),
+                scopes: catalog_scopes(&scopes),
+                confirmation_code: code.clone(),
+                expires_in_ms: u64::try_from(self.approval_ttl.as_millis()).unwrap_or(u64::MAX),
+            };
+            // What the laptop would refuse is never sent (nor counted).
+            if request.validate().is_err() {
+                return Err(AskError::Unsendable);
+            }
+            // Counted whether or not the user exists, so the limit says nothing about that.
+            self.per_user_and_peer
+                .check(&format!("{peer} {user}"))
+                .and_then(|()| self.per_user.check(user))
+                .map_err(|retry_after| AskError::TooMany { retry_after })?;
             entry.user = Some(user.to_string());
             entry.stage = Stage::Asked { code: code.clone() };
             entry.expires = now + self.approval_ttl;
             entry.changed.send_replace(());
-            let scopes: Vec<&str> = entry.request.scopes.iter().collect();
-            Frame::AgentApprovalRequest(AgentApprovalRequest {
-                approval_id: id,
-                client_id: entry.request.client.client_id.clone(),
-                client_name: entry.request.client.client_name.clone(),
-                redirect_uri: entry.request.redirect_uri.clone(),
-                scopes: catalog_scopes(&scopes),
-                confirmation_code: code,
-                expires_in_ms: u64::try_from(self.approval_ttl.as_millis()).unwrap_or(u64::MAX),
-            })
+            (Frame::AgentApprovalRequest(request), code)
         };
+        let (frame, code) = frame;
         let sent = self.relay.send_to_user(user, &frame);
         tracing::info!(sidecars = sent, "authorization request sent for approval");
-        match frame {
-            Frame::AgentApprovalRequest(request) => Ok(request.confirmation_code),
-            _ => Err(AskError::Unknown),
-        }
+        Ok(code)
     }
 
     /// Waits (at most `wait`) until request `id` changes from `seen`, then answers its view.
@@ -376,6 +420,7 @@ impl ApprovalDesk {
             let code = self.codes.issue(CodeGrant {
                 client_id: request.client.client_id.clone(),
                 redirect_uri: request.redirect_uri.clone(),
+                redirect_uri_named: request.redirect_uri_named,
                 challenge: request.challenge.clone(),
                 resource: request.resource.clone(),
                 scopes: ScopeSet::from_list(&granted),
@@ -429,11 +474,26 @@ impl ApprovalDesk {
             let now = Instant::now();
             let mut revoked = self.lock_revoked();
             revoked.retain(|_, at| now.duration_since(*at) < REVOKED_MEMORY);
-            revoked.insert(approval_id, now);
+            if revoked.len() < MAX_REVOKED {
+                revoked.insert((approval_id, user_id.to_string()), now);
+            }
+        }
+        // A code of this user's approval not redeemed yet must not redeem any more (and one
+        // being redeemed right now must not leave a refresh token behind).
+        let owned = self
+            .lock()
+            .get(&approval_id)
+            .is_some_and(|entry| entry.user.as_deref() == Some(user_id));
+        if owned {
+            self.codes.kill_approval(&approval_id.to_hex());
         }
         match self
             .store
-            .revoke_refresh_tokens_of_approval(approval_id.to_hex(), unix_ms())
+            .revoke_refresh_tokens_of_approval(
+                approval_id.to_hex(),
+                Some(user_id.to_string()),
+                unix_ms(),
+            )
             .await
         {
             Ok(_) => {
@@ -447,9 +507,12 @@ impl ApprovalDesk {
         }
     }
 
-    /// Whether the laptop revoked `approval_id` (its access tokens are then refused).
-    pub fn is_revoked(&self, approval_id: &ApprovalId) -> bool {
-        self.lock_revoked().contains_key(approval_id)
+    /// Whether tokens of `approval_id` held by `subject` are refused: that user's laptop
+    /// revoked it, or a code of it was presented twice.
+    pub fn is_revoked(&self, approval_id: &ApprovalId, subject: &str) -> bool {
+        self.lock_revoked()
+            .contains_key(&(*approval_id, subject.to_string()))
+            || self.codes.is_dead(&approval_id.to_hex())
     }
 
     /// Serves the sidecars' messages until `shutdown`.

@@ -133,7 +133,7 @@ pub fn check_metadata(metadata: &ClientMetadata) -> Result<CheckedClient, OAuthE
         .as_deref()
         .unwrap_or("an unnamed client")
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !protocol::agents::is_display_trap(*c))
         .take(MAX_CLIENT_NAME_CHARS)
         .collect();
     let client_name = match client_name.trim() {

@@ -34,6 +34,9 @@ pub const REUSE_MEMORY: Duration = Duration::from_secs(600);
 pub struct CodeGrant {
     pub client_id: String,
     pub redirect_uri: String,
+    /// The authorization request named `redirect_uri` (then the token request must name it
+    /// too, RFC 6749 section 4.1.3); false when it was the client's only registered one.
+    pub redirect_uri_named: bool,
     pub challenge: CodeChallenge,
     /// The resource the tokens are for (the gateway's MCP URI).
     pub resource: String,
@@ -86,16 +89,40 @@ struct Entry {
 #[derive(Default)]
 pub struct CodeBook {
     codes: Mutex<HashMap<[u8; 32], Entry>>,
+    /// Approvals whose tokens must not stand: a code of theirs was presented again, or the
+    /// laptop revoked them. Kept [`REUSE_MEMORY`], longer than any of their codes lives.
+    dead: Mutex<HashMap<String, Instant>>,
 }
 
+/// Most dead approvals remembered.
+const MAX_DEAD: usize = 100_000;
+
 impl CodeBook {
-    /// Whether a code of `approval_id` was presented again after it was spent (for as long
-    /// as the code is remembered): tokens issued for it must not stand, even those stored
-    /// after the reuse was seen.
-    pub fn was_reused(&self, approval_id: &str) -> bool {
-        self.lock()
-            .values()
-            .any(|entry| entry.reused && entry.grant.approval_id == approval_id)
+    /// Whether tokens of `approval_id` must not stand, even those stored after this was
+    /// known (a code reused, or the approval revoked while its code was being redeemed).
+    pub fn is_dead(&self, approval_id: &str) -> bool {
+        let now = Instant::now();
+        self.lock_dead()
+            .get(approval_id)
+            .is_some_and(|at| now.duration_since(*at) < REUSE_MEMORY)
+    }
+
+    /// Ends `approval_id`: its codes no longer redeem and [`CodeBook::is_dead`] says so.
+    pub fn kill_approval(&self, approval_id: &str) {
+        let now = Instant::now();
+        let mut dead = self.lock_dead();
+        if dead.len() >= MAX_DEAD {
+            dead.retain(|_, at| now.duration_since(*at) < REUSE_MEMORY);
+        }
+        if dead.len() < MAX_DEAD {
+            dead.insert(approval_id.to_string(), now);
+        }
+    }
+
+    fn lock_dead(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.dead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -159,9 +186,10 @@ impl CodeBook {
             };
             if entry.spent {
                 entry.reused = true;
-                return Err(RedeemError::Reused {
-                    approval_id: entry.grant.approval_id.clone(),
-                });
+                let approval_id = entry.grant.approval_id.clone();
+                drop(codes);
+                self.kill_approval(&approval_id);
+                return Err(RedeemError::Reused { approval_id });
             }
             entry.spent = true;
             if entry.expires <= now {
@@ -169,12 +197,21 @@ impl CodeBook {
             }
             entry.grant.clone()
         };
+        if self.is_dead(&grant.approval_id) {
+            return Err(invalid_grant(
+                "This authorization was revoked on the laptop.",
+            ));
+        }
         if grant.client_id != redemption.client_id {
             return Err(invalid_grant(
                 "The authorization code was issued to another client.",
             ));
         }
-        if redemption.redirect_uri != Some(grant.redirect_uri.as_str()) {
+        let redirect_ok = match redemption.redirect_uri {
+            Some(uri) => uri == grant.redirect_uri,
+            None => !grant.redirect_uri_named,
+        };
+        if !redirect_ok {
             return Err(invalid_grant(
                 "redirect_uri must be the one the authorization request named.",
             ));
@@ -191,7 +228,7 @@ impl CodeBook {
             ));
         }
         if let Some(resource) = redemption.resource
-            && resource != grant.resource
+            && resource.trim_end_matches('/') != grant.resource.trim_end_matches('/')
         {
             return Err(RedeemError::Refused(OAuthError::new(
                 OAuthErrorCode::InvalidTarget,
@@ -217,6 +254,7 @@ pub(crate) mod test_support {
         CodeGrant {
             client_id: "client-1".into(),
             redirect_uri: REDIRECT.into(),
+            redirect_uri_named: true,
             challenge: CodeChallenge::parse(CHALLENGE, Some("S256")).unwrap(),
             resource: RESOURCE.into(),
             scopes: ScopeSet::from_list(&["ibkr:health:read"]),

@@ -4,7 +4,9 @@
 //! error the RFCs name.
 //!
 //! - A reused authorization code revokes every refresh token of its approval, including one
-//!   the first redemption stores after the reuse was seen.
+//!   the first redemption stores after the reuse was seen; so does the laptop's revocation
+//!   of the approval while its code is being redeemed. Both also refuse the approval's
+//!   access tokens ([`super::approvals::ApprovalDesk::is_revoked`]).
 //! - A refresh token is spent by any use; presenting a spent one revokes its family
 //!   ([`crate::store::Store::use_refresh_token`]). A refresh token presented by another
 //!   client than its own is refused (and spent, so the family ends at its owner's next use).
@@ -146,11 +148,12 @@ impl TokenEndpoint {
             })
             .await
             .map_err(|_| unavailable())?;
-        // The code may have been presented again while the token was being stored.
-        if self.codes.was_reused(&grant.approval_id) {
+        // The code may have been presented again, or the laptop may have revoked the
+        // approval, while the token was being stored.
+        if self.codes.is_dead(&grant.approval_id) {
             self.revoke_approval(&grant.approval_id).await;
             return Err(invalid_grant(
-                "This authorization code was already used; every token issued with it is revoked.",
+                "This authorization was revoked (its code was used twice, or the laptop's owner revoked it).",
             ));
         }
         self.answer(
@@ -202,7 +205,7 @@ impl TokenEndpoint {
             ));
         }
         if let Some(resource) = form.resource.as_deref()
-            && resource != grant.resource
+            && resource.trim_end_matches('/') != grant.resource.trim_end_matches('/')
         {
             return Err(OAuthError::new(
                 OAuthErrorCode::InvalidTarget,
@@ -283,7 +286,7 @@ impl TokenEndpoint {
     async fn revoke_approval(&self, approval_id: &str) {
         if let Err(error) = self
             .store
-            .revoke_refresh_tokens_of_approval(approval_id.to_string(), unix_ms())
+            .revoke_refresh_tokens_of_approval(approval_id.to_string(), None, unix_ms())
             .await
         {
             tracing::error!(%error, "could not revoke the refresh tokens of a reused authorization code");

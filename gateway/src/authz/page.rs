@@ -82,6 +82,31 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     )
 }
 
+/// An OAuth error found before anyone acted on the page: its RFC name, what it means, and a
+/// link back to the client carrying the error (followed only if the person chooses to).
+pub fn error_with_return(
+    status: StatusCode,
+    code: &str,
+    description: &str,
+    back: &str,
+) -> Response {
+    page(
+        status,
+        "Cannot connect this agent",
+        &format!(
+            "<h1>Cannot connect this agent</h1>\
+             <p>Error <code id=\"error-code\">{code}</code>: <span id=\"error\">{description}</span></p>\
+             <p class=\"note\">The application that sent you here made a request this gateway \
+             does not accept. <a id=\"return\" href=\"{back}\">Return to the application</a> \
+             (it is told the error) or start again from it.</p>",
+            code = escape(code),
+            description = escape(description),
+            back = escape(back),
+        ),
+        None,
+    )
+}
+
 fn summary(view: &View) -> String {
     let scopes: String = view
         .scopes
@@ -135,15 +160,22 @@ pub fn waiting(view: &View, handle: &str, code: &str) -> Response {
          <p class=\"note\">or in the sidecar console. Type the code only if you opened this \
          page yourself. The request expires in a few minutes.</p>\
          <p id=\"status\" class=\"note\">Waiting for the laptop\u{2026}</p>\
+         <p><a id=\"continue-link\" hidden>Continue to the application</a></p>\
          <noscript><meta http-equiv=\"refresh\" content=\"3\"></noscript>",
         summary = summary(view),
         code = escape(code),
     );
     // Long-polls the status; goes to the client's redirect URI once decided.
+    // A link too: a browser may not follow a script's redirect to an app's own scheme
+    // minutes after the last click. An unknown request (expired, or a gateway restart) ends
+    // the polling.
     let script = format!(
-        "(function(){{var h={handle:?};function poll(){{fetch('/oauth/authorize/status?request='+h+'&wait=20',{{cache:'no-store'}})\
-         .then(function(r){{return r.json()}}).then(function(s){{if(s.redirect){{document.getElementById('status').textContent='Decided: '+s.stage;\
-         window.location.replace(s.redirect);}}else{{setTimeout(poll,200)}}}}).catch(function(){{setTimeout(poll,2000)}})}}poll();}})();",
+        "(function(){{var h={handle:?};var st=document.getElementById('status');function poll(){{\
+         fetch('/oauth/authorize/status?request='+h+'&wait=20',{{cache:'no-store',credentials:'same-origin'}})\
+         .then(function(r){{return r.json()}}).then(function(s){{if(s.redirect){{st.textContent='Decided: '+s.stage+'.';\
+         var a=document.getElementById('continue-link');a.href=s.redirect;a.hidden=false;window.location.replace(s.redirect);}}\
+         else if(s.stage==='unknown'){{st.textContent='This request is no longer known here (it expired). Start again from the application.';}}\
+         else{{setTimeout(poll,200)}}}}).catch(function(){{setTimeout(poll,2000)}})}}poll();}})();",
         handle = handle,
     );
     page(
@@ -174,6 +206,7 @@ mod tests {
             "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
         );
         let view = View {
+            browser: [0; 32],
             client_name: "<img src=x onerror=alert(1)>".into(),
             client_id: "reg.x".into(),
             from_document: false,

@@ -67,9 +67,51 @@ struct Sealed {
 /// Issues and reads client ids; fetches metadata documents.
 pub struct ClientRegistry {
     secret: Zeroizing<[u8; 32]>,
-    http_timeout: Duration,
     allow_loopback_documents: bool,
     cache: Mutex<HashMap<String, (Instant, KnownClient)>>,
+    /// One client for every document fetch: no proxy (a proxy would resolve names itself),
+    /// no redirects, and a resolver that answers only acceptable addresses, so the
+    /// connection goes where the check looked.
+    http: Option<reqwest::Client>,
+    /// Fetches at once: a flood of new client ids cannot tie up the resolver or sockets.
+    fetches: tokio::sync::Semaphore,
+}
+
+/// Longest a metadata document host's name lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most document fetches at once.
+const MAX_CONCURRENT_FETCHES: usize = 8;
+
+/// Resolves a document host's name and answers only addresses a document may come from.
+struct CheckedResolver {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found =
+                tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host.as_str(), 0)))
+                    .await
+                    .map_err(|_| "the name lookup timed out")??;
+            let addresses: Vec<SocketAddr> = found.collect();
+            if !acceptable(&addresses, allow_loopback) {
+                return Err("the host resolves to a private or local address".into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Every address public, or (for a development gateway) every address loopback.
+fn acceptable(addresses: &[SocketAddr], allow_loopback: bool) -> bool {
+    !addresses.is_empty()
+        && (addresses
+            .iter()
+            .all(|address| is_public_address(address.ip()))
+            || (allow_loopback && addresses.iter().all(|address| address.ip().is_loopback())))
 }
 
 impl std::fmt::Debug for ClientRegistry {
@@ -114,8 +156,11 @@ pub fn is_public_address(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
                 || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064)
+                || first == 0x2002
+                || first == 0x0064
+                || (v6.segments()[..6] == [0, 0, 0, 0, 0, 0]))
         }
     }
 }
@@ -168,11 +213,22 @@ impl ClientRegistry {
         secret: Zeroizing<[u8; 32]>,
         allow_loopback_documents: bool,
     ) -> ClientRegistry {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(FETCH_TIMEOUT)
+            .dns_resolver(CheckedResolver {
+                allow_loopback: allow_loopback_documents,
+            })
+            .build()
+            .ok();
         ClientRegistry {
             secret,
-            http_timeout: FETCH_TIMEOUT,
             allow_loopback_documents,
             cache: Mutex::new(HashMap::new()),
+            http,
+            fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
     }
 
@@ -302,94 +358,80 @@ impl ClientRegistry {
         (at.elapsed() < DOCUMENT_CACHE).then(|| client.clone())
     }
 
-    /// Checks a document URL and the addresses its host resolves to.
-    async fn checked_target(&self, text: &str) -> Result<(Url, SocketAddr), OAuthError> {
+    /// Checks a document URL's form; an address written in it must be acceptable itself
+    /// (names are checked by the resolver when the connection is made).
+    fn checked_url(&self, text: &str) -> Result<Url, OAuthError> {
         let refused =
             |why: &str| invalid_client(format!("The client metadata document URL {why}."));
         let url = Url::parse(text).map_err(|_| refused("is not a URL"))?;
+        if url.as_str() != text {
+            return Err(refused("must be written in its normalized form"));
+        }
         if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
             return Err(refused("must have no fragment and no user information"));
         }
         if url.path() == "/" || url.path().is_empty() {
             return Err(refused("must have a path"));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| refused("has no host"))?
-            .to_string();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| refused("has no port"))?;
-        let lookup_host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host.as_str(), port))
-            .await
-            .map_err(|_| refused("has a host that does not resolve"))?
-            .collect();
-        let first = *addresses
-            .first()
-            .ok_or_else(|| refused("has a host that does not resolve"))?;
-        let all_loopback = addresses.iter().all(|address| address.ip().is_loopback());
+        let literal: Option<IpAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(refused("has no host")),
+        };
+        let loopback_host = match (&literal, url.host_str()) {
+            (Some(ip), _) => ip.is_loopback(),
+            (None, Some(name)) => name.eq_ignore_ascii_case("localhost"),
+            _ => false,
+        };
         match url.scheme() {
             "https" => {}
-            "http" if all_loopback && self.allow_loopback_documents => {}
+            "http" if loopback_host && self.allow_loopback_documents => {}
             _ => return Err(refused("must be https")),
         }
-        let acceptable = if self.allow_loopback_documents && all_loopback {
-            true
-        } else {
-            addresses
-                .iter()
-                .all(|address| is_public_address(address.ip()))
-        };
-        if !acceptable {
+        if let Some(ip) = literal
+            && !acceptable(&[SocketAddr::new(ip, 0)], self.allow_loopback_documents)
+        {
             return Err(refused("points at a private or local address"));
         }
-        Ok((url, first))
+        Ok(url)
     }
 
     async fn fetch(&self, client_id: &str) -> Result<ClientMetadata, OAuthError> {
-        let (url, address) = self.checked_target(client_id).await?;
-        let failed = |why: String| {
-            invalid_client(format!(
-                "The client metadata document could not be read: {why}."
-            ))
+        let url = self.checked_url(client_id)?;
+        // Details of why a fetch failed stay in the log: the page would otherwise let anyone
+        // probe hosts and ports through this gateway.
+        let failed = |why: &str| {
+            tracing::info!(reason = why, "a client metadata document could not be read");
+            invalid_client("The client metadata document could not be read.")
         };
-        let host = url.host_str().unwrap_or_default().to_string();
-        // The connection goes to the address that was checked, whatever DNS says next.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(self.http_timeout)
-            .connect_timeout(self.http_timeout)
-            .resolve(&host, address)
-            .build()
-            .map_err(|error| failed(error.to_string()))?;
+        let http = self.http.as_ref().ok_or_else(|| failed("no HTTP client"))?;
+        let _permit = self
+            .fetches
+            .acquire()
+            .await
+            .map_err(|_| failed("shutting down"))?;
         let mut response = http
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|error| failed(error.without_url().to_string()))?;
+            .map_err(|error| failed(&error.without_url().to_string()))?;
         if !response.status().is_success() {
-            return Err(failed(format!(
-                "HTTP status {}",
-                response.status().as_u16()
-            )));
+            return Err(failed("HTTP status not 2xx"));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| failed(error.without_url().to_string()))?
+            .map_err(|error| failed(&error.without_url().to_string()))?
         {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(failed("larger than 16 KiB".into()));
+                return Err(failed("larger than 16 KiB"));
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|_| failed("not client metadata JSON".into()))
+        serde_json::from_slice(&body).map_err(|_| failed("not client metadata JSON"))
     }
 }
 

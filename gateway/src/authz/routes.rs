@@ -6,19 +6,23 @@
 //! are known to be good, and shows them on a page (never redirecting) before that.
 
 use super::AuthorizationServer;
-use super::approvals::{AskError, AuthorizeRequest, Stage};
+use super::approvals::{ApprovalDesk, AskError, AuthorizeRequest, Stage, View};
 use super::clients::{ClientMetadata, redirect_matches};
 use super::errors::{OAuthError, OAuthErrorCode};
 use super::grants::TokenForm;
 use super::page;
 use super::pkce::CodeChallenge;
+use crate::http::limits::PeerAddr;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Form, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
 use protocol::agents::ApprovalId;
+use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use shared_safety::scope::ScopeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,15 +133,80 @@ fn redirect_to(url: &str) -> Response {
     no_store(Redirect::to(url).into_response())
 }
 
+/// The cookie that binds a sign-in to the browser that opened its page. On `https` it takes
+/// the `__Host-` prefix (Secure, whole host, set by this origin only).
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.resolved.base_url.starts_with("https://") {
+        "__Host-ibkr_authz"
+    } else {
+        "ibkr_authz"
+    }
+}
+
+/// The browser's binding cookie, if it sent one of the right shape.
+fn browser_cookie(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(state);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+        .filter(|value| {
+            value.len() == 43
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn digest(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
+
+/// Whether this request comes from the browser that opened `view`'s page.
+fn same_browser(state: &AppState, headers: &HeaderMap, view: &View) -> bool {
+    browser_cookie(state, headers).is_some_and(|cookie| digest(&cookie) == view.browser)
+}
+
+fn peer_key(state: &AppState, peer: &PeerAddr, headers: &HeaderMap) -> String {
+    crate::http::net::rate_limit_key(crate::http::net::client_ip(
+        peer.0.ip(),
+        headers,
+        &state.resolved.trusted_proxies,
+    ))
+}
+
+/// An error found before anyone acted on the page: shown with its RFC name and a link back to
+/// the client, never an automatic redirect (RFC 9700 section 4.11.2: anyone can register a
+/// client, so an automatic redirect would make this page an open redirector).
+fn early_error(
+    desk: &ApprovalDesk,
+    redirect_uri: &str,
+    state: Option<&str>,
+    error: &OAuthError,
+) -> Response {
+    page::error_with_return(
+        StatusCode::BAD_REQUEST,
+        error.code.as_str(),
+        &error.description,
+        &desk.error_redirect(redirect_uri, state, error),
+    )
+}
+
 pub(crate) async fn authorize(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
     Query(query): Query<AuthorizeQuery>,
 ) -> Response {
     let Some(server) = server(&state) else {
         return not_served();
     };
     if let Some(handle) = query.request.as_deref() {
-        return show(server, handle);
+        return show(&state, server, &headers, handle);
     }
     // Until the client and its redirect URI check out, errors stay on this page.
     let Some(client_id) = query.client_id.as_deref() else {
@@ -147,15 +216,23 @@ pub(crate) async fn authorize(
         Ok(client) => client,
         Err(error) => return page::error(StatusCode::BAD_REQUEST, &error.description),
     };
-    let redirect_uri = match query.redirect_uri.as_deref() {
-        Some(uri) if redirect_matches(&client.redirect_uris, uri) => uri.to_string(),
+    let (redirect_uri, redirect_uri_named) = match query.redirect_uri.as_deref() {
+        // Taken only in the form it parses to, so what the laptop shows is what the browser
+        // will be sent to (a parser drops tabs and newlines a raw string would keep).
+        Some(uri)
+            if uri.len() <= super::clients::MAX_REDIRECT_URI_BYTES
+                && url::Url::parse(uri).is_ok_and(|parsed| parsed.as_str() == uri)
+                && redirect_matches(&client.redirect_uris, uri) =>
+        {
+            (uri.to_string(), true)
+        }
         Some(_) => {
             return page::error(
                 StatusCode::BAD_REQUEST,
                 "The redirect_uri is not one this client registered.",
             );
         }
-        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None if client.redirect_uris.len() == 1 => (client.redirect_uris[0].clone(), false),
         None => {
             return page::error(
                 StatusCode::BAD_REQUEST,
@@ -165,17 +242,23 @@ pub(crate) async fn authorize(
     };
     let desk = &server.desk;
     let fail = |code: OAuthErrorCode, description: &str| {
-        redirect_to(&desk.error_redirect(
+        early_error(
+            desk,
             &redirect_uri,
             query.state.as_deref(),
             &OAuthError::new(code, description),
-        ))
+        )
     };
     if query.response_type.as_deref() != Some("code") {
         return fail(
             OAuthErrorCode::UnsupportedResponseType,
             "Only response_type=code is supported.",
         );
+    }
+    if let Some(state) = query.state.as_deref()
+        && state.len() > 1024
+    {
+        return fail(OAuthErrorCode::InvalidRequest, "state is too long.");
     }
     let challenge = match CodeChallenge::parse(
         query.code_challenge.as_deref().unwrap_or_default(),
@@ -212,24 +295,50 @@ pub(crate) async fn authorize(
             ScopeSet::from_list(&asked)
         }
     };
-    if let Some(state) = query.state.as_deref()
-        && state.len() > 1024
-    {
-        return fail(OAuthErrorCode::InvalidRequest, "state is too long.");
-    }
     let request = AuthorizeRequest {
         client,
         redirect_uri: redirect_uri.clone(),
+        redirect_uri_named,
         state: query.state.clone(),
         challenge,
         resource,
         scopes,
     };
-    match desk.open(request) {
-        Ok(id) => show(server, &id.to_hex()),
-        Err(error) => {
-            redirect_to(&desk.error_redirect(&redirect_uri, query.state.as_deref(), &error))
+    // One cookie per browser, reused across sign-ins; a new one when it has none.
+    let (cookie, fresh) = match browser_cookie(&state, &headers) {
+        Some(cookie) => (cookie, false),
+        None => {
+            let mut bytes = [0u8; 32];
+            OsRng.fill_bytes(&mut bytes);
+            (
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+                true,
+            )
         }
+    };
+    match desk.open(request, digest(&cookie), &peer_key(&state, &peer, &headers)) {
+        Ok(id) => {
+            let Some(view) = desk.view(id) else {
+                return expired_page();
+            };
+            let mut response = page::for_stage(&view, &id.to_hex());
+            if fresh {
+                let secure = if cookie_name(&state).starts_with("__Host-") {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                let value = format!(
+                    "{}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600{secure}",
+                    cookie_name(&state)
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+            }
+            response
+        }
+        Err(error) => early_error(desk, &redirect_uri, query.state.as_deref(), &error),
     }
 }
 
@@ -240,12 +349,26 @@ fn expired_page() -> Response {
     )
 }
 
-fn show(server: &AuthorizationServer, handle: &str) -> Response {
+fn other_browser_page() -> Response {
+    page::error(
+        StatusCode::FORBIDDEN,
+        "This sign-in was started in another browser. Start again from the application that \
+         sent you here; never type a code from a page someone else opened.",
+    )
+}
+
+fn show(
+    state: &AppState,
+    server: &AuthorizationServer,
+    headers: &HeaderMap,
+    handle: &str,
+) -> Response {
     let Some(id) = ApprovalId::from_hex(handle) else {
         return expired_page();
     };
     match server.desk.view(id) {
         None => expired_page(),
+        Some(view) if !same_browser(state, headers, &view) => other_browser_page(),
         Some(view) => match &view.stage {
             Stage::Finished { redirect, .. } => redirect_to(redirect),
             _ => page::for_stage(&view, &id.to_hex()),
@@ -259,43 +382,52 @@ pub(crate) struct AskForm {
     user_id: String,
 }
 
-pub(crate) async fn ask(State(state): State<Arc<AppState>>, Form(form): Form<AskForm>) -> Response {
+pub(crate) async fn ask(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    Form(form): Form<AskForm>,
+) -> Response {
     let Some(server) = server(&state) else {
         return not_served();
     };
     let Some(id) = ApprovalId::from_hex(&form.request) else {
         return expired_page();
     };
+    let Some(view) = server.desk.view(id) else {
+        return expired_page();
+    };
+    if !same_browser(&state, &headers, &view) {
+        return other_browser_page();
+    }
     let handle = id.to_hex();
-    match server.desk.ask(id, &form.user_id) {
+    match server
+        .desk
+        .ask(id, &form.user_id, &peer_key(&state, &peer, &headers))
+    {
         // Post/redirect/get: a reload shows the same code instead of asking again.
         Ok(_) | Err(AskError::AlreadyAsked) => redirect_to(&format!(
             "{}?request={handle}",
             super::metadata::AUTHORIZE_PATH
         )),
         Err(AskError::Unknown) => expired_page(),
-        Err(AskError::BadUser) => match server.desk.view(id) {
-            Some(view) => page::ask_user(&view, &handle, Some("Enter a user id.")),
-            None => expired_page(),
-        },
-        Err(AskError::TooMany { retry_after }) => match server.desk.view(id) {
-            Some(view) => {
-                let mut response = page::ask_user(
-                    &view,
-                    &handle,
-                    Some(
-                        "Too many requests for this user id just now; wait a minute and try again.",
-                    ),
-                );
-                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-                {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                response
+        Err(AskError::Unsendable) => page::error(
+            StatusCode::BAD_REQUEST,
+            "This client's name, id or redirect URI cannot be shown safely on a laptop.",
+        ),
+        Err(AskError::BadUser) => page::ask_user(&view, &handle, Some("Enter a user id.")),
+        Err(AskError::TooMany { retry_after }) => {
+            let mut response = page::ask_user(
+                &view,
+                &handle,
+                Some("Too many requests for this user id just now; wait a minute and try again."),
+            );
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
-            None => expired_page(),
-        },
+            response
+        }
     }
 }
 
@@ -306,22 +438,32 @@ pub(crate) struct StatusQuery {
     wait: Option<u64>,
 }
 
+/// The page's long poll. The confirmation code and the redirect (with the authorization code)
+/// only go to the browser that opened the page.
 pub(crate) async fn status(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(query): Query<StatusQuery>,
 ) -> Response {
     let Some(server) = server(&state) else {
         return not_served();
     };
-    let Some(id) = ApprovalId::from_hex(&query.request) else {
-        return no_store(
+    let unknown = || {
+        no_store(
             (
                 StatusCode::NOT_FOUND,
                 Json(serde_json::json!({"stage": "unknown"})),
             )
                 .into_response(),
-        );
+        )
     };
+    let Some(id) = ApprovalId::from_hex(&query.request) else {
+        return unknown();
+    };
+    match server.desk.view(id) {
+        Some(view) if same_browser(&state, &headers, &view) => {}
+        _ => return unknown(),
+    }
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_STATUS_WAIT);
     let view = if wait.is_zero() {
         server.desk.view(id)
@@ -329,7 +471,7 @@ pub(crate) async fn status(
         server.desk.wait_for_change(id, wait).await
     };
     let body = match view.map(|view| view.stage) {
-        None => serde_json::json!({"stage": "unknown"}),
+        None => return unknown(),
         Some(Stage::Opened) => serde_json::json!({"stage": "opened"}),
         Some(Stage::Asked { code }) => serde_json::json!({"stage": "waiting", "code": code}),
         Some(Stage::Finished { outcome, redirect }) => {

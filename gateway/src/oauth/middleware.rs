@@ -302,7 +302,7 @@ pub(crate) async fn require_bearer(
     };
     // An agent the laptop revoked: its access tokens end now, not when they expire.
     if let (Some(agent), Some(authz)) = (validated.agent.as_ref(), state.authz.as_ref())
-        && authz.desk.is_revoked(agent)
+        && authz.desk.is_revoked(agent, &validated.subject)
     {
         return unauthorized(&state, ErrorCode::AuthInvalidToken, Some("invalid_token"));
     }

@@ -71,8 +71,8 @@ pub struct ValidatorSettings {
     /// Refuse tokens whose header `typ` is not `at+jwt` / `application/at+jwt`.
     pub require_typ_at_jwt: bool,
     pub allowed_scopes: Vec<String>,
-    /// Read the `ibkr_agent` claim: only for tokens of the gateway's own authorization server
-    /// (an external issuer's claim of that name means nothing here).
+    /// Require and read the `ibkr_agent` claim: only for tokens of the gateway's own
+    /// authorization server (an external issuer's claim of that name means nothing here).
     pub agent_claim: bool,
 }
 
@@ -245,16 +245,16 @@ impl TokenValidator {
             .and_then(serde_json::Value::as_str)
             .filter(|id| id.len() <= protocol::agents::MAX_CLIENT_URI)
             .map(str::to_string);
+        // Every token of the built-in server names its approval: one without it is refused, so
+        // no call of that server's tokens reaches the laptop without its approval named.
         let agent = if self.settings.agent_claim {
-            match claims.get("ibkr_agent") {
-                None => None,
-                Some(value) => Some(
-                    value
-                        .as_str()
-                        .and_then(protocol::agents::ApprovalId::from_hex)
-                        .ok_or(TokenError::MissingClaim)?,
-                ),
-            }
+            Some(
+                claims
+                    .get("ibkr_agent")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(protocol::agents::ApprovalId::from_hex)
+                    .ok_or(TokenError::MissingClaim)?,
+            )
         } else {
             None
         };

@@ -376,6 +376,7 @@ async fn handle_frame(
             }
             hand_to_desk(
                 relay,
+                &session.sidecar_id,
                 crate::relay::AgentEvent::Decision {
                     user_id: session.user_id.clone(),
                     decision,
@@ -386,6 +387,7 @@ async fn handle_frame(
         Frame::AgentRevoked { approval_id } => {
             hand_to_desk(
                 relay,
+                &session.sidecar_id,
                 crate::relay::AgentEvent::Revoked {
                     user_id: session.user_id.clone(),
                     approval_id,
@@ -406,7 +408,11 @@ async fn handle_frame(
 /// Passes an agent message to the approval desk. With no desk (an external issuer) or a full
 /// queue it is dropped: a decision then never arrives (the page's request expires) and a
 /// revocation is not acknowledged, so the sidecar sends it again at its next connection.
-fn hand_to_desk(relay: &Relay, event: crate::relay::AgentEvent) {
+fn hand_to_desk(relay: &Relay, sidecar_id: &str, event: crate::relay::AgentEvent) {
+    if relay.agent_messages.check(sidecar_id).is_err() {
+        tracing::warn!(%sidecar_id, "agent message dropped: this sidecar sends too many");
+        return;
+    }
     match relay.agent_inbox.get() {
         Some(inbox) => {
             if inbox.try_send(event).is_err() {

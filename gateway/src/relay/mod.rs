@@ -89,7 +89,13 @@ pub struct Relay {
     /// Where sidecars' answers about agent connections go (the built-in authorization
     /// server's approval desk), when it runs.
     pub(crate) agent_inbox: std::sync::OnceLock<tokio::sync::mpsc::Sender<AgentEvent>>,
+    /// Agent messages one sidecar may send per minute (a person decides a few a day): a
+    /// sidecar flooding them cannot crowd out other users' decisions.
+    pub(crate) agent_messages: crate::http::rate_limit::RateLimiter,
 }
+
+/// Agent messages (decisions, revocations) one sidecar may send per minute.
+const AGENT_MESSAGES_PER_MINUTE: u32 = 60;
 
 /// A sidecar's message about an agent connection, as the relay hands it on.
 #[derive(Debug)]
@@ -134,6 +140,7 @@ impl Relay {
             tasks: TaskTracker::new(),
             cluster,
             agent_inbox: std::sync::OnceLock::new(),
+            agent_messages: crate::http::rate_limit::RateLimiter::new(AGENT_MESSAGES_PER_MINUTE),
         }
     }
 

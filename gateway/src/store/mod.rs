@@ -551,20 +551,23 @@ impl Store {
 
     /// Revokes every refresh token from one approval (the owner revoked the agent, or one
     /// of its codes was reused). Returns how many were live.
+    /// Revokes every refresh token of an approval; with `subject`, only if they are that
+    /// user's (a revocation another user's laptop sends then changes nothing).
     pub async fn revoke_refresh_tokens_of_approval(
         &self,
         approval_id: String,
+        subject: Option<String>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => {
                 sqlite
-                    .revoke_refresh_tokens_of_approval(approval_id, now_ms)
+                    .revoke_refresh_tokens_of_approval(approval_id, subject, now_ms)
                     .await
             }
             Backend::Postgres(postgres) => {
                 postgres
-                    .revoke_refresh_tokens_of_approval(approval_id, now_ms)
+                    .revoke_refresh_tokens_of_approval(approval_id, subject, now_ms)
                     .await
             }
         }

@@ -186,10 +186,24 @@ fn rows() -> Vec<Row> {
             code: FORBIDDEN,
             key: "remote_mcp.enabled",
         },
+        // Without an issuer the gateway is its own authorization server: a JWKS URL then
+        // means nothing, and a cluster cannot run it.
         Row {
-            name: "remote_mcp.issuer missing",
+            name: "remote_mcp.jwks_url without remote_mcp.issuer",
             yaml: &[Delete("remote_mcp.issuer")],
             programmatic: Some(|c| c.remote_mcp.issuer = None),
+            code: INVALID,
+            key: "remote_mcp.jwks_url",
+        },
+        Row {
+            name: "the built-in authorization server on a cluster store",
+            yaml: &[],
+            programmatic: Some(|c| {
+                c.remote_mcp.issuer = None;
+                c.remote_mcp.jwks_url = None;
+                c.store.backend = ibkr_gateway::config::StoreBackend::Postgres;
+                c.store.postgres_url_env = Some("IBKR_GATEWAY_TEST_UNSET_URL".into());
+            }),
             code: INVALID,
             key: "remote_mcp.issuer",
         },

@@ -53,6 +53,11 @@ pub struct RevokeArgs {
     pub id: String,
 }
 
+/// The first 12 characters of an agent id (what `list` shows and `revoke` takes).
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 fn status_word(record: &AgentRecord) -> &'static str {
     match record.status {
         AgentStatus::Pending => "waiting for you",
@@ -75,11 +80,17 @@ fn print_record(record: &AgentRecord, now_ms: i64) {
         Some(at) => format!("last used {} s ago", (now_ms - at).max(0) / 1000),
         None => "never used".to_string(),
     };
+    let verified = if record.client_verified {
+        ""
+    } else {
+        " (name not verified)"
+    };
     println!(
-        "  {}  {}  [{}]\n      redirects to {}\n      {}; {}",
-        &record.id[..12],
+        "  {}  {}{verified}  [{}]\n      client {}\n      redirects to {}\n      {}; {}",
+        short(&record.id),
         record.client_name,
         status_word(record),
+        record.client_id,
         record.redirect_uri,
         scopes,
         last_use
@@ -113,7 +124,7 @@ pub fn command(state_dir: &Path, args: &AgentsArgs, json: bool) -> Result<(), Si
         }
         AgentsCommand::Approve(args) => (
             agents::approve(&store, &args.code.code, args.scopes.as_deref(), &by, now)?,
-            "approved; the page continues to the agent",
+            "approved; the running sidecar tells the gateway within a second and the page continues (with no sidecar running, the request expires)",
         ),
         AgentsCommand::Deny(args) => (
             agents::deny(&store, &args.code, &by, now)?,
@@ -127,7 +138,7 @@ pub fn command(state_dir: &Path, args: &AgentsArgs, json: bool) -> Result<(), Si
     if json {
         super::print_json(&json!({ "agent": record }));
     } else {
-        println!("{} ({}): {done}.", record.client_name, &record.id[..12]);
+        println!("{} ({}): {done}.", record.client_name, short(&record.id));
         if record.status == AgentStatus::Approved {
             println!("  granted {}", record.granted_scopes.join(" "));
         }

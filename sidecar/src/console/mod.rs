@@ -1,7 +1,8 @@
 //! The laptop owner's console: a web page the daemon serves on loopback, opened with
 //! `ibkr-agent sidecar console` (docs/console.md). It shows the relay, the Client Portal
 //! login, the pairings and their local grants, the trading posture, recent tool calls and
-//! order attempts, live; and it lets the owner pause and resume trading.
+//! order attempts, live; and it lets the owner pause and resume trading, approve orders, and
+//! approve, deny and revoke agents.
 //!
 //! Map:
 //! - [`config`]: the `console:` section (loopback only).
@@ -13,8 +14,11 @@
 //! - [`server`]: the axum app, its guard and hardening middleware, pages, events, actions.
 //! - [`view`]: gathers one page's data from the daemon; [`pages`]: renders it (maud).
 //! - [`approvals`]: the "Pending approvals" section and its actions.
+//! - [`agents`]: the "Agents" section (sign-in requests approved by typing the page's code,
+//!   connected agents with Revoke) and its actions.
 //! - [`file`]: `console.json` and the opener page for the CLI; [`cli`]: `sidecar console`.
 
+pub mod agents;
 pub mod approvals;
 pub mod cli;
 pub mod config;

@@ -5,6 +5,7 @@
 //! [`page`] is the whole document; [`live`] is the part the page's script fetches again when
 //! the event stream says something changed (`/fragment`).
 
+use super::agents::agents_section;
 use super::approvals::pending_approvals_section;
 use super::events::CallRecord;
 use super::security::Token;
@@ -121,6 +122,10 @@ pub fn live(view: &ConsoleView, form: &FormContext<'_>) -> Markup {
             section.card.wide #approvals {
                 h2 { "Pending approvals" }
                 (pending_approvals_section(view, form))
+            }
+            section.card.wide #agents {
+                h2 { "Agents" }
+                (agents_section(view, form))
             }
             (calls_card(&view.calls))
             (orders_card(&view.orders))

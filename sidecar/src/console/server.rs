@@ -108,6 +108,7 @@ pub(crate) fn router(state: ConsoleState) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .merge(super::approvals::routes())
+        .merge(super::agents::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         // Outermost: refusals and 404s get the same headers as pages.

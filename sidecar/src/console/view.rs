@@ -35,6 +35,8 @@ pub struct ConsoleView {
     pub orders: Vec<OrderRow>,
     /// Orders waiting for the owner's approval, oldest first.
     pub approvals: Vec<crate::approvals::PendingApproval>,
+    /// Agent connections of the gateway's built-in sign-in, newest first.
+    pub agents: Vec<crate::agents::AgentRecord>,
     /// What could not be read (the state store), said on the page instead of a blank.
     pub problems: Vec<String>,
     pub now_unix: i64,
@@ -155,6 +157,11 @@ pub(crate) async fn gather(context: &DaemonContext, probe: &AccountProbe) -> Con
             reason: "the state store could not be read".into(),
         })
     });
+    let agents =
+        crate::agents::list(&context.store, now.saturating_mul(1000)).unwrap_or_else(|error| {
+            note("agents", error);
+            Vec::new()
+        });
     let dialed = context
         .store
         .dialable_pairing(&sidecar_id, now)
@@ -204,6 +211,7 @@ pub(crate) async fn gather(context: &DaemonContext, probe: &AccountProbe) -> Con
             .as_ref()
             .map(|runtime| crate::approvals::pending(&runtime.journal))
             .unwrap_or_default(),
+        agents,
         problems,
         now_unix: now,
     }

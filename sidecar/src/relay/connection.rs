@@ -43,6 +43,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// How long a closing connection waits for its aborted request tasks to wind down.
 const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a revocation the gateway has not confirmed waits before it is sent again.
+const RESEND_REVOCATION: Duration = Duration::from_secs(30);
 /// Longest `GoAway.retry_after_ms` honoured.
 const MAX_GO_AWAY: Duration = Duration::from_secs(3600);
 
@@ -211,8 +213,8 @@ impl Driver {
         let mut broker_open = true;
         let mut agent_tick = tokio::time::interval(crate::agents::SEND_INTERVAL);
         agent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Revocations go out once per connection until confirmed.
-        let mut revocations_sent = std::collections::HashSet::new();
+        // Revocations go out until confirmed: at once, then again every RESEND_REVOCATION.
+        let mut revocations_sent = std::collections::HashMap::new();
         loop {
             let liveness_at = self.start + self.liveness.next_deadline();
             let renew_at = self.renew_at;
@@ -279,7 +281,7 @@ impl Driver {
     /// Sends the owner's decisions and revocations the gateway has not had yet.
     async fn send_agent_messages(
         &mut self,
-        revocations_sent: &mut std::collections::HashSet<protocol::agents::ApprovalId>,
+        revocations_sent: &mut std::collections::HashMap<protocol::agents::ApprovalId, Instant>,
     ) -> Result<(), ConnectionEnd> {
         let frames = match crate::agents::outgoing(&self.context.store) {
             Ok(frames) => frames,
@@ -299,7 +301,12 @@ impl Driver {
                         tracing::warn!(code = %error.code(), "could not record a sent decision");
                     }
                 }
-                Frame::AgentRevoked { approval_id } if revocations_sent.insert(*approval_id) => {
+                Frame::AgentRevoked { approval_id }
+                    if revocations_sent
+                        .get(approval_id)
+                        .is_none_or(|at| at.elapsed() >= RESEND_REVOCATION) =>
+                {
+                    revocations_sent.insert(*approval_id, Instant::now());
                     self.send(&frame).await?;
                 }
                 _ => {}
@@ -462,7 +469,10 @@ impl Driver {
             }
             Frame::AgentApprovalRequest(request) => {
                 if request.validate().is_err() {
-                    return Some(self.violation("a malformed agent approval request").await);
+                    // Dropped, not a reason to close: the connection carries other calls, and
+                    // a request the owner could not read safely is one not to show.
+                    tracing::warn!("an agent approval request with unreadable fields was dropped");
+                    return None;
                 }
                 match crate::agents::record_request(
                     &self.context.store,

@@ -111,15 +111,19 @@ impl PostgresStore {
     pub(crate) async fn revoke_refresh_tokens_of_approval(
         &self,
         approval_id: String,
+        subject: Option<String>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
                 "UPDATE refresh_tokens SET revoked_at = $2
-                 WHERE approval_id = $1 AND revoked_at IS NULL",
+                 WHERE approval_id = $1 AND revoked_at IS NULL
+                   AND ($3::text IS NULL OR subject = $3::text)",
             )
             .await?;
-        Ok(client.execute(&statement, &[&approval_id, &now_ms]).await?)
+        Ok(client
+            .execute(&statement, &[&approval_id, &now_ms, &subject])
+            .await?)
     }
 }

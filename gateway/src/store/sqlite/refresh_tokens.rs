@@ -109,15 +109,17 @@ impl SqliteStore {
     pub(crate) async fn revoke_refresh_tokens_of_approval(
         &self,
         approval_id: String,
+        subject: Option<String>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         self.run(move |conn| {
             let changed = conn
                 .prepare_cached(
                     "UPDATE refresh_tokens SET revoked_at = ?2
-                     WHERE approval_id = ?1 AND revoked_at IS NULL",
+                     WHERE approval_id = ?1 AND revoked_at IS NULL
+                       AND (?3 IS NULL OR subject = ?3)",
                 )?
-                .execute(params![approval_id, now_ms])?;
+                .execute(params![approval_id, now_ms, subject])?;
             Ok(changed as u64)
         })
         .await
