@@ -397,7 +397,9 @@ async fn serve(system: &System) -> DemoResult<()> {
     println!(
         "  (`sidecar agents list` shows connected agents; `sidecar agents revoke <ID>` disconnects one)"
     );
-    println!("The laptop owner's console (pause trading, approve or deny orders), in a browser:");
+    println!(
+        "The laptop owner's console (pause trading, approve or deny orders and agents), in a browser:"
+    );
     println!("    cargo run --release --bin ibkr-agent -- --state-dir {state_dir} sidecar console");
     println!("  or from a terminal:");
     println!(
