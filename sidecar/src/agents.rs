@@ -216,24 +216,49 @@ pub fn approve(
     by: &str,
     now_ms: i64,
 ) -> Result<AgentRecord, SidecarError> {
-    let live_ok = live_granted_locally(store)?;
-    let connection = store.lock()?;
-    let request = open_request(&connection, code, now_ms)?;
-    let mut granted: Vec<String> = match only {
-        None => request.requested_scopes.clone(),
+    approve_with(store, code, by, now_ms, |requested| match only {
+        None => Ok(requested.to_vec()),
         Some(chosen) => {
-            if let Some(extra) = chosen
-                .iter()
-                .find(|scope| !request.requested_scopes.contains(scope))
-            {
+            if let Some(extra) = chosen.iter().find(|scope| !requested.contains(scope)) {
                 return Err(SidecarError::new(
                     ErrorCode::ArgumentsInvalid,
                     format!("(the agent did not ask for {extra}; grant only scopes it asked for)"),
                 ));
             }
-            chosen.to_vec()
+            Ok(chosen.to_vec())
         }
-    };
+    })
+}
+
+/// Approves the open request whose page shows `code`, granting what it asked for among
+/// `at_most` (the console's boxes the owner left ticked).
+pub fn approve_at_most(
+    store: &StateStore,
+    code: &str,
+    at_most: &[String],
+    by: &str,
+    now_ms: i64,
+) -> Result<AgentRecord, SidecarError> {
+    approve_with(store, code, by, now_ms, |requested| {
+        Ok(requested
+            .iter()
+            .filter(|scope| at_most.contains(scope))
+            .cloned()
+            .collect())
+    })
+}
+
+fn approve_with(
+    store: &StateStore,
+    code: &str,
+    by: &str,
+    now_ms: i64,
+    pick: impl FnOnce(&[String]) -> Result<Vec<String>, SidecarError>,
+) -> Result<AgentRecord, SidecarError> {
+    let live_ok = live_granted_locally(store)?;
+    let connection = store.lock()?;
+    let request = open_request(&connection, code, now_ms)?;
+    let mut granted = pick(&request.requested_scopes)?;
     if !live_ok {
         granted.retain(|scope| scope != scopes::ORDERS_LIVE);
     }
@@ -519,6 +544,30 @@ mod tests {
         assert_eq!(
             list(&store, 60_000).unwrap()[0].status,
             AgentStatus::Expired
+        );
+    }
+
+    #[test]
+    fn the_consoles_boxes_grant_at_most_what_was_asked() {
+        let (_dir, store) = store();
+        let asked = request(5);
+        record_request(&store, &asked, 0).unwrap();
+        let ticked = vec![
+            scopes::HEALTH_READ.to_string(),
+            scopes::AUDIT_READ.to_string(),
+        ];
+        let approved = approve_at_most(&store, &asked.confirmation_code, &ticked, "me", 1).unwrap();
+        assert_eq!(
+            approved.granted_scopes,
+            vec![scopes::HEALTH_READ.to_string()]
+        );
+        let other = request(6);
+        record_request(&store, &other, 0).unwrap();
+        assert_eq!(
+            approve_at_most(&store, &other.confirmation_code, &[], "me", 1)
+                .unwrap_err()
+                .code(),
+            ErrorCode::ArgumentsInvalid
         );
     }
 

@@ -193,6 +193,7 @@ async fn revoking_an_agent_on_the_laptop_stops_its_next_call_within_a_second() {
     let elapsed = revoked_at.elapsed();
     assert_eq!(code(&refused), "AGENT_REVOKED");
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    eprintln!("revoked on the laptop; the next call was refused {elapsed:?} later");
     let _ = client.cancel().await;
 
     // The gateway confirms, then refuses the access token itself and ends the refresh tokens.
@@ -202,6 +203,10 @@ async fn revoking_an_agent_on_the_laptop_stops_its_next_call_within_a_second() {
             .unwrap()
             .remove(0);
         if record.revocation_confirmed {
+            eprintln!(
+                "the gateway confirmed the revocation {:?} after the laptop recorded it",
+                revoked_at.elapsed()
+            );
             break;
         }
         assert!(Instant::now() < until, "the gateway never confirmed");

@@ -731,6 +731,8 @@ async fn the_owner_approves_an_agent_by_its_code_and_revokes_it_in_the_console()
         async move { element.send_keys(&code).await }
     })
     .await;
+    // The owner grants less than asked: market data stays off.
+    click(&browser, "grant-ibkr:marketdata:read").await;
     click(&browser, "agent-approve").await;
     let redirect = walk.decision(&handle, PAGE_WAIT).await.unwrap();
     let auth_code = query_param(&redirect, "code").expect("approved");
@@ -747,6 +749,19 @@ async fn the_owner_approves_an_agent_by_its_code_and_revokes_it_in_the_console()
     .unwrap()
     .remove(0);
     let prefix = agent.id[..12].to_string();
+    assert!(
+        agent
+            .granted_scopes
+            .iter()
+            .any(|s| s == "ibkr:accounts:read")
+    );
+    assert!(
+        !agent
+            .granted_scopes
+            .iter()
+            .any(|s| s == "ibkr:marketdata:read"),
+        "{agent:?}"
+    );
 
     // The agent's calls work, then stop once the owner presses Revoke: refused on the laptop
     // (AGENT_REVOKED), or already at the gateway (401) once the daemon has told it.

@@ -34,6 +34,16 @@ pub fn agents_section(view: &ConsoleView, form: &FormContext<'_>) -> Markup {
         .iter()
         .filter(|agent| agent.status == AgentStatus::Approved)
         .collect();
+    // Every scope some waiting request asks for, once, in catalog order.
+    let asked: Vec<&str> = protocol::catalog::scopes::ALL
+        .iter()
+        .copied()
+        .filter(|scope| {
+            pending
+                .iter()
+                .any(|agent| agent.requested_scopes.iter().any(|s| s == scope))
+        })
+        .collect();
     html! {
         @if !pending.is_empty() {
             p.banner.warn #agents-banner {
@@ -54,6 +64,15 @@ pub fn agents_section(view: &ConsoleView, form: &FormContext<'_>) -> Markup {
             div.approval-actions {
                 (action_form(form, "/agents/approve", "decide", html! {
                     input type="text" name="code" id="agent-code" maxlength="12" placeholder="Code from the page, e.g. K7QM-3XW9" autocomplete="off";
+                    fieldset.scopes {
+                        legend { "Grant at most (untick to grant less; live trading only if a pairing grants it)" }
+                        @for scope in &asked {
+                            label {
+                                input type="checkbox" name={ "grant:" (scope) } id={ "grant-" (scope) } checked;
+                                " " code { (scope) }
+                            }
+                        }
+                    }
                     button type="submit" class="go" id="agent-approve" { "Approve" }
                 }))
                 (action_form(form, "/agents/deny", "decide", html! {
@@ -109,7 +128,18 @@ async fn approve(
         Err(code) => return refusal(code),
     };
     let code = form.field("code").unwrap_or_default();
-    match crate::agents::approve(&daemon.store, code, None, &by(), crate::trading::now_ms()) {
+    let ticked: Vec<String> = protocol::catalog::scopes::ALL
+        .iter()
+        .filter(|scope| form.field(&format!("grant:{scope}")).is_some())
+        .map(|scope| scope.to_string())
+        .collect();
+    match crate::agents::approve_at_most(
+        &daemon.store,
+        code,
+        &ticked,
+        &by(),
+        crate::trading::now_ms(),
+    ) {
         Ok(_) => done(&state),
         Err(error) => refusal(error.code()),
     }
