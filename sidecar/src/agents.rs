@@ -35,7 +35,7 @@ use shared_safety::ErrorCode;
 use std::time::Duration;
 
 /// How often the daemon sends decisions and revocations not yet sent.
-pub const SEND_INTERVAL: Duration = Duration::from_millis(500);
+pub const SEND_INTERVAL: Duration = Duration::from_millis(200);
 /// Most open requests kept: beyond it the oldest open one is dropped.
 const MAX_PENDING: i64 = 32;
 /// How much earlier than the gateway a request expires here.

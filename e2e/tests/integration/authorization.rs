@@ -54,9 +54,14 @@ async fn sign_in(system: &System, scopes: Option<&[String]>) -> Grant {
         .unwrap();
     assert_eq!(request.client_name, "E2E agent");
     assert_eq!(request.redirect_uri, REDIRECT);
+    let approved_at = Instant::now();
     let approved = approve_on_laptop(system.sidecar_state_dir(), &shown, scopes).unwrap();
     assert_eq!(approved.status, AgentStatus::Approved);
     let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+    eprintln!(
+        "approved on the laptop; the page had its answer {:?} later",
+        approved_at.elapsed()
+    );
     assert!(redirect.starts_with(REDIRECT), "{redirect}");
     assert_eq!(query_param(&redirect, "state").as_deref(), Some("xyz"));
     assert_eq!(
