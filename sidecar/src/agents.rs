@@ -36,8 +36,10 @@ use std::time::Duration;
 
 /// How often the daemon sends decisions and revocations not yet sent.
 pub const SEND_INTERVAL: Duration = Duration::from_millis(200);
-/// Most open requests kept: beyond it the oldest open one is dropped.
-const MAX_PENDING: i64 = 32;
+/// Most open requests kept: beyond it the oldest open one is dropped. Above what the
+/// gateway's limits let reach one user in an approval's lifetime (30 a minute for at most 15
+/// minutes), so a flood of requests cannot push out the one the owner is about to approve.
+const MAX_PENDING: i64 = 512;
 /// How much earlier than the gateway a request expires here.
 const EXPIRY_MARGIN_MS: i64 = 1_000;
 /// `last_used_at` is written at most this often per agent.
@@ -603,8 +605,12 @@ mod tests {
     #[test]
     fn open_requests_are_bounded() {
         let (_dir, store) = store();
-        for seed in 0..40u8 {
-            record_request(&store, &request(seed), i64::from(seed)).unwrap();
+        for seed in 0..=255u8 {
+            for twin in 0..3u8 {
+                let mut asked = request(seed);
+                asked.approval_id.0[0] = twin;
+                record_request(&store, &asked, i64::from(seed)).unwrap();
+            }
         }
         assert_eq!(list(&store, 0).unwrap().len(), MAX_PENDING as usize);
     }

@@ -190,13 +190,16 @@ async fn revoking_an_agent_on_the_laptop_stops_its_next_call_within_a_second() {
         e2e::authorization::now_ms(),
     )
     .unwrap();
-    // The very next call, on a session opened before the revocation, is refused.
+    // The very next call, on a session opened before the revocation, is refused: by the
+    // laptop (AGENT_REVOKED), or already by the gateway (401) if the daemon told it first.
     let refused = client
         .call_tool(CallToolRequestParams::new("ibkr_accounts_list".to_string()))
-        .await
-        .unwrap();
+        .await;
     let elapsed = revoked_at.elapsed();
-    assert_eq!(code(&refused), "AGENT_REVOKED");
+    match refused {
+        Ok(result) => assert_eq!(code(&result), "AGENT_REVOKED"),
+        Err(_) => assert_eq!(mcp_status(&system, &grant.access_token).await, 401),
+    }
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     eprintln!("revoked on the laptop; the next call was refused {elapsed:?} later");
     let _ = client.cancel().await;
@@ -221,6 +224,52 @@ async fn revoking_an_agent_on_the_laptop_stops_its_next_call_within_a_second() {
     let walk = Walk::new(&system.gateway().unwrap().base_url());
     let (status, answer) = walk
         .refresh(&grant.client_id, &grant.refresh_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_code_not_yet_redeemed_when_the_laptop_revokes_never_redeems() {
+    let system = system().await;
+    let gateway = system.gateway().unwrap();
+    let walk = Walk::new(&gateway.base_url());
+    let client_id = walk.register("Slow agent", REDIRECT).await.unwrap();
+    let pkce = Pkce::new();
+    let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "r", None);
+    let handle = walk.open_page(&url).await.unwrap();
+    let shown = walk
+        .name_user(&handle, &system.options.user_id)
+        .await
+        .unwrap();
+    wait_for_request(system.sidecar_state_dir(), LIMIT)
+        .await
+        .unwrap();
+    let approved = approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
+    let redirect = walk.decision(&handle, LIMIT).await.unwrap();
+    let auth_code = query_param(&redirect, "code").unwrap();
+    // The owner changes their mind before the client redeemed its code.
+    let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
+    ibkr_agent::agents::revoke(
+        &store,
+        &approved.id,
+        "e2e-owner",
+        e2e::authorization::now_ms(),
+    )
+    .unwrap();
+    let until = Instant::now() + LIMIT;
+    while !ibkr_agent::agents::list(&store, e2e::authorization::now_ms()).unwrap()[0]
+        .revocation_confirmed
+    {
+        assert!(Instant::now() < until, "the gateway never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, answer) = walk
+        .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
         .await
         .unwrap();
     assert_eq!(
@@ -291,9 +340,35 @@ async fn codes_verifiers_redirects_and_resources_are_checked_as_the_rfcs_say() {
     let handle = walk.open_page(&url).await.unwrap();
     // Another browser with the page's link (someone forwarded it, or the person who opened
     // it sends it to a victim) sees neither the code nor, later, where the answer goes.
+    // The stranger has a binding cookie of their own (they opened a page themselves).
     let stranger = Walk::new(&gateway.base_url());
+    stranger
+        .open_page(&walk.authorize_url(&client_id, REDIRECT, &Pkce::new(), "x", None))
+        .await
+        .unwrap();
+    assert!(stranger.cookie().is_some());
     let link = format!("{}/oauth/authorize?request={handle}", stranger.base_url);
     assert_eq!(stranger.get(&link).send().await.unwrap().status(), 403);
+    let hijack = stranger
+        .http
+        .post(format!("{}/oauth/authorize", stranger.base_url))
+        .header("cookie", stranger.cookie().unwrap())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("request={handle}&user_id=someone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hijack.status(), 403);
+    // Two cookies of the name (one planted) are trusted for neither.
+    let planted = format!("{}; {}", walk.cookie().unwrap(), stranger.cookie().unwrap());
+    let doubled = walk
+        .http
+        .get(&link)
+        .header("cookie", planted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doubled.status(), 403);
     let shown = walk
         .name_user(&handle, &system.options.user_id)
         .await
@@ -384,6 +459,11 @@ async fn codes_verifiers_redirects_and_resources_are_checked_as_the_rfcs_say() {
                     .redeem(&client_id, REDIRECT, &auth_code, &pkce.verifier)
                     .await
                     .unwrap();
+                // The access token the first redemption got is refused too.
+                assert_eq!(
+                    mcp_status(&system, first["access_token"].as_str().unwrap()).await,
+                    401
+                );
                 let (status, answer) = walk
                     .refresh(&client_id, first["refresh_token"].as_str().unwrap())
                     .await

@@ -43,8 +43,10 @@ pub const OPEN_PAGE_TTL: Duration = Duration::from_secs(2 * 60);
 pub const PAGE_TTL: Duration = Duration::from_secs(10 * 60);
 /// How long the owner has to decide once asked, by default (`remote_mcp.approval_timeout_seconds`).
 pub const APPROVAL_TTL: Duration = Duration::from_secs(5 * 60);
-/// Most requests open at once, everybody's together.
+/// Most requests open (not yet finished) at once, everybody's together.
 pub const MAX_OPEN_REQUESTS: usize = 1_024;
+/// Most finished requests kept for their pages (the oldest go first).
+const MAX_FINISHED: usize = 4_096;
 /// Approval requests one user id may be sent per minute from all addresses together (a
 /// person connects a few agents a day; this bounds how often a laptop shows a request).
 pub const ASKS_PER_USER_PER_MINUTE: u32 = 30;
@@ -253,7 +255,11 @@ impl ApprovalDesk {
         let now = Instant::now();
         let mut pending = self.lock();
         self.expire_locked(&mut pending, now);
-        if pending.len() >= MAX_OPEN_REQUESTS {
+        let unfinished = pending
+            .values()
+            .filter(|entry| !matches!(entry.stage, Stage::Finished { .. }))
+            .count();
+        if unfinished >= MAX_OPEN_REQUESTS {
             return Err(OAuthError::new(
                 OAuthErrorCode::TemporarilyUnavailable,
                 "Too many authorizations are in progress; try again in a few minutes.",
@@ -280,10 +286,28 @@ impl ApprovalDesk {
     /// Marks every request past its time as expired (its page then redirects with
     /// `access_denied`), and forgets finished ones past their time.
     fn expire_locked(&self, pending: &mut HashMap<ApprovalId, Pending>, now: Instant) {
+        // A page nobody named a user on is simply gone (nothing waits for its answer);
+        // finished ones go when their time is up.
         pending.retain(|_, entry| match entry.stage {
-            Stage::Finished { .. } => entry.expires > now,
-            _ => true,
+            Stage::Finished { .. } | Stage::Opened => entry.expires > now,
+            Stage::Asked { .. } => true,
         });
+        let finished = pending
+            .values()
+            .filter(|entry| matches!(entry.stage, Stage::Finished { .. }))
+            .count();
+        if finished > MAX_FINISHED {
+            let mut ends: Vec<Instant> = pending
+                .values()
+                .filter(|entry| matches!(entry.stage, Stage::Finished { .. }))
+                .map(|entry| entry.expires)
+                .collect();
+            ends.sort();
+            let cut = ends[finished - MAX_FINISHED];
+            pending.retain(|_, entry| {
+                !matches!(entry.stage, Stage::Finished { .. }) || entry.expires >= cut
+            });
+        }
         for entry in pending.values_mut() {
             if entry.expires <= now && !matches!(entry.stage, Stage::Finished { .. }) {
                 let error = OAuthError::new(
@@ -474,9 +498,12 @@ impl ApprovalDesk {
             let now = Instant::now();
             let mut revoked = self.lock_revoked();
             revoked.retain(|_, at| now.duration_since(*at) < REVOKED_MEMORY);
-            if revoked.len() < MAX_REVOKED {
-                revoked.insert((approval_id, user_id.to_string()), now);
+            if revoked.len() >= MAX_REVOKED {
+                // Not recorded, so not confirmed: the laptop sends it again later.
+                tracing::warn!("agent revocation not recorded: too many revocations remembered");
+                return false;
             }
+            revoked.insert((approval_id, user_id.to_string()), now);
         }
         // A code of this user's approval not redeemed yet must not redeem any more (and one
         // being redeemed right now must not leave a refresh token behind).
@@ -510,9 +537,10 @@ impl ApprovalDesk {
     /// Whether tokens of `approval_id` held by `subject` are refused: that user's laptop
     /// revoked it, or a code of it was presented twice.
     pub fn is_revoked(&self, approval_id: &ApprovalId, subject: &str) -> bool {
-        self.lock_revoked()
-            .contains_key(&(*approval_id, subject.to_string()))
-            || self.codes.is_dead(&approval_id.to_hex())
+        let revoked = self
+            .lock_revoked()
+            .contains_key(&(*approval_id, subject.to_string()));
+        revoked || self.codes.is_dead(&approval_id.to_hex())
     }
 
     /// Serves the sidecars' messages until `shutdown`.

@@ -67,6 +67,14 @@ pub fn check_redirect_uri(text: &str) -> Result<Url, OAuthError> {
     }
     let url = Url::parse(text)
         .map_err(|_| invalid_redirect(format!("{text:?} is not an absolute URI.")))?;
+    // Kept and shown exactly as the browser will be sent there: a URI a parser would rewrite
+    // (an international host, a dropped tab) could look like one place and lead to another.
+    if url.as_str() != text {
+        return Err(invalid_redirect(format!(
+            "{text:?} must be written in its normalized form: {:?}.",
+            url.as_str()
+        )));
+    }
     if url.fragment().is_some() {
         return Err(invalid_redirect("A redirect URI must not have a fragment."));
     }

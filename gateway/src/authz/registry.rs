@@ -69,6 +69,8 @@ pub struct ClientRegistry {
     secret: Zeroizing<[u8; 32]>,
     allow_loopback_documents: bool,
     cache: Mutex<HashMap<String, (Instant, KnownClient)>>,
+    /// Document URLs that failed recently: not fetched again for [`FAILURE_CACHE`].
+    failures: Mutex<HashMap<String, Instant>>,
     /// One client for every document fetch: no proxy (a proxy would resolve names itself),
     /// no redirects, and a resolver that answers only acceptable addresses, so the
     /// connection goes where the check looked.
@@ -81,6 +83,8 @@ pub struct ClientRegistry {
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most document fetches at once.
 const MAX_CONCURRENT_FETCHES: usize = 8;
+/// How long a document URL that failed is not fetched again.
+const FAILURE_CACHE: Duration = Duration::from_secs(60);
 
 /// Resolves a document host's name and answers only addresses a document may come from.
 struct CheckedResolver {
@@ -227,6 +231,7 @@ impl ClientRegistry {
             secret,
             allow_loopback_documents,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             http,
             fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
@@ -318,7 +323,20 @@ impl ClientRegistry {
         if let Some(client) = self.cached(client_id) {
             return Ok(client);
         }
-        let metadata = self.fetch(client_id).await?;
+        if self.failed_recently(client_id) {
+            return Err(invalid_client(
+                "The client metadata document could not be read a moment ago; try again in a minute.",
+            ));
+        }
+        let metadata = match self.fetch(client_id).await {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                if error.code == OAuthErrorCode::InvalidClient {
+                    self.remember_failure(client_id);
+                }
+                return Err(error);
+            }
+        };
         // The document must name itself (draft-ietf-oauth-client-id-metadata-document).
         if metadata.client_id.as_deref() != Some(client_id) {
             return Err(invalid_client(
@@ -350,6 +368,26 @@ impl ClientRegistry {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failed_recently(&self, client_id: &str) -> bool {
+        self.lock_failures()
+            .get(client_id)
+            .is_some_and(|at| at.elapsed() < FAILURE_CACHE)
+    }
+
+    fn remember_failure(&self, client_id: &str) {
+        let mut failures = self.lock_failures();
+        failures.retain(|_, at| at.elapsed() < FAILURE_CACHE);
+        if failures.len() < MAX_CACHED_DOCUMENTS * 4 {
+            failures.insert(client_id.to_string(), Instant::now());
+        }
     }
 
     fn cached(&self, client_id: &str) -> Option<KnownClient> {
@@ -406,11 +444,13 @@ impl ClientRegistry {
             invalid_client("The client metadata document could not be read.")
         };
         let http = self.http.as_ref().ok_or_else(|| failed("no HTTP client"))?;
-        let _permit = self
-            .fetches
-            .acquire()
-            .await
-            .map_err(|_| failed("shutting down"))?;
+        // Busy: answer at once rather than queue behind slow hosts.
+        let Ok(_permit) = self.fetches.try_acquire() else {
+            return Err(OAuthError::new(
+                OAuthErrorCode::TemporarilyUnavailable,
+                "Too many client metadata documents are being fetched; try again shortly.",
+            ));
+        };
         let mut response = http
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")

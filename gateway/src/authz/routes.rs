@@ -143,23 +143,29 @@ fn cookie_name(state: &AppState) -> &'static str {
     }
 }
 
-/// The browser's binding cookie, if it sent one of the right shape.
+/// The browser's binding cookie, if it sent exactly one, of the right shape. Two cookies of
+/// the name mean someone else planted one (another port on the same host, a sibling domain
+/// on an old browser): neither is trusted.
 fn browser_cookie(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let name = cookie_name(state);
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_string())
-        .filter(|value| {
-            value.len() == 43
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string());
+    let first = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    Some(first).filter(|value| {
+        value.len() == 43
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 fn digest(value: &str) -> [u8; 32] {
@@ -304,16 +310,14 @@ pub(crate) async fn authorize(
         resource,
         scopes,
     };
-    // One cookie per browser, reused across sign-ins; a new one when it has none.
-    let (cookie, fresh) = match browser_cookie(&state, &headers) {
-        Some(cookie) => (cookie, false),
+    // One cookie per browser, reused across sign-ins and renewed with each; a new one when it
+    // has none.
+    let cookie = match browser_cookie(&state, &headers) {
+        Some(cookie) => cookie,
         None => {
             let mut bytes = [0u8; 32];
             OsRng.fill_bytes(&mut bytes);
-            (
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
-                true,
-            )
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         }
     };
     match desk.open(request, digest(&cookie), &peer_key(&state, &peer, &headers)) {
@@ -322,19 +326,17 @@ pub(crate) async fn authorize(
                 return expired_page();
             };
             let mut response = page::for_stage(&view, &id.to_hex());
-            if fresh {
-                let secure = if cookie_name(&state).starts_with("__Host-") {
-                    "; Secure"
-                } else {
-                    ""
-                };
-                let value = format!(
-                    "{}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600{secure}",
-                    cookie_name(&state)
-                );
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
+            let secure = if cookie_name(&state).starts_with("__Host-") {
+                "; Secure"
+            } else {
+                ""
+            };
+            let value = format!(
+                "{}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600{secure}",
+                cookie_name(&state)
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(header::SET_COOKIE, value);
             }
             response
         }
