@@ -5,6 +5,8 @@
 
 use base64::Engine;
 use ibkr_agent::agents::{AgentRecord, AgentStatus};
+/// Milliseconds since the Unix epoch, as the sidecar counts them.
+pub use ibkr_agent::trading::now_ms;
 use rand_core::{OsRng, RngCore};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -307,12 +309,37 @@ pub fn approve_on_laptop(
     )?)
 }
 
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(i64::MAX)
+/// What one approval produced.
+#[derive(Debug)]
+pub struct Approval {
+    /// The page's request handle.
+    pub handle: String,
+    /// The laptop's record of the approved agent.
+    pub record: AgentRecord,
+    /// The URL the browser is sent to (with the authorization code).
+    pub redirect: String,
+}
+
+/// The person on the page and the laptop's owner together: open `authorize_url`, name
+/// `user`, wait for the request on the laptop in `state_dir`, type the page's code there
+/// (granting `scopes`, or what was asked), and wait (at most `limit` each) for the page's
+/// answer.
+pub async fn approve_as_person_and_owner(
+    walk: &Walk,
+    authorize_url: &str,
+    user: &str,
+    state_dir: &Path,
+    scopes: Option<&[String]>,
+    limit: Duration,
+) -> Result<Approval, WalkError> {
+    let handle = walk.open_page(authorize_url).await?;
+    let code = walk.name_user(&handle, user).await?;
+    wait_for_request(state_dir, limit).await?;
+    let record = approve_on_laptop(state_dir, &code, scopes)?;
+    let redirect = walk.decision(&handle, limit).await?;
+    Ok(Approval {
+        handle,
+        record,
+        redirect,
+    })
 }

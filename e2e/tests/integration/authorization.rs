@@ -5,7 +5,10 @@
 //! RFCs name.
 
 use crate::trading_support::code;
-use e2e::authorization::{Pkce, Walk, approve_on_laptop, between, query_param, wait_for_request};
+use e2e::authorization::{
+    Approval, Pkce, Walk, approve_as_person_and_owner, approve_on_laptop, between, query_param,
+    wait_for_request,
+};
 use e2e::system::{System, SystemOptions};
 use ibkr_agent::agents::AgentStatus;
 use rmcp::model::CallToolRequestParams;
@@ -80,6 +83,20 @@ async fn sign_in(system: &System, scopes: Option<&[String]>) -> Grant {
         refresh_token: tokens["refresh_token"].as_str().unwrap().to_string(),
         agent_id: approved.id,
     }
+}
+
+/// A person and the laptop's owner approve the sign-in at `url` (granting what it asks).
+async fn approved(system: &System, walk: &Walk, url: &str) -> Approval {
+    approve_as_person_and_owner(
+        walk,
+        url,
+        &system.options.user_id,
+        system.sidecar_state_dir(),
+        None,
+        LIMIT,
+    )
+    .await
+    .unwrap()
 }
 
 async fn health(system: &System, token: &str) -> rmcp::model::CallToolResult {
@@ -241,22 +258,13 @@ async fn a_code_not_yet_redeemed_when_the_laptop_revokes_never_redeems() {
     let client_id = walk.register("Slow agent", REDIRECT).await.unwrap();
     let pkce = Pkce::new();
     let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "r", None);
-    let handle = walk.open_page(&url).await.unwrap();
-    let shown = walk
-        .name_user(&handle, &system.options.user_id)
-        .await
-        .unwrap();
-    wait_for_request(system.sidecar_state_dir(), LIMIT)
-        .await
-        .unwrap();
-    let approved = approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
-    let redirect = walk.decision(&handle, LIMIT).await.unwrap();
-    let auth_code = query_param(&redirect, "code").unwrap();
+    let approval = approved(&system, &walk, &url).await;
+    let auth_code = query_param(&approval.redirect, "code").unwrap();
     // The owner changes their mind before the client redeemed its code.
     let store = ibkr_agent::StateStore::open(system.sidecar_state_dir()).unwrap();
     ibkr_agent::agents::revoke(
         &store,
-        &approved.id,
+        &approval.record.id,
         "e2e-owner",
         e2e::authorization::now_ms(),
     )
@@ -415,17 +423,8 @@ async fn codes_verifiers_redirects_and_resources_are_checked_as_the_rfcs_say() {
     ] {
         let pkce = Pkce::new();
         let url = walk.authorize_url(&client_id, REDIRECT, &pkce, "s", None);
-        let handle = walk.open_page(&url).await.unwrap();
-        let shown = walk
-            .name_user(&handle, &system.options.user_id)
-            .await
-            .unwrap();
-        wait_for_request(system.sidecar_state_dir(), LIMIT)
-            .await
-            .unwrap();
-        approve_on_laptop(system.sidecar_state_dir(), &shown, None).unwrap();
-        let redirect = walk.decision(&handle, LIMIT).await.unwrap();
-        let auth_code = query_param(&redirect, "code").unwrap();
+        let approval = approved(&system, &walk, &url).await;
+        let auth_code = query_param(&approval.redirect, "code").unwrap();
         let (status, answer) = match mismatch {
             "redirect" => walk
                 .redeem(

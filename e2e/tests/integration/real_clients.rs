@@ -11,7 +11,7 @@
 //! `IBKR_E2E_MCP_REMOTE` (the `mcp-remote` executable) with `IBKR_E2E_REQUIRE_REAL_CLIENTS=1`;
 //! elsewhere a missing client skips its test.
 
-use e2e::authorization::{Walk, approve_on_laptop, wait_for_request};
+use e2e::authorization::Walk;
 use e2e::system::{System, SystemOptions};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -48,16 +48,17 @@ async fn system() -> System {
 /// code; and the laptop's owner: type it. Answers the URL the browser is sent to.
 async fn approve_as_person_and_owner(system: &System, authorize_url: &str) -> String {
     let walk = Walk::new(&system.gateway().unwrap().base_url());
-    let handle = walk.open_page(authorize_url).await.unwrap();
-    let code = walk
-        .name_user(&handle, &system.options.user_id)
-        .await
-        .unwrap();
-    wait_for_request(system.sidecar_state_dir(), LIMIT)
-        .await
-        .unwrap();
-    approve_on_laptop(system.sidecar_state_dir(), &code, None).unwrap();
-    walk.decision(&handle, LIMIT).await.unwrap()
+    e2e::authorization::approve_as_person_and_owner(
+        &walk,
+        authorize_url,
+        &system.options.user_id,
+        system.sidecar_state_dir(),
+        None,
+        LIMIT,
+    )
+    .await
+    .unwrap()
+    .redirect
 }
 
 #[tokio::test]

@@ -177,17 +177,15 @@ impl TokenEndpoint {
         let now = unix_ms();
         let (refresh_token, successor) = new_refresh_token();
         let used = self
-            .store
-            .use_refresh_token(
-                Sha256::digest(presented.as_bytes()).into(),
+            .spend(
+                presented,
                 now,
                 RefreshSuccessor {
                     digest: successor,
                     expires_at_ms: now.saturating_add(ms(REFRESH_TOKEN_LIFETIME)),
                 },
             )
-            .await
-            .map_err(|_| unavailable())?;
+            .await?;
         let grant = match used {
             RefreshUse::Rotated(grant) => grant,
             RefreshUse::Reused { .. } => {
@@ -266,21 +264,32 @@ impl TokenEndpoint {
         // The successor is stored with the spend and revoked with the family right after.
         let (_, successor) = new_refresh_token();
         let used = self
-            .store
-            .use_refresh_token(
-                Sha256::digest(presented.as_bytes()).into(),
+            .spend(
+                presented,
                 now,
                 RefreshSuccessor {
                     digest: successor,
                     expires_at_ms: now,
                 },
             )
-            .await
-            .map_err(|_| unavailable())?;
+            .await?;
         Ok(match used {
             RefreshUse::Rotated(grant) => Some(grant),
             _ => None,
         })
+    }
+
+    /// Spends the refresh token `presented`, storing `successor` in its place if it rotates.
+    async fn spend(
+        &self,
+        presented: &str,
+        now: i64,
+        successor: RefreshSuccessor,
+    ) -> Result<RefreshUse, OAuthError> {
+        self.store
+            .use_refresh_token(Sha256::digest(presented.as_bytes()).into(), now, successor)
+            .await
+            .map_err(|_| unavailable())
     }
 
     async fn revoke_approval(&self, approval_id: &str) {

@@ -27,6 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use url::Url;
 use zeroize::Zeroizing;
 
@@ -307,7 +308,7 @@ impl ClientRegistry {
         let payload = b64().decode(payload).map_err(|_| unknown())?;
         let tag = b64().decode(tag).map_err(|_| unknown())?;
         let expected = self.seal(&payload);
-        if tag.len() != 16 || !constant_time_eq(&tag, &expected[..16]) {
+        if tag.len() != 16 || !bool::from(tag.as_slice().ct_eq(&expected[..16])) {
             return Err(unknown());
         }
         let sealed: Sealed = serde_json::from_slice(&payload).map_err(|_| unknown())?;
@@ -473,10 +474,6 @@ impl ClientRegistry {
         }
         serde_json::from_slice(&body).map_err(|_| failed("not client metadata JSON"))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -119,58 +119,56 @@ fn by() -> String {
     format!("{} (console)", crate::owner::current_user())
 }
 
-async fn approve(
-    State(state): State<ConsoleState>,
-    Extension(form): Extension<OwnerForm>,
+/// Runs one owner action on the running daemon's state store; back to the console, or the
+/// refusal.
+fn act(
+    state: &ConsoleState,
+    action: impl FnOnce(
+        &crate::state::StateStore,
+        i64,
+    ) -> Result<AgentRecord, crate::error::SidecarError>,
 ) -> Response {
     let daemon = match state.daemon() {
         Ok(daemon) => daemon,
         Err(code) => return refusal(code),
     };
+    match action(&daemon.store, crate::trading::now_ms()) {
+        Ok(_) => done(state),
+        Err(error) => refusal(error.code()),
+    }
+}
+
+async fn approve(
+    State(state): State<ConsoleState>,
+    Extension(form): Extension<OwnerForm>,
+) -> Response {
     let code = form.field("code").unwrap_or_default();
     let ticked: Vec<String> = protocol::catalog::scopes::ALL
         .iter()
         .filter(|scope| form.field(&format!("grant:{scope}")).is_some())
         .map(|scope| scope.to_string())
         .collect();
-    match crate::agents::approve_at_most(
-        &daemon.store,
-        code,
-        &ticked,
-        &by(),
-        crate::trading::now_ms(),
-    ) {
-        Ok(_) => done(&state),
-        Err(error) => refusal(error.code()),
-    }
+    act(&state, |store, now| {
+        crate::agents::approve_at_most(store, code, &ticked, &by(), now)
+    })
 }
 
 async fn deny(
     State(state): State<ConsoleState>,
     Extension(form): Extension<OwnerForm>,
 ) -> Response {
-    let daemon = match state.daemon() {
-        Ok(daemon) => daemon,
-        Err(code) => return refusal(code),
-    };
     let code = form.field("code").unwrap_or_default();
-    match crate::agents::deny(&daemon.store, code, &by(), crate::trading::now_ms()) {
-        Ok(_) => done(&state),
-        Err(error) => refusal(error.code()),
-    }
+    act(&state, |store, now| {
+        crate::agents::deny(store, code, &by(), now)
+    })
 }
 
 async fn revoke(
     State(state): State<ConsoleState>,
     Extension(form): Extension<OwnerForm>,
 ) -> Response {
-    let daemon = match state.daemon() {
-        Ok(daemon) => daemon,
-        Err(code) => return refusal(code),
-    };
     let id = form.field("id").unwrap_or_default();
-    match crate::agents::revoke(&daemon.store, id, &by(), crate::trading::now_ms()) {
-        Ok(_) => done(&state),
-        Err(error) => refusal(error.code()),
-    }
+    act(&state, |store, now| {
+        crate::agents::revoke(store, id, &by(), now)
+    })
 }
